@@ -1,0 +1,35 @@
+"""`pd-gateway` command line: thin commands that call into the layers below."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gateway.cli import audit_cmd, config_cmd, serve_cmd, token_cmd
+from gateway.errors import ConfigError, PolicyError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pd-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_cmd.register(sub)
+    config_cmd.register(sub)
+    audit_cmd.register(sub)
+    token_cmd.register(sub)
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ConfigError as e:
+        print(f"pd-gateway: {e}", file=sys.stderr)
+        return 2
+    except PolicyError as e:
+        print(f"pd-gateway: policy error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""`pd-gateway audit tail --spool DIR [--json] [-n N]`: the newest audited accesses in a spool."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.audit.events import join
+from gateway.audit.spool import BadLine, read_records
+
+
+def register(sub: Any) -> None:
+    a = sub.add_parser("audit", help="audit trail commands")
+    asub = a.add_subparsers(dest="audit_command", required=True)
+    t = asub.add_parser("tail", help="show the newest events of a spool directory")
+    t.add_argument("--spool", required=True, help="the gateway's audit.spool_dir")
+    t.add_argument("-n", type=int, default=20, help="how many events (0 = all)")
+    t.add_argument("--json", action="store_true", help="one JSON object per line")
+    t.set_defaults(run=run_tail)
+
+
+def run_tail(args: argparse.Namespace) -> int:
+    directory = Path(args.spool)
+    if not directory.is_dir():
+        print(f"pd-gateway: {directory}: no such spool directory", file=sys.stderr)
+        return 2
+
+    def bad(b: BadLine) -> None:
+        print(f"pd-gateway: {b.segment}:{b.line}: {b.problem}", file=sys.stderr)
+
+    events = join(read_records(directory, on_bad=bad))
+    shown = collections.deque(events, maxlen=args.n) if args.n > 0 else list(events)
+    for ev in shown:
+        if args.json:
+            print(json.dumps(ev, ensure_ascii=False))
+        else:
+            print(_line(ev))
+    return 0
+
+
+def _line(ev: dict[str, Any]) -> str:
+    if ev.get("kind") == "outcome":
+        return f"(outcome of an earlier event {ev.get('event_id')}: {ev.get('status')} {ev.get('outcome')})"
+    from datetime import UTC, datetime
+
+    ts = datetime.fromtimestamp(ev["ts_us"] / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    subjects = ",".join(ev.get("subject_ids") or []) or "-"
+    return (
+        f"{ts} #{ev['seq']} {ev['decision'].upper():5} {ev['status']} {ev['outcome']:<9} "
+        f"user={ev['user'] or '-'} roles={','.join(ev['roles']) or '-'} "
+        f"{ev['method']} {ev['path']} {ev['system']}/{ev['category']}:{ev['action']} "
+        f"subjects={subjects} reason={ev['reason']} rule=[{ev['rule']}] req={ev['request_id']}"
+    )

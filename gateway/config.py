@@ -1,0 +1,512 @@
+"""Configuration: frozen dataclasses, loaded once from YAML and validated completely.
+
+Every problem is collected before failing, each with the file, line and key path, so an operator
+fixes a config in one pass. Security settings (issuer, audience, algorithms, trusted proxies) have
+no silent defaults. Relative paths are resolved against the config file's directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from gateway.errors import ConfigError
+
+# DIGEST 2.2-2.4: the personal-data categories the organisation processes; `none` marks a route
+# that carries no personal data. Biometric data is not processed (2.4), so it has no category.
+CATEGORIES = ("employee", "employee_health", "counterparty", "site_visitor", "none")
+ACTIONS = ("read", "create", "update", "delete", "export", "block")
+DEFAULT_ACTIONS: Mapping[str, str] = {
+    "GET": "read",
+    "HEAD": "read",
+    "POST": "create",
+    "PUT": "update",
+    "PATCH": "update",
+    "DELETE": "delete",
+}
+# RFC 7518 families python-jose verifies; HS* is excluded on purpose: a gateway verifying tokens
+# from an IdP has only public keys, and HS* with a public key is the classic confusion attack.
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    issuer: str
+    audience: str
+    algorithms: tuple[str, ...]
+    jwks_url: str | None
+    jwks_file: Path | None
+    clock_skew_seconds: int = 30
+    user_claim: str = "sub"
+    roles_claim: str = "roles"
+    jwks_refresh_min_interval_seconds: float = 30.0
+    jwks_cache_seconds: float = 300.0
+    token_cache_size: int = 50_000
+    # Only honoured when the whole config is marked `demo: true` (see `pd-gateway token`).
+    demo_signing_key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class AuthzConfig:
+    model: Path
+    policy: Path
+    decision_cache_size: int = 100_000
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    spool_dir: Path
+    durability: Literal["fsync", "batch"] = "fsync"
+    batch_interval_ms: float = 5.0
+    segment_max_bytes: int = 64 * 1024 * 1024
+    max_pending: int = 10_000
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    trusted_proxies: tuple[IPNetwork, ...]
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 60.0
+    max_connections: int = 256
+    forward_authorization: bool = False
+    shutdown_timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class SubjectRule:
+    """Where a route's data subject id comes from: a `{param}` segment of a path template and/or a
+    query parameter. Recorded in every event so a subject's accesses can be reported (6.1.1)."""
+
+    path_template: str | None = None
+    path_index: int | None = None  # index of the `{…}` segment in the split path
+    path_literals: tuple[str, ...] = ()  # the template's literal segments before it
+    query: str | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    prefix: str
+    upstream: str
+    upstream_url: str
+    system: str
+    category: str
+    actions: Mapping[str, str]
+    methods: frozenset[str] | None = None
+    subject: SubjectRule | None = None
+
+    @property
+    def carries_personal_data(self) -> bool:
+        return self.category != "none"
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    demo: bool
+    instance_id: str
+    proxy_listen: Listen
+    admin_listen: Listen
+    identity: IdentityConfig
+    authz: AuthzConfig
+    audit: AuditConfig
+    proxy: ProxyConfig
+    upstreams: Mapping[str, str]
+    routes: tuple[Route, ...] = field(default=())
+
+    def to_json(self) -> str:
+        """The effective configuration, defaults filled in (like `nginx -T`)."""
+        return json.dumps(_plain(self), indent=2, sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, frozenset):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, Path | ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return str(value)
+    return value
+
+
+T = TypeVar("T")
+
+
+class _Problems:
+    def __init__(self, lines: Mapping[str, int]) -> None:
+        self.items: list[str] = []
+        self._lines = lines
+
+    def add(self, path: str, message: str) -> None:
+        line = self._line_of(path)
+        where = f"line {line}: " if line else ""
+        self.items.append(f"{where}{path}: {message}")
+
+    def _line_of(self, path: str) -> int | None:
+        while path:
+            if path in self._lines:
+                return self._lines[path]
+            path = path.rpartition(".")[0] if "." in path else ""
+        return None
+
+
+class _Section:
+    """Reads one mapping of the YAML document, recording problems under its key path."""
+
+    def __init__(self, data: Any, path: str, problems: _Problems) -> None:
+        self.path = path
+        self.problems = problems
+        self.seen: set[str] = set()
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            problems.add(path or "(top level)", "must be a mapping")
+            data = {}
+        self.data: Mapping[str, Any] = data
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(
+        self,
+        name: str,
+        kind: type[T] | tuple[type, ...],
+        default: Any = ...,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        self.seen.add(name)
+        if name not in self.data or self.data[name] is None:
+            if default is ...:
+                self.problems.add(self.key(name), "is required")
+                return None
+            return default
+        value = self.data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            self.problems.add(self.key(name), f"must be {names}, got {type(value).__name__}")
+            return None if default is ... else default
+        if check is not None and (message := check(value)) is not None:
+            self.problems.add(self.key(name), message)
+            return None if default is ... else default
+        return value
+
+    def section(self, name: str, required: bool = True) -> _Section:
+        self.seen.add(name)
+        if required and name not in self.data:
+            self.problems.add(self.key(name), "is required")
+        return _Section(self.data.get(name), self.key(name), self.problems)
+
+    def finish(self) -> None:
+        for name in self.data:
+            if name not in self.seen:
+                self.problems.add(self.key(str(name)), "unknown key")
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number 0-65535"
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _http_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    if parts.username or parts.password:
+        return "must not carry credentials"
+    return None
+
+
+def _line_index(node: yaml.Node, path: str = "", out: dict[str, int] | None = None) -> dict[str, int]:
+    """Map each key path ('routes.2.category') to its 1-based line in the YAML file."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{path}.{key_node.value}" if path else str(key_node.value)
+            out[key] = key_node.start_mark.line + 1
+            _line_index(value_node, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            key = f"{path}.{i}" if path else str(i)
+            out[key] = item.start_mark.line + 1
+            _line_index(item, key, out)
+    return out
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"cannot read file: {e.strerror}"], str(source)) from e
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{where}{problem}"], str(source)) from e
+    lines = _line_index(node) if node is not None else {}
+    return parse(data, source, lines)
+
+
+def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Config:
+    problems = _Problems(lines or {})
+    base = source.parent
+    top = _Section(data, "", problems)
+
+    def resolve(p: str | None) -> Path | None:
+        return None if p is None else (base / p).resolve()
+
+    demo = top.get("demo", bool, False)
+    instance_id = top.get("instance_id", str, socket.gethostname(), _name_check)
+
+    listen = top.section("listen", required=False)
+    proxy_l = listen.section("proxy", required=False)
+    admin_l = listen.section("admin", required=False)
+    proxy_listen = Listen(
+        proxy_l.get("host", str, "127.0.0.1"), proxy_l.get("port", int, 8080, _port)
+    )
+    # SECURITY: the admin port defaults to loopback; exposing it is an explicit choice.
+    admin_listen = Listen(
+        admin_l.get("host", str, "127.0.0.1"), admin_l.get("port", int, 9090, _port)
+    )
+    proxy_l.finish()
+    admin_l.finish()
+    listen.finish()
+
+    ident = top.section("identity")
+    algorithms = ident.get("algorithms", list)
+    if algorithms is not None:
+        if not algorithms:
+            problems.add(ident.key("algorithms"), "must name at least one algorithm")
+        for i, alg in enumerate(algorithms):
+            if alg not in ASYMMETRIC_ALGORITHMS:
+                problems.add(
+                    f"{ident.key('algorithms')}.{i}",
+                    f"{alg!r} is not allowed; use one of {', '.join(ASYMMETRIC_ALGORITHMS)}",
+                )
+    jwks_url = ident.get("jwks_url", str, None, _http_url)
+    jwks_file = ident.get("jwks_file", str, None)
+    if (jwks_url is None) == (jwks_file is None):
+        problems.add(ident.key("jwks_url"), "give exactly one of jwks_url or jwks_file")
+    identity = IdentityConfig(
+        issuer=ident.get("issuer", str),
+        audience=ident.get("audience", str),
+        algorithms=tuple(algorithms or ()),
+        jwks_url=jwks_url,
+        jwks_file=resolve(jwks_file),
+        clock_skew_seconds=ident.get("clock_skew_seconds", int, 30, _non_negative),
+        user_claim=ident.get("user_claim", str, "sub"),
+        roles_claim=ident.get("roles_claim", str, "roles"),
+        jwks_refresh_min_interval_seconds=ident.get(
+            "jwks_refresh_min_interval_seconds", float, 30.0, _positive
+        ),
+        jwks_cache_seconds=ident.get("jwks_cache_seconds", float, 300.0, _positive),
+        token_cache_size=ident.get("token_cache_size", int, 50_000, _positive),
+        demo_signing_key_file=resolve(ident.get("demo_signing_key_file", str, None)),
+    )
+    if identity.demo_signing_key_file is not None and not demo:
+        problems.add(ident.key("demo_signing_key_file"), "only allowed in a config marked demo: true")
+    ident.finish()
+
+    az = top.section("authz")
+    authz = AuthzConfig(
+        model=resolve(az.get("model", str)) or Path(),
+        policy=resolve(az.get("policy", str)) or Path(),
+        decision_cache_size=az.get("decision_cache_size", int, 100_000, _positive),
+    )
+    az.finish()
+
+    au = top.section("audit")
+    spool_dir = au.get("spool_dir", str)
+    audit = AuditConfig(
+        spool_dir=resolve(spool_dir) or Path(),
+        durability=au.get("durability", str, "fsync", _one_of(("fsync", "batch"))),
+        batch_interval_ms=au.get("batch_interval_ms", float, 5.0, _positive),
+        segment_max_bytes=au.get("segment_max_bytes", int, 64 * 1024 * 1024, _min(4096)),
+        max_pending=au.get("max_pending", int, 10_000, _positive),
+    )
+    au.finish()
+
+    px = top.section("proxy")
+    trusted: list[IPNetwork] = []
+    raw_trusted = px.get("trusted_proxies", list)  # required: an empty list is a choice
+    for i, net in enumerate(raw_trusted or ()):
+        try:
+            trusted.append(ipaddress.ip_network(str(net), strict=False))
+        except ValueError:
+            problems.add(f"{px.key('trusted_proxies')}.{i}", f"{net!r} is not a network")
+    proxy = ProxyConfig(
+        trusted_proxies=tuple(trusted),
+        connect_timeout_seconds=px.get("connect_timeout_seconds", float, 5.0, _positive),
+        read_timeout_seconds=px.get("read_timeout_seconds", float, 60.0, _positive),
+        max_connections=px.get("max_connections", int, 256, _positive),
+        forward_authorization=px.get("forward_authorization", bool, False),
+        shutdown_timeout_seconds=px.get("shutdown_timeout_seconds", float, 30.0, _positive),
+    )
+    px.finish()
+
+    up = top.section("upstreams")
+    upstreams: dict[str, str] = {}
+    for name in up.data:
+        url = up.get(str(name), str, ..., _http_url)
+        if url is not None:
+            upstreams[str(name)] = url.rstrip("/")
+    up.finish()
+
+    routes = _parse_routes(top, upstreams, problems)
+    top.finish()
+    if problems.items:
+        raise ConfigError(problems.items, str(source))
+    return Config(
+        source=source.resolve(),
+        demo=demo,
+        instance_id=instance_id,
+        proxy_listen=proxy_listen,
+        admin_listen=admin_listen,
+        identity=identity,
+        authz=authz,
+        audit=audit,
+        proxy=proxy,
+        upstreams=upstreams,
+        routes=routes,
+    )
+
+
+def _parse_routes(
+    top: _Section, upstreams: Mapping[str, str], problems: _Problems
+) -> tuple[Route, ...]:
+    raw = top.get("routes", list)
+    routes: list[Route] = []
+    names: set[str] = set()
+    for i, item in enumerate(raw or ()):
+        r = _Section(item, f"routes.{i}", problems)
+        name = r.get("name", str, ..., _name_check)
+        if name in names:
+            problems.add(r.key("name"), f"duplicate route name {name!r}")
+        names.add(name)
+        prefix = r.get("prefix", str, ..., _prefix_check)
+        upstream = r.get("upstream", str)
+        if upstream is not None and upstream not in upstreams:
+            problems.add(r.key("upstream"), f"no upstream named {upstream!r} under upstreams")
+        system = r.get("system", str, ..., _name_check)
+        category = r.get("category", str, ..., _one_of(CATEGORIES))
+        methods = r.get("methods", list, None)
+        method_set = frozenset(str(m).upper() for m in methods) if methods else None
+
+        actions = dict(DEFAULT_ACTIONS)
+        declared = r.section("actions", required=False)
+        for method in declared.data:
+            act = declared.get(str(method), str, ..., _one_of(ACTIONS))
+            if act is not None:
+                actions[str(method).upper()] = act
+        declared.finish()
+        if method_set is not None:
+            for m in sorted(method_set - set(actions)):
+                problems.add(r.key("methods"), f"method {m} has no action; declare it under actions")
+            actions = {m: a for m, a in actions.items() if m in method_set}
+
+        subject = _parse_subject(r, prefix)
+        r.finish()
+        routes.append(
+            Route(
+                name=name,
+                prefix=prefix or "/",
+                upstream=upstream or "",
+                upstream_url=upstreams.get(upstream or "", ""),
+                system=system,
+                category=category,
+                actions=actions,
+                methods=method_set,
+                subject=subject,
+            )
+        )
+    return tuple(routes)
+
+
+def _parse_subject(r: _Section, prefix: str | None) -> SubjectRule | None:
+    if "subject" not in r.data:
+        r.seen.add("subject")
+        return None
+    s = r.section("subject")
+    template = s.get("path", str, None)
+    query = s.get("query", str, None)
+    index = None
+    literals: tuple[str, ...] = ()
+    if template is not None:
+        segments = template.split("/")
+        params = [i for i, seg in enumerate(segments) if seg.startswith("{") and seg.endswith("}")]
+        if len(params) != 1:
+            s.problems.add(s.key("path"), "must contain exactly one {param} segment")
+        elif prefix and not template.startswith(prefix.rstrip("/") + "/"):
+            s.problems.add(s.key("path"), f"must start with the route prefix {prefix}")
+        else:
+            index = params[0]
+            literals = tuple(segments[:index])
+    if template is None and query is None:
+        s.problems.add(s.path, "give path and/or query")
+    s.finish()
+    return SubjectRule(path_template=template, path_index=index, path_literals=literals, query=query)
+
+
+def _name_check(value: str) -> str | None:
+    return None if _NAME.match(value) else "must be lower-case letters, digits, '_' or '-'"
+
+
+def _prefix_check(value: str) -> str | None:
+    if not value.startswith("/"):
+        return "must start with /"
+    if "//" in value or "/./" in value or "/../" in value or "%" in value or "\\" in value:
+        return "must be a plain decoded path without '//', dot segments, '%' or '\\'"
+    return None
+
+
+def _non_negative(value: int) -> str | None:
+    return None if value >= 0 else "must be 0 or greater"
+
+
+def _min(n: int) -> Callable[[int], str | None]:
+    def check(value: int) -> str | None:
+        return None if value >= n else f"must be at least {n}"
+
+    return check
+
+
+__all__ = ["ACTIONS", "CATEGORIES", "Config", "Route", "asdict", "load", "parse"]

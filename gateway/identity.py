@@ -1,0 +1,234 @@
+"""Bearer token → Principal: JWT verification with python-jose against a JWKS.
+
+Contract: ``TokenVerifier.verify(raw)`` returns a Principal or raises AuthenticationError with a
+short machine reason for the audit trail (never shown to the client). The algorithm allowlist
+comes from config and is checked against the header before any key is chosen; `exp`, `iss` and
+`aud` are required. Keys come only from the configured JWKS — header fields `jku`, `x5u` and
+`jwk` never select a key (SECURITY: THREAT_MODEL.md, token forgery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jose import jwk, jwt
+from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
+
+from gateway.config import IdentityConfig
+from gateway.errors import AuthenticationError
+
+log = logging.getLogger(__name__)
+
+_KTY_FOR_ALG = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
+MAX_TOKEN_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated employee: who they are and their job functions (4.4)."""
+
+    user: str
+    roles: tuple[str, ...]
+    expires_at: float
+
+
+JwksFetcher = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
+class KeySet:
+    """Verification keys indexed by `kid`, refreshed from the JWKS at a bounded rate.
+
+    An unknown `kid` triggers at most one refresh per ``min_interval`` seconds, so a flood of
+    tokens with random `kid`s cannot turn the gateway into a JWKS-fetching amplifier.
+    """
+
+    def __init__(
+        self, fetch: JwksFetcher, min_interval: float, max_age: float, *, clock: Callable[[], float]
+    ) -> None:
+        self._fetch = fetch
+        self._min_interval = min_interval
+        self._max_age = max_age
+        self._clock = clock
+        self._jwks: dict[str, Mapping[str, Any]] = {}
+        self._built: dict[tuple[str, str], Any] = {}
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+        self.refreshes = 0
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self._jwks)
+
+    async def refresh(self) -> None:
+        data = await self._fetch()
+        keys = data.get("keys") if isinstance(data, Mapping) else None
+        if not isinstance(keys, list):
+            raise ValueError("JWKS has no 'keys' list")
+        index: dict[str, Mapping[str, Any]] = {}
+        for k in keys:
+            if isinstance(k, Mapping) and isinstance(k.get("kid"), str) and k.get("use", "sig") == "sig":
+                index[k["kid"]] = k
+        self._jwks = index
+        self._built = {}
+        self._fetched_at = self._clock()
+        self.refreshes += 1
+
+    async def key_for(self, kid: str, alg: str) -> Any | None:
+        now = self._clock()
+        stale = now - self._fetched_at > self._max_age
+        if (kid not in self._jwks or stale) and now - self._fetched_at >= self._min_interval:
+            async with self._lock:
+                if self._clock() - self._fetched_at >= self._min_interval:
+                    try:
+                        await self.refresh()
+                    except Exception as e:  # keep the old keys; the next refresh may succeed
+                        self._fetched_at = self._clock()
+                        log.warning("jwks refresh failed", extra={"error": type(e).__name__})
+        spec = self._jwks.get(kid)
+        if spec is None:
+            return None
+        if spec.get("alg") not in (None, alg) or spec.get("kty") != _KTY_FOR_ALG.get(alg[:2]):
+            return None
+        built = self._built.get((kid, alg))
+        if built is None:
+            built = jwk.construct(dict(spec), alg)
+            self._built[(kid, alg)] = built
+        return built
+
+
+class TokenVerifier:
+    def __init__(
+        self,
+        cfg: IdentityConfig,
+        keys: KeySet,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_cache: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._keys = keys
+        self._clock = clock
+        self._cache: dict[str, Principal] = {}
+        self._on_cache = on_cache or (lambda hit: None)
+        self._options = {
+            "require_exp": True,
+            "require_iss": True,
+            "require_aud": True,
+            "require_sub": cfg.user_claim == "sub",
+            "leeway": cfg.clock_skew_seconds,
+            "verify_at_hash": False,
+        }
+
+    async def verify(self, raw: str) -> Principal:
+        cached = self._cache.get(raw)
+        if cached is not None:
+            # A cached token is valid until exactly its `exp` (plus the configured skew, which
+            # python-jose also allowed when it was first verified).
+            if self._clock() < cached.expires_at + self._cfg.clock_skew_seconds:
+                self._on_cache(True)
+                return cached
+            del self._cache[raw]
+        self._on_cache(False)
+        principal = await self._verify_uncached(raw)
+        if len(self._cache) >= self._cfg.token_cache_size:
+            self._evict()
+        self._cache[raw] = principal
+        return principal
+
+    def _evict(self) -> None:
+        now = self._clock() - self._cfg.clock_skew_seconds
+        expired = [t for t, p in self._cache.items() if p.expires_at <= now]
+        for t in expired:
+            del self._cache[t]
+        if len(self._cache) >= self._cfg.token_cache_size:  # still full: drop the oldest half
+            for t in list(self._cache)[: len(self._cache) // 2]:
+                del self._cache[t]
+
+    async def _verify_uncached(self, raw: str) -> Principal:
+        if len(raw) > MAX_TOKEN_BYTES:
+            raise AuthenticationError("token_too_large")
+        try:
+            header = jwt.get_unverified_header(raw)
+        except JOSEError as e:
+            raise AuthenticationError("malformed_token") from e
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._cfg.algorithms:
+            raise AuthenticationError("algorithm_not_allowed")
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise AuthenticationError("missing_kid")
+        key = await self._keys.key_for(kid, alg)
+        if key is None:
+            raise AuthenticationError("unknown_kid")
+        try:
+            claims = jwt.decode(
+                raw,
+                key,
+                algorithms=[alg],
+                audience=self._cfg.audience,
+                issuer=self._cfg.issuer,
+                options=self._options,
+            )
+        except ExpiredSignatureError as e:
+            raise AuthenticationError("token_expired") from e
+        except JWTClaimsError as e:
+            raise AuthenticationError("invalid_claims") from e
+        except JOSEError as e:
+            raise AuthenticationError("invalid_signature") from e
+        return self._principal(claims)
+
+    def _principal(self, claims: Mapping[str, Any]) -> Principal:
+        user = claims.get(self._cfg.user_claim)
+        if not isinstance(user, str) or not user or len(user) > 256:
+            raise AuthenticationError("invalid_user_claim")
+        roles: Any = claims
+        for part in self._cfg.roles_claim.split("."):  # e.g. realm_access.roles
+            roles = roles.get(part) if isinstance(roles, Mapping) else None
+        if roles is None:
+            roles = []
+        if not isinstance(roles, list) or not all(isinstance(r, str) and r for r in roles):
+            raise AuthenticationError("invalid_roles_claim")
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise AuthenticationError("invalid_claims")
+        return Principal(user=user, roles=tuple(sorted(set(roles))), expires_at=float(exp))
+
+
+def file_fetcher(path: str) -> JwksFetcher:
+    async def fetch() -> Mapping[str, Any]:
+        with open(path, encoding="utf-8") as f:
+            data: Mapping[str, Any] = json.load(f)
+        return data
+
+    return fetch
+
+
+def bearer_token(authorization: str | None) -> str:
+    """Extract the token from an Authorization header (RFC 6750 §2.1)."""
+    if not authorization:
+        raise AuthenticationError("missing_token")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError("not_bearer")
+    return token.strip()
+
+
+def url_fetcher(session: Any, url: str, timeout: float = 5.0) -> JwksFetcher:
+    """Fetch a JWKS over HTTP(S) with the given aiohttp ClientSession."""
+    import aiohttp
+
+    async def fetch() -> Mapping[str, Any]:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            resp.raise_for_status()
+            if resp.content_length is not None and resp.content_length > 1024 * 1024:
+                raise ValueError("JWKS too large")
+            data: Mapping[str, Any] = await resp.json(content_type=None)
+            return data
+
+    return fetch

@@ -1,0 +1,115 @@
+"""Every Prometheus metric, defined once, on an injected registry.
+
+Labels are bounded: route names, decisions, status codes, reasons from a fixed vocabulary.
+Never a per-user label (cardinality); per-user analysis lives in the audit store. These metrics
+feed the anomaly alerts of 9.1.6 (denial spikes, audit pipeline failure).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_FSYNC = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "pdgw_requests",
+            "Requests handled by the proxy, by route, decision and HTTP status.",
+            ["route", "decision", "status"],
+            registry=registry,
+        )
+        self.denials = Counter(
+            "pdgw_denials",
+            "Requests refused, by route and reason (unauthenticated, forbidden, audit failure, …).",
+            ["route", "reason"],
+            registry=registry,
+        )
+        self.overhead = Histogram(
+            "pdgw_gateway_overhead_seconds",
+            "Time spent in the gateway before the upstream was called (identity, authz, audit).",
+            ["route"],
+            buckets=_LATENCY,
+            registry=registry,
+        )
+        self.upstream = Histogram(
+            "pdgw_upstream_seconds",
+            "Time from sending the request upstream to the end of its response.",
+            ["route"],
+            buckets=_LATENCY,
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "pdgw_upstream_errors",
+            "Upstream failures by route and kind (connect, timeout, aborted).",
+            ["route", "kind"],
+            registry=registry,
+        )
+        self.audit_events = Counter(
+            "pdgw_audit_records",
+            "Audit records appended to the spool, by kind (access, outcome).",
+            ["kind"],
+            registry=registry,
+        )
+        self.spool_pending = Gauge(
+            "pdgw_spool_pending_records",
+            "Records taken by the spool writer in its last batch (queue depth).",
+            registry=registry,
+        )
+        self.spool_bytes_written = Counter(
+            "pdgw_spool_written_bytes", "Bytes written to spool segments.", registry=registry
+        )
+        self.spool_fsync = Histogram(
+            "pdgw_spool_fsync_seconds", "Duration of spool fsync calls.", buckets=_FSYNC, registry=registry
+        )
+        self.spool_errors = Counter(
+            "pdgw_spool_errors",
+            "Spool failures by reason (write_failed, backlog_full).",
+            ["reason"],
+            registry=registry,
+        )
+        self.spool_healthy = Gauge(
+            "pdgw_spool_healthy",
+            "1 while the audit spool accepts records; 0 means personal-data requests are refused.",
+            registry=registry,
+        )
+        self.token_cache = Counter(
+            "pdgw_token_cache", "Token verification cache lookups by result.", ["result"], registry=registry
+        )
+        self.decision_cache = Counter(
+            "pdgw_decision_cache", "Policy decision cache lookups by result.", ["result"], registry=registry
+        )
+        self.policy_info = Gauge(
+            "pdgw_policy_info", "The policy in force (value 1), by version.", ["version"], registry=registry
+        )
+        self.policy_rules = Gauge("pdgw_policy_rules", "Rules in the policy in force.", registry=registry)
+        self.policy_reloads = Counter(
+            "pdgw_policy_reloads", "Policy reload attempts by result.", ["result"], registry=registry
+        )
+        self.jwks_refreshes = Gauge(
+            "pdgw_jwks_refreshes", "JWKS loads since start.", registry=registry
+        )
+        # Pre-bound children for the hot path (~0.3 µs instead of ~1.2 µs per call).
+        self._token_hit = self.token_cache.labels("hit")
+        self._token_miss = self.token_cache.labels("miss")
+        self._decision_hit = self.decision_cache.labels("hit")
+        self._decision_miss = self.decision_cache.labels("miss")
+        self._access = self.audit_events.labels("access")
+        self._outcome = self.audit_events.labels("outcome")
+
+    def token_cache_result(self, hit: bool) -> None:
+        (self._token_hit if hit else self._token_miss).inc()
+
+    def decision_cache_result(self, hit: bool) -> None:
+        (self._decision_hit if hit else self._decision_miss).inc()
+
+    def audit_record(self, kind: str) -> None:
+        (self._access if kind == "access" else self._outcome).inc()
+
+    def set_policy(self, version: str, rules: int) -> None:
+        self.policy_info.clear()
+        self.policy_info.labels(version).set(1)
+        self.policy_rules.set(rules)

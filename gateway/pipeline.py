@@ -1,0 +1,301 @@
+"""The request path, in order, and the one place errors become responses.
+
+Order, and why:
+  1. request id            — every response and log line carries it, errors included.
+  2. canonical path, route — routing and authorisation see exactly what is forwarded (400 if not).
+  3. action, subject ids   — what the request does and to whom, from the route's declaration.
+  4. identity              — bearer JWT → Principal; failure is 401, audited.
+  5. authorisation         — job function × system × category × action, deny by default (4.4).
+  6. audit the decision    — durable in the spool *before* the upstream sees anything (9.1.8);
+                             if it cannot be recorded the request is refused (503).
+  7. forward               — streaming; the outcome is recorded before the last chunk goes out.
+Every failure inside 3-6 is a deny that is itself audited; nothing in that span fails open.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import NoReturn
+
+from aiohttp import web
+
+from gateway.audit.events import COMPLETE, AccessEvent, Outcome
+from gateway.audit.spool import Spool
+from gateway.authz import Decision, PolicyStore
+from gateway.config import Config, Route
+from gateway.errors import AuthenticationError, BadRequest, GatewayError, SpoolUnavailable
+from gateway.identity import Principal, TokenVerifier, bearer_token
+from gateway.logs import request_id_var
+from gateway.metrics import Metrics
+from gateway.proxy import Exchange, Forwarder, UpstreamError, client_address
+from gateway.routing import RouteTable, canonical_path, subject_ids
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
+class Denied(GatewayError):
+    """A request refused after its denial was audited."""
+
+    def __init__(self, status: int, code: str, public_message: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.code = code
+        self.public_message = public_message
+        self.reason = reason
+
+
+def error_response(status: int, code: str, message: str, request_id: str) -> web.Response:
+    headers = {"X-Request-Id": request_id}
+    if status == 401:
+        # RFC 6750 §3; the error description stays generic on purpose.
+        headers["WWW-Authenticate"] = 'Bearer realm="pd-gateway", error="invalid_token"'
+    return web.json_response(
+        {"error": code, "message": message, "request_id": request_id}, status=status, headers=headers
+    )
+
+
+def error_middleware(*, metrics: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Outermost: assigns the request id and maps every exception to a response, in one place.
+
+    A library's message never reaches the client; unexpected exceptions are logged (no personal
+    data) and answered 500.
+    """
+
+    @web.middleware
+    async def impl(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        request_id = uuid.uuid4().hex
+        request[REQUEST_ID] = request_id
+        token = request_id_var.set(request_id)
+        try:
+            return await handler(request)
+        except GatewayError as e:
+            return error_response(e.status, e.code, e.public_message, request_id)
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("unhandled error in request path")
+            metrics.denials.labels("-", "internal_error").inc()
+            return error_response(500, "internal_error", "internal error", request_id)
+        finally:
+            request_id_var.reset(token)
+
+    return impl
+
+
+@dataclass(slots=True)
+class _Context:
+    """What is known about one request so far; becomes its audit event."""
+
+    request_id: str
+    route: Route
+    method: str
+    path: str
+    client_ip: str
+    action: str
+    ts_us: int
+    t0: float
+    subjects: list[str]
+    principal: Principal | None = None
+    decision: Decision | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        routes: RouteTable,
+        verifier: TokenVerifier,
+        policies: PolicyStore,
+        spool: Spool,
+        forwarder: Forwarder,
+        metrics: Metrics,
+    ) -> None:
+        self._cfg = cfg
+        self._routes = routes
+        self._verifier = verifier
+        self._policies = policies
+        self._spool = spool
+        self._forwarder = forwarder
+        self._metrics = metrics
+        self._instance = cfg.instance_id
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        request_id = request[REQUEST_ID]
+        path = canonical_path(request.raw_path)  # BadRequest → 400 (no route known: not audited)
+        route = self._routes.match(path, request.method)
+        if route is None:
+            self._metrics.requests.labels("-", "no_route", "404").inc()
+            raise Denied(404, "not_found", "no route for this path", "no_route")
+        ctx = _Context(
+            request_id=request_id,
+            route=route,
+            method=request.method,
+            path=path,
+            client_ip=client_address(request, self._cfg.proxy.trusted_proxies),
+            action=route.actions.get(request.method, ""),
+            ts_us=time.time_ns() // 1000,
+            t0=time.perf_counter(),
+            subjects=[],
+        )
+        if not ctx.action:
+            await self._deny(ctx, 405, "method_not_allowed", "this method is not allowed here", "method_not_allowed")
+        try:
+            ctx.subjects = subject_ids(route, path, request.query)
+        except BadRequest as e:
+            await self._deny(ctx, 400, "bad_request", "malformed request", e.reason)
+        except Exception:
+            log.exception("subject extraction failed")
+            await self._deny(ctx, 500, "internal_error", "internal error", "subject_error")
+
+        try:
+            ctx.principal = await self._verifier.verify(bearer_token(request.headers.get("Authorization")))
+        except AuthenticationError as e:
+            await self._deny(ctx, 401, "unauthenticated", e.public_message, e.reason)
+        except Exception:
+            log.exception("identity check failed")
+            await self._deny(ctx, 500, "internal_error", "internal error", "identity_error")
+
+        try:
+            ctx.decision = self._policies.engine.decide(
+                ctx.principal.user, ctx.principal.roles, route.system, route.category, ctx.action
+            )
+        except Exception:
+            log.exception("authorisation failed")
+            await self._deny(ctx, 500, "internal_error", "internal error", "authz_error")
+        if not ctx.decision.allowed:
+            await self._deny(ctx, 403, "forbidden", "your job function does not permit this access", "no_matching_rule")
+
+        event = self._event(ctx, "allow", "rule")
+        if route.carries_personal_data:
+            await self._record(ctx, event, "access")
+        return await self._forward(request, ctx, event)
+
+    async def _forward(self, request: web.Request, ctx: _Context, event: AccessEvent) -> web.StreamResponse:
+        assert ctx.principal is not None
+        route = ctx.route
+        exchange = Exchange()
+        self._metrics.overhead.labels(route.name).observe(time.perf_counter() - ctx.t0)
+        injected = {
+            "X-PD-User": ctx.principal.user,
+            "X-PD-Roles": ",".join(ctx.principal.roles),
+            "X-Request-Id": ctx.request_id,
+        }
+        recorded = False
+
+        async def record_outcome(outcome: str) -> None:
+            nonlocal recorded
+            if recorded or not route.carries_personal_data:
+                return
+            recorded = True
+            await self._record(ctx, self._outcome(ctx, event, exchange, outcome), "outcome")
+
+        try:
+            resp = await self._forwarder.forward(
+                request,
+                route,
+                request_id=ctx.request_id,
+                injected=injected,
+                exchange=exchange,
+                before_last_chunk=lambda: record_outcome(COMPLETE),
+            )
+        except UpstreamError as e:
+            self._metrics.upstream_errors.labels(route.name, e.reason).inc()
+            self._metrics.upstream.labels(route.name).observe(exchange.upstream_seconds)
+            if exchange.response is None:
+                exchange.status = e.status
+                await record_outcome(e.reason)
+                self._count(route, "allow", e.status)
+                raise
+            await record_outcome(e.reason)  # headers already sent: cut the connection short
+            self._count(route, "allow", exchange.status)
+            return self._abort(request, exchange.response)
+        except ConnectionError:
+            await record_outcome("client_aborted")
+            self._count(route, "allow", exchange.status)
+            return self._abort(request, exchange.response)
+        except SpoolUnavailable:
+            # The outcome could not be recorded: the last chunk is withheld (no audit, no access).
+            self._count(route, "allow", exchange.status)
+            return self._abort(request, exchange.response)
+        self._metrics.upstream.labels(route.name).observe(exchange.upstream_seconds)
+        self._count(route, "allow", exchange.status)
+        return resp
+
+    @staticmethod
+    def _abort(request: web.Request, resp: web.StreamResponse | None) -> web.StreamResponse:
+        if request.transport is not None:
+            request.transport.close()
+        return resp if resp is not None else web.Response(status=499)
+
+    def _count(self, route: Route, decision: str, status: int) -> None:
+        self._metrics.requests.labels(route.name, decision, str(status)).inc()
+
+    async def _deny(
+        self, ctx: _Context, status: int, code: str, message: str, reason: str
+    ) -> NoReturn:
+        """Audit a refusal (for routes with personal data) and raise it as the response."""
+        self._count(ctx.route, "deny", status)
+        self._metrics.denials.labels(ctx.route.name, reason).inc()
+        if ctx.route.carries_personal_data:
+            event = self._event(ctx, "deny", reason)
+            event.status = status
+            event.outcome = COMPLETE
+            event.duration_us = int((time.perf_counter() - ctx.t0) * 1e6)
+            await self._record(ctx, event, "access")
+        raise Denied(status, code, message, reason)
+
+    async def _record(self, ctx: _Context, event: AccessEvent | Outcome, kind: str) -> None:
+        try:
+            await self._spool.append(event.record())
+        except SpoolUnavailable as e:
+            self._metrics.denials.labels(ctx.route.name, "audit_unavailable").inc()
+            log.error("audit record refused; request refused", extra={"reason": e.reason, "route": ctx.route.name})
+            raise
+        self._metrics.audit_record(kind)
+
+    def _event(self, ctx: _Context, decision: str, reason: str) -> AccessEvent:
+        p = ctx.principal
+        d = ctx.decision
+        return AccessEvent(
+            event_id=uuid.uuid4().hex,
+            ts_us=ctx.ts_us,
+            instance=self._instance,
+            seq=self._spool.next_seq(),
+            request_id=ctx.request_id,
+            user=p.user if p else "",
+            roles=list(p.roles) if p else [],
+            client_ip=ctx.client_ip,
+            method=ctx.method,
+            path=ctx.path,
+            route=ctx.route.name,
+            system=ctx.route.system,
+            category=ctx.route.category,
+            action=ctx.action,
+            subject_ids=ctx.subjects,
+            decision=decision,
+            reason=reason,
+            rule=d.rule if d else "",
+            policy_version=d.policy_version if d else self._policies.engine.version,
+        )
+
+    @staticmethod
+    def _outcome(ctx: _Context, event: AccessEvent, exchange: Exchange, outcome: str) -> Outcome:
+        return Outcome(
+            event_id=event.event_id,
+            seq=event.seq,
+            status=exchange.status,
+            bytes_in=exchange.bytes_in,
+            bytes_out=exchange.bytes_out,
+            duration_us=int((time.perf_counter() - ctx.t0) * 1e6),
+            upstream_us=int(exchange.upstream_seconds * 1e6),
+            outcome=outcome,
+        )

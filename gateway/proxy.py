@@ -1,0 +1,242 @@
+"""Forwarding to upstreams: header hygiene, X-Forwarded-*, streaming both ways, 502/504.
+
+Contract: ``Forwarder.forward`` streams the request to the route's upstream and the response back
+without holding a whole body; it calls ``before_last_chunk(outcome)`` once the response's size is
+known and before the last chunk is written, so the outcome is on record before the client has
+all of the response. Upstream failures raise UpstreamError (status 502 or 504).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.config import IPNetwork, Route
+from gateway.errors import GatewayError
+
+# RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies still meet.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+FORWARDING = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"})
+INJECTED_PREFIX = "x-pd-"
+
+
+class UpstreamError(GatewayError):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.code = "upstream_timeout" if status == 504 else "bad_gateway"
+        self.public_message = "the upstream did not answer in time" if status == 504 else "the upstream is unavailable"
+
+
+def connection_listed(headers: CIMultiDict[str] | object) -> set[str]:
+    names: set[str] = set()
+    for value in headers.getall("Connection", ()):  # type: ignore[attr-defined]
+        names.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return names
+
+
+def _strip(lower: str, listed: set[str]) -> bool:
+    return lower in HOP_BY_HOP or lower in listed
+
+
+def is_trusted(addr: str, networks: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def client_address(request: web.BaseRequest, trusted: Sequence[IPNetwork]) -> str:
+    """The client's address: the peer, or — behind trusted proxies — the nearest untrusted hop."""
+    peer = request.remote or ""
+    if not trusted or not is_trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for v in request.headers.getall("X-Forwarded-For", ()) for h in v.split(",")]
+    for hop in reversed(hops):
+        if hop and not is_trusted(hop, trusted):
+            return hop
+    return peer
+
+
+def upstream_headers(
+    request: web.BaseRequest,
+    *,
+    trusted: Sequence[IPNetwork],
+    forward_authorization: bool,
+    injected: dict[str, str],
+) -> CIMultiDict[str]:
+    """Request headers for the upstream.
+
+    SECURITY: every inbound `X-PD-*` and `X-Request-Id` is dropped by normalised name before the
+    gateway injects its own, so no client can assert an identity the upstream would trust.
+    `X-Forwarded-*` from a peer outside ``trusted`` are replaced, not extended.
+    """
+    listed = connection_listed(request.headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if (
+            _strip(lower, listed)
+            or lower.startswith(INJECTED_PREFIX)
+            or lower in FORWARDING
+            or lower in ("host", "x-request-id")
+            or (lower == "authorization" and not forward_authorization)
+        ):
+            continue
+        out.add(name, value)
+    peer = request.remote or ""
+    from_trusted = bool(trusted) and is_trusted(peer, trusted)
+    prior_for = ", ".join(request.headers.getall("X-Forwarded-For", ())) if from_trusted else ""
+    out["X-Forwarded-For"] = f"{prior_for}, {peer}" if prior_for else peer
+    out["X-Forwarded-Proto"] = (
+        request.headers.get("X-Forwarded-Proto", request.scheme) if from_trusted else request.scheme
+    )
+    out["X-Forwarded-Host"] = (
+        request.headers.get("X-Forwarded-Host", request.host) if from_trusted else request.host
+    )
+    out.update(injected)
+    return out
+
+
+def response_headers(upstream: aiohttp.ClientResponse, request_id: str) -> CIMultiDict[str]:
+    listed = connection_listed(upstream.headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.headers.items():
+        lower = name.lower()
+        if _strip(lower, listed) or lower == "x-request-id":
+            continue
+        out.add(name, value)
+    out["X-Request-Id"] = request_id
+    return out
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the forwarder measured; filled as the exchange proceeds."""
+
+    status: int = 0
+    response: web.StreamResponse | None = None  # set once headers went to the client
+    bytes_in: int = 0
+    bytes_out: int = 0
+    upstream_seconds: float = 0.0
+
+
+class Forwarder:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        trusted: Sequence[IPNetwork],
+        forward_authorization: bool,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        self._session = session
+        self._trusted = tuple(trusted)
+        self._forward_authorization = forward_authorization
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+
+    async def forward(
+        self,
+        request: web.Request,
+        route: Route,
+        *,
+        request_id: str,
+        injected: dict[str, str],
+        exchange: Exchange,
+        before_last_chunk: Callable[[], Awaitable[None]],
+    ) -> web.StreamResponse:
+        headers = upstream_headers(
+            request, trusted=self._trusted, forward_authorization=self._forward_authorization, injected=injected
+        )
+        # The raw path and query, byte for byte: what was authorised is what is forwarded.
+        url = URL(route.upstream_url + request.raw_path, encoded=True)
+
+        async def body() -> AsyncIterator[bytes]:
+            async for chunk in request.content.iter_any():
+                exchange.bytes_in += len(chunk)
+                yield chunk
+
+        data = body() if request.body_exists else None
+        t0 = time.perf_counter()
+        try:
+            upstream = await self._session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=self._timeout,
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as e:
+            exchange.upstream_seconds = time.perf_counter() - t0
+            raise UpstreamError(504, "upstream_timeout") from e
+        except aiohttp.ClientConnectorError as e:
+            exchange.upstream_seconds = time.perf_counter() - t0
+            raise UpstreamError(502, "upstream_unreachable") from e
+        except aiohttp.ClientError as e:
+            exchange.upstream_seconds = time.perf_counter() - t0
+            raise UpstreamError(502, "upstream_error") from e
+        try:
+            return await self._relay(request, upstream, request_id, exchange, before_last_chunk, t0)
+        finally:
+            upstream.release()
+
+    async def _relay(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        request_id: str,
+        exchange: Exchange,
+        before_last_chunk: Callable[[], Awaitable[None]],
+        t0: float,
+    ) -> web.StreamResponse:
+        exchange.status = upstream.status
+        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=response_headers(upstream, request_id))
+        if upstream.content_length is None and request.method != "HEAD" and upstream.status not in (204, 304):
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        exchange.response = resp
+        # One chunk of look-ahead: the last chunk is held until the outcome is on record, so a
+        # client never has a whole response whose outcome could still be lost.
+        held: bytes | None = None
+        try:
+            async for chunk in upstream.content.iter_any():
+                if held is not None:
+                    await resp.write(held)
+                    exchange.bytes_out += len(held)
+                held = chunk
+        except (TimeoutError, aiohttp.ClientError) as e:
+            exchange.upstream_seconds = time.perf_counter() - t0
+            raise UpstreamError(504 if isinstance(e, TimeoutError) else 502, "upstream_aborted") from e
+        exchange.upstream_seconds = time.perf_counter() - t0
+        if held is not None:
+            exchange.bytes_out += len(held)
+        await before_last_chunk()
+        if held is not None:
+            await resp.write(held)
+        await resp.write_eof()
+        return resp

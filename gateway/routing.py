@@ -1,0 +1,84 @@
+"""The route table, the canonical request path, and subject-id extraction.
+
+SECURITY (THREAT_MODEL.md, path confusion): the path used for routing and authorisation must be
+the path the upstream receives. The gateway forwards the raw path byte for byte and routes on its
+percent-decoded form, so it refuses every raw path whose decoded form could be read differently
+by an upstream: encoded slashes or backslashes, dot segments, empty segments, control bytes and
+invalid (e.g. overlong) UTF-8. What passes has the same segments raw and decoded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from urllib.parse import unquote_to_bytes
+
+from gateway.config import Route
+from gateway.errors import BadRequest
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ENCODED_SEPARATOR = re.compile(r"%(2[fF]|5[cC])")
+MAX_SUBJECT_LEN = 128
+
+
+def canonical_path(raw_path: str) -> str:
+    """The decoded path of ``raw_path`` (query removed), or BadRequest if it is ambiguous."""
+    path = raw_path.split("?", 1)[0]
+    if not path.startswith("/"):
+        raise BadRequest("path_not_absolute")
+    if _BAD_ESCAPE.search(path):
+        raise BadRequest("bad_percent_escape")
+    if _ENCODED_SEPARATOR.search(path):
+        raise BadRequest("encoded_separator")
+    try:
+        decoded = unquote_to_bytes(path).decode("utf-8", "strict")
+    except UnicodeDecodeError as e:
+        raise BadRequest("invalid_utf8") from e
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded) or "\\" in decoded:
+        raise BadRequest("control_or_backslash")
+    segments = decoded.split("/")[1:]
+    for i, seg in enumerate(segments):
+        if seg in (".", ".."):
+            raise BadRequest("dot_segment")
+        if seg == "" and i != len(segments) - 1:  # only a trailing slash may leave one empty
+            raise BadRequest("empty_segment")
+    return decoded
+
+
+class RouteTable:
+    """Longest-prefix match at a segment boundary; a route's `methods` narrow what it matches."""
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.routes = tuple(sorted(routes, key=lambda r: len(r.prefix.rstrip("/")), reverse=True))
+
+    def match(self, path: str, method: str) -> Route | None:
+        for route in self.routes:
+            prefix = route.prefix.rstrip("/")
+            if path == prefix or path.startswith(prefix + "/") or prefix == "":
+                if route.methods is None or method in route.methods:
+                    return route
+        return None
+
+
+def subject_ids(route: Route, path: str, query: Mapping[str, str]) -> list[str]:
+    """The data subjects a request names, per the route's declaration (recorded for 6.1.1)."""
+    rule = route.subject
+    if rule is None:
+        return []
+    found: list[str] = []
+    if rule.path_index is not None:
+        segments = path.split("/")
+        if (
+            len(segments) > rule.path_index
+            and tuple(segments[: rule.path_index]) == rule.path_literals
+            and segments[rule.path_index]
+        ):
+            found.append(segments[rule.path_index])
+    if rule.query is not None:
+        value = query.get(rule.query)
+        if value:
+            found.append(value)
+    for s in found:
+        if len(s) > MAX_SUBJECT_LEN:
+            raise BadRequest("subject_id_too_long")
+    return sorted(set(found))
