@@ -29,7 +29,8 @@ def build_admin_app(metrics: Metrics, readiness: ReadinessCheck) -> web.Applicat
         checks = readiness()
         ready = all(checks.values())
         return web.json_response(
-            {"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503
+            {"status": "ready" if ready else "not_ready", "checks": checks},
+            status=200 if ready else 503,
         )
 
     app = web.Application()

@@ -55,7 +55,9 @@ class Gateway:
             engine = self.policies.reload()
         except PolicyError as e:
             self.metrics.policy_reloads.labels("refused").inc()
-            log.error("policy reload refused; previous policy stays in force", extra={"error": str(e)})
+            log.error(
+                "policy reload refused; previous policy stays in force", extra={"error": str(e)}
+            )
             return False
         self.metrics.policy_reloads.labels("ok").inc()
         self.metrics.set_policy(engine.version, engine.rule_count)
@@ -75,7 +77,9 @@ def spool_hooks(metrics: Metrics) -> SpoolHooks:
     )
 
 
-def build(cfg: Config, registry: CollectorRegistry | None = None) -> tuple[web.Application, web.Application]:
+def build(
+    cfg: Config, registry: CollectorRegistry | None = None
+) -> tuple[web.Application, web.Application]:
     """The proxy app and the admin app. Loads the policy now (PolicyError if it is invalid)."""
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     a = cfg.audit
@@ -123,9 +127,15 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     cfg = gw.cfg
     connector = aiohttp.TCPConnector(limit=cfg.proxy.max_connections, enable_cleanup_closed=True)
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+    session = aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+    )
     ident = cfg.identity
-    fetch = url_fetcher(session, ident.jwks_url) if ident.jwks_url else file_fetcher(str(ident.jwks_file))
+    fetch = (
+        url_fetcher(session, ident.jwks_url)
+        if ident.jwks_url
+        else file_fetcher(str(ident.jwks_file))
+    )
     keys = KeySet(
         fetch,
         ident.jwks_refresh_min_interval_seconds,
@@ -135,7 +145,10 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         await keys.refresh()
     except Exception as e:
-        log.error("initial JWKS load failed; not ready until it succeeds", extra={"error": type(e).__name__})
+        log.error(
+            "initial JWKS load failed; not ready until it succeeds",
+            extra={"error": type(e).__name__},
+        )
     gw.metrics.jwks_refreshes.set_function(lambda: keys.refreshes)
     gw.keys = keys
     gw.pipeline = Pipeline(
@@ -165,7 +178,9 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     """
     proxy_app, admin_app = build(cfg)
     gw = proxy_app[GATEWAY]
-    proxy_runner = web.AppRunner(proxy_app, shutdown_timeout=cfg.proxy.shutdown_timeout_seconds, access_log=None)
+    proxy_runner = web.AppRunner(
+        proxy_app, shutdown_timeout=cfg.proxy.shutdown_timeout_seconds, access_log=None
+    )
     admin_runner = web.AppRunner(admin_app, access_log=None)
     await proxy_runner.setup()
     await admin_runner.setup()

@@ -77,7 +77,9 @@ class PolicyEngine:
             raise PolicyError(f"{model} / {policy}: cannot load policy: {e}") from e
         tokens = enforcer.get_model().model["r"]["r"].tokens
         if [t.partition("_")[2] for t in tokens] != list(REQUEST_FIELDS):
-            raise PolicyError(f"{model}: request_definition must be r = {', '.join(REQUEST_FIELDS)}")
+            raise PolicyError(
+                f"{model}: request_definition must be r = {', '.join(REQUEST_FIELDS)}"
+            )
         for n, row in enumerate(enforcer.get_policy(), 1):
             if len(row) != 4:
                 raise PolicyError(f"{policy}: policy rule {n} must have 4 fields: {row}")
@@ -120,7 +122,9 @@ class PolicyEngine:
 class PolicyStore:
     """Holds the engine in force; ``reload`` swaps in a new one only if it loads cleanly."""
 
-    def __init__(self, model: Path, policy: Path, *, cache_size: int, on_cache: Callable[[bool], None]):
+    def __init__(
+        self, model: Path, policy: Path, *, cache_size: int, on_cache: Callable[[bool], None]
+    ):
         self._model = model
         self._policy = policy
         self._cache_size = cache_size
@@ -133,8 +137,10 @@ class PolicyStore:
         )
 
     def reload(self) -> PolicyEngine:
-        """Load the files again; on error the old policy stays in force and PolicyError is raised."""
+        """Load the files again; if they are invalid, raise PolicyError and keep the old policy."""
         engine = self._load()
         old, self.engine = self.engine, engine
-        log.info("policy reloaded", extra={"old_version": old.version, "new_version": engine.version})
+        log.info(
+            "policy reloaded", extra={"old_version": old.version, "new_version": engine.version}
+        )
         return engine

@@ -35,7 +35,17 @@ DEFAULT_ACTIONS: Mapping[str, str] = {
 }
 # RFC 7518 families python-jose verifies; HS* is excluded on purpose: a gateway verifying tokens
 # from an IdP has only public keys, and HS* with a public key is the classic confusion attack.
-ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+)
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -206,7 +216,7 @@ class _Section:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             names = " or ".join(k.__name__ for k in kinds)
             self.problems.add(self.key(name), f"must be {names}, got {type(value).__name__}")
             return None if default is ... else default
@@ -251,7 +261,9 @@ def _http_url(value: str) -> str | None:
     return None
 
 
-def _line_index(node: yaml.Node, path: str = "", out: dict[str, int] | None = None) -> dict[str, int]:
+def _line_index(
+    node: yaml.Node, path: str = "", out: dict[str, int] | None = None
+) -> dict[str, int]:
     """Map each key path ('routes.2.category') to its 1-based line in the YAML file."""
     out = {} if out is None else out
     if isinstance(node, yaml.MappingNode):
@@ -343,7 +355,9 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         demo_signing_key_file=resolve(ident.get("demo_signing_key_file", str, None)),
     )
     if identity.demo_signing_key_file is not None and not demo:
-        problems.add(ident.key("demo_signing_key_file"), "only allowed in a config marked demo: true")
+        problems.add(
+            ident.key("demo_signing_key_file"), "only allowed in a config marked demo: true"
+        )
     ident.finish()
 
     az = top.section("authz")
@@ -440,7 +454,9 @@ def _parse_routes(
         declared.finish()
         if method_set is not None:
             for m in sorted(method_set - set(actions)):
-                problems.add(r.key("methods"), f"method {m} has no action; declare it under actions")
+                problems.add(
+                    r.key("methods"), f"method {m} has no action; declare it under actions"
+                )
             actions = {m: a for m, a in actions.items() if m in method_set}
 
         subject = _parse_subject(r, prefix)
@@ -483,7 +499,9 @@ def _parse_subject(r: _Section, prefix: str | None) -> SubjectRule | None:
     if template is None and query is None:
         s.problems.add(s.path, "give path and/or query")
     s.finish()
-    return SubjectRule(path_template=template, path_index=index, path_literals=literals, query=query)
+    return SubjectRule(
+        path_template=template, path_index=index, path_literals=literals, query=query
+    )
 
 
 def _name_check(value: str) -> str | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jose import jwk, jwt
-from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
+from jose.exceptions import ExpiredSignatureError, JOSEError, JWSError, JWTClaimsError
 
 from gateway.config import IdentityConfig
 from gateway.errors import AuthenticationError
@@ -26,7 +26,7 @@ from gateway.errors import AuthenticationError
 log = logging.getLogger(__name__)
 
 _KTY_FOR_ALG = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
-MAX_TOKEN_BYTES = 16 * 1024
+MAX_TOKEN_BYTES = 6 * 1024  # the HTTP parser already refuses header fields over 8190 bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,11 @@ class KeySet:
             raise ValueError("JWKS has no 'keys' list")
         index: dict[str, Mapping[str, Any]] = {}
         for k in keys:
-            if isinstance(k, Mapping) and isinstance(k.get("kid"), str) and k.get("use", "sig") == "sig":
+            if (
+                isinstance(k, Mapping)
+                and isinstance(k.get("kid"), str)
+                and k.get("use", "sig") == "sig"
+            ):
                 index[k["kid"]] = k
         self._jwks = index
         self._built = {}
@@ -180,7 +184,11 @@ class TokenVerifier:
         except JWTClaimsError as e:
             raise AuthenticationError("invalid_claims") from e
         except JOSEError as e:
-            raise AuthenticationError("invalid_signature") from e
+            # python-jose wraps signature failures as JWTError(JWSError); anything else is a
+            # claim the token lacks or a payload that is not a claims object.
+            cause = e.args[0] if e.args else None
+            reason = "invalid_signature" if isinstance(cause, JWSError) else "invalid_claims"
+            raise AuthenticationError(reason) from e
         return self._principal(claims)
 
     def _principal(self, claims: Mapping[str, Any]) -> Principal:
@@ -197,6 +205,10 @@ class TokenVerifier:
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or isinstance(exp, bool):
             raise AuthenticationError("invalid_claims")
+        # RFC 7519 §4.1.4: the current time must be *before* exp. python-jose compares whole
+        # seconds and still accepts a token during its expiry second; the gateway does not.
+        if self._clock() >= exp + self._cfg.clock_skew_seconds:
+            raise AuthenticationError("token_expired")
         return Principal(user=user, roles=tuple(sorted(set(roles))), expires_at=float(exp))
 
 

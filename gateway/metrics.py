@@ -63,7 +63,10 @@ class Metrics:
             "pdgw_spool_written_bytes", "Bytes written to spool segments.", registry=registry
         )
         self.spool_fsync = Histogram(
-            "pdgw_spool_fsync_seconds", "Duration of spool fsync calls.", buckets=_FSYNC, registry=registry
+            "pdgw_spool_fsync_seconds",
+            "Duration of spool fsync calls.",
+            buckets=_FSYNC,
+            registry=registry,
         )
         self.spool_errors = Counter(
             "pdgw_spool_errors",
@@ -77,17 +80,31 @@ class Metrics:
             registry=registry,
         )
         self.token_cache = Counter(
-            "pdgw_token_cache", "Token verification cache lookups by result.", ["result"], registry=registry
+            "pdgw_token_cache",
+            "Token verification cache lookups by result.",
+            ["result"],
+            registry=registry,
         )
         self.decision_cache = Counter(
-            "pdgw_decision_cache", "Policy decision cache lookups by result.", ["result"], registry=registry
+            "pdgw_decision_cache",
+            "Policy decision cache lookups by result.",
+            ["result"],
+            registry=registry,
         )
         self.policy_info = Gauge(
-            "pdgw_policy_info", "The policy in force (value 1), by version.", ["version"], registry=registry
+            "pdgw_policy_info",
+            "The policy in force (value 1), by version.",
+            ["version"],
+            registry=registry,
         )
-        self.policy_rules = Gauge("pdgw_policy_rules", "Rules in the policy in force.", registry=registry)
+        self.policy_rules = Gauge(
+            "pdgw_policy_rules", "Rules in the policy in force.", registry=registry
+        )
         self.policy_reloads = Counter(
-            "pdgw_policy_reloads", "Policy reload attempts by result.", ["result"], registry=registry
+            "pdgw_policy_reloads",
+            "Policy reload attempts by result.",
+            ["result"],
+            registry=registry,
         )
         self.jwks_refreshes = Gauge(
             "pdgw_jwks_refreshes", "JWKS loads since start.", registry=registry

@@ -56,7 +56,9 @@ def error_response(status: int, code: str, message: str, request_id: str) -> web
         # RFC 6750 §3; the error description stays generic on purpose.
         headers["WWW-Authenticate"] = 'Bearer realm="pd-gateway", error="invalid_token"'
     return web.json_response(
-        {"error": code, "message": message, "request_id": request_id}, status=status, headers=headers
+        {"error": code, "message": message, "request_id": request_id},
+        status=status,
+        headers=headers,
     )
 
 
@@ -147,7 +149,13 @@ class Pipeline:
             subjects=[],
         )
         if not ctx.action:
-            await self._deny(ctx, 405, "method_not_allowed", "this method is not allowed here", "method_not_allowed")
+            await self._deny(
+                ctx,
+                405,
+                "method_not_allowed",
+                "this method is not allowed here",
+                "method_not_allowed",
+            )
         try:
             ctx.subjects = subject_ids(route, path, request.query)
         except BadRequest as e:
@@ -157,7 +165,9 @@ class Pipeline:
             await self._deny(ctx, 500, "internal_error", "internal error", "subject_error")
 
         try:
-            ctx.principal = await self._verifier.verify(bearer_token(request.headers.get("Authorization")))
+            ctx.principal = await self._verifier.verify(
+                bearer_token(request.headers.get("Authorization"))
+            )
         except AuthenticationError as e:
             await self._deny(ctx, 401, "unauthenticated", e.public_message, e.reason)
         except Exception:
@@ -172,14 +182,22 @@ class Pipeline:
             log.exception("authorisation failed")
             await self._deny(ctx, 500, "internal_error", "internal error", "authz_error")
         if not ctx.decision.allowed:
-            await self._deny(ctx, 403, "forbidden", "your job function does not permit this access", "no_matching_rule")
+            await self._deny(
+                ctx,
+                403,
+                "forbidden",
+                "your job function does not permit this access",
+                "no_matching_rule",
+            )
 
         event = self._event(ctx, "allow", "rule")
         if route.carries_personal_data:
             await self._record(ctx, event, "access")
         return await self._forward(request, ctx, event)
 
-    async def _forward(self, request: web.Request, ctx: _Context, event: AccessEvent) -> web.StreamResponse:
+    async def _forward(
+        self, request: web.Request, ctx: _Context, event: AccessEvent
+    ) -> web.StreamResponse:
         assert ctx.principal is not None
         route = ctx.route
         exchange = Exchange()
@@ -258,7 +276,10 @@ class Pipeline:
             await self._spool.append(event.record())
         except SpoolUnavailable as e:
             self._metrics.denials.labels(ctx.route.name, "audit_unavailable").inc()
-            log.error("audit record refused; request refused", extra={"reason": e.reason, "route": ctx.route.name})
+            log.error(
+                "audit record refused; request refused",
+                extra={"reason": e.reason, "route": ctx.route.name},
+            )
             raise
         self._metrics.audit_record(kind)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config import IPNetwork, Route
@@ -35,7 +35,9 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-FORWARDING = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"})
+FORWARDING = frozenset(
+    {"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"}
+)
 INJECTED_PREFIX = "x-pd-"
 
 
@@ -45,12 +47,17 @@ class UpstreamError(GatewayError):
         self.status = status
         self.reason = reason
         self.code = "upstream_timeout" if status == 504 else "bad_gateway"
-        self.public_message = "the upstream did not answer in time" if status == 504 else "the upstream is unavailable"
+        self.public_message = (
+            "the upstream did not answer in time"
+            if status == 504
+            else "the upstream is unavailable"
+        )
 
 
-def connection_listed(headers: CIMultiDict[str] | object) -> set[str]:
+def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    """Names a `Connection` header lists: hop-by-hop for this connection only (RFC 9110 §7.6.1)."""
     names: set[str] = set()
-    for value in headers.getall("Connection", ()):  # type: ignore[attr-defined]
+    for value in headers.getall("Connection", ()):
         names.update(t.strip().lower() for t in value.split(",") if t.strip())
     return names
 
@@ -155,7 +162,9 @@ class Forwarder:
         self._session = session
         self._trusted = tuple(trusted)
         self._forward_authorization = forward_authorization
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
 
     async def forward(
         self,
@@ -168,7 +177,10 @@ class Forwarder:
         before_last_chunk: Callable[[], Awaitable[None]],
     ) -> web.StreamResponse:
         headers = upstream_headers(
-            request, trusted=self._trusted, forward_authorization=self._forward_authorization, injected=injected
+            request,
+            trusted=self._trusted,
+            forward_authorization=self._forward_authorization,
+            injected=injected,
         )
         # The raw path and query, byte for byte: what was authorised is what is forwarded.
         url = URL(route.upstream_url + request.raw_path, encoded=True)
@@ -215,8 +227,16 @@ class Forwarder:
         t0: float,
     ) -> web.StreamResponse:
         exchange.status = upstream.status
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=response_headers(upstream, request_id))
-        if upstream.content_length is None and request.method != "HEAD" and upstream.status not in (204, 304):
+        resp = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=response_headers(upstream, request_id),
+        )
+        if (
+            upstream.content_length is None
+            and request.method != "HEAD"
+            and upstream.status not in (204, 304)
+        ):
             resp.enable_chunked_encoding()
         await resp.prepare(request)
         exchange.response = resp
@@ -231,7 +251,9 @@ class Forwarder:
                 held = chunk
         except (TimeoutError, aiohttp.ClientError) as e:
             exchange.upstream_seconds = time.perf_counter() - t0
-            raise UpstreamError(504 if isinstance(e, TimeoutError) else 502, "upstream_aborted") from e
+            raise UpstreamError(
+                504 if isinstance(e, TimeoutError) else 502, "upstream_aborted"
+            ) from e
         exchange.upstream_seconds = time.perf_counter() - t0
         if held is not None:
             exchange.bytes_out += len(held)

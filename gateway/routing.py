@@ -54,9 +54,9 @@ class RouteTable:
     def match(self, path: str, method: str) -> Route | None:
         for route in self.routes:
             prefix = route.prefix.rstrip("/")
-            if path == prefix or path.startswith(prefix + "/") or prefix == "":
-                if route.methods is None or method in route.methods:
-                    return route
+            at_boundary = path == prefix or path.startswith(prefix + "/") or prefix == ""
+            if at_boundary and (route.methods is None or method in route.methods):
+                return route
         return None
 
 

@@ -12,26 +12,48 @@ import json
 from aiohttp import web
 
 EMPLOYEES = {
-    "1001": {"id": "1001", "name": "Ivanova Anna Sergeevna", "position": "Engineer", "phone": "+7 900 000-00-01"},
-    "1002": {"id": "1002", "name": "Petrov Boris Ivanovich", "position": "Accountant", "phone": "+7 900 000-00-02"},
+    "1001": {
+        "id": "1001",
+        "name": "Ivanova Anna Sergeevna",
+        "position": "Engineer",
+        "phone": "+7 900 000-00-01",
+    },
+    "1002": {
+        "id": "1002",
+        "name": "Petrov Boris Ivanovich",
+        "position": "Accountant",
+        "phone": "+7 900 000-00-02",
+    },
 }
-MEDICAL = {"1001": {"id": "1001", "certificate": "fit for work (synthetic)", "valid_until": "2027-01-31"}}
+MEDICAL = {
+    "1001": {"id": "1001", "certificate": "fit for work (synthetic)", "valid_until": "2027-01-31"}
+}
 COUNTERPARTIES = {
-    "c-501": {"id": "c-501", "name": "Sidorov Pavel", "inn": "000000000001", "email": "p.sidorov@example.invalid"},
+    "c-501": {
+        "id": "c-501",
+        "name": "Sidorov Pavel",
+        "inn": "000000000001",
+        "email": "p.sidorov@example.invalid",
+    },
 }
 LEADS = {"l-77": {"id": "l-77", "name": "Smirnova Olga", "email": "olga@example.invalid"}}
 CATALOG = [{"sku": "vm-small", "title": "Virtual machine, small"}]
 
 
 def _who(request: web.Request) -> dict[str, str]:
-    return {"seen_user": request.headers.get("X-PD-User", ""), "seen_roles": request.headers.get("X-PD-Roles", "")}
+    return {
+        "seen_user": request.headers.get("X-PD-User", ""),
+        "seen_roles": request.headers.get("X-PD-Roles", ""),
+    }
 
 
 def _one_or_all(table: dict[str, dict[str, str]], key: str | None) -> web.Response:
     if key is None:
         return web.json_response(list(table.values()))
     if key not in table:
-        raise web.HTTPNotFound(text=json.dumps({"error": "not found"}), content_type="application/json")
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": "not found"}), content_type="application/json"
+        )
     return web.json_response(table[key])
 
 
@@ -40,7 +62,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
     key = parts[2] if len(parts) > 2 else None
     if request.method not in ("GET", "HEAD"):
         body = await request.read()
-        return web.json_response({"ok": True, "method": request.method, "path": request.path, "received_bytes": len(body), **_who(request)})
+        return web.json_response(
+            {
+                "ok": True,
+                "method": request.method,
+                "path": request.path,
+                "received_bytes": len(body),
+                **_who(request),
+            }
+        )
     match parts[:2]:
         case ["hr", "employees"]:
             return _one_or_all(EMPLOYEES, key)

@@ -19,6 +19,7 @@ records over through a bounded list (``max_pending``), and a full list is a refu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -82,7 +83,7 @@ class Spool:
     # -- lifecycle (called from the event loop thread, before serving / after draining) --
 
     def open(self) -> None:
-        """Create the directory, find the last sequence number, start a new segment and the writer."""
+        """Create the directory, find the last sequence number, start a segment and the writer."""
         self.directory.mkdir(parents=True, exist_ok=True)
         segments = list_segments(self.directory)
         self._segment_no = int(segments[-1].stem) if segments else 0
@@ -135,7 +136,11 @@ class Spool:
         while True:
             with self._cond:
                 if not self._pending and not self._stopping:
-                    timeout = None if not self._dirty else max(0.0, self._interval - (time.monotonic() - last_sync))
+                    timeout = (
+                        None
+                        if not self._dirty
+                        else max(0.0, self._interval - (time.monotonic() - last_sync))
+                    )
                     self._cond.wait(timeout)
                 batch, self._pending = self._pending, []
                 stopping = self._stopping
@@ -143,7 +148,9 @@ class Spool:
             if batch:
                 self._write_batch(batch)
             if self._dirty and (
-                self.durability == "fsync" or stopping or time.monotonic() - last_sync >= self._interval
+                self.durability == "fsync"
+                or stopping
+                or time.monotonic() - last_sync >= self._interval
             ):
                 self._sync_quietly()
                 last_sync = time.monotonic()
@@ -200,12 +207,12 @@ class Spool:
         self.last_error = f"{type(e).__name__}: errno {e.errno}"
         self._hooks.healthy(False)
         self._hooks.error("write_failed")
-        log.error("audit spool write failed", extra={"spool": str(self.directory), "errno": e.errno})
+        log.error(
+            "audit spool write failed", extra={"spool": str(self.directory), "errno": e.errno}
+        )
         if self._fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
             self._fd = -1
         self._dirty = False
 
@@ -235,10 +242,9 @@ class Spool:
         for _, (loop, fut) in batch:
             by_loop.setdefault(loop, []).append(fut)
         for loop, futs in by_loop.items():
-            try:
+            # A closed loop raises RuntimeError: nobody is waiting there any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, futs, error)
-            except RuntimeError:  # that loop is closed: nobody is waiting any more
-                pass
 
 
 def _settle(futs: list[asyncio.Future[None]], error: str | None) -> None:

@@ -44,7 +44,8 @@ def run_tail(args: argparse.Namespace) -> int:
 
 def _line(ev: dict[str, Any]) -> str:
     if ev.get("kind") == "outcome":
-        return f"(outcome of an earlier event {ev.get('event_id')}: {ev.get('status')} {ev.get('outcome')})"
+        eid, status, outcome = ev.get("event_id"), ev.get("status"), ev.get("outcome")
+        return f"(outcome of earlier event {eid}: {status} {outcome})"
     from datetime import UTC, datetime
 
     ts = datetime.fromtimestamp(ev["ts_us"] / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -46,7 +46,7 @@ def _subject(route: config.Route) -> str:
 
 def run_routes(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": r.name,
             "prefix": r.prefix,
@@ -64,7 +64,7 @@ def run_routes(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     header = ("NAME", "PREFIX", "UPSTREAM", "SYSTEM", "CATEGORY", "ACTIONS", "SUBJECT")
-    table = [header] + [
+    table: list[tuple[str, ...]] = [header] + [
         (
             r["name"],
             r["prefix"],

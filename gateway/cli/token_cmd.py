@@ -35,7 +35,13 @@ def mint(cfg: config.Config, sub: str, roles: list[str], ttl: int, now: float | 
     kid = jwks["keys"][0]["kid"]
     alg = ident.algorithms[0]
     iat = int(now if now is not None else time.time())
-    claims: dict[str, Any] = {"sub": sub, "iss": ident.issuer, "aud": ident.audience, "iat": iat, "exp": iat + ttl}
+    claims: dict[str, Any] = {
+        "sub": sub,
+        "iss": ident.issuer,
+        "aud": ident.audience,
+        "iat": iat,
+        "exp": iat + ttl,
+    }
     target: dict[str, Any] = claims
     *parents, leaf = ident.roles_claim.split(".")
     for part in parents:

@@ -1,0 +1,333 @@
+"""Shared fixtures: real RSA keys and signed tokens, a real upstream server, the real policies/.
+
+Tokens are signed with a key generated for this test session (not the demo key). The upstream is
+a real aiohttp server on a loopback port that records what it received.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jose import jwt
+from prometheus_client import CollectorRegistry
+
+from gateway import config
+from gateway.app import build
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+ISSUER = "https://idp.test.invalid/realms/staff"
+AUDIENCE = "pd-gateway"
+KID = "test-key-1"
+
+
+def _b64(n: int) -> str:
+    return (
+        base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+    )
+
+
+def rsa_keypair() -> tuple[str, dict[str, Any]]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    pub = key.public_key().public_numbers()
+    return pem, {"kty": "RSA", "use": "sig", "alg": "RS256", "n": _b64(pub.n), "e": _b64(pub.e)}
+
+
+@dataclass
+class Keys:
+    pem: str
+    jwk: dict[str, Any]
+    public_pem: str
+
+    def jwks(self, kid: str = KID) -> dict[str, Any]:
+        return {"keys": [{**self.jwk, "kid": kid}]}
+
+    def token(
+        self,
+        sub: str = "alice",
+        roles: list[str] | None = None,
+        *,
+        kid: str = KID,
+        ttl: int = 300,
+        headers: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
+        now = int(time.time())
+        body: dict[str, Any] = {
+            "sub": sub,
+            "roles": roles if roles is not None else [],
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "iat": now,
+            "exp": now + ttl,
+        }
+        body.update(claims)
+        body = {k: v for k, v in body.items() if v is not None}
+        return str(
+            jwt.encode(body, self.pem, algorithm="RS256", headers={"kid": kid, **(headers or {})})
+        )
+
+
+@pytest.fixture(scope="session")
+def keys() -> Keys:
+    pem, jwk = rsa_keypair()
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    public_pem = (
+        load_pem_private_key(pem.encode(), None)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return Keys(pem, jwk, public_pem)
+
+
+@dataclass
+class Seen:
+    method: str
+    raw_path: str
+    headers: dict[str, list[str]]
+    body_bytes: int
+
+
+@dataclass
+class Upstream:
+    url: str
+    seen: list[Seen] = field(default_factory=list)
+
+
+def recording_app(upstream: Upstream) -> web.Application:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        n = 0
+        async for chunk in request.content.iter_any():
+            n += len(chunk)
+        headers: dict[str, list[str]] = {}
+        for k, v in request.headers.items():
+            headers.setdefault(k.lower(), []).append(v)
+        upstream.seen.append(Seen(request.method, request.raw_path, headers, n))
+        return web.json_response({"ok": True, "path": request.raw_path, "bytes": n})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Upstream:
+    up = Upstream(url="")
+    server = await aiohttp_server(recording_app(up))
+    up.url = str(server.make_url("")).rstrip("/")
+    return up
+
+
+ROUTES: list[dict[str, Any]] = [
+    {
+        "name": "hr-employees",
+        "prefix": "/hr/employees",
+        "upstream": "hr",
+        "system": "hr",
+        "category": "employee",
+        "subject": {"path": "/hr/employees/{id}"},
+    },
+    {
+        "name": "hr-medical",
+        "prefix": "/hr/medical",
+        "upstream": "hr",
+        "system": "hr",
+        "category": "employee_health",
+        "subject": {"path": "/hr/medical/{id}"},
+    },
+    {
+        "name": "hr-export",
+        "prefix": "/hr/export",
+        "methods": ["GET"],
+        "actions": {"GET": "export"},
+        "upstream": "hr",
+        "system": "hr",
+        "category": "employee",
+    },
+    {
+        "name": "crm-counterparties",
+        "prefix": "/crm/counterparties",
+        "upstream": "crm",
+        "system": "crm",
+        "category": "counterparty",
+        "subject": {"path": "/crm/counterparties/{id}"},
+    },
+    {
+        "name": "crm-export",
+        "prefix": "/crm/export",
+        "methods": ["GET"],
+        "actions": {"GET": "export"},
+        "upstream": "crm",
+        "system": "crm",
+        "category": "counterparty",
+    },
+    {
+        "name": "crm-block",
+        "prefix": "/crm/block",
+        "methods": ["POST"],
+        "actions": {"POST": "block"},
+        "upstream": "crm",
+        "system": "crm",
+        "category": "counterparty",
+        "subject": {"path": "/crm/block/{id}"},
+    },
+    {
+        "name": "hr-block",
+        "prefix": "/hr/block",
+        "methods": ["POST"],
+        "actions": {"POST": "block"},
+        "upstream": "hr",
+        "system": "hr",
+        "category": "employee",
+    },
+    {
+        "name": "hr-medical-block",
+        "prefix": "/hr/medical-block",
+        "methods": ["POST"],
+        "actions": {"POST": "block"},
+        "upstream": "hr",
+        "system": "hr",
+        "category": "employee_health",
+    },
+    {
+        "name": "site-leads",
+        "prefix": "/site/leads",
+        "upstream": "site",
+        "system": "site",
+        "category": "site_visitor",
+        "subject": {"query": "lead_id"},
+    },
+    {
+        "name": "site-block",
+        "prefix": "/site/block",
+        "methods": ["POST"],
+        "actions": {"POST": "block"},
+        "upstream": "site",
+        "system": "site",
+        "category": "site_visitor",
+    },
+    {
+        "name": "site-export",
+        "prefix": "/site/export",
+        "methods": ["GET"],
+        "actions": {"GET": "export"},
+        "upstream": "site",
+        "system": "site",
+        "category": "site_visitor",
+    },
+    {
+        "name": "crm-catalog",
+        "prefix": "/crm/catalog",
+        "methods": ["GET"],
+        "upstream": "crm",
+        "system": "crm",
+        "category": "none",
+    },
+]
+
+
+def config_dict(tmp_path: Path, upstream_url: str, **overrides: Any) -> dict[str, Any]:
+    jwks = tmp_path / "jwks.json"
+    data: dict[str, Any] = {
+        "instance_id": "gw-test",
+        "identity": {
+            "issuer": ISSUER,
+            "audience": AUDIENCE,
+            "algorithms": ["RS256"],
+            "jwks_file": str(jwks),
+            "clock_skew_seconds": 0,
+        },
+        "authz": {"model": str(POLICIES / "model.conf"), "policy": str(POLICIES / "policy.csv")},
+        "audit": {"spool_dir": str(tmp_path / "spool"), "durability": "fsync"},
+        "proxy": {"trusted_proxies": [], "connect_timeout_seconds": 2, "read_timeout_seconds": 5},
+        "upstreams": {"hr": upstream_url, "crm": upstream_url, "site": upstream_url},
+        "routes": copy.deepcopy(ROUTES),
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
+
+
+def write_config(tmp_path: Path, data: dict[str, Any], keys: Keys) -> Path:
+    (tmp_path / "jwks.json").write_text(json.dumps(keys.jwks()))
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@dataclass
+class Gw:
+    client: TestClient[Any, Any]
+    cfg: config.Config
+    registry: CollectorRegistry
+    spool_dir: Path
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+GatewayFactory = Callable[..., Awaitable[Gw]]
+
+
+@pytest.fixture
+def make_gateway(
+    tmp_path: Path, keys: Keys, aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]
+) -> GatewayFactory:
+    async def make(upstream_url: str, **overrides: Any) -> Gw:
+        path = write_config(tmp_path, config_dict(tmp_path, upstream_url, **overrides), keys)
+        cfg = config.load(path)
+        registry = CollectorRegistry()
+        proxy_app, _ = build(cfg, registry)
+        client = await aiohttp_client(proxy_app)
+        return Gw(client, cfg, registry, cfg.audit.spool_dir)
+
+    return make
+
+
+@pytest.fixture
+async def gw(make_gateway: GatewayFactory, upstream: Upstream) -> Gw:
+    return await make_gateway(upstream.url)
+
+
+def spool_events(spool_dir: Path) -> list[dict[str, Any]]:
+    from gateway.audit.events import join
+    from gateway.audit.spool import read_records
+
+    return list(join(read_records(spool_dir)))
+
+
+def spool_records(spool_dir: Path) -> list[dict[str, Any]]:
+    from gateway.audit.spool import read_records
+
+    return list(read_records(spool_dir))
+
+
+async def raw_request(gw: Gw, method: str, raw: str, headers: dict[str, str] | None = None) -> Any:
+    """Send ``raw`` exactly as written (the test client would otherwise normalise it with yarl)."""
+    from yarl import URL
+
+    root = str(gw.client.make_url("")).rstrip("/")
+    return await gw.client.session.request(
+        method, URL(root + raw, encoded=True), headers=headers or {}
+    )

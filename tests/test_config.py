@@ -1,0 +1,128 @@
+"""Config: validated completely, every problem with its line and key path; secrets never echoed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway import config
+from gateway.errors import ConfigError
+from tests.conftest import ROOT, Keys, config_dict, write_config
+
+DEMO = ROOT / "deploy" / "local" / "gateway.yaml"
+
+
+def test_demo_config_is_valid_and_fills_defaults() -> None:
+    cfg = config.load(DEMO)
+    assert cfg.demo and cfg.audit.durability == "fsync"
+    assert cfg.admin_listen.host == "127.0.0.1"
+    assert {r.category for r in cfg.routes} >= {
+        "employee",
+        "employee_health",
+        "counterparty",
+        "site_visitor",
+    }
+
+
+def test_every_problem_is_reported_at_once_with_line_and_key(tmp_path: Path, keys: Keys) -> None:
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    data["identity"]["algorithms"] = ["HS256", "none"]
+    data["identity"]["issuer"] = None
+    data["audit"]["durability"] = "sometimes"
+    data["routes"][1]["category"] = "biometric"  # 2.4: not processed, no such category
+    data["routes"][2]["upstream"] = "payroll"
+    data["proxy"]["trusted_proxies"] = ["not-a-net"]
+    data["listen"] = {"proxy": {"port": 70000, "hots": "x"}}
+    path = write_config(tmp_path, data, keys)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    problems = info.value.problems
+    expected_keys = [
+        "identity.algorithms.0",
+        "identity.algorithms.1",
+        "identity.issuer",
+        "audit.durability",
+        "routes.1.category",
+        "routes.2.upstream",
+        "proxy.trusted_proxies.0",
+        "listen.proxy.port",
+        "listen.proxy.hots",
+    ]
+    for key in expected_keys:
+        assert any(f"{key}: " in p for p in problems), (key, problems)
+    assert all(p.startswith("line ") for p in problems if "identity.issuer" not in p)
+    text = path.read_text().splitlines()
+    line = next(p for p in problems if "routes.1.category" in p).split(":")[0].removeprefix("line ")
+    assert "category" in text[int(line) - 1]
+    assert str(path) in str(info.value)
+
+
+def test_missing_security_settings_have_no_silent_default(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.parse({"upstreams": {}, "routes": []}, tmp_path / "x.yaml")
+    text = str(info.value)
+    for key in (
+        "identity",
+        "identity.issuer",
+        "identity.audience",
+        "identity.algorithms",
+        "proxy.trusted_proxies",
+        "authz.model",
+        "audit.spool_dir",
+    ):
+        assert f"{key}: is required" in text, key
+
+
+def test_demo_signing_key_is_refused_outside_a_demo_config(tmp_path: Path, keys: Keys) -> None:
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    data["identity"]["demo_signing_key_file"] = "key.pem"
+    with pytest.raises(ConfigError, match=r"identity\.demo_signing_key_file: only allowed"):
+        config.load(write_config(tmp_path, data, keys))
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("identity:\n  issuer: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"line \d+"):
+        config.load(path)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def test_config_check_cli_prints_effective_config_as_json() -> None:
+    out = _cli("config", "check", str(DEMO), "--json")
+    assert out.returncode == 0, out.stderr
+    effective = json.loads(out.stdout)
+    assert effective["audit"]["max_pending"] == 10000  # a default, filled in
+    assert effective["identity"]["algorithms"] == ["RS256"]
+
+
+def test_config_check_cli_fails_with_file_line_and_key(tmp_path: Path) -> None:
+    data = yaml.safe_load(DEMO.read_text())
+    data["audit"]["durability"] = "never"
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = _cli("config", "check", str(path))
+    assert out.returncode == 2
+    assert str(path) in out.stderr and "audit.durability: must be one of fsync, batch" in out.stderr
+    assert "line " in out.stderr
+
+
+def test_routes_cli_lists_every_route_with_category_and_subject() -> None:
+    out = _cli("routes", "--config", str(DEMO), "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert rows["hr-medical"]["category"] == "employee_health"
+    assert rows["hr-export"]["actions"] == {"GET": "export"}
+    assert rows["site-leads"]["subject"] == "query lead_id"
+    table = _cli("routes", "--config", str(DEMO))
+    assert "hr-medical" in table.stdout and "employee_health" in table.stdout

@@ -1,0 +1,170 @@
+"""The real `pd-gateway serve` process: crash safety, shutdown, streaming memory, spool faults."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import Keys, Upstream, spool_events
+from tests.process import run_gateway
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("durability", ["fsync", "batch"])
+async def test_sigkill_right_after_responses_loses_no_event(
+    tmp_path: Path, keys: Keys, upstream: Upstream, durability: str
+) -> None:
+    """No audit, no access: every response a client got has its decision *and* outcome on disk."""
+    n = 300
+    token = keys.token("alice", ["hr_officer"])
+    denied = keys.token("bob", ["accountant"])
+    with run_gateway(tmp_path, keys, upstream.url, audit={"durability": durability}) as gp:
+        async with aiohttp.ClientSession() as s:
+
+            async def one(i: int) -> int:
+                tok = token if i % 3 else denied
+                async with s.get(
+                    f"{gp.url}/hr/medical/{i}", headers={"Authorization": f"Bearer {tok}"}
+                ) as r:
+                    await r.read()
+                    return r.status
+
+            statuses = await asyncio.gather(*(one(i) for i in range(n)))
+        gp.kill(signal.SIGKILL)  # immediately after the last response
+    events = spool_events(gp.spool)
+    assert len(events) == n
+    assert sorted(e["seq"] for e in events) == list(range(1, n + 1))
+    assert sorted(e["status"] for e in events) == sorted(statuses)
+    assert all(e["outcome"] == "complete" for e in events)
+    assert sum(1 for e in events if e["decision"] == "allow") == len(upstream.seen)
+
+
+async def test_sigterm_drains_in_flight_requests_and_flushes_the_spool(
+    tmp_path: Path, keys: Keys, aiohttp_server: Callable[..., Awaitable[TestServer]]
+) -> None:
+    started = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        started.set()
+        await asyncio.sleep(0.7)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", slow)
+    server = await aiohttp_server(app)
+    token = keys.token("alice", ["hr_officer"])
+    with run_gateway(
+        tmp_path, keys, str(server.make_url("")).rstrip("/"), audit={"durability": "batch"}
+    ) as gp:
+        async with aiohttp.ClientSession() as s:
+
+            async def one() -> int:
+                async with s.get(
+                    f"{gp.url}/hr/employees/1", headers={"Authorization": f"Bearer {token}"}
+                ) as r:
+                    await r.read()
+                    return r.status
+
+            tasks = [asyncio.ensure_future(one()) for _ in range(5)]
+            await started.wait()
+            await asyncio.sleep(0.1)
+            gp.proc.send_signal(signal.SIGTERM)
+            statuses = await asyncio.gather(*tasks)
+            code = await asyncio.to_thread(gp.proc.wait, 30)
+    assert statuses == [200] * 5
+    assert code == 0
+    events = spool_events(gp.spool)
+    assert [e["outcome"] for e in events] == ["complete"] * 5
+
+
+async def test_large_bodies_stream_both_ways_without_buffering(
+    tmp_path: Path, keys: Keys, aiohttp_server: Callable[..., Awaitable[TestServer]]
+) -> None:
+    size = 256 * 1024 * 1024
+    chunk = b"z" * (256 * 1024)
+    received = 0
+
+    async def sink_and_source(request: web.Request) -> web.StreamResponse:
+        nonlocal received
+        async for c in request.content.iter_any():
+            received += len(c)
+        resp = web.StreamResponse()
+        resp.content_length = size
+        await resp.prepare(request)
+        for _ in range(size // len(chunk)):
+            await resp.write(chunk)
+        return resp
+
+    app = web.Application(client_max_size=0)
+    app.router.add_route("*", "/{tail:.*}", sink_and_source)
+    server = await aiohttp_server(app)
+    token = keys.token("alice", ["hr_officer"])
+
+    async def upload():  # type: ignore[no-untyped-def]
+        for _ in range(size // len(chunk)):
+            yield chunk
+
+    with run_gateway(tmp_path, keys, str(server.make_url("")).rstrip("/")) as gp:
+        baseline = gp.rss_peak_kib()
+        got = 0
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"{gp.url}/hr/employees",
+                data=upload(),
+                headers={"Authorization": f"Bearer {token}"},
+            ) as r,
+        ):
+            assert r.status == 200
+            async for c in r.content.iter_any():
+                got += len(c)
+        growth_mib = (gp.rss_peak_kib() - baseline) / 1024
+    assert received == size and got == size
+    # 512 MiB went through; a buffering proxy would have grown by hundreds of MiB.
+    assert growth_mib < 48, f"gateway peak RSS grew by {growth_mib:.0f} MiB"
+    (event,) = spool_events(gp.spool)
+    assert event["bytes_in"] == size and event["bytes_out"] == size
+
+
+def _limit_file_size() -> None:
+    # A real write failure from the kernel: files may not grow past 16 KiB (EFBIG), and the
+    # signal that would kill the process for it is ignored so the write returns the error.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+
+
+async def test_spool_write_failure_refuses_requests_with_503_and_never_forwards_them(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    token = keys.token("alice", ["hr_officer"])
+    statuses: list[int] = []
+    with run_gateway(tmp_path, keys, upstream.url, preexec=_limit_file_size) as gp:
+        async with aiohttp.ClientSession() as s:
+            for i in range(80):
+                async with s.get(
+                    f"{gp.url}/hr/employees/{i}", headers={"Authorization": f"Bearer {token}"}
+                ) as r:
+                    body = await r.json()
+                    statuses.append(r.status)
+                    if r.status == 503:
+                        assert body["error"] == "audit_unavailable"
+                        assert body["request_id"] == r.headers["X-Request-Id"]
+            async with s.get(f"{gp.admin}/metrics") as r:
+                metrics = await r.text()
+        log = (tmp_path / "gateway.log").read_text()
+    assert 503 in statuses
+    assert 'pdgw_spool_errors_total{reason="write_failed"}' in metrics
+    assert "audit spool write failed" in log
+    # Nothing refused reached the upstream; everything served is on record with its outcome.
+    assert len(upstream.seen) == statuses.count(200)
+    served = [e for e in spool_events(gp.spool) if e["outcome"] == "complete"]
+    assert len(served) == statuses.count(200)
