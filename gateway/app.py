@@ -120,7 +120,7 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
     spool = app[GATEWAY].spool
     await asyncio.to_thread(spool.open)
     yield
-    await asyncio.to_thread(spool.close)
+    spool.close()  # on the loop's thread: flushes its buffer, then joins the sync thread
 
 
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:

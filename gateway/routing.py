@@ -18,6 +18,7 @@ from gateway.errors import BadRequest
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ENCODED_SEPARATOR = re.compile(r"%(2[fF]|5[cC])")
+_CONTROL_OR_BACKSLASH = re.compile(r"[\x00-\x1f\x7f\\]")
 MAX_SUBJECT_LEN = 128
 
 
@@ -34,7 +35,7 @@ def canonical_path(raw_path: str) -> str:
         decoded = unquote_to_bytes(path).decode("utf-8", "strict")
     except UnicodeDecodeError as e:
         raise BadRequest("invalid_utf8") from e
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded) or "\\" in decoded:
+    if _CONTROL_OR_BACKSLASH.search(decoded):
         raise BadRequest("control_or_backslash")
     segments = decoded.split("/")[1:]
     for i, seg in enumerate(segments):

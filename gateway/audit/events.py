@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -56,7 +57,7 @@ class AccessEvent:
     v: int = field(default=SCHEMA_VERSION)
 
     def record(self) -> bytes:
-        return encode({"kind": "access", **asdict(self)})
+        return encode({"kind": "access", **_as_dict(self)})
 
 
 @dataclass(slots=True)
@@ -71,8 +72,17 @@ class Outcome:
     outcome: str
 
     def record(self) -> bytes:
-        return encode({"kind": "outcome", **asdict(self)})
+        return encode({"kind": "outcome", **_as_dict(self)})
 
+
+def _as_dict(obj: AccessEvent | Outcome) -> dict[str, Any]:
+    # Not dataclasses.asdict: that deep-copies every field and was the largest single cost of
+    # the request path (measured with cProfile under wrk load).
+    names = _FIELDS[type(obj)]
+    return dict(zip(names, attrgetter(*names)(obj), strict=True))
+
+
+_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (AccessEvent, Outcome)}
 
 OUTCOME_FIELDS = ("status", "bytes_in", "bytes_out", "duration_us", "upstream_us", "outcome")
 

@@ -4,16 +4,22 @@ Contract: ``await spool.append(record)`` returns only when the record is durable
 sense, and raises SpoolUnavailable when it cannot be recorded — the caller then refuses the
 request (no audit, no access; 9.1.8).
 
-- ``fsync``: durable on disk (survives power loss). One writer thread does group commit: every
-  record that arrived while the previous fsync ran is written and covered by the next one fsync.
+- ``fsync``: durable on disk (survives power loss). Group commit: the records of one loop
+  iteration go out in one write(2); one fsync in the sync thread covers every record written
+  while the previous fsync ran.
 - ``batch``: written to the operating system (survives the gateway's death, SIGKILL included)
   before ``append`` returns; fsynced every ``batch_interval_ms``.
 
 Format (docs/decisions/001-spool-format.md): segment files ``NNNNNNNNNNNN.jsonl`` in the spool
 directory, one JSON record per line, appended only. A line without its final newline is a torn
 write that was never acknowledged; readers skip it. The writer starts a new segment at every
-start, so it never appends after a torn line. The thread owns all file I/O; the event loop hands
-records over through a bounded list (``max_pending``), and a full list is a refusal, not a wait.
+start, so it never appends after a torn line.
+
+The thread boundary (docs/decisions/003-spool-thread-boundary.md): write(2) of an append-only
+buffer into the page cache happens on the event loop (microseconds; a hand-off to a thread per
+batch cost a third of the gateway's throughput in GIL hand-overs); every call that waits for the
+disk — fsync of segments and of the directory — runs in the one sync thread. The loop-side
+buffer is bounded (``max_pending``): a full buffer is a refusal, not a wait.
 """
 
 from __future__ import annotations
@@ -48,9 +54,6 @@ class SpoolHooks:
     healthy: Callable[[bool], None] = lambda ok: None
 
 
-_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
-
-
 class Spool:
     def __init__(
         self,
@@ -68,34 +71,46 @@ class Spool:
         self._segment_max = segment_max_bytes
         self._max_pending = max_pending
         self._hooks = hooks or SpoolHooks()
-        self._cond = threading.Condition()
-        self._pending: list[tuple[bytes, _Waiter]] = []
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        # Loop side: records of the current loop iteration, written by one _flush.
+        self._buf: list[bytes] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._fd = -1
         self._segment_no = 0
         self._segment_bytes = 0
+        self._closed = False
+        # Shared with the sync thread, under _cond.
+        self._cond = threading.Condition()
+        self._sync_waiters: list[asyncio.Future[None]] = []
+        self._retired: list[int] = []  # full or broken segments: fsync, then close
+        self._new_segment = False  # a segment was created: fsync the directory too
         self._dirty = False
+        self._fd_broken = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
         self.healthy = False
         self.last_error: str | None = None
         self._seq = 0
 
-    # -- lifecycle (called from the event loop thread, before serving / after draining) --
+    # -- lifecycle --
 
     def open(self) -> None:
-        """Create the directory, find the last sequence number, start a segment and the writer."""
+        """Create the directory, find the last sequence number, start a segment and the syncer."""
         self.directory.mkdir(parents=True, exist_ok=True)
         segments = list_segments(self.directory)
         self._segment_no = int(segments[-1].stem) if segments else 0
         self._seq = last_seq(self.directory)
         self._open_segment()
-        self.healthy = True
-        self._hooks.healthy(True)
-        self._thread = threading.Thread(target=self._run, name="audit-spool-writer", daemon=True)
+        self._set_healthy(True)
+        self._thread = threading.Thread(target=self._run, name="audit-spool-sync", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        """Write and fsync everything accepted so far, then stop the writer."""
+        """Write and fsync everything accepted so far, then stop (call on the loop's thread)."""
+        if self._buf:
+            self._flush()
+        self._closed = True
         with self._cond:
             self._stopping = True
             self._cond.notify()
@@ -117,134 +132,146 @@ class Spool:
     # -- the loop side --
 
     async def append(self, record: bytes) -> None:
-        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise SpoolUnavailable("spool_closed")
+        if len(self._buf) >= self._max_pending:
+            self._hooks.error("backlog_full")
+            raise SpoolUnavailable("spool_backlog_full")
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        with self._cond:
-            if self._stopping:
-                raise SpoolUnavailable("spool_closed")
-            if len(self._pending) >= self._max_pending:
-                self._hooks.error("backlog_full")
-                raise SpoolUnavailable("spool_backlog_full")
-            self._pending.append((record, (loop, fut)))
-            self._cond.notify()
+        self._buf.append(record)
+        self._waiters.append(fut)
+        if not self._flush_scheduled:
+            # Group commit: every record appended in this loop iteration goes out in one write.
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         await fut
 
-    # -- the writer thread --
-
-    def _run(self) -> None:
-        last_sync = time.monotonic()
-        while True:
-            with self._cond:
-                if not self._pending and not self._stopping:
-                    timeout = (
-                        None
-                        if not self._dirty
-                        else max(0.0, self._interval - (time.monotonic() - last_sync))
-                    )
-                    self._cond.wait(timeout)
-                batch, self._pending = self._pending, []
-                stopping = self._stopping
-            self._hooks.pending(len(batch))
-            if batch:
-                self._write_batch(batch)
-            if self._dirty and (
-                self.durability == "fsync"
-                or stopping
-                or time.monotonic() - last_sync >= self._interval
-            ):
-                self._sync_quietly()
-                last_sync = time.monotonic()
-            if stopping and not batch:
-                with self._cond:
-                    if not self._pending:
-                        return
-
-    def _write_batch(self, batch: list[tuple[bytes, _Waiter]]) -> None:
-        data = b"".join(rec for rec, _ in batch)
-        error: str | None = None
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._buf:
+            return
+        data = b"".join(self._buf)
+        waiters, self._buf, self._waiters = self._waiters, [], []
+        self._hooks.pending(len(waiters))
         try:
+            if self._fd_broken and self._fd >= 0:
+                self._retire_segment()
             if self._fd < 0:
                 self._open_segment()
             view = memoryview(data)
             while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-            self._segment_bytes += len(data)
-            self._dirty = True
-            if self.durability == "fsync":
-                self._sync()
+                view = view[os.write(self._fd, view) :]
         except OSError as e:
-            error = f"spool_write_failed:{e.errno}"
             self._fail(e)
+            _settle(waiters, f"spool_write_failed:{e.errno}")
+            return
+        self._segment_bytes += len(data)
+        self._hooks.written(len(waiters), len(data))
+        if not self.healthy:
+            self._set_healthy(True)
+            log.warning("audit spool recovered", extra={"spool": str(self.directory)})
+        if self.durability == "fsync":
+            with self._cond:
+                self._sync_waiters.extend(waiters)
+                self._dirty = True
+                self._cond.notify()
         else:
-            self._hooks.written(len(batch), len(data))
-            if not self.healthy:
-                self.healthy = True
-                self.last_error = None
-                self._hooks.healthy(True)
-                log.warning("audit spool recovered", extra={"spool": str(self.directory)})
-        self._wake(batch, error)
-        if error is None and self._segment_bytes >= self._segment_max:
-            self._rotate()
-
-    def _sync(self) -> None:
-        t0 = time.perf_counter()
-        os.fsync(self._fd)
-        self._hooks.fsync_seconds(time.perf_counter() - t0)
-        self._dirty = False
-
-    def _sync_quietly(self) -> None:
-        try:
-            if self._fd >= 0:
-                self._sync()
-        except OSError as e:
-            self._fail(e)
-
-    def _fail(self, e: OSError) -> None:
-        # After a failed write or fsync the file's state is unknown (a later fsync may report
-        # success for lost pages): abandon this segment and start a fresh one on the next batch.
-        self.healthy = False
-        self.last_error = f"{type(e).__name__}: errno {e.errno}"
-        self._hooks.healthy(False)
-        self._hooks.error("write_failed")
-        log.error(
-            "audit spool write failed", extra={"spool": str(self.directory), "errno": e.errno}
-        )
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
-        self._dirty = False
-
-    def _rotate(self) -> None:
-        try:
-            self._sync()
-            os.close(self._fd)
-            self._fd = -1
-            self._open_segment()
-        except OSError as e:
-            self._fail(e)
+            self._dirty = True
+            _settle(waiters, None)
+        if self._segment_bytes >= self._segment_max:
+            self._retire_segment()
 
     def _open_segment(self) -> None:
         self._segment_no += 1
         path = self.directory / f"{self._segment_no:012d}{SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         self._segment_bytes = 0
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the new file's directory entry must survive a crash too
-        finally:
-            os.close(dir_fd)
+        self._fd_broken = False
+        with self._cond:
+            self._new_segment = True
 
-    @staticmethod
-    def _wake(batch: list[tuple[bytes, _Waiter]], error: str | None) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-        for _, (loop, fut) in batch:
-            by_loop.setdefault(loop, []).append(fut)
-        for loop, futs in by_loop.items():
-            # A closed loop raises RuntimeError: nobody is waiting there any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, futs, error)
+    def _retire_segment(self) -> None:
+        """Hand the current segment to the sync thread to fsync and close; the next write opens
+        a new one. Under the lock, so the thread never sees a retired fd as the current one."""
+        with self._cond:
+            self._retired.append(self._fd)
+            self._fd = -1
+            self._dirty = True
+            self._cond.notify()
+
+    def _fail(self, e: OSError) -> None:
+        # After a failed write or fsync the file's state is unknown (a later fsync may report
+        # success for lost pages): abandon this segment and start a fresh one with the next write.
+        self._fd_broken = True
+        self.last_error = f"{type(e).__name__}: errno {e.errno}"
+        self._set_healthy(False)
+        self._hooks.error("write_failed")
+        log.error(
+            "audit spool write failed", extra={"spool": str(self.directory), "errno": e.errno}
+        )
+
+    def _set_healthy(self, ok: bool) -> None:
+        self.healthy = ok
+        self._hooks.healthy(ok)
+
+    # -- the sync thread: the only place that waits for the disk --
+
+    def _run(self) -> None:
+        last_sync = time.monotonic()
+        while True:
+            with self._cond:
+                while (
+                    not self._stopping
+                    and not self._sync_waiters
+                    and not (self._dirty and time.monotonic() - last_sync >= self._interval)
+                ):
+                    timeout = (
+                        self._interval - (time.monotonic() - last_sync) if self._dirty else None
+                    )
+                    self._cond.wait(timeout)
+                waiters, self._sync_waiters = self._sync_waiters, []
+                retired, self._retired = self._retired, []
+                new_segment, self._new_segment = self._new_segment, False
+                self._dirty = False
+                stopping = self._stopping
+                fd = self._fd
+            error = self._sync(retired, fd, new_segment)
+            last_sync = time.monotonic()
+            if waiters and self._loop is not None:
+                # A closed loop raises RuntimeError: nobody is waiting there any more.
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(_settle, waiters, error)
+            if stopping:
+                with self._cond:
+                    if not self._sync_waiters and not self._retired:
+                        return
+
+    def _sync(self, retired: list[int], fd: int, new_segment: bool) -> str | None:
+        t0 = time.perf_counter()
+        try:
+            for old in retired:
+                try:
+                    os.fsync(old)
+                finally:
+                    os.close(old)
+            if fd >= 0:
+                os.fsync(fd)
+            if new_segment:
+                dir_fd = os.open(self.directory, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)  # the new file's directory entry must survive a crash too
+                finally:
+                    os.close(dir_fd)
+        except OSError as e:
+            if self._loop is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._fail, e)
+            return f"spool_fsync_failed:{e.errno}"
+        self._hooks.fsync_seconds(time.perf_counter() - t0)
+        return None
 
 
 def _settle(futs: list[asyncio.Future[None]], error: str | None) -> None:

@@ -1,0 +1,286 @@
+"""`make bench`: figures, measured side by side in one run on this machine.
+
+1. Proxy throughput and latency: wrk against a bare aiohttp proxy and against pd-gateway
+   (durability batch and fsync), same upstream, same 1 KiB response, interleaved rounds,
+   proxies pinned to CPU 0 and wrk + upstream to CPU 1; medians of the rounds.
+2. Authorisation cost: a decision with 10 users / 10 rules beside 10,000 users / 3,000 rules,
+   uncached (pycasbin's linear scan) and through the PolicyEngine's decision cache.
+3. Token verification: first sight (RS256 verify) beside a cached repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import AUDIENCE, ISSUER, KID, Keys, rsa_keypair  # noqa: E402
+
+DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+CONNECTIONS = 32
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cpu: str, cmd: list[str]) -> list[str]:
+    return (
+        ["taskset", "-c", cpu, *cmd]
+        if shutil.which("taskset") and os.cpu_count() and os.cpu_count() >= 2
+        else cmd
+    )  # type: ignore[operator]
+
+
+def wait_http(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def to_ms(value: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", value)
+    assert m, value
+    n, unit = float(m.group(1)), m.group(2)
+    return n / 1000 if unit == "us" else n if unit == "ms" else n * 1000
+
+
+def wrk(url: str, token: str) -> dict[str, float]:
+    out = subprocess.run(
+        pinned(
+            "1",
+            [
+                "wrk",
+                "-t1",
+                f"-c{CONNECTIONS}",
+                f"-d{DURATION}s",
+                "--latency",
+                "-H",
+                f"Authorization: Bearer {token}",
+                url,
+            ],
+        ),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if errors:
+        raise RuntimeError(f"{url}: {errors.group(1)} non-2xx responses\n{out}")
+    return {"rps": rps, "p50": p50, "p99": p99}
+
+
+def proxy_bench(tmp: Path) -> None:
+    keys = Keys(*rsa_keypair(), public_pem="")
+    (tmp / "jwks.json").write_text(json.dumps(keys.jwks()))
+    token = keys.token("alice", ["hr_officer"], ttl=3600)
+    procs: list[subprocess.Popen[bytes]] = []
+    py = sys.executable
+    try:
+
+        def start(cpu: str, *args: str) -> None:
+            # wrk closes its connections mid-response at the end of a run: the servers' resulting
+            # "connection reset" tracebacks are noise here, so their stderr is dropped.
+            procs.append(
+                subprocess.Popen(pinned(cpu, [py, *args]), cwd=ROOT, stderr=subprocess.DEVNULL)
+            )
+
+        up_port, bare_port = free_port(), free_port()
+        upstream = f"http://127.0.0.1:{up_port}"
+        start("1", "bench/servers.py", "upstream", "--port", str(up_port))
+        start(
+            "0", "bench/servers.py", "bare-proxy", "--port", str(bare_port), "--upstream", upstream
+        )
+        targets: dict[str, str] = {}
+        targets["bare aiohttp proxy"] = f"http://127.0.0.1:{bare_port}/hr/employees/1001"
+        for durability in ("batch", "fsync"):
+            port, admin = free_port(), free_port()
+            cfg = {
+                "instance_id": f"bench-{durability}",
+                "listen": {"proxy": {"port": port}, "admin": {"port": admin}},
+                "identity": {
+                    "issuer": ISSUER,
+                    "audience": AUDIENCE,
+                    "algorithms": ["RS256"],
+                    "jwks_file": str(tmp / "jwks.json"),
+                },
+                "authz": {
+                    "model": str(ROOT / "policies/model.conf"),
+                    "policy": str(ROOT / "policies/policy.csv"),
+                },
+                "audit": {"spool_dir": str(tmp / f"spool-{durability}"), "durability": durability},
+                "proxy": {"trusted_proxies": []},
+                "upstreams": {"hr": upstream},
+                "routes": [
+                    {
+                        "name": "hr-employees",
+                        "prefix": "/hr/employees",
+                        "upstream": "hr",
+                        "system": "hr",
+                        "category": "employee",
+                        "subject": {"path": "/hr/employees/{id}"},
+                    }
+                ],
+            }
+            path = tmp / f"gw-{durability}.json"  # JSON is YAML
+            path.write_text(json.dumps(cfg))
+            start("0", "-m", "gateway", "serve", "--config", str(path), "--log-level", "WARNING")
+            wait_http(f"http://127.0.0.1:{admin}/readyz")
+            targets[f"pd-gateway durability={durability}"] = (
+                f"http://127.0.0.1:{port}/hr/employees/1001"
+            )
+        wait_http(upstream + "/")
+        wait_http(f"http://127.0.0.1:{bare_port}/")
+        for url in targets.values():  # warm up: connections, caches
+            subprocess.run(
+                pinned(
+                    "1", ["wrk", "-t1", "-c8", "-d1s", "-H", f"Authorization: Bearer {token}", url]
+                ),
+                capture_output=True,
+                check=True,
+            )
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        for _ in range(ROUNDS):
+            for name, url in targets.items():
+                results[name].append(wrk(url, token))
+        print(
+            f"\n## Proxy: wrk -t1 -c{CONNECTIONS} -d{DURATION}s, 1 KiB responses, "
+            f"median of {ROUNDS} interleaved rounds"
+        )
+        print(f"{'target':<32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}   {'vs bare':>7}")
+        base = statistics.median(r["rps"] for r in results["bare aiohttp proxy"])
+        for name, runs in results.items():
+            rps = statistics.median(r["rps"] for r in runs)
+            p50 = statistics.median(r["p50"] for r in runs)
+            p99 = statistics.median(r["p99"] for r in runs)
+            print(f"{name:<32} {rps:>9.0f} {p50:>8.2f} {p99:>8.2f}   {rps / base:>6.0%}")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+
+
+def decision_bench(tmp: Path) -> None:
+    from gateway.authz import PolicyEngine
+
+    def build(users: int, rules: int) -> tuple[PolicyEngine, list[tuple[str, tuple[str, ...]]]]:
+        roles = max(1, rules // 10)
+        lines = [
+            f"p, role{i % roles}, sys{i // 60}, cat{i % 6}, act{(i // 6) % 10}"
+            for i in range(rules)
+        ]
+        # Half the users come with IdP roles only; half are also named in a g rule.
+        lines += [f"g, user{u}, role{u % roles}" for u in range(0, users, 2)]
+        policy = tmp / f"p-{users}-{rules}.csv"
+        policy.write_text("\n".join(lines) + "\n")
+        engine = PolicyEngine.load(ROOT / "policies/model.conf", policy, cache_size=1_000_000)
+        population = [(f"user{u}", (f"role{(u * 7) % roles}",)) for u in range(users)]
+        return engine, population
+
+    print(
+        "\n## Authorisation: cost of one decision (uncached: a request no rule grants, full scan)"
+    )
+    print(f"{'policy':<28} {'pycasbin uncached':>18} {'PolicyEngine cached':>20}")
+    for users, rules in ((10, 10), (10_000, 3_000)):
+        engine, population = build(users, rules)
+        enforcer = engine._enforcer
+        sample = population[:: max(1, len(population) // 200)]
+        t0 = time.perf_counter()
+        for _, roles in sample:
+            enforcer.enforce_ex(roles[0], "sysX", "cat0", "read")
+        uncached = (time.perf_counter() - t0) / len(sample)
+        for user, roles in population:  # warm the cache: one decision per user
+            engine.decide(user, roles, "sys0", "cat0", "act0")
+        n = 200_000
+        t0 = time.perf_counter()
+        for i in range(n):
+            user, roles = population[i % len(population)]
+            engine.decide(user, roles, "sys0", "cat0", "act0")
+        cached = (time.perf_counter() - t0) / n
+        print(
+            f"{f'{users} users / {rules} rules':<28} "
+            f"{uncached * 1e6:>15.0f} µs {cached * 1e6:>17.2f} µs"
+        )
+
+
+def token_bench(tmp: Path) -> None:
+    from gateway.config import IdentityConfig
+    from gateway.identity import KeySet, TokenVerifier, file_fetcher
+
+    keys = Keys(*rsa_keypair(), public_pem="")
+    (tmp / "jwks-t.json").write_text(json.dumps(keys.jwks()))
+    cfg = IdentityConfig(
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        algorithms=("RS256",),
+        jwks_url=None,
+        jwks_file=tmp / "jwks-t.json",
+    )
+
+    async def run() -> tuple[float, float]:
+        ks = KeySet(file_fetcher(str(tmp / "jwks-t.json")), 30, 300, clock=time.monotonic)
+        await ks.refresh()
+        verifier = TokenVerifier(cfg, ks)
+        tokens = [keys.token(f"u{i}", ["hr_officer"], kid=KID) for i in range(300)]
+        t0 = time.perf_counter()
+        for t in tokens:
+            await verifier.verify(t)
+        first = (time.perf_counter() - t0) / len(tokens)
+        t0 = time.perf_counter()
+        for _ in range(100):
+            for t in tokens:
+                await verifier.verify(t)
+        cached = (time.perf_counter() - t0) / (100 * len(tokens))
+        return first, cached
+
+    first, cached = asyncio.run(run())
+    print("\n## Token verification (RS256, 2048-bit)")
+    print(f"first sight {first * 1e6:.0f} µs; cached repeat {cached * 1e6:.2f} µs")
+
+
+def main() -> None:
+    print(
+        f"# pd-gateway bench — {platform.node()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        decision_bench(tmp)
+        token_bench(tmp)
+        if shutil.which("wrk") is None:
+            sys.exit("wrk is required: make system-deps")
+        proxy_bench(tmp)
+
+
+if __name__ == "__main__":
+    main()

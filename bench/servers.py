@@ -1,0 +1,81 @@
+"""Servers for the benchmark: a 1 KiB upstream, and a bare aiohttp reverse proxy as the baseline.
+
+The bare proxy does what any aiohttp proxy must (stream the body, copy headers) and nothing the
+gateway adds (identity, authorisation, audit), so the difference is the gateway's cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import aiohttp
+import uvloop
+from aiohttp import web
+
+BODY = b"x" * 1024
+
+
+def upstream_app() -> web.Application:
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=BODY, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def bare_proxy_app(upstream: str) -> web.Application:
+    session: aiohttp.ClientSession | None = None
+
+    async def ctx(app: web.Application):  # type: ignore[no-untyped-def]
+        nonlocal session
+        session = aiohttp.ClientSession(auto_decompress=False)
+        yield
+        await session.close()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        assert session is not None
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() not in ("host", "connection")
+        }
+        async with session.request(
+            request.method,
+            upstream + request.raw_path,
+            headers=headers,
+            data=request.content if request.body_exists else None,
+        ) as up:
+            resp = web.StreamResponse(status=up.status, headers={"Content-Type": up.content_type})
+            if up.content_length is not None:
+                resp.content_length = up.content_length
+            await resp.prepare(request)
+            async for chunk in up.content.iter_any():
+                await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+
+    app = web.Application()
+    app.cleanup_ctx.append(ctx)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("kind", choices=["upstream", "bare-proxy"])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--upstream", default="")
+    args = p.parse_args()
+    app = upstream_app() if args.kind == "upstream" else bare_proxy_app(args.upstream)
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+    )
+
+
+if __name__ == "__main__":
+    main()
