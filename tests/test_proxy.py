@@ -6,6 +6,8 @@ import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 
+import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -263,3 +265,28 @@ async def test_ambiguous_paths_are_refused_before_routing(
         resp = await raw_request(gw, "GET", raw, auth(keys))
         assert resp.status == 400, raw
     assert upstream.seen == []
+
+
+async def test_upstream_dying_mid_response_cuts_the_client_off_and_is_audited(
+    make_gateway: GatewayFactory, keys: Keys, aiohttp_server: Callable[..., Awaitable[TestServer]]
+) -> None:
+    async def dies(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_length = 1_000_000
+        await resp.prepare(request)
+        await resp.write(b"partial" * 100)
+        assert request.transport is not None
+        request.transport.close()  # the upstream crashes before sending the rest
+        return resp
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", dies)
+    server = await aiohttp_server(app)
+    gw = await make_gateway(str(server.make_url("")).rstrip("/"))
+    resp = await gw.client.get("/hr/employees/1001", headers=auth(keys))
+    assert resp.status == 200  # the headers had already gone out
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()  # but the client can tell the body is incomplete
+    (event,) = spool_events(gw.spool_dir)
+    assert event["outcome"] == "upstream_aborted"
+    assert event["bytes_out"] < 1_000_000
