@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,10 @@ from gateway.errors import SpoolUnavailable
 
 def rec(seq: int, kind: str = "access") -> bytes:
     return encode({"kind": kind, "seq": seq, "event_id": f"e{seq}", "outcome": "complete"})
+
+
+def seqs(directory: Path, on_bad: Callable[[BadLine], None] | None = None) -> list[int]:
+    return [r["seq"] for r in read_records(directory, on_bad) if r["kind"] == "access"]
 
 
 class Counting(SpoolHooks):
@@ -36,7 +41,7 @@ async def test_concurrent_appends_share_fsyncs_and_all_land_in_order(
     spool.open()
     await asyncio.gather(*(spool.append(rec(i)) for i in range(1, 501)))
     spool.close()
-    assert [r["seq"] for r in read_records(tmp_path)] == list(range(1, 501))
+    assert seqs(tmp_path) == list(range(1, 501))
     # Group commit: far fewer fsyncs than records (one per batch, not per record).
     assert 1 <= hooks.fsyncs <= 25
 
@@ -60,7 +65,7 @@ async def test_restart_starts_a_new_segment_and_continues_the_sequence(tmp_path:
     await spool.append(rec(spool.next_seq()))
     spool.close()
     assert len(list_segments(tmp_path)) == 2
-    assert [r["seq"] for r in read_records(tmp_path)] == [1, 2, 3, 4]
+    assert seqs(tmp_path) == [1, 2, 3, 4]
 
 
 async def test_torn_final_line_is_skipped_and_never_appended_after(tmp_path: Path) -> None:
@@ -72,14 +77,14 @@ async def test_torn_final_line_is_skipped_and_never_appended_after(tmp_path: Pat
     with segment.open("ab") as f:  # what a crash mid-write leaves: half a record, no newline
         f.write(b'{"kind":"access","seq":2,"ev')
     bad: list[BadLine] = []
-    assert [r["seq"] for r in read_records(tmp_path, bad.append)] == [1]
-    assert bad and bad[0].line == 2 and "torn" in bad[0].problem
+    assert seqs(tmp_path, bad.append) == [1]
+    assert bad and bad[0].line == 3 and "torn" in bad[0].problem  # after start + record
     assert last_seq(tmp_path) == 1
     spool = Spool(tmp_path)
     spool.open()
     await spool.append(rec(spool.next_seq()))
     spool.close()
-    assert [r["seq"] for r in read_records(tmp_path)] == [1, 2]
+    assert seqs(tmp_path) == [1, 2]
 
 
 async def test_segments_rotate_at_the_configured_size(tmp_path: Path) -> None:
@@ -89,7 +94,7 @@ async def test_segments_rotate_at_the_configured_size(tmp_path: Path) -> None:
         await spool.append(rec(i))
     spool.close()
     assert len(list_segments(tmp_path)) > 3
-    assert [r["seq"] for r in read_records(tmp_path)] == list(range(1, 301))
+    assert seqs(tmp_path) == list(range(1, 301))
 
 
 def test_join_folds_outcomes_and_marks_lost_ones_unknown() -> None:
@@ -113,3 +118,35 @@ def test_join_folds_outcomes_and_marks_lost_ones_unknown() -> None:
         ("a", 200, "complete"),
         ("b", 0, "unknown"),
     ]
+
+
+async def test_sequence_survives_the_deletion_of_every_older_segment(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, segment_max_bytes=4096)
+    spool.open()
+    for _ in range(100):
+        await spool.append(rec(spool.next_seq()))
+    spool.close()
+    *older, _newest = list_segments(tmp_path)
+    for p in older:  # what the shipper does once they are in the store
+        p.unlink()
+    assert last_seq(tmp_path) == 100
+    spool = Spool(tmp_path)
+    spool.open()
+    assert spool.next_seq() == 101
+    spool.close()
+
+
+async def test_spool_over_its_size_limit_refuses_or_alerts(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "a", max_bytes=2000, refuse_when_full=True)
+    spool.open()
+    with pytest.raises(SpoolUnavailable, match="spool_full"):
+        for i in range(100):
+            await spool.append(rec(i))
+    assert not spool.writable
+    spool.close()
+    alerting = Spool(tmp_path / "b", max_bytes=2000, refuse_when_full=False)
+    alerting.open()
+    for i in range(100):
+        await alerting.append(rec(i))
+    assert alerting.over_limit and alerting.writable
+    alerting.close()

@@ -31,6 +31,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +64,19 @@ class Spool:
         batch_interval_ms: float = 5.0,
         segment_max_bytes: int = 64 * 1024 * 1024,
         max_pending: int = 10_000,
+        max_bytes: int | None = None,
+        refuse_when_full: bool = True,
+        instance: str = "",
         hooks: SpoolHooks | None = None,
     ) -> None:
         self.directory = directory
+        self.instance = instance
+        self.max_bytes = max_bytes
+        self.refuse_when_full = refuse_when_full
+        self._base_bytes = 0
+        self._written_bytes = 0
+        self._deleted_bytes = 0
+        self._header_due = False
         self.durability = durability
         self._interval = batch_interval_ms / 1000.0
         self._segment_max = segment_max_bytes
@@ -101,7 +112,24 @@ class Spool:
         segments = list_segments(self.directory)
         self._segment_no = int(segments[-1].stem) if segments else 0
         self._seq = last_seq(self.directory)
+        self._base_bytes = sum(p.stat().st_size for p in segments)
         self._open_segment()
+        # Every run begins with a `start` record: a reader knows that no outcome written before
+        # it can still arrive (those accesses' outcomes are unknown), and the sequence carries on.
+        start = encode_record(
+            {
+                "kind": "start",
+                "run": uuid.uuid4().hex,
+                "instance": self.instance,
+                "ts_us": time.time_ns() // 1000,
+                "seq_hw": self._seq,
+            }
+        )
+        os.write(self._fd, start)
+        os.fsync(self._fd)
+        self._segment_bytes = len(start)
+        self._written_bytes = len(start)
+        self._header_due = False
         self._set_healthy(True)
         self._thread = threading.Thread(target=self._run, name="audit-spool-sync", daemon=True)
         self._thread.start()
@@ -127,13 +155,31 @@ class Spool:
 
     @property
     def writable(self) -> bool:
-        return self.healthy and os.access(self.directory, os.W_OK)
+        full = self.refuse_when_full and self.over_limit
+        return self.healthy and not full and os.access(self.directory, os.W_OK)
 
     # -- the loop side --
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes on disk: what was there at start, plus written, minus what the shipper deleted."""
+        return self._base_bytes + self._written_bytes - self._deleted_bytes
+
+    @property
+    def over_limit(self) -> bool:
+        return self.max_bytes is not None and self.size_bytes >= self.max_bytes
+
+    def segments_deleted(self, nbytes: int) -> None:
+        """Called (from the shipper's thread) after it deleted shipped segments."""
+        self._deleted_bytes += nbytes
 
     async def append(self, record: bytes) -> None:
         if self._closed:
             raise SpoolUnavailable("spool_closed")
+        if self.refuse_when_full and self.over_limit:
+            # The store has been unreachable long enough for the spool to reach its limit.
+            self._hooks.error("spool_full")
+            raise SpoolUnavailable("spool_full")
         if len(self._buf) >= self._max_pending:
             self._hooks.error("backlog_full")
             raise SpoolUnavailable("spool_backlog_full")
@@ -161,6 +207,9 @@ class Spool:
                 self._retire_segment()
             if self._fd < 0:
                 self._open_segment()
+            if self._header_due:
+                data = encode_record({"kind": "segment", "seq_hw": self._seq}) + data
+                self._header_due = False
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view) :]
@@ -169,6 +218,7 @@ class Spool:
             _settle(waiters, f"spool_write_failed:{e.errno}")
             return
         self._segment_bytes += len(data)
+        self._written_bytes += len(data)
         self._hooks.written(len(waiters), len(data))
         if not self.healthy:
             self._set_healthy(True)
@@ -185,6 +235,9 @@ class Spool:
             self._retire_segment()
 
     def _open_segment(self) -> None:
+        # Each non-empty segment starts with a record of the sequence high-water mark, so the
+        # sequence survives the shipper deleting every older segment.
+        self._header_due = True
         self._segment_no += 1
         path = self.directory / f"{self._segment_no:012d}{SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
@@ -328,9 +381,18 @@ def read_segment(
 
 
 def last_seq(directory: Path) -> int:
-    """The highest access sequence number in the spool (0 if none), newest segment first."""
+    """The highest sequence number used (0 if none): from the newest non-empty segment, whose
+    first record carries the high-water mark at the time it was begun."""
     for segment in reversed(list_segments(directory)):
-        seqs = [r["seq"] for r in read_segment(segment) if r.get("kind") == "access"]
+        seqs = [
+            int(r["seq"] if r.get("kind") == "access" else r["seq_hw"])
+            for r in read_segment(segment)
+            if r.get("kind") in ("access", "start", "segment")
+        ]
         if seqs:
-            return max(int(s) for s in seqs)
+            return max(seqs)
     return 0
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"

@@ -1,0 +1,107 @@
+"""AuditStore inside the gateway process: chdb, a ClickHouse engine persistent on a directory.
+
+The default for the demo and a first run: a real ClickHouse engine with no server to install.
+chdb allows one process per data directory and one directory per process, so the gateway that
+owns the directory is the only reader; investigation tools query through it. Calls release the
+GIL and are serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.audit.schema import Table
+from gateway.audit.store import Row, StoreError
+
+_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+class EmbeddedStore:
+    engine = "embedded"
+    modern = True  # chdb-core is ClickHouse 26.x
+
+    def __init__(self, path: Path, database: str) -> None:
+        try:
+            from chdb import session
+        except ImportError as e:  # optional dependency: pd-gateway[embedded]
+            raise StoreError("chdb is not installed: pip install 'pd-gateway[embedded]'") from e
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.database = database
+        self._lock = threading.Lock()
+        try:
+            self._session = session.Session(str(path))
+        except Exception as e:
+            raise StoreError(f"cannot open embedded store at {path}: {e}") from e
+
+    def _query(
+        self, sql: str, fmt: str = "JSONEachRow", params: Mapping[str, Any] | None = None
+    ) -> str:
+        try:
+            with self._lock:
+                result = self._session.query(sql, fmt, params=dict(params) if params else None)
+        except Exception as e:
+            raise StoreError(f"embedded store: {type(e).__name__}") from e
+        return "" if result is None else result.bytes().decode()
+
+    def server_version(self) -> str:
+        return self._query("SELECT version() AS v", "TabSeparated").strip()
+
+    def execute(self, sql: str) -> None:
+        self._query(sql, "TabSeparated")
+
+    def insert(self, table: Table, rows: Sequence[Row], batch_id: str) -> None:
+        names = table.column_names
+        body = "\n".join(json.dumps({n: r[n] for n in names}, default=_json_default) for r in rows)
+        cols = ", ".join(f"`{n}`" for n in names)
+        self._query(
+            f"INSERT INTO {self.database}.{table.name} ({cols}) FORMAT JSONEachRow\n{body}",
+            "TabSeparated",
+        )
+
+    def batch_rows(self, table: Table, batch_id: str) -> int:
+        rows = self.select(
+            f"SELECT count() AS n FROM {self.database}.{table.name} WHERE batch_id = %(b)s",
+            {"b": batch_id},
+        )
+        return int(rows[0]["n"])
+
+    def insert_running(self, batch_id: str) -> bool:
+        return False  # in-process: an insert has finished or failed when insert() returns
+
+    def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+        # The same %(name)s placeholders as clickhouse-driver, as typed chdb parameters.
+        values = dict(params or {})
+        sql = _PARAM.sub(lambda m: "{" + m.group(1) + ":" + _ch_type(values[m.group(1)]) + "}", sql)
+        text = self._query(sql, "JSONEachRow", values)
+        return [json.loads(line) for line in text.splitlines() if line]
+
+    def close(self) -> None:
+        with self._lock:
+            self._session.close()
+
+
+def _ch_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "Bool"
+    if isinstance(value, int):
+        return "Int64"
+    if isinstance(value, float):
+        return "Float64"
+    if isinstance(value, dt.datetime):
+        return "DateTime64(6, 'UTC')"
+    return "String"
