@@ -1,8 +1,9 @@
 """Composition root: builds the proxy app and the admin app from a Config, and runs them.
 
-Start-up order (cleanup_ctx, stopped in reverse): the audit spool first, so it is the last thing
-closed — every in-flight request has drained and every record is flushed before it stops; then
-the upstream client session and the JWKS keys, then the pipeline that uses them.
+Start-up order (cleanup_ctx, stopped in reverse): the shipper (spool → store) first, so it is
+the last to stop and ships what the final flush wrote; then the audit spool, closed only after
+every in-flight request has drained; then the upstream client session, the JWKS keys and the
+pipeline that uses them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -18,9 +19,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.admin import build_admin_app
+from gateway.audit.factory import open_store
+from gateway.audit.shipper import Shipper, ShipperMetrics
 from gateway.audit.spool import Spool, SpoolHooks
 from gateway.authz import PolicyStore
-from gateway.config import Config
+from gateway.config import Config, StoreConfig
 from gateway.errors import PolicyError
 from gateway.identity import KeySet, TokenVerifier, file_fetcher, url_fetcher
 from gateway.metrics import Metrics
@@ -41,6 +44,7 @@ class Gateway:
     policies: PolicyStore
     keys: KeySet | None = None
     pipeline: Pipeline | None = None
+    shipper: Shipper | None = None
 
     def readiness(self) -> dict[str, bool]:
         return {
@@ -89,8 +93,14 @@ def build(
         batch_interval_ms=a.batch_interval_ms,
         segment_max_bytes=a.segment_max_bytes,
         max_pending=a.max_pending,
+        max_bytes=a.max_spool_bytes,
+        refuse_when_full=a.on_spool_full == "refuse",
+        instance=cfg.instance_id,
         hooks=spool_hooks(metrics),
     )
+    metrics.spool_bytes.set_function(lambda: spool.size_bytes)
+    metrics.spool_backlog.set_function(lambda: spool.backlog_bytes)
+    metrics.spool_over_limit.set_function(lambda: 1 if spool.over_limit else 0)
     policies = PolicyStore(
         cfg.authz.model,
         cfg.authz.policy,
@@ -102,6 +112,7 @@ def build(
 
     proxy_app = web.Application(middlewares=[error_middleware(metrics=metrics)])
     proxy_app[GATEWAY] = gw
+    proxy_app.cleanup_ctx.append(_shipper_ctx)
     proxy_app.cleanup_ctx.append(_spool_ctx)
     proxy_app.cleanup_ctx.append(_pipeline_ctx)
     proxy_app.router.add_route("*", "/{tail:.*}", _handle)
@@ -114,6 +125,44 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     pipeline = request.app[GATEWAY].pipeline
     assert pipeline is not None, "pipeline is set up before the site starts"
     return await pipeline.handle(request)
+
+
+def shipper_metrics(metrics: Metrics) -> ShipperMetrics:
+    return ShipperMetrics(
+        shipped=metrics.shipped.inc,
+        batch=metrics.shipper_batches.inc,
+        retried=metrics.shipper_retries.inc,
+        already_stored=metrics.shipper_already_stored.inc,
+        error=lambda kind: metrics.shipper_errors.labels(kind).inc(),
+        lag_seconds=metrics.shipper_lag.set,
+    )
+
+
+def build_shipper(
+    cfg: Config, store_cfg: StoreConfig, metrics: Metrics, on_progress: Callable[[int, int], None]
+) -> Shipper:
+    return Shipper(
+        cfg.audit.spool_dir,
+        lambda: open_store(store_cfg),
+        batch_max_rows=store_cfg.batch_max_rows,
+        batch_max_age=store_cfg.batch_max_age_ms / 1000,
+        max_backoff=store_cfg.retry_max_backoff_seconds,
+        metrics=shipper_metrics(metrics),
+        on_progress=on_progress,
+    )
+
+
+async def _shipper_ctx(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY]
+    if gw.cfg.store is None:
+        log.warning("no audit store configured: events stay in the spool (audit.spool_dir)")
+        yield
+        return
+    shipper = build_shipper(gw.cfg, gw.cfg.store, gw.metrics, gw.spool.shipper_progress)
+    await asyncio.to_thread(shipper.start)
+    gw.shipper = shipper
+    yield
+    await asyncio.to_thread(shipper.stop)
 
 
 async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import socket
 from collections.abc import Callable, Mapping
@@ -51,6 +52,27 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+class Secret:
+    """A secret value whose repr and JSON form are masked; ``reveal()`` is the only way out."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
 @dataclass(frozen=True)
 class Listen:
     host: str
@@ -88,6 +110,30 @@ class AuditConfig:
     batch_interval_ms: float = 5.0
     segment_max_bytes: int = 64 * 1024 * 1024
     max_pending: int = 10_000
+    # While the store is down the spool absorbs events; past this size `on_spool_full` applies.
+    max_spool_bytes: int = 10 * 1024**3
+    on_spool_full: Literal["refuse", "alert"] = "refuse"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the spool is shipped: `embedded` (chdb in the gateway process) or `clickhouse`."""
+
+    kind: Literal["embedded", "clickhouse"]
+    database: str = "pd_audit"
+    path: Path | None = None  # embedded: the chdb data directory
+    hosts: tuple[tuple[str, int], ...] = ()  # clickhouse: tried in order (failover)
+    user: str = "default"
+    password: Secret = field(default_factory=lambda: Secret(""))
+    secure: bool = False
+    ca_file: Path | None = None
+    connect_timeout_seconds: float = 5.0
+    send_receive_timeout_seconds: float = 30.0
+    cluster: str | None = None
+    apply_schema: bool = True
+    batch_max_rows: int = 5000
+    batch_max_age_ms: float = 1000.0
+    retry_max_backoff_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +187,7 @@ class Config:
     proxy: ProxyConfig
     upstreams: Mapping[str, str]
     routes: tuple[Route, ...] = field(default=())
+    store: StoreConfig | None = None
 
     def to_json(self) -> str:
         """The effective configuration, defaults filled in (like `nginx -T`)."""
@@ -158,6 +205,8 @@ def _plain(value: Any) -> Any:
         return sorted(_plain(v) for v in value)
     if isinstance(value, Path | ipaddress.IPv4Network | ipaddress.IPv6Network):
         return str(value)
+    if isinstance(value, Secret):
+        return "**********" if value.reveal() else ""
     return value
 
 
@@ -376,8 +425,11 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         batch_interval_ms=au.get("batch_interval_ms", float, 5.0, _positive),
         segment_max_bytes=au.get("segment_max_bytes", int, 64 * 1024 * 1024, _min(4096)),
         max_pending=au.get("max_pending", int, 10_000, _positive),
+        max_spool_bytes=au.get("max_spool_bytes", int, 10 * 1024**3, _min(64 * 1024)),
+        on_spool_full=au.get("on_spool_full", str, "refuse", _one_of(("refuse", "alert"))),
     )
     au.finish()
+    store = _parse_store(top, resolve, problems)
 
     px = top.section("proxy")
     trusted: list[IPNetwork] = []
@@ -421,6 +473,71 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         proxy=proxy,
         upstreams=upstreams,
         routes=routes,
+        store=store,
+    )
+
+
+def _parse_store(
+    top: _Section, resolve: Callable[[str | None], Path | None], problems: _Problems
+) -> StoreConfig | None:
+    if "store" not in top.data:
+        top.seen.add("store")
+        return None
+    st = top.section("store")
+    kind = st.get("kind", str, ..., _one_of(("embedded", "clickhouse")))
+    hosts: list[tuple[str, int]] = []
+    for i, h in enumerate(st.get("hosts", list, [])):
+        host, _, port = str(h).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            problems.add(f"{st.key('hosts')}.{i}", f"{h!r} is not host:port")
+        else:
+            hosts.append((host, int(port)))
+    path = resolve(st.get("path", str, None))
+    if kind == "embedded" and path is None:
+        problems.add(st.key("path"), "is required for kind embedded (the chdb data directory)")
+    if kind == "clickhouse" and not hosts:
+        problems.add(
+            st.key("hosts"), "is required for kind clickhouse (host:port, native protocol)"
+        )
+    password = ""
+    password_file = st.get("password_file", str, None)
+    password_env = st.get("password_env", str, None)
+    if password_file is not None and password_env is not None:
+        problems.add(st.key("password_file"), "give password_file or password_env, not both")
+    elif password_file is not None:
+        try:
+            password = (resolve(password_file) or Path()).read_text().strip()
+        except OSError as e:
+            problems.add(st.key("password_file"), f"cannot read: {e.strerror}")
+    elif password_env is not None:
+        if password_env not in os.environ:
+            problems.add(st.key("password_env"), f"environment variable {password_env} is not set")
+        password = os.environ.get(password_env, "")
+    database = st.get("database", str, "pd_audit", _identifier)
+    cfg = StoreConfig(
+        kind=kind or "embedded",
+        database=database,
+        path=path,
+        hosts=tuple(hosts),
+        user=st.get("user", str, "default"),
+        password=Secret(password),
+        secure=st.get("secure", bool, False),
+        ca_file=resolve(st.get("ca_file", str, None)),
+        connect_timeout_seconds=st.get("connect_timeout_seconds", float, 5.0, _positive),
+        send_receive_timeout_seconds=st.get("send_receive_timeout_seconds", float, 30.0, _positive),
+        cluster=st.get("cluster", str, None, _identifier),
+        apply_schema=st.get("apply_schema", bool, True),
+        batch_max_rows=st.get("batch_max_rows", int, 5000, _min(1)),
+        batch_max_age_ms=st.get("batch_max_age_ms", float, 1000.0, _positive),
+        retry_max_backoff_seconds=st.get("retry_max_backoff_seconds", float, 30.0, _positive),
+    )
+    st.finish()
+    return cfg
+
+
+def _identifier(value: str) -> str | None:
+    return (
+        None if re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", value) else "must be a plain identifier"
     )
 
 

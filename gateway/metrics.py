@@ -79,6 +79,48 @@ class Metrics:
             "1 while the audit spool accepts records; 0 means personal-data requests are refused.",
             registry=registry,
         )
+        self.spool_bytes = Gauge(
+            "pdgw_spool_bytes",
+            "Bytes of spool segments on disk (not yet shipped).",
+            registry=registry,
+        )
+        self.spool_backlog = Gauge(
+            "pdgw_spool_backlog_bytes",
+            "Spool bytes not yet confirmed in the audit store (what audit.max_spool_bytes limits).",
+            registry=registry,
+        )
+        self.spool_over_limit = Gauge(
+            "pdgw_spool_over_limit",
+            "1 when the spool passed audit.max_spool_bytes (the store has been down too long).",
+            registry=registry,
+        )
+        self.shipped = Counter(
+            "pdgw_shipper_events", "Audit events confirmed in the audit store.", registry=registry
+        )
+        self.shipper_batches = Counter(
+            "pdgw_shipper_batches", "Batches confirmed in the audit store.", registry=registry
+        )
+        self.shipper_retries = Counter(
+            "pdgw_shipper_batches_retried",
+            "Batch attempts repeated after a store error.",
+            registry=registry,
+        )
+        self.shipper_already_stored = Counter(
+            "pdgw_shipper_inserts_found_stored",
+            "Inserts whose outcome was unknown and which check-before-retry found already stored.",
+            registry=registry,
+        )
+        self.shipper_errors = Counter(
+            "pdgw_shipper_errors",
+            "Shipper errors by kind (store, bad_record, partial_batch, intent_mismatch).",
+            ["kind"],
+            registry=registry,
+        )
+        self.shipper_lag = Gauge(
+            "pdgw_shipper_lag_seconds",
+            "Age of the oldest audit event not yet confirmed in the store (0 when caught up).",
+            registry=registry,
+        )
         self.token_cache = Counter(
             "pdgw_token_cache",
             "Token verification cache lookups by result.",

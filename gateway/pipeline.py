@@ -273,7 +273,7 @@ class Pipeline:
 
     async def _record(self, ctx: _Context, event: AccessEvent | Outcome, kind: str) -> None:
         try:
-            await self._spool.append(event.record())
+            await self._spool.append(event.record(), admission=kind == "access")
         except SpoolUnavailable as e:
             self._metrics.denials.labels(ctx.route.name, "audit_unavailable").inc()
             log.error(

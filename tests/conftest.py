@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway import config
 from gateway.app import build
+from tests.stores import ch_server, chdb_dir, own_ch_server  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"

@@ -155,7 +155,7 @@ async def test_valid_token_is_verified_once_then_served_from_cache(gw: Gw, keys:
 
 
 async def test_cached_token_stops_working_at_its_expiry(gw: Gw, keys: Keys) -> None:
-    token = keys.token("alice", ["hr_officer"], ttl=1)
+    token = keys.token("alice", ["hr_officer"], ttl=2)  # whole seconds: valid for 1-2 s
     auth = {"Authorization": f"Bearer {token}"}
     assert (await gw.client.get("/hr/employees/1001", headers=auth)).status == 200
     deadline = jwt.get_unverified_claims(token)["exp"]

@@ -113,6 +113,6 @@ class ClickHouseServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=4)
             except subprocess.TimeoutExpired:
                 self.kill()

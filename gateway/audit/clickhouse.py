@@ -29,6 +29,7 @@ class ClickHouseParams:
     ca_file: str | None = None
     connect_timeout: float = 5.0
     send_receive_timeout: float = 30.0
+    cluster: str | None = None
 
 
 class ClickHouseStore:
@@ -39,6 +40,17 @@ class ClickHouseStore:
         self.database = params.database
         self._client: Client | None = None
         self._version: str | None = None
+        timeout = int(max(1, params.send_receive_timeout))
+        # If this client vanishes mid-insert, the server gives up on it after the same timeout
+        # (its default is 300 s), so a check-before-retry never waits long for a dead insert.
+        self._insert_settings: dict[str, Any] = {
+            "receive_timeout": timeout,
+            "send_timeout": timeout,
+        }
+        if params.cluster:
+            # On a cluster, insert through the Distributed table synchronously: the batch must
+            # be in the shards before it counts as confirmed (and before a check can see it).
+            self._insert_settings["insert_distributed_sync"] = 1
 
     def _conn(self) -> Client:
         if self._client is None:
@@ -91,6 +103,9 @@ class ClickHouseStore:
             columns,
             columnar=True,
             query_id=query_id(table, batch_id),
+            # On a cluster, insert through the Distributed table synchronously: the batch must
+            # be in the shards before it counts as confirmed (and before a check can see it).
+            settings=self._insert_settings,
         )
 
     def batch_rows(self, table: Table, batch_id: str) -> int:

@@ -76,6 +76,7 @@ class Spool:
         self._base_bytes = 0
         self._written_bytes = 0
         self._deleted_bytes = 0
+        self._consumed_bytes = 0
         self._header_due = False
         self.durability = durability
         self._interval = batch_interval_ms / 1000.0
@@ -166,17 +167,26 @@ class Spool:
         return self._base_bytes + self._written_bytes - self._deleted_bytes
 
     @property
+    def backlog_bytes(self) -> int:
+        """Bytes on disk the shipper has not yet confirmed (all of them without a shipper)."""
+        return self.size_bytes - self._consumed_bytes
+
+    @property
     def over_limit(self) -> bool:
-        return self.max_bytes is not None and self.size_bytes >= self.max_bytes
+        return self.max_bytes is not None and self.backlog_bytes >= self.max_bytes
 
-    def segments_deleted(self, nbytes: int) -> None:
-        """Called (from the shipper's thread) after it deleted shipped segments."""
-        self._deleted_bytes += nbytes
+    def shipper_progress(self, deleted_bytes: int, consumed_bytes: int) -> None:
+        """From the shipper's thread after a confirmed batch: bytes it deleted, and bytes still on
+        disk that precede its read position (shipped, kept until their segment can go)."""
+        self._deleted_bytes += deleted_bytes
+        self._consumed_bytes = consumed_bytes
 
-    async def append(self, record: bytes) -> None:
+    async def append(self, record: bytes, *, admission: bool = True) -> None:
+        """``admission=False`` for a record that completes an access already admitted (its
+        outcome): the size limit refuses new accesses, never the record of one in flight."""
         if self._closed:
             raise SpoolUnavailable("spool_closed")
-        if self.refuse_when_full and self.over_limit:
+        if admission and self.refuse_when_full and self.over_limit:
             # The store has been unreachable long enough for the spool to reach its limit.
             self._hooks.error("spool_full")
             raise SpoolUnavailable("spool_full")

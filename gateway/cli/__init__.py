@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import audit_cmd, config_cmd, serve_cmd, token_cmd
+from gateway.cli import audit_cmd, config_cmd, serve_cmd, store_cmd, token_cmd
 from gateway.errors import ConfigError, PolicyError
 
 
@@ -15,7 +15,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve_cmd.register(sub)
     config_cmd.register(sub)
-    audit_cmd.register(sub)
+    audit_sub = audit_cmd.register(sub)
+    store_cmd.register(sub, audit_sub)
     token_cmd.register(sub)
     args = parser.parse_args(argv)
     try:

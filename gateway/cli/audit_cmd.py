@@ -13,7 +13,8 @@ from gateway.audit.events import join
 from gateway.audit.spool import BadLine, read_records
 
 
-def register(sub: Any) -> None:
+def register(sub: Any) -> Any:
+    """Add `audit` and return its subcommand set (replay is added by store_cmd)."""
     a = sub.add_parser("audit", help="audit trail commands")
     asub = a.add_subparsers(dest="audit_command", required=True)
     t = asub.add_parser("tail", help="show the newest events of a spool directory")
@@ -21,6 +22,7 @@ def register(sub: Any) -> None:
     t.add_argument("-n", type=int, default=20, help="how many events (0 = all)")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
     t.set_defaults(run=run_tail)
+    return asub
 
 
 def run_tail(args: argparse.Namespace) -> int:

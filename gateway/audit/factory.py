@@ -1,0 +1,34 @@
+"""Build the configured AuditStore (and run its migrations when the config says so)."""
+
+from __future__ import annotations
+
+from gateway.audit.clickhouse import ClickHouseParams, ClickHouseStore
+from gateway.audit.store import AuditStore, migrate
+from gateway.config import StoreConfig
+
+
+def open_store(cfg: StoreConfig, *, apply_schema: bool | None = None) -> AuditStore:
+    """Connect (lazily for a server) and, if ``apply_schema``, bring the schema up to date."""
+    store: AuditStore
+    if cfg.kind == "embedded":
+        from gateway.audit.embedded import EmbeddedStore  # optional dependency
+
+        assert cfg.path is not None  # validated by config
+        store = EmbeddedStore(cfg.path, cfg.database)
+    else:
+        store = ClickHouseStore(
+            ClickHouseParams(
+                hosts=cfg.hosts,
+                database=cfg.database,
+                user=cfg.user,
+                password=cfg.password.reveal(),
+                secure=cfg.secure,
+                ca_file=str(cfg.ca_file) if cfg.ca_file else None,
+                connect_timeout=cfg.connect_timeout_seconds,
+                send_receive_timeout=cfg.send_receive_timeout_seconds,
+                cluster=cfg.cluster,
+            )
+        )
+    if cfg.apply_schema if apply_schema is None else apply_schema:
+        migrate(store, cluster=cfg.cluster)
+    return store

@@ -1,0 +1,483 @@
+"""Shipper: spool → audit store, in its own thread, with nothing lost and nothing doubled.
+
+Contract (docs/decisions/005-exactly-once-shipping.md):
+- Records are read in spool order. An access is shipped as one row once its outcome record has
+  been read; a refusal at once; an access whose run ended without its outcome (a `start` record
+  of a later run follows it) as outcome ``unknown``. The position of the record that completed
+  a row is its *completion position*; rows are shipped in that order.
+- A batch is every row whose completion position lies in (shipped_through, last]. Its id is
+  derived from the spool id and its first row's position, so a batch rebuilt after a crash is
+  the same batch with the same id.
+- Before a batch is sent its intent (id, last position, row counts) is saved and fsynced. After
+  any failure — and on start-up with an intent left behind — the shipper first waits until no
+  insert of that batch is running on the server, then counts the batch's rows per table: all
+  there → done; none → insert; anything else is reported. This check-before-retry works on
+  ClickHouse 18.16 as on modern servers.
+- Segments are deleted only once every row they hold is confirmed, never the newest non-empty one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.audit import schema
+from gateway.audit.events import OUTCOME_FIELDS, PENDING, UNKNOWN
+from gateway.audit.spool import list_segments
+from gateway.audit.store import AuditStore, StoreError, event_rows
+
+log = logging.getLogger(__name__)
+
+Position = tuple[int, int]  # (segment number, byte offset of the record)
+BEFORE_ALL: Position = (-1, -1)
+STATE_FILE = "shipper-state.json"
+LOCK_FILE = "shipper.lock"
+ID_FILE = "spool.id"
+
+
+class ShipperBusy(Exception):
+    """Another shipper (a running gateway, or `audit replay`) holds this spool."""
+
+
+@dataclass
+class ShipperState:
+    shipped_through: Position = BEFORE_ALL
+    read_from: Position = (0, 0)
+    intent: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, directory: Path) -> ShipperState:
+        path = directory / STATE_FILE
+        if not path.exists():
+            first = list_segments(directory)
+            return cls(read_from=(int(first[0].stem), 0) if first else (0, 0))
+        data = json.loads(path.read_text())
+        through, start = data["shipped_through"], data["read_from"]
+        return cls((through[0], through[1]), (start[0], start[1]), data.get("intent"))
+
+    def save(self, directory: Path) -> None:
+        """Atomically: write a temporary file, fsync it, rename over the old one, fsync the dir."""
+        tmp = directory / (STATE_FILE + ".tmp")
+        data = {
+            "shipped_through": self.shipped_through,
+            "read_from": self.read_from,
+            "intent": self.intent,
+        }
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(data).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, directory / STATE_FILE)
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def spool_id(directory: Path) -> str:
+    """A stable id for this spool directory (part of every batch id)."""
+    path = directory / ID_FILE
+    if not path.exists():
+        tmp = directory / (ID_FILE + ".tmp")
+        tmp.write_text(uuid.uuid4().hex[:16])
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # first writer wins
+        tmp.unlink()
+    return path.read_text().strip()
+
+
+class SpoolTail:
+    """Complete records of the spool from a position on, following new segments as they appear."""
+
+    def __init__(self, directory: Path, start: Position, on_bad: Callable[[str], None]) -> None:
+        self.directory = directory
+        self.position = start
+        self._on_bad = on_bad
+
+    def read(self, limit: int = 10_000) -> list[tuple[Position, dict[str, Any]]]:
+        out: list[tuple[Position, dict[str, Any]]] = []
+        while len(out) < limit:
+            numbers = [int(p.stem) for p in list_segments(self.directory)]
+            later = [n for n in numbers if n >= self.position[0]]
+            if not later:
+                return out
+            seg, off = self.position
+            if seg not in numbers:  # deleted or never existed: the next one that does
+                self.position = (later[0], 0)
+                continue
+            path = self.directory / f"{seg:012d}.jsonl"
+            with path.open("rb") as f:
+                f.seek(off)
+                data = f.read(4 * 1024 * 1024)
+            end = data.rfind(b"\n") + 1
+            for line in data[:end].splitlines(keepends=True):
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    self._on_bad(f"{path}@{off}: not valid JSON")
+                    rec = None
+                if isinstance(rec, dict):
+                    out.append(((seg, off), rec))
+                off += len(line)
+            self.position = (seg, off)
+            if end == len(data) and len(data) == 4 * 1024 * 1024:
+                continue  # more of this segment to read
+            newer = [n for n in numbers if n > seg]
+            if not newer:
+                return out  # the live end: a partial line here may still be completed
+            if end < len(data):
+                self._on_bad(f"{path}@{off}: torn final line (never acknowledged), skipped")
+            self.position = (newer[0], 0)
+        return out
+
+
+@dataclass
+class _Row:
+    completed_at: Position
+    access_at: Position
+    event: dict[str, Any]
+
+
+@dataclass
+class Assembler:
+    """Joins access and outcome records into rows, in completion order."""
+
+    pending: dict[str, tuple[Position, dict[str, Any]]] = field(default_factory=dict)
+    orphans: int = 0
+
+    def feed(self, pos: Position, rec: dict[str, Any]) -> list[_Row]:
+        kind = rec.get("kind")
+        if kind == "access":
+            if rec.get("outcome") == PENDING:
+                self.pending[rec["event_id"]] = (pos, rec)
+                return []
+            return [_Row(pos, pos, rec)]
+        if kind == "outcome":
+            found = self.pending.pop(rec.get("event_id", ""), None)
+            if found is None:
+                self.orphans += 1
+                log.error("outcome record without its access", extra={"position": list(pos)})
+                return []
+            apos, access = found
+            joined = {**access, **{f: rec[f] for f in OUTCOME_FIELDS}}
+            return [_Row(pos, apos, joined)]
+        if kind == "start":
+            return self.finalize(pos)
+        return []
+
+    def finalize(self, pos: Position) -> list[_Row]:
+        """The run that wrote the pending accesses is over: their outcome is unknown."""
+        rows = [_Row(pos, apos, {**acc, "outcome": UNKNOWN}) for apos, acc in self.pending.values()]
+        self.pending.clear()
+        return rows
+
+
+@dataclass
+class ShipperMetrics:
+    shipped: Callable[[int], None] = lambda n: None
+    batch: Callable[[], None] = lambda: None
+    retried: Callable[[], None] = lambda: None
+    already_stored: Callable[[], None] = lambda: None  # a retried insert had in fact landed
+    error: Callable[[str], None] = lambda kind: None
+    lag_seconds: Callable[[float], None] = lambda s: None
+
+
+class Shipper:
+    def __init__(
+        self,
+        directory: Path,
+        store_factory: Callable[[], AuditStore],
+        *,
+        batch_max_rows: int = 5000,
+        batch_max_age: float = 1.0,
+        max_backoff: float = 30.0,
+        poll_interval: float = 0.05,
+        metrics: ShipperMetrics | None = None,
+        on_progress: Callable[[int, int], None] = lambda deleted, consumed: None,
+    ) -> None:
+        self.directory = directory
+        self._store_factory = store_factory
+        self._store: AuditStore | None = None
+        self._max_rows = batch_max_rows
+        self._max_age = batch_max_age
+        self._max_backoff = max_backoff
+        self._poll = poll_interval
+        self._metrics = metrics or ShipperMetrics()
+        self._on_progress = on_progress
+        self._stop = threading.Event()
+        self._drain_deadline: float | None = None
+        self._thread: threading.Thread | None = None
+        self._lock_fd = -1
+        self.bad_records = 0
+        self.shipped_rows = 0
+        self.last_error: str | None = None
+
+    # -- lifecycle --
+
+    def acquire(self) -> None:
+        """Take the spool's shipper lock (one shipper per spool); ShipperBusy if it is held."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            os.close(fd)
+            raise ShipperBusy(str(self.directory)) from e
+        self._lock_fd = fd
+        self.spool_id = spool_id(self.directory)
+        self.state = ShipperState.load(self.directory)
+
+    def release(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def start(self) -> None:
+        self.acquire()
+        self._thread = threading.Thread(target=self._run_forever, name="audit-shipper", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain_seconds: float = 10.0) -> None:
+        """Ship what is complete (for up to ``drain_seconds``), then stop. An unfinished batch keeps
+        its intent on disk and is settled by the next start."""
+        self._drain_deadline = time.monotonic() + drain_seconds
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.release()
+
+    # -- the loop --
+
+    def _run_forever(self) -> None:
+        try:
+            self.run(follow=True)
+        except Exception:
+            log.exception("audit shipper stopped by an unexpected error")
+
+    def run(self, *, follow: bool, finalize_at_end: bool = False) -> int:
+        """Ship until stopped (``follow``) or until the spool is exhausted; return rows shipped.
+
+        ``finalize_at_end``: the spool belongs to an instance that is gone (`audit replay`), so
+        accesses still pending at its end are shipped with outcome unknown.
+        """
+        tail = SpoolTail(self.directory, self.state.read_from, self._bad)
+        asm = Assembler()
+        batch: list[_Row] = []
+        first_seen = 0.0
+        intent = self.state.intent
+        while True:
+            records = tail.read()
+            for pos, rec in records:
+                for row in asm.feed(pos, rec):
+                    if row.completed_at > self.state.shipped_through:
+                        if not batch:
+                            first_seen = time.monotonic()
+                        batch.append(row)
+            exhausted = not records
+            if exhausted and finalize_at_end and not follow and asm.pending:
+                batch.extend(asm.finalize(tail.position))
+            self._report_lag(batch, asm)
+            stopping = self._stop.is_set()
+            if intent is not None:
+                # Recovery: rebuild exactly the batch that was in flight, then settle it.
+                last = tuple(intent["last"])
+                if tail.position > last or exhausted:
+                    rows = [r for r in batch if r.completed_at <= last]
+                    if len(rows) != intent["rows"]["access_events"]:
+                        self._metrics.error("intent_mismatch")
+                        log.error(
+                            "rebuilt batch differs from its intent",
+                            extra={"batch_id": intent["batch_id"], "rows": len(rows)},
+                        )
+                    if not self._ship(
+                        rows,
+                        intent["batch_id"],
+                        recovering=True,
+                        tail=tail,
+                        asm=asm,
+                        rest=batch[len(rows) :],
+                    ):
+                        return self.shipped_rows
+                    batch = batch[len(rows) :]
+                    intent = None
+                    continue
+            elif batch and (
+                len(batch) >= self._max_rows
+                or (
+                    exhausted
+                    and (time.monotonic() - first_seen >= self._max_age or stopping or not follow)
+                )
+            ):
+                rows = _cut(batch, self._max_rows)
+                batch_id = (
+                    f"{self.spool_id}-{rows[0].completed_at[0]:012d}-{rows[0].completed_at[1]:012d}"
+                )
+                if not self._ship(
+                    rows, batch_id, recovering=False, tail=tail, asm=asm, rest=batch[len(rows) :]
+                ):
+                    return self.shipped_rows
+                batch = batch[len(rows) :]
+                if batch:
+                    first_seen = time.monotonic()
+                continue
+            if exhausted:
+                if not follow and not batch:
+                    return self.shipped_rows
+                if stopping and (not batch or self._past_deadline()):
+                    return self.shipped_rows
+                self._pause(self._poll)
+
+    def _pause(self, seconds: float) -> None:
+        if not self._stop.is_set():
+            self._stop.wait(seconds)
+        elif self._drain_deadline is not None:  # draining: the event no longer blocks
+            time.sleep(max(0.0, min(seconds, self._drain_deadline - time.monotonic())))
+
+    def _past_deadline(self) -> bool:
+        return self._drain_deadline is not None and time.monotonic() >= self._drain_deadline
+
+    def _bad(self, message: str) -> None:
+        self.bad_records += 1
+        self._metrics.error("bad_record")
+        log.error("unreadable spool record", extra={"detail": message})
+
+    def _report_lag(self, batch: list[_Row], asm: Assembler) -> None:
+        oldest = [r.event["ts_us"] for r in batch[:1]]
+        oldest += [acc["ts_us"] for _, acc in list(asm.pending.values())[:1]]
+        lag = (time.time() - min(oldest) / 1e6) if oldest else 0.0
+        self._metrics.lag_seconds(max(0.0, lag))
+
+    # -- one batch --
+
+    def _ship(
+        self,
+        rows: list[_Row],
+        batch_id: str,
+        *,
+        recovering: bool,
+        tail: SpoolTail,
+        asm: Assembler,
+        rest: list[_Row],
+    ) -> bool:
+        """Ship one batch until it is confirmed; False if told to stop first (intent kept)."""
+        events: list[dict[str, Any]] = []
+        subjects: list[dict[str, Any]] = []
+        for r in rows:
+            row, subs = event_rows(r.event, batch_id)
+            events.append(row)
+            subjects.extend(subs)
+        tables = [(schema.ACCESS_EVENTS, events), (schema.ACCESS_EVENT_SUBJECTS, subjects)]
+        last = rows[-1].completed_at if rows else self.state.shipped_through
+        if not recovering:
+            self.state.intent = {
+                "batch_id": batch_id,
+                "last": list(last),
+                "rows": {t.name: len(trows) for t, trows in tables},
+            }
+            self.state.save(self.directory)
+        attempt = 0
+        check = recovering
+        while True:
+            try:
+                store = self._get_store()
+                for table, trows in tables:
+                    if not trows:
+                        continue
+                    if check:
+                        self._wait_not_running(store, batch_id)
+                        have = store.batch_rows(table, batch_id)
+                        if have == len(trows):
+                            self._metrics.already_stored()
+                            continue
+                        if have != 0:
+                            self._metrics.error("partial_batch")
+                            log.error(
+                                "batch partly in the store; not inserted again",
+                                extra={
+                                    "batch_id": batch_id,
+                                    "table": table.name,
+                                    "have": have,
+                                    "want": len(trows),
+                                },
+                            )
+                            continue
+                    store.insert(table, trows, batch_id)
+                break
+            except StoreError as e:
+                self.last_error = str(e)
+                self._metrics.error("store")
+                attempt += 1
+                check = True  # the outcome of what was sent is unknown: look before resending
+                if self._stop.is_set() and self._past_deadline():
+                    return False
+                self._metrics.retried()
+                delay = min(self._max_backoff, 0.2 * 2 ** min(attempt, 10))
+                log.warning(
+                    "audit store unavailable; will retry",
+                    extra={"batch_id": batch_id, "retry_in_s": delay, "error": str(e)},
+                )
+                self._pause(delay)
+        self.last_error = None
+        self.shipped_rows += len(rows)
+        self._metrics.shipped(len(rows))
+        self._metrics.batch()
+        unshipped = [r.access_at for r in rest] + [apos for apos, _ in asm.pending.values()]
+        self.state = ShipperState(last, min([*unshipped, tail.position]), None)
+        self.state.save(self.directory)
+        self._delete_shipped_segments()
+        return True
+
+    def _get_store(self) -> AuditStore:
+        if self._store is None:
+            self._store = self._store_factory()
+        return self._store
+
+    def _wait_not_running(self, store: AuditStore, batch_id: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while store.insert_running(batch_id):
+            if time.monotonic() > deadline:
+                raise StoreError("an earlier insert of this batch is still running")
+            time.sleep(0.2)
+
+    def _delete_shipped_segments(self) -> None:
+        segments = list_segments(self.directory)
+        nonempty = [p for p in segments if p.stat().st_size > 0]
+        if not nonempty:
+            self._on_progress(0, 0)
+            return
+        keep_from = min(self.state.read_from[0], int(nonempty[-1].stem))
+        freed = consumed = 0
+        for p in segments:
+            n = int(p.stem)
+            if n < keep_from:
+                freed += p.stat().st_size
+                p.unlink()
+            elif n < self.state.read_from[0]:
+                consumed += p.stat().st_size
+            elif n == self.state.read_from[0]:
+                consumed += self.state.read_from[1]
+        self._on_progress(freed, consumed)
+
+
+def _cut(batch: list[_Row], max_rows: int) -> list[_Row]:
+    """The first ``max_rows`` rows, extended so rows completed by one record stay together."""
+    n = min(len(batch), max_rows)
+    while n < len(batch) and batch[n].completed_at == batch[n - 1].completed_at:
+        n += 1
+    return batch[:n]

@@ -1,0 +1,126 @@
+"""`pd-gateway clickhouse init|retention|ddl` and `pd-gateway audit replay`."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway import config
+from gateway.audit import schema
+from gateway.audit.factory import open_store
+from gateway.audit.retention import apply_retention
+from gateway.audit.shipper import Shipper, ShipperBusy
+from gateway.audit.store import StoreError, migrate
+from gateway.errors import ConfigError
+
+
+def register(sub: Any, audit_sub: Any) -> None:
+    c = sub.add_parser("clickhouse", help="audit store commands")
+    csub = c.add_subparsers(dest="clickhouse_command", required=True)
+    init = csub.add_parser("init", help="create or migrate the audit schema (idempotent)")
+    init.add_argument("--config", required=True)
+    init.add_argument("--cluster", help="emit ON CLUSTER DDL with Replicated/Distributed tables")
+    init.set_defaults(run=run_init)
+    ddl = csub.add_parser("ddl", help="print the schema DDL without connecting")
+    ddl.add_argument("--database", default="pd_audit")
+    ddl.add_argument("--cluster")
+    ddl.add_argument("--server-version", default="24.8", help="picks modern or legacy types")
+    ddl.set_defaults(run=run_ddl)
+    ret = csub.add_parser("retention", help="drop audit partitions older than the retention period")
+    ret.add_argument("--config", required=True)
+    ret.add_argument("--keep-days", type=int, required=True)
+    ret.add_argument("--dry-run", action="store_true")
+    ret.add_argument("--actor", default=None, help="who ordered it (default: the OS user)")
+    ret.add_argument("--reason", default="retention period ended (4.7-4.9)")
+    ret.set_defaults(run=run_retention)
+
+    rp = audit_sub.add_parser(
+        "replay", help="ship a spool directory to the store (e.g. a dead instance's)"
+    )
+    rp.add_argument("--spool", required=True)
+    rp.add_argument("--config", required=True, help="config whose `store` section is used")
+    rp.set_defaults(run=run_replay)
+
+
+def _store_cfg(path: str) -> config.StoreConfig:
+    cfg = config.load(path)
+    if cfg.store is None:
+        raise ConfigError(["store: is required for this command"], path)
+    return cfg.store
+
+
+def run_init(args: argparse.Namespace) -> int:
+    store_cfg = _store_cfg(args.config)
+    try:
+        store = open_store(store_cfg, apply_schema=False)
+        applied = migrate(store, cluster=args.cluster or store_cfg.cluster)
+        variant = "modern" if store.modern else "legacy"
+        done = f"applied migrations {applied}" if applied else "schema up to date"
+        print(
+            f"{store.engine} {store.server_version()} ({variant} types), {store.database}: {done}"
+        )
+        store.close()
+    except StoreError as e:
+        print(f"pd-gateway: audit store: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_ddl(args: argparse.Namespace) -> int:
+    modern = schema.is_modern(args.server_version)
+    for stmt in schema.schema_ddl(args.database, modern=modern, cluster=args.cluster):
+        print(stmt + ";\n")
+    return 0
+
+
+def run_retention(args: argparse.Namespace) -> int:
+    store_cfg = _store_cfg(args.config)
+    cutoff = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=args.keep_days)
+    try:
+        store = open_store(store_cfg)
+        dropped = apply_retention(
+            store,
+            cutoff,
+            actor=args.actor or getpass.getuser(),
+            reason=args.reason,
+            dry_run=args.dry_run,
+        )
+        store.close()
+    except StoreError as e:
+        print(f"pd-gateway: audit store: {e}", file=sys.stderr)
+        return 1
+    verb = "would drop" if args.dry_run else "dropped"
+    for d in dropped:
+        print(f"{verb} {d.table} partition {d.partition} ({d.rows} rows)")
+    print(f"{len(dropped)} partitions {verb}; cutoff {cutoff}")
+    return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    store_cfg = _store_cfg(args.config)
+    directory = Path(args.spool)
+    if not directory.is_dir():
+        print(f"pd-gateway: {directory}: no such spool directory", file=sys.stderr)
+        return 2
+    shipper = Shipper(
+        directory, lambda: open_store(store_cfg), batch_max_rows=store_cfg.batch_max_rows
+    )
+    try:
+        shipper.acquire()
+    except ShipperBusy:
+        print(
+            f"pd-gateway: {directory}: a running gateway or replay is shipping this spool",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        # A dead instance's spool: accesses still pending at its end will never get an outcome.
+        n = shipper.run(follow=False, finalize_at_end=True)
+    finally:
+        shipper.release()
+    print(f"{directory}: {n} events shipped; {shipper.bad_records} unreadable records")
+    return 0 if shipper.bad_records == 0 else 1
