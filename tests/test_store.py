@@ -487,6 +487,27 @@ def test_audit_replay_ships_a_dead_instances_spool_once_with_lost_outcomes_unkno
     rows = json.loads(reader.stdout)
     assert [r["seq"] for r in rows] == list(range(1, 102))
     assert [r["outcome"] for r in rows] == ["complete"] * 100 + ["unknown"]
+    # 6.1.1: every access that touched one subject, from the command line.
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "audit",
+            "subject",
+            "--config",
+            str(path),
+            "--id",
+            "101",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    (hit,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert (hit["user"], hit["category"], hit["action"]) == ("alice", "employee", "read")
 
 
 async def test_gateway_killed_mid_shipping_and_restarted_loses_and_doubles_nothing(

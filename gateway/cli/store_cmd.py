@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import getpass
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,12 @@ def register(sub: Any, audit_sub: Any) -> None:
     ret.add_argument("--actor", default=None, help="who ordered it (default: the OS user)")
     ret.add_argument("--reason", default="retention period ended (4.7-4.9)")
     ret.set_defaults(run=run_retention)
+
+    sj = audit_sub.add_parser("subject", help="every access that touched one data subject (6.1.1)")
+    sj.add_argument("--config", required=True)
+    sj.add_argument("--id", required=True, help="the subject id as routes extract it")
+    sj.add_argument("--json", action="store_true")
+    sj.set_defaults(run=run_subject)
 
     rp = audit_sub.add_parser(
         "replay", help="ship a spool directory to the store (e.g. a dead instance's)"
@@ -124,3 +131,34 @@ def run_replay(args: argparse.Namespace) -> int:
         shipper.release()
     print(f"{directory}: {n} events shipped; {shipper.bad_records} unreadable records")
     return 0 if shipper.bad_records == 0 else 1
+
+
+SUBJECT_QUERY = (
+    "SELECT ts_us, user, system, category, action, decision, status, event_id "
+    "FROM {db}.access_event_subjects WHERE subject_id = %(s)s ORDER BY ts_us"
+)
+
+
+def run_subject(args: argparse.Namespace) -> int:
+    store_cfg = _store_cfg(args.config)
+    try:
+        store = open_store(store_cfg, apply_schema=False)
+        rows = store.select(SUBJECT_QUERY.format(db=store.database), {"s": args.id})
+        store.close()
+    except StoreError as e:
+        hint = (
+            " (the embedded store is locked while the gateway runs)"
+            if store_cfg.kind == "embedded"
+            else ""
+        )
+        print(f"pd-gateway: audit store: {e}{hint}", file=sys.stderr)
+        return 1
+    for r in rows:
+        if args.json:
+            print(json.dumps(r, default=str))
+        else:
+            when = dt.datetime.fromtimestamp(int(r["ts_us"]) / 1e6, dt.UTC).isoformat()
+            what = f"{r['system']}/{r['category']}:{r['action']}"
+            print(f"{when} {r['user'] or '-'} {what} {r['decision']} {r['status']}")
+    print(f"{len(rows)} accesses to subject {args.id}", file=sys.stderr)
+    return 0
