@@ -280,6 +280,9 @@ def main() -> None:
         if shutil.which("wrk") is None:
             sys.exit("wrk is required: make system-deps")
         proxy_bench(tmp)
+    import store_bench  # bench/ is on sys.path when run as a script
+
+    store_bench.main()
 
 
 if __name__ == "__main__":

@@ -549,3 +549,65 @@ async def test_gateway_killed_mid_shipping_and_restarted_loses_and_doubles_nothi
     assert len(seqs) == n and sorted(seqs) == list(range(1, n + 1))  # no duplicates, no gaps
     assert count(reader, "access_event_subjects") == n
     reader.close()
+
+
+def _read_embedded(path: Path, database: str, sql: str) -> list[dict[str, Any]]:
+    """Query a chdb directory from a process of its own (chdb: one directory per process)."""
+    from tests.conftest import ROOT
+
+    code = (
+        "import json,sys; from pathlib import Path; from gateway.audit.embedded import EmbeddedStore;"
+        "s=EmbeddedStore(Path(sys.argv[1]), sys.argv[2]); print(json.dumps(s.select(sys.argv[3])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path), database, sql],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    rows: list[dict[str, Any]] = json.loads(out.stdout)
+    return rows
+
+
+async def test_gateway_with_embedded_store_killed_mid_shipping_loses_and_doubles_nothing(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    import signal
+    import urllib.request
+
+    from tests.process import run_gateway
+
+    n = 1000
+    database = "audit"
+    chdb_path = tmp_path / "chdb"
+    section = store_section("embedded", database, chdb_dir=chdb_path, server=None, batch_max_rows=5)
+    token = keys.token("alice", ["hr_officer"])
+    with run_gateway(tmp_path, keys, upstream.url, store=section) as gp:
+        async with aiohttp.ClientSession() as s:
+            for i in range(n):
+                async with s.get(
+                    f"{gp.url}/hr/employees/{i}", headers={"Authorization": f"Bearer {token}"}
+                ) as r:
+                    assert r.status == 200
+        gp.kill()  # SIGKILL: the chdb directory is released with the process
+    shipped_before = _read_embedded(
+        chdb_path, database, f"SELECT count() AS n FROM {database}.access_events"
+    )
+    assert shipped_before[0]["n"] < n, (
+        "the shipper had already finished: the scenario did not happen"
+    )
+
+    def caught_up(admin: str) -> bool:
+        with urllib.request.urlopen(admin + "/metrics") as r:
+            text = r.read().decode()
+        backlog = next(
+            line for line in text.splitlines() if line.startswith("pdgw_spool_backlog_bytes ")
+        )
+        return float(backlog.split()[1]) == 0.0
+
+    with run_gateway(tmp_path, keys, upstream.url, store=section) as gp:
+        await asyncio.to_thread(wait_for, lambda: caught_up(gp.admin), 90, "shipping after restart")
+        assert gp.kill(signal.SIGTERM) == 0
+    rows = _read_embedded(chdb_path, database, f"SELECT seq FROM {database}.access_events")
+    assert sorted(r["seq"] for r in rows) == list(range(1, n + 1))  # no duplicates, no gaps

@@ -12,7 +12,7 @@ Retention is by monthly partition, dropped by `pd-gateway clickhouse retention` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 LC = "LC"  # placeholder: LowCardinality(String) on modern engines, String on legacy ones
 TS = "TS"  # placeholder: DateTime64(6, 'UTC') on modern engines, DateTime('UTC') on legacy ones
@@ -25,10 +25,10 @@ class Table:
     order_by: str
     partition_by: str | None
     shard_key: str  # for Distributed tables in cluster mode
+    column_names: tuple[str, ...] = field(init=False)
 
-    @property
-    def column_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.columns)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "column_names", tuple(name for name, _ in self.columns))
 
 
 ACCESS_EVENTS = Table(
