@@ -23,7 +23,7 @@ run: install
 
 ## Lint, types and the whole test suite (real servers, real tokens, real promtool).
 test: install system-deps lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --basetemp="$$(mktemp -d /tmp/pd-gateway-tests.XXXXXX)"
 
 lint: install
 	$(BIN)/ruff check gateway tests deploy bench

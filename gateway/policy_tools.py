@@ -1,0 +1,283 @@
+"""Policies as code: lint, test cases, effective access, diff and roster (9.2.3, 9.3.12).
+
+Pure functions over the policy files; the CLI (`pd-gateway policy …`) prints what they return.
+Effective access is computed by asking Casbin itself — the same engine that decides requests —
+for every subject and every resource the policies mention, so the diff and the roster cannot
+disagree with enforcement.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.authz import PolicyEngine
+from gateway.config import ACTIONS, CATEGORIES
+from gateway.errors import PolicyError
+
+Resource = tuple[str, str, str]  # system, category, action
+WILDCARDS = ("*", "all", "any", ".*")
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str  # p or g
+    fields: tuple[str, ...]
+    line: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: Path
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+def read_rules(policy: Path) -> tuple[list[Rule], list[Problem]]:
+    """The rules of a policy CSV with their line numbers (comments and blank lines skipped)."""
+    rules: list[Rule] = []
+    problems: list[Problem] = []
+    for n, line in enumerate(policy.read_text(encoding="utf-8").splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        fields_ = tuple(
+            f.strip() for f in next(csv.reader(io.StringIO(text), skipinitialspace=True))
+        )
+        kind = fields_[0]
+        if (kind == "p" and len(fields_) == 5) or (kind == "g" and len(fields_) == 3):
+            rules.append(Rule(kind, fields_[1:], n))
+        else:
+            problems.append(
+                Problem(
+                    policy, n, "expected 'p, role, system, category, action' or 'g, member, role'"
+                )
+            )
+    return rules, problems
+
+
+def load_lint_settings(policies: Path) -> dict[str, Any]:
+    path = policies / "lint.yaml"
+    if not path.exists():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    return data if isinstance(data, dict) else {}
+
+
+def check(
+    model: Path,
+    policy: Path,
+    *,
+    known_resources: Iterable[tuple[str, str]] | None = None,
+    special_categories: Mapping[str, Iterable[str]] | None = None,
+) -> list[Problem]:
+    """Every problem with the policy, each naming file and line; empty means it may be applied."""
+    rules, problems = read_rules(policy)
+    try:
+        PolicyEngine.load(model, policy)
+    except PolicyError as e:
+        problems.append(Problem(policy, 0, f"does not load: {e}"))
+    p_rules = [r for r in rules if r.kind == "p"]
+    roles = {r.fields[0] for r in p_rules}
+    known = set(known_resources) if known_resources is not None else None
+    seen: set[tuple[str, ...]] = set()
+    for r in rules:
+        if r.fields in seen and r.kind == "p":
+            problems.append(Problem(policy, r.line, f"duplicate rule {', '.join(r.fields)}"))
+        seen.add(r.fields)
+        if any(f.lower() in WILDCARDS or "*" in f for f in r.fields):
+            problems.append(
+                Problem(policy, r.line, "wildcards grant everything: name each grant (4.4)")
+            )
+            continue
+        if r.kind == "g":
+            _, role = r.fields
+            if role not in roles:
+                problems.append(
+                    Problem(policy, r.line, f"role {role!r} has no grant (no p rule names it)")
+                )
+            continue
+        role, system, category, action = r.fields
+        if category not in CATEGORIES:
+            problems.append(
+                Problem(
+                    policy, r.line, f"unknown category {category!r}; one of {', '.join(CATEGORIES)}"
+                )
+            )
+        if action not in ACTIONS:
+            problems.append(
+                Problem(policy, r.line, f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+            )
+        if known is not None and (system, category) not in known:
+            problems.append(Problem(policy, r.line, f"no route serves {system}/{category}"))
+        allowed = (special_categories or {}).get(category)
+        if allowed is not None and role not in set(allowed):
+            problems.append(
+                Problem(
+                    policy,
+                    r.line,
+                    f"{category} is a special category (2.3): "
+                    f"only {', '.join(sorted(allowed))} may be granted it",
+                )
+            )
+    # Nobody reads everything: no role may read every category the policy grants reads on.
+    readable = {
+        (r.fields[1], r.fields[2])
+        for r in p_rules
+        if r.fields[3] == "read" and r.fields[2] != "none"
+    }
+    if len(readable) > 1:
+        for role in sorted(roles):
+            mine = {
+                (r.fields[1], r.fields[2])
+                for r in p_rules
+                if r.fields[0] == role and r.fields[3] == "read"
+            }
+            if readable <= mine:
+                line = min(r.line for r in p_rules if r.fields[0] == role)
+                problems.append(
+                    Problem(
+                        policy, line, f"role {role!r} reads every category: split the grant (4.4)"
+                    )
+                )
+    return problems
+
+
+def resources(rules: Iterable[Rule]) -> set[Resource]:
+    return {(r.fields[1], r.fields[2], r.fields[3]) for r in rules if r.kind == "p"}
+
+
+def subjects(rules: Iterable[Rule]) -> tuple[set[str], set[str]]:
+    """(roles, members): job functions with grants, and users/IdP groups mapped by g rules."""
+    rules = list(rules)
+    roles = {r.fields[0] for r in rules if r.kind == "p"} | {
+        r.fields[1] for r in rules if r.kind == "g"
+    }
+    members = {r.fields[0] for r in rules if r.kind == "g"}
+    return roles, members - roles
+
+
+def effective_access(
+    engine: PolicyEngine, subjects_: Iterable[str], resources_: Iterable[Resource]
+) -> dict[str, set[Resource]]:
+    """What each subject may do, by asking the engine (as a role, or as a g-mapped member)."""
+    res = sorted(resources_)
+    out: dict[str, set[Resource]] = {}
+    for s in sorted(subjects_):
+        out[s] = {r for r in res if engine.decide(s, (s,), *r).allowed}
+    return out
+
+
+@dataclass
+class Delta:
+    gains: list[tuple[str, Resource]] = field(default_factory=list)
+    losses: list[tuple[str, Resource]] = field(default_factory=list)
+
+
+def diff(model: Path, old: Path, new: Path) -> Delta:
+    """The effective access delta between two policies: who gains or loses what."""
+    old_rules, _ = read_rules(old)
+    new_rules, _ = read_rules(new)
+    old_engine = PolicyEngine.load(model, old)
+    new_engine = PolicyEngine.load(model, new)
+    res = resources(old_rules) | resources(new_rules)
+    old_roles, old_members = subjects(old_rules)
+    new_roles, new_members = subjects(new_rules)
+    everyone = old_roles | new_roles | old_members | new_members
+    before = effective_access(old_engine, everyone, res)
+    after = effective_access(new_engine, everyone, res)
+    delta = Delta()
+    for s in sorted(everyone):
+        for r in sorted(after[s] - before[s]):
+            delta.gains.append((s, r))
+        for r in sorted(before[s] - after[s]):
+            delta.losses.append((s, r))
+    return delta
+
+
+def roster(model: Path, policy: Path) -> list[dict[str, Any]]:
+    """Per system/category/action: the job functions and the mapped members with access — the
+    list of persons with access per category that 9.2.3 and 9.3.12 ask for."""
+    rules, _ = read_rules(policy)
+    engine = PolicyEngine.load(model, policy)
+    roles, members = subjects(rules)
+    by_role = effective_access(engine, roles, resources(rules))
+    by_member = effective_access(engine, members, resources(rules))
+    rows = []
+    for res in sorted(resources(rules)):
+        rows.append(
+            {
+                "system": res[0],
+                "category": res[1],
+                "action": res[2],
+                "job_functions": sorted(r for r, grants in by_role.items() if res in grants),
+                "mapped_members": sorted(m for m, grants in by_member.items() if res in grants),
+            }
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    roles: tuple[str, ...]
+    user: str
+    resource: Resource
+    expect: str
+    file: Path
+
+
+def load_cases(directory: Path) -> tuple[list[Case], list[Problem]]:
+    cases: list[Case] = []
+    problems: list[Problem] = []
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text()) or []
+        except yaml.YAMLError as e:
+            problems.append(
+                Problem(
+                    path, getattr(getattr(e, "problem_mark", None), "line", -1) + 1, "invalid YAML"
+                )
+            )
+            continue
+        for i, item in enumerate(data if isinstance(data, list) else []):
+            try:
+                cases.append(
+                    Case(
+                        name=str(item["name"]),
+                        roles=tuple(item.get("roles", [])),
+                        user=str(item.get("user", "test-user")),
+                        resource=(str(item["system"]), str(item["category"]), str(item["action"])),
+                        expect=str(item["expect"]),
+                        file=path,
+                    )
+                )
+                if item["expect"] not in ("allow", "deny"):
+                    raise KeyError("expect")
+            except (KeyError, TypeError) as e:
+                problems.append(
+                    Problem(
+                        path,
+                        0,
+                        f"case {i}: needs name, system, category, action, expect: allow|deny ({e})",
+                    )
+                )
+    return cases, problems
+
+
+def run_cases(engine: PolicyEngine, cases: Iterable[Case]) -> list[tuple[Case, bool, str]]:
+    out = []
+    for c in cases:
+        d = engine.decide(c.user, tuple(sorted(c.roles)), *c.resource)
+        got = "allow" if d.allowed else "deny"
+        out.append((c, got == c.expect, f"got {got}" + (f" by [{d.rule}]" if d.rule else "")))
+    return out

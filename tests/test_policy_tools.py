@@ -1,0 +1,181 @@
+"""`pd-gateway policy check|test|explain|diff|roster` on good and bad inputs (4.4, 9.2.3, 9.3.12)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import POLICIES, ROOT
+
+DEMO = ROOT / "deploy" / "local" / "gateway.yaml"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+@pytest.fixture
+def policies(tmp_path: Path) -> Path:
+    d = tmp_path / "policies"
+    shutil.copytree(POLICIES, d)
+    return d
+
+
+def test_shipped_policies_pass_check_against_the_demo_routes() -> None:
+    out = cli("policy", "check", "--config", str(DEMO))
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("p, sales_manager, crm, *, read", "wildcards grant everything"),
+        ("p, sales_manager, crm, biometrics, read", "unknown category 'biometrics'"),
+        ("p, sales_manager, crm, counterparty, copy", "unknown action 'copy'"),
+        ("g, dave, auditor", "role 'auditor' has no grant"),
+        ("p, accountant, hr, employee_health, read", "employee_health is a special category (2.3)"),
+        ("p, accountant, crm, counterparty", "expected 'p, role, system, category, action'"),
+        ("p, hr_officer, hr, employee, read", "duplicate rule hr_officer, hr, employee, read"),
+        ("p, web_editor, payroll, employee, read", "no route serves payroll/employee"),
+    ],
+)
+def test_check_names_file_and_line_of_each_problem(policies: Path, line: str, message: str) -> None:
+    policy = policies / "policy.csv"
+    lines = policy.read_text().splitlines()
+    policy.write_text("\n".join([*lines, line]) + "\n")
+    out = cli("policy", "check", "--policies", str(policies), "--config", str(DEMO))
+    assert out.returncode == 1
+    assert f"{policy}:{len(lines) + 1}: " in out.stderr and message in out.stderr, out.stderr
+
+
+def test_check_refuses_a_role_that_reads_every_category(policies: Path) -> None:
+    policy = policies / "policy.csv"
+    extra = ["p, accountant, site, site_visitor, read", "p, accountant, hr, employee_health, read"]
+    policy.write_text(policy.read_text() + "\n".join(extra) + "\n")
+    (policies / "lint.yaml").write_text("special_categories: {}\n")
+    out = cli("policy", "check", "--policies", str(policies))
+    assert out.returncode == 1 and "role 'accountant' reads every category" in out.stderr
+
+
+def test_shipped_policy_test_suite_passes_and_covers_every_job_function() -> None:
+    out = cli("policy", "test")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().endswith(" passed, 0 failed")
+    files = {p.stem for p in (POLICIES / "tests").glob("*.yaml")}
+    assert {
+        "hr_officer",
+        "accountant",
+        "sales_manager",
+        "support_agent",
+        "web_editor",
+        "security_officer",
+        "dpo",
+    } <= files
+
+
+def test_a_failing_policy_case_fails_the_run(policies: Path) -> None:
+    (policies / "tests" / "wrong.yaml").write_text(
+        "- {name: accountant reads health data, roles: [accountant], system: hr, category: employee_health, action: read, expect: allow}\n"
+    )
+    out = cli("policy", "test", "--policies", str(policies))
+    assert out.returncode == 1
+    assert "FAIL wrong.yaml: accountant reads health data — expected allow, got deny" in out.stdout
+
+
+def test_explain_shows_route_action_decision_and_rule() -> None:
+    out = cli(
+        "policy",
+        "explain",
+        "--config",
+        str(DEMO),
+        "--user",
+        "alice",
+        "--roles",
+        "hr_officer",
+        "--method",
+        "GET",
+        "--path",
+        "/hr/medical/1001",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "route     hr-medical" in out.stdout and "action read" in out.stdout
+    assert "subjects  1001" in out.stdout and "decision  ALLOW" in out.stdout
+    assert "rule      p, hr_officer, hr, employee_health, read" in out.stdout
+    denied = cli(
+        "policy",
+        "explain",
+        "--config",
+        str(DEMO),
+        "--user",
+        "bob",
+        "--roles",
+        "accountant",
+        "--path",
+        "/hr/medical/1001",
+    )
+    assert "decision  DENY" in denied.stdout
+    refused = cli(
+        "policy",
+        "explain",
+        "--config",
+        str(DEMO),
+        "--user",
+        "bob",
+        "--path",
+        "/hr/employees/../medical/1",
+    )
+    assert "refused before routing (400): dot_segment" in refused.stdout
+
+
+def test_diff_that_maps_a_user_to_a_role_shows_exactly_that_gain(policies: Path) -> None:
+    new = policies / "new.csv"
+    new.write_text((policies / "policy.csv").read_text() + "g, carol, accountant\n")
+    out = cli(
+        "policy",
+        "diff",
+        str(policies / "policy.csv"),
+        str(new),
+        "--model",
+        str(policies / "model.conf"),
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    delta = json.loads(out.stdout)
+    assert delta == {
+        "gains": [["carol", "crm", "counterparty", "read"], ["carol", "hr", "employee", "read"]],
+        "losses": [],
+    }
+
+
+def test_diff_shows_losses_of_a_removed_grant_for_the_role_and_its_members(policies: Path) -> None:
+    old = policies / "policy.csv"
+    new = policies / "new.csv"
+    removed = "p, sales_manager, site, site_visitor, read"
+    kept = [line for line in old.read_text().splitlines() if line != removed]
+    new.write_text("\n".join(kept) + "\n")
+    out = cli("policy", "diff", str(old), str(new), "--model", str(policies / "model.conf"))
+    assert out.stdout.splitlines() == [
+        "- idp-group-sales loses read on site/site_visitor",
+        "- sales_manager loses read on site/site_visitor",
+    ]
+
+
+def test_roster_lists_who_may_access_each_category() -> None:
+    out = cli("policy", "roster", "--format", "json")
+    rows = {(r["system"], r["category"], r["action"]): r for r in json.loads(out.stdout)}
+    assert rows[("hr", "employee_health", "read")]["job_functions"] == ["hr_officer"]
+    assert rows[("hr", "employee_health", "read")]["mapped_members"] == ["idp-group-hr"]
+    assert rows[("crm", "counterparty", "read")]["job_functions"] == [
+        "accountant",
+        "sales_manager",
+        "support_agent",
+    ]
+    csv_out = cli("policy", "roster", "--format", "csv")
+    assert csv_out.stdout.splitlines()[0] == "system,category,action,job_functions,mapped_members"
