@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -19,17 +20,19 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.admin import build_admin_app
+from gateway.audit.events import PermissionChange
 from gateway.audit.factory import open_store
 from gateway.audit.shipper import Shipper, ShipperMetrics
 from gateway.audit.spool import Spool, SpoolHooks
-from gateway.authz import PolicyStore
+from gateway.authz import PolicyStore, permission_changes
 from gateway.config import Config, StoreConfig
-from gateway.errors import PolicyError
+from gateway.errors import PolicyError, SpoolUnavailable
 from gateway.identity import KeySet, TokenVerifier, file_fetcher, url_fetcher
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, error_middleware
 from gateway.proxy import Forwarder
 from gateway.routing import RouteTable
+from gateway.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +56,76 @@ class Gateway:
             "jwks_loaded": self.keys is not None and self.keys.loaded,
         }
 
-    def reload_policy(self) -> bool:
-        """Reload the policy files; an invalid policy is refused and the old one stays in force."""
+    async def reload_policy(self, *, actor: str, source: str, reason: str) -> bool:
+        """Load the policy files again and put them in force, recording every effective change.
+
+        An invalid policy is refused and the old one stays in force. The changes are written to
+        the audit spool in one write *before* the new policy decides anything; if they cannot be
+        recorded the change is refused too (9.2.7: no silent change of access rights).
+        """
         try:
-            engine = self.policies.reload()
+            engine = self.policies.candidate()
         except PolicyError as e:
             self.metrics.policy_reloads.labels("refused").inc()
             log.error(
                 "policy reload refused; previous policy stays in force", extra={"error": str(e)}
             )
             return False
+        old = self.policies.engine
+        if engine.rules() == old.rules() and engine.version == old.version:
+            return True
+        now = time.time_ns() // 1000
+        records = [
+            PermissionChange(
+                change_id=cid,
+                ts_us=now,
+                instance=self.cfg.instance_id,
+                actor=actor,
+                change_kind=kind,
+                role=role,
+                user=user,
+                rule_before=before,
+                rule_after=after,
+                policy_version_before=old.version,
+                policy_version_after=engine.version,
+                reason=reason,
+                source=source,
+            ).record()
+            for kind, role, user, before, after, cid in permission_changes(old, engine)
+        ]
+        if records:
+            try:
+                await self.spool.append(b"".join(records))
+            except SpoolUnavailable as e:
+                self.metrics.policy_reloads.labels("refused").inc()
+                log.error(
+                    "policy change refused: it cannot be recorded", extra={"reason": e.reason}
+                )
+                return False
+        self.policies.install(engine)
         self.metrics.policy_reloads.labels("ok").inc()
         self.metrics.set_policy(engine.version, engine.rule_count)
+        log.info(
+            "policy changed", extra={"changes": len(records), "actor": actor, "source": source}
+        )
         return True
+
+    async def watch_policy_files(self, interval: float) -> None:
+        """Reload when the policy files change on disk (a deploy, a git pull)."""
+        stamp = self.policies.files_stamp()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                now = self.policies.files_stamp()
+            except OSError:
+                continue  # mid-replace: look again next time
+            if now != stamp:
+                stamp = now
+                await self.reload_policy(
+                    actor=f"file:{self.cfg.authz.policy}",
+                    source="file",
+                    reason="policy files changed on disk",
+                )
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -215,7 +275,14 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
         metrics=gw.metrics,
     )
+    watcher = None
+    if cfg.authz.watch_interval_seconds > 0:
+        watcher = spawn(
+            gw.watch_policy_files(cfg.authz.watch_interval_seconds), name="policy-watch"
+        )
     yield
+    if watcher is not None:
+        watcher.cancel()
     await session.close()
 
 
@@ -237,7 +304,12 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, gw.reload_policy)
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        lambda: spawn(
+            gw.reload_policy(actor="signal:SIGHUP", source="file", reason="SIGHUP"), name="reload"
+        ),
+    )
     try:
         await web.TCPSite(proxy_runner, cfg.proxy_listen.host, cfg.proxy_listen.port).start()
         await web.TCPSite(admin_runner, cfg.admin_listen.host, cfg.admin_listen.port).start()

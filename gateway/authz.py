@@ -113,10 +113,44 @@ class PolicyEngine:
                 return Decision(True, rule, self.version)
         return Decision(False, "", self.version)
 
+    def rules(self) -> frozenset[tuple[str, ...]]:
+        """Every rule in force, as ("p", role, system, category, action) or ("g", member, role)."""
+        p = {("p", *row) for row in self._enforcer.get_policy()}
+        g = {("g", *row) for row in self._enforcer.get_grouping_policy()}
+        return frozenset(p | g)
+
     def roles_of(self, member: str) -> list[str]:
         """Roles a `g` rule maps this member (user or IdP group) to, transitively."""
         roles: list[str] = self._enforcer.get_implicit_roles_for_user(member)
         return roles
+
+
+def rule_text(rule: tuple[str, ...]) -> str:
+    return ", ".join(rule)
+
+
+Change = tuple[str, str, str, str, str, str]  # kind, role, user, rule before, rule after, id
+
+
+def permission_changes(old: PolicyEngine, new: PolicyEngine) -> list[Change]:
+    """One entry per effective change between two policies (9.2.7), in a stable order."""
+    out = []
+    for rule in sorted(new.rules() - old.rules()):
+        kind = "rule_added" if rule[0] == "p" else "role_assigned"
+        out.append(_change(kind, rule, "", rule_text(rule), old.version, new.version))
+    for rule in sorted(old.rules() - new.rules()):
+        kind = "rule_removed" if rule[0] == "p" else "role_unassigned"
+        out.append(_change(kind, rule, rule_text(rule), "", old.version, new.version))
+    return out
+
+
+def _change(
+    kind: str, rule: tuple[str, ...], before: str, after: str, v_old: str, v_new: str
+) -> Change:
+    role = rule[1] if rule[0] == "p" else rule[2]
+    user = rule[1] if rule[0] == "g" else ""
+    key = f"{v_old}|{v_new}|{kind}|{rule_text(rule)}"
+    return (kind, role, user, before, after, hashlib.sha256(key.encode()).hexdigest()[:32])
 
 
 class PolicyStore:
@@ -136,11 +170,22 @@ class PolicyStore:
             self._model, self._policy, cache_size=self._cache_size, on_cache=self._on_cache
         )
 
-    def reload(self) -> PolicyEngine:
-        """Load the files again; if they are invalid, raise PolicyError and keep the old policy."""
-        engine = self._load()
+    def candidate(self) -> PolicyEngine:
+        """Load the files again without installing them (PolicyError if they are invalid)."""
+        return self._load()
+
+    def install(self, engine: PolicyEngine) -> None:
         old, self.engine = self.engine, engine
         log.info(
-            "policy reloaded", extra={"old_version": old.version, "new_version": engine.version}
+            "policy in force", extra={"old_version": old.version, "new_version": engine.version}
         )
+
+    def reload(self) -> PolicyEngine:
+        """Load and install at once; if the files are invalid, the old policy stays in force."""
+        engine = self.candidate()
+        self.install(engine)
         return engine
+
+    def files_stamp(self) -> tuple[float, float]:
+        """Modification times of the model and policy files (for change watching)."""
+        return (self._model.stat().st_mtime, self._policy.stat().st_mtime)

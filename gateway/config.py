@@ -101,6 +101,7 @@ class AuthzConfig:
     model: Path
     policy: Path
     decision_cache_size: int = 100_000
+    watch_interval_seconds: float = 2.0  # 0: reload only on SIGHUP
 
 
 @dataclass(frozen=True)
@@ -414,6 +415,7 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         model=resolve(az.get("model", str)) or Path(),
         policy=resolve(az.get("policy", str)) or Path(),
         decision_cache_size=az.get("decision_cache_size", int, 100_000, _positive),
+        watch_interval_seconds=az.get("watch_interval_seconds", float, 2.0, _non_negative),
     )
     az.finish()
 

@@ -238,8 +238,11 @@ def test_cluster_ddl_has_replicated_locals_and_distributed_tables() -> None:
     assert all(" ON CLUSTER audit" in s for s in creates)
     for t in ("access_events", "access_event_subjects", "permission_changes", "retention_actions"):
         local = next(s for s in creates if f"pd_audit.{t}_local " in s)
+        engine = (
+            "ReplicatedReplacingMergeTree" if t == "permission_changes" else "ReplicatedMergeTree"
+        )
         assert (
-            f"ReplicatedMergeTree('/clickhouse/tables/{{shard}}/pd_audit/{t}_local', '{{replica}}')"
+            f"ENGINE = {engine}('/clickhouse/tables/{{shard}}/pd_audit/{t}_local', '{{replica}}')"
             in local
         )
         dist = next(s for s in creates if f"pd_audit.{t} ON CLUSTER" in s)

@@ -75,14 +75,40 @@ class Outcome:
         return encode({"kind": "outcome", **_as_dict(self)})
 
 
-def _as_dict(obj: AccessEvent | Outcome) -> dict[str, Any]:
+def _as_dict(obj: AccessEvent | Outcome | PermissionChange) -> dict[str, Any]:
     # Not dataclasses.asdict: that deep-copies every field and was the largest single cost of
     # the request path (measured with cProfile under wrk load).
     names = _FIELDS[type(obj)]
     return dict(zip(names, attrgetter(*names)(obj), strict=True))
 
 
-_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (AccessEvent, Outcome)}
+@dataclass(slots=True)
+class PermissionChange:
+    """One effective change of who may access what (9.2.7): a rule or a role assignment added
+    or removed. ``change_id`` is derived from the policy versions and the rule, so replicas that
+    apply the same change record the same id and the store keeps one."""
+
+    change_id: str
+    ts_us: int
+    instance: str
+    actor: str
+    change_kind: str  # rule_added | rule_removed | role_assigned | role_unassigned
+    role: str
+    user: str
+    rule_before: str
+    rule_after: str
+    policy_version_before: str
+    policy_version_after: str
+    reason: str
+    source: str  # file | admin_api | idp
+
+    def record(self) -> bytes:
+        return encode({"kind": "permission_change", **_as_dict(self)})
+
+
+_FIELDS = {
+    cls: tuple(f.name for f in fields(cls)) for cls in (AccessEvent, Outcome, PermissionChange)
+}
 
 OUTCOME_FIELDS = ("status", "bytes_in", "bytes_out", "duration_us", "upstream_us", "outcome")
 

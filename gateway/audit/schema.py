@@ -25,6 +25,9 @@ class Table:
     order_by: str
     partition_by: str | None
     shard_key: str  # for Distributed tables in cluster mode
+    # "ReplacingMergeTree" collapses rows with the same ORDER BY key (used where several
+    # gateway replicas may record the same fact); queries on such a table use FINAL.
+    engine: str = "MergeTree"
     column_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -92,7 +95,8 @@ ACCESS_EVENT_SUBJECTS = Table(
     shard_key="cityHash64(subject_id)",
 )
 
-# 9.2.7: every change of an employee's access rights (filled by the policy issue).
+# 9.2.7: every change of an employee's access rights. Replicas reloading the same policy files
+# record the same change under the same change_id; the table keeps one (query with FINAL).
 PERMISSION_CHANGES = Table(
     "permission_changes",
     (
@@ -112,9 +116,10 @@ PERMISSION_CHANGES = Table(
         ("source", LC),
         ("batch_id", "String"),
     ),
-    order_by="(ts_us, change_id)",
-    partition_by="toYYYYMM(ts)",
+    order_by="change_id",
+    partition_by=None,
     shard_key="cityHash64(change_id)",
+    engine="ReplacingMergeTree",
 )
 
 # 7.3: dropping expired audit partitions is itself an act that is recorded. Never partitioned,
@@ -148,7 +153,7 @@ MIGRATIONS_TABLE = Table(
     shard_key="rand()",
 )
 
-RETAINED_TABLES = (ACCESS_EVENTS, ACCESS_EVENT_SUBJECTS, PERMISSION_CHANGES)
+RETAINED_TABLES = (ACCESS_EVENTS, ACCESS_EVENT_SUBJECTS)  # permission changes are kept
 
 
 @dataclass(frozen=True)
@@ -191,13 +196,13 @@ def create_table(
     if cluster is None:
         return [
             f"CREATE TABLE IF NOT EXISTS {database}.{table.name}\n(\n    {cols}\n)\n"
-            f"ENGINE = MergeTree(){partition}\nORDER BY {table.order_by}"
+            f"ENGINE = {table.engine}(){partition}\nORDER BY {table.order_by}"
         ]
     local = f"{table.name}_local"
     zk_path = f"'/clickhouse/tables/{{shard}}/{database}/{local}'"
     return [
         f"CREATE TABLE IF NOT EXISTS {database}.{local} ON CLUSTER {cluster}\n(\n    {cols}\n)\n"
-        f"ENGINE = ReplicatedMergeTree({zk_path}, '{{replica}}'){partition}\n"
+        f"ENGINE = Replicated{table.engine}({zk_path}, '{{replica}}'){partition}\n"
         f"ORDER BY {table.order_by}",
         f"CREATE TABLE IF NOT EXISTS {database}.{table.name} ON CLUSTER {cluster}\n"
         f"AS {database}.{local}\n"

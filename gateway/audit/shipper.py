@@ -23,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -34,7 +35,7 @@ from typing import Any
 from gateway.audit import schema
 from gateway.audit.events import OUTCOME_FIELDS, PENDING, UNKNOWN
 from gateway.audit.spool import list_segments
-from gateway.audit.store import AuditStore, StoreError, event_rows
+from gateway.audit.store import AuditStore, StoreError, event_rows, ts_of
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,8 @@ class Assembler:
             return [_Row(pos, apos, joined)]
         if kind == "start":
             return self.finalize(pos)
+        if kind == "permission_change":
+            return [_Row(pos, pos, rec)]
         return []
 
     def finalize(self, pos: Position) -> list[_Row]:
@@ -299,7 +302,8 @@ class Shipper:
                 last = tuple(intent["last"])
                 if tail.position > last or exhausted:
                     rows = [r for r in batch if r.completed_at <= last]
-                    if len(rows) != intent["rows"]["access_events"]:
+                    accesses = sum(1 for r in rows if r.event.get("kind") != "permission_change")
+                    if accesses != intent["rows"]["access_events"]:
                         self._metrics.error("intent_mismatch")
                         log.error(
                             "rebuilt batch differs from its intent",
@@ -378,11 +382,19 @@ class Shipper:
         """Ship one batch until it is confirmed; False if told to stop first (intent kept)."""
         events: list[dict[str, Any]] = []
         subjects: list[dict[str, Any]] = []
+        changes: list[dict[str, Any]] = []
         for r in rows:
+            if r.event.get("kind") == "permission_change":
+                changes.append(change_row(r.event, batch_id))
+                continue
             row, subs = event_rows(r.event, batch_id)
             events.append(row)
             subjects.extend(subs)
-        tables = [(schema.ACCESS_EVENTS, events), (schema.ACCESS_EVENT_SUBJECTS, subjects)]
+        tables = [
+            (schema.ACCESS_EVENTS, events),
+            (schema.ACCESS_EVENT_SUBJECTS, subjects),
+            (schema.PERMISSION_CHANGES, changes),
+        ]
         last = rows[-1].completed_at if rows else self.state.shipped_through
         if not recovering:
             self.state.intent = {
@@ -398,6 +410,13 @@ class Shipper:
                 store = self._get_store()
                 for table, trows in tables:
                     if not trows:
+                        continue
+                    if table is schema.PERMISSION_CHANGES:
+                        # Replicas record the same change under the same id: insert only the
+                        # ones the store lacks (a retry of this batch then inserts nothing).
+                        fresh = new_changes(store, trows)
+                        if fresh:
+                            store.insert(table, fresh, batch_id)
                         continue
                     if check:
                         self._wait_not_running(store, batch_id)
@@ -473,6 +492,33 @@ class Shipper:
             elif n == self.state.read_from[0]:
                 consumed += self.state.read_from[1]
         self._on_progress(freed, consumed)
+
+
+def change_row(rec: dict[str, Any], batch_id: str) -> dict[str, Any]:
+    row = {name: rec.get(name, "") for name in schema.PERMISSION_CHANGES.column_names}
+    row["kind"] = rec["change_kind"]
+    row["ts"] = ts_of(rec["ts_us"])
+    row["batch_id"] = batch_id
+    return row
+
+
+def new_changes(store: AuditStore, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    ids = [r["change_id"] for r in rows if _HEX32.match(r["change_id"])]
+    if not ids:
+        return []
+    listed = ", ".join(f"'{i}'" for i in ids)  # hex only (checked above): safe to inline
+    sql = f"SELECT change_id FROM {store.database}.permission_changes WHERE change_id IN ({listed})"
+    have = {r["change_id"] for r in store.select(sql)}
+    seen: set[str] = set()
+    fresh = []
+    for r in rows:
+        if r["change_id"] in ids and r["change_id"] not in have and r["change_id"] not in seen:
+            seen.add(r["change_id"])
+            fresh.append(r)
+    return fresh
+
+
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
 def _cut(batch: list[_Row], max_rows: int) -> list[_Row]:

@@ -1,0 +1,188 @@
+"""Hot reload of the policy, and every permission change recorded once (9.2.7)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import aiohttp
+
+from gateway.app import GATEWAY
+from gateway.audit.chserver import ClickHouseServer
+from gateway.audit.factory import open_store
+from tests.conftest import POLICIES, GatewayFactory, Keys, Upstream, spool_records
+from tests.process import run_gateway
+from tests.stores import count, fresh_database, store_config, store_section, wait_for
+
+
+def copy_policies(tmp_path: Path) -> Path:
+    d = tmp_path / "policies"
+    shutil.copytree(POLICIES, d, dirs_exist_ok=True)
+    return d
+
+
+def edit(policy: Path, add: str = "", remove: str = "") -> None:
+    """Replace the file the way a deploy does: write a new one, rename it over the old."""
+    lines = [line for line in policy.read_text().splitlines() if line != remove]
+    tmp = policy.with_suffix(".new")
+    tmp.write_text("\n".join(lines) + "\n" + (add + "\n" if add else ""))
+    tmp.replace(policy)
+
+
+async def test_a_changed_policy_file_applies_to_requests_after_the_switch_without_failures(
+    make_gateway: GatewayFactory, upstream: Upstream, keys: Keys, tmp_path: Path
+) -> None:
+    policies = copy_policies(tmp_path)
+    gw = await make_gateway(
+        upstream.url,
+        authz={
+            "model": str(policies / "model.conf"),
+            "policy": str(policies / "policy.csv"),
+            "watch_interval_seconds": 0.05,
+        },
+    )
+    gateway = gw.client.app[GATEWAY]  # type: ignore[index]
+    carol = {"Authorization": f"Bearer {keys.token('carol', [])}"}
+    alice = {"Authorization": f"Bearer {keys.token('alice', ['hr_officer'])}"}
+    old_version = gateway.policies.engine.version
+    assert (await gw.client.get("/hr/employees/1", headers=carol)).status == 403
+
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def load() -> None:  # requests keep flowing while the policy changes under them
+        while not stop.is_set():
+            r = await gw.client.get("/hr/employees/1", headers=alice)
+            statuses.append(r.status)
+
+    loader = asyncio.ensure_future(load())
+    edit(policies / "policy.csv", add="g, carol, accountant")
+    await asyncio.to_thread(
+        wait_for, lambda: gateway.policies.engine.version != old_version, 10, "reload"
+    )
+    await asyncio.sleep(0.1)
+    stop.set()
+    await loader
+    assert statuses and set(statuses) == {200}  # nothing failed during the switch
+
+    r = await gw.client.get("/hr/employees/1", headers=carol)
+    assert r.status == 200  # the new policy decides requests after the switch
+    changes = [rec for rec in spool_records(gw.spool_dir) if rec["kind"] == "permission_change"]
+    assert [(c["change_kind"], c["user"], c["role"], c["rule_after"]) for c in changes] == [
+        ("role_assigned", "carol", "accountant", "g, carol, accountant")
+    ]
+    assert changes[0]["policy_version_before"] == old_version
+    assert changes[0]["source"] == "file" and changes[0]["actor"].startswith("file:")
+    last = [rec for rec in spool_records(gw.spool_dir) if rec["kind"] == "access"][-1]
+    assert (
+        last["policy_version"]
+        == gateway.policies.engine.version
+        == changes[0]["policy_version_after"]
+    )
+
+
+async def test_an_invalid_policy_is_refused_and_the_old_one_stays_in_force(
+    make_gateway: GatewayFactory, upstream: Upstream, keys: Keys, tmp_path: Path
+) -> None:
+    policies = copy_policies(tmp_path)
+    gw = await make_gateway(
+        upstream.url,
+        authz={
+            "model": str(policies / "model.conf"),
+            "policy": str(policies / "policy.csv"),
+            "watch_interval_seconds": 0,
+        },
+    )
+    gateway = gw.client.app[GATEWAY]  # type: ignore[index]
+    version = gateway.policies.engine.version
+    edit(policies / "policy.csv", add="p, hr_officer, hr")
+    assert await gateway.reload_policy(actor="test", source="file", reason="test") is False
+    assert gateway.policies.engine.version == version
+    assert gw.metric("pdgw_policy_reloads_total", {"result": "refused"}) == 1
+    assert not [r for r in spool_records(gw.spool_dir) if r["kind"] == "permission_change"]
+
+
+async def test_a_policy_change_is_refused_while_it_cannot_be_recorded(
+    make_gateway: GatewayFactory, upstream: Upstream, keys: Keys, tmp_path: Path
+) -> None:
+    policies = copy_policies(tmp_path)
+    gw = await make_gateway(
+        upstream.url,
+        authz={
+            "model": str(policies / "model.conf"),
+            "policy": str(policies / "policy.csv"),
+            "watch_interval_seconds": 0,
+        },
+        audit={"max_spool_bytes": 64 * 1024},  # no store: the spool fills up and refuses
+    )
+    gateway = gw.client.app[GATEWAY]  # type: ignore[index]
+    alice = {"Authorization": f"Bearer {keys.token('alice', ['hr_officer'])}"}
+    while (await gw.client.get("/hr/employees/1", headers=alice)).status != 503:
+        pass
+    version = gateway.policies.engine.version
+    edit(policies / "policy.csv", add="g, carol, accountant")
+    assert await gateway.reload_policy(actor="test", source="file", reason="test") is False
+    assert gateway.policies.engine.version == version  # no silent change of access rights
+
+
+async def test_replicas_reloading_the_same_change_record_it_once(
+    ch_server: ClickHouseServer, tmp_path: Path, keys: Keys, upstream: Upstream, chdb_dir: Path
+) -> None:
+    """Three gateway processes, one policy directory, one store: one record per change."""
+    policies = copy_policies(tmp_path)
+    database = fresh_database()
+    section = store_section("clickhouse", database, chdb_dir=chdb_dir, server=ch_server)
+    authz = {
+        "model": str(policies / "model.conf"),
+        "policy": str(policies / "policy.csv"),
+        "watch_interval_seconds": 0.1,
+    }
+    store = open_store(store_config(section), apply_schema=True)
+    dirs = [tmp_path / f"replica{i}" for i in range(3)]
+    for d in dirs:
+        d.mkdir()
+    with (
+        run_gateway(
+            dirs[0], keys, upstream.url, store=section, authz=authz, instance_id="gw-a"
+        ) as a,
+        run_gateway(
+            dirs[1], keys, upstream.url, store=section, authz=authz, instance_id="gw-b"
+        ) as b,
+        run_gateway(
+            dirs[2], keys, upstream.url, store=section, authz=authz, instance_id="gw-c"
+        ) as c,
+    ):
+        edit(
+            policies / "policy.csv",
+            add="g, carol, accountant",
+            remove="p, web_editor, site, site_visitor, delete",
+        )
+        carol = {"Authorization": f"Bearer {keys.token('carol', [])}"}
+
+        async def allowed(url: str) -> bool:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(f"{url}/hr/employees/1", headers=carol) as r,
+            ):
+                return r.status == 200
+
+        for gp in (a, b, c):
+            for _ in range(100):
+                if await allowed(gp.url):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"{gp.url} never applied the change")
+        await asyncio.to_thread(
+            wait_for, lambda: count(store, "permission_changes") >= 2, 30, "changes shipped"
+        )
+        await asyncio.sleep(1.0)  # every replica has shipped by now
+    rows = store.select(
+        f"SELECT kind, user, role, rule_before, rule_after, instance FROM {database}.permission_changes FINAL ORDER BY kind"
+    )
+    assert [(r["kind"], r["user"], r["role"], r["rule_before"], r["rule_after"]) for r in rows] == [
+        ("role_assigned", "carol", "accountant", "", "g, carol, accountant"),
+        ("rule_removed", "", "web_editor", "p, web_editor, site, site_visitor, delete", ""),
+    ]
+    store.close()
