@@ -14,6 +14,7 @@ Every failure inside 3-6 is a deny that is itself audited; nothing in that span 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -244,6 +245,13 @@ class Pipeline:
             # The outcome could not be recorded: the last chunk is withheld (no audit, no access).
             self._count(route, "allow", exchange.status)
             return self._abort(request, exchange.response)
+        except Exception:
+            # A bug between the decision and the end of the response: the access is on record;
+            # record that it ended in an error rather than leave its outcome unknown.
+            exchange.status = exchange.status or 500
+            with contextlib.suppress(SpoolUnavailable):
+                await record_outcome("gateway_error")
+            raise
         self._metrics.upstream.labels(route.name).observe(exchange.upstream_seconds)
         self._count(route, "allow", exchange.status)
         return resp

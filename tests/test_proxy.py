@@ -290,3 +290,26 @@ async def test_upstream_dying_mid_response_cuts_the_client_off_and_is_audited(
     (event,) = spool_events(gw.spool_dir)
     assert event["outcome"] == "upstream_aborted"
     assert event["bytes_out"] < 1_000_000
+
+
+async def test_a_fault_after_the_decision_is_a_500_with_its_outcome_on_record(
+    gw: Gw, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection (a deliberate bug in the forwarder): the access stays on record with
+    outcome gateway_error instead of unknown, and the client gets a generic 500."""
+    from gateway.proxy import Forwarder
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(Forwarder, "_relay", broken)
+    resp = await gw.client.get("/hr/employees/1001", headers=auth(keys))
+    assert resp.status == 500
+    body = await resp.json()
+    assert body == {
+        "error": "internal_error",
+        "message": "internal error",
+        "request_id": resp.headers["X-Request-Id"],
+    }
+    (event,) = spool_events(gw.spool_dir)
+    assert (event["decision"], event["outcome"], event["status"]) == ("allow", "gateway_error", 500)

@@ -150,3 +150,18 @@ async def test_spool_over_its_size_limit_refuses_or_alerts(tmp_path: Path) -> No
         await alerting.append(rec(i))
     assert alerting.over_limit and alerting.writable
     alerting.close()
+
+
+def test_one_writer_per_spool_directory(tmp_path: Path) -> None:
+    from gateway.audit.spool import writer_active
+
+    first = Spool(tmp_path)
+    first.open()
+    assert writer_active(tmp_path)
+    with pytest.raises(SpoolUnavailable, match="in use by another process"):
+        Spool(tmp_path).open()
+    first.close()
+    assert not writer_active(tmp_path)
+    second = Spool(tmp_path)
+    second.open()  # free again once the first closed
+    second.close()

@@ -614,3 +614,75 @@ async def test_gateway_with_embedded_store_killed_mid_shipping_loses_and_doubles
         assert gp.kill(signal.SIGTERM) == 0
     rows = _read_embedded(chdb_path, database, f"SELECT seq FROM {database}.access_events")
     assert sorted(r["seq"] for r in rows) == list(range(1, n + 1))  # no duplicates, no gaps
+
+
+def test_a_shipper_that_hits_a_bug_restarts_from_its_saved_state(
+    tmp_path: Path, chdb_dir: Path
+) -> None:
+    """Fault injection: a wrapper around the real embedded store raises an unexpected error
+    (not a StoreError) on the first insert; shipping resumes and nothing is doubled."""
+    from gateway.audit.shipper import Shipper, ShipperMetrics
+
+    now = dt.datetime.now(dt.UTC)
+    _write_spool(tmp_path / "spool", [_event(ts=now, seq=i) for i in range(1, 51)])
+    section = store_section("embedded", fresh_database(), chdb_dir=chdb_dir, server=None)
+    real = open_store(store_config(section))
+    faults = [RuntimeError("injected bug")]
+
+    class Faulty:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def insert(self, *args: Any, **kwargs: Any) -> None:
+            if faults:
+                raise faults.pop()
+            real.insert(*args, **kwargs)
+
+        def close(self) -> None:
+            pass
+
+    errors: list[str] = []
+    shipper = Shipper(
+        tmp_path / "spool",
+        lambda: Faulty(),
+        max_backoff=0.1,  # type: ignore[arg-type,return-value]
+        metrics=ShipperMetrics(error=errors.append),
+    )
+    shipper.start()
+    try:
+        wait_for(lambda: count(real) >= 50, 30, "shipping after the bug")
+    finally:
+        shipper.stop()
+    assert "crashed" in errors
+    assert sorted(
+        r["seq"] for r in real.select(f"SELECT seq FROM {real.database}.access_events")
+    ) == list(range(1, 51))
+    real.close()
+
+
+def test_replay_refuses_a_spool_a_running_gateway_is_writing(tmp_path: Path) -> None:
+    from gateway.audit.spool import Spool
+    from tests.conftest import ROOT
+
+    spool = Spool(tmp_path / "live")
+    spool.open()
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "audit",
+                "replay",
+                "--spool",
+                str(tmp_path / "live"),
+                "--config",
+                str(ROOT / "deploy/local/gateway.yaml"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+    finally:
+        spool.close()
+    assert out.returncode == 1 and "a running gateway is writing this spool" in out.stderr

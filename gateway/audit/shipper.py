@@ -268,10 +268,21 @@ class Shipper:
     # -- the loop --
 
     def _run_forever(self) -> None:
-        try:
-            self.run(follow=True)
-        except Exception:
-            log.exception("audit shipper stopped by an unexpected error")
+        # A bug must not silently end shipping: log it, count it, and start over from the
+        # last confirmed state (which is on disk) after a pause.
+        while not self._stop.is_set():
+            try:
+                self.run(follow=True)
+                return
+            except Exception:
+                log.exception("audit shipper failed; restarting from its saved state")
+                self._metrics.error("crashed")
+                if self._store is not None:
+                    with contextlib.suppress(Exception):
+                        self._store.close()
+                    self._store = None
+                self._stop.wait(self._max_backoff)
+                self.state = ShipperState.load(self.directory)
 
     def run(self, *, follow: bool, finalize_at_end: bool = False) -> int:
         """Ship until stopped (``follow``) or until the spool is exhausted; return rows shipped.

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -42,6 +43,22 @@ from gateway.errors import SpoolUnavailable
 log = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl"
+WRITER_LOCK = "writer.lock"
+
+
+def writer_active(directory: Path) -> bool:
+    """Whether a gateway process is writing this spool now (it holds the writer lock)."""
+    try:
+        fd = os.open(directory / WRITER_LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 @dataclass
@@ -77,6 +94,7 @@ class Spool:
         self._written_bytes = 0
         self._deleted_bytes = 0
         self._consumed_bytes = 0
+        self._lock_fd = -1
         self._header_due = False
         self.durability = durability
         self._interval = batch_interval_ms / 1000.0
@@ -108,8 +126,18 @@ class Spool:
     # -- lifecycle --
 
     def open(self) -> None:
-        """Create the directory, find the last sequence number, start a segment and the syncer."""
+        """Create the directory, find the last sequence number, start a segment and the syncer.
+
+        Takes the directory's writer lock: two gateways on one spool would hand out the same
+        sequence numbers. SpoolUnavailable if another process holds it."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.directory / WRITER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise SpoolUnavailable(f"spool {self.directory} is in use by another process") from e
         segments = list_segments(self.directory)
         self._segment_no = int(segments[-1].stem) if segments else 0
         self._seq = last_seq(self.directory)
@@ -148,6 +176,9 @@ class Spool:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def next_seq(self) -> int:
         """The next per-instance sequence number (event loop only; gap-free across restarts)."""

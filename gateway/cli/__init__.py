@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway.cli import audit_cmd, config_cmd, policy_cmd, serve_cmd, store_cmd, token_cmd
-from gateway.errors import ConfigError, PolicyError
+from gateway.errors import ConfigError, GatewayError, PolicyError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except PolicyError as e:
         print(f"pd-gateway: policy error: {e}", file=sys.stderr)
+        return 2
+    except GatewayError as e:  # e.g. the spool directory is in use by another gateway
+        print(f"pd-gateway: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

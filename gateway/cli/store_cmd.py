@@ -15,6 +15,7 @@ from gateway.audit import schema
 from gateway.audit.factory import open_store
 from gateway.audit.retention import apply_retention
 from gateway.audit.shipper import Shipper, ShipperBusy
+from gateway.audit.spool import writer_active
 from gateway.audit.store import StoreError, migrate
 from gateway.errors import ConfigError
 
@@ -113,6 +114,13 @@ def run_replay(args: argparse.Namespace) -> int:
     if not directory.is_dir():
         print(f"pd-gateway: {directory}: no such spool directory", file=sys.stderr)
         return 2
+    if writer_active(directory):
+        print(
+            f"pd-gateway: {directory}: a running gateway is writing this spool; "
+            "replay is for a stopped instance's spool",
+            file=sys.stderr,
+        )
+        return 1
     shipper = Shipper(
         directory, lambda: open_store(store_cfg), batch_max_rows=store_cfg.batch_max_rows
     )
