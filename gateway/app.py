@@ -31,6 +31,7 @@ from gateway.identity import KeySet, TokenVerifier, file_fetcher, url_fetcher
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, error_middleware
 from gateway.proxy import Forwarder
+from gateway.role_changes import RoleTracker
 from gateway.routing import RouteTable
 from gateway.tasks import spawn
 
@@ -260,6 +261,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         )
     gw.metrics.jwks_refreshes.set_function(lambda: keys.refreshes)
     gw.keys = keys
+    roles = RoleTracker(cfg.audit.spool_dir, instance=cfg.instance_id, issuer=ident.issuer)
     gw.pipeline = Pipeline(
         cfg,
         routes=RouteTable(cfg.routes),
@@ -274,6 +276,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
             read_timeout=cfg.proxy.read_timeout_seconds,
         ),
         metrics=gw.metrics,
+        role_tracker=roles,
     )
     watcher = None
     if cfg.authz.watch_interval_seconds > 0:
@@ -283,6 +286,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     if watcher is not None:
         watcher.cancel()
+    roles.save()
     await session.close()
 
 

@@ -36,6 +36,7 @@ class Principal:
     user: str
     roles: tuple[str, ...]
     expires_at: float
+    issued_at: float = 0.0
 
 
 JwksFetcher = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -209,7 +210,11 @@ class TokenVerifier:
         # seconds and still accepts a token during its expiry second; the gateway does not.
         if self._clock() >= exp + self._cfg.clock_skew_seconds:
             raise AuthenticationError("token_expired")
-        return Principal(user=user, roles=tuple(sorted(set(roles))), expires_at=float(exp))
+        iat = claims.get("iat")
+        issued = float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else 0.0
+        return Principal(
+            user=user, roles=tuple(sorted(set(roles))), expires_at=float(exp), issued_at=issued
+        )
 
 
 def file_fetcher(path: str) -> JwksFetcher:

@@ -33,6 +33,7 @@ from gateway.identity import Principal, TokenVerifier, bearer_token
 from gateway.logs import request_id_var
 from gateway.metrics import Metrics
 from gateway.proxy import Exchange, Forwarder, UpstreamError, client_address
+from gateway.role_changes import RoleTracker
 from gateway.routing import RouteTable, canonical_path, subject_ids
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class Pipeline:
         spool: Spool,
         forwarder: Forwarder,
         metrics: Metrics,
+        role_tracker: RoleTracker | None = None,
     ) -> None:
         self._cfg = cfg
         self._routes = routes
@@ -129,6 +131,7 @@ class Pipeline:
         self._spool = spool
         self._forwarder = forwarder
         self._metrics = metrics
+        self._roles = role_tracker
         self._instance = cfg.instance_id
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -175,6 +178,9 @@ class Pipeline:
             log.exception("identity check failed")
             await self._deny(ctx, 500, "internal_error", "internal error", "identity_error")
 
+        if self._roles is not None:
+            await self._record_role_change(ctx.principal)
+
         try:
             ctx.decision = self._policies.engine.decide(
                 ctx.principal.user, ctx.principal.roles, route.system, route.category, ctx.action
@@ -195,6 +201,21 @@ class Pipeline:
         if route.carries_personal_data:
             await self._record(ctx, event, "access")
         return await self._forward(request, ctx, event)
+
+    async def _record_role_change(self, principal: Principal) -> None:
+        """9.2.7: a changed role set from the IdP is recorded before it is used."""
+        assert self._roles is not None
+        before = self._roles.last(principal.user)
+        change = self._roles.observe(
+            principal.user, principal.roles, principal.issued_at, self._policies.engine.version
+        )
+        if change is None:
+            return
+        try:
+            await self._spool.append(change.record())
+        except SpoolUnavailable:
+            self._roles.forget(principal.user, before)  # try again with the next request
+            raise
 
     async def _forward(
         self, request: web.Request, ctx: _Context, event: AccessEvent

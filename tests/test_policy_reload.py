@@ -186,3 +186,43 @@ async def test_replicas_reloading_the_same_change_record_it_once(
         ("rule_removed", "", "web_editor", "p, web_editor, site, site_visitor, delete", ""),
     ]
     store.close()
+
+
+async def test_a_changed_role_set_in_tokens_is_recorded_once_and_survives_a_restart(
+    make_gateway: GatewayFactory, upstream: Upstream, keys: Keys
+) -> None:
+    gw = await make_gateway(upstream.url)
+
+    async def as_alice(roles: list[str], iat: int) -> int:
+        token = keys.token("alice", roles, iat=iat)
+        return (
+            await gw.client.get("/hr/employees/1", headers={"Authorization": f"Bearer {token}"})
+        ).status
+
+    def changes() -> list[dict[str, object]]:
+        return [r for r in spool_records(gw.spool_dir) if r["kind"] == "permission_change"]
+
+    assert await as_alice(["hr_officer"], 1_790_000_000) == 200
+    assert changes() == []  # first sight: the baseline, nothing known to have changed
+    assert await as_alice(["hr_officer", "dpo"], 1_790_000_100) == 200
+    assert await as_alice(["hr_officer", "dpo"], 1_790_000_100) == 200  # same set: no new record
+    (change,) = changes()
+    assert (
+        change["change_kind"],
+        change["user"],
+        change["rule_before"],
+        change["rule_after"],
+        change["source"],
+    ) == ("idp_roles_changed", "alice", "roles: hr_officer", "roles: dpo,hr_officer", "idp")
+
+    await gw.client.close()  # a restart: the baseline is kept in the spool directory
+    gw2 = await make_gateway(upstream.url)
+    token = keys.token("alice", ["dpo"], iat=1_790_000_200)
+    assert (
+        await gw2.client.get("/hr/employees/1", headers={"Authorization": f"Bearer {token}"})
+    ).status == 403
+    later = [r for r in spool_records(gw2.spool_dir) if r["kind"] == "permission_change"]
+    assert [(c["rule_before"], c["rule_after"]) for c in later] == [
+        ("roles: hr_officer", "roles: dpo,hr_officer"),
+        ("roles: dpo,hr_officer", "roles: dpo"),
+    ]
