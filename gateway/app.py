@@ -19,17 +19,19 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from gateway import policy_tools
 from gateway.admin import build_admin_app
 from gateway.audit.events import PermissionChange
 from gateway.audit.factory import open_store
 from gateway.audit.shipper import Shipper, ShipperMetrics
 from gateway.audit.spool import Spool, SpoolHooks
-from gateway.authz import PolicyStore, permission_changes
+from gateway.authz import PolicyEngine, PolicyStore, permission_changes
 from gateway.config import Config, StoreConfig
-from gateway.errors import PolicyError, SpoolUnavailable
-from gateway.identity import KeySet, TokenVerifier, file_fetcher, url_fetcher
+from gateway.errors import AuthenticationError, PolicyError, SpoolUnavailable
+from gateway.identity import KeySet, Principal, TokenVerifier, file_fetcher, url_fetcher
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, error_middleware
+from gateway.policy_api import policy_put_handler
 from gateway.proxy import Forwarder
 from gateway.role_changes import RoleTracker
 from gateway.routing import RouteTable
@@ -47,6 +49,7 @@ class Gateway:
     spool: Spool
     policies: PolicyStore
     keys: KeySet | None = None
+    verifier: TokenVerifier | None = None
     pipeline: Pipeline | None = None
     shipper: Shipper | None = None
 
@@ -58,12 +61,9 @@ class Gateway:
         }
 
     async def reload_policy(self, *, actor: str, source: str, reason: str) -> bool:
-        """Load the policy files again and put them in force, recording every effective change.
+        """Load the policy files again and put them in force, recording every change (9.2.7).
 
-        An invalid policy is refused and the old one stays in force. The changes are written to
-        the audit spool in one write *before* the new policy decides anything; if they cannot be
-        recorded the change is refused too (9.2.7: no silent change of access rights).
-        """
+        An invalid policy is refused and the old one stays in force."""
         try:
             engine = self.policies.candidate()
         except PolicyError as e:
@@ -72,6 +72,21 @@ class Gateway:
                 "policy reload refused; previous policy stays in force", extra={"error": str(e)}
             )
             return False
+        return await self.apply_policy(engine, actor=actor, source=source, reason=reason)
+
+    async def apply_policy(
+        self,
+        engine: PolicyEngine,
+        *,
+        actor: str,
+        source: str,
+        reason: str,
+        before_install: Callable[[], None] | None = None,
+    ) -> bool:
+        """Put a validated policy in force. Its effective changes are written to the audit spool
+        in one write *before* it decides anything; if they cannot be recorded the change is
+        refused (no silent change of access rights). ``before_install`` runs between the two
+        (the admin API writes the policy file there)."""
         old = self.policies.engine
         if engine.rules() == old.rules() and engine.version == old.version:
             return True
@@ -103,6 +118,8 @@ class Gateway:
                     "policy change refused: it cannot be recorded", extra={"reason": e.reason}
                 )
                 return False
+        if before_install is not None:
+            before_install()
         self.policies.install(engine)
         self.metrics.policy_reloads.labels("ok").inc()
         self.metrics.set_policy(engine.version, engine.rule_count)
@@ -178,6 +195,25 @@ def build(
     proxy_app.cleanup_ctx.append(_pipeline_ctx)
     proxy_app.router.add_route("*", "/{tail:.*}", _handle)
     admin_app = build_admin_app(metrics, gw.readiness)
+
+    async def verify(token: str) -> Principal:
+        if gw.verifier is None:
+            raise AuthenticationError("not_ready")
+        return await gw.verifier.verify(token)
+
+    lint = policy_tools.load_lint_settings(cfg.authz.policy.parent)
+    admin_app.router.add_put(
+        "/admin/policy",
+        policy_put_handler(
+            verify=verify,
+            admin_roles=cfg.authz.policy_admin_roles,
+            model=cfg.authz.model,
+            policy=cfg.authz.policy,
+            known_resources={(r.system, r.category) for r in cfg.routes},
+            special_categories=lint.get("special_categories"),
+            apply=gw.apply_policy,
+        ),
+    )
     admin_app[GATEWAY] = gw
     return proxy_app, admin_app
 
@@ -262,10 +298,11 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     gw.metrics.jwks_refreshes.set_function(lambda: keys.refreshes)
     gw.keys = keys
     roles = RoleTracker(cfg.audit.spool_dir, instance=cfg.instance_id, issuer=ident.issuer)
+    gw.verifier = TokenVerifier(ident, keys, on_cache=gw.metrics.token_cache_result)
     gw.pipeline = Pipeline(
         cfg,
         routes=RouteTable(cfg.routes),
-        verifier=TokenVerifier(ident, keys, on_cache=gw.metrics.token_cache_result),
+        verifier=gw.verifier,
         policies=gw.policies,
         spool=gw.spool,
         forwarder=Forwarder(

@@ -102,6 +102,8 @@ class AuthzConfig:
     policy: Path
     decision_cache_size: int = 100_000
     watch_interval_seconds: float = 2.0  # 0: reload only on SIGHUP
+    # Job functions allowed to PUT a new policy through the admin API (empty: API disabled).
+    policy_admin_roles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -416,6 +418,7 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         policy=resolve(az.get("policy", str)) or Path(),
         decision_cache_size=az.get("decision_cache_size", int, 100_000, _positive),
         watch_interval_seconds=az.get("watch_interval_seconds", float, 2.0, _non_negative),
+        policy_admin_roles=tuple(str(r) for r in az.get("policy_admin_roles", list, [])),
     )
     az.finish()
 

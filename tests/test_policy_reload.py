@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -226,3 +227,89 @@ async def test_a_changed_role_set_in_tokens_is_recorded_once_and_survives_a_rest
         ("roles: hr_officer", "roles: dpo,hr_officer"),
         ("roles: dpo,hr_officer", "roles: dpo"),
     ]
+
+
+async def test_policy_put_through_the_admin_api_is_authorised_reasoned_checked_and_recorded(
+    tmp_path: Path, keys: Keys, upstream: Upstream, aiohttp_client: Any
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from gateway import config
+    from gateway.app import build
+    from tests.conftest import config_dict, write_config
+
+    policies = copy_policies(tmp_path)
+    data = config_dict(
+        tmp_path,
+        upstream.url,
+        authz={
+            "model": str(policies / "model.conf"),
+            "policy": str(policies / "policy.csv"),
+            "watch_interval_seconds": 0,
+            "policy_admin_roles": ["security_officer"],
+        },
+    )
+    proxy_app, admin_app = build(
+        config.load(write_config(tmp_path, data, keys)), CollectorRegistry()
+    )
+    proxy = await aiohttp_client(proxy_app)
+    admin = await aiohttp_client(admin_app)
+    new_text = (policies / "policy.csv").read_text() + "g, carol, accountant\n"
+    sec = {"Authorization": f"Bearer {keys.token('frank', ['security_officer'])}"}
+
+    r = await admin.put("/admin/policy", json={"policy": new_text, "reason": "T-1"})
+    assert r.status == 401
+    hr = {"Authorization": f"Bearer {keys.token('alice', ['hr_officer'])}"}
+    assert (
+        await admin.put("/admin/policy", json={"policy": new_text, "reason": "T-1"}, headers=hr)
+    ).status == 403
+    r = await admin.put("/admin/policy", json={"policy": new_text}, headers=sec)
+    assert r.status == 400 and "reason" in (await r.json())["message"]
+    r = await admin.put(
+        "/admin/policy",
+        json={"policy": new_text + "p, carol, hr, *, read\n", "reason": "T-1"},
+        headers=sec,
+    )
+    assert r.status == 400
+    assert any("wildcards" in p for p in (await r.json())["problems"])
+
+    carol = {"Authorization": f"Bearer {keys.token('carol', [])}"}
+    assert (await proxy.get("/hr/employees/1", headers=carol)).status == 403
+    r = await admin.put(
+        "/admin/policy",
+        json={"policy": new_text, "reason": "T-42 carol joins finance"},
+        headers=sec,
+    )
+    assert r.status == 200, await r.text()
+    assert (await proxy.get("/hr/employees/1", headers=carol)).status == 200
+    assert (policies / "policy.csv").read_text() == new_text  # the file says what is in force
+    changes = [
+        rec for rec in spool_records(tmp_path / "spool") if rec["kind"] == "permission_change"
+    ]
+    assert [(c["actor"], c["source"], c["reason"], c["rule_after"]) for c in changes] == [
+        ("frank", "admin_api", "T-42 carol joins finance", "g, carol, accountant")
+    ]
+
+
+async def test_policy_api_is_off_unless_admin_roles_are_configured(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    keys: Keys,
+    tmp_path: Path,
+    aiohttp_client: Any,
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from gateway import config
+    from gateway.app import build
+    from tests.conftest import config_dict, write_config
+
+    _, admin_app = build(
+        config.load(write_config(tmp_path, config_dict(tmp_path, upstream.url), keys)),
+        CollectorRegistry(),
+    )
+    admin = await aiohttp_client(admin_app)
+    sec = {"Authorization": f"Bearer {keys.token('frank', ['security_officer'])}"}
+    assert (
+        await admin.put("/admin/policy", json={"policy": "x", "reason": "y"}, headers=sec)
+    ).status == 404

@@ -1,0 +1,130 @@
+"""Admin API: `PUT /admin/policy` — a security engineer applies a new policy (9.2.7).
+
+Contract: the caller authenticates with a bearer token from the same IdP and must hold one of
+`authz.policy_admin_roles`; the body is JSON `{"policy": "<policy.csv text>", "reason": "…"}`
+and the reason is mandatory. The new policy must pass `policy check`; its effective changes are
+recorded (actor = the caller) before it is written to disk and put in force. Answers carry the
+request id; refusals never echo library messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway import policy_tools
+from gateway.authz import PolicyEngine
+from gateway.errors import AuthenticationError, PolicyError
+from gateway.identity import Principal, bearer_token
+
+log = logging.getLogger(__name__)
+
+Apply = Callable[..., Awaitable[bool]]
+MAX_POLICY_BYTES = 1024 * 1024
+
+
+def _reply(status: int, request_id: str, **body: Any) -> web.Response:
+    headers = {"X-Request-Id": request_id}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="pd-gateway-admin"'
+    return web.json_response({**body, "request_id": request_id}, status=status, headers=headers)
+
+
+def policy_put_handler(
+    *,
+    verify: Callable[[str], Awaitable[Principal]],
+    admin_roles: Iterable[str],
+    model: Path,
+    policy: Path,
+    known_resources: set[tuple[str, str]],
+    special_categories: Mapping[str, Iterable[str]] | None,
+    apply: Apply,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    allowed_roles = frozenset(admin_roles)
+
+    async def handler(request: web.Request) -> web.Response:
+        rid = uuid.uuid4().hex
+        if not allowed_roles:
+            return _reply(404, rid, error="not_found", message="the policy API is not enabled")
+        try:
+            principal = await verify(bearer_token(request.headers.get("Authorization")))
+        except AuthenticationError as e:
+            log.warning("policy API: authentication refused", extra={"reason": e.reason})
+            return _reply(401, rid, error="unauthenticated", message=e.public_message)
+        if not allowed_roles & set(principal.roles):
+            log.warning("policy API: caller lacks a policy admin role", extra={"request_id": rid})
+            return _reply(
+                403, rid, error="forbidden", message="your job function may not change the policy"
+            )
+        if (request.content_length or 0) > MAX_POLICY_BYTES:
+            return _reply(413, rid, error="too_large", message="policy too large")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _reply(400, rid, error="bad_request", message="body must be JSON")
+        text, reason = (
+            (body.get("policy"), body.get("reason")) if isinstance(body, dict) else (None, None)
+        )
+        if not isinstance(text, str) or not text.strip():
+            return _reply(
+                400, rid, error="bad_request", message="policy: the policy.csv text is required"
+            )
+        if not isinstance(reason, str) or not reason.strip():
+            return _reply(
+                400,
+                rid,
+                error="bad_request",
+                message="reason: a reason (e.g. a ticket) is required",
+            )
+
+        fd, tmp_name = tempfile.mkstemp(prefix=".policy-", suffix=".csv", dir=policy.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text if text.endswith("\n") else text + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            problems = policy_tools.check(
+                model, tmp, known_resources=known_resources, special_categories=special_categories
+            )
+            if problems:
+                lines = [f"line {p.line}: {p.message}" for p in problems]
+                return _reply(
+                    400,
+                    rid,
+                    error="invalid_policy",
+                    message="the policy does not pass policy check",
+                    problems=lines,
+                )
+            try:
+                engine = PolicyEngine.load(model, tmp)
+            except PolicyError:
+                return _reply(400, rid, error="invalid_policy", message="the policy does not load")
+            applied = await apply(
+                engine,
+                actor=principal.user,
+                source="admin_api",
+                reason=reason.strip(),
+                before_install=lambda: os.replace(
+                    tmp, policy
+                ),  # the file now says what is in force
+            )
+        finally:
+            tmp.unlink(missing_ok=True)
+        if not applied:
+            return _reply(
+                503,
+                rid,
+                error="audit_unavailable",
+                message="the change cannot be recorded; not applied",
+            )
+        return _reply(200, rid, result="applied", policy_version=engine.version)
+
+    return handler
