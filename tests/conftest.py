@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -309,6 +311,13 @@ def make_gateway(
 @pytest.fixture
 async def gw(make_gateway: GatewayFactory, upstream: Upstream) -> Gw:
     return await make_gateway(upstream.url)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`pd-gateway ARGS` in a process of its own, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=ROOT
+    )
 
 
 def spool_events(spool_dir: Path) -> list[dict[str, Any]]:

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 from jose import jwt
 
-from tests.conftest import ROOT, Gw, Keys
+from tests.conftest import ROOT, Gw, Keys, run_cli
 
 DEMO = ROOT / "deploy" / "local" / "gateway.yaml"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=ROOT
-    )
-
-
 def test_token_is_minted_from_the_demo_key_and_verifies_against_the_demo_jwks() -> None:
-    out = _cli("token", "--sub", "alice", "--roles", "hr_officer,dpo", "--config", str(DEMO))
+    out = run_cli("token", "--sub", "alice", "--roles", "hr_officer,dpo", "--config", str(DEMO))
     assert out.returncode == 0, out.stderr
     token = out.stdout.strip()
     jwks = json.loads((DEMO.parent / "demo-jwks.json").read_text())
@@ -42,7 +34,7 @@ def test_token_refuses_a_config_not_marked_demo(tmp_path: Path) -> None:
     data["authz"] = {k: str((DEMO.parent / v).resolve()) for k, v in data["authz"].items()}
     path = tmp_path / "prod.yaml"
     path.write_text(yaml.safe_dump(data))
-    out = _cli("token", "--sub", "alice", "--roles", "hr_officer", "--config", str(path))
+    out = run_cli("token", "--sub", "alice", "--roles", "hr_officer", "--config", str(path))
     assert out.returncode == 2
     assert "not a demo config" in out.stderr and out.stdout == ""
 
@@ -51,7 +43,7 @@ async def test_audit_tail_shows_the_joined_events(gw: Gw, keys: Keys) -> None:
     token = keys.token("alice", ["hr_officer"])
     await gw.client.get("/hr/medical/1001", headers={"Authorization": f"Bearer {token}"})
     await gw.client.get("/hr/medical/1001")
-    out = _cli("audit", "tail", "--spool", str(gw.spool_dir), "--json")
+    out = run_cli("audit", "tail", "--spool", str(gw.spool_dir), "--json")
     assert out.returncode == 0, out.stderr
     events = [json.loads(line) for line in out.stdout.splitlines()]
     assert [(e["decision"], e["status"], e["outcome"]) for e in events] == [
@@ -59,10 +51,10 @@ async def test_audit_tail_shows_the_joined_events(gw: Gw, keys: Keys) -> None:
         ("deny", 401, "complete"),
     ]
     assert events[0]["subject_ids"] == ["1001"] and events[0]["category"] == "employee_health"
-    text = _cli("audit", "tail", "--spool", str(gw.spool_dir), "-n", "1")
+    text = run_cli("audit", "tail", "--spool", str(gw.spool_dir), "-n", "1")
     assert text.stdout.count("\n") == 1 and "DENY" in text.stdout and "missing_token" in text.stdout
 
 
 def test_audit_tail_reports_a_missing_spool() -> None:
-    out = _cli("audit", "tail", "--spool", "/nonexistent/spool")
+    out = run_cli("audit", "tail", "--spool", "/nonexistent/spool")
     assert out.returncode == 2 and "/nonexistent/spool" in out.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import yaml
 
 from gateway import config
 from gateway.errors import ConfigError
-from tests.conftest import ROOT, Keys, config_dict, write_config
+from tests.conftest import ROOT, Keys, config_dict, run_cli, write_config
 
 DEMO = ROOT / "deploy" / "local" / "gateway.yaml"
 
@@ -92,14 +90,8 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
         config.load(path)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=ROOT
-    )
-
-
 def test_config_check_cli_prints_effective_config_as_json() -> None:
-    out = _cli("config", "check", str(DEMO), "--json")
+    out = run_cli("config", "check", str(DEMO), "--json")
     assert out.returncode == 0, out.stderr
     effective = json.loads(out.stdout)
     assert effective["audit"]["max_pending"] == 10000  # a default, filled in
@@ -111,18 +103,18 @@ def test_config_check_cli_fails_with_file_line_and_key(tmp_path: Path) -> None:
     data["audit"]["durability"] = "never"
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump(data))
-    out = _cli("config", "check", str(path))
+    out = run_cli("config", "check", str(path))
     assert out.returncode == 2
     assert str(path) in out.stderr and "audit.durability: must be one of fsync, batch" in out.stderr
     assert "line " in out.stderr
 
 
 def test_routes_cli_lists_every_route_with_category_and_subject() -> None:
-    out = _cli("routes", "--config", str(DEMO), "--json")
+    out = run_cli("routes", "--config", str(DEMO), "--json")
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert rows["hr-medical"]["category"] == "employee_health"
     assert rows["hr-export"]["actions"] == {"GET": "export"}
     assert rows["site-leads"]["subject"] == "query lead_id"
-    table = _cli("routes", "--config", str(DEMO))
+    table = run_cli("routes", "--config", str(DEMO))
     assert "hr-medical" in table.stdout and "employee_health" in table.stdout

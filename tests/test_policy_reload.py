@@ -23,6 +23,15 @@ def copy_policies(tmp_path: Path) -> Path:
     return d
 
 
+def authz(policies: Path, watch: float = 0, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": str(policies / "model.conf"),
+        "policy": str(policies / "policy.csv"),
+        "watch_interval_seconds": watch,
+        **extra,
+    }
+
+
 def edit(policy: Path, add: str = "", remove: str = "") -> None:
     """Replace the file the way a deploy does: write a new one, rename it over the old."""
     lines = [line for line in policy.read_text().splitlines() if line != remove]
@@ -37,11 +46,7 @@ async def test_a_changed_policy_file_applies_to_requests_after_the_switch_withou
     policies = copy_policies(tmp_path)
     gw = await make_gateway(
         upstream.url,
-        authz={
-            "model": str(policies / "model.conf"),
-            "policy": str(policies / "policy.csv"),
-            "watch_interval_seconds": 0.05,
-        },
+        authz=authz(policies, 0.05),
     )
     gateway = gw.client.app[GATEWAY]  # type: ignore[index]
     carol = {"Authorization": f"Bearer {keys.token('carol', [])}"}
@@ -89,11 +94,7 @@ async def test_an_invalid_policy_is_refused_and_the_old_one_stays_in_force(
     policies = copy_policies(tmp_path)
     gw = await make_gateway(
         upstream.url,
-        authz={
-            "model": str(policies / "model.conf"),
-            "policy": str(policies / "policy.csv"),
-            "watch_interval_seconds": 0,
-        },
+        authz=authz(policies, 0),
     )
     gateway = gw.client.app[GATEWAY]  # type: ignore[index]
     version = gateway.policies.engine.version
@@ -110,11 +111,7 @@ async def test_a_policy_change_is_refused_while_it_cannot_be_recorded(
     policies = copy_policies(tmp_path)
     gw = await make_gateway(
         upstream.url,
-        authz={
-            "model": str(policies / "model.conf"),
-            "policy": str(policies / "policy.csv"),
-            "watch_interval_seconds": 0,
-        },
+        authz=authz(policies, 0),
         audit={"max_spool_bytes": 64 * 1024},  # no store: the spool fills up and refuses
     )
     gateway = gw.client.app[GATEWAY]  # type: ignore[index]
@@ -134,24 +131,20 @@ async def test_replicas_reloading_the_same_change_record_it_once(
     policies = copy_policies(tmp_path)
     database = fresh_database()
     section = store_section("clickhouse", database, chdb_dir=chdb_dir, server=ch_server)
-    authz = {
-        "model": str(policies / "model.conf"),
-        "policy": str(policies / "policy.csv"),
-        "watch_interval_seconds": 0.1,
-    }
+    authz_cfg = authz(policies, 0.1)
     store = open_store(store_config(section), apply_schema=True)
     dirs = [tmp_path / f"replica{i}" for i in range(3)]
     for d in dirs:
         d.mkdir()
     with (
         run_gateway(
-            dirs[0], keys, upstream.url, store=section, authz=authz, instance_id="gw-a"
+            dirs[0], keys, upstream.url, store=section, authz=authz_cfg, instance_id="gw-a"
         ) as a,
         run_gateway(
-            dirs[1], keys, upstream.url, store=section, authz=authz, instance_id="gw-b"
+            dirs[1], keys, upstream.url, store=section, authz=authz_cfg, instance_id="gw-b"
         ) as b,
         run_gateway(
-            dirs[2], keys, upstream.url, store=section, authz=authz, instance_id="gw-c"
+            dirs[2], keys, upstream.url, store=section, authz=authz_cfg, instance_id="gw-c"
         ) as c,
     ):
         edit(
@@ -242,12 +235,7 @@ async def test_policy_put_through_the_admin_api_is_authorised_reasoned_checked_a
     data = config_dict(
         tmp_path,
         upstream.url,
-        authz={
-            "model": str(policies / "model.conf"),
-            "policy": str(policies / "policy.csv"),
-            "watch_interval_seconds": 0,
-            "policy_admin_roles": ["security_officer"],
-        },
+        authz=authz(policies, policy_admin_roles=["security_officer"]),
     )
     proxy_app, admin_app = build(
         config.load(write_config(tmp_path, data, keys)), CollectorRegistry()

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import POLICIES, ROOT
+from tests.conftest import POLICIES, ROOT, run_cli
 
 DEMO = ROOT / "deploy" / "local" / "gateway.yaml"
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=ROOT
-    )
 
 
 @pytest.fixture
@@ -29,7 +21,7 @@ def policies(tmp_path: Path) -> Path:
 
 
 def test_shipped_policies_pass_check_against_the_demo_routes() -> None:
-    out = cli("policy", "check", "--config", str(DEMO))
+    out = run_cli("policy", "check", "--config", str(DEMO))
     assert out.returncode == 0, out.stderr
 
 
@@ -50,7 +42,7 @@ def test_check_names_file_and_line_of_each_problem(policies: Path, line: str, me
     policy = policies / "policy.csv"
     lines = policy.read_text().splitlines()
     policy.write_text("\n".join([*lines, line]) + "\n")
-    out = cli("policy", "check", "--policies", str(policies), "--config", str(DEMO))
+    out = run_cli("policy", "check", "--policies", str(policies), "--config", str(DEMO))
     assert out.returncode == 1
     assert f"{policy}:{len(lines) + 1}: " in out.stderr and message in out.stderr, out.stderr
 
@@ -60,12 +52,12 @@ def test_check_refuses_a_role_that_reads_every_category(policies: Path) -> None:
     extra = ["p, accountant, site, site_visitor, read", "p, accountant, hr, employee_health, read"]
     policy.write_text(policy.read_text() + "\n".join(extra) + "\n")
     (policies / "lint.yaml").write_text("special_categories: {}\n")
-    out = cli("policy", "check", "--policies", str(policies))
+    out = run_cli("policy", "check", "--policies", str(policies))
     assert out.returncode == 1 and "role 'accountant' reads every category" in out.stderr
 
 
 def test_shipped_policy_test_suite_passes_and_covers_every_job_function() -> None:
-    out = cli("policy", "test")
+    out = run_cli("policy", "test")
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip().endswith(" passed, 0 failed")
     files = {p.stem for p in (POLICIES / "tests").glob("*.yaml")}
@@ -84,13 +76,13 @@ def test_a_failing_policy_case_fails_the_run(policies: Path) -> None:
     (policies / "tests" / "wrong.yaml").write_text(
         "- {name: accountant reads health data, roles: [accountant], system: hr, category: employee_health, action: read, expect: allow}\n"
     )
-    out = cli("policy", "test", "--policies", str(policies))
+    out = run_cli("policy", "test", "--policies", str(policies))
     assert out.returncode == 1
     assert "FAIL wrong.yaml: accountant reads health data — expected allow, got deny" in out.stdout
 
 
 def test_explain_shows_route_action_decision_and_rule() -> None:
-    out = cli(
+    out = run_cli(
         "policy",
         "explain",
         "--config",
@@ -108,7 +100,7 @@ def test_explain_shows_route_action_decision_and_rule() -> None:
     assert "route     hr-medical" in out.stdout and "action read" in out.stdout
     assert "subjects  1001" in out.stdout and "decision  ALLOW" in out.stdout
     assert "rule      p, hr_officer, hr, employee_health, read" in out.stdout
-    denied = cli(
+    denied = run_cli(
         "policy",
         "explain",
         "--config",
@@ -121,7 +113,7 @@ def test_explain_shows_route_action_decision_and_rule() -> None:
         "/hr/medical/1001",
     )
     assert "decision  DENY" in denied.stdout
-    refused = cli(
+    refused = run_cli(
         "policy",
         "explain",
         "--config",
@@ -137,7 +129,7 @@ def test_explain_shows_route_action_decision_and_rule() -> None:
 def test_diff_that_maps_a_user_to_a_role_shows_exactly_that_gain(policies: Path) -> None:
     new = policies / "new.csv"
     new.write_text((policies / "policy.csv").read_text() + "g, carol, accountant\n")
-    out = cli(
+    out = run_cli(
         "policy",
         "diff",
         str(policies / "policy.csv"),
@@ -160,7 +152,7 @@ def test_diff_shows_losses_of_a_removed_grant_for_the_role_and_its_members(polic
     removed = "p, sales_manager, site, site_visitor, read"
     kept = [line for line in old.read_text().splitlines() if line != removed]
     new.write_text("\n".join(kept) + "\n")
-    out = cli("policy", "diff", str(old), str(new), "--model", str(policies / "model.conf"))
+    out = run_cli("policy", "diff", str(old), str(new), "--model", str(policies / "model.conf"))
     assert out.stdout.splitlines() == [
         "- idp-group-sales loses read on site/site_visitor",
         "- sales_manager loses read on site/site_visitor",
@@ -168,7 +160,7 @@ def test_diff_shows_losses_of_a_removed_grant_for_the_role_and_its_members(polic
 
 
 def test_roster_lists_who_may_access_each_category() -> None:
-    out = cli("policy", "roster", "--format", "json")
+    out = run_cli("policy", "roster", "--format", "json")
     rows = {(r["system"], r["category"], r["action"]): r for r in json.loads(out.stdout)}
     assert rows[("hr", "employee_health", "read")]["job_functions"] == ["hr_officer"]
     assert rows[("hr", "employee_health", "read")]["mapped_members"] == ["idp-group-hr"]
@@ -177,5 +169,5 @@ def test_roster_lists_who_may_access_each_category() -> None:
         "sales_manager",
         "support_agent",
     ]
-    csv_out = cli("policy", "roster", "--format", "csv")
+    csv_out = run_cli("policy", "roster", "--format", "csv")
     assert csv_out.stdout.splitlines()[0] == "system,category,action,job_functions,mapped_members"

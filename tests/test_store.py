@@ -19,7 +19,7 @@ from gateway.audit import schema
 from gateway.audit.chserver import ClickHouseServer
 from gateway.audit.factory import open_store
 from gateway.audit.store import AuditStore, event_rows, migrate
-from tests.conftest import GatewayFactory, Keys, Upstream
+from tests.conftest import GatewayFactory, Keys, Upstream, run_cli
 from tests.stores import ENGINES, count, fresh_database, store_config, store_section, wait_for
 
 
@@ -453,22 +453,7 @@ def test_audit_replay_ships_a_dead_instances_spool_once_with_lost_outcomes_unkno
     path = tmp_path / "replay.yaml"
     path.write_text(yaml.safe_dump(cfg))
     for _ in range(2):  # twice: the second run finds nothing new
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "audit",
-                "replay",
-                "--spool",
-                str(spool),
-                "--config",
-                str(path),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-        )
+        out = run_cli("audit", "replay", "--spool", str(spool), "--config", str(path))
         assert out.returncode == 0, out.stderr
     assert "0 events shipped" in out.stdout
     reader = subprocess.run(
@@ -491,23 +476,7 @@ def test_audit_replay_ships_a_dead_instances_spool_once_with_lost_outcomes_unkno
     assert [r["seq"] for r in rows] == list(range(1, 102))
     assert [r["outcome"] for r in rows] == ["complete"] * 100 + ["unknown"]
     # 6.1.1: every access that touched one subject, from the command line.
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "audit",
-            "subject",
-            "--config",
-            str(path),
-            "--id",
-            "101",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    out = run_cli("audit", "subject", "--config", str(path), "--id", "101", "--json")
     assert out.returncode == 0, out.stderr
     (hit,) = [json.loads(line) for line in out.stdout.splitlines()]
     assert (hit["user"], hit["category"], hit["action"]) == ("alice", "employee", "read")
@@ -667,21 +636,13 @@ def test_replay_refuses_a_spool_a_running_gateway_is_writing(tmp_path: Path) -> 
     spool = Spool(tmp_path / "live")
     spool.open()
     try:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "audit",
-                "replay",
-                "--spool",
-                str(tmp_path / "live"),
-                "--config",
-                str(ROOT / "deploy/local/gateway.yaml"),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
+        out = run_cli(
+            "audit",
+            "replay",
+            "--spool",
+            str(tmp_path / "live"),
+            "--config",
+            str(ROOT / "deploy/local/gateway.yaml"),
         )
     finally:
         spool.close()
