@@ -313,3 +313,38 @@ async def test_a_fault_after_the_decision_is_a_500_with_its_outcome_on_record(
     }
     (event,) = spool_events(gw.spool_dir)
     assert (event["decision"], event["outcome"], event["status"]) == ("allow", "gateway_error", 500)
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("gateway.identity.TokenVerifier.verify", "identity_error"),
+        ("gateway.authz.PolicyEngine.decide", "authz_error"),
+        ("gateway.pipeline.subject_ids", "subject_error"),
+    ],
+)
+async def test_a_fault_inside_identity_authz_or_subject_extraction_denies_and_is_audited(
+    gw: Gw,
+    upstream: Upstream,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+    target: str,
+    reason: str,
+) -> None:
+    """Fault injection: each step raising an unexpected error fails closed (500, not forwarded)
+    and the denial is in the audit trail with the step that failed."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected fault")
+
+    async def broken_async(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(target, broken_async if target.endswith("verify") else broken)
+    resp = await gw.client.get("/hr/employees/1001", headers=auth(keys))
+    assert resp.status == 500
+    assert (await resp.json())["message"] == "internal error"
+    assert upstream.seen == []
+    (event,) = spool_events(gw.spool_dir)
+    assert (event["decision"], event["reason"], event["status"]) == ("deny", reason, 500)
+    assert gw.metric("pdgw_denials_total", {"route": "hr-employees", "reason": reason}) == 1
