@@ -145,6 +145,7 @@ def proxy_bench(tmp: Path) -> None:
                         "prefix": "/hr/employees",
                         "upstream": "hr",
                         "system": "hr",
+                        "purpose": "hr_records",
                         "category": "employee",
                         "subject": {"path": "/hr/employees/{id}"},
                     }
@@ -200,6 +201,7 @@ def decision_bench(tmp: Path) -> None:
         ]
         # Half the users come with IdP roles only; half are also named in a g rule.
         lines += [f"g, user{u}, role{u % roles}" for u in range(0, users, 2)]
+        lines += [f"g2, role{r}, hr_records" for r in range(roles)]
         policy = tmp / f"p-{users}-{rules}.csv"
         policy.write_text("\n".join(lines) + "\n")
         engine = PolicyEngine.load(ROOT / "policies/model.conf", policy, cache_size=1_000_000)
@@ -216,15 +218,15 @@ def decision_bench(tmp: Path) -> None:
         sample = population[:: max(1, len(population) // 200)]
         t0 = time.perf_counter()
         for _, roles in sample:
-            enforcer.enforce_ex(roles[0], "sysX", "cat0", "read")
+            enforcer.enforce_ex(roles[0], "sysX", "cat0", "read", "hr_records")
         uncached = (time.perf_counter() - t0) / len(sample)
         for user, roles in population:  # warm the cache: one decision per user
-            engine.decide(user, roles, "sys0", "cat0", "act0")
+            engine.decide(user, roles, "sys0", "cat0", "act0", "hr_records")
         n = 200_000
         t0 = time.perf_counter()
         for i in range(n):
             user, roles = population[i % len(population)]
-            engine.decide(user, roles, "sys0", "cat0", "act0")
+            engine.decide(user, roles, "sys0", "cat0", "act0", "hr_records")
         cached = (time.perf_counter() - t0) / n
         print(
             f"{f'{users} users / {rules} rules':<28} "

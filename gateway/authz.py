@@ -26,7 +26,7 @@ from gateway.errors import PolicyError
 
 log = logging.getLogger(__name__)
 
-REQUEST_FIELDS = ("sub", "sys", "cat", "act")
+REQUEST_FIELDS = ("sub", "sys", "cat", "act", "pur")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,7 @@ class PolicyEngine:
     ) -> None:
         self._enforcer = enforcer
         self.version = version
-        self._cache: dict[tuple[str | None, tuple[str, ...], str, str, str], Decision] = {}
+        self._cache: dict[tuple[str | None, tuple[str, ...], str, str, str, str], Decision] = {}
         self._cache_size = cache_size
         self._on_cache = on_cache or (lambda hit: None)
         grouping = enforcer.get_grouping_policy()
@@ -87,27 +87,39 @@ class PolicyEngine:
         return cls(enforcer, version, cache_size=cache_size, on_cache=on_cache)
 
     def decide(
-        self, user: str, roles: tuple[str, ...], system: str, category: str, action: str
+        self,
+        user: str,
+        roles: tuple[str, ...],
+        system: str,
+        category: str,
+        action: str,
+        purpose: str,
     ) -> Decision:
         member = user if user in self._mapped_members else None
-        key = (member, roles, system, category, action)
+        key = (member, roles, system, category, action, purpose)
         cached = self._cache.get(key)
         if cached is not None:
             self._on_cache(True)
             return cached
         self._on_cache(False)
-        decision = self._decide_uncached(member, roles, system, category, action)
+        decision = self._decide_uncached(member, roles, system, category, action, purpose)
         if len(self._cache) >= self._cache_size:
             self._cache.clear()
         self._cache[key] = decision
         return decision
 
     def _decide_uncached(
-        self, member: str | None, roles: tuple[str, ...], system: str, category: str, action: str
+        self,
+        member: str | None,
+        roles: tuple[str, ...],
+        system: str,
+        category: str,
+        action: str,
+        purpose: str,
     ) -> Decision:
         subjects = roles if member is None else (member, *roles)
         for subject in subjects:
-            allowed, explain = self._enforcer.enforce_ex(subject, system, category, action)
+            allowed, explain = self._enforcer.enforce_ex(subject, system, category, action, purpose)
             if allowed:
                 rule = "p, " + ", ".join(explain) if explain else ""
                 return Decision(True, rule, self.version)
@@ -117,7 +129,14 @@ class PolicyEngine:
         """Every rule in force, as ("p", role, system, category, action) or ("g", member, role)."""
         p = {("p", *row) for row in self._enforcer.get_policy()}
         g = {("g", *row) for row in self._enforcer.get_grouping_policy()}
-        return frozenset(p | g)
+        g2 = {("g2", *row) for row in self._purpose_rules()}
+        return frozenset(p | g | g2)
+
+    def _purpose_rules(self) -> list[list[str]]:
+        if "g2" not in self._enforcer.get_model().model.get("g", {}):
+            return []
+        rows: list[list[str]] = self._enforcer.get_named_grouping_policy("g2")
+        return rows
 
     def roles_of(self, member: str) -> list[str]:
         """Roles a `g` rule maps this member (user or IdP group) to, transitively."""
@@ -136,10 +155,10 @@ def permission_changes(old: PolicyEngine, new: PolicyEngine) -> list[Change]:
     """One entry per effective change between two policies (9.2.7), in a stable order."""
     out = []
     for rule in sorted(new.rules() - old.rules()):
-        kind = "rule_added" if rule[0] == "p" else "role_assigned"
+        kind = {"p": "rule_added", "g": "role_assigned", "g2": "purpose_added"}[rule[0]]
         out.append(_change(kind, rule, "", rule_text(rule), old.version, new.version))
     for rule in sorted(old.rules() - new.rules()):
-        kind = "rule_removed" if rule[0] == "p" else "role_unassigned"
+        kind = {"p": "rule_removed", "g": "role_unassigned", "g2": "purpose_removed"}[rule[0]]
         out.append(_change(kind, rule, rule_text(rule), "", old.version, new.version))
     return out
 
@@ -147,7 +166,7 @@ def permission_changes(old: PolicyEngine, new: PolicyEngine) -> list[Change]:
 def _change(
     kind: str, rule: tuple[str, ...], before: str, after: str, v_old: str, v_new: str
 ) -> Change:
-    role = rule[1] if rule[0] == "p" else rule[2]
+    role = rule[2] if rule[0] == "g" else rule[1]
     user = rule[1] if rule[0] == "g" else ""
     key = f"{v_old}|{v_new}|{kind}|{rule_text(rule)}"
     return (kind, role, user, before, after, hashlib.sha256(key.encode()).hexdigest()[:32])

@@ -26,6 +26,9 @@ from gateway.errors import ConfigError
 # that carries no personal data. Biometric data is not processed (2.4), so it has no category.
 CATEGORIES = ("employee", "employee_health", "counterparty", "site_visitor", "none")
 ACTIONS = ("read", "create", "update", "delete", "export", "block")
+# 3.2: the purposes of processing. Each route serves one; grants apply within a job function's
+# purposes only (4.2: compatible purposes; 4.3: no merging across incompatible ones).
+PURPOSES = {"hr_records": "3.2.1", "contracts": "3.2.2", "site_visitors": "3.2.3"}
 DEFAULT_ACTIONS: Mapping[str, str] = {
     "GET": "read",
     "HEAD": "read",
@@ -169,6 +172,7 @@ class Route:
     system: str
     category: str
     actions: Mapping[str, str]
+    purpose: str = ""
     methods: frozenset[str] | None = None
     subject: SubjectRule | None = None
 
@@ -564,6 +568,7 @@ def _parse_routes(
             problems.add(r.key("upstream"), f"no upstream named {upstream!r} under upstreams")
         system = r.get("system", str, ..., _name_check)
         category = r.get("category", str, ..., _one_of(CATEGORIES))
+        purpose = r.get("purpose", str, ..., _one_of(tuple(PURPOSES)))
         methods = r.get("methods", list, None)
         method_set = frozenset(str(m).upper() for m in methods) if methods else None
 
@@ -592,6 +597,7 @@ def _parse_routes(
                 system=system,
                 category=category,
                 actions=actions,
+                purpose=purpose or "",
                 methods=method_set,
                 subject=subject,
             )

@@ -183,7 +183,12 @@ class Pipeline:
 
         try:
             ctx.decision = self._policies.engine.decide(
-                ctx.principal.user, ctx.principal.roles, route.system, route.category, ctx.action
+                ctx.principal.user,
+                ctx.principal.roles,
+                route.system,
+                route.category,
+                ctx.action,
+                route.purpose,
             )
         except Exception:
             log.exception("authorisation failed")

@@ -18,10 +18,10 @@ from typing import Any
 import yaml
 
 from gateway.authz import PolicyEngine
-from gateway.config import ACTIONS, CATEGORIES
+from gateway.config import ACTIONS, CATEGORIES, PURPOSES
 from gateway.errors import PolicyError
 
-Resource = tuple[str, str, str]  # system, category, action
+Resource = tuple[str, str, str, str]  # system, category, action, purpose
 WILDCARDS = ("*", "all", "any", ".*")
 
 
@@ -54,12 +54,15 @@ def read_rules(policy: Path) -> tuple[list[Rule], list[Problem]]:
             f.strip() for f in next(csv.reader(io.StringIO(text), skipinitialspace=True))
         )
         kind = fields_[0]
-        if (kind == "p" and len(fields_) == 5) or (kind == "g" and len(fields_) == 3):
+        if (kind == "p" and len(fields_) == 5) or (kind in ("g", "g2") and len(fields_) == 3):
             rules.append(Rule(kind, fields_[1:], n))
         else:
             problems.append(
                 Problem(
-                    policy, n, "expected 'p, role, system, category, action' or 'g, member, role'"
+                    policy,
+                    n,
+                    "expected 'p, role, system, category, action', 'g, member, role' "
+                    "or 'g2, role, purpose'",
                 )
             )
     return rules, problems
@@ -99,11 +102,18 @@ def check(
                 Problem(policy, r.line, "wildcards grant everything: name each grant (4.4)")
             )
             continue
-        if r.kind == "g":
-            _, role = r.fields
+        if r.kind in ("g", "g2"):
+            role = r.fields[1] if r.kind == "g" else r.fields[0]
             if role not in roles:
                 problems.append(
                     Problem(policy, r.line, f"role {role!r} has no grant (no p rule names it)")
+                )
+            if r.kind == "g2" and r.fields[1] not in PURPOSES:
+                known_purposes = ", ".join(PURPOSES)
+                problems.append(
+                    Problem(
+                        policy, r.line, f"unknown purpose {r.fields[1]!r}; one of {known_purposes}"
+                    )
                 )
             continue
         role, system, category, action = r.fields
@@ -129,6 +139,12 @@ def check(
                     f"only {', '.join(sorted(allowed))} may be granted it",
                 )
             )
+    # 4.2: a grant applies only within the job function's purposes; a role with none is inert.
+    with_purpose = {r.fields[0] for r in rules if r.kind == "g2"}
+    for role in sorted(roles - with_purpose):
+        line = min(r.line for r in p_rules if r.fields[0] == role)
+        hint = f"add 'g2, {role}, <purpose>'"
+        problems.append(Problem(policy, line, f"role {role!r} works for no purpose: {hint}"))
     # Nobody reads everything: no role may read every category the policy grants reads on.
     readable = {
         (r.fields[1], r.fields[2])
@@ -153,7 +169,11 @@ def check(
 
 
 def resources(rules: Iterable[Rule]) -> set[Resource]:
-    return {(r.fields[1], r.fields[2], r.fields[3]) for r in rules if r.kind == "p"}
+    """Every granted (system, category, action) under every purpose the policy names."""
+    rules = list(rules)
+    purposes = {r.fields[1] for r in rules if r.kind == "g2"}
+    grants = {(r.fields[1], r.fields[2], r.fields[3]) for r in rules if r.kind == "p"}
+    return {(*g, p) for g in grants for p in purposes}
 
 
 def subjects(rules: Iterable[Rule]) -> tuple[set[str], set[str]]:
@@ -214,12 +234,16 @@ def roster(model: Path, policy: Path) -> list[dict[str, Any]]:
     by_member = effective_access(engine, members, resources(rules))
     rows = []
     for res in sorted(resources(rules)):
+        functions = sorted(r for r, grants in by_role.items() if res in grants)
+        if not functions:
+            continue  # nobody may do this for this purpose
         rows.append(
             {
                 "system": res[0],
                 "category": res[1],
                 "action": res[2],
-                "job_functions": sorted(r for r, grants in by_role.items() if res in grants),
+                "purpose": res[3],
+                "job_functions": functions,
                 "mapped_members": sorted(m for m, grants in by_member.items() if res in grants),
             }
         )
@@ -256,7 +280,12 @@ def load_cases(directory: Path) -> tuple[list[Case], list[Problem]]:
                         name=str(item["name"]),
                         roles=tuple(item.get("roles", [])),
                         user=str(item.get("user", "test-user")),
-                        resource=(str(item["system"]), str(item["category"]), str(item["action"])),
+                        resource=(
+                            str(item["system"]),
+                            str(item["category"]),
+                            str(item["action"]),
+                            str(item["purpose"]),
+                        ),
                         expect=str(item["expect"]),
                         file=path,
                     )
@@ -268,7 +297,8 @@ def load_cases(directory: Path) -> tuple[list[Case], list[Problem]]:
                     Problem(
                         path,
                         0,
-                        f"case {i}: needs name, system, category, action, expect: allow|deny ({e})",
+                        f"case {i}: needs name, system, category, action, purpose, "
+                        f"expect: allow|deny ({e})",
                     )
                 )
     return cases, problems

@@ -140,11 +140,21 @@ async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Upst
 
 
 ROUTES: list[dict[str, Any]] = [
+    # Site visitors' data offered for another purpose (contracts): 4.2 decides, not the category.
+    {
+        "name": "site-leads-for-sales",
+        "prefix": "/site/leads-for-sales",
+        "upstream": "site",
+        "system": "site",
+        "purpose": "contracts",
+        "category": "site_visitor",
+    },
     {
         "name": "hr-employees",
         "prefix": "/hr/employees",
         "upstream": "hr",
         "system": "hr",
+        "purpose": "hr_records",
         "category": "employee",
         "subject": {"path": "/hr/employees/{id}"},
     },
@@ -153,6 +163,7 @@ ROUTES: list[dict[str, Any]] = [
         "prefix": "/hr/medical",
         "upstream": "hr",
         "system": "hr",
+        "purpose": "hr_records",
         "category": "employee_health",
         "subject": {"path": "/hr/medical/{id}"},
     },
@@ -163,6 +174,7 @@ ROUTES: list[dict[str, Any]] = [
         "actions": {"GET": "export"},
         "upstream": "hr",
         "system": "hr",
+        "purpose": "hr_records",
         "category": "employee",
     },
     {
@@ -170,6 +182,7 @@ ROUTES: list[dict[str, Any]] = [
         "prefix": "/crm/counterparties",
         "upstream": "crm",
         "system": "crm",
+        "purpose": "contracts",
         "category": "counterparty",
         "subject": {"path": "/crm/counterparties/{id}"},
     },
@@ -180,6 +193,7 @@ ROUTES: list[dict[str, Any]] = [
         "actions": {"GET": "export"},
         "upstream": "crm",
         "system": "crm",
+        "purpose": "contracts",
         "category": "counterparty",
     },
     {
@@ -189,6 +203,7 @@ ROUTES: list[dict[str, Any]] = [
         "actions": {"POST": "block"},
         "upstream": "crm",
         "system": "crm",
+        "purpose": "contracts",
         "category": "counterparty",
         "subject": {"path": "/crm/block/{id}"},
     },
@@ -199,6 +214,7 @@ ROUTES: list[dict[str, Any]] = [
         "actions": {"POST": "block"},
         "upstream": "hr",
         "system": "hr",
+        "purpose": "hr_records",
         "category": "employee",
     },
     {
@@ -208,6 +224,7 @@ ROUTES: list[dict[str, Any]] = [
         "actions": {"POST": "block"},
         "upstream": "hr",
         "system": "hr",
+        "purpose": "hr_records",
         "category": "employee_health",
     },
     {
@@ -215,6 +232,7 @@ ROUTES: list[dict[str, Any]] = [
         "prefix": "/site/leads",
         "upstream": "site",
         "system": "site",
+        "purpose": "site_visitors",
         "category": "site_visitor",
         "subject": {"query": "lead_id"},
     },
@@ -225,6 +243,7 @@ ROUTES: list[dict[str, Any]] = [
         "actions": {"POST": "block"},
         "upstream": "site",
         "system": "site",
+        "purpose": "site_visitors",
         "category": "site_visitor",
     },
     {
@@ -234,6 +253,7 @@ ROUTES: list[dict[str, Any]] = [
         "actions": {"GET": "export"},
         "upstream": "site",
         "system": "site",
+        "purpose": "site_visitors",
         "category": "site_visitor",
     },
     {
@@ -242,6 +262,7 @@ ROUTES: list[dict[str, Any]] = [
         "methods": ["GET"],
         "upstream": "crm",
         "system": "crm",
+        "purpose": "contracts",
         "category": "none",
     },
 ]

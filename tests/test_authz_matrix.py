@@ -133,3 +133,21 @@ async def test_route_without_personal_data_is_still_deny_by_default_and_not_audi
         await gw.client.get("/crm/catalog", headers={"Authorization": f"Bearer {denied}"})
     ).status == 403
     assert spool_events(gw.spool_dir) == []
+
+
+async def test_a_request_outside_the_job_functions_purposes_is_refused_though_the_category_matches(
+    gw: Gw, upstream: Upstream, keys: Keys
+) -> None:
+    """4.2, 4.3: web_editor reads site visitors to inform them (3.2.3); the same data offered on a
+    route serving contracts (3.2.2) is refused. sales_manager works for both purposes."""
+    editor = {"Authorization": f"Bearer {keys.token('erin', ['web_editor'])}"}
+    sales = {"Authorization": f"Bearer {keys.token('carol', ['sales_manager'])}"}
+    assert (await gw.client.get("/site/leads?lead_id=l-1", headers=editor)).status == 200
+    assert (await gw.client.get("/site/leads-for-sales", headers=editor)).status == 403
+    assert (await gw.client.get("/site/leads-for-sales", headers=sales)).status == 200
+    refused = spool_events(gw.spool_dir)[1]
+    assert (refused["route"], refused["decision"], refused["category"]) == (
+        "site-leads-for-sales",
+        "deny",
+        "site_visitor",
+    )

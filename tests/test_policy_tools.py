@@ -74,7 +74,7 @@ def test_shipped_policy_test_suite_passes_and_covers_every_job_function() -> Non
 
 def test_a_failing_policy_case_fails_the_run(policies: Path) -> None:
     (policies / "tests" / "wrong.yaml").write_text(
-        "- {name: accountant reads health data, roles: [accountant], system: hr, category: employee_health, action: read, expect: allow}\n"
+        "- {name: accountant reads health data, roles: [accountant], system: hr, purpose: hr_records, category: employee_health, action: read, expect: allow}\n"
     )
     out = run_cli("policy", "test", "--policies", str(policies))
     assert out.returncode == 1
@@ -129,21 +129,26 @@ def test_explain_shows_route_action_decision_and_rule() -> None:
 def test_diff_that_maps_a_user_to_a_role_shows_exactly_that_gain(policies: Path) -> None:
     new = policies / "new.csv"
     new.write_text((policies / "policy.csv").read_text() + "g, carol, accountant\n")
-    out = run_cli(
+    args = (
         "policy",
         "diff",
         str(policies / "policy.csv"),
         str(new),
         "--model",
         str(policies / "model.conf"),
-        "--json",
     )
-    assert out.returncode == 0, out.stderr
-    delta = json.loads(out.stdout)
+    delta = json.loads(run_cli(*args, "--json", "--config", str(DEMO)).stdout)
+    # accountant's grants, within the purposes the routes serve them for (4.2)
     assert delta == {
-        "gains": [["carol", "crm", "counterparty", "read"], ["carol", "hr", "employee", "read"]],
+        "gains": [
+            ["carol", "crm", "counterparty", "read", "contracts"],
+            ["carol", "hr", "employee", "read", "hr_records"],
+        ],
         "losses": [],
     }
+    # Without routes to narrow it, every purpose accountant works for.
+    everything = json.loads(run_cli(*args, "--json").stdout)
+    assert len(everything["gains"]) == 4 and all(g[0] == "carol" for g in everything["gains"])
 
 
 def test_diff_shows_losses_of_a_removed_grant_for_the_role_and_its_members(policies: Path) -> None:
@@ -152,22 +157,50 @@ def test_diff_shows_losses_of_a_removed_grant_for_the_role_and_its_members(polic
     removed = "p, sales_manager, site, site_visitor, read"
     kept = [line for line in old.read_text().splitlines() if line != removed]
     new.write_text("\n".join(kept) + "\n")
-    out = run_cli("policy", "diff", str(old), str(new), "--model", str(policies / "model.conf"))
+    out = run_cli(
+        "policy",
+        "diff",
+        str(old),
+        str(new),
+        "--model",
+        str(policies / "model.conf"),
+        "--config",
+        str(DEMO),
+    )
     assert out.stdout.splitlines() == [
-        "- idp-group-sales loses read on site/site_visitor",
-        "- sales_manager loses read on site/site_visitor",
+        "- idp-group-sales loses read on site/site_visitor for site_visitors",
+        "- sales_manager loses read on site/site_visitor for site_visitors",
     ]
 
 
-def test_roster_lists_who_may_access_each_category() -> None:
-    out = run_cli("policy", "roster", "--format", "json")
-    rows = {(r["system"], r["category"], r["action"]): r for r in json.loads(out.stdout)}
-    assert rows[("hr", "employee_health", "read")]["job_functions"] == ["hr_officer"]
-    assert rows[("hr", "employee_health", "read")]["mapped_members"] == ["idp-group-hr"]
-    assert rows[("crm", "counterparty", "read")]["job_functions"] == [
+def test_roster_lists_who_may_access_each_category_for_which_purpose() -> None:
+    out = run_cli("policy", "roster", "--format", "json", "--config", str(DEMO))
+    rows = {
+        (r["system"], r["category"], r["action"], r["purpose"]): r for r in json.loads(out.stdout)
+    }
+    assert rows[("hr", "employee_health", "read", "hr_records")]["job_functions"] == ["hr_officer"]
+    assert rows[("hr", "employee_health", "read", "hr_records")]["mapped_members"] == [
+        "idp-group-hr"
+    ]
+    assert rows[("crm", "counterparty", "read", "contracts")]["job_functions"] == [
         "accountant",
         "sales_manager",
         "support_agent",
     ]
+    assert {k[3] for k in rows} == {"hr_records", "contracts", "site_visitors"}
+    assert all(
+        (s, c, p)
+        in {
+            ("hr", "employee", "hr_records"),
+            ("hr", "employee_health", "hr_records"),
+            ("crm", "counterparty", "contracts"),
+            ("crm", "none", "contracts"),
+            ("site", "site_visitor", "site_visitors"),
+        }
+        for s, c, _, p in rows
+    )
     csv_out = run_cli("policy", "roster", "--format", "csv")
-    assert csv_out.stdout.splitlines()[0] == "system,category,action,job_functions,mapped_members"
+    assert (
+        csv_out.stdout.splitlines()[0]
+        == "system,category,action,purpose,job_functions,mapped_members"
+    )

@@ -55,6 +55,7 @@ def run_routes(args: argparse.Namespace) -> int:
             "upstream_url": r.upstream_url,
             "system": r.system,
             "category": r.category,
+            "purpose": r.purpose,
             "actions": dict(sorted(r.actions.items())),
             "subject": _subject(r),
         }
@@ -63,7 +64,7 @@ def run_routes(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = ("NAME", "PREFIX", "UPSTREAM", "SYSTEM", "CATEGORY", "ACTIONS", "SUBJECT")
+    header = ("NAME", "PREFIX", "UPSTREAM", "SYSTEM", "CATEGORY", "PURPOSE", "ACTIONS", "SUBJECT")
     table: list[tuple[str, ...]] = [header] + [
         (
             r["name"],
@@ -71,6 +72,7 @@ def run_routes(args: argparse.Namespace) -> int:
             f"{r['upstream']} ({r['upstream_url']})",
             r["system"],
             r["category"],
+            r["purpose"],
             " ".join(f"{m}={a}" for m, a in r["actions"].items()),
             r["subject"],
         )

@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway import config, policy_tools
 from gateway.authz import PolicyEngine
+from gateway.config import PURPOSES
 from gateway.errors import BadRequest
 from gateway.routing import RouteTable, canonical_path, subject_ids
 
@@ -48,11 +49,17 @@ def register(sub: Any) -> None:
     d.add_argument("new")
     d.add_argument("--model", default=f"{DEFAULT_DIR}/model.conf")
     d.add_argument("--json", action="store_true")
+    d.add_argument(
+        "--config", help="show only the system/category/purpose combinations routes serve"
+    )
     d.set_defaults(run=run_diff)
 
     r = psub.add_parser("roster", help="who may access each personal-data category (9.2.3, 9.3.12)")
     common(r)
     r.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    r.add_argument(
+        "--config", help="list only the system/category/purpose combinations routes serve"
+    )
     r.set_defaults(run=run_roster)
 
 
@@ -120,8 +127,9 @@ def run_explain(args: argparse.Namespace) -> int:
 
     query = dict(parse_qsl(raw.partition("?")[2]))
     roles = tuple(sorted({r.strip() for r in args.roles.split(",") if r.strip()}))
-    d = engine.decide(args.user, roles, route.system, route.category, action)
+    d = engine.decide(args.user, roles, route.system, route.category, action, route.purpose)
     print(f"resource  {route.system}/{route.category}  action {action}")
+    print(f"purpose   {route.purpose} ({PURPOSES[route.purpose]})")
     print(f"subjects  {', '.join(subject_ids(route, path, query)) or '-'}")
     print(f"decision  {'ALLOW' if d.allowed else 'DENY (no rule grants it)'}")
     print(f"rule      {d.rule or '-'}")
@@ -131,6 +139,10 @@ def run_explain(args: argparse.Namespace) -> int:
 
 def run_diff(args: argparse.Namespace) -> int:
     delta = policy_tools.diff(Path(args.model), Path(args.old), Path(args.new))
+    if args.config:
+        served = {(r.system, r.category, r.purpose) for r in config.load(args.config).routes}
+        delta.gains = [(s, r) for s, r in delta.gains if (r[0], r[1], r[3]) in served]
+        delta.losses = [(s, r) for s, r in delta.losses if (r[0], r[1], r[3]) in served]
     if args.json:
         print(
             json.dumps(
@@ -142,10 +154,10 @@ def run_diff(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    for s, (system, category, action) in delta.gains:
-        print(f"+ {s} gains {action} on {system}/{category}")
-    for s, (system, category, action) in delta.losses:
-        print(f"- {s} loses {action} on {system}/{category}")
+    for s, (system, category, action, purpose) in delta.gains:
+        print(f"+ {s} gains {action} on {system}/{category} for {purpose}")
+    for s, (system, category, action, purpose) in delta.losses:
+        print(f"- {s} loses {action} on {system}/{category} for {purpose}")
     if not delta.gains and not delta.losses:
         print("no change in effective access")
     return 0
@@ -154,27 +166,33 @@ def run_diff(args: argparse.Namespace) -> int:
 def run_roster(args: argparse.Namespace) -> int:
     model, policy = _files(args.policies)
     rows = policy_tools.roster(model, policy)
+    if args.config:
+        served = {(r.system, r.category, r.purpose) for r in config.load(args.config).routes}
+        rows = [r for r in rows if (r["system"], r["category"], r["purpose"]) in served]
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     elif args.format == "csv":
         w = csv.writer(sys.stdout)
-        w.writerow(["system", "category", "action", "job_functions", "mapped_members"])
+        w.writerow(["system", "category", "action", "purpose", "job_functions", "mapped_members"])
         for r in rows:
             w.writerow(
                 [
                     r["system"],
                     r["category"],
                     r["action"],
+                    r["purpose"],
                     " ".join(r["job_functions"]),
                     " ".join(r["mapped_members"]),
                 ]
             )
     else:
-        print(f"{'SYSTEM/CATEGORY':<24} {'ACTION':<7} JOB FUNCTIONS (MAPPED MEMBERS)")
+        print(
+            f"{'SYSTEM/CATEGORY':<24} {'ACTION':<7} {'PURPOSE':<14} JOB FUNCTIONS (MAPPED MEMBERS)"
+        )
         for r in rows:
             members = f" ({', '.join(r['mapped_members'])})" if r["mapped_members"] else ""
             print(
-                f"{r['system'] + '/' + r['category']:<24} {r['action']:<7} "
+                f"{r['system'] + '/' + r['category']:<24} {r['action']:<7} {r['purpose']:<14} "
                 f"{', '.join(r['job_functions'])}{members}"
             )
     return 0
