@@ -144,6 +144,11 @@ class Gateway:
                     source="file",
                     reason="policy files changed on disk",
                 )
+            lapse = self.policies.engine.next_expiry
+            if lapse is not None and time.time() >= lapse:
+                await self.reload_policy(
+                    actor="expiry", source="expiry", reason="a time-bound grant reached its end"
+                )
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

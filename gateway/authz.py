@@ -14,19 +14,54 @@ roles shares one entry. A reload builds a new engine with an empty cache and swa
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import casbin
+import yaml
 
 from gateway.errors import PolicyError
 
 log = logging.getLogger(__name__)
 
 REQUEST_FIELDS = ("sub", "sys", "cat", "act", "pur")
+EXPIRY_FILE = "expiry.yaml"
+
+
+def load_expiry(path: Path) -> dict[tuple[str, ...], float]:
+    """Time-bound grants: `"<rule as in policy.csv>": <UTC timestamp>` per line of expiry.yaml.
+
+    A rule listed here is in force until that time, then lapses by itself (a contractor's access
+    ends without anyone remembering to remove it); the lapse is recorded as a change (9.2.7)."""
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise PolicyError(f"{path}: invalid YAML") from e
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: must map rules to times")
+    out: dict[tuple[str, ...], float] = {}
+    for rule, when in data.items():
+        fields = tuple(f.strip() for f in str(rule).split(","))
+        if isinstance(when, str):
+            try:
+                when = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
+            except ValueError as e:
+                raise PolicyError(f"{path}: {rule!r}: {when!r} is not a time") from e
+        if not isinstance(when, dt.datetime):
+            raise PolicyError(f"{path}: {rule!r}: give a time like 2026-12-31T00:00:00Z")
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        if fields[0] not in ("p", "g", "g2"):
+            raise PolicyError(f"{path}: {rule!r}: not a rule (p, g or g2)")
+        out[fields] = when.timestamp()
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +89,7 @@ class PolicyEngine:
         # Members named on the left of a `g` rule: users (or IdP groups) with mapped roles.
         self._mapped_members = frozenset(row[0] for row in grouping)
         self.rule_count = len(enforcer.get_policy())
+        self.next_expiry: float | None = None  # when the next time-bound grant lapses
         self.grouping_count = len(grouping)
 
     @classmethod
@@ -83,8 +119,21 @@ class PolicyEngine:
         for n, row in enumerate(enforcer.get_policy(), 1):
             if len(row) != 4:
                 raise PolicyError(f"{policy}: policy rule {n} must have 4 fields: {row}")
-        version = hashlib.sha256(model_text + b"\0" + policy_text).hexdigest()[:12]
-        return cls(enforcer, version, cache_size=cache_size, on_cache=on_cache)
+        expiry = load_expiry(policy.parent / EXPIRY_FILE)
+        now = time.time()
+        lapsed = sorted(rule for rule, at in expiry.items() if at <= now)
+        enforcer.enable_auto_save(False)  # never write back to the policy file
+        for rule in lapsed:  # a time-bound grant past its end is not in force
+            if rule[0] == "p":
+                enforcer.remove_policy(*rule[1:])
+            else:
+                enforcer.remove_named_grouping_policy(rule[0], *rule[1:])
+        pending = [at for at in expiry.values() if at > now]
+        digest = hashlib.sha256(model_text + b"\0" + policy_text)
+        digest.update(repr(sorted(expiry.items())).encode() + repr(lapsed).encode())
+        engine = cls(enforcer, digest.hexdigest()[:12], cache_size=cache_size, on_cache=on_cache)
+        engine.next_expiry = min(pending) if pending else None
+        return engine
 
     def decide(
         self,
@@ -205,6 +254,8 @@ class PolicyStore:
         self.install(engine)
         return engine
 
-    def files_stamp(self) -> tuple[float, float]:
-        """Modification times of the model and policy files (for change watching)."""
-        return (self._model.stat().st_mtime, self._policy.stat().st_mtime)
+    def files_stamp(self) -> tuple[float, ...]:
+        """Modification times of the policy files (for change watching)."""
+        expiry = self._policy.parent / EXPIRY_FILE
+        extra = (expiry.stat().st_mtime,) if expiry.exists() else ()
+        return (self._model.stat().st_mtime, self._policy.stat().st_mtime, *extra)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from gateway.authz import PolicyEngine
+from gateway.authz import EXPIRY_FILE, PolicyEngine, load_expiry
 from gateway.config import ACTIONS, CATEGORIES, PURPOSES
 from gateway.errors import PolicyError
 
@@ -138,6 +138,19 @@ def check(
                     f"{category} is a special category (2.3): "
                     f"only {', '.join(sorted(allowed))} may be granted it",
                 )
+            )
+    # Time-bound grants must name rules of this policy.
+    expiry_path = policy.parent / EXPIRY_FILE
+    try:
+        expiry = load_expiry(expiry_path)
+    except PolicyError as e:
+        problems.append(Problem(expiry_path, 0, str(e)))
+        expiry = {}
+    present = {(r.kind, *r.fields) for r in rules}
+    for rule in expiry:
+        if rule not in present:
+            problems.append(
+                Problem(expiry_path, 0, f"{', '.join(rule)!r} is not a rule of {policy.name}")
             )
     # 4.2: a grant applies only within the job function's purposes; a role with none is inert.
     with_purpose = {r.fields[0] for r in rules if r.kind == "g2"}

@@ -12,7 +12,7 @@ import aiohttp
 from gateway.app import GATEWAY
 from gateway.audit.chserver import ClickHouseServer
 from gateway.audit.factory import open_store
-from tests.conftest import POLICIES, GatewayFactory, Keys, Upstream, spool_records
+from tests.conftest import POLICIES, GatewayFactory, Keys, Upstream, run_cli, spool_records
 from tests.process import run_gateway
 from tests.stores import count, fresh_database, store_config, store_section, wait_for
 
@@ -301,3 +301,37 @@ async def test_policy_api_is_off_unless_admin_roles_are_configured(
     assert (
         await admin.put("/admin/policy", json={"policy": "x", "reason": "y"}, headers=sec)
     ).status == 404
+
+
+async def test_a_time_bound_grant_lapses_by_itself_and_the_lapse_is_recorded(
+    make_gateway: GatewayFactory, upstream: Upstream, keys: Keys, tmp_path: Path
+) -> None:
+    import datetime as dt
+
+    policies = copy_policies(tmp_path)
+    edit(policies / "policy.csv", add="g, ivan, accountant")  # a contractor, for a while
+    ends = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1.5)
+    (policies / "expiry.yaml").write_text(f'"g, ivan, accountant": "{ends.isoformat()}"\n')
+    assert run_cli("policy", "check", "--policies", str(policies)).returncode == 0
+    gw = await make_gateway(upstream.url, authz=authz(policies, 0.05))
+    ivan = {"Authorization": f"Bearer {keys.token('ivan', [])}"}
+    assert (await gw.client.get("/hr/employees/1", headers=ivan)).status == 200
+    await asyncio.sleep(max(0.0, (ends - dt.datetime.now(dt.UTC)).total_seconds()) + 0.3)
+    assert (await gw.client.get("/hr/employees/1", headers=ivan)).status == 403
+    (change,) = [r for r in spool_records(gw.spool_dir) if r["kind"] == "permission_change"]
+    assert (change["change_kind"], change["user"], change["role"], change["source"]) == (
+        "role_unassigned",
+        "ivan",
+        "accountant",
+        "expiry",
+    )
+    assert (policies / "policy.csv").read_text().count("g, ivan, accountant") == 1  # file untouched
+
+
+def test_policy_check_refuses_an_expiry_for_a_rule_that_does_not_exist(tmp_path: Path) -> None:
+    policies = copy_policies(tmp_path)
+    (policies / "expiry.yaml").write_text('"g, nobody, accountant": "2030-01-01T00:00:00Z"\n')
+    out = run_cli("policy", "check", "--policies", str(policies))
+    assert (
+        out.returncode == 1 and "'g, nobody, accountant' is not a rule of policy.csv" in out.stderr
+    )
