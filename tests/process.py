@@ -45,6 +45,23 @@ class GatewayProcess:
         return self.proc.wait(timeout=30)
 
 
+def _wait_ready(gp: GatewayProcess, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(gp.admin + "/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        if gp.proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    gp.proc.kill()
+    gp.proc.wait()
+    return False
+
+
 @contextmanager
 def run_gateway(
     tmp_path: Path,
@@ -54,33 +71,27 @@ def run_gateway(
     preexec: Callable[[], None] | None = None,
     **overrides: Any,
 ) -> Iterator[GatewayProcess]:
-    proxy_port, admin_port = free_port(), free_port()
-    data = config_dict(tmp_path, upstream_url, **overrides)
-    data["listen"] = {"proxy": {"port": proxy_port}, "admin": {"port": admin_port}}
-    path = write_config(tmp_path, data, keys)
-    log = (tmp_path / "gateway.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        preexec_fn=preexec,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-    )
-    gp = GatewayProcess(proc, proxy_port, admin_port, Path(data["audit"]["spool_dir"]))
+    for attempt in range(3):  # ports chosen free can be taken before the gateway binds them
+        proxy_port, admin_port = free_port(), free_port()
+        data = config_dict(tmp_path, upstream_url, **overrides)
+        data["listen"] = {"proxy": {"port": proxy_port}, "admin": {"port": admin_port}}
+        path = write_config(tmp_path, data, keys)
+        log = (tmp_path / "gateway.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        gp = GatewayProcess(proc, proxy_port, admin_port, Path(data["audit"]["spool_dir"]))
+        if _wait_ready(gp):
+            break
+        log.close()
+        text = (tmp_path / "gateway.log").read_text()
+        if "address already in use" not in text.lower() or attempt == 2:
+            raise AssertionError("gateway did not start:\n" + text)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(gp.admin + "/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    "gateway did not start:\n" + (tmp_path / "gateway.log").read_text()
-                )
-            time.sleep(0.05)
         yield gp
     finally:
         if proc.poll() is None:

@@ -70,14 +70,34 @@ class ClickHouseServer:
         self.tcp_port = _free_port()
         self.http_port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._started = False
         for sub in ("log", "data", "tmp", "user_files", "format_schemas"):
             (directory / sub).mkdir(parents=True, exist_ok=True)
-        (directory / "config.xml").write_text(
-            CONFIG.format(d=directory, tcp=self.tcp_port, http=self.http_port, inter=_free_port())
-        )
+        self._write_config()
         (directory / "users.xml").write_text(USERS)
 
+    def _write_config(self) -> None:
+        (self.directory / "config.xml").write_text(
+            CONFIG.format(
+                d=self.directory, tcp=self.tcp_port, http=self.http_port, inter=_free_port()
+            )
+        )
+
     def start(self, timeout: float = 30.0) -> None:
+        """Start (or restart, on the same ports). A first start whose ports were taken between
+        choosing and binding them tries again on new ones."""
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+                self._started = True
+                return
+            except RuntimeError:
+                if self._started or attempt == 2:
+                    raise
+                self.tcp_port, self.http_port = _free_port(), _free_port()
+                self._write_config()
+
+    def _start(self, timeout: float) -> None:
         binary = SERVER if os.path.exists(SERVER) else str(shutil.which("clickhouse-server"))
         self.proc = subprocess.Popen(
             [binary, f"--config-file={self.directory / 'config.xml'}"],
