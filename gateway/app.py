@@ -9,11 +9,12 @@ pipeline that uses them.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -26,12 +27,14 @@ from gateway.audit.factory import open_store
 from gateway.audit.shipper import Shipper, ShipperMetrics
 from gateway.audit.spool import Spool, SpoolHooks
 from gateway.authz import PolicyEngine, PolicyStore, permission_changes
+from gateway.break_glass import BreakGlass, Session, describe, load_allowances
+from gateway.break_glass import change_id as break_glass_change_id
 from gateway.config import Config, StoreConfig
 from gateway.errors import AuthenticationError, PolicyError, SpoolUnavailable
 from gateway.identity import KeySet, Principal, TokenVerifier, file_fetcher, url_fetcher
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, error_middleware
-from gateway.policy_api import policy_put_handler
+from gateway.policy_api import break_glass_handler, policy_put_handler
 from gateway.proxy import Forwarder
 from gateway.role_changes import RoleTracker
 from gateway.routing import RouteTable
@@ -48,6 +51,7 @@ class Gateway:
     metrics: Metrics
     spool: Spool
     policies: PolicyStore
+    break_glass: BreakGlass = field(default_factory=lambda: BreakGlass({}))
     keys: KeySet | None = None
     verifier: TokenVerifier | None = None
     pipeline: Pipeline | None = None
@@ -128,6 +132,60 @@ class Gateway:
         )
         return True
 
+    async def start_break_glass(
+        self, principal: Principal, seconds: float, justification: str
+    ) -> Session:
+        """Open a break-glass session (PermissionError / ValueError if the policy forbids it);
+        it is recorded before it grants anything, SpoolUnavailable if it cannot be."""
+        session = self.break_glass.open(principal.user, principal.roles, seconds, justification)
+        until = dt.datetime.fromtimestamp(session.ends_at, dt.UTC).isoformat(timespec="seconds")
+        await self._record_break_glass(
+            session,
+            "started",
+            f"{describe(session.grants)} until {until}",
+            principal.user,
+            justification,
+        )
+        self.break_glass.activate(session)
+        self.metrics.break_glass_invocations.inc()
+        log.warning("break-glass session started", extra={"session": session.session_id})
+        return session
+
+    async def _record_break_glass(
+        self, session: Session, event: str, rule: str, actor: str, reason: str
+    ) -> None:
+        version = self.policies.engine.version
+        change = PermissionChange(
+            change_id=break_glass_change_id(session, event),
+            ts_us=time.time_ns() // 1000,
+            instance=self.cfg.instance_id,
+            actor=actor,
+            change_kind=f"break_glass_{event}",
+            role="",
+            user=session.user,
+            rule_before="" if event == "started" else rule,
+            rule_after=rule if event == "started" else "",
+            policy_version_before=version,
+            policy_version_after=version,
+            reason=reason,
+            source="break_glass",
+        )
+        await self.spool.append(change.record())
+
+    async def end_break_glass_sessions(self, interval: float = 0.5) -> None:
+        """Record the end of every session that reached it (the access ended by itself)."""
+        while True:
+            await asyncio.sleep(interval)
+            for s in self.break_glass.expired():
+                try:
+                    await self._record_break_glass(
+                        s, "ended", describe(s.grants), "expiry", "break-glass period ended"
+                    )
+                except SpoolUnavailable:
+                    log.error(
+                        "break-glass end could not be recorded", extra={"session": s.session_id}
+                    )
+
     async def watch_policy_files(self, interval: float) -> None:
         """Reload when the policy files change on disk (a deploy, a git pull)."""
         stamp = self.policies.files_stamp()
@@ -192,6 +250,8 @@ def build(
     )
     metrics.set_policy(policies.engine.version, policies.engine.rule_count)
     gw = Gateway(cfg=cfg, metrics=metrics, spool=spool, policies=policies)
+    gw.break_glass = BreakGlass(load_allowances(cfg.authz.policy.parent))
+    metrics.break_glass_active.set_function(lambda: gw.break_glass.active)
 
     proxy_app = web.Application(middlewares=[error_middleware(metrics=metrics)])
     proxy_app[GATEWAY] = gw
@@ -218,6 +278,9 @@ def build(
             special_categories=lint.get("special_categories"),
             apply=gw.apply_policy,
         ),
+    )
+    admin_app.router.add_post(
+        "/admin/break-glass", break_glass_handler(verify=verify, start=gw.start_break_glass)
     )
     admin_app[GATEWAY] = gw
     return proxy_app, admin_app
@@ -319,7 +382,9 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
         metrics=gw.metrics,
         role_tracker=roles,
+        break_glass=gw.break_glass,
     )
+    reaper = spawn(gw.end_break_glass_sessions(), name="break-glass-ends")
     watcher = None
     if cfg.authz.watch_interval_seconds > 0:
         watcher = spawn(
@@ -328,6 +393,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     if watcher is not None:
         watcher.cancel()
+    reaper.cancel()
     roles.save()
     await session.close()
 

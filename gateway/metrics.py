@@ -121,6 +121,18 @@ class Metrics:
             "Age of the oldest audit event not yet confirmed in the store (0 when caught up).",
             registry=registry,
         )
+        self.break_glass_active = Gauge(
+            "pdgw_break_glass_active", "Break-glass sessions in force now.", registry=registry
+        )
+        self.break_glass_invocations = Counter(
+            "pdgw_break_glass_invocations", "Break-glass sessions started.", registry=registry
+        )
+        self.break_glass_accesses = Counter(
+            "pdgw_break_glass_accesses",
+            "Requests allowed only by a break-glass session, by route.",
+            ["route"],
+            registry=registry,
+        )
         self.token_cache = Counter(
             "pdgw_token_cache",
             "Token verification cache lookups by result.",

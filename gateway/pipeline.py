@@ -27,6 +27,7 @@ from aiohttp import web
 from gateway.audit.events import COMPLETE, AccessEvent, Outcome
 from gateway.audit.spool import Spool
 from gateway.authz import Decision, PolicyStore
+from gateway.break_glass import BreakGlass
 from gateway.config import Config, Route
 from gateway.errors import AuthenticationError, BadRequest, GatewayError, SpoolUnavailable
 from gateway.identity import Principal, TokenVerifier, bearer_token
@@ -123,6 +124,7 @@ class Pipeline:
         forwarder: Forwarder,
         metrics: Metrics,
         role_tracker: RoleTracker | None = None,
+        break_glass: BreakGlass | None = None,
     ) -> None:
         self._cfg = cfg
         self._routes = routes
@@ -132,6 +134,7 @@ class Pipeline:
         self._forwarder = forwarder
         self._metrics = metrics
         self._roles = role_tracker
+        self._break_glass = break_glass
         self._instance = cfg.instance_id
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -193,6 +196,16 @@ class Pipeline:
         except Exception:
             log.exception("authorisation failed")
             await self._deny(ctx, 500, "internal_error", "internal error", "authz_error")
+        reason = "rule"
+        if not ctx.decision.allowed and self._break_glass is not None:
+            grant = (route.system, route.category, ctx.action, route.purpose)
+            session = self._break_glass.allows(ctx.principal.user, grant)
+            if session is not None:  # allowed only by an emergency session: flagged and counted
+                ctx.decision = Decision(
+                    True, f"break-glass:{session.session_id}", ctx.decision.policy_version
+                )
+                reason = "break_glass"
+                self._metrics.break_glass_accesses.labels(route.name).inc()
         if not ctx.decision.allowed:
             await self._deny(
                 ctx,
@@ -202,7 +215,7 @@ class Pipeline:
                 "no_matching_rule",
             )
 
-        event = self._event(ctx, "allow", "rule")
+        event = self._event(ctx, "allow", reason)
         if route.carries_personal_data:
             await self._record(ctx, event, "access")
         return await self._forward(request, ctx, event)

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway import policy_tools
 from gateway.authz import PolicyEngine
-from gateway.errors import AuthenticationError, PolicyError
+from gateway.errors import AuthenticationError, PolicyError, SpoolUnavailable
 from gateway.identity import Principal, bearer_token
 
 log = logging.getLogger(__name__)
@@ -126,5 +126,62 @@ def policy_put_handler(
                 message="the change cannot be recorded; not applied",
             )
         return _reply(200, rid, result="applied", policy_version=engine.version)
+
+    return handler
+
+
+def break_glass_handler(
+    *,
+    verify: Callable[[str], Awaitable[Principal]],
+    start: Callable[[Principal, float, str], Awaitable[Any]],
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """`POST /admin/break-glass` `{"minutes": N, "justification": "…"}` with the caller's token."""
+
+    async def handler(request: web.Request) -> web.Response:
+        rid = uuid.uuid4().hex
+        try:
+            principal = await verify(bearer_token(request.headers.get("Authorization")))
+        except AuthenticationError as e:
+            return _reply(401, rid, error="unauthenticated", message=e.public_message)
+        try:
+            body = await request.json()
+        except ValueError:
+            return _reply(400, rid, error="bad_request", message="body must be JSON")
+        body = body if isinstance(body, dict) else {}
+        minutes, justification = body.get("minutes"), body.get("justification")
+        if not isinstance(justification, str) or len(justification.strip()) < 10:
+            return _reply(
+                400,
+                rid,
+                error="bad_request",
+                message="justification: say why (10 characters at least)",
+            )
+        if not isinstance(minutes, int | float) or isinstance(minutes, bool):
+            return _reply(400, rid, error="bad_request", message="minutes: a number is required")
+        try:
+            session = await start(principal, float(minutes) * 60, justification.strip())
+        except PermissionError:
+            return _reply(
+                403,
+                rid,
+                error="forbidden",
+                message="the policy allows no break-glass access for your job function",
+            )
+        except ValueError as e:
+            return _reply(400, rid, error="bad_request", message=str(e))
+        except SpoolUnavailable:
+            return _reply(
+                503,
+                rid,
+                error="audit_unavailable",
+                message="the session cannot be recorded; not started",
+            )
+        return _reply(
+            200,
+            rid,
+            session=session.session_id,
+            ends_at=session.ends_at,
+            grants=[list(g) for g in sorted(session.grants)],
+        )
 
     return handler

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 from gateway.authz import EXPIRY_FILE, PolicyEngine, load_expiry
+from gateway.break_glass import FILE as BREAK_GLASS_FILE
+from gateway.break_glass import load_allowances
 from gateway.config import ACTIONS, CATEGORIES, PURPOSES
 from gateway.errors import PolicyError
 
@@ -152,6 +154,11 @@ def check(
             problems.append(
                 Problem(expiry_path, 0, f"{', '.join(rule)!r} is not a rule of {policy.name}")
             )
+    # Break-glass allowances must parse and name known categories, actions and purposes.
+    try:
+        load_allowances(policy.parent)
+    except PolicyError as e:
+        problems.append(Problem(policy.parent / BREAK_GLASS_FILE, 0, str(e)))
     # 4.2: a grant applies only within the job function's purposes; a role with none is inert.
     with_purpose = {r.fields[0] for r in rules if r.kind == "g2"}
     for role in sorted(roles - with_purpose):
