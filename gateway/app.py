@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -67,16 +68,32 @@ class Gateway:
     async def reload_policy(self, *, actor: str, source: str, reason: str) -> bool:
         """Load the policy files again and put them in force, recording every change (9.2.7).
 
-        An invalid policy is refused and the old one stays in force."""
+        A policy that fails `policy check` or does not load is refused; the old one stays."""
+        problems = [str(p) for p in self.lint_policy(self.cfg.authz.policy)]
+        engine = None
         try:
             engine = self.policies.candidate()
         except PolicyError as e:
+            problems.append(str(e))
+        if problems or engine is None:
             self.metrics.policy_reloads.labels("refused").inc()
             log.error(
-                "policy reload refused; previous policy stays in force", extra={"error": str(e)}
+                "policy reload refused; previous policy stays in force",
+                extra={"problems": problems[:10], "count": len(problems)},
             )
             return False
         return await self.apply_policy(engine, actor=actor, source=source, reason=reason)
+
+    def lint_policy(self, policy: Path) -> list[policy_tools.Problem]:
+        """`pd-gateway policy check` against this gateway's routes: what must hold before a policy
+        file is put in force (the admin API runs the same check)."""
+        lint = policy_tools.load_lint_settings(policy.parent)
+        return policy_tools.check(
+            self.cfg.authz.model,
+            policy,
+            known_resources={(r.system, r.category) for r in self.cfg.routes},
+            special_categories=lint.get("special_categories"),
+        )
 
     async def apply_policy(
         self,
@@ -266,7 +283,6 @@ def build(
             raise AuthenticationError("not_ready")
         return await gw.verifier.verify(token)
 
-    lint = policy_tools.load_lint_settings(cfg.authz.policy.parent)
     admin_app.router.add_put(
         "/admin/policy",
         policy_put_handler(
@@ -274,8 +290,7 @@ def build(
             admin_roles=cfg.authz.policy_admin_roles,
             model=cfg.authz.model,
             policy=cfg.authz.policy,
-            known_resources={(r.system, r.category) for r in cfg.routes},
-            special_categories=lint.get("special_categories"),
+            lint=gw.lint_policy,
             apply=gw.apply_policy,
         ),
     )

@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,7 @@ def policy_put_handler(
     admin_roles: Iterable[str],
     model: Path,
     policy: Path,
-    known_resources: set[tuple[str, str]],
-    special_categories: Mapping[str, Iterable[str]] | None,
+    lint: Callable[[Path], list[policy_tools.Problem]],
     apply: Apply,
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     allowed_roles = frozenset(admin_roles)
@@ -91,9 +90,7 @@ def policy_put_handler(
                 f.write(text if text.endswith("\n") else text + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-            problems = policy_tools.check(
-                model, tmp, known_resources=known_resources, special_categories=special_categories
-            )
+            problems = lint(tmp)
             if problems:
                 lines = [f"line {p.line}: {p.message}" for p in problems]
                 return _reply(

@@ -335,3 +335,49 @@ def test_policy_check_refuses_an_expiry_for_a_rule_that_does_not_exist(tmp_path:
     assert (
         out.returncode == 1 and "'g, nobody, accountant' is not a rule of policy.csv" in out.stderr
     )
+
+
+async def test_a_policy_file_that_fails_policy_check_is_not_put_in_force(
+    make_gateway: GatewayFactory, upstream: Upstream, keys: Keys, tmp_path: Path
+) -> None:
+    """It parses, but grants health data to accountants (2.3): the reload is refused like in the API."""
+    policies = copy_policies(tmp_path)
+    gw = await make_gateway(upstream.url, authz=authz(policies, 0))
+    gateway = gw.client.app[GATEWAY]  # type: ignore[index]
+    version = gateway.policies.engine.version
+    edit(policies / "policy.csv", add="p, accountant, hr, employee_health, read")
+    assert await gateway.reload_policy(actor="test", source="file", reason="test") is False
+    assert gateway.policies.engine.version == version
+    bob = {"Authorization": f"Bearer {keys.token('bob', ['accountant'])}"}
+    assert (await gw.client.get("/hr/medical/1", headers=bob)).status == 403
+
+
+async def test_sighup_reloads_the_policy_in_a_running_gateway(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    import signal
+
+    from tests.process import run_gateway
+
+    policies = copy_policies(tmp_path)
+    carol = {"Authorization": f"Bearer {keys.token('carol', [])}"}
+    with run_gateway(tmp_path, keys, upstream.url, authz=authz(policies, 0)) as gp:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{gp.url}/hr/employees/1", headers=carol) as r:
+                assert r.status == 403
+            edit(policies / "policy.csv", add="g, carol, accountant")
+            await asyncio.sleep(0.2)  # no watcher: nothing changes until the signal
+            async with s.get(f"{gp.url}/hr/employees/1", headers=carol) as r:
+                assert r.status == 403
+            gp.proc.send_signal(signal.SIGHUP)
+            for _ in range(50):
+                async with s.get(f"{gp.url}/hr/employees/1", headers=carol) as r:
+                    if r.status == 200:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("SIGHUP did not reload the policy")
+    changes = [c for c in spool_records(gp.spool) if c["kind"] == "permission_change"]
+    assert [(c["actor"], c["rule_after"]) for c in changes] == [
+        ("signal:SIGHUP", "g, carol, accountant")
+    ]
