@@ -48,7 +48,11 @@ def read_rules(policy: Path) -> tuple[list[Rule], list[Problem]]:
     """The rules of a policy CSV with their line numbers (comments and blank lines skipped)."""
     rules: list[Rule] = []
     problems: list[Problem] = []
-    for n, line in enumerate(policy.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = policy.read_text(encoding="utf-8")
+    except OSError as e:
+        raise PolicyError(f"{policy}: cannot read policy file: {e.strerror}") from e
+    for n, line in enumerate(text.splitlines(), 1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -86,7 +90,10 @@ def check(
     special_categories: Mapping[str, Iterable[str]] | None = None,
 ) -> list[Problem]:
     """Every problem with the policy, each naming file and line; empty means it may be applied."""
-    rules, problems = read_rules(policy)
+    try:
+        rules, problems = read_rules(policy)
+    except PolicyError as e:
+        return [Problem(policy, 0, str(e))]
     try:
         PolicyEngine.load(model, policy)
     except PolicyError as e:

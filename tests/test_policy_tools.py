@@ -204,3 +204,14 @@ def test_roster_lists_who_may_access_each_category_for_which_purpose() -> None:
         csv_out.stdout.splitlines()[0]
         == "system,category,action,purpose,job_functions,mapped_members"
     )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("diff", "missing-old.csv", "missing-new.csv"), ("roster", "--policies", "no-such-dir")],
+)
+def test_commands_name_a_missing_policy_file_and_fail(command: tuple[str, ...]) -> None:
+    out = run_cli("policy", *command)
+    assert out.returncode == 2
+    assert "cannot read policy file" in out.stderr
+    assert command[1] in out.stderr or command[2] in out.stderr
