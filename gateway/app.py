@@ -87,7 +87,10 @@ class Gateway:
     def lint_policy(self, policy: Path) -> list[policy_tools.Problem]:
         """`pd-gateway policy check` against this gateway's routes: what must hold before a policy
         file is put in force (the admin API runs the same check)."""
-        lint = policy_tools.load_lint_settings(policy.parent)
+        try:
+            lint = policy_tools.load_lint_settings(policy.parent)
+        except PolicyError as e:
+            return [policy_tools.Problem(policy.parent / "lint.yaml", 0, str(e))]
         return policy_tools.check(
             self.cfg.authz.model,
             policy,

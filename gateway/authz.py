@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import casbin
 import yaml
@@ -33,11 +34,9 @@ REQUEST_FIELDS = ("sub", "sys", "cat", "act", "pur")
 EXPIRY_FILE = "expiry.yaml"
 
 
-def load_expiry(path: Path) -> dict[tuple[str, ...], float]:
-    """Time-bound grants: `"<rule as in policy.csv>": <UTC timestamp>` per line of expiry.yaml.
-
-    A rule listed here is in force until that time, then lapses by itself (a contractor's access
-    ends without anyone remembering to remove it); the lapse is recorded as a change (9.2.7)."""
+def read_policy_yaml(path: Path) -> dict[Any, Any]:
+    """A YAML mapping kept beside the policy ({} if the file is absent); PolicyError naming the
+    file if it is not valid YAML or not a mapping."""
     if not path.exists():
         return {}
     try:
@@ -45,7 +44,16 @@ def load_expiry(path: Path) -> dict[tuple[str, ...], float]:
     except yaml.YAMLError as e:
         raise PolicyError(f"{path}: invalid YAML") from e
     if not isinstance(data, dict):
-        raise PolicyError(f"{path}: must map rules to times")
+        raise PolicyError(f"{path}: must be a mapping")
+    return data
+
+
+def load_expiry(path: Path) -> dict[tuple[str, ...], float]:
+    """Time-bound grants: `"<rule as in policy.csv>": <UTC timestamp>` per line of expiry.yaml.
+
+    A rule listed here is in force until that time, then lapses by itself (a contractor's access
+    ends without anyone remembering to remove it); the lapse is recorded as a change (9.2.7)."""
+    data = read_policy_yaml(path)
     out: dict[tuple[str, ...], float] = {}
     for rule, when in data.items():
         fields = tuple(f.strip() for f in str(rule).split(","))

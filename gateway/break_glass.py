@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from gateway.authz import read_policy_yaml
 from gateway.config import ACTIONS, CATEGORIES, PURPOSES
 from gateway.errors import PolicyError
 
@@ -44,14 +43,8 @@ class Session:
 def load_allowances(policies: Path) -> dict[str, Allowance]:
     """Per job function: the grants it may invoke and for how long at most."""
     path = policies / FILE
-    if not path.exists():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise PolicyError(f"{path}: invalid YAML") from e
     out: dict[str, Allowance] = {}
-    for role, spec in data.items() if isinstance(data, dict) else ():
+    for role, spec in read_policy_yaml(path).items():
         try:
             grants = frozenset(
                 (str(g["system"]), str(g["category"]), str(g["action"]), str(g["purpose"]))

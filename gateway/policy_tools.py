@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from gateway.authz import EXPIRY_FILE, PolicyEngine, load_expiry
+from gateway.authz import EXPIRY_FILE, PolicyEngine, load_expiry, read_policy_yaml
 from gateway.break_glass import FILE as BREAK_GLASS_FILE
 from gateway.break_glass import load_allowances
 from gateway.config import ACTIONS, CATEGORIES, PURPOSES
@@ -75,11 +75,7 @@ def read_rules(policy: Path) -> tuple[list[Rule], list[Problem]]:
 
 
 def load_lint_settings(policies: Path) -> dict[str, Any]:
-    path = policies / "lint.yaml"
-    if not path.exists():
-        return {}
-    data = yaml.safe_load(path.read_text()) or {}
-    return data if isinstance(data, dict) else {}
+    return read_policy_yaml(policies / "lint.yaml")
 
 
 def check(
