@@ -1,0 +1,73 @@
+"""Request smuggling and header abuse, sent as raw bytes to the gateway (issue 5, first part).
+
+The HTTP parser refuses ambiguous framing with 400 before any routing, so nothing reaches the
+upstream; framing the gateway does accept is re-framed by the gateway itself, never forwarded as
+the client wrote it. Refusals at the parser are not audited: no route, no user is known yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from tests.conftest import Gw, Keys, Upstream
+
+CASES = {
+    "content-length and transfer-encoding": b"POST /hr/employees HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "duplicate content-length": b"POST /hr/employees HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "signed content-length": b"POST /hr/employees HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello",
+    "obsolete line folding": b"GET /hr/employees HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+    "space in a header name": b"GET /hr/employees HTTP/1.1\r\nHost: x\r\nX A: a\r\n\r\n",
+    "space before the colon": b"GET /hr/employees HTTP/1.1\r\nHost: x\r\nContent-Length : 0\r\n\r\n",
+    "two host headers": b"GET /hr/employees HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+    "oversized header": b"GET /hr/employees HTTP/1.1\r\nHost: x\r\nX-Big: "
+    + b"a" * 9000
+    + b"\r\n\r\n",
+}
+
+
+def exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except TimeoutError:
+            pass
+        return out
+
+
+def _port(gw: Gw) -> int:
+    assert gw.client.server.port is not None
+    return gw.client.server.port
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+async def test_ambiguous_framing_and_malformed_headers_are_refused(
+    gw: Gw, upstream: Upstream, name: str
+) -> None:
+    reply = await asyncio.to_thread(exchange, _port(gw), CASES[name])
+    assert reply.split(b"\r\n", 1)[0].endswith(b"400 Bad Request"), reply[:80]
+    assert upstream.seen == []
+
+
+async def test_accepted_chunked_framing_is_reframed_not_forwarded_as_written(
+    gw: Gw, upstream: Upstream, keys: Keys
+) -> None:
+    token = keys.token("alice", ["hr_officer"])
+    raw = (
+        b"POST /hr/employees HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    reply = await asyncio.to_thread(exchange, _port(gw), raw)
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:80]
+    (seen,) = upstream.seen
+    assert seen.body_bytes == len(b"hello world")
+    # The gateway framed the body itself: one Transfer-Encoding it wrote, no Content-Length, and
+    # the client's framing header was dropped as hop-by-hop rather than passed along.
+    assert seen.headers["transfer-encoding"] == ["chunked"]
+    assert "content-length" not in seen.headers
