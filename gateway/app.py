@@ -397,6 +397,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
             forward_authorization=cfg.proxy.forward_authorization,
             connect_timeout=cfg.proxy.connect_timeout_seconds,
             read_timeout=cfg.proxy.read_timeout_seconds,
+            max_body_bytes=cfg.proxy.max_body_bytes,
         ),
         metrics=gw.metrics,
         role_tracker=roles,

@@ -150,6 +150,7 @@ class ProxyConfig:
     max_connections: int = 256
     forward_authorization: bool = False
     shutdown_timeout_seconds: float = 30.0
+    max_body_bytes: int = 64 * 1024 * 1024  # request bodies, streamed; larger ones get 413
 
 
 @dataclass(frozen=True)
@@ -455,6 +456,7 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         max_connections=px.get("max_connections", int, 256, _positive),
         forward_authorization=px.get("forward_authorization", bool, False),
         shutdown_timeout_seconds=px.get("shutdown_timeout_seconds", float, 30.0, _positive),
+        max_body_bytes=px.get("max_body_bytes", int, 64 * 1024 * 1024, _min(1)),
     )
     px.finish()
 

@@ -138,6 +138,15 @@ def response_headers(upstream: aiohttp.ClientResponse, request_id: str) -> CIMul
     return out
 
 
+class BodyTooLarge(UpstreamError):
+    """The request body passed proxy.max_body_bytes: refused (413), the upstream request cut."""
+
+    def __init__(self) -> None:
+        super().__init__(413, "body_too_large")
+        self.code = "too_large"
+        self.public_message = "the request body is larger than this gateway accepts"
+
+
 @dataclass(slots=True)
 class Exchange:
     """What the forwarder measured; filled as the exchange proceeds."""
@@ -147,6 +156,7 @@ class Exchange:
     bytes_in: int = 0
     bytes_out: int = 0
     upstream_seconds: float = 0.0
+    body_too_large: bool = False
 
 
 class Forwarder:
@@ -158,7 +168,9 @@ class Forwarder:
         forward_authorization: bool,
         connect_timeout: float,
         read_timeout: float,
+        max_body_bytes: int = 64 * 1024 * 1024,
     ) -> None:
+        self._max_body = max_body_bytes
         self._session = session
         self._trusted = tuple(trusted)
         self._forward_authorization = forward_authorization
@@ -185,9 +197,15 @@ class Forwarder:
         # The raw path and query, byte for byte: what was authorised is what is forwarded.
         url = URL(route.upstream_url + request.raw_path, encoded=True)
 
+        if (request.content_length or 0) > self._max_body:
+            raise BodyTooLarge()  # declared too large: nothing is sent upstream
+
         async def body() -> AsyncIterator[bytes]:
             async for chunk in request.content.iter_any():
                 exchange.bytes_in += len(chunk)
+                if exchange.bytes_in > self._max_body:  # chunked past the limit: cut it
+                    exchange.body_too_large = True
+                    raise BodyTooLarge()
                 yield chunk
 
         data = body() if request.body_exists else None
@@ -211,6 +229,8 @@ class Forwarder:
             raise UpstreamError(502, "upstream_unreachable") from e
         except aiohttp.ClientError as e:
             exchange.upstream_seconds = time.perf_counter() - t0
+            if exchange.body_too_large:
+                raise BodyTooLarge() from e
             raise UpstreamError(502, "upstream_error") from e
         try:
             return await self._relay(request, upstream, request_id, exchange, before_last_chunk, t0)

@@ -113,7 +113,8 @@ async def test_large_bodies_stream_both_ways_without_buffering(
         for _ in range(size // len(chunk)):
             yield chunk
 
-    with run_gateway(tmp_path, keys, str(server.make_url("")).rstrip("/")) as gp:
+    url = str(server.make_url("")).rstrip("/")
+    with run_gateway(tmp_path, keys, url, proxy={"max_body_bytes": 2 * size}) as gp:
         baseline = gp.rss_peak_kib()
         got = 0
         async with (

@@ -348,3 +348,36 @@ async def test_a_fault_inside_identity_authz_or_subject_extraction_denies_and_is
     (event,) = spool_events(gw.spool_dir)
     assert (event["decision"], event["reason"], event["status"]) == ("deny", reason, 500)
     assert gw.metric("pdgw_denials_total", {"route": "hr-employees", "reason": reason}) == 1
+
+
+async def test_a_declared_body_over_the_limit_is_413_audited_and_never_sent(
+    make_gateway: GatewayFactory, upstream: Upstream, keys: Keys
+) -> None:
+    gw = await make_gateway(upstream.url, proxy={"max_body_bytes": 1000})
+    resp = await gw.client.post("/hr/employees", data=b"x" * 1001, headers=auth(keys))
+    assert resp.status == 413
+    assert (await resp.json())["error"] == "too_large"
+    assert upstream.seen == []
+    (event,) = spool_events(gw.spool_dir)
+    assert (event["decision"], event["status"], event["outcome"]) == (
+        "allow",
+        413,
+        "body_too_large",
+    )
+
+
+async def test_a_streamed_body_growing_past_the_limit_is_cut_and_413(
+    make_gateway: GatewayFactory, upstream: Upstream, keys: Keys
+) -> None:
+    gw = await make_gateway(upstream.url, proxy={"max_body_bytes": 100_000})
+
+    async def chunked():  # type: ignore[no-untyped-def]
+        for _ in range(50):
+            yield b"y" * 10_000
+
+    resp = await gw.client.post("/hr/employees", data=chunked(), headers=auth(keys))
+    assert resp.status == 413
+    assert upstream.seen == []  # the upstream never got a complete request
+    (event,) = spool_events(gw.spool_dir)
+    assert (event["status"], event["outcome"]) == (413, "body_too_large")
+    assert event["bytes_in"] > 100_000
