@@ -98,7 +98,6 @@ class PolicyEngine:
         self._mapped_members = frozenset(row[0] for row in grouping)
         self.rule_count = len(enforcer.get_policy())
         self.next_expiry: float | None = None  # when the next time-bound grant lapses
-        self.grouping_count = len(grouping)
 
     @classmethod
     def load(
@@ -194,11 +193,6 @@ class PolicyEngine:
             return []
         rows: list[list[str]] = self._enforcer.get_named_grouping_policy("g2")
         return rows
-
-    def roles_of(self, member: str) -> list[str]:
-        """Roles a `g` rule maps this member (user or IdP group) to, transitively."""
-        roles: list[str] = self._enforcer.get_implicit_roles_for_user(member)
-        return roles
 
 
 def rule_text(rule: tuple[str, ...]) -> str:

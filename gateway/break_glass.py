@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gateway.authz import read_policy_yaml
 from gateway.config import ACTIONS, CATEGORIES, PURPOSES
@@ -118,7 +117,3 @@ def describe(grants: Iterable[Grant]) -> str:
 
 def change_id(session: Session, event: str) -> str:
     return hashlib.sha256(f"{session.session_id}|{event}".encode()).hexdigest()[:32]
-
-
-def session_fields(session: Session) -> dict[str, Any]:
-    return {"session": session.session_id, "ends_at": session.ends_at}

@@ -13,7 +13,7 @@ import os
 import re
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -657,4 +657,4 @@ def _min(n: int) -> Callable[[int], str | None]:
     return check
 
 
-__all__ = ["ACTIONS", "CATEGORIES", "Config", "Route", "asdict", "load", "parse"]
+__all__ = ["ACTIONS", "CATEGORIES", "Config", "Route", "load", "parse"]

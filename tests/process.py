@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gateway.audit.chserver import free_port
 from tests.conftest import Keys, config_dict, write_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class GatewayProcess:

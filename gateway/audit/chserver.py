@@ -52,7 +52,8 @@ USERS = """<?xml version="1.0"?>
 """
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free right now (another process may still take it before it is bound)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -67,8 +68,8 @@ class ClickHouseServer:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.tcp_port = _free_port()
-        self.http_port = _free_port()
+        self.tcp_port = free_port()
+        self.http_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self._started = False
         for sub in ("log", "data", "tmp", "user_files", "format_schemas"):
@@ -79,7 +80,7 @@ class ClickHouseServer:
     def _write_config(self) -> None:
         (self.directory / "config.xml").write_text(
             CONFIG.format(
-                d=self.directory, tcp=self.tcp_port, http=self.http_port, inter=_free_port()
+                d=self.directory, tcp=self.tcp_port, http=self.http_port, inter=free_port()
             )
         )
 
@@ -94,7 +95,7 @@ class ClickHouseServer:
             except RuntimeError:
                 if self._started or attempt == 2:
                     raise
-                self.tcp_port, self.http_port = _free_port(), _free_port()
+                self.tcp_port, self.http_port = free_port(), free_port()
                 self._write_config()
 
     def _start(self, timeout: float) -> None:
