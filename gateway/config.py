@@ -604,7 +604,24 @@ def _parse_routes(
                 subject=subject,
             )
         )
+    _check_overlapping_prefixes(routes, problems)
     return tuple(routes)
+
+
+def _check_overlapping_prefixes(routes: list[Route], problems: _Problems) -> None:
+    """Two routes whose prefixes differ only in case (and share a method) could not be told apart
+    by a case-insensitive upstream; the router refuses such requests, so refuse such a table."""
+    seen: dict[str, list[tuple[int, Route]]] = {}
+    for i, route in enumerate(routes):
+        key = route.prefix.rstrip("/").lower()
+        for j, other in seen.get(key, []):
+            if route.methods is None or other.methods is None or route.methods & other.methods:
+                problems.add(
+                    f"routes.{i}.prefix",
+                    f"{route.prefix!r} overlaps routes.{j} ({other.prefix!r}) for the same "
+                    "methods (prefixes are compared without regard to case)",
+                )
+        seen.setdefault(key, []).append((i, route))
 
 
 def _parse_subject(r: _Section, prefix: str | None) -> SubjectRule | None:
@@ -643,6 +660,8 @@ def _prefix_check(value: str) -> str | None:
         return "must start with /"
     if "//" in value or "/./" in value or "/../" in value or "%" in value or "\\" in value:
         return "must be a plain decoded path without '//', dot segments, '%' or '\\'"
+    if ";" in value or any(s.endswith((".", " ")) for s in value.rstrip("/").split("/")[1:]):
+        return "must not contain ';' or a segment ending in '.' or ' ' (such paths are refused)"
     return None
 
 

@@ -139,8 +139,15 @@ class Pipeline:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = request[REQUEST_ID]
-        path = canonical_path(request.raw_path)  # BadRequest → 400 (no route known: not audited)
-        route = self._routes.match(path, request.method)
+        try:
+            path = canonical_path(request.raw_path)
+            route = self._routes.match(path, request.method)
+        except BadRequest as e:
+            # 400 before routing: no route, category or user is known, so there is no event to
+            # audit; the refusal is counted by reason (a burst is worth an alert).
+            self._metrics.requests.labels("-", "deny", "400").inc()
+            self._metrics.denials.labels("-", e.reason).inc()
+            raise
         if route is None:
             self._metrics.requests.labels("-", "no_route", "404").inc()
             raise Denied(404, "not_found", "no route for this path", "no_route")

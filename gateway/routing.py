@@ -5,11 +5,19 @@ the path the upstream receives. The gateway forwards the raw path byte for byte 
 percent-decoded form, so it refuses every raw path whose decoded form could be read differently
 by an upstream: encoded slashes or backslashes, dot segments, empty segments, control bytes and
 invalid (e.g. overlong) UTF-8. What passes has the same segments raw and decoded.
+
+Upstream servers also read paths in ways of their own, and each is refused rather than guessed:
+`;` path parameters (servlet containers drop them: `/hr/employees/..;/medical`), trailing dots and
+spaces (Windows servers drop them: `/hr/medical./1`), characters that Unicode compatibility
+normalisation changes (fullwidth `．．`, ligatures), and a path that a case-insensitive server would
+route to another route than the gateway does (`/HR/Medical/1` where only `/hr/medical` is
+declared). A path refused here never reaches routing, authorisation or the upstream.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from urllib.parse import unquote_to_bytes
 
@@ -43,18 +51,36 @@ def canonical_path(raw_path: str) -> str:
             raise BadRequest("dot_segment")
         if seg == "" and i != len(segments) - 1:  # only a trailing slash may leave one empty
             raise BadRequest("empty_segment")
+        if ";" in seg:
+            raise BadRequest("path_parameter")
+        if seg.endswith((".", " ")):
+            raise BadRequest("trailing_dot_or_space")
+        if not seg.isascii() and not unicodedata.is_normalized("NFKC", seg):
+            raise BadRequest("unnormalised_unicode")
     return decoded
 
 
 class RouteTable:
-    """Longest-prefix match at a segment boundary; a route's `methods` narrow what it matches."""
+    """Longest-prefix match at a segment boundary; a route's `methods` narrow what it matches.
+
+    ``match`` raises BadRequest("case_ambiguous") when the path, compared without regard to case,
+    would match another route (or a route where the exact path matches none): a case-insensitive
+    upstream would serve it as that route's data."""
 
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = tuple(sorted(routes, key=lambda r: len(r.prefix.rstrip("/")), reverse=True))
+        self._exact = tuple((r.prefix.rstrip("/"), r) for r in self.routes)
+        self._folded = tuple((p.lower(), r) for p, r in self._exact)
 
     def match(self, path: str, method: str) -> Route | None:
-        for route in self.routes:
-            prefix = route.prefix.rstrip("/")
+        route = self._first(self._exact, path, method)
+        if self._first(self._folded, path.lower(), method) is not route:
+            raise BadRequest("case_ambiguous")
+        return route
+
+    @staticmethod
+    def _first(prefixes: tuple[tuple[str, Route], ...], path: str, method: str) -> Route | None:
+        for prefix, route in prefixes:
             at_boundary = path == prefix or path.startswith(prefix + "/") or prefix == ""
             if at_boundary and (route.methods is None or method in route.methods):
                 return route
@@ -69,12 +95,13 @@ def subject_ids(route: Route, path: str, query: Mapping[str, str]) -> list[str]:
     found: list[str] = []
     if rule.path_index is not None:
         segments = path.split("/")
-        if (
-            len(segments) > rule.path_index
-            and tuple(segments[: rule.path_index]) == rule.path_literals
-            and segments[rule.path_index]
-        ):
-            found.append(segments[rule.path_index])
+        if len(segments) > rule.path_index and segments[rule.path_index]:
+            literals = tuple(segments[: rule.path_index])
+            if literals == rule.path_literals:
+                found.append(segments[rule.path_index])
+            elif tuple(s.lower() for s in literals) == tuple(s.lower() for s in rule.path_literals):
+                # A case-insensitive upstream would serve this subject; the audit would miss it.
+                raise BadRequest("case_ambiguous")
     if rule.query is not None:
         value = query.get(rule.query)
         if value:

@@ -118,3 +118,19 @@ def test_routes_cli_lists_every_route_with_category_and_subject() -> None:
     assert rows["site-leads"]["subject"] == "query lead_id"
     table = run_cli("routes", "--config", str(DEMO))
     assert "hr-medical" in table.stdout and "employee_health" in table.stdout
+
+
+def test_route_prefixes_that_differ_only_in_case_or_hold_ambiguous_forms_are_refused(
+    tmp_path: Path, keys: Keys
+) -> None:
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    data["routes"][3]["prefix"] = "/HR/Medical"  # overlaps routes.2 (/hr/medical), all methods
+    data["routes"][4]["prefix"] = "/crm/counterparties;v=1"
+    data["routes"][5]["prefix"] = "/crm/export."
+    path = write_config(tmp_path, data, keys)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    problems = "\n".join(info.value.problems)
+    assert "routes.3.prefix: '/HR/Medical' overlaps routes.2" in problems
+    assert "routes.4.prefix: must not contain ';'" in problems
+    assert "routes.5.prefix: must not contain ';'" in problems

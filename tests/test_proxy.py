@@ -261,10 +261,19 @@ async def test_ambiguous_paths_are_refused_before_routing(
         "/hr//employees",
         "/hr/employees/%00",
         "/hr/employees/%c0%ae%c0%ae",
+        "/hr/employees/..;/medical/1",
+        "/hr/medical./1",
+        "/HR/medical/1",
     ):
         resp = await raw_request(gw, "GET", raw, auth(keys))
         assert resp.status == 400, raw
+        assert (await resp.json())["request_id"] == resp.headers["X-Request-Id"]
     assert upstream.seen == []
+    # Refused before routing: nothing to audit, but counted by reason for alerting.
+    assert (
+        gw.metric("pdgw_requests_total", {"route": "-", "decision": "deny", "status": "400"}) == 9
+    )
+    assert gw.metric("pdgw_denials_total", {"route": "-", "reason": "case_ambiguous"}) == 1
 
 
 async def test_upstream_dying_mid_response_cuts_the_client_off_and_is_audited(

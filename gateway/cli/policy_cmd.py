@@ -111,10 +111,10 @@ def run_explain(args: argparse.Namespace) -> int:
     raw = args.path
     try:
         path = canonical_path(raw)
+        route = RouteTable(cfg.routes).match(path, args.method.upper())
     except BadRequest as e:
         print(f"path {raw!r} is refused before routing (400): {e.reason}")
         return 0
-    route = RouteTable(cfg.routes).match(path, args.method.upper())
     if route is None:
         print(f"no route for {args.method.upper()} {path}: 404")
         return 0
@@ -126,11 +126,16 @@ def run_explain(args: argparse.Namespace) -> int:
     from urllib.parse import parse_qsl
 
     query = dict(parse_qsl(raw.partition("?")[2]))
+    try:
+        subjects = subject_ids(route, path, query)
+    except BadRequest as e:
+        print(f"path {raw!r} is refused before authorisation (400): {e.reason}")
+        return 0
     roles = tuple(sorted({r.strip() for r in args.roles.split(",") if r.strip()}))
     d = engine.decide(args.user, roles, route.system, route.category, action, route.purpose)
     print(f"resource  {route.system}/{route.category}  action {action}")
     print(f"purpose   {route.purpose} ({PURPOSES[route.purpose]})")
-    print(f"subjects  {', '.join(subject_ids(route, path, query)) or '-'}")
+    print(f"subjects  {', '.join(subjects) or '-'}")
     print(f"decision  {'ALLOW' if d.allowed else 'DENY (no rule grants it)'}")
     print(f"rule      {d.rule or '-'}")
     print(f"policy    {d.policy_version}")
