@@ -19,6 +19,7 @@ from typing import Any
 
 from jose import jwk, jwt
 from jose.exceptions import ExpiredSignatureError, JOSEError, JWSError, JWTClaimsError
+from jose.utils import base64url_decode
 
 from gateway.config import IdentityConfig
 from gateway.errors import AuthenticationError
@@ -158,10 +159,18 @@ class TokenVerifier:
     async def _verify_uncached(self, raw: str) -> Principal:
         if len(raw) > MAX_TOKEN_BYTES:
             raise AuthenticationError("token_too_large")
+        segments = raw.split(".")
+        if len(segments) != 3:  # a JWS; a JWE (5 segments) or anything else is not accepted
+            raise AuthenticationError("malformed_token")
         try:
             header = jwt.get_unverified_header(raw)
         except JOSEError as e:
             raise AuthenticationError("malformed_token") from e
+        _refuse_duplicate_members(segments[0], "malformed_token")
+        if "crit" in header or "enc" in header:
+            # RFC 7515 §4.1.11: extensions we do not understand must not be ignored; `enc`
+            # belongs to an encrypted token, which this gateway does not accept.
+            raise AuthenticationError("unsupported_header")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._cfg.algorithms:
             raise AuthenticationError("algorithm_not_allowed")
@@ -190,6 +199,9 @@ class TokenVerifier:
             cause = e.args[0] if e.args else None
             reason = "invalid_signature" if isinstance(cause, JWSError) else "invalid_claims"
             raise AuthenticationError(reason) from e
+        # A claim given twice is read one way here and maybe another way by the IdP or an
+        # upstream (RFC 7519 §4 lets a parser reject it): refuse rather than pick one.
+        _refuse_duplicate_members(segments[1], "duplicate_claims")
         return self._principal(claims)
 
     def _principal(self, claims: Mapping[str, Any]) -> Principal:
@@ -215,6 +227,22 @@ class TokenVerifier:
         return Principal(
             user=user, roles=tuple(sorted(set(roles))), expires_at=float(exp), issued_at=issued
         )
+
+
+def _refuse_duplicate_members(segment: str, reason: str) -> None:
+    """AuthenticationError(reason) if the base64url JSON object in ``segment`` names a member
+    twice (json.loads would silently keep the last one)."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [k for k, _ in items]
+        if len(names) != len(set(names)):
+            raise AuthenticationError(reason)
+        return dict(items)
+
+    try:
+        json.loads(base64url_decode(segment.encode("ascii")), object_pairs_hook=pairs)
+    except (ValueError, UnicodeError) as e:
+        raise AuthenticationError("malformed_token") from e
 
 
 def file_fetcher(path: str) -> JwksFetcher:

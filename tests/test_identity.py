@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from jose import jwt
+from jose import jws, jwt
 
 from tests.conftest import (
     AUDIENCE,
@@ -61,7 +61,7 @@ def hs256_with_public_key(public_pem: str) -> str:
 
 def bad_tokens(keys: Keys) -> dict[str, tuple[str, str]]:
     """name → (token, the audit reason it must produce)."""
-    other_pem, _ = rsa_keypair()
+    other_pem, other_jwk = rsa_keypair()
     now = int(time.time())
     good = keys.token("mallory", ["hr_officer"])
     header, _, sig = good.split(".")
@@ -113,7 +113,72 @@ def bad_tokens(keys: Keys) -> dict[str, tuple[str, str]]:
         ),  # type: ignore[list-item]
         "garbage": ("not.a.jwt", "malformed_token"),
         "huge": ("a" * 7000, "token_too_large"),
+        "x5u_points_elsewhere": (
+            str(
+                jwt.encode(
+                    _claims(),
+                    other_pem,
+                    algorithm="RS256",
+                    headers={"kid": KID, "x5u": "http://127.0.0.1:1/cert.pem"},
+                )
+            ),
+            "invalid_signature",
+        ),
+        "embedded_jwk_of_the_signer": (
+            str(
+                jwt.encode(
+                    _claims(),
+                    other_pem,
+                    algorithm="RS256",
+                    headers={"kid": KID, "jwk": other_jwk},
+                )
+            ),
+            "invalid_signature",
+        ),
+        "kid_path_traversal": (
+            keys.token("mallory", ["hr_officer"], kid="../../../../etc/passwd"),
+            "unknown_kid",
+        ),
+        "kid_sql_injection": (
+            keys.token("mallory", ["hr_officer"], kid="' OR '1'='1' --"),
+            "unknown_kid",
+        ),
+        "kid_not_a_string": (keys.token("mallory", ["hr_officer"], kid=7), "missing_kid"),  # type: ignore[arg-type]
+        "nested_jwe": (
+            f"{_b64(json.dumps({'alg': 'RSA-OAEP', 'enc': 'A256GCM', 'kid': KID}).encode())}"
+            f".{_b64(b'k' * 32)}.{_b64(b'iv')}.{_b64(good.encode())}.{_b64(b'tag')}",
+            "malformed_token",
+        ),
+        "crit_extension": (
+            keys.token("mallory", ["hr_officer"], headers={"crit": ["exp"]}),
+            "unsupported_header",
+        ),
+        "missing_sub": (keys.token(None, ["hr_officer"]), "invalid_claims"),  # type: ignore[arg-type]
+        "empty_sub": (keys.token("", ["hr_officer"]), "invalid_user_claim"),
+        "missing_iss": (keys.token("mallory", ["hr_officer"], iss=None), "invalid_claims"),
+        "missing_aud": (keys.token("mallory", ["hr_officer"], aud=None), "invalid_claims"),
+        "roles_not_a_list": (keys.token("mallory", "hr_officer"), "invalid_roles_claim"),  # type: ignore[arg-type]
+        "duplicate_claims": (
+            signed_raw(
+                keys,
+                '{"sub": "mallory", "sub": "alice", "roles": ["hr_officer"], '
+                f'"iss": "{ISSUER}", "aud": "{AUDIENCE}", "exp": {now + 300}}}',
+            ),
+            "duplicate_claims",
+        ),
+        "duplicate_header_alg": (
+            ".".join((_b64(DUPLICATE_ALG.encode()), good.split(".")[1], sig)),
+            "malformed_token",
+        ),
     }
+
+
+DUPLICATE_ALG = '{"alg": "none", "alg": "RS256", "kid": "' + KID + '"}'
+
+
+def signed_raw(keys: Keys, payload: str) -> str:
+    """A payload signed exactly as written (as an IdP bug could emit it) with the trusted key."""
+    return str(jws.sign(payload.encode(), keys.pem, headers={"kid": KID}, algorithm="RS256"))
 
 
 @pytest.fixture
@@ -135,6 +200,8 @@ async def test_every_hostile_token_is_401_audited_and_says_nothing(
     events = spool_events(gw.spool_dir)
     assert [e["reason"] for e in events] == [reason for _, reason in attacks.values()]
     assert all(e["decision"] == "deny" and e["status"] == 401 and e["user"] == "" for e in events)
+    # Five unknown or hostile `kid`s, yet the JWKS was read at most once more than at start.
+    assert gw.metric("pdgw_jwks_refreshes") <= 2
 
 
 @pytest.mark.parametrize("header", ["Basic YWxpY2U6cHc=", "Bearer", "Bearer   ", "token abc"])
