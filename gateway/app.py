@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway import policy_tools
+from gateway import listeners, policy_tools, tls
 from gateway.admin import build_admin_app
 from gateway.audit.events import PermissionChange
 from gateway.audit.factory import open_store
@@ -364,7 +364,11 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     ident = cfg.identity
     fetch = (
-        url_fetcher(session, ident.jwks_url)
+        url_fetcher(
+            session,
+            ident.jwks_url,
+            ssl_context=tls.client_context(ident.jwks_ca_file) if ident.jwks_ca_file else None,
+        )
         if ident.jwks_url
         else file_fetcher(str(ident.jwks_file))
     )
@@ -398,6 +402,13 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
             connect_timeout=cfg.proxy.connect_timeout_seconds,
             read_timeout=cfg.proxy.read_timeout_seconds,
             max_body_bytes=cfg.proxy.max_body_bytes,
+            body_timeout=cfg.proxy.client_body_timeout_seconds,
+            max_response_bytes=cfg.proxy.upstream_max_response_bytes,
+            total_timeout=cfg.proxy.upstream_timeout_seconds,
+            ssl_contexts={
+                name: tls.client_context(t.ca_file, t.client_cert_file, t.client_key_file)
+                for name, t in cfg.upstream_tls.items()
+            },
         ),
         metrics=gw.metrics,
         role_tracker=roles,
@@ -425,12 +436,6 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     """
     proxy_app, admin_app = build(cfg)
     gw = proxy_app[GATEWAY]
-    proxy_runner = web.AppRunner(
-        proxy_app, shutdown_timeout=cfg.proxy.shutdown_timeout_seconds, access_log=None
-    )
-    admin_runner = web.AppRunner(admin_app, access_log=None)
-    await proxy_runner.setup()
-    await admin_runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -441,14 +446,13 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
             gw.reload_policy(actor="signal:SIGHUP", source="file", reason="SIGHUP"), name="reload"
         ),
     )
+    sites = await listeners.start(cfg, proxy_app, admin_app, gw.metrics)
     try:
-        await web.TCPSite(proxy_runner, cfg.proxy_listen.host, cfg.proxy_listen.port).start()
-        await web.TCPSite(admin_runner, cfg.admin_listen.host, cfg.admin_listen.port).start()
         log.info(
             "pd-gateway serving",
             extra={
-                "proxy": f"{cfg.proxy_listen.host}:{cfg.proxy_listen.port}",
-                "admin": f"{cfg.admin_listen.host}:{cfg.admin_listen.port}",
+                "proxy": sites.proxy.name,
+                "admin": sites.admin.name,
                 "policy_version": gw.policies.engine.version,
                 "durability": cfg.audit.durability,
             },
@@ -458,6 +462,5 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         await stop.wait()
         log.info("shutting down: draining in-flight requests")
     finally:
-        await proxy_runner.cleanup()
-        await admin_runner.cleanup()
+        await sites.close()
         log.info("stopped; audit spool flushed")

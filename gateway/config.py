@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway import tls
 from gateway.errors import ConfigError
 
 # DIGEST 2.2-2.4: the personal-data categories the organisation processes; `none` marks a route
@@ -77,9 +78,32 @@ class Secret:
 
 
 @dataclass(frozen=True)
+class ListenerTLS:
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None  # set: clients must present a certificate it signed
+
+
+@dataclass(frozen=True)
+class UpstreamTLS:
+    ca_file: Path | None = None  # None: the system's CAs
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
+
+LOOPBACK: tuple[IPNetwork, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+@dataclass(frozen=True)
 class Listen:
     host: str
     port: int
+    tls: ListenerTLS | None = None
+    # Peers allowed to connect; empty: any. The admin listener defaults to loopback only.
+    allow: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +121,7 @@ class IdentityConfig:
     token_cache_size: int = 50_000
     # Only honoured when the whole config is marked `demo: true` (see `pd-gateway token`).
     demo_signing_key_file: Path | None = None
+    jwks_ca_file: Path | None = None  # verifies an https jwks_url (default: the system's CAs)
 
 
 @dataclass(frozen=True)
@@ -151,6 +176,18 @@ class ProxyConfig:
     forward_authorization: bool = False
     shutdown_timeout_seconds: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024  # request bodies, streamed; larger ones get 413
+    # Slow and abusive clients (issue 5). A connection must deliver a complete request head
+    # within client_header_timeout of opening (or of its previous response); a request body
+    # must keep arriving (no gap longer than client_body_timeout).
+    client_header_timeout_seconds: float = 15.0
+    client_body_timeout_seconds: float = 30.0
+    client_max_connections: int = 10_000
+    client_max_connections_per_address: int = 256  # peers in trusted_proxies are exempt
+    client_max_header_bytes: int = 8190  # one header line, and the request line
+    client_max_headers: int = 100
+    # Upstream responses: larger or slower ones are cut (502/504, audited).
+    upstream_max_response_bytes: int = 1024**3
+    upstream_timeout_seconds: float = 300.0  # the whole exchange, body included
 
 
 @dataclass(frozen=True)
@@ -196,6 +233,7 @@ class Config:
     upstreams: Mapping[str, str]
     routes: tuple[Route, ...] = field(default=())
     store: StoreConfig | None = None
+    upstream_tls: Mapping[str, UpstreamTLS] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The effective configuration, defaults filled in (like `nginx -T`)."""
@@ -367,17 +405,10 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
     instance_id = top.get("instance_id", str, socket.gethostname(), _name_check)
 
     listen = top.section("listen", required=False)
-    proxy_l = listen.section("proxy", required=False)
-    admin_l = listen.section("admin", required=False)
-    proxy_listen = Listen(
-        proxy_l.get("host", str, "127.0.0.1"), proxy_l.get("port", int, 8080, _port)
-    )
-    # SECURITY: the admin port defaults to loopback; exposing it is an explicit choice.
-    admin_listen = Listen(
-        admin_l.get("host", str, "127.0.0.1"), admin_l.get("port", int, 9090, _port)
-    )
-    proxy_l.finish()
-    admin_l.finish()
+    proxy_listen = _parse_listen(listen.section("proxy", required=False), 8080, (), resolve)
+    # SECURITY: the admin port defaults to loopback, and only loopback peers may connect;
+    # exposing it is an explicit choice (host and allow).
+    admin_listen = _parse_listen(listen.section("admin", required=False), 9090, LOOPBACK, resolve)
     listen.finish()
 
     ident = top.section("identity")
@@ -392,6 +423,9 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
                     f"{alg!r} is not allowed; use one of {', '.join(ASYMMETRIC_ALGORITHMS)}",
                 )
     jwks_url = ident.get("jwks_url", str, None, _http_url)
+    jwks_ca_file = resolve(ident.get("jwks_ca_file", str, None))
+    if jwks_ca_file is not None:
+        _check_tls(ident, "jwks_ca_file", lambda: tls.client_context(jwks_ca_file))
     jwks_file = ident.get("jwks_file", str, None)
     if (jwks_url is None) == (jwks_file is None):
         problems.add(ident.key("jwks_url"), "give exactly one of jwks_url or jwks_file")
@@ -410,6 +444,7 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         jwks_cache_seconds=ident.get("jwks_cache_seconds", float, 300.0, _positive),
         token_cache_size=ident.get("token_cache_size", int, 50_000, _positive),
         demo_signing_key_file=resolve(ident.get("demo_signing_key_file", str, None)),
+        jwks_ca_file=jwks_ca_file,
     )
     if identity.demo_signing_key_file is not None and not demo:
         problems.add(
@@ -442,30 +477,38 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
     store = _parse_store(top, resolve, problems)
 
     px = top.section("proxy")
-    trusted: list[IPNetwork] = []
-    raw_trusted = px.get("trusted_proxies", list)  # required: an empty list is a choice
-    for i, net in enumerate(raw_trusted or ()):
-        try:
-            trusted.append(ipaddress.ip_network(str(net), strict=False))
-        except ValueError:
-            problems.add(f"{px.key('trusted_proxies')}.{i}", f"{net!r} is not a network")
     proxy = ProxyConfig(
-        trusted_proxies=tuple(trusted),
+        trusted_proxies=_networks(px, "trusted_proxies", ...),  # required: [] is a choice
         connect_timeout_seconds=px.get("connect_timeout_seconds", float, 5.0, _positive),
         read_timeout_seconds=px.get("read_timeout_seconds", float, 60.0, _positive),
         max_connections=px.get("max_connections", int, 256, _positive),
         forward_authorization=px.get("forward_authorization", bool, False),
         shutdown_timeout_seconds=px.get("shutdown_timeout_seconds", float, 30.0, _positive),
         max_body_bytes=px.get("max_body_bytes", int, 64 * 1024 * 1024, _min(1)),
+        client_header_timeout_seconds=px.get(
+            "client_header_timeout_seconds", float, 15.0, _positive
+        ),
+        client_body_timeout_seconds=px.get("client_body_timeout_seconds", float, 30.0, _positive),
+        client_max_connections=px.get("client_max_connections", int, 10_000, _positive),
+        client_max_connections_per_address=px.get(
+            "client_max_connections_per_address", int, 256, _positive
+        ),
+        client_max_header_bytes=px.get("client_max_header_bytes", int, 8190, _min(1024)),
+        client_max_headers=px.get("client_max_headers", int, 100, _min(8)),
+        upstream_max_response_bytes=px.get("upstream_max_response_bytes", int, 1024**3, _min(1)),
+        upstream_timeout_seconds=px.get("upstream_timeout_seconds", float, 300.0, _positive),
     )
     px.finish()
 
     up = top.section("upstreams")
     upstreams: dict[str, str] = {}
+    upstream_tls: dict[str, UpstreamTLS] = {}
     for name in up.data:
-        url = up.get(str(name), str, ..., _http_url)
+        url, tls_cfg = _parse_upstream(up, str(name), resolve)
         if url is not None:
             upstreams[str(name)] = url.rstrip("/")
+        if tls_cfg is not None:
+            upstream_tls[str(name)] = tls_cfg
     up.finish()
 
     routes = _parse_routes(top, upstreams, problems)
@@ -485,7 +528,84 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         upstreams=upstreams,
         routes=routes,
         store=store,
+        upstream_tls=upstream_tls,
     )
+
+
+Resolve = Callable[[str | None], Path | None]
+
+
+def _parse_listen(
+    sec: _Section, port: int, allow: tuple[IPNetwork, ...], resolve: Resolve
+) -> Listen:
+    listen = Listen(
+        host=sec.get("host", str, "127.0.0.1"),
+        port=sec.get("port", int, port, _port),
+        tls=_parse_listener_tls(sec, resolve),
+        allow=_networks(sec, "allow", list(allow)),
+    )
+    sec.finish()
+    return listen
+
+
+def _networks(sec: _Section, key: str, default: Any) -> tuple[IPNetwork, ...]:
+    """A list of networks; ``default`` ... makes the key required."""
+    out: list[IPNetwork] = []
+    for i, net in enumerate(sec.get(key, list, default) or ()):
+        try:
+            out.append(ipaddress.ip_network(str(net), strict=False))
+        except ValueError:
+            sec.problems.add(f"{sec.key(key)}.{i}", f"{net!r} is not a network")
+    return tuple(out)
+
+
+def _parse_listener_tls(sec: _Section, resolve: Resolve) -> ListenerTLS | None:
+    if "tls" not in sec.data:
+        sec.seen.add("tls")
+        return None
+    t = sec.section("tls")
+    cert, key = resolve(t.get("cert_file", str)), resolve(t.get("key_file", str))
+    client_ca = resolve(t.get("client_ca_file", str, None))
+    t.finish()
+    if cert is None or key is None:
+        return None
+    _check_tls(t, "cert_file", lambda: tls.server_context(cert, key, client_ca))
+    return ListenerTLS(cert, key, client_ca)
+
+
+def _parse_upstream(
+    up: _Section, name: str, resolve: Resolve
+) -> tuple[str | None, UpstreamTLS | None]:
+    """`name: URL`, or `name: {url, ca_file, client_cert_file, client_key_file}` for TLS."""
+    if not isinstance(up.data.get(name), Mapping):
+        return up.get(name, str, ..., _http_url), None
+    up.seen.add(name)
+    u = up.section(name)
+    url = u.get("url", str, ..., _http_url)
+    ca = resolve(u.get("ca_file", str, None))
+    cert = resolve(u.get("client_cert_file", str, None))
+    key = resolve(u.get("client_key_file", str, None))
+    u.finish()
+    if (cert is None) != (key is None):
+        u.problems.add(u.key("client_cert_file"), "give client_cert_file and client_key_file")
+        return url, None
+    if ca is None and cert is None:
+        return url, None
+    if url is not None and not url.startswith("https://"):
+        u.problems.add(u.key("url"), "must be https:// when TLS files are given")
+    _check_tls(
+        u, "ca_file" if ca else "client_cert_file", lambda: tls.client_context(ca, cert, key)
+    )
+    return url, UpstreamTLS(ca, cert, key)
+
+
+def _check_tls(sec: _Section, key: str, build: Callable[[], object]) -> None:
+    """Build the TLS context now, so a bad file is a config problem, not a failure at start."""
+    try:
+        build()
+    except OSError as e:  # ssl.SSLError is an OSError too
+        detail = e.strerror or getattr(e, "reason", None) or type(e).__name__
+        sec.problems.add(sec.key(key), f"cannot use for TLS: {detail}")
 
 
 def _parse_store(

@@ -12,6 +12,8 @@ class GatewayError(Exception):
     status: int = 500
     code: str = "internal_error"
     public_message: str = "internal error"
+    # The rest of the request cannot be read (a body cut short): answer, then close.
+    close_connection: bool = False
 
 
 class ConfigError(GatewayError):

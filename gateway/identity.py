@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -264,12 +265,17 @@ def bearer_token(authorization: str | None) -> str:
     return token.strip()
 
 
-def url_fetcher(session: Any, url: str, timeout: float = 5.0) -> JwksFetcher:
-    """Fetch a JWKS over HTTP(S) with the given aiohttp ClientSession."""
+def url_fetcher(
+    session: Any, url: str, timeout: float = 5.0, ssl_context: ssl.SSLContext | None = None
+) -> JwksFetcher:
+    """Fetch a JWKS over HTTP(S) with the given aiohttp ClientSession (``ssl_context``: a CA of
+    the organisation's; default: the system's CAs)."""
     import aiohttp
 
     async def fetch() -> Mapping[str, Any]:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        async with session.get(
+            url, timeout=aiohttp.ClientTimeout(total=timeout), ssl=ssl_context or True
+        ) as resp:
             resp.raise_for_status()
             if resp.content_length is not None and resp.content_length > 1024 * 1024:
                 raise ValueError("JWKS too large")

@@ -160,6 +160,19 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.connections_open = Gauge(
+            "pdgw_connections_open",
+            "Client connections open now, by listener (proxy, admin).",
+            ["listener"],
+            registry=registry,
+        )
+        self.connections_refused = Counter(
+            "pdgw_connections_refused",
+            "Connections refused when accepted, by listener and reason (peer_not_allowed, "
+            "too_many_connections, too_many_connections_from_address).",
+            ["listener", "reason"],
+            registry=registry,
+        )
         self.jwks_refreshes = Gauge(
             "pdgw_jwks_refreshes", "JWKS loads since start.", registry=registry
         )

@@ -82,7 +82,10 @@ def error_middleware(*, metrics: Metrics) -> Callable[..., Awaitable[web.StreamR
         try:
             return await handler(request)
         except GatewayError as e:
-            return error_response(e.status, e.code, e.public_message, request_id)
+            resp = error_response(e.status, e.code, e.public_message, request_id)
+            if e.close_connection:
+                resp.force_close()
+            return resp
         except web.HTTPException:
             raise
         except Exception:

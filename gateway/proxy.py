@@ -8,9 +8,11 @@ all of the response. Upstream failures raise UpstreamError (status 502 or 504).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -42,6 +44,9 @@ INJECTED_PREFIX = "x-pd-"
 
 
 class UpstreamError(GatewayError):
+    """The exchange through the gateway failed: the upstream (502, 504) or, for the subclasses
+    below, the client's side of it (413, 408). ``reason`` goes to the audit trail and metrics."""
+
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
@@ -141,10 +146,23 @@ def response_headers(upstream: aiohttp.ClientResponse, request_id: str) -> CIMul
 class BodyTooLarge(UpstreamError):
     """The request body passed proxy.max_body_bytes: refused (413), the upstream request cut."""
 
+    close_connection = True
+
     def __init__(self) -> None:
         super().__init__(413, "body_too_large")
         self.code = "too_large"
         self.public_message = "the request body is larger than this gateway accepts"
+
+
+class ClientTooSlow(UpstreamError):
+    """The request body stopped arriving for longer than proxy.client_body_timeout_seconds."""
+
+    close_connection = True
+
+    def __init__(self) -> None:
+        super().__init__(408, "client_body_timeout")
+        self.code = "request_timeout"
+        self.public_message = "the request body did not arrive in time"
 
 
 @dataclass(slots=True)
@@ -156,7 +174,8 @@ class Exchange:
     bytes_in: int = 0
     bytes_out: int = 0
     upstream_seconds: float = 0.0
-    body_too_large: bool = False
+    # Why the request body stopped (too large, too slow): the client's fault, not the upstream's.
+    client_failure: UpstreamError | None = None
 
 
 class Forwarder:
@@ -169,14 +188,21 @@ class Forwarder:
         connect_timeout: float,
         read_timeout: float,
         max_body_bytes: int = 64 * 1024 * 1024,
+        body_timeout: float = 30.0,
+        max_response_bytes: int = 1024**3,
+        total_timeout: float | None = None,
+        ssl_contexts: Mapping[str, ssl.SSLContext] | None = None,
     ) -> None:
         self._max_body = max_body_bytes
+        self._body_timeout = body_timeout
+        self._max_response = max_response_bytes
         self._session = session
         self._trusted = tuple(trusted)
         self._forward_authorization = forward_authorization
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+            total=total_timeout, sock_connect=connect_timeout, sock_read=read_timeout
         )
+        self._ssl = dict(ssl_contexts or {})  # by upstream name; others verify with system CAs
 
     async def forward(
         self,
@@ -201,11 +227,20 @@ class Forwarder:
             raise BodyTooLarge()  # declared too large: nothing is sent upstream
 
         async def body() -> AsyncIterator[bytes]:
-            async for chunk in request.content.iter_any():
+            chunks = request.content.iter_any().__aiter__()
+            while True:
+                try:
+                    async with asyncio.timeout(self._body_timeout):  # slow-body clients
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    exchange.client_failure = ClientTooSlow()
+                    raise exchange.client_failure from None
                 exchange.bytes_in += len(chunk)
                 if exchange.bytes_in > self._max_body:  # chunked past the limit: cut it
-                    exchange.body_too_large = True
-                    raise BodyTooLarge()
+                    exchange.client_failure = BodyTooLarge()
+                    raise exchange.client_failure
                 yield chunk
 
         data = body() if request.body_exists else None
@@ -220,22 +255,28 @@ class Forwarder:
                 timeout=self._timeout,
                 auto_decompress=False,
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+                ssl=self._ssl.get(route.upstream, True),
             )
-        except (TimeoutError, aiohttp.ServerTimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             exchange.upstream_seconds = time.perf_counter() - t0
-            raise UpstreamError(504, "upstream_timeout") from e
-        except aiohttp.ClientConnectorError as e:
-            exchange.upstream_seconds = time.perf_counter() - t0
-            raise UpstreamError(502, "upstream_unreachable") from e
-        except aiohttp.ClientError as e:
-            exchange.upstream_seconds = time.perf_counter() - t0
-            if exchange.body_too_large:
-                raise BodyTooLarge() from e
-            raise UpstreamError(502, "upstream_error") from e
+            raise self._failure(e, exchange) from e
         try:
             return await self._relay(request, upstream, request_id, exchange, before_last_chunk, t0)
         finally:
             upstream.release()
+
+    @staticmethod
+    def _failure(e: BaseException, exchange: Exchange) -> UpstreamError:
+        """One place that maps a failed upstream request to what the client and audit see."""
+        if exchange.client_failure is not None:
+            return exchange.client_failure
+        if isinstance(e, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+            return UpstreamError(504, "upstream_timeout")
+        if isinstance(e, aiohttp.ClientSSLError):
+            return UpstreamError(502, "upstream_tls_error")
+        if isinstance(e, aiohttp.ClientConnectorError):
+            return UpstreamError(502, "upstream_unreachable")
+        return UpstreamError(502, "upstream_error")
 
     async def _relay(
         self,
@@ -247,6 +288,8 @@ class Forwarder:
         t0: float,
     ) -> web.StreamResponse:
         exchange.status = upstream.status
+        if upstream.content_length is not None and upstream.content_length > self._max_response:
+            raise UpstreamError(502, "upstream_response_too_large")
         resp = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason,
@@ -268,12 +311,16 @@ class Forwarder:
                 if held is not None:
                     await resp.write(held)
                     exchange.bytes_out += len(held)
+                if exchange.bytes_out + len(chunk) > self._max_response:
+                    exchange.upstream_seconds = time.perf_counter() - t0
+                    raise UpstreamError(502, "upstream_response_too_large")
                 held = chunk
-        except (TimeoutError, aiohttp.ClientError) as e:
+        except TimeoutError as e:
             exchange.upstream_seconds = time.perf_counter() - t0
-            raise UpstreamError(
-                504 if isinstance(e, TimeoutError) else 502, "upstream_aborted"
-            ) from e
+            raise UpstreamError(504, "upstream_timeout") from e
+        except aiohttp.ClientError as e:
+            exchange.upstream_seconds = time.perf_counter() - t0
+            raise UpstreamError(502, "upstream_aborted") from e
         exchange.upstream_seconds = time.perf_counter() - t0
         if held is not None:
             exchange.bytes_out += len(held)

@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 from prometheus_client import CollectorRegistry
 
-from gateway import config
-from gateway.app import build
+from gateway import config, listeners
+from gateway.app import GATEWAY, build
 from tests.stores import ch_server, chdb_dir, own_ch_server  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -327,6 +327,56 @@ def make_gateway(
         return Gw(client, cfg, registry, cfg.audit.spool_dir)
 
     return make
+
+
+@dataclass
+class Served:
+    """A gateway on its real listeners (TLS, connection gate, client limits), in this process."""
+
+    proxy_url: str
+    admin_url: str
+    proxy_port: int
+    admin_port: int
+    cfg: config.Config
+    registry: CollectorRegistry
+    spool_dir: Path
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+ServeFactory = Callable[..., Awaitable[Served]]
+
+
+@pytest.fixture
+async def serve_gateway(tmp_path: Path, keys: Keys) -> AsyncIterator[ServeFactory]:
+    started: list[listeners.Listeners] = []
+
+    async def serve(upstream_url: str, **overrides: Any) -> Served:
+        home = tmp_path / f"gateway-{len(started)}"  # each its own spool
+        home.mkdir()
+        data = config_dict(home, upstream_url, **overrides)
+        for name in ("proxy", "admin"):
+            data.setdefault("listen", {}).setdefault(name, {}).setdefault("port", 0)
+        cfg = config.load(write_config(home, data, keys))
+        registry = CollectorRegistry()
+        proxy_app, admin_app = build(cfg, registry)
+        sites = await listeners.start(cfg, proxy_app, admin_app, proxy_app[GATEWAY].metrics)
+        started.append(sites)
+        scheme = "https" if cfg.proxy_listen.tls else "http"
+        return Served(
+            proxy_url=f"{scheme}://127.0.0.1:{sites.proxy.port}",
+            admin_url=f"http://127.0.0.1:{sites.admin.port}",
+            proxy_port=sites.proxy.port,
+            admin_port=sites.admin.port,
+            cfg=cfg,
+            registry=registry,
+            spool_dir=cfg.audit.spool_dir,
+        )
+
+    yield serve
+    for sites in reversed(started):
+        await sites.close()
 
 
 @pytest.fixture

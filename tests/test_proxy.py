@@ -390,3 +390,59 @@ async def test_a_streamed_body_growing_past_the_limit_is_cut_and_413(
     (event,) = spool_events(gw.spool_dir)
     assert (event["status"], event["outcome"]) == (413, "body_too_large")
     assert event["bytes_in"] > 100_000
+
+
+async def test_an_upstream_response_over_the_size_limit_is_cut_and_audited(
+    make_gateway: GatewayFactory, keys: Keys, aiohttp_server: Callable[..., Awaitable[TestServer]]
+) -> None:
+    async def big(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/declared"):
+            return web.Response(body=b"d" * 5000)
+        resp = web.StreamResponse()  # chunked: the size shows only while streaming
+        await resp.prepare(request)
+        for _ in range(5):
+            await resp.write(b"c" * 1000)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", big)
+    server = await aiohttp_server(app)
+    gw = await make_gateway(
+        str(server.make_url("")).rstrip("/"), proxy={"upstream_max_response_bytes": 2500}
+    )
+    resp = await gw.client.get("/hr/employees/1/declared", headers=auth(keys))
+    assert resp.status == 502  # refused before any of it reached the client
+    resp = await gw.client.get("/hr/employees/1/chunked", headers=auth(keys))
+    assert resp.status == 200  # headers were out; the body is cut short
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    declared, chunked = spool_events(gw.spool_dir)
+    assert (declared["status"], declared["outcome"]) == (502, "upstream_response_too_large")
+    assert chunked["outcome"] == "upstream_response_too_large"
+    assert chunked["bytes_out"] <= 2500
+
+
+async def test_an_upstream_that_trickles_past_the_total_time_limit_is_cut_and_audited(
+    make_gateway: GatewayFactory, keys: Keys, aiohttp_server: Callable[..., Awaitable[TestServer]]
+) -> None:
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for _ in range(40):  # never silent long enough for read_timeout_seconds
+            await resp.write(b"t")
+            await asyncio.sleep(0.1)
+        return resp
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", trickle)
+    server = await aiohttp_server(app)
+    gw = await make_gateway(
+        str(server.make_url("")).rstrip("/"), proxy={"upstream_timeout_seconds": 0.5}
+    )
+    resp = await gw.client.get("/hr/employees/1", headers=auth(keys))
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    (event,) = spool_events(gw.spool_dir)
+    assert (event["decision"], event["outcome"]) == ("allow", "upstream_timeout")
+    assert event["upstream_us"] < 3_000_000
