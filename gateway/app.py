@@ -34,7 +34,7 @@ from gateway.config import Config, StoreConfig
 from gateway.errors import AuthenticationError, PolicyError, SpoolUnavailable
 from gateway.identity import KeySet, Principal, TokenVerifier, file_fetcher, url_fetcher
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, error_middleware
+from gateway.pipeline import Pipeline, error_middleware, expect_handler
 from gateway.policy_api import break_glass_handler, policy_put_handler
 from gateway.proxy import Forwarder
 from gateway.role_changes import RoleTracker
@@ -278,7 +278,7 @@ def build(
     proxy_app.cleanup_ctx.append(_shipper_ctx)
     proxy_app.cleanup_ctx.append(_spool_ctx)
     proxy_app.cleanup_ctx.append(_pipeline_ctx)
-    proxy_app.router.add_route("*", "/{tail:.*}", _handle)
+    proxy_app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=expect_handler)
     admin_app = build_admin_app(metrics, gw.readiness)
 
     async def verify(token: str) -> Principal:

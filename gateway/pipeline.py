@@ -98,6 +98,17 @@ def error_middleware(*, metrics: Metrics) -> Callable[..., Awaitable[web.StreamR
     return impl
 
 
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """aiohttp answers `Expect: 100-continue` before any handler runs, i.e. before identity and
+    authorisation; this one defers the answer to the forwarder, so a client that is refused never
+    uploads its body. Any other expectation is 417 (RFC 9110 §10.1.1)."""
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        return None
+    return error_response(
+        417, "expectation_failed", "only Expect: 100-continue is supported", uuid.uuid4().hex
+    )
+
+
 @dataclass(slots=True)
 class _Context:
     """What is known about one request so far; becomes its audit event."""

@@ -112,7 +112,7 @@ def upstream_headers(
             _strip(lower, listed)
             or lower.startswith(INJECTED_PREFIX)
             or lower in FORWARDING
-            or lower in ("host", "x-request-id")
+            or lower in ("host", "x-request-id", "expect")  # the gateway answers Expect itself
             or (lower == "authorization" and not forward_authorization)
         ):
             continue
@@ -244,6 +244,11 @@ class Forwarder:
                 yield chunk
 
         data = body() if request.body_exists else None
+        if data is not None and request.headers.get("Expect", "").lower() == "100-continue":
+            # Only now, with the request authorised and audited, is the client asked for its
+            # body (pipeline.expect_handler kept aiohttp from asking before any check).
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
         t0 = time.perf_counter()
         try:
             upstream = await self._session.request(

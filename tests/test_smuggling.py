@@ -71,3 +71,43 @@ async def test_accepted_chunked_framing_is_reframed_not_forwarded_as_written(
     # the client's framing header was dropped as hop-by-hop rather than passed along.
     assert seen.headers["transfer-encoding"] == ["chunked"]
     assert "content-length" not in seen.headers
+
+
+async def test_expect_100_continue_is_answered_only_after_the_request_is_allowed_and_audited(
+    gw: Gw, upstream: Upstream, keys: Keys
+) -> None:
+    def expecting(token: str | None) -> bytes:
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        return (
+            "POST /hr/employees HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Content-Length: 5\r\nExpect: 100-continue\r\n{auth}\r\n"
+        ).encode()
+
+    def converse(port: int, head: bytes) -> tuple[bytes, bytes]:
+        """Send the head, read what comes before the body is sent, then send it."""
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+            s.sendall(head)
+            first = s.recv(65536)
+            s.sendall(b"hello")
+            rest = b""
+            try:
+                while chunk := s.recv(65536):
+                    rest += chunk
+            except (TimeoutError, ConnectionResetError):
+                pass
+            return first, rest
+
+    refused, _ = await asyncio.to_thread(converse, _port(gw), expecting(None))
+    assert refused.startswith(b"HTTP/1.1 401"), refused[:60]  # no 100 Continue before it
+
+    allowed, rest = await asyncio.to_thread(
+        converse, _port(gw), expecting(keys.token("alice", ["hr_officer"]))
+    )
+    assert allowed.startswith(b"HTTP/1.1 100 Continue"), allowed[:60]
+    assert b"HTTP/1.1 200" in allowed + rest
+    (seen,) = upstream.seen
+    assert seen.body_bytes == 5 and "expect" not in seen.headers
+
+    odd = b"POST /hr/employees HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: teapot\r\n\r\n"
+    reply = await asyncio.to_thread(exchange, _port(gw), odd)
+    assert reply.startswith(b"HTTP/1.1 417") and b"request_id" in reply
