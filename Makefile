@@ -2,14 +2,16 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
+FUZZ_SECONDS ?= 20
 
-.PHONY: install system-deps run test lint format bench clean
+.PHONY: install system-deps run test lint format fuzz bench lock audit-deps clean
 
-$(STAMP): pyproject.toml
+# The locked versions (requirements.lock) are constraints: every machine gets the same ones.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,embedded]'
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev,embedded]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -21,22 +23,35 @@ system-deps:
 run: install
 	./deploy/local/run.sh
 
-## Lint, types and the whole test suite (real servers, real tokens, real promtool).
-test: install system-deps lint
+## Lint, types, bounded fuzzing and the whole test suite (real servers, tokens, promtool).
+test: install system-deps lint fuzz
 	$(BIN)/python -m pytest -q --basetemp="$$(mktemp -d /tmp/pd-gateway-tests.XXXXXX)"
 
 lint: install
-	$(BIN)/ruff check gateway tests deploy bench
-	$(BIN)/ruff format --check gateway tests deploy bench
+	$(BIN)/ruff check gateway tests deploy bench scripts
+	$(BIN)/ruff format --check gateway tests deploy bench scripts
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format gateway tests deploy bench
-	$(BIN)/ruff check --fix gateway tests deploy bench
+	$(BIN)/ruff format gateway tests deploy bench scripts
+	$(BIN)/ruff check --fix gateway tests deploy bench scripts
+
+## Coverage-guided fuzzing (atheris) of paths, headers and tokens, FUZZ_SECONDS per target.
+fuzz: install
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python tests/fuzz/run.py
 
 ## Benchmarks: gateway vs a bare aiohttp proxy side by side, decision and token costs.
 bench: install system-deps
 	$(BIN)/python bench/run.py
+
+## Re-resolve requirements.lock after a change of pyproject.toml.
+lock: install
+	$(BIN)/python scripts/lock.py
+
+## Known vulnerabilities in the locked versions (pip-audit; needs PyPI's per-release JSON API).
+audit-deps: install
+	$(BIN)/python -m pip install -q pip-audit
+	$(BIN)/pip-audit --strict --no-deps --disable-pip -r requirements.lock
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

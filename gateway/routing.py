@@ -39,9 +39,9 @@ def canonical_path(raw_path: str) -> str:
         raise BadRequest("bad_percent_escape")
     if _ENCODED_SEPARATOR.search(path):
         raise BadRequest("encoded_separator")
-    try:
+    try:  # a target with undecodable bytes (surrogate escapes) fails the encode: same reason
         decoded = unquote_to_bytes(path).decode("utf-8", "strict")
-    except UnicodeDecodeError as e:
+    except UnicodeError as e:
         raise BadRequest("invalid_utf8") from e
     if _CONTROL_OR_BACKSLASH.search(decoded):
         raise BadRequest("control_or_backslash")

@@ -57,6 +57,7 @@ def test_an_accepted_path_has_the_same_segments_raw_and_decoded(raw: str) -> Non
         ("/hr/employees/1001%20", "trailing_dot_or_space"),
         ("/hr/employees/%EF%BC%8E%EF%BC%8E/medical/1", "unnormalised_unicode"),
         ("/hr/employees/%EF%AC%81le", "unnormalised_unicode"),  # the ligature ﬁ
+        ("/\udca22", "invalid_utf8"),  # a raw non-UTF-8 byte, as surrogateescape hands it over
     ],
 )
 def test_paths_an_upstream_would_read_another_way_are_refused(raw: str, reason: str) -> None:
