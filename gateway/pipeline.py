@@ -340,6 +340,7 @@ class Pipeline:
         raise Denied(status, code, message, reason)
 
     async def _record(self, ctx: _Context, event: AccessEvent | Outcome, kind: str) -> None:
+        """Append to the spool; any failure is SpoolUnavailable (503): no audit, no access."""
         try:
             await self._spool.append(event.record(), admission=kind == "access")
         except SpoolUnavailable as e:
@@ -349,6 +350,10 @@ class Pipeline:
                 extra={"reason": e.reason, "route": ctx.route.name},
             )
             raise
+        except Exception as e:  # a bug in the audit step fails closed, like a full disk
+            self._metrics.denials.labels(ctx.route.name, "audit_unavailable").inc()
+            log.exception("audit record failed; request refused")
+            raise SpoolUnavailable("audit_error") from e
         self._metrics.audit_record(kind)
 
     def _event(self, ctx: _Context, decision: str, reason: str) -> AccessEvent:

@@ -359,6 +359,26 @@ async def test_a_fault_inside_identity_authz_or_subject_extraction_denies_and_is
     assert gw.metric("pdgw_denials_total", {"route": "hr-employees", "reason": reason}) == 1
 
 
+async def test_a_fault_inside_the_audit_step_refuses_the_request_and_counts_it(
+    gw: Gw, upstream: Upstream, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection in the audit step itself: the request is refused (503) and never
+    forwarded. The denial cannot be in the spool that just failed; the metric and the error
+    log are its record (and `pdgw_denials_total{reason="audit_unavailable"}` is alerted on)."""
+    from gateway.audit.spool import Spool
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(Spool, "append", broken)
+    resp = await gw.client.get("/hr/employees/1001", headers=auth(keys))
+    assert resp.status == 503
+    assert (await resp.json())["error"] == "audit_unavailable"
+    assert upstream.seen == []
+    labels = {"route": "hr-employees", "reason": "audit_unavailable"}
+    assert gw.metric("pdgw_denials_total", labels) == 1
+
+
 async def test_a_declared_body_over_the_limit_is_413_audited_and_never_sent(
     make_gateway: GatewayFactory, upstream: Upstream, keys: Keys
 ) -> None:

@@ -111,3 +111,21 @@ async def test_expect_100_continue_is_answered_only_after_the_request_is_allowed
     odd = b"POST /hr/employees HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: teapot\r\n\r\n"
     reply = await asyncio.to_thread(exchange, _port(gw), odd)
     assert reply.startswith(b"HTTP/1.1 417") and b"request_id" in reply
+
+
+async def test_absolute_form_targets_are_refused_and_the_clients_host_never_reaches_the_upstream(
+    gw: Gw, upstream: Upstream, keys: Keys
+) -> None:
+    auth = b"Authorization: Bearer " + keys.token("alice", ["hr_officer"]).encode() + b"\r\n"
+    for target in (b"http://evil.example/hr/employees/1", b"//evil.example/hr/employees/1"):
+        raw = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + auth + b"\r\n"
+        reply = await asyncio.to_thread(exchange, _port(gw), raw)
+        assert reply.startswith(b"HTTP/1.1 400"), (target, reply[:60])
+    assert upstream.seen == []
+
+    raw = b"GET /hr/employees/1 HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n" + auth
+    reply = await asyncio.to_thread(exchange, _port(gw), raw + b"\r\n")
+    assert reply.startswith(b"HTTP/1.1 200")
+    (seen,) = upstream.seen
+    assert seen.headers["host"] == [upstream.url.removeprefix("http://")]  # the upstream's own
+    assert seen.headers["x-forwarded-host"] == ["evil.example"]  # what the client claimed, as such
