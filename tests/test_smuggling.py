@@ -129,3 +129,26 @@ async def test_absolute_form_targets_are_refused_and_the_clients_host_never_reac
     (seen,) = upstream.seen
     assert seen.headers["host"] == [upstream.url.removeprefix("http://")]  # the upstream's own
     assert seen.headers["x-forwarded-host"] == ["evil.example"]  # what the client claimed, as such
+
+
+async def test_a_refused_request_line_or_header_is_not_quoted_in_operational_logs(
+    gw: Gw, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The parser's own error text quotes what it refused; logs carry only the kind of error."""
+    from gateway import logs
+
+    logs.redact_parser_errors()
+    token = keys.token("alice", ["hr_officer"])
+    for raw in (
+        b"GET /hr/employees/\xa2-1001 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /hr/employees HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + token.encode()
+        + b"\x01\r\n\r\n",
+    ):
+        reply = await asyncio.to_thread(exchange, _port(gw), raw)
+        assert reply.split(b"\r\n", 1)[0].endswith(b"400 Bad Request"), reply[:60]
+    logged = "\n".join(
+        r.getMessage() + str(r.exc_info) + str(r.__dict__.get("error")) for r in caplog.records
+    )
+    assert "malformed request refused by the HTTP parser" in logged
+    assert "1001" not in logged and token[-20:] not in logged
