@@ -23,6 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from aiohttp import web
 
@@ -127,8 +128,8 @@ class _GatedProtocol(asyncio.Protocol):
         if reason is not None:
             self._inner = None
             self._on_refused(reason)
-            assert isinstance(transport, asyncio.Transport)
-            transport.write(refusal(reason))
+            # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
+            cast(asyncio.Transport, transport).write(refusal(reason))
             transport.close()
             return
         self._address = address

@@ -67,7 +67,9 @@ def run_gateway(
     for attempt in range(3):  # ports chosen free can be taken before the gateway binds them
         proxy_port, admin_port = free_port(), free_port()
         data = config_dict(tmp_path, upstream_url, **overrides)
-        data["listen"] = {"proxy": {"port": proxy_port}, "admin": {"port": admin_port}}
+        listen = data.setdefault("listen", {})
+        listen.setdefault("proxy", {})["port"] = proxy_port
+        listen.setdefault("admin", {})["port"] = admin_port
         path = write_config(tmp_path, data, keys)
         log = (tmp_path / "gateway.log").open("wb")
         proc = subprocess.Popen(
@@ -78,6 +80,8 @@ def run_gateway(
             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
         )
         gp = GatewayProcess(proc, proxy_port, admin_port, Path(data["audit"]["spool_dir"]))
+        if "tls" in listen["proxy"]:
+            gp.url = gp.url.replace("http://", "https://", 1)
         if _wait_ready(gp):
             break
         log.close()

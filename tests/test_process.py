@@ -173,3 +173,57 @@ async def test_spool_write_failure_refuses_requests_with_503_and_never_forwards_
     assert len(upstream.seen) == statuses.count(200) + cut
     served = [e for e in spool_events(gp.spool) if e["outcome"] == "complete"]
     assert len(served) == statuses.count(200)
+
+
+async def test_the_connection_gate_and_head_timeout_hold_in_the_real_process(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    """`pd-gateway serve` runs on uvloop, whose transports differ from asyncio's: the refusal
+    path and the head timeout are checked there, not only in-process."""
+    proxy = {"client_max_connections_per_address": 2, "client_header_timeout_seconds": 1}
+    with run_gateway(tmp_path, keys, upstream.url, proxy=proxy) as gp:
+        port = int(gp.url.rsplit(":", 1)[1])
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(5):
+            refused = await reader.read()
+        writer.close()
+        for r, _ in held:  # idle, never sending a request head: closed by the head timeout
+            async with asyncio.timeout(5):
+                assert await r.read() == b""
+        for _, w in held:
+            w.close()
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"{gp.admin}/metrics") as r,
+        ):
+            metrics = await r.text()
+        assert gp.proc.poll() is None  # still serving
+    assert refused.startswith(b"HTTP/1.1 503") and b"X-Request-Id: " in refused
+    labels = 'listener="proxy",reason="too_many_connections_from_address"'
+    assert f"pdgw_connections_refused_total{{{labels}}} 1.0" in metrics
+
+
+async def test_tls_on_the_proxy_listener_in_the_real_process(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    from gateway import tls
+    from tests.certs import CA
+
+    ca = CA(tmp_path, "org")
+    pair = ca.issue("gateway", server=True)
+    listen = {"proxy": {"tls": {"cert_file": str(pair.cert), "key_file": str(pair.key)}}}
+    token = keys.token("alice", ["hr_officer"])
+    with run_gateway(tmp_path, keys, upstream.url, listen=listen) as gp:
+        assert gp.url.startswith("https://")
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(
+                f"{gp.url}/hr/employees/1",
+                headers={"Authorization": f"Bearer {token}"},
+                ssl=tls.client_context(ca.cert_file),
+            ) as r,
+        ):
+            assert r.status == 200
+    (seen,) = upstream.seen
+    assert seen.headers["x-forwarded-proto"] == ["https"]
