@@ -257,6 +257,7 @@ def _plain(value: Any) -> Any:
 
 
 T = TypeVar("T")
+Resolve = Callable[[str | None], Path | None]  # a config value → a path beside the config file
 
 
 class _Problems:
@@ -532,9 +533,6 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
     )
 
 
-Resolve = Callable[[str | None], Path | None]
-
-
 def _parse_listen(
     sec: _Section, port: int, allow: tuple[IPNetwork, ...], resolve: Resolve
 ) -> Listen:
@@ -569,7 +567,9 @@ def _parse_listener_tls(sec: _Section, resolve: Resolve) -> ListenerTLS | None:
     t.finish()
     if cert is None or key is None:
         return None
-    _check_tls(t, "cert_file", lambda: tls.server_context(cert, key, client_ca))
+    _check_tls(t, "cert_file", lambda: tls.server_context(cert, key))
+    if client_ca is not None:
+        _check_tls(t, "client_ca_file", lambda: tls.server_context(cert, key, client_ca))
     return ListenerTLS(cert, key, client_ca)
 
 
@@ -579,7 +579,6 @@ def _parse_upstream(
     """`name: URL`, or `name: {url, ca_file, client_cert_file, client_key_file}` for TLS."""
     if not isinstance(up.data.get(name), Mapping):
         return up.get(name, str, ..., _http_url), None
-    up.seen.add(name)
     u = up.section(name)
     url = u.get("url", str, ..., _http_url)
     ca = resolve(u.get("ca_file", str, None))
@@ -608,9 +607,7 @@ def _check_tls(sec: _Section, key: str, build: Callable[[], object]) -> None:
         sec.problems.add(sec.key(key), f"cannot use for TLS: {detail}")
 
 
-def _parse_store(
-    top: _Section, resolve: Callable[[str | None], Path | None], problems: _Problems
-) -> StoreConfig | None:
+def _parse_store(top: _Section, resolve: Resolve, problems: _Problems) -> StoreConfig | None:
     if "store" not in top.data:
         top.seen.add("store")
         return None

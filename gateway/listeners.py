@@ -167,6 +167,8 @@ class GatedSite(web.BaseSite):
         listen: Listen,
         gate: ConnectionGate,
         on_refused: Callable[[str], None],
+        *,
+        handshake_timeout: float = 15.0,
     ) -> None:
         ssl_context = (
             tls.server_context(listen.tls.cert_file, listen.tls.key_file, listen.tls.client_ca_file)
@@ -177,6 +179,7 @@ class GatedSite(web.BaseSite):
         self._listen = listen
         self.gate = gate
         self._on_refused = on_refused
+        self._handshake_timeout = handshake_timeout
         self.port = listen.port
 
     @property
@@ -194,6 +197,8 @@ class GatedSite(web.BaseSite):
             self._listen.host,
             self._listen.port,
             ssl=self._ssl_context,
+            # A TLS handshake happens before the gate sees the connection: bound its time too.
+            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
             backlog=self._backlog,
             reuse_address=True,
         )
@@ -245,8 +250,13 @@ async def start(
     def refused(listener: str) -> Callable[[str], None]:
         return lambda reason: metrics.connections_refused.labels(listener, reason).inc()
 
-    proxy = GatedSite(proxy_runner, cfg.proxy_listen, proxy_gate, refused("proxy"))
-    admin = GatedSite(admin_runner, cfg.admin_listen, admin_gate, refused("admin"))
+    timeout = px.client_header_timeout_seconds
+    proxy = GatedSite(
+        proxy_runner, cfg.proxy_listen, proxy_gate, refused("proxy"), handshake_timeout=timeout
+    )
+    admin = GatedSite(
+        admin_runner, cfg.admin_listen, admin_gate, refused("admin"), handshake_timeout=timeout
+    )
     try:
         await proxy.start()
         await admin.start()

@@ -131,6 +131,24 @@ def recording_app(upstream: Upstream) -> web.Application:
     return app
 
 
+HandlerUpstream = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def upstream_serving(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> HandlerUpstream:
+    """A real upstream answering every path with one handler; returns its base URL."""
+
+    async def serve(
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]], **app: Any
+    ) -> str:
+        application = web.Application(**app)
+        application.router.add_route("*", "/{tail:.*}", handler)
+        server = await aiohttp_server(application)
+        return str(server.make_url("")).rstrip("/")
+
+    return serve
+
+
 @pytest.fixture
 async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> Upstream:
     up = Upstream(url="")
@@ -300,15 +318,19 @@ def write_config(tmp_path: Path, data: dict[str, Any], keys: Keys) -> Path:
     return path
 
 
+class _Metered:
+    registry: CollectorRegistry
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+
 @dataclass
-class Gw:
+class Gw(_Metered):
     client: TestClient[Any, Any]
     cfg: config.Config
     registry: CollectorRegistry
     spool_dir: Path
-
-    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
-        return self.registry.get_sample_value(name, labels or {}) or 0.0
 
 
 GatewayFactory = Callable[..., Awaitable[Gw]]
@@ -330,7 +352,7 @@ def make_gateway(
 
 
 @dataclass
-class Served:
+class Served(_Metered):
     """A gateway on its real listeners (TLS, connection gate, client limits), in this process."""
 
     proxy_url: str
@@ -340,9 +362,6 @@ class Served:
     cfg: config.Config
     registry: CollectorRegistry
     spool_dir: Path
-
-    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
-        return self.registry.get_sample_value(name, labels or {}) or 0.0
 
 
 ServeFactory = Callable[..., Awaitable[Served]]

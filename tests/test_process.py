@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import resource
 import signal
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from tests.conftest import Keys, Upstream, spool_events
+from tests.conftest import HandlerUpstream, Keys, Upstream, spool_events
 from tests.process import run_gateway
 
 pytestmark = pytest.mark.slow
@@ -49,7 +47,7 @@ async def test_sigkill_right_after_responses_loses_no_event(
 
 
 async def test_sigterm_drains_in_flight_requests_and_flushes_the_spool(
-    tmp_path: Path, keys: Keys, aiohttp_server: Callable[..., Awaitable[TestServer]]
+    tmp_path: Path, keys: Keys, upstream_serving: HandlerUpstream
 ) -> None:
     started = asyncio.Event()
 
@@ -58,13 +56,9 @@ async def test_sigterm_drains_in_flight_requests_and_flushes_the_spool(
         await asyncio.sleep(0.7)
         return web.json_response({"ok": True})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", slow)
-    server = await aiohttp_server(app)
+    url = await upstream_serving(slow)
     token = keys.token("alice", ["hr_officer"])
-    with run_gateway(
-        tmp_path, keys, str(server.make_url("")).rstrip("/"), audit={"durability": "batch"}
-    ) as gp:
+    with run_gateway(tmp_path, keys, url, audit={"durability": "batch"}) as gp:
         async with aiohttp.ClientSession() as s:
 
             async def one() -> int:
@@ -87,7 +81,7 @@ async def test_sigterm_drains_in_flight_requests_and_flushes_the_spool(
 
 
 async def test_large_bodies_stream_both_ways_without_buffering(
-    tmp_path: Path, keys: Keys, aiohttp_server: Callable[..., Awaitable[TestServer]]
+    tmp_path: Path, keys: Keys, upstream_serving: HandlerUpstream
 ) -> None:
     size = 256 * 1024 * 1024
     chunk = b"z" * (256 * 1024)
@@ -104,16 +98,13 @@ async def test_large_bodies_stream_both_ways_without_buffering(
             await resp.write(chunk)
         return resp
 
-    app = web.Application(client_max_size=0)
-    app.router.add_route("*", "/{tail:.*}", sink_and_source)
-    server = await aiohttp_server(app)
+    url = await upstream_serving(sink_and_source, client_max_size=0)
     token = keys.token("alice", ["hr_officer"])
 
     async def upload():  # type: ignore[no-untyped-def]
         for _ in range(size // len(chunk)):
             yield chunk
 
-    url = str(server.make_url("")).rstrip("/")
     with run_gateway(tmp_path, keys, url, proxy={"max_body_bytes": 2 * size}) as gp:
         baseline = gp.rss_peak_kib()
         got = 0

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from tests.conftest import (
     GatewayFactory,
     Gw,
+    HandlerUpstream,
     Keys,
     Upstream,
     raw_request,
@@ -191,18 +190,14 @@ async def test_upstream_down_is_502_and_audited(make_gateway: GatewayFactory, ke
 
 
 async def test_upstream_timeout_is_504_and_audited(
-    make_gateway: GatewayFactory, keys: Keys, aiohttp_server: Callable[..., Awaitable[TestServer]]
+    make_gateway: GatewayFactory, keys: Keys, upstream_serving: HandlerUpstream
 ) -> None:
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(2)
         return web.Response(text="late")
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", slow)
-    server = await aiohttp_server(app)
-    gw = await make_gateway(
-        str(server.make_url("")).rstrip("/"), proxy={"read_timeout_seconds": 0.3}
-    )
+    url = await upstream_serving(slow)
+    gw = await make_gateway(url, proxy={"read_timeout_seconds": 0.3})
     resp = await gw.client.get("/hr/employees/1001", headers=auth(keys))
     assert resp.status == 504
     (event,) = spool_events(gw.spool_dir)
@@ -210,7 +205,7 @@ async def test_upstream_timeout_is_504_and_audited(
 
 
 async def test_response_hop_by_hop_headers_are_dropped_and_body_streams_back(
-    make_gateway: GatewayFactory, keys: Keys, aiohttp_server: Callable[..., Awaitable[TestServer]]
+    make_gateway: GatewayFactory, keys: Keys, upstream_serving: HandlerUpstream
 ) -> None:
     chunks = [b"a" * 1000, b"b" * 1000, b"c" * 10]
 
@@ -226,10 +221,8 @@ async def test_response_hop_by_hop_headers_are_dropped_and_body_streams_back(
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", streaming)
-    server = await aiohttp_server(app)
-    gw = await make_gateway(str(server.make_url("")).rstrip("/"))
+    url = await upstream_serving(streaming)
+    gw = await make_gateway(url)
     resp = await gw.client.get("/hr/employees/1001", headers=auth(keys))
     assert resp.status == 200
     assert await resp.read() == b"".join(chunks)
@@ -277,7 +270,7 @@ async def test_ambiguous_paths_are_refused_before_routing(
 
 
 async def test_upstream_dying_mid_response_cuts_the_client_off_and_is_audited(
-    make_gateway: GatewayFactory, keys: Keys, aiohttp_server: Callable[..., Awaitable[TestServer]]
+    make_gateway: GatewayFactory, keys: Keys, upstream_serving: HandlerUpstream
 ) -> None:
     async def dies(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
@@ -288,10 +281,8 @@ async def test_upstream_dying_mid_response_cuts_the_client_off_and_is_audited(
         request.transport.close()  # the upstream crashes before sending the rest
         return resp
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", dies)
-    server = await aiohttp_server(app)
-    gw = await make_gateway(str(server.make_url("")).rstrip("/"))
+    url = await upstream_serving(dies)
+    gw = await make_gateway(url)
     resp = await gw.client.get("/hr/employees/1001", headers=auth(keys))
     assert resp.status == 200  # the headers had already gone out
     with pytest.raises(aiohttp.ClientPayloadError):
@@ -413,7 +404,7 @@ async def test_a_streamed_body_growing_past_the_limit_is_cut_and_413(
 
 
 async def test_an_upstream_response_over_the_size_limit_is_cut_and_audited(
-    make_gateway: GatewayFactory, keys: Keys, aiohttp_server: Callable[..., Awaitable[TestServer]]
+    make_gateway: GatewayFactory, keys: Keys, upstream_serving: HandlerUpstream
 ) -> None:
     async def big(request: web.Request) -> web.StreamResponse:
         if request.path.endswith("/declared"):
@@ -425,12 +416,8 @@ async def test_an_upstream_response_over_the_size_limit_is_cut_and_audited(
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", big)
-    server = await aiohttp_server(app)
-    gw = await make_gateway(
-        str(server.make_url("")).rstrip("/"), proxy={"upstream_max_response_bytes": 2500}
-    )
+    url = await upstream_serving(big)
+    gw = await make_gateway(url, proxy={"upstream_max_response_bytes": 2500})
     resp = await gw.client.get("/hr/employees/1/declared", headers=auth(keys))
     assert resp.status == 502  # refused before any of it reached the client
     resp = await gw.client.get("/hr/employees/1/chunked", headers=auth(keys))
@@ -444,7 +431,7 @@ async def test_an_upstream_response_over_the_size_limit_is_cut_and_audited(
 
 
 async def test_an_upstream_that_trickles_past_the_total_time_limit_is_cut_and_audited(
-    make_gateway: GatewayFactory, keys: Keys, aiohttp_server: Callable[..., Awaitable[TestServer]]
+    make_gateway: GatewayFactory, keys: Keys, upstream_serving: HandlerUpstream
 ) -> None:
     async def trickle(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
@@ -454,12 +441,8 @@ async def test_an_upstream_that_trickles_past_the_total_time_limit_is_cut_and_au
             await asyncio.sleep(0.1)
         return resp
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", trickle)
-    server = await aiohttp_server(app)
-    gw = await make_gateway(
-        str(server.make_url("")).rstrip("/"), proxy={"upstream_timeout_seconds": 0.5}
-    )
+    url = await upstream_serving(trickle)
+    gw = await make_gateway(url, proxy={"upstream_timeout_seconds": 0.5})
     resp = await gw.client.get("/hr/employees/1", headers=auth(keys))
     with pytest.raises(aiohttp.ClientPayloadError):
         await resp.read()
