@@ -244,7 +244,11 @@ class Forwarder:
                 yield chunk
 
         data = body() if request.body_exists else None
-        if data is not None and request.headers.get("Expect", "").lower() == "100-continue":
+        if (
+            data is not None
+            and request.version == aiohttp.HttpVersion11  # HTTP/1.0 has no interim responses
+            and request.headers.get("Expect", "").lower() == "100-continue"
+        ):
             # Only now, with the request authorised and audited, is the client asked for its
             # body (pipeline.expect_handler kept aiohttp from asking before any check).
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
