@@ -62,6 +62,13 @@ def hs256_with_public_key(public_pem: str) -> str:
 def bad_tokens(keys: Keys) -> dict[str, tuple[str, str]]:
     """name → (token, the audit reason it must produce)."""
     other_pem, other_jwk = rsa_keypair()
+
+    def by_other(headers: dict[str, Any]) -> str:
+        """Signed by a key the gateway does not trust, whatever the header claims."""
+        return str(
+            jwt.encode(_claims(), other_pem, algorithm="RS256", headers={"kid": KID, **headers})
+        )
+
     now = int(time.time())
     good = keys.token("mallory", ["hr_officer"])
     header, _, sig = good.split(".")
@@ -89,18 +96,11 @@ def bad_tokens(keys: Keys) -> dict[str, tuple[str, str]]:
         ),
         "unknown_kid": (keys.token("mallory", ["hr_officer"], kid="rotated-away"), "unknown_kid"),
         "signed_by_another_key": (
-            str(jwt.encode(_claims(), other_pem, algorithm="RS256", headers={"kid": KID})),
+            by_other({}),
             "invalid_signature",
         ),
         "jku_points_elsewhere": (
-            str(
-                jwt.encode(
-                    _claims(),
-                    other_pem,
-                    algorithm="RS256",
-                    headers={"kid": KID, "jku": "http://127.0.0.1:1/jwks.json"},
-                )
-            ),
+            by_other({"jku": "http://127.0.0.1:1/jwks.json"}),
             "invalid_signature",
         ),
         "tampered_payload": (
@@ -114,25 +114,11 @@ def bad_tokens(keys: Keys) -> dict[str, tuple[str, str]]:
         "garbage": ("not.a.jwt", "malformed_token"),
         "huge": ("a" * 7000, "token_too_large"),
         "x5u_points_elsewhere": (
-            str(
-                jwt.encode(
-                    _claims(),
-                    other_pem,
-                    algorithm="RS256",
-                    headers={"kid": KID, "x5u": "http://127.0.0.1:1/cert.pem"},
-                )
-            ),
+            by_other({"x5u": "http://127.0.0.1:1/cert.pem"}),
             "invalid_signature",
         ),
         "embedded_jwk_of_the_signer": (
-            str(
-                jwt.encode(
-                    _claims(),
-                    other_pem,
-                    algorithm="RS256",
-                    headers={"kid": KID, "jwk": other_jwk},
-                )
-            ),
+            by_other({"jwk": other_jwk}),
             "invalid_signature",
         ),
         "kid_path_traversal": (
