@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -431,3 +432,17 @@ async def raw_request(gw: Gw, method: str, raw: str, headers: dict[str, str] | N
     return await gw.client.session.request(
         method, URL(root + raw, encoded=True), headers=headers or {}
     )
+
+
+def exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes to 127.0.0.1:port; everything the server sends until it closes (or 3 s of
+    silence). For requests no HTTP client would write."""
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except TimeoutError:
+            pass
+        return out

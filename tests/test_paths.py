@@ -10,7 +10,6 @@ the very route the gateway audited.
 from __future__ import annotations
 
 import asyncio
-import socket
 import unicodedata
 from urllib.parse import unquote
 
@@ -18,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.routing import RouteTable
-from tests.conftest import Gw, Keys, Upstream, spool_events
+from tests.conftest import Gw, Keys, Upstream, exchange, spool_events
 
 TRICKS = ["..", "%2e%2e", "%2E.", "..;", "%2f", "%5c", "%00", "%c0%ae", "%EF%BC%8E%EF%BC%8E", ""]
 SEGMENTS = ["hr", "medical", "employees", "export", "crm", "counterparties", "1001", "ﬁ", "%zz"]
@@ -73,12 +72,7 @@ def send(port: int, raw: str, token: str) -> int:
         f"GET {raw} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
         f"Authorization: Bearer {token}\r\n\r\n"
     ).encode()  # raw non-ASCII bytes too, as some clients send
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(request)
-        reply = b""
-        while chunk := s.recv(65536):
-            reply += chunk
-    return int(reply.split(b" ", 2)[1])
+    return int(exchange(port, request).split(b" ", 2)[1])
 
 
 async def test_every_forwarded_path_is_served_as_the_route_that_was_audited(

@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from tests.conftest import Gw, Keys, Upstream
+from tests.conftest import Gw, Keys, Upstream, exchange
 
 CASES = {
     "content-length and transfer-encoding": b"POST /hr/employees HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -26,18 +26,6 @@ CASES = {
     + b"a" * 9000
     + b"\r\n\r\n",
 }
-
-
-def exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
-        s.sendall(data)
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except TimeoutError:
-            pass
-        return out
 
 
 def _port(gw: Gw) -> int:
