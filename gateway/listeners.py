@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # and discarding it for this long so the client can see the answer, then closes. aiohttp's 10 s
 # would let every refused slow client hold its connection that long.
 LINGERING_SECONDS = 2.0
+# The admin port serves probes, a scraper and a few operators; more at once is not a workload.
+ADMIN_MAX_CONNECTIONS = 256
 
 
 class ConnectionGate:
@@ -243,7 +245,7 @@ async def start(
         max_per_address=px.client_max_connections_per_address,
         exempt=px.trusted_proxies,
     )
-    admin_gate = ConnectionGate(allow=cfg.admin_listen.allow, max_total=256)
+    admin_gate = ConnectionGate(allow=cfg.admin_listen.allow, max_total=ADMIN_MAX_CONNECTIONS)
     metrics.connections_open.labels("proxy").set_function(lambda: proxy_gate.open)
     metrics.connections_open.labels("admin").set_function(lambda: admin_gate.open)
 
