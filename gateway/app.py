@@ -9,29 +9,27 @@ pipeline that uses them.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway import listeners, policy_tools, tls
+from gateway import listeners, tls
+from gateway.access_rights import AccessRights
 from gateway.admin import build_admin_app
-from gateway.audit.events import PermissionChange
+from gateway.audit.checkpoint import Checkpointer, Signer
 from gateway.audit.factory import open_store
+from gateway.audit.refusals import AnonymousRefusals
 from gateway.audit.shipper import Shipper, ShipperMetrics
 from gateway.audit.spool import Spool, SpoolHooks
-from gateway.authz import PolicyEngine, PolicyStore, permission_changes
-from gateway.break_glass import BreakGlass, Session, describe, load_allowances
-from gateway.break_glass import change_id as break_glass_change_id
+from gateway.authz import PolicyStore
+from gateway.break_glass import BreakGlass, load_allowances
 from gateway.config import Config, StoreConfig
-from gateway.errors import AuthenticationError, PolicyError, SpoolUnavailable
+from gateway.errors import AuthenticationError
 from gateway.identity import KeySet, Principal, TokenVerifier, file_fetcher, url_fetcher
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, error_middleware, expect_handler
@@ -52,11 +50,17 @@ class Gateway:
     metrics: Metrics
     spool: Spool
     policies: PolicyStore
-    break_glass: BreakGlass = field(default_factory=lambda: BreakGlass({}))
+    rights: AccessRights
+    checkpointer: Checkpointer
+    anonymous: AnonymousRefusals
     keys: KeySet | None = None
     verifier: TokenVerifier | None = None
     pipeline: Pipeline | None = None
     shipper: Shipper | None = None
+
+    @property
+    def break_glass(self) -> BreakGlass:
+        return self.rights.break_glass
 
     def readiness(self) -> dict[str, bool]:
         return {
@@ -64,169 +68,6 @@ class Gateway:
             "spool_writable": self.spool.writable,
             "jwks_loaded": self.keys is not None and self.keys.loaded,
         }
-
-    async def reload_policy(self, *, actor: str, source: str, reason: str) -> bool:
-        """Load the policy files again and put them in force, recording every change (9.2.7).
-
-        A policy that fails `policy check` or does not load is refused; the old one stays."""
-        problems = [str(p) for p in self.lint_policy(self.cfg.authz.policy)]
-        engine = None
-        try:
-            engine = self.policies.candidate()
-        except PolicyError as e:
-            problems.append(str(e))
-        if problems or engine is None:
-            self.metrics.policy_reloads.labels("refused").inc()
-            log.error(
-                "policy reload refused; previous policy stays in force",
-                extra={"problems": problems[:10], "count": len(problems)},
-            )
-            return False
-        return await self.apply_policy(engine, actor=actor, source=source, reason=reason)
-
-    def lint_policy(self, policy: Path) -> list[policy_tools.Problem]:
-        """`pd-gateway policy check` against this gateway's routes: what must hold before a policy
-        file is put in force (the admin API runs the same check)."""
-        try:
-            lint = policy_tools.load_lint_settings(policy.parent)
-        except PolicyError as e:
-            return [policy_tools.Problem(policy.parent / "lint.yaml", 0, str(e))]
-        return policy_tools.check(
-            self.cfg.authz.model,
-            policy,
-            known_resources={(r.system, r.category) for r in self.cfg.routes},
-            special_categories=lint.get("special_categories"),
-        )
-
-    async def apply_policy(
-        self,
-        engine: PolicyEngine,
-        *,
-        actor: str,
-        source: str,
-        reason: str,
-        before_install: Callable[[], None] | None = None,
-    ) -> bool:
-        """Put a validated policy in force. Its effective changes are written to the audit spool
-        in one write *before* it decides anything; if they cannot be recorded the change is
-        refused (no silent change of access rights). ``before_install`` runs between the two
-        (the admin API writes the policy file there)."""
-        old = self.policies.engine
-        if engine.rules() == old.rules() and engine.version == old.version:
-            return True
-        now = time.time_ns() // 1000
-        records = [
-            PermissionChange(
-                change_id=cid,
-                ts_us=now,
-                instance=self.cfg.instance_id,
-                actor=actor,
-                change_kind=kind,
-                role=role,
-                user=user,
-                rule_before=before,
-                rule_after=after,
-                policy_version_before=old.version,
-                policy_version_after=engine.version,
-                reason=reason,
-                source=source,
-            ).record()
-            for kind, role, user, before, after, cid in permission_changes(old, engine)
-        ]
-        if records:
-            try:
-                await self.spool.append(b"".join(records))
-            except SpoolUnavailable as e:
-                self.metrics.policy_reloads.labels("refused").inc()
-                log.error(
-                    "policy change refused: it cannot be recorded", extra={"reason": e.reason}
-                )
-                return False
-        if before_install is not None:
-            before_install()
-        self.policies.install(engine)
-        self.metrics.policy_reloads.labels("ok").inc()
-        self.metrics.set_policy(engine.version, engine.rule_count)
-        log.info(
-            "policy changed", extra={"changes": len(records), "actor": actor, "source": source}
-        )
-        return True
-
-    async def start_break_glass(
-        self, principal: Principal, seconds: float, justification: str
-    ) -> Session:
-        """Open a break-glass session (PermissionError / ValueError if the policy forbids it);
-        it is recorded before it grants anything, SpoolUnavailable if it cannot be."""
-        session = self.break_glass.open(principal.user, principal.roles, seconds, justification)
-        until = dt.datetime.fromtimestamp(session.ends_at, dt.UTC).isoformat(timespec="seconds")
-        await self._record_break_glass(
-            session,
-            "started",
-            f"{describe(session.grants)} until {until}",
-            principal.user,
-            justification,
-        )
-        self.break_glass.activate(session)
-        self.metrics.break_glass_invocations.inc()
-        log.warning("break-glass session started", extra={"session": session.session_id})
-        return session
-
-    async def _record_break_glass(
-        self, session: Session, event: str, rule: str, actor: str, reason: str
-    ) -> None:
-        version = self.policies.engine.version
-        change = PermissionChange(
-            change_id=break_glass_change_id(session, event),
-            ts_us=time.time_ns() // 1000,
-            instance=self.cfg.instance_id,
-            actor=actor,
-            change_kind=f"break_glass_{event}",
-            role="",
-            user=session.user,
-            rule_before="" if event == "started" else rule,
-            rule_after=rule if event == "started" else "",
-            policy_version_before=version,
-            policy_version_after=version,
-            reason=reason,
-            source="break_glass",
-        )
-        await self.spool.append(change.record())
-
-    async def end_break_glass_sessions(self, interval: float = 0.5) -> None:
-        """Record the end of every session that reached it (the access ended by itself)."""
-        while True:
-            await asyncio.sleep(interval)
-            for s in self.break_glass.expired():
-                try:
-                    await self._record_break_glass(
-                        s, "ended", describe(s.grants), "expiry", "break-glass period ended"
-                    )
-                except SpoolUnavailable:
-                    log.error(
-                        "break-glass end could not be recorded", extra={"session": s.session_id}
-                    )
-
-    async def watch_policy_files(self, interval: float) -> None:
-        """Reload when the policy files change on disk (a deploy, a git pull)."""
-        stamp = self.policies.files_stamp()
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                now = self.policies.files_stamp()
-            except OSError:
-                continue  # mid-replace: look again next time
-            if now != stamp:
-                stamp = now
-                await self.reload_policy(
-                    actor=f"file:{self.cfg.authz.policy}",
-                    source="file",
-                    reason="policy files changed on disk",
-                )
-            lapse = self.policies.engine.next_expiry
-            if lapse is not None and time.time() >= lapse:
-                await self.reload_policy(
-                    actor="expiry", source="expiry", reason="a time-bound grant reached its end"
-                )
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -269,9 +110,21 @@ def build(
         on_cache=metrics.decision_cache_result,
     )
     metrics.set_policy(policies.engine.version, policies.engine.rule_count)
-    gw = Gateway(cfg=cfg, metrics=metrics, spool=spool, policies=policies)
-    gw.break_glass = BreakGlass(load_allowances(cfg.authz.policy.parent))
+    rights = AccessRights(
+        cfg, metrics, spool, policies, BreakGlass(load_allowances(cfg.authz.policy.parent))
+    )
+    checkpointer = Checkpointer(
+        spool,
+        Signer.load(a.checkpoint_key_file),
+        a.checkpoint_interval_seconds,
+        on_checkpoint=metrics.set_checkpoint,
+    )
+    anonymous = AnonymousRefusals(
+        spool.append, window_seconds=a.anonymous_window_seconds, max_keys=a.anonymous_max_keys
+    )
+    gw = Gateway(cfg, metrics, spool, policies, rights, checkpointer, anonymous)
     metrics.break_glass_active.set_function(lambda: gw.break_glass.active)
+    metrics.chain_seq.set_function(lambda: spool.head.seq)
 
     proxy_app = web.Application(middlewares=[error_middleware(metrics=metrics)])
     proxy_app[GATEWAY] = gw
@@ -293,15 +146,25 @@ def build(
             admin_roles=cfg.authz.policy_admin_roles,
             model=cfg.authz.model,
             policy=cfg.authz.policy,
-            lint=gw.lint_policy,
-            apply=gw.apply_policy,
+            lint=rights.lint_policy,
+            apply=rights.apply_policy,
         ),
     )
     admin_app.router.add_post(
-        "/admin/break-glass", break_glass_handler(verify=verify, start=gw.start_break_glass)
+        "/admin/break-glass", break_glass_handler(verify=verify, start=rights.start_break_glass)
     )
+    admin_app.router.add_get("/checkpoint", _latest_checkpoint)
     admin_app[GATEWAY] = gw
     return proxy_app, admin_app
+
+
+async def _latest_checkpoint(request: web.Request) -> web.Response:
+    """The newest signed head of this instance's audit chain: a copy outside the store, for
+    `pd-gateway audit verify --gateway` (it holds no personal data)."""
+    cp = request.app[GATEWAY].checkpointer.latest
+    if cp is None:
+        return web.json_response({"error": "no_checkpoint_yet"}, status=404)
+    return web.json_response(cp.as_dict())
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
@@ -349,9 +212,19 @@ async def _shipper_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
-    spool = app[GATEWAY].spool
+    gw = app[GATEWAY]
+    spool = gw.spool
     await asyncio.to_thread(spool.open)
+    await gw.checkpointer.checkpoint()  # the head this run starts from, signed
+    tasks = [
+        spawn(gw.checkpointer.run(), name="audit-checkpoints"),
+        spawn(gw.anonymous.run(), name="anonymous-refusals"),
+    ]
     yield
+    for task in tasks:
+        task.cancel()
+    await gw.anonymous.flush()
+    await gw.checkpointer.final()  # the last head, signed before the spool closes
     spool.close()  # on the loop's thread: flushes its buffer, then joins the sync thread
 
 
@@ -388,6 +261,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     gw.metrics.jwks_refreshes.set_function(lambda: keys.refreshes)
     gw.keys = keys
     roles = RoleTracker(cfg.audit.spool_dir, instance=cfg.instance_id, issuer=ident.issuer)
+    gw.rights.roles = roles
     gw.verifier = TokenVerifier(ident, keys, on_cache=gw.metrics.token_cache_result)
     gw.pipeline = Pipeline(
         cfg,
@@ -411,14 +285,15 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
             },
         ),
         metrics=gw.metrics,
-        role_tracker=roles,
+        access_rights=gw.rights,
         break_glass=gw.break_glass,
+        anonymous=gw.anonymous,
     )
-    reaper = spawn(gw.end_break_glass_sessions(), name="break-glass-ends")
+    reaper = spawn(gw.rights.end_break_glass_sessions(), name="break-glass-ends")
     watcher = None
     if cfg.authz.watch_interval_seconds > 0:
         watcher = spawn(
-            gw.watch_policy_files(cfg.authz.watch_interval_seconds), name="policy-watch"
+            gw.rights.watch_policy_files(cfg.authz.watch_interval_seconds), name="policy-watch"
         )
     yield
     if watcher is not None:
@@ -443,7 +318,8 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     loop.add_signal_handler(
         signal.SIGHUP,
         lambda: spawn(
-            gw.reload_policy(actor="signal:SIGHUP", source="file", reason="SIGHUP"), name="reload"
+            gw.rights.reload_policy(actor="signal:SIGHUP", source="file", reason="SIGHUP"),
+            name="reload",
         ),
     )
     sites = await listeners.start(cfg, proxy_app, admin_app, gw.metrics)

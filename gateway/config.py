@@ -144,6 +144,13 @@ class AuditConfig:
     # While the store is down the spool absorbs events; past this size `on_spool_full` applies.
     max_spool_bytes: int = 10 * 1024**3
     on_spool_full: Literal["refuse", "alert"] = "refuse"
+    # Ed25519 key that signs the chain's checkpoints (docs/decisions/012); required: the store's
+    # administrators must not hold it. `pd-gateway audit keygen` makes one.
+    checkpoint_key_file: Path = Path()
+    checkpoint_interval_seconds: float = 60.0
+    # Refusals without a valid token are counted per window (docs/decisions/013).
+    anonymous_window_seconds: float = 60.0
+    anonymous_max_keys: int = 1000
 
 
 @dataclass(frozen=True)
@@ -473,7 +480,13 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         max_pending=au.get("max_pending", int, 10_000, _positive),
         max_spool_bytes=au.get("max_spool_bytes", int, 10 * 1024**3, _min(64 * 1024)),
         on_spool_full=au.get("on_spool_full", str, "refuse", _one_of(("refuse", "alert"))),
+        checkpoint_key_file=resolve(au.get("checkpoint_key_file", str)) or Path(),
+        checkpoint_interval_seconds=au.get("checkpoint_interval_seconds", float, 60.0, _positive),
+        anonymous_window_seconds=au.get("anonymous_window_seconds", float, 60.0, _positive),
+        anonymous_max_keys=au.get("anonymous_max_keys", int, 1000, _positive),
     )
+    if audit.checkpoint_key_file != Path():
+        _check_signing_key(au, audit.checkpoint_key_file)
     au.finish()
     store = _parse_store(top, resolve, problems)
 
@@ -596,6 +609,21 @@ def _parse_upstream(
         u, "ca_file" if ca else "client_cert_file", lambda: tls.client_context(ca, cert, key)
     )
     return url, UpstreamTLS(ca, cert, key)
+
+
+def _check_signing_key(sec: _Section, path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError):
+        key = None
+    if not isinstance(key, Ed25519PrivateKey):
+        sec.problems.add(
+            sec.key("checkpoint_key_file"),
+            f"{path} is not a readable Ed25519 private key (make one: pd-gateway audit keygen)",
+        )
 
 
 def _check_tls(sec: _Section, key: str, build: Callable[[], object]) -> None:

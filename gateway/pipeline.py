@@ -2,14 +2,20 @@
 
 Order, and why:
   1. request id            — every response and log line carries it, errors included.
-  2. canonical path, route — routing and authorisation see exactly what is forwarded (400 if not).
-  3. action, subject ids   — what the request does and to whom, from the route's declaration.
-  4. identity              — bearer JWT → Principal; failure is 401, audited.
-  5. authorisation         — job function × system × category × action, deny by default (4.4).
-  6. audit the decision    — durable in the spool *before* the upstream sees anything (9.1.8);
+  2. canonical path, route — routing and authorisation see exactly what is forwarded; a refusal
+                             (400, 404) is decided here but answered only after identity, so
+                             routes are not enumerable anonymously and the refusal is attributed.
+  3. identity              — bearer JWT → Principal. Without a valid token: 401, counted in the
+                             anonymous refusal summaries (docs/decisions/013).
+  4. refusals of step 2    — recorded with the principal (an employee probing paths is visible).
+  5. action, subject ids   — what the request does and to whom, from the route's declaration.
+  6. access-rights changes — a role set the IdP changed is recorded before it is used (9.2.7).
+  7. authorisation         — job function × system × category × action, deny by default (4.4).
+  8. audit the decision    — durable in the spool *before* the upstream sees anything (9.1.8);
                              if it cannot be recorded the request is refused (503).
-  7. forward               — streaming; the outcome is recorded before the last chunk goes out.
-Every failure inside 3-6 is a deny that is itself audited; nothing in that span fails open.
+  9. forward               — streaming; the outcome is recorded before the last chunk goes out.
+Every failure inside 3-8 is a deny that is itself recorded; nothing in that span fails open.
+Every refusal with a valid token is an event of its own, on any route.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from aiohttp import web
 
+from gateway.access_rights import AccessRights
 from gateway.audit.events import COMPLETE, AccessEvent, Outcome
+from gateway.audit.refusals import AnonymousRefusals
 from gateway.audit.spool import Spool
 from gateway.authz import Decision, PolicyStore
 from gateway.break_glass import BreakGlass
@@ -34,7 +42,6 @@ from gateway.identity import Principal, TokenVerifier, bearer_token
 from gateway.logs import request_id_var
 from gateway.metrics import Metrics
 from gateway.proxy import Exchange, Forwarder, UpstreamError, client_address
-from gateway.role_changes import RoleTracker
 from gateway.routing import RouteTable, canonical_path, subject_ids
 
 log = logging.getLogger(__name__)
@@ -114,16 +121,21 @@ class _Context:
     """What is known about one request so far; becomes its audit event."""
 
     request_id: str
-    route: Route
     method: str
     path: str
+    query: str
     client_ip: str
-    action: str
     ts_us: int
     t0: float
-    subjects: list[str]
+    route: Route | None = None
+    action: str = ""
+    subjects: list[str] = field(default_factory=list)
     principal: Principal | None = None
     decision: Decision | None = None
+
+    @property
+    def route_name(self) -> str:
+        return self.route.name if self.route is not None else "-"
 
 
 class Pipeline:
@@ -137,8 +149,9 @@ class Pipeline:
         spool: Spool,
         forwarder: Forwarder,
         metrics: Metrics,
-        role_tracker: RoleTracker | None = None,
+        access_rights: AccessRights | None = None,
         break_glass: BreakGlass | None = None,
+        anonymous: AnonymousRefusals | None = None,
     ) -> None:
         self._cfg = cfg
         self._routes = routes
@@ -147,35 +160,45 @@ class Pipeline:
         self._spool = spool
         self._forwarder = forwarder
         self._metrics = metrics
-        self._roles = role_tracker
+        self._rights = access_rights
         self._break_glass = break_glass
-        self._instance = cfg.instance_id
+        self._anonymous = anonymous
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        request_id = request[REQUEST_ID]
-        try:
-            path = canonical_path(request.raw_path)
-            route = self._routes.match(path, request.method)
-        except BadRequest as e:
-            # 400 before routing: no route, category or user is known, so there is no event to
-            # audit; the refusal is counted by reason (a burst is worth an alert).
-            self._metrics.requests.labels("-", "deny", "400").inc()
-            self._metrics.denials.labels("-", e.reason).inc()
-            raise
-        if route is None:
-            self._metrics.requests.labels("-", "no_route", "404").inc()
-            raise Denied(404, "not_found", "no route for this path", "no_route")
+        raw_path, _, raw_query = request.raw_path.partition("?")
         ctx = _Context(
-            request_id=request_id,
-            route=route,
+            request_id=request[REQUEST_ID],
             method=request.method,
-            path=path,
+            path=raw_path,
+            query=raw_query,
             client_ip=client_address(request, self._cfg.proxy.trusted_proxies),
-            action=route.actions.get(request.method, ""),
             ts_us=time.time_ns() // 1000,
             t0=time.perf_counter(),
-            subjects=[],
         )
+        refused: BadRequest | None = None
+        try:
+            ctx.path = canonical_path(request.raw_path)
+            ctx.route = self._routes.match(ctx.path, request.method)
+        except BadRequest as e:
+            refused = e  # answered after identity (step 4)
+
+        try:
+            ctx.principal = await self._verifier.verify(
+                bearer_token(request.headers.get("Authorization"))
+            )
+        except AuthenticationError as e:
+            self._refuse_anonymous(ctx, 401, e.reason)
+            raise Denied(401, "unauthenticated", e.public_message, e.reason) from None
+        except Exception:
+            log.exception("identity check failed")
+            await self._deny(ctx, 500, "internal_error", "internal error", "identity_error")
+
+        if refused is not None:
+            await self._deny(ctx, 400, "bad_request", "malformed request", refused.reason)
+        route = ctx.route
+        if route is None:
+            await self._deny(ctx, 404, "not_found", "no route for this path", "no_route")
+        ctx.action = route.actions.get(request.method, "")
         if not ctx.action:
             await self._deny(
                 ctx,
@@ -185,25 +208,21 @@ class Pipeline:
                 "method_not_allowed",
             )
         try:
-            ctx.subjects = subject_ids(route, path, request.query)
+            ctx.subjects = subject_ids(route, ctx.path, request.query)
         except BadRequest as e:
             await self._deny(ctx, 400, "bad_request", "malformed request", e.reason)
         except Exception:
             log.exception("subject extraction failed")
             await self._deny(ctx, 500, "internal_error", "internal error", "subject_error")
 
-        try:
-            ctx.principal = await self._verifier.verify(
-                bearer_token(request.headers.get("Authorization"))
-            )
-        except AuthenticationError as e:
-            await self._deny(ctx, 401, "unauthenticated", e.public_message, e.reason)
-        except Exception:
-            log.exception("identity check failed")
-            await self._deny(ctx, 500, "internal_error", "internal error", "identity_error")
-
-        if self._roles is not None:
-            await self._record_role_change(ctx.principal)
+        if self._rights is not None:
+            try:
+                await self._rights.observe_roles(ctx.principal)
+            except SpoolUnavailable:
+                raise
+            except Exception:
+                log.exception("recording a role change failed")
+                await self._deny(ctx, 500, "internal_error", "internal error", "role_change_error")
 
         try:
             ctx.decision = self._policies.engine.decide(
@@ -241,26 +260,20 @@ class Pipeline:
             await self._record(ctx, event, "access")
         return await self._forward(request, ctx, event)
 
-    async def _record_role_change(self, principal: Principal) -> None:
-        """9.2.7: a changed role set from the IdP is recorded before it is used."""
-        assert self._roles is not None
-        before = self._roles.last(principal.user)
-        change = self._roles.observe(
-            principal.user, principal.roles, principal.issued_at, self._policies.engine.version
-        )
-        if change is None:
-            return
-        try:
-            await self._spool.append(change.record())
-        except SpoolUnavailable:
-            self._roles.forget(principal.user, before)  # try again with the next request
-            raise
+    def _refuse_anonymous(self, ctx: _Context, status: int, reason: str) -> None:
+        """A refusal with no valid token: counted in this window's summaries, not recorded
+        one by one (docs/decisions/013-anonymous-refusals.md)."""
+        self._metrics.requests.labels(ctx.route_name, "deny", str(status)).inc()
+        self._metrics.denials.labels(ctx.route_name, reason).inc()
+        if self._anonymous is not None:
+            self._anonymous.count(ctx.route_name, reason, status, ctx.client_ip, ctx.request_id)
 
     async def _forward(
         self, request: web.Request, ctx: _Context, event: AccessEvent
     ) -> web.StreamResponse:
         assert ctx.principal is not None
         route = ctx.route
+        assert route is not None
         exchange = Exchange()
         self._metrics.overhead.labels(route.name).observe(time.perf_counter() - ctx.t0)
         injected = {
@@ -323,35 +336,38 @@ class Pipeline:
         return resp if resp is not None else web.Response(status=499)
 
     def _count(self, route: Route, decision: str, status: int) -> None:
-        self._metrics.requests.labels(route.name, decision, str(status)).inc()
+        self._count_route(route.name, decision, status)
+
+    def _count_route(self, route: str, decision: str, status: int) -> None:
+        self._metrics.requests.labels(route, decision, str(status)).inc()
 
     async def _deny(
         self, ctx: _Context, status: int, code: str, message: str, reason: str
     ) -> NoReturn:
-        """Audit a refusal (for routes with personal data) and raise it as the response."""
-        self._count(ctx.route, "deny", status)
-        self._metrics.denials.labels(ctx.route.name, reason).inc()
-        if ctx.route.carries_personal_data:
-            event = self._event(ctx, "deny", reason)
-            event.status = status
-            event.outcome = COMPLETE
-            event.duration_us = int((time.perf_counter() - ctx.t0) * 1e6)
-            await self._record(ctx, event, "access")
+        """Record a refusal and raise it as the response. Every refusal reached here has a
+        principal or happened inside identity: it is an event of its own, on any route."""
+        self._count_route(ctx.route_name, "deny", status)
+        self._metrics.denials.labels(ctx.route_name, reason).inc()
+        event = self._event(ctx, "deny", reason)
+        event.status = status
+        event.outcome = COMPLETE
+        event.duration_us = int((time.perf_counter() - ctx.t0) * 1e6)
+        await self._record(ctx, event, "access")
         raise Denied(status, code, message, reason)
 
     async def _record(self, ctx: _Context, event: AccessEvent | Outcome, kind: str) -> None:
         """Append to the spool; any failure is SpoolUnavailable (503): no audit, no access."""
         try:
-            await self._spool.append(event.record(), admission=kind == "access")
+            await self._spool.append(event, admission=kind == "access")
         except SpoolUnavailable as e:
-            self._metrics.denials.labels(ctx.route.name, "audit_unavailable").inc()
+            self._metrics.denials.labels(ctx.route_name, "audit_unavailable").inc()
             log.error(
                 "audit record refused; request refused",
-                extra={"reason": e.reason, "route": ctx.route.name},
+                extra={"reason": e.reason, "route": ctx.route_name},
             )
             raise
         except Exception as e:  # a bug in the audit step fails closed, like a full disk
-            self._metrics.denials.labels(ctx.route.name, "audit_unavailable").inc()
+            self._metrics.denials.labels(ctx.route_name, "audit_unavailable").inc()
             log.exception("audit record failed; request refused")
             raise SpoolUnavailable("audit_error") from e
         self._metrics.audit_record(kind)
@@ -359,20 +375,20 @@ class Pipeline:
     def _event(self, ctx: _Context, decision: str, reason: str) -> AccessEvent:
         p = ctx.principal
         d = ctx.decision
+        r = ctx.route
         return AccessEvent(
             event_id=uuid.uuid4().hex,
             ts_us=ctx.ts_us,
-            instance=self._instance,
-            seq=self._spool.next_seq(),
             request_id=ctx.request_id,
             user=p.user if p else "",
             roles=list(p.roles) if p else [],
             client_ip=ctx.client_ip,
             method=ctx.method,
             path=ctx.path,
-            route=ctx.route.name,
-            system=ctx.route.system,
-            category=ctx.route.category,
+            query=ctx.query,
+            route=ctx.route_name,
+            system=r.system if r else "",
+            category=r.category if r else "",
             action=ctx.action,
             subject_ids=ctx.subjects,
             decision=decision,
@@ -385,7 +401,6 @@ class Pipeline:
     def _outcome(ctx: _Context, event: AccessEvent, exchange: Exchange, outcome: str) -> Outcome:
         return Outcome(
             event_id=event.event_id,
-            seq=event.seq,
             status=exchange.status,
             bytes_in=exchange.bytes_in,
             bytes_out=exchange.bytes_out,

@@ -11,14 +11,10 @@ change once in the store.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import time
 from pathlib import Path
-
-from gateway.audit.events import PermissionChange
 
 log = logging.getLogger(__name__)
 STATE_FILE = "idp-roles.json"
@@ -38,35 +34,16 @@ class RoleTracker:
             data = json.loads(self._path.read_text())
             self._roles = {u: tuple(r) for u, r in data.items()}
 
-    def observe(
-        self, user: str, roles: tuple[str, ...], issued_at: float, policy_version: str
-    ) -> PermissionChange | None:
-        """The change this sighting reveals, if any; the new set is remembered at once."""
-        before = self._roles.get(user)
-        if before == roles:
-            return None
+    def observe(self, user: str, roles: tuple[str, ...]) -> bool:
+        """Whether this sighting changes the role set remembered for ``user`` (then the new set
+        is remembered at once; `access_rights` records the change)."""
+        if self._roles.get(user) == roles:
+            return False
         self._roles[user] = roles
         self._unsaved += 1
         if self._unsaved >= self._save_every:
             self.save()
-        if before is None:
-            return None
-        key = f"{user}|{','.join(before)}|{','.join(roles)}|{int(issued_at)}"
-        return PermissionChange(
-            change_id=hashlib.sha256(key.encode()).hexdigest()[:32],
-            ts_us=time.time_ns() // 1000,
-            instance=self._instance,
-            actor=f"idp:{self._issuer}",
-            change_kind="idp_roles_changed",
-            role=",".join(roles),
-            user=user,
-            rule_before="roles: " + ",".join(before),
-            rule_after="roles: " + ",".join(roles),
-            policy_version_before=policy_version,
-            policy_version_after=policy_version,
-            reason="the role set in the employee's token changed",
-            source="idp",
-        )
+        return True
 
     def forget(self, user: str, roles: tuple[str, ...] | None) -> None:
         """Undo an observation whose record could not be written (it is tried again next time)."""

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway import config, listeners
 from gateway.app import GATEWAY, build
+from gateway.audit.checkpoint import generate as generate_checkpoint_key
 from tests.stores import ch_server, chdb_dir, own_ch_server  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -299,7 +300,11 @@ def config_dict(tmp_path: Path, upstream_url: str, **overrides: Any) -> dict[str
             "clock_skew_seconds": 0,
         },
         "authz": {"model": str(POLICIES / "model.conf"), "policy": str(POLICIES / "policy.csv")},
-        "audit": {"spool_dir": str(tmp_path / "spool"), "durability": "fsync"},
+        "audit": {
+            "spool_dir": str(tmp_path / "spool"),
+            "durability": "fsync",
+            "checkpoint_key_file": str(tmp_path / CHECKPOINT_KEY),
+        },
         "proxy": {"trusted_proxies": [], "connect_timeout_seconds": 2, "read_timeout_seconds": 5},
         "upstreams": {"hr": upstream_url, "crm": upstream_url, "site": upstream_url},
         "routes": copy.deepcopy(ROUTES),
@@ -312,8 +317,13 @@ def config_dict(tmp_path: Path, upstream_url: str, **overrides: Any) -> dict[str
     return data
 
 
+CHECKPOINT_KEY = "checkpoint-key.pem"  # made per test: signs the audit chain's checkpoints
+
+
 def write_config(tmp_path: Path, data: dict[str, Any], keys: Keys) -> Path:
     (tmp_path / "jwks.json").write_text(json.dumps(keys.jwks()))
+    if not (tmp_path / CHECKPOINT_KEY).exists():
+        generate_checkpoint_key(tmp_path / CHECKPOINT_KEY, tmp_path / "checkpoint-key.pub")
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -415,7 +425,19 @@ def spool_events(spool_dir: Path) -> list[dict[str, Any]]:
     from gateway.audit.events import join
     from gateway.audit.spool import read_records
 
-    return list(join(read_records(spool_dir)))
+    return [e for e in join(read_records(spool_dir)) if e["kind"] in ("access", "outcome")]
+
+
+async def anonymous_refusals(gw: Gw) -> list[dict[str, Any]]:
+    """End the current window of refusals without a valid token and return every summary
+    recorded so far (docs/decisions/013-anonymous-refusals.md)."""
+    await gw.client.app[GATEWAY].anonymous.flush()
+    return [r for r in spool_records(gw.spool_dir) if r["kind"] == "refusal_summary"]
+
+
+def chained_seqs(spool_dir: Path) -> list[int]:
+    """The sequence numbers of every chained record in the spool, in file order."""
+    return [r["seq"] for r in spool_records(spool_dir) if "hash" in r and "seq" in r]
 
 
 def spool_records(spool_dir: Path) -> list[dict[str, Any]]:

@@ -100,3 +100,19 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "
 def count(store: AuditStore, table: str = "access_events", where: str = "1") -> int:
     rows = store.select(f"SELECT count() AS n FROM {store.database}.{table} WHERE {where}")
     return int(rows[0]["n"])
+
+
+def chain_numbers(store: AuditStore) -> list[int]:
+    """Every sequence number the store holds for chained records, sorted: access records,
+    their outcome records, permission changes and refusal summaries. 1..N means nothing lost
+    and nothing doubled (docs/decisions/012-hash-chain.md)."""
+    db = store.database
+    out: list[int] = []
+    for sql in (
+        f"SELECT seq AS n FROM {db}.access_events WHERE record_v >= 2",
+        f"SELECT outcome_seq AS n FROM {db}.access_events WHERE outcome_seq > 0",
+        f"SELECT seq AS n FROM {db}.permission_change_records WHERE record_v >= 2",
+        f"SELECT seq AS n FROM {db}.refusal_summaries",
+    ):
+        out += [int(r["n"]) for r in store.select(sql)]
+    return sorted(out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import GatewayFactory, Gw, Keys, Upstream, spool_events
+from tests.conftest import GatewayFactory, Gw, Keys, Upstream, anonymous_refusals, spool_events
 
 # (system, category, action) → the request that exercises it.
 REQUESTS = {
@@ -103,10 +103,11 @@ async def test_unauthenticated_requests_are_401_and_audited_for_every_category(
         body = await resp.json()
         assert body["request_id"] == resp.headers["X-Request-Id"]
     assert upstream.seen == []
-    events = spool_events(gw.spool_dir)
-    assert len(events) == len(REQUESTS)
-    assert {e["reason"] for e in events} == {"missing_token"}
-    assert {e["decision"] for e in events} == {"deny"}
+    assert spool_events(gw.spool_dir) == []  # nobody to attribute them to: counted (013)
+    summaries = await anonymous_refusals(gw)
+    assert {s["reason"] for s in summaries} == {"missing_token"}
+    assert sum(s["count"] for s in summaries) == len(REQUESTS)
+    assert {s["status"] for s in summaries} == {401}
 
 
 async def test_idp_group_mapped_by_g_rule_acts_as_its_job_function(
@@ -120,7 +121,7 @@ async def test_idp_group_mapped_by_g_rule_acts_as_its_job_function(
     assert event["rule"] == "p, hr_officer, hr, employee_health, read"
 
 
-async def test_route_without_personal_data_is_still_deny_by_default_and_not_audited(
+async def test_route_without_personal_data_is_deny_by_default_and_records_only_refusals(
     make_gateway: GatewayFactory, upstream: Upstream, keys: Keys
 ) -> None:
     gw = await make_gateway(upstream.url)
@@ -132,7 +133,9 @@ async def test_route_without_personal_data_is_still_deny_by_default_and_not_audi
     assert (
         await gw.client.get("/crm/catalog", headers={"Authorization": f"Bearer {denied}"})
     ).status == 403
-    assert spool_events(gw.spool_dir) == []
+    # The allowed read touches no personal data: no record. The refusal is attributed.
+    (refused,) = spool_events(gw.spool_dir)
+    assert (refused["user"], refused["route"], refused["status"]) == ("h", "crm-catalog", 403)
 
 
 async def test_a_request_outside_the_job_functions_purposes_is_refused_though_the_category_matches(

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from jose import jwt
 
-from tests.conftest import ROOT, Gw, Keys, run_cli
+from tests.conftest import ROOT, Gw, Keys, anonymous_refusals, run_cli
 
 DEMO = ROOT / "deploy" / "local" / "gateway.yaml"
 
@@ -32,6 +32,7 @@ def test_token_refuses_a_config_not_marked_demo(tmp_path: Path) -> None:
     for key in ("jwks_file",):
         data["identity"][key] = str(DEMO.parent / data["identity"][key])
     data["authz"] = {k: str((DEMO.parent / v).resolve()) for k, v in data["authz"].items()}
+    data["audit"]["checkpoint_key_file"] = str(DEMO.parent / data["audit"]["checkpoint_key_file"])
     path = tmp_path / "prod.yaml"
     path.write_text(yaml.safe_dump(data))
     out = run_cli("token", "--sub", "alice", "--roles", "hr_officer", "--config", str(path))
@@ -41,18 +42,25 @@ def test_token_refuses_a_config_not_marked_demo(tmp_path: Path) -> None:
 
 async def test_audit_tail_shows_the_joined_events(gw: Gw, keys: Keys) -> None:
     token = keys.token("alice", ["hr_officer"])
+    bob = keys.token("bob", ["accountant"])
     await gw.client.get("/hr/medical/1001", headers={"Authorization": f"Bearer {token}"})
+    await gw.client.get("/hr/medical/1001", headers={"Authorization": f"Bearer {bob}"})
     await gw.client.get("/hr/medical/1001")
+    await anonymous_refusals(gw)
     out = run_cli("audit", "tail", "--spool", str(gw.spool_dir), "--json")
     assert out.returncode == 0, out.stderr
     events = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [(e["decision"], e["status"], e["outcome"]) for e in events] == [
-        ("allow", 200, "complete"),
-        ("deny", 401, "complete"),
+    assert [(e["kind"], e.get("decision"), e["status"]) for e in events] == [
+        ("access", "allow", 200),
+        ("access", "deny", 403),
+        ("refusal_summary", None, 401),
     ]
     assert events[0]["subject_ids"] == ["1001"] and events[0]["category"] == "employee_health"
-    text = run_cli("audit", "tail", "--spool", str(gw.spool_dir), "-n", "1")
-    assert text.stdout.count("\n") == 1 and "DENY" in text.stdout and "missing_token" in text.stdout
+    assert events[0]["outcome"] == "complete"
+    text = run_cli("audit", "tail", "--spool", str(gw.spool_dir), "-n", "2")
+    first, second = text.stdout.splitlines()
+    assert "DENY" in first and "user=bob" in first and "no_matching_rule" in first
+    assert "1 refused" in second and "missing_token" in second
 
 
 def test_audit_tail_reports_a_missing_spool() -> None:

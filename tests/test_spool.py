@@ -9,13 +9,35 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit.events import encode, join
+from gateway.audit.events import AccessEvent, join
 from gateway.audit.spool import BadLine, Spool, SpoolHooks, last_seq, list_segments, read_records
 from gateway.errors import SpoolUnavailable
 
 
-def rec(seq: int, kind: str = "access") -> bytes:
-    return encode({"kind": kind, "seq": seq, "event_id": f"e{seq}", "outcome": "complete"})
+def rec(n: int) -> AccessEvent:
+    """An access record; the spool gives it its sequence number."""
+    return AccessEvent(
+        f"e{n}",
+        n,
+        f"r{n}",
+        "u",
+        [],
+        "127.0.0.1",
+        "GET",
+        f"/p/{n}",
+        "",
+        "r",
+        "s",
+        "c",
+        "read",
+        [],
+        "deny",
+        "no_matching_rule",
+        "",
+        "v1",
+        403,
+        outcome="complete",
+    )
 
 
 def seqs(directory: Path, on_bad: Callable[[BadLine], None] | None = None) -> list[int]:
@@ -58,11 +80,11 @@ async def test_restart_starts_a_new_segment_and_continues_the_sequence(tmp_path:
     spool = Spool(tmp_path)
     spool.open()
     for _ in range(3):
-        await spool.append(rec(spool.next_seq()))
+        await spool.append(rec(0))
     spool.close()
     spool = Spool(tmp_path)
     spool.open()
-    await spool.append(rec(spool.next_seq()))
+    await spool.append(rec(0))
     spool.close()
     assert len(list_segments(tmp_path)) == 2
     assert seqs(tmp_path) == [1, 2, 3, 4]
@@ -71,18 +93,18 @@ async def test_restart_starts_a_new_segment_and_continues_the_sequence(tmp_path:
 async def test_torn_final_line_is_skipped_and_never_appended_after(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     spool.open()
-    await spool.append(rec(spool.next_seq()))
+    await spool.append(rec(0))
     spool.close()
     (segment,) = list_segments(tmp_path)
     with segment.open("ab") as f:  # what a crash mid-write leaves: half a record, no newline
-        f.write(b'{"kind":"access","seq":2,"ev')
+        f.write(b'{"hash":"00","rec":["access",2,"",2,"e')
     bad: list[BadLine] = []
     assert seqs(tmp_path, bad.append) == [1]
     assert bad and bad[0].line == 3 and "torn" in bad[0].problem  # after start + record
     assert last_seq(tmp_path) == 1
     spool = Spool(tmp_path)
     spool.open()
-    await spool.append(rec(spool.next_seq()))
+    await spool.append(rec(0))
     spool.close()
     assert seqs(tmp_path) == [1, 2]
 
@@ -124,7 +146,7 @@ async def test_sequence_survives_the_deletion_of_every_older_segment(tmp_path: P
     spool = Spool(tmp_path, segment_max_bytes=4096)
     spool.open()
     for _ in range(100):
-        await spool.append(rec(spool.next_seq()))
+        await spool.append(rec(0))
     spool.close()
     *older, _newest = list_segments(tmp_path)
     for p in older:  # what the shipper does once they are in the store
@@ -132,8 +154,9 @@ async def test_sequence_survives_the_deletion_of_every_older_segment(tmp_path: P
     assert last_seq(tmp_path) == 100
     spool = Spool(tmp_path)
     spool.open()
-    assert spool.next_seq() == 101
+    await spool.append(rec(0))
     spool.close()
+    assert seqs(tmp_path)[-1] == 101
 
 
 async def test_spool_over_its_size_limit_refuses_or_alerts(tmp_path: Path) -> None:

@@ -20,7 +20,15 @@ from gateway.audit.chserver import ClickHouseServer
 from gateway.audit.factory import open_store
 from gateway.audit.store import AuditStore, event_rows, migrate
 from tests.conftest import GatewayFactory, Keys, Upstream, run_cli
-from tests.stores import ENGINES, count, fresh_database, store_config, store_section, wait_for
+from tests.stores import (
+    ENGINES,
+    chain_numbers,
+    count,
+    fresh_database,
+    store_config,
+    store_section,
+    wait_for,
+)
 
 
 def _store(kind: str, chdb_dir: Path, server: ClickHouseServer | None, database: str) -> AuditStore:
@@ -33,7 +41,7 @@ def test_schema_init_is_idempotent_and_picks_types_by_engine_version(
     kind: str, chdb_dir: Path, ch_server: ClickHouseServer
 ) -> None:
     store = _store(kind, chdb_dir, ch_server, fresh_database())
-    assert migrate(store) == [1]
+    assert migrate(store) == [1, 2]
     assert migrate(store) == []  # run twice: nothing more
     versions = store.select(f"SELECT version, variant FROM {store.database}.schema_migrations")
     types = {
@@ -43,14 +51,15 @@ def test_schema_init_is_idempotent_and_picks_types_by_engine_version(
             {"db": store.database},
         )
     }
+    versions = sorted(versions, key=lambda v: int(v["version"]))
     if kind == "embedded":  # chdb 26.x: the modern branch
-        assert versions == [{"version": 1, "variant": "modern"}]
+        assert versions == [{"version": v, "variant": "modern"} for v in (1, 2)]
         assert (
             types["ts"] == "DateTime64(6, 'UTC')" and types["category"] == "LowCardinality(String)"
         )
     else:  # clickhouse-server 18.16: the legacy branch
         assert store.server_version().startswith("18.16")
-        assert versions == [{"version": 1, "variant": "legacy"}]
+        assert versions == [{"version": v, "variant": "legacy"} for v in (1, 2)]
         assert types["ts"] == "DateTime('UTC')" and types["category"] == "String"
     assert types["ts_us"] == "UInt64"
     tables = {
@@ -63,7 +72,11 @@ def test_schema_init_is_idempotent_and_picks_types_by_engine_version(
         "schema_migrations",
         "access_events",
         "access_event_subjects",
-        "permission_changes",
+        "permission_change_records",
+        "permission_changes",  # the view that counts each change once
+        "permission_changes_v1",  # the first releases' table, kept
+        "refusal_summaries",
+        "chain_checkpoints",
         "retention_actions",
     }
     store.close()
@@ -103,7 +116,8 @@ async def test_n_requests_become_exactly_n_rows_matching_what_clients_saw(
     )
     assert len(rows) == n
     assert {r["request_id"]: r["status"] for r in rows} == seen
-    assert sorted(r["seq"] for r in rows) == list(range(1, n + 1))
+    numbers = chain_numbers(store)  # each access and each outcome record, once, no holes
+    assert numbers == list(range(1, len(numbers) + 1))
     assert sum(1 for r in rows if r["decision"] == "deny") == n // 4
     # Every event that touched subject X is one indexed lookup on access_event_subjects.
     hits = store.select(
@@ -149,8 +163,9 @@ async def test_clickhouse_killed_mid_load_and_restarted_loses_and_doubles_nothin
     store = open_store(store_config(section), apply_schema=False)
     await asyncio.to_thread(wait_for, lambda: count(store) >= n, 90, "recovery")
     await asyncio.sleep(0.5)
-    seqs = [r["seq"] for r in store.select(f"SELECT seq FROM {store.database}.access_events")]
-    assert len(seqs) == n and sorted(seqs) == list(range(1, n + 1))  # no duplicates, no gaps
+    assert count(store) == n
+    numbers = chain_numbers(store)
+    assert numbers == list(range(1, len(numbers) + 1))  # no duplicates, no gaps
     assert gw.metric("pdgw_shipper_errors_total", {"kind": "store"}) >= 1
     assert gw.metric("pdgw_shipper_batches_retried_total") >= 1
     store.close()
@@ -355,11 +370,15 @@ class InsertBlackhole:
 
 
 def _write_spool(directory: Path, events: list[dict[str, Any]], *, outcomes: bool = True) -> None:
-    """A spool as a gateway leaves it: a start record, then access and outcome records."""
-    from gateway.audit.events import encode
+    """A spool as a gateway of the first releases left it (record version 1: named JSON
+    objects, no chain): a start record, then access and outcome records. Replay and the
+    shipper still read such spools."""
     from gateway.audit.spool import Spool
 
-    spool = Spool(directory)
+    def encode(record: dict[str, Any]) -> bytes:
+        return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+    spool = Spool(directory, instance=events[0]["instance"])
     spool.open()
     spool.close()
     (segment,) = sorted(directory.glob("*.jsonl"))[-1:]
@@ -450,6 +469,8 @@ def test_audit_replay_ships_a_dead_instances_spool_once_with_lost_outcomes_unkno
     for key in ("jwks_file", "demo_signing_key_file"):
         cfg["identity"][key] = str(ROOT / "deploy/local" / cfg["identity"][key])
     cfg["authz"] = {k: str(ROOT / "policies" / Path(v).name) for k, v in cfg["authz"].items()}
+    key = cfg["audit"]["checkpoint_key_file"]
+    cfg["audit"]["checkpoint_key_file"] = str(ROOT / "deploy/local" / key)
     path = tmp_path / "replay.yaml"
     path.write_text(yaml.safe_dump(cfg))
     for _ in range(2):  # twice: the second run finds nothing new
@@ -517,8 +538,9 @@ async def test_gateway_killed_mid_shipping_and_restarted_loses_and_doubles_nothi
     with run_gateway(tmp_path, keys, upstream.url, store=section):
         await asyncio.to_thread(wait_for, lambda: count(reader) >= n, 90, "shipping after restart")
         await asyncio.sleep(0.5)
-    seqs = [r["seq"] for r in reader.select(f"SELECT seq FROM {database}.access_events")]
-    assert len(seqs) == n and sorted(seqs) == list(range(1, n + 1))  # no duplicates, no gaps
+    assert count(reader) == n
+    numbers = chain_numbers(reader)
+    assert numbers == list(range(1, len(numbers) + 1))  # no duplicates, no gaps
     assert count(reader, "access_event_subjects") == n
     reader.close()
 
@@ -581,8 +603,14 @@ async def test_gateway_with_embedded_store_killed_mid_shipping_loses_and_doubles
     with run_gateway(tmp_path, keys, upstream.url, store=section) as gp:
         await asyncio.to_thread(wait_for, lambda: caught_up(gp.admin), 90, "shipping after restart")
         assert gp.kill(signal.SIGTERM) == 0
-    rows = _read_embedded(chdb_path, database, f"SELECT seq FROM {database}.access_events")
-    assert sorted(r["seq"] for r in rows) == list(range(1, n + 1))  # no duplicates, no gaps
+    rows = _read_embedded(
+        chdb_path,
+        database,
+        f"SELECT seq AS n FROM {database}.access_events UNION ALL "
+        f"SELECT outcome_seq AS n FROM {database}.access_events WHERE outcome_seq > 0",
+    )
+    numbers = sorted(int(r["n"]) for r in rows)
+    assert numbers == list(range(1, len(numbers) + 1))  # no duplicates, no gaps
 
 
 def test_a_shipper_that_hits_a_bug_restarts_from_its_saved_state(

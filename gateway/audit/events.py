@@ -1,24 +1,30 @@
-"""The audit event: one per request to a personal-data route (9.1.8), allowed or not.
+"""The audit records: one access event per audited request (9.1.8), its outcome, every change of
+access rights (9.2.7), and aggregate records of anonymous refusals.
 
 An access is written to the spool in two records when it is forwarded: the ``access`` record (the
 decision) before the upstream sees the request, and an ``outcome`` record (status, bytes,
-duration) when the response ends. A denial, an authentication failure or an upstream error is one
-``access`` record with its outcome already filled in. ``join`` folds the two into one event; an
-access whose outcome never came (the gateway died) stays an event with outcome ``unknown``.
+duration) when the response ends. A refusal is one ``access`` record with its outcome already
+filled in. ``join`` folds the two into one event; an access whose outcome never came (the gateway
+died) stays an event with outcome ``unknown``.
 
-The event holds as little personal data as it can (5.3): the path and the extracted subject ids,
-never the query string, bodies, tokens or cookies.
+Every record of these kinds is *chained* (docs/decisions/012-hash-chain.md): the spool gives it
+the instance's next sequence number and the hash of its canonical form linked to the previous
+record's hash. A record therefore knows only its own values; ``FIELDS`` names them, in the order
+of the canonical form, per (kind, version).
+
+The event holds as little personal data as it can (5.3): the path, the query string (evidence of
+what the upstream was asked) and the extracted subject ids; never bodies, tokens or cookies.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from operator import attrgetter
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
-SCHEMA_VERSION = 1
+# The version of the chained record layout. 1: the unchained JSON objects of the first releases.
+RECORD_VERSION = 2
 
 # Outcome values. `pending` is only ever written by the gateway itself; readers turn a pending
 # access that never got its outcome record into `unknown`.
@@ -27,25 +33,34 @@ COMPLETE = "complete"
 UNKNOWN = "unknown"
 
 
+class Chained(Protocol):
+    """A record the spool numbers and chains: its kind and its values in ``FIELDS`` order."""
+
+    KIND: ClassVar[str]
+
+    def values(self) -> tuple[Any, ...]: ...
+
+
 @dataclass(slots=True)
 class AccessEvent:
+    KIND: ClassVar[str] = "access"
+
     event_id: str
     ts_us: int
-    instance: str
-    seq: int
     request_id: str
     user: str
     roles: list[str]
     client_ip: str
     method: str
     path: str
+    query: str
     route: str
     system: str
     category: str
     action: str
     subject_ids: list[str]
     decision: str  # allow | deny
-    reason: str  # why: rule, no_matching_rule, token_expired, upstream_unreachable, …
+    reason: str  # why: rule, no_matching_rule, no_route, upstream_unreachable, …
     rule: str
     policy_version: str
     status: int = 0
@@ -54,16 +69,16 @@ class AccessEvent:
     duration_us: int = 0
     upstream_us: int = 0
     outcome: str = PENDING
-    v: int = field(default=SCHEMA_VERSION)
 
-    def record(self) -> bytes:
-        return encode({"kind": "access", **_as_dict(self)})
+    def values(self) -> tuple[Any, ...]:
+        return _values(self)
 
 
 @dataclass(slots=True)
 class Outcome:
+    KIND: ClassVar[str] = "outcome"
+
     event_id: str
-    seq: int
     status: int
     bytes_in: int
     bytes_out: int
@@ -71,28 +86,22 @@ class Outcome:
     upstream_us: int
     outcome: str
 
-    def record(self) -> bytes:
-        return encode({"kind": "outcome", **_as_dict(self)})
-
-
-def _as_dict(obj: AccessEvent | Outcome | PermissionChange) -> dict[str, Any]:
-    # Not dataclasses.asdict: that deep-copies every field and was the largest single cost of
-    # the request path (measured with cProfile under wrk load).
-    names = _FIELDS[type(obj)]
-    return dict(zip(names, attrgetter(*names)(obj), strict=True))
+    def values(self) -> tuple[Any, ...]:
+        return _values(self)
 
 
 @dataclass(slots=True)
 class PermissionChange:
     """One effective change of who may access what (9.2.7): a rule or a role assignment added
     or removed. ``change_id`` is derived from the policy versions and the rule, so replicas that
-    apply the same change record the same id and the store keeps one."""
+    apply the same change record the same id, and reads count each change once."""
+
+    KIND: ClassVar[str] = "permission_change"
 
     change_id: str
     ts_us: int
-    instance: str
     actor: str
-    change_kind: str  # rule_added | rule_removed | role_assigned | role_unassigned
+    change_kind: str  # rule_added | rule_removed | role_assigned | role_unassigned | …
     role: str
     user: str
     rule_before: str
@@ -100,21 +109,52 @@ class PermissionChange:
     policy_version_before: str
     policy_version_after: str
     reason: str
-    source: str  # file | admin_api | idp
+    source: str  # file | admin_api | idp | expiry | break_glass
 
-    def record(self) -> bytes:
-        return encode({"kind": "permission_change", **_as_dict(self)})
+    def values(self) -> tuple[Any, ...]:
+        return _values(self)
 
 
-_FIELDS = {
-    cls: tuple(f.name for f in fields(cls)) for cls in (AccessEvent, Outcome, PermissionChange)
+@dataclass(slots=True)
+class RefusalSummary:
+    """Refusals of requests that came with no valid token, counted per window, route, reason and
+    client address (docs/decisions/013-anonymous-refusals.md): anonymous noise has a bounded
+    record volume, and no refusal goes uncounted."""
+
+    KIND: ClassVar[str] = "refusal_summary"
+
+    window_start_us: int
+    window_end_us: int
+    route: str
+    reason: str
+    status: int
+    client_ip: str
+    count: int
+    first_ts_us: int
+    last_ts_us: int
+    sample_request_ids: list[str]
+
+    def values(self) -> tuple[Any, ...]:
+        return _values(self)
+
+
+_CLASSES: tuple[type[Any], ...] = (AccessEvent, Outcome, PermissionChange, RefusalSummary)
+_NAMES = {cls: tuple(f.name for f in fields(cls)) for cls in _CLASSES}
+_GETTERS = {cls: attrgetter(*names) for cls, names in _NAMES.items()}
+
+# (kind, record version) → the names of a record's values, in canonical order.
+FIELDS: dict[tuple[str, int], tuple[str, ...]] = {
+    (cls.KIND, RECORD_VERSION): names for cls, names in _NAMES.items()
 }
-
+CHAINED_KINDS = frozenset(cls.KIND for cls in _CLASSES)
 OUTCOME_FIELDS = ("status", "bytes_in", "bytes_out", "duration_us", "upstream_us", "outcome")
 
 
-def encode(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+def _values(obj: Any) -> tuple[Any, ...]:
+    # Not dataclasses.astuple: that deep-copies every field (measured as the largest single
+    # cost of the request path under load).
+    values: tuple[Any, ...] = _GETTERS[type(obj)](obj)
+    return values
 
 
 def join(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -122,7 +162,7 @@ def join(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
     An access still pending at the end of the input is yielded with outcome ``unknown``. Outcome
     records whose access is not in the input (it was in an earlier, already shipped segment)
-    are yielded as they are, so nothing read is dropped.
+    are yielded as they are, so nothing read is dropped. Other record kinds pass through.
     """
     waiting: dict[str, dict[str, Any]] = {}
     order: list[dict[str, Any]] = []
@@ -137,9 +177,19 @@ def join(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             if access is None:
                 order.append(rec)
             else:
-                for f in OUTCOME_FIELDS:
-                    access[f] = rec[f]
+                merge_outcome(access, rec)
+        elif kind in CHAINED_KINDS:
+            order.append(rec)
     for rec in order:
         if rec.get("outcome") == PENDING:
             rec["outcome"] = UNKNOWN
         yield rec
+
+
+def merge_outcome(access: dict[str, Any], outcome: dict[str, Any]) -> None:
+    """Copy an outcome record's values into its access record; the outcome's own sequence number
+    and hash go to ``outcome_seq``/``outcome_hash`` (the chain needs both records)."""
+    for f in OUTCOME_FIELDS:
+        access[f] = outcome[f]
+    access["outcome_seq"] = outcome.get("seq", 0)
+    access["outcome_hash"] = outcome.get("hash", "")

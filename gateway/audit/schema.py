@@ -48,6 +48,7 @@ ACCESS_EVENTS = Table(
         ("client_ip", "String"),
         ("method", LC),
         ("path", "String"),
+        ("query", "String"),
         ("route", LC),
         ("system", LC),
         ("category", LC),
@@ -64,6 +65,12 @@ ACCESS_EVENTS = Table(
         ("upstream_us", "UInt64"),
         ("outcome", LC),
         ("batch_id", "String"),
+        # The chain (docs/decisions/012-hash-chain.md): the access record's version and hash,
+        # and the outcome record's own sequence number and hash (0 and '' when there was none).
+        ("record_v", "UInt8"),
+        ("hash", "String"),
+        ("outcome_seq", "UInt64"),
+        ("outcome_hash", "String"),
     ),
     # Day first: time-range scans prune by the key; user second: one person's accesses within
     # those days are contiguous (9.1.6 investigations); months are partitions (retention).
@@ -95,15 +102,17 @@ ACCESS_EVENT_SUBJECTS = Table(
     shard_key="cityHash64(subject_id)",
 )
 
-# 9.2.7: every change of an employee's access rights. Replicas reloading the same policy files
-# record the same change under the same change_id; the table keeps one (query with FINAL).
-PERMISSION_CHANGES = Table(
-    "permission_changes",
+# 9.2.7: every change of an employee's access rights, as each instance recorded it (chained per
+# instance, so every replica's record is kept). Replicas applying the same change record the same
+# change_id: read `permission_changes`, the view that counts each change once.
+PERMISSION_CHANGE_RECORDS = Table(
+    "permission_change_records",
     (
         ("change_id", "String"),
         ("ts", TS),
         ("ts_us", "UInt64"),
         ("instance", LC),
+        ("seq", "UInt64"),
         ("actor", "String"),
         ("kind", LC),
         ("role", "String"),
@@ -115,11 +124,106 @@ PERMISSION_CHANGES = Table(
         ("reason", "String"),
         ("source", LC),
         ("batch_id", "String"),
+        ("record_v", "UInt8"),
+        ("hash", "String"),
     ),
+    order_by="(instance, seq)",
+    partition_by=None,
+    shard_key="cityHash64(instance)",
+)
+
+# The first releases' table: one row per change_id, collapsed by ReplacingMergeTree (visible
+# twice until a merge unless read with FINAL). Migration 2 moves its rows into the records table.
+PERMISSION_CHANGES_V1 = Table(
+    "permission_changes",
+    tuple(c for c in PERMISSION_CHANGE_RECORDS.columns if c[0] not in ("seq", "record_v", "hash")),
     order_by="change_id",
     partition_by=None,
     shard_key="cityHash64(change_id)",
     engine="ReplacingMergeTree",
+)
+
+# What an auditor counts: each change once, however many replicas recorded it (a plain count()
+# is right). Grouped at read time, so no merge or FINAL is needed.
+PERMISSION_CHANGES_VIEW = """CREATE VIEW IF NOT EXISTS {db}.permission_changes AS
+SELECT
+    c_change_id AS change_id,
+    min(c_ts) AS ts,
+    min(c_ts_us) AS ts_us,
+    argMin(c_actor, c_ts_us) AS actor,
+    argMin(c_kind, c_ts_us) AS kind,
+    argMin(c_role, c_ts_us) AS role,
+    argMin(c_user, c_ts_us) AS user,
+    argMin(c_rule_before, c_ts_us) AS rule_before,
+    argMin(c_rule_after, c_ts_us) AS rule_after,
+    argMin(c_policy_version_before, c_ts_us) AS policy_version_before,
+    argMin(c_policy_version_after, c_ts_us) AS policy_version_after,
+    argMin(c_reason, c_ts_us) AS reason,
+    argMin(c_source, c_ts_us) AS source,
+    groupUniqArray(c_instance) AS instances
+FROM (
+    SELECT
+        change_id AS c_change_id,
+        ts AS c_ts,
+        ts_us AS c_ts_us,
+        instance AS c_instance,
+        actor AS c_actor,
+        kind AS c_kind,
+        role AS c_role,
+        user AS c_user,
+        rule_before AS c_rule_before,
+        rule_after AS c_rule_after,
+        policy_version_before AS c_policy_version_before,
+        policy_version_after AS c_policy_version_after,
+        reason AS c_reason,
+        source AS c_source
+    FROM {db}.permission_change_records
+)
+GROUP BY c_change_id"""
+
+# Refusals of requests with no valid token, aggregated per window (docs/decisions/013).
+REFUSAL_SUMMARIES = Table(
+    "refusal_summaries",
+    (
+        ("ts", TS),
+        ("window_start_us", "UInt64"),
+        ("window_end_us", "UInt64"),
+        ("instance", LC),
+        ("seq", "UInt64"),
+        ("route", LC),
+        ("reason", LC),
+        ("status", "UInt16"),
+        ("client_ip", "String"),
+        ("count", "UInt64"),
+        ("first_ts_us", "UInt64"),
+        ("last_ts_us", "UInt64"),
+        ("sample_request_ids", "Array(String)"),
+        ("batch_id", "String"),
+        ("record_v", "UInt8"),
+        ("hash", "String"),
+    ),
+    order_by="(toDate(ts), instance, seq)",
+    partition_by="toYYYYMM(ts)",
+    shard_key="cityHash64(instance)",
+)
+
+# Signed checkpoints of each instance's chain (Ed25519): what `audit verify` checks the
+# recomputed chain against. Never partitioned, never dropped by retention.
+CHAIN_CHECKPOINTS = Table(
+    "chain_checkpoints",
+    (
+        ("ts", TS),
+        ("ts_us", "UInt64"),
+        ("instance", LC),
+        ("seq", "UInt64"),
+        ("head", "String"),
+        ("key_id", "String"),
+        ("signature", "String"),
+        ("batch_id", "String"),
+    ),
+    order_by="(instance, seq, ts_us)",
+    partition_by=None,
+    shard_key="cityHash64(instance)",
 )
 
 # 7.3: dropping expired audit partitions is itself an act that is recorded. Never partitioned,
@@ -153,21 +257,43 @@ MIGRATIONS_TABLE = Table(
     shard_key="rand()",
 )
 
-RETAINED_TABLES = (ACCESS_EVENTS, ACCESS_EVENT_SUBJECTS)  # permission changes are kept
+RETAINED_TABLES = (ACCESS_EVENTS, ACCESS_EVENT_SUBJECTS, REFUSAL_SUMMARIES)  # changes are kept
 
 
 @dataclass(frozen=True)
 class Migration:
     version: int
     name: str
-    tables: tuple[Table, ...]
+    tables: tuple[Table, ...] = ()  # created if absent
+    add_columns: tuple[Table, ...] = ()  # the columns a table of an older version lacks are added
+    # (table, new name): renamed if it exists and is not yet renamed (a table replaced by a view)
+    retire: tuple[tuple[Table, str], ...] = ()
+    after: tuple[str, ...] = ()  # statements run last; `{db}` is the database
 
 
 MIGRATIONS = (
     Migration(
         1,
         "audit trail: access_events, access_event_subjects, permission_changes, retention_actions",
-        (ACCESS_EVENTS, ACCESS_EVENT_SUBJECTS, PERMISSION_CHANGES, RETENTION_ACTIONS),
+        (ACCESS_EVENTS, ACCESS_EVENT_SUBJECTS, PERMISSION_CHANGES_V1, RETENTION_ACTIONS),
+    ),
+    Migration(
+        2,
+        "hash chain and signed checkpoints; every replica's permission change records, counted "
+        "once by the permission_changes view; refusal summaries",
+        tables=(PERMISSION_CHANGE_RECORDS, REFUSAL_SUMMARIES, CHAIN_CHECKPOINTS),
+        add_columns=(ACCESS_EVENTS,),
+        retire=((PERMISSION_CHANGES_V1, "permission_changes_v1"),),
+        after=(
+            # The first releases' changes, kept (they carry no chain: seq 0, version 1).
+            "INSERT INTO {db}.permission_change_records (change_id, ts, ts_us, instance, seq, "
+            "actor, kind, role, user, rule_before, rule_after, policy_version_before, "
+            "policy_version_after, reason, source, batch_id, record_v, hash) "
+            "SELECT change_id, ts, ts_us, instance, 0, actor, kind, role, user, rule_before, "
+            "rule_after, policy_version_before, policy_version_after, reason, source, batch_id, "
+            "1, '' FROM {db}.permission_changes_v1 FINAL",
+            PERMISSION_CHANGES_VIEW,
+        ),
     ),
 )
 
@@ -213,10 +339,62 @@ def create_table(
 def migration_ddl(
     migration: Migration, database: str, *, modern: bool, cluster: str | None = None
 ) -> list[str]:
+    """The unconditional part of a migration: its tables (IF NOT EXISTS) and final statements.
+    Column additions and renames depend on what exists; `store.migrate` plans those."""
     stmts: list[str] = []
     for t in migration.tables:
         stmts += create_table(t, database, modern=modern, cluster=cluster)
     return stmts
+
+
+def after_ddl(migration: Migration, database: str, *, cluster: str | None = None) -> list[str]:
+    stmts = [sql.format(db=database) for sql in migration.after]
+    if cluster:  # views are per node, over the Distributed tables
+        stmts = [
+            s.replace(" AS\nSELECT", f" ON CLUSTER {cluster} AS\nSELECT", 1)
+            if s.startswith("CREATE VIEW")
+            else s
+            for s in stmts
+        ]
+    return stmts
+
+
+def add_column_ddl(
+    table: Table,
+    column: str,
+    database: str,
+    *,
+    modern: bool,
+    cluster: str | None = None,
+) -> list[str]:
+    kind = column_type(dict(table.columns)[column], modern)
+    names = table.column_names
+    after = names[names.index(column) - 1]
+    if cluster is None:
+        return [f"ALTER TABLE {database}.{table.name} ADD COLUMN `{column}` {kind} AFTER `{after}`"]
+    add = f"ON CLUSTER {cluster} ADD COLUMN `{column}` {kind} AFTER `{after}`"
+    return [
+        f"ALTER TABLE {database}.{table.name}_local {add}",
+        f"ALTER TABLE {database}.{table.name} {add}",
+    ]
+
+
+def retire_ddl(
+    table: Table, new_name: str, database: str, *, modern: bool, cluster: str | None = None
+) -> list[str]:
+    """Rename a table out of the way. On a cluster the Distributed table names its local table,
+    so it is dropped and made again over the renamed local table."""
+    if cluster is None:
+        return [f"RENAME TABLE {database}.{table.name} TO {database}.{new_name}"]
+    on = f"ON CLUSTER {cluster}"
+    renamed = Table(
+        new_name, table.columns, table.order_by, table.partition_by, table.shard_key, table.engine
+    )
+    return [
+        f"DROP TABLE IF EXISTS {database}.{table.name} {on}",
+        f"RENAME TABLE {database}.{table.name}_local TO {database}.{new_name}_local {on}",
+        create_table(renamed, database, modern=modern, cluster=cluster)[1],
+    ]
 
 
 def bootstrap_ddl(database: str, *, modern: bool, cluster: str | None = None) -> list[str]:
@@ -229,8 +407,11 @@ def bootstrap_ddl(database: str, *, modern: bool, cluster: str | None = None) ->
 
 
 def schema_ddl(database: str, *, modern: bool, cluster: str | None = None) -> list[str]:
-    """Every statement `clickhouse init` may run, in order (all idempotent)."""
+    """Every statement `clickhouse init` runs on an empty database, in order."""
     stmts = bootstrap_ddl(database, modern=modern, cluster=cluster)
     for m in MIGRATIONS:
         stmts += migration_ddl(m, database, modern=modern, cluster=cluster)
+        for table, new_name in m.retire:
+            stmts += retire_ddl(table, new_name, database, modern=modern, cluster=cluster)
+        stmts += after_ddl(m, database, cluster=cluster)
     return stmts

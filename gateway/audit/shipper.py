@@ -23,7 +23,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import threading
 import time
 import uuid
@@ -33,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit import schema
-from gateway.audit.events import OUTCOME_FIELDS, PENDING, UNKNOWN
-from gateway.audit.spool import list_segments
-from gateway.audit.store import AuditStore, StoreError, event_rows, ts_of
+from gateway.audit.events import PENDING, UNKNOWN, merge_outcome
+from gateway.audit.spool import decode_line, list_segments
+from gateway.audit.store import AuditStore, StoreError, change_row, event_rows, table_row
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +125,9 @@ class SpoolTail:
             end = data.rfind(b"\n") + 1
             for line in data[:end].splitlines(keepends=True):
                 try:
-                    rec = json.loads(line)
+                    out.append(((seg, off), decode_line(line)))
                 except ValueError:
-                    self._on_bad(f"{path}@{off}: not valid JSON")
-                    rec = None
-                if isinstance(rec, dict):
-                    out.append(((seg, off), rec))
+                    self._on_bad(f"{path}@{off}: not a valid record")
                 off += len(line)
             self.position = (seg, off)
             if end == len(data) and len(data) == 4 * 1024 * 1024:
@@ -173,11 +169,12 @@ class Assembler:
                 log.error("outcome record without its access", extra={"position": list(pos)})
                 return []
             apos, access = found
-            joined = {**access, **{f: rec[f] for f in OUTCOME_FIELDS}}
+            joined = dict(access)
+            merge_outcome(joined, rec)
             return [_Row(pos, apos, joined)]
         if kind == "start":
             return self.finalize(pos)
-        if kind == "permission_change":
+        if kind in ROW_KINDS:
             return [_Row(pos, pos, rec)]
         return []
 
@@ -313,7 +310,7 @@ class Shipper:
                 last = tuple(intent["last"])
                 if tail.position > last or exhausted:
                     rows = [r for r in batch if r.completed_at <= last]
-                    accesses = sum(1 for r in rows if r.event.get("kind") != "permission_change")
+                    accesses = sum(1 for r in rows if r.event.get("kind") == "access")
                     if accesses != intent["rows"]["access_events"]:
                         self._metrics.error("intent_mismatch")
                         log.error(
@@ -391,27 +388,13 @@ class Shipper:
         rest: list[_Row],
     ) -> bool:
         """Ship one batch until it is confirmed; False if told to stop first (intent kept)."""
-        events: list[dict[str, Any]] = []
-        subjects: list[dict[str, Any]] = []
-        changes: list[dict[str, Any]] = []
-        for r in rows:
-            if r.event.get("kind") == "permission_change":
-                changes.append(change_row(r.event, batch_id))
-                continue
-            row, subs = event_rows(r.event, batch_id)
-            events.append(row)
-            subjects.extend(subs)
-        tables = [
-            (schema.ACCESS_EVENTS, events),
-            (schema.ACCESS_EVENT_SUBJECTS, subjects),
-            (schema.PERMISSION_CHANGES, changes),
-        ]
+        tables = batch_tables(rows, batch_id)
         last = rows[-1].completed_at if rows else self.state.shipped_through
         if not recovering:
             self.state.intent = {
                 "batch_id": batch_id,
                 "last": list(last),
-                "rows": {t.name: len(trows) for t, trows in tables},
+                "rows": {t.name: len(trows) for t, trows in tables.items()},
             }
             self.state.save(self.directory)
         attempt = 0
@@ -419,15 +402,8 @@ class Shipper:
         while True:
             try:
                 store = self._get_store()
-                for table, trows in tables:
+                for table, trows in tables.items():
                     if not trows:
-                        continue
-                    if table is schema.PERMISSION_CHANGES:
-                        # Replicas record the same change under the same id: insert only the
-                        # ones the store lacks (a retry of this batch then inserts nothing).
-                        fresh = new_changes(store, trows)
-                        if fresh:
-                            store.insert(table, fresh, batch_id)
                         continue
                     if check:
                         self._wait_not_running(store, batch_id)
@@ -465,7 +441,7 @@ class Shipper:
                 self._pause(delay)
         self.last_error = None
         self.shipped_rows += len(rows)
-        self._metrics.shipped(len(rows))
+        self._metrics.shipped(sum(1 for r in rows if r.event.get("kind") == "access"))
         self._metrics.batch()
         unshipped = [r.access_at for r in rest] + [apos for apos, _ in asm.pending.values()]
         self.state = ShipperState(last, min([*unshipped, tail.position]), None)
@@ -505,31 +481,35 @@ class Shipper:
         self._on_progress(freed, consumed)
 
 
-def change_row(rec: dict[str, Any], batch_id: str) -> dict[str, Any]:
-    row = {name: rec.get(name, "") for name in schema.PERMISSION_CHANGES.column_names}
-    row["kind"] = rec["change_kind"]
-    row["ts"] = ts_of(rec["ts_us"])
-    row["batch_id"] = batch_id
-    return row
+ROW_KINDS = frozenset({"access", "permission_change", "refusal_summary", "checkpoint"})
 
 
-def new_changes(store: AuditStore, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    ids = [r["change_id"] for r in rows if _HEX32.match(r["change_id"])]
-    if not ids:
-        return []
-    listed = ", ".join(f"'{i}'" for i in ids)  # hex only (checked above): safe to inline
-    sql = f"SELECT change_id FROM {store.database}.permission_changes WHERE change_id IN ({listed})"
-    have = {r["change_id"] for r in store.select(sql)}
-    seen: set[str] = set()
-    fresh = []
+def batch_tables(rows: list[_Row], batch_id: str) -> dict[schema.Table, list[dict[str, Any]]]:
+    """The rows of one batch, per table, in the order they are inserted (and checked)."""
+    tables: dict[schema.Table, list[dict[str, Any]]] = {
+        schema.ACCESS_EVENTS: [],
+        schema.ACCESS_EVENT_SUBJECTS: [],
+        schema.PERMISSION_CHANGE_RECORDS: [],
+        schema.REFUSAL_SUMMARIES: [],
+        schema.CHAIN_CHECKPOINTS: [],
+    }
     for r in rows:
-        if r["change_id"] in ids and r["change_id"] not in have and r["change_id"] not in seen:
-            seen.add(r["change_id"])
-            fresh.append(r)
-    return fresh
-
-
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+        kind = r.event.get("kind")
+        if kind == "permission_change":
+            tables[schema.PERMISSION_CHANGE_RECORDS].append(change_row(r.event, batch_id))
+        elif kind == "refusal_summary":
+            tables[schema.REFUSAL_SUMMARIES].append(
+                table_row(schema.REFUSAL_SUMMARIES, r.event, batch_id)
+            )
+        elif kind == "checkpoint":
+            tables[schema.CHAIN_CHECKPOINTS].append(
+                table_row(schema.CHAIN_CHECKPOINTS, r.event, batch_id)
+            )
+        else:
+            row, subjects = event_rows(r.event, batch_id)
+            tables[schema.ACCESS_EVENTS].append(row)
+            tables[schema.ACCESS_EVENT_SUBJECTS].extend(subjects)
+    return tables
 
 
 def _cut(batch: list[_Row], max_rows: int) -> list[_Row]:

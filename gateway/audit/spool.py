@@ -2,7 +2,7 @@
 
 Contract: ``await spool.append(record)`` returns only when the record is durable in the configured
 sense, and raises SpoolUnavailable when it cannot be recorded — the caller then refuses the
-request (no audit, no access; 9.1.8).
+request (no audit, no access; 9.1.8). It never waits longer than ``sync_timeout``.
 
 - ``fsync``: durable on disk (survives power loss). Group commit: the records of one loop
   iteration go out in one write(2); one fsync in the sync thread covers every record written
@@ -10,16 +10,25 @@ request (no audit, no access; 9.1.8).
 - ``batch``: written to the operating system (survives the gateway's death, SIGKILL included)
   before ``append`` returns; fsynced every ``batch_interval_ms``.
 
+Sequence and chain (docs/decisions/012-hash-chain.md): the spool is the only writer of its
+instance's records, so it numbers them as it writes them: each chained record gets the next
+sequence number and its hash linked to the previous record's. Only records that reach the file
+take a number — a write that fails gives its numbers back — so the sequence of an instance has
+no holes but deletions (invariant checked by `pd-gateway audit verify`).
+
 Format (docs/decisions/001-spool-format.md): segment files ``NNNNNNNNNNNN.jsonl`` in the spool
 directory, one JSON record per line, appended only. A line without its final newline is a torn
 write that was never acknowledged; readers skip it. The writer starts a new segment at every
 start, so it never appends after a torn line.
 
 The thread boundary (docs/decisions/003-spool-thread-boundary.md): write(2) of an append-only
-buffer into the page cache happens on the event loop (microseconds; a hand-off to a thread per
-batch cost a third of the gateway's throughput in GIL hand-overs); every call that waits for the
-disk — fsync of segments and of the directory — runs in the one sync thread. The loop-side
+buffer into the page cache happens on the event loop (microseconds); every call that waits for
+the disk — fsync of segments and of the directory — runs in the one sync thread. The loop-side
 buffer is bounded (``max_pending``): a full buffer is a refusal, not a wait.
+
+After a failed write the spool is unhealthy: appends are refused at once (no file is created per
+refused request) and a probe tries once a second to start a fresh segment; when the disk has room
+again the spool is healthy again by itself, with no request needed.
 """
 
 from __future__ import annotations
@@ -38,12 +47,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.audit import chain
+from gateway.audit.events import RECORD_VERSION, Chained
 from gateway.errors import SpoolUnavailable
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl"
 WRITER_LOCK = "writer.lock"
+PROBE_INTERVAL = 1.0  # seconds between recovery attempts of an unhealthy spool
 
 
 def writer_active(directory: Path) -> bool:
@@ -72,6 +84,13 @@ class SpoolHooks:
     healthy: Callable[[bool], None] = lambda ok: None
 
 
+@dataclass(frozen=True)
+class ChainHead:
+    seq: int
+    hash: str
+    instance: str
+
+
 class Spool:
     def __init__(
         self,
@@ -84,6 +103,7 @@ class Spool:
         max_bytes: int | None = None,
         refuse_when_full: bool = True,
         instance: str = "",
+        sync_timeout: float = 10.0,
         hooks: SpoolHooks | None = None,
     ) -> None:
         self.directory = directory
@@ -100,9 +120,11 @@ class Spool:
         self._interval = batch_interval_ms / 1000.0
         self._segment_max = segment_max_bytes
         self._max_pending = max_pending
+        self._sync_timeout = sync_timeout
         self._hooks = hooks or SpoolHooks()
-        # Loop side: records of the current loop iteration, written by one _flush.
-        self._buf: list[bytes] = []
+        # Loop side: records of the current loop iteration, written by one _flush. Chained
+        # records are numbered there; bytes are unchained lines (checkpoints) written as they are.
+        self._buf: list[Chained | bytes] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,26 +132,30 @@ class Spool:
         self._segment_no = 0
         self._segment_bytes = 0
         self._closed = False
+        self._probe: asyncio.TimerHandle | None = None
         # Shared with the sync thread, under _cond.
         self._cond = threading.Condition()
         self._sync_waiters: list[asyncio.Future[None]] = []
         self._retired: list[int] = []  # full or broken segments: fsync, then close
         self._new_segment = False  # a segment was created: fsync the directory too
         self._dirty = False
-        self._fd_broken = False
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._thread_failed = False
+        self._inflight: list[asyncio.Future[None]] = []  # waiters of the fsync under way
         self.healthy = False
         self.last_error: str | None = None
         self._seq = 0
+        self._head = chain.GENESIS
 
     # -- lifecycle --
 
     def open(self) -> None:
-        """Create the directory, find the last sequence number, start a segment and the syncer.
+        """Create the directory, find the chain's head, start a segment and the sync thread.
 
         Takes the directory's writer lock: two gateways on one spool would hand out the same
-        sequence numbers. SpoolUnavailable if another process holds it."""
+        sequence numbers. SpoolUnavailable if another process holds it, or if the spool holds
+        another instance's chain."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.directory / WRITER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -138,27 +164,35 @@ class Spool:
             os.close(self._lock_fd)
             self._lock_fd = -1
             raise SpoolUnavailable(f"spool {self.directory} is in use by another process") from e
+        head = last_head(self.directory)
+        if head.seq and head.instance and head.instance != self.instance:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise SpoolUnavailable(
+                f"spool {self.directory} holds the audit chain of instance {head.instance!r}, "
+                f"not {self.instance!r}: keep instance_id or give this instance its own spool_dir"
+            )
         segments = list_segments(self.directory)
         self._segment_no = int(segments[-1].stem) if segments else 0
-        self._seq = last_seq(self.directory)
+        self._seq, self._head = head.seq, head.hash
         self._base_bytes = sum(p.stat().st_size for p in segments)
         self._open_segment()
         # Every run begins with a `start` record: a reader knows that no outcome written before
-        # it can still arrive (those accesses' outcomes are unknown), and the sequence carries on.
+        # it can still arrive (those accesses' outcomes are unknown), and the chain carries on.
         start = encode_record(
             {
                 "kind": "start",
                 "run": uuid.uuid4().hex,
                 "instance": self.instance,
                 "ts_us": time.time_ns() // 1000,
-                "seq_hw": self._seq,
+                **self._header_fields(),
             }
         )
         os.write(self._fd, start)
         os.fsync(self._fd)
+        self._header_due = False
         self._segment_bytes = len(start)
         self._written_bytes = len(start)
-        self._header_due = False
         self._set_healthy(True)
         self._thread = threading.Thread(target=self._run, name="audit-spool-sync", daemon=True)
         self._thread.start()
@@ -168,6 +202,8 @@ class Spool:
         if self._buf:
             self._flush()
         self._closed = True
+        if self._probe is not None:
+            self._probe.cancel()
         with self._cond:
             self._stopping = True
             self._cond.notify()
@@ -180,10 +216,10 @@ class Spool:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def next_seq(self) -> int:
-        """The next per-instance sequence number (event loop only; gap-free across restarts)."""
-        self._seq += 1
-        return self._seq
+    @property
+    def head(self) -> ChainHead:
+        """The newest record written: its sequence number and hash (loop thread)."""
+        return ChainHead(self._seq, self._head, self.instance)
 
     @property
     def writable(self) -> bool:
@@ -212,11 +248,17 @@ class Spool:
         self._deleted_bytes += deleted_bytes
         self._consumed_bytes = consumed_bytes
 
-    async def append(self, record: bytes, *, admission: bool = True) -> None:
-        """``admission=False`` for a record that completes an access already admitted (its
+    async def append(self, record: Chained | bytes, *, admission: bool = True) -> None:
+        """Record ``record`` (a chained record, or the bytes of an unchained line).
+
+        ``admission=False`` for a record that completes an access already admitted (its
         outcome): the size limit refuses new accesses, never the record of one in flight."""
         if self._closed:
             raise SpoolUnavailable("spool_closed")
+        if not self.healthy:
+            # The last write failed; the probe brings the spool back. Refuse at once rather than
+            # create a segment file per refused request.
+            raise SpoolUnavailable("spool_unhealthy")
         if admission and self.refuse_when_full and self.over_limit:
             # The store has been unreachable long enough for the spool to reach its limit.
             self._hooks.error("spool_full")
@@ -236,54 +278,101 @@ class Spool:
             loop.call_soon(self._flush)
         await fut
 
+    def _encode(self, records: list[Chained | bytes]) -> tuple[bytes, list[tuple[int, int, str]]]:
+        """The bytes of one write, and after each chained record (end offset, seq, hash)."""
+        seq, head, instance = self._seq, self._head, self.instance
+        parts: list[bytes] = []
+        marks: list[tuple[int, int, str]] = []
+        size = 0
+        if self._header_due:
+            header = encode_record({"kind": "segment", **self._header_fields()})
+            parts.append(header)
+            size += len(header)
+        for record in records:
+            if isinstance(record, bytes):
+                data = record
+            else:
+                seq += 1
+                canon = chain.canonical(record.KIND, RECORD_VERSION, instance, seq, record.values())
+                head = chain.link(head, canon)
+                data = chain.line(canon, head)
+            parts.append(data)
+            size += len(data)
+            if not isinstance(record, bytes):
+                marks.append((size, seq, head))
+        return b"".join(parts), marks
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         if not self._buf:
             return
-        data = b"".join(self._buf)
-        waiters, self._buf, self._waiters = self._waiters, [], []
+        records, waiters, self._buf, self._waiters = self._buf, self._waiters, [], []
         self._hooks.pending(len(waiters))
+        if not self.healthy:
+            _settle(waiters, "spool_unhealthy")
+            return
+        written = 0
+        marks: list[tuple[int, int, str]] = []
         try:
-            if self._fd_broken and self._fd >= 0:
-                self._retire_segment()
             if self._fd < 0:
                 self._open_segment()
-            if self._header_due:
-                data = encode_record({"kind": "segment", "seq_hw": self._seq}) + data
-                self._header_due = False
+            data, marks = self._encode(records)
             view = memoryview(data)
             while view:
-                view = view[os.write(self._fd, view) :]
+                n = os.write(self._fd, view)
+                written += n
+                view = view[n:]
         except OSError as e:
+            # Records wholly written before the failure keep their numbers (they are in the
+            # file: a reader sees them); the rest give theirs back, so the sequence stays
+            # gapless. Every waiter is refused: the request fails closed.
+            for end, seq, digest in marks:
+                if end <= written:
+                    self._seq, self._head = seq, digest
+            self._written_bytes += written
             self._fail(e)
             _settle(waiters, f"spool_write_failed:{e.errno}")
             return
+        self._header_due = False
+        if marks:
+            self._seq, self._head = marks[-1][1], marks[-1][2]
         self._segment_bytes += len(data)
         self._written_bytes += len(data)
         self._hooks.written(len(waiters), len(data))
-        if not self.healthy:
-            self._set_healthy(True)
-            log.warning("audit spool recovered", extra={"spool": str(self.directory)})
         if self.durability == "fsync":
             with self._cond:
                 self._sync_waiters.extend(waiters)
                 self._dirty = True
                 self._cond.notify()
+            # A sync thread that died or a disk that stopped answering must not hang requests:
+            # one timer per write (not per record) refuses whatever is still waiting then.
+            assert self._loop is not None
+            self._loop.call_later(self._sync_timeout, self._expire, waiters)
         else:
             self._dirty = True
             _settle(waiters, None)
         if self._segment_bytes >= self._segment_max:
             self._retire_segment()
 
+    def _expire(self, waiters: list[asyncio.Future[None]]) -> None:
+        if any(not f.done() for f in waiters):
+            self._hooks.error("sync_timeout")
+            log.error(
+                "audit spool fsync did not finish in time", extra={"spool": str(self.directory)}
+            )
+            _settle(waiters, "spool_sync_timeout")
+
+    def _header_fields(self) -> dict[str, Any]:
+        # Each non-empty segment starts with the chain's head at the time it was begun, so the
+        # sequence and chain survive the shipper deleting every older segment.
+        return {"seq_hw": self._seq, "head": self._head, "instance": self.instance}
+
     def _open_segment(self) -> None:
-        # Each non-empty segment starts with a record of the sequence high-water mark, so the
-        # sequence survives the shipper deleting every older segment.
         self._header_due = True
         self._segment_no += 1
         path = self.directory / f"{self._segment_no:012d}{SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         self._segment_bytes = 0
-        self._fd_broken = False
         with self._cond:
             self._new_segment = True
 
@@ -291,21 +380,52 @@ class Spool:
         """Hand the current segment to the sync thread to fsync and close; the next write opens
         a new one. Under the lock, so the thread never sees a retired fd as the current one."""
         with self._cond:
-            self._retired.append(self._fd)
+            if self._fd >= 0:
+                self._retired.append(self._fd)
             self._fd = -1
             self._dirty = True
             self._cond.notify()
 
     def _fail(self, e: OSError) -> None:
         # After a failed write or fsync the file's state is unknown (a later fsync may report
-        # success for lost pages): abandon this segment and start a fresh one with the next write.
-        self._fd_broken = True
+        # success for lost pages): abandon this segment; the probe starts a fresh one.
+        self._retire_segment()
         self.last_error = f"{type(e).__name__}: errno {e.errno}"
-        self._set_healthy(False)
         self._hooks.error("write_failed")
-        log.error(
-            "audit spool write failed", extra={"spool": str(self.directory), "errno": e.errno}
-        )
+        if self.healthy:
+            log.error(
+                "audit spool write failed", extra={"spool": str(self.directory), "errno": e.errno}
+            )
+        self._set_healthy(False)
+        self._schedule_probe()
+
+    def _schedule_probe(self) -> None:
+        if self._loop is not None and self._probe is None and not self._closed:
+            self._probe = self._loop.call_later(PROBE_INTERVAL, self._try_recover)
+
+    def _try_recover(self) -> None:
+        """Start a fresh segment with its header, fsynced; healthy again if that works. One file
+        is reused across failed attempts (emptied), never one per attempt."""
+        self._probe = None
+        if self._closed or self.healthy:
+            return
+        try:
+            if self._fd < 0:
+                self._open_segment()
+            os.ftruncate(self._fd, 0)
+            header = encode_record({"kind": "segment", **self._header_fields()})
+            if os.write(self._fd, header) != len(header):
+                raise OSError(28, "short write")
+            os.fsync(self._fd)
+        except OSError as e:
+            self.last_error = f"{type(e).__name__}: errno {e.errno}"
+            self._schedule_probe()
+            return
+        self._header_due = False
+        self._segment_bytes = len(header)
+        self._written_bytes += len(header)
+        self._set_healthy(True)
+        log.warning("audit spool recovered", extra={"spool": str(self.directory)})
 
     def _set_healthy(self, ok: bool) -> None:
         self.healthy = ok
@@ -314,6 +434,25 @@ class Spool:
     # -- the sync thread: the only place that waits for the disk --
 
     def _run(self) -> None:
+        try:
+            self._sync_loop()
+        except BaseException:
+            # Nothing can be made durable any more: refuse everything from now on.
+            log.exception("audit spool sync thread failed")
+            self._thread_failed = True
+            with self._cond:
+                waiters, self._sync_waiters = self._inflight + self._sync_waiters, []
+            if self._loop is not None:
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._sync_thread_died, waiters)
+
+    def _sync_thread_died(self, waiters: list[asyncio.Future[None]]) -> None:
+        _settle(waiters, "spool_sync_failed")
+        self.last_error = "sync thread failed"
+        self._set_healthy(False)
+        self._closed = True  # no probe can bring back a dead thread: restart the gateway
+
+    def _sync_loop(self) -> None:
         last_sync = time.monotonic()
         while True:
             with self._cond:
@@ -327,6 +466,7 @@ class Spool:
                     )
                     self._cond.wait(timeout)
                 waiters, self._sync_waiters = self._sync_waiters, []
+                self._inflight = waiters
                 retired, self._retired = self._retired, []
                 new_segment, self._new_segment = self._new_segment, False
                 self._dirty = False
@@ -378,7 +518,7 @@ def _settle(futs: list[asyncio.Future[None]], error: str | None) -> None:
             fut.set_exception(SpoolUnavailable(error))
 
 
-# -- reading (used by `audit tail`, the shipper and tests) --
+# -- reading (used by `audit tail`, the shipper, `audit verify --spool` and tests) --
 
 
 def list_segments(directory: Path) -> list[Path]:
@@ -390,6 +530,15 @@ class BadLine:
     segment: Path
     line: int
     problem: str
+
+
+def decode_line(line: bytes) -> dict[str, Any]:
+    """One spool line → a record dict (chained records get their values named); ValueError if it
+    is not a record."""
+    obj = json.loads(line)
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    return chain.parse(obj) if "rec" in obj else obj
 
 
 def read_records(
@@ -410,29 +559,37 @@ def read_segment(
                     on_bad(BadLine(segment, n, "torn final line (never acknowledged)"))
                 return
             try:
-                rec = json.loads(line)
-            except ValueError:
+                rec = decode_line(line)
+            except ValueError as e:
                 if on_bad:
-                    on_bad(BadLine(segment, n, "not valid JSON"))
+                    on_bad(BadLine(segment, n, f"not a valid record ({type(e).__name__})"))
                 continue
-            if isinstance(rec, dict):
-                yield rec
-            elif on_bad:
-                on_bad(BadLine(segment, n, "not a JSON object"))
+            yield rec
+
+
+def last_head(directory: Path) -> ChainHead:
+    """The newest chained record's sequence number and hash (0 and GENESIS if none), from the
+    newest non-empty segment, whose first record carries the head at the time it was begun."""
+    for segment in reversed(list_segments(directory)):
+        best: ChainHead | None = None
+        for r in read_segment(segment):
+            if "seq_hw" in r:  # start / segment header
+                cand = ChainHead(int(r["seq_hw"]), str(r.get("head", "")), str(r["instance"]))
+            elif "seq" in r and "hash" in r:
+                cand = ChainHead(int(r["seq"]), str(r["hash"]), str(r.get("instance", "")))
+            elif r.get("kind") == "access" and "seq" in r:  # a first-release, unchained spool
+                cand = ChainHead(int(r["seq"]), chain.GENESIS, str(r.get("instance", "")))
+            else:
+                continue
+            if best is None or cand.seq >= best.seq:
+                best = cand
+        if best is not None:
+            return ChainHead(best.seq, best.hash or chain.GENESIS, best.instance)
+    return ChainHead(0, chain.GENESIS, "")
 
 
 def last_seq(directory: Path) -> int:
-    """The highest sequence number used (0 if none): from the newest non-empty segment, whose
-    first record carries the high-water mark at the time it was begun."""
-    for segment in reversed(list_segments(directory)):
-        seqs = [
-            int(r["seq"] if r.get("kind") == "access" else r["seq_hw"])
-            for r in read_segment(segment)
-            if r.get("kind") in ("access", "start", "segment")
-        ]
-        if seqs:
-            return max(seqs)
-    return 0
+    return last_head(directory).seq
 
 
 def encode_record(record: dict[str, Any]) -> bytes:

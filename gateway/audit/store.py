@@ -59,11 +59,30 @@ def ts_of(ts_us: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts_us / 1_000_000, dt.UTC)
 
 
+def _default(column_type: str) -> Any:
+    if column_type.startswith("Array("):
+        return []
+    if column_type.startswith(("UInt", "Int")):
+        return 0
+    return ""
+
+
+def table_row(table: Table, record: Mapping[str, Any], batch_id: str) -> Row:
+    """A spool record → a row of ``table``: its values by column name, the absent ones at their
+    type's default (a first-release record has no hash), ``ts`` from the record's time."""
+    row: Row = {
+        name: record[name] if name in record else _default(kind) for name, kind in table.columns
+    }
+    row["ts"] = ts_of(record.get("ts_us") or record.get("window_start_us") or 0)
+    row["batch_id"] = batch_id
+    if "record_v" in row:
+        row["record_v"] = record.get("v", 1)
+    return row
+
+
 def event_rows(event: Mapping[str, Any], batch_id: str) -> tuple[Row, list[Row]]:
     """A joined audit event → its access_events row and its access_event_subjects rows."""
-    row: Row = {name: event.get(name) for name in schema.ACCESS_EVENTS.column_names}
-    row["ts"] = ts_of(event["ts_us"])
-    row["batch_id"] = batch_id
+    row = table_row(schema.ACCESS_EVENTS, event, batch_id)
     subjects = [
         {
             "subject_id": sid,
@@ -75,8 +94,15 @@ def event_rows(event: Mapping[str, Any], batch_id: str) -> tuple[Row, list[Row]]
     return row, subjects
 
 
+def change_row(record: Mapping[str, Any], batch_id: str) -> Row:
+    row = table_row(schema.PERMISSION_CHANGE_RECORDS, record, batch_id)
+    row["kind"] = record["change_kind"]
+    return row
+
+
 def migrate(store: AuditStore, *, cluster: str | None = None) -> list[int]:
-    """Apply the migrations the store lacks; return the versions applied now. Idempotent."""
+    """Apply the migrations the store lacks; return the versions applied now. Idempotent: each
+    step looks at what exists first, so a migration cut short is completed by the next run."""
     db = store.database
     modern = store.modern
     for sql in schema.bootstrap_ddl(db, modern=modern, cluster=cluster):
@@ -88,6 +114,23 @@ def migrate(store: AuditStore, *, cluster: str | None = None) -> list[int]:
             continue
         for sql in schema.migration_ddl(m, db, modern=modern, cluster=cluster):
             store.execute(sql)
+        for table in m.add_columns:
+            have = _columns(store, table.name)
+            for name in table.column_names:
+                if name not in have:
+                    for sql in schema.add_column_ddl(
+                        table, name, db, modern=modern, cluster=cluster
+                    ):
+                        store.execute(sql)
+        for table, new_name in m.retire:
+            engines = _engines(store)
+            if engines.get(table.name, "View") != "View" and new_name not in engines:
+                for sql in schema.retire_ddl(table, new_name, db, modern=modern, cluster=cluster):
+                    store.execute(sql)
+        for sql in schema.after_ddl(m, db, cluster=cluster):
+            if sql.startswith("INSERT") and _engines(store).get("permission_changes") == "View":
+                continue  # already copied: the view is made last
+            store.execute(sql)
         row = {
             "version": m.version,
             "name": m.name,
@@ -98,3 +141,18 @@ def migrate(store: AuditStore, *, cluster: str | None = None) -> list[int]:
         log.info("schema migration applied", extra={"version": m.version, "database": db})
         applied.append(m.version)
     return applied
+
+
+def _columns(store: AuditStore, table: str) -> set[str]:
+    rows = store.select(
+        "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s",
+        {"db": store.database, "t": table},
+    )
+    return {str(r["name"]) for r in rows}
+
+
+def _engines(store: AuditStore) -> dict[str, str]:
+    rows = store.select(
+        "SELECT name, engine FROM system.tables WHERE database = %(db)s", {"db": store.database}
+    )
+    return {str(r["name"]): str(r["engine"]) for r in rows}

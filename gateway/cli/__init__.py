@@ -6,7 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import audit_cmd, config_cmd, policy_cmd, serve_cmd, store_cmd, token_cmd
+from gateway.cli import (
+    audit_cmd,
+    config_cmd,
+    policy_cmd,
+    serve_cmd,
+    store_cmd,
+    token_cmd,
+    verify_cmd,
+)
 from gateway.errors import ConfigError, GatewayError, PolicyError
 
 
@@ -17,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_cmd.register(sub)
     audit_sub = audit_cmd.register(sub)
     store_cmd.register(sub, audit_sub)
+    verify_cmd.register(audit_sub)
     token_cmd.register(sub)
     policy_cmd.register(sub)
     args = parser.parse_args(argv)

@@ -6,6 +6,7 @@ import argparse
 import collections
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,28 @@ def run_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ts(ts_us: int) -> str:
+    return datetime.fromtimestamp(ts_us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _line(ev: dict[str, Any]) -> str:
-    if ev.get("kind") == "outcome":
+    kind = ev.get("kind")
+    if kind == "outcome":
         eid, status, outcome = ev.get("event_id"), ev.get("status"), ev.get("outcome")
         return f"(outcome of earlier event {eid}: {status} {outcome})"
-    from datetime import UTC, datetime
-
-    ts = datetime.fromtimestamp(ev["ts_us"] / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if kind == "refusal_summary":
+        return (
+            f"{_ts(ev['window_start_us'])} #{ev['seq']} {ev['count']} refused {ev['status']} "
+            f"without a valid token: route={ev['route']} reason={ev['reason']} "
+            f"from={ev['client_ip']} until {_ts(ev['window_end_us'])} "
+            f"samples={','.join(ev['sample_request_ids'])}"
+        )
+    if kind == "permission_change":
+        return (
+            f"{_ts(ev['ts_us'])} #{ev['seq']} CHANGE {ev['change_kind']} by {ev['actor']} "
+            f"({ev['source']}): -[{ev['rule_before']}] +[{ev['rule_after']}] reason={ev['reason']}"
+        )
+    ts = _ts(ev["ts_us"])
     subjects = ",".join(ev.get("subject_ids") or []) or "-"
     return (
         f"{ts} #{ev['seq']} {ev['decision'].upper():5} {ev['status']} {ev['outcome']:<9} "

@@ -54,7 +54,7 @@ def register(sub: Any, audit_sub: Any) -> None:
     rp.set_defaults(run=run_replay)
 
 
-def _store_cfg(path: str) -> config.StoreConfig:
+def store_config(path: str) -> config.StoreConfig:
     cfg = config.load(path)
     if cfg.store is None:
         raise ConfigError(["store: is required for this command"], path)
@@ -62,7 +62,7 @@ def _store_cfg(path: str) -> config.StoreConfig:
 
 
 def run_init(args: argparse.Namespace) -> int:
-    store_cfg = _store_cfg(args.config)
+    store_cfg = store_config(args.config)
     try:
         store = open_store(store_cfg, apply_schema=False)
         applied = migrate(store, cluster=args.cluster or store_cfg.cluster)
@@ -86,7 +86,7 @@ def run_ddl(args: argparse.Namespace) -> int:
 
 
 def run_retention(args: argparse.Namespace) -> int:
-    store_cfg = _store_cfg(args.config)
+    store_cfg = store_config(args.config)
     cutoff = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=args.keep_days)
     try:
         store = open_store(store_cfg)
@@ -109,7 +109,7 @@ def run_retention(args: argparse.Namespace) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    store_cfg = _store_cfg(args.config)
+    store_cfg = store_config(args.config)
     directory = Path(args.spool)
     if not directory.is_dir():
         print(f"pd-gateway: {directory}: no such spool directory", file=sys.stderr)
@@ -148,7 +148,7 @@ SUBJECT_QUERY = (
 
 
 def run_subject(args: argparse.Namespace) -> int:
-    store_cfg = _store_cfg(args.config)
+    store_cfg = store_config(args.config)
     try:
         store = open_store(store_cfg, apply_schema=False)
         rows = store.select(SUBJECT_QUERY.format(db=store.database), {"s": args.id})
