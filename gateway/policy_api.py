@@ -9,9 +9,8 @@ request id; refusals never echo library messages.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
-import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -22,6 +21,7 @@ from aiohttp import web
 from gateway import policy_tools
 from gateway.authz import PolicyEngine
 from gateway.errors import AuthenticationError, PolicyError, SpoolUnavailable
+from gateway.fsutil import stage
 from gateway.identity import Principal, bearer_token
 
 log = logging.getLogger(__name__)
@@ -83,13 +83,12 @@ def policy_put_handler(
                 message="reason: a reason (e.g. a ticket) is required",
             )
 
-        fd, tmp_name = tempfile.mkstemp(prefix=".policy-", suffix=".csv", dir=policy.parent)
-        tmp = Path(tmp_name)
+        # Checked in the policy's own directory (lint.yaml and break-glass.yaml live beside it),
+        # then renamed over it: the file always holds a whole policy.
+        data = (text if text.endswith("\n") else text + "\n").encode()
+        staged = await asyncio.to_thread(stage, policy, data)  # fsync: off the event loop
+        tmp = staged.tmp
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text if text.endswith("\n") else text + "\n")
-                f.flush()
-                os.fsync(f.fileno())
             problems = lint(tmp)
             if problems:
                 lines = [f"line {p.line}: {p.message}" for p in problems]
@@ -109,12 +108,10 @@ def policy_put_handler(
                 actor=principal.user,
                 source="admin_api",
                 reason=reason.strip(),
-                before_install=lambda: os.replace(
-                    tmp, policy
-                ),  # the file now says what is in force
+                before_install=staged.commit,  # the file now says what is in force
             )
         finally:
-            tmp.unlink(missing_ok=True)
+            staged.discard()
         if not applied:
             return _reply(
                 503,

@@ -14,11 +14,11 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 from gateway.audit.events import PermissionChange
+from gateway.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 STATE_FILE = "idp-roles.json"
@@ -79,7 +79,5 @@ class RoleTracker:
         return self._roles.get(user)
 
     def save(self) -> None:
-        tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({u: list(r) for u, r in self._roles.items()}))
-        os.replace(tmp, self._path)
+        atomic_write(self._path, json.dumps({u: list(r) for u, r in self._roles.items()}).encode())
         self._unsaved = 0

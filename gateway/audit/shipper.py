@@ -19,7 +19,6 @@ Contract (docs/decisions/005-exactly-once-shipping.md):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from gateway.audit import schema
 from gateway.audit.events import OUTCOME_FIELDS, PENDING, UNKNOWN
 from gateway.audit.spool import list_segments
 from gateway.audit.store import AuditStore, StoreError, event_rows, ts_of
+from gateway.fsutil import LockHeld, atomic_write, exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -67,25 +67,13 @@ class ShipperState:
         return cls((through[0], through[1]), (start[0], start[1]), data.get("intent"))
 
     def save(self, directory: Path) -> None:
-        """Atomically: write a temporary file, fsync it, rename over the old one, fsync the dir."""
-        tmp = directory / (STATE_FILE + ".tmp")
+        """Atomically and durably (gateway.fsutil.atomic_write)."""
         data = {
             "shipped_through": self.shipped_through,
             "read_from": self.read_from,
             "intent": self.intent,
         }
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(data).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, directory / STATE_FILE)
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic_write(directory / STATE_FILE, json.dumps(data).encode())
 
 
 def spool_id(directory: Path) -> str:
@@ -233,13 +221,10 @@ class Shipper:
     def acquire(self) -> None:
         """Take the spool's shipper lock (one shipper per spool); ShipperBusy if it is held."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            os.close(fd)
+            self._lock_fd = exclusive_lock(self.directory / LOCK_FILE)
+        except LockHeld as e:
             raise ShipperBusy(str(self.directory)) from e
-        self._lock_fd = fd
         self.spool_id = spool_id(self.directory)
         self.state = ShipperState.load(self.directory)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.errors import SpoolUnavailable
+from gateway.fsutil import LockHeld, exclusive_lock, lock_held
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +48,7 @@ WRITER_LOCK = "writer.lock"
 
 def writer_active(directory: Path) -> bool:
     """Whether a gateway process is writing this spool now (it holds the writer lock)."""
-    try:
-        fd = os.open(directory / WRITER_LOCK, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return lock_held(directory / WRITER_LOCK)
 
 
 @dataclass
@@ -131,12 +121,9 @@ class Spool:
         Takes the directory's writer lock: two gateways on one spool would hand out the same
         sequence numbers. SpoolUnavailable if another process holds it."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.directory / WRITER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+            self._lock_fd = exclusive_lock(self.directory / WRITER_LOCK)
+        except LockHeld as e:
             raise SpoolUnavailable(f"spool {self.directory} is in use by another process") from e
         segments = list_segments(self.directory)
         self._segment_no = int(segments[-1].stem) if segments else 0
