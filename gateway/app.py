@@ -358,6 +358,8 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     cfg = gw.cfg
+    # First: a baseline that cannot be read stops start-up before anything else is opened.
+    roles = RoleTracker(cfg.audit.spool_dir, instance=cfg.instance_id, issuer=cfg.identity.issuer)
     connector = aiohttp.TCPConnector(limit=cfg.proxy.max_connections, enable_cleanup_closed=True)
     session = aiohttp.ClientSession(
         connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
@@ -387,7 +389,6 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         )
     gw.metrics.jwks_refreshes.set_function(lambda: keys.refreshes)
     gw.keys = keys
-    roles = RoleTracker(cfg.audit.spool_dir, instance=cfg.instance_id, issuer=ident.issuer)
     gw.verifier = TokenVerifier(ident, keys, on_cache=gw.metrics.token_cache_result)
     gw.pipeline = Pipeline(
         cfg,
@@ -424,7 +425,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     if watcher is not None:
         watcher.cancel()
     reaper.cancel()
-    roles.save()
+    await roles.close()  # the baseline, fsynced off the loop
     await session.close()
 
 
