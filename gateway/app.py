@@ -318,6 +318,7 @@ def shipper_metrics(metrics: Metrics) -> ShipperMetrics:
         already_stored=metrics.shipper_already_stored.inc,
         error=lambda kind: metrics.shipper_errors.labels(kind).inc(),
         lag_seconds=metrics.shipper_lag.set,
+        store_up=lambda up: metrics.store_up.set(1 if up else 0),
     )
 
 

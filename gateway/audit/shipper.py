@@ -44,6 +44,7 @@ BEFORE_ALL: Position = (-1, -1)
 STATE_FILE = "shipper-state.json"
 LOCK_FILE = "shipper.lock"
 ID_FILE = "spool.id"
+LAG_REPORT_INTERVAL = 1.0  # seconds between lag updates while a batch waits to be retried
 
 
 class ShipperBusy(Exception):
@@ -184,6 +185,7 @@ class ShipperMetrics:
     already_stored: Callable[[], None] = lambda: None  # a retried insert had in fact landed
     error: Callable[[str], None] = lambda kind: None
     lag_seconds: Callable[[float], None] = lambda s: None
+    store_up: Callable[[bool], None] = lambda up: None  # at every contact with the store
 
 
 class Shipper:
@@ -196,6 +198,7 @@ class Shipper:
         batch_max_age: float = 1.0,
         max_backoff: float = 30.0,
         poll_interval: float = 0.05,
+        probe_interval: float = 15.0,
         metrics: ShipperMetrics | None = None,
         on_progress: Callable[[int, int], None] = lambda deleted, consumed: None,
     ) -> None:
@@ -206,6 +209,9 @@ class Shipper:
         self._max_age = batch_max_age
         self._max_backoff = max_backoff
         self._poll = poll_interval
+        self._probe_interval = probe_interval
+        self._last_contact = -float("inf")  # monotonic time the store last answered or failed
+        self._store_up: bool | None = None
         self._metrics = metrics or ShipperMetrics()
         self._on_progress = on_progress
         self._stop = threading.Event()
@@ -341,6 +347,8 @@ class Shipper:
                     return self.shipped_rows
                 if stopping and (not batch or self._past_deadline()):
                     return self.shipped_rows
+                if follow and not batch and not stopping:
+                    self._probe_when_idle()
                 self._pause(self._poll)
 
     def _pause(self, seconds: float) -> None:
@@ -356,6 +364,34 @@ class Shipper:
         self.bad_records += 1
         self._metrics.error("bad_record")
         log.error("unreadable spool record", extra={"detail": message})
+
+    def _probe_when_idle(self) -> None:
+        """With nothing to ship the store is not contacted: ask it something now and then, so
+        ``store_up`` says whether it is reachable now, not whether it was at the last batch."""
+        if time.monotonic() - self._last_contact < self._probe_interval:
+            return
+        try:
+            self._get_store().select("SELECT 1 AS up")
+        except StoreError as e:
+            self._store_failed(e)
+            return
+        self._store_answered()
+
+    def _store_answered(self) -> None:
+        self._last_contact = time.monotonic()
+        if self._store_up is False:
+            log.warning("audit store reachable again")
+        self._store_up = True
+        self._metrics.store_up(True)
+
+    def _store_failed(self, e: StoreError) -> None:
+        self._last_contact = time.monotonic()
+        self.last_error = str(e)
+        self._metrics.error("store")
+        if self._store_up is not False:
+            log.error("audit store unreachable", extra={"error": str(e)})
+        self._store_up = False
+        self._metrics.store_up(False)
 
     def _report_lag(self, batch: list[_Row], asm: Assembler) -> None:
         oldest = [r.event["ts_us"] for r in batch[:1]]
@@ -435,8 +471,7 @@ class Shipper:
                     store.insert(table, trows, batch_id)
                 break
             except StoreError as e:
-                self.last_error = str(e)
-                self._metrics.error("store")
+                self._store_failed(e)
                 attempt += 1
                 check = True  # the outcome of what was sent is unknown: look before resending
                 if self._stop.is_set() and self._past_deadline():
@@ -447,7 +482,8 @@ class Shipper:
                     "audit store unavailable; will retry",
                     extra={"batch_id": batch_id, "retry_in_s": delay, "error": str(e)},
                 )
-                self._pause(delay)
+                self._wait_reporting_lag(delay, rows, asm)
+        self._store_answered()
         self.last_error = None
         self.shipped_rows += len(rows)
         self._metrics.shipped(len(rows))
@@ -457,6 +493,17 @@ class Shipper:
         self.state.save(self.directory)
         self._delete_shipped_segments()
         return True
+
+    def _wait_reporting_lag(self, seconds: float, rows: list[_Row], asm: Assembler) -> None:
+        """Wait before a retry, keeping the lag gauge current (it must grow through an outage,
+        not stay at its value from before the batch was cut)."""
+        end = time.monotonic() + seconds
+        while True:
+            self._report_lag(rows, asm)
+            left = end - time.monotonic()
+            if left <= 0 or (self._stop.is_set() and self._past_deadline()):
+                return
+            self._pause(min(left, LAG_REPORT_INTERVAL))
 
     def _get_store(self) -> AuditStore:
         if self._store is None:
