@@ -5,16 +5,18 @@ restarted."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.audit.chserver import ClickHouseServer
 from gateway.audit.factory import open_store
 from gateway.audit.shipper import Shipper, ShipperMetrics
-from tests.conftest import GatewayFactory, Keys, Upstream
+from tests.conftest import GatewayFactory, Keys, Upstream, run_cli
 from tests.stores import fresh_database, store_config, store_section, wait_for
 
 pytestmark = pytest.mark.slow
@@ -91,3 +93,49 @@ def test_store_up_is_unknown_until_a_shipper_reports() -> None:
     Metrics(registry)
     value = registry.get_sample_value("pdgw_store_up")
     assert value is not None and math.isnan(value)  # no store: no false "down" alert
+
+
+def _replay_config(tmp_path: Path, section: dict[str, Any]) -> Path:
+    import yaml
+
+    from tests.conftest import ROOT
+
+    cfg = yaml.safe_load((ROOT / "deploy/local/gateway.yaml").read_text())
+    cfg["store"] = section
+    for key in ("jwks_file", "demo_signing_key_file"):
+        cfg["identity"][key] = str(ROOT / "deploy/local" / cfg["identity"][key])
+    cfg["authz"] = {k: str(ROOT / "policies" / Path(v).name) for k, v in cfg["authz"].items()}
+    path = tmp_path / "replay.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("damage", ["torn", "corrupt"])
+def test_replay_skips_a_torn_final_line_but_reports_a_corrupt_one(
+    damage: str, tmp_path: Path, chdb_dir: Path, ch_server: ClickHouseServer
+) -> None:
+    from tests.test_store import _event, _write_spool
+
+    now = dt.datetime.now(dt.UTC)
+    spool = tmp_path / "dead-spool"
+    _write_spool(spool, [_event(ts=now, seq=i) for i in range(1, 11)])
+    first = sorted(spool.glob("*.jsonl"))[-1]
+    with first.open("ab") as f:
+        if damage == "torn":  # the instance died inside a write: never acknowledged (001)
+            f.write(b'{"kind": "access", "seq": 11, "event_id": "e11", "outc')
+        else:  # a complete line that is not a record: corruption, which replay must report
+            f.write(b'{"kind": "access", "seq": 11, "event_id": "e11", "outc\n')
+    _write_spool(spool, [_event(ts=now, seq=i) for i in range(12, 21)])  # the next run
+    database = fresh_database()
+    section = store_section("clickhouse", database, chdb_dir=chdb_dir, server=ch_server)
+    out = run_cli(
+        "audit", "replay", "--spool", str(spool), "--config", str(_replay_config(tmp_path, section))
+    )
+    assert "19 events shipped" in out.stdout, out.stdout + out.stderr
+    if damage == "torn":
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "0 unreadable records; 1 torn final lines skipped" in out.stdout
+        assert "torn final line of a spool segment skipped" in out.stderr
+    else:
+        assert out.returncode == 1
+        assert "1 unreadable records" in out.stdout and "torn final lines" not in out.stdout

@@ -90,12 +90,23 @@ def spool_id(directory: Path) -> str:
 
 
 class SpoolTail:
-    """Complete records of the spool from a position on, following new segments as they appear."""
+    """Complete records of the spool from a position on, following new segments as they appear.
 
-    def __init__(self, directory: Path, start: Position, on_bad: Callable[[str], None]) -> None:
+    ``on_bad`` hears of a complete line that is not a JSON record (corruption). ``on_torn`` hears
+    of a torn final line of a segment that a newer one follows: a write that was never
+    acknowledged, skipped as decision 001 says (not an error)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        start: Position,
+        on_bad: Callable[[str], None],
+        on_torn: Callable[[str], None] = lambda where: None,
+    ) -> None:
         self.directory = directory
         self.position = start
         self._on_bad = on_bad
+        self._on_torn = on_torn
 
     def read(self, limit: int = 10_000) -> list[tuple[Position, dict[str, Any]]]:
         out: list[tuple[Position, dict[str, Any]]] = []
@@ -129,7 +140,7 @@ class SpoolTail:
             if not newer:
                 return out  # the live end: a partial line here may still be completed
             if end < len(data):
-                self._on_bad(f"{path}@{off}: torn final line (never acknowledged), skipped")
+                self._on_torn(f"{path}@{off}")
             self.position = (newer[0], 0)
         return out
 
@@ -219,6 +230,7 @@ class Shipper:
         self._thread: threading.Thread | None = None
         self._lock_fd = -1
         self.bad_records = 0
+        self.torn_lines = 0
         self.shipped_rows = 0
         self.last_error: str | None = None
 
@@ -281,7 +293,7 @@ class Shipper:
         ``finalize_at_end``: the spool belongs to an instance that is gone (`audit replay`), so
         accesses still pending at its end are shipped with outcome unknown.
         """
-        tail = SpoolTail(self.directory, self.state.read_from, self._bad)
+        tail = SpoolTail(self.directory, self.state.read_from, self._bad, self._torn)
         asm = Assembler()
         batch: list[_Row] = []
         first_seen = 0.0
@@ -364,6 +376,13 @@ class Shipper:
         self.bad_records += 1
         self._metrics.error("bad_record")
         log.error("unreadable spool record", extra={"detail": message})
+
+    def _torn(self, where: str) -> None:
+        self.torn_lines += 1
+        log.warning(
+            "torn final line of a spool segment skipped: a write never acknowledged",
+            extra={"detail": where},
+        )
 
     def _probe_when_idle(self) -> None:
         """With nothing to ship the store is not contacted: ask it something now and then, so
