@@ -31,6 +31,7 @@ lint: install
 	$(BIN)/ruff check gateway tests deploy bench scripts
 	$(BIN)/ruff format --check gateway tests deploy bench scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format gateway tests deploy bench scripts

@@ -204,36 +204,32 @@ class AccessRights:
 
     async def observe_roles(self, principal: Principal) -> None:
         """9.2.7: a role set from the IdP that differs from the last one seen for this user is a
-        change of access rights, recorded before it is used. SpoolUnavailable if it cannot be
-        (the request is refused, and the change is tried again with the next one)."""
+        change of access rights, recorded before it is used (and before it is remembered).
+        SpoolUnavailable if it cannot be: the request is refused and the next one tries again."""
         if self.roles is None:
             return
-        before = self.roles.last(principal.user)
-        if not self.roles.observe(principal.user, principal.roles):
-            return
-        if before is None:
-            return  # first sighting: the baseline, nothing is known to have changed
-        version = self.policies.engine.version
-        key = (
-            f"{principal.user}|{','.join(before)}|{','.join(principal.roles)}"
-            f"|{int(principal.issued_at)}"
-        )
-        change = PermissionChange(
-            change_id=hashlib.sha256(key.encode()).hexdigest()[:32],
-            ts_us=time.time_ns() // 1000,
-            actor=f"idp:{self.cfg.identity.issuer}",
-            change_kind="idp_roles_changed",
-            role=",".join(principal.roles),
-            user=principal.user,
-            rule_before="roles: " + ",".join(before),
-            rule_after="roles: " + ",".join(principal.roles),
-            policy_version_before=version,
-            policy_version_after=version,
-            reason="the role set in the employee's token changed",
-            source="idp",
-        )
-        try:
-            await self.spool.append(change)
-        except BaseException:
-            self.roles.forget(principal.user, before)  # try again with the next request
-            raise
+
+        async def record(before: tuple[str, ...], after: tuple[str, ...]) -> None:
+            version = self.policies.engine.version
+            # The id depends on the user, both sets and the token's iat: replicas that see the
+            # same token record the same change, which the store counts once.
+            iat = int(principal.issued_at)
+            key = f"{principal.user}|{','.join(before)}|{','.join(after)}|{iat}"
+            await self.spool.append(
+                PermissionChange(
+                    change_id=hashlib.sha256(key.encode()).hexdigest()[:32],
+                    ts_us=time.time_ns() // 1000,
+                    actor=f"idp:{self.cfg.identity.issuer}",
+                    change_kind="idp_roles_changed",
+                    role=",".join(after),
+                    user=principal.user,
+                    rule_before="roles: " + ",".join(before),
+                    rule_after="roles: " + ",".join(after),
+                    policy_version_before=version,
+                    policy_version_after=version,
+                    reason="the role set in the employee's token changed",
+                    source="idp",
+                )
+            )
+
+        await self.roles.track(principal.user, principal.roles, record)

@@ -1,6 +1,8 @@
-"""The admin port: /metrics, /healthz, /readyz.
+"""The admin port: /metrics, /healthz, /readyz (and the admin API that app.py adds).
 
-SECURITY: a separate listener, on loopback by default, never routed from the proxy port.
+SECURITY: a separate listener, on loopback by default, never routed from the proxy port. Its
+error boundary is the proxy's (``gateway.errors_http``): every error, the router's 404/405 and an
+unexpected exception's 500 included, is JSON with the request id and no exception text.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.errors_http import error_middleware
 from gateway.metrics import Metrics
 
 ReadinessCheck = Callable[[], dict[str, bool]]
@@ -33,7 +36,11 @@ def build_admin_app(metrics: Metrics, readiness: ReadinessCheck) -> web.Applicat
             status=200 if ready else 503,
         )
 
-    app = web.Application()
+    app = web.Application(
+        middlewares=[
+            error_middleware(metrics=metrics, realm="pd-gateway-admin", route_label="admin")
+        ]
+    )
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -181,6 +181,7 @@ def shipper_metrics(metrics: Metrics) -> ShipperMetrics:
         already_stored=metrics.shipper_already_stored.inc,
         error=lambda kind: metrics.shipper_errors.labels(kind).inc(),
         lag_seconds=metrics.shipper_lag.set,
+        store_up=lambda up: metrics.store_up.set(1 if up else 0),
     )
 
 
@@ -231,6 +232,8 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     cfg = gw.cfg
+    # First: a baseline that cannot be read stops start-up before anything else is opened.
+    roles = RoleTracker(cfg.audit.spool_dir)
     connector = aiohttp.TCPConnector(limit=cfg.proxy.max_connections, enable_cleanup_closed=True)
     session = aiohttp.ClientSession(
         connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
@@ -260,7 +263,6 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         )
     gw.metrics.jwks_refreshes.set_function(lambda: keys.refreshes)
     gw.keys = keys
-    roles = RoleTracker(cfg.audit.spool_dir, instance=cfg.instance_id, issuer=ident.issuer)
     gw.rights.roles = roles
     gw.verifier = TokenVerifier(ident, keys, on_cache=gw.metrics.token_cache_result)
     gw.pipeline = Pipeline(
@@ -299,7 +301,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     if watcher is not None:
         watcher.cancel()
     reaper.cancel()
-    roles.save()
+    await roles.close()  # the baseline, fsynced off the loop
     await session.close()
 
 

@@ -23,6 +23,14 @@ FILE = "break-glass.yaml"
 Grant = tuple[str, str, str, str]  # system, category, action, purpose
 
 
+class DurationOutOfBounds(ValueError):
+    """The requested duration is not within (0, the job function's maximum]."""
+
+    def __init__(self, max_minutes: float) -> None:
+        super().__init__(f"duration must be within {max_minutes:g} minutes")
+        self.max_minutes = max_minutes
+
+
 @dataclass(frozen=True)
 class Allowance:
     grants: frozenset[Grant]
@@ -77,12 +85,13 @@ class BreakGlass:
         )
 
     def open(self, user: str, roles: Iterable[str], seconds: float, justification: str) -> Session:
-        """A new session for ``user`` (ValueError if the policy does not allow it)."""
+        """A new session for ``user``: PermissionError if no job function of ``roles`` may open one,
+        DurationOutOfBounds if ``seconds`` exceeds what they may."""
         allowance = self.allowance(roles)
         if allowance is None:
             raise PermissionError("no break-glass access for these job functions")
         if not 0 < seconds <= allowance.max_seconds:
-            raise ValueError(f"duration must be within {allowance.max_seconds / 60:g} minutes")
+            raise DurationOutOfBounds(allowance.max_seconds / 60)
         now = time.time()
         return Session(
             uuid.uuid4().hex[:16], user, allowance.grants, now, now + seconds, justification

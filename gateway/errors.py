@@ -14,6 +14,8 @@ class GatewayError(Exception):
     public_message: str = "internal error"
     # The rest of the request cannot be read (a body cut short): answer, then close.
     close_connection: bool = False
+    # Extra fields of the client's JSON body (e.g. a refused policy's problems): public too.
+    public_details: dict[str, object] | None = None
 
 
 class ConfigError(GatewayError):

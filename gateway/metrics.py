@@ -123,6 +123,13 @@ class Metrics:
             "Age of the oldest audit event not yet confirmed in the store (0 when caught up).",
             registry=registry,
         )
+        self.store_up = Gauge(
+            "pdgw_store_up",
+            "1 if the audit store answered the shipper's last contact (a batch, or a probe every "
+            "15 s when idle), 0 while it fails; NaN with no store, or before the first contact.",
+            registry=registry,
+        )
+        self.store_up.set(float("nan"))
         self.break_glass_active = Gauge(
             "pdgw_break_glass_active", "Break-glass sessions in force now.", registry=registry
         )

@@ -24,7 +24,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -38,15 +37,17 @@ from gateway.authz import Decision, PolicyStore
 from gateway.break_glass import BreakGlass
 from gateway.config import Config, Route
 from gateway.errors import AuthenticationError, BadRequest, GatewayError, SpoolUnavailable
+
+# Moved to errors_http (the admin app uses it too); re-exported for existing imports.
+from gateway.errors_http import REQUEST_ID as REQUEST_ID
+from gateway.errors_http import error_middleware as error_middleware
+from gateway.errors_http import error_response as error_response
 from gateway.identity import Principal, TokenVerifier, bearer_token
-from gateway.logs import request_id_var
 from gateway.metrics import Metrics
 from gateway.proxy import Exchange, Forwarder, UpstreamError, client_address
 from gateway.routing import RouteTable, canonical_path, subject_ids
 
 log = logging.getLogger(__name__)
-
-REQUEST_ID = web.RequestKey("request_id", str)
 
 
 class Denied(GatewayError):
@@ -58,51 +59,6 @@ class Denied(GatewayError):
         self.code = code
         self.public_message = public_message
         self.reason = reason
-
-
-def error_response(status: int, code: str, message: str, request_id: str) -> web.Response:
-    headers = {"X-Request-Id": request_id}
-    if status == 401:
-        # RFC 6750 §3; the error description stays generic on purpose.
-        headers["WWW-Authenticate"] = 'Bearer realm="pd-gateway", error="invalid_token"'
-    return web.json_response(
-        {"error": code, "message": message, "request_id": request_id},
-        status=status,
-        headers=headers,
-    )
-
-
-def error_middleware(*, metrics: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Outermost: assigns the request id and maps every exception to a response, in one place.
-
-    A library's message never reaches the client; unexpected exceptions are logged (no personal
-    data) and answered 500.
-    """
-
-    @web.middleware
-    async def impl(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        request_id = uuid.uuid4().hex
-        request[REQUEST_ID] = request_id
-        token = request_id_var.set(request_id)
-        try:
-            return await handler(request)
-        except GatewayError as e:
-            resp = error_response(e.status, e.code, e.public_message, request_id)
-            if e.close_connection:
-                resp.force_close()
-            return resp
-        except web.HTTPException:
-            raise
-        except Exception:
-            log.exception("unhandled error in request path")
-            metrics.denials.labels("-", "internal_error").inc()
-            return error_response(500, "internal_error", "internal error", request_id)
-        finally:
-            request_id_var.reset(token)
-
-    return impl
 
 
 async def expect_handler(request: web.Request) -> web.StreamResponse | None:

@@ -1,45 +1,119 @@
-"""Admin API: `PUT /admin/policy` — a security engineer applies a new policy (9.2.7).
+"""Admin API: `PUT /admin/policy` — a security engineer applies a new policy (9.2.7) — and
+`POST /admin/break-glass`.
 
 Contract: the caller authenticates with a bearer token from the same IdP and must hold one of
 `authz.policy_admin_roles`; the body is JSON `{"policy": "<policy.csv text>", "reason": "…"}`
 and the reason is mandatory. The new policy must pass `policy check`; its effective changes are
-recorded (actor = the caller) before it is written to disk and put in force. Answers carry the
-request id; refusals never echo library messages.
+recorded (actor = the caller) before it is written to disk and put in force.
+
+Errors: every refusal is raised through ``_refuse`` as an ``AdminRefused`` and answered by the
+admin app's error boundary (``gateway.errors_http``) like the proxy's: the request id, a stable
+code and a message written here, never a library's or an exception's text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
-import tempfile
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 
 from gateway import policy_tools
 from gateway.authz import PolicyEngine
-from gateway.errors import AuthenticationError, PolicyError, SpoolUnavailable
+from gateway.break_glass import DurationOutOfBounds
+from gateway.errors import AuthenticationError, GatewayError, PolicyError, SpoolUnavailable
+from gateway.errors_http import REQUEST_ID
+from gateway.fsutil import stage
 from gateway.identity import Principal, bearer_token
 
 log = logging.getLogger(__name__)
 
 Apply = Callable[..., Awaitable[bool]]
+Verify = Callable[[str], Awaitable[Principal]]
 MAX_POLICY_BYTES = 1024 * 1024
 
 
-def _reply(status: int, request_id: str, **body: Any) -> web.Response:
-    headers = {"X-Request-Id": request_id}
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="pd-gateway-admin"'
-    return web.json_response({**body, "request_id": request_id}, status=status, headers=headers)
+class AdminRefused(GatewayError):
+    """A refusal of the admin API; ``reason`` is for logs (and the trail), not the client."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        public_message: str,
+        reason: str,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.code = code
+        self.public_message = public_message
+        self.reason = reason
+        self.public_details = details
+
+
+def _refuse(
+    request: web.Request,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    reason: str,
+    principal: Principal | None = None,
+    details: dict[str, object] | None = None,
+) -> NoReturn:
+    """Every refusal of the admin API passes here (the one place to record it)."""
+    log.warning(
+        "admin API request refused",
+        extra={"path": request.path, "status": status, "reason": reason},
+    )
+    raise AdminRefused(status, code, message, reason, details)
+
+
+async def _caller(
+    request: web.Request,
+    verify: Verify,
+    *,
+    roles: frozenset[str] | None = None,
+    forbidden: str = "",
+) -> Principal:
+    """The authenticated caller: 401 without a valid token; 403 if ``roles`` is given and the
+    caller holds none of them."""
+    try:
+        principal = await verify(bearer_token(request.headers.get("Authorization")))
+    except AuthenticationError as e:
+        _refuse(request, 401, "unauthenticated", e.public_message, reason=e.reason)
+    if roles is not None and not roles & set(principal.roles):
+        _refuse(request, 403, "forbidden", forbidden, reason="no_admin_role", principal=principal)
+    return principal
+
+
+async def _json_object(request: web.Request, principal: Principal) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        _refuse(
+            request,
+            400,
+            "bad_request",
+            "body must be JSON",
+            reason="body_not_json",
+            principal=principal,
+        )
+    return body if isinstance(body, dict) else {}
+
+
+def _ok(request: web.Request, **body: Any) -> web.Response:
+    rid = request[REQUEST_ID]
+    return web.json_response({**body, "request_id": rid}, headers={"X-Request-Id": rid})
 
 
 def policy_put_handler(
     *,
-    verify: Callable[[str], Awaitable[Principal]],
+    verify: Verify,
     admin_roles: Iterable[str],
     model: Path,
     policy: Path,
@@ -49,133 +123,123 @@ def policy_put_handler(
     allowed_roles = frozenset(admin_roles)
 
     async def handler(request: web.Request) -> web.Response:
-        rid = uuid.uuid4().hex
         if not allowed_roles:
-            return _reply(404, rid, error="not_found", message="the policy API is not enabled")
-        try:
-            principal = await verify(bearer_token(request.headers.get("Authorization")))
-        except AuthenticationError as e:
-            log.warning("policy API: authentication refused", extra={"reason": e.reason})
-            return _reply(401, rid, error="unauthenticated", message=e.public_message)
-        if not allowed_roles & set(principal.roles):
-            log.warning("policy API: caller lacks a policy admin role", extra={"request_id": rid})
-            return _reply(
-                403, rid, error="forbidden", message="your job function may not change the policy"
-            )
-        if (request.content_length or 0) > MAX_POLICY_BYTES:
-            return _reply(413, rid, error="too_large", message="policy too large")
-        try:
-            body = await request.json()
-        except ValueError:
-            return _reply(400, rid, error="bad_request", message="body must be JSON")
-        text, reason = (
-            (body.get("policy"), body.get("reason")) if isinstance(body, dict) else (None, None)
+            _refuse(request, 404, "not_found", "the policy API is not enabled", reason="disabled")
+        principal = await _caller(
+            request,
+            verify,
+            roles=allowed_roles,
+            forbidden="your job function may not change the policy",
         )
-        if not isinstance(text, str) or not text.strip():
-            return _reply(
-                400, rid, error="bad_request", message="policy: the policy.csv text is required"
-            )
-        if not isinstance(reason, str) or not reason.strip():
-            return _reply(
-                400,
-                rid,
-                error="bad_request",
-                message="reason: a reason (e.g. a ticket) is required",
+
+        def bad(code: str, message: str, reason: str, **details: object) -> NoReturn:
+            _refuse(
+                request, 400, code, message, reason=reason, principal=principal, details=details
             )
 
-        fd, tmp_name = tempfile.mkstemp(prefix=".policy-", suffix=".csv", dir=policy.parent)
-        tmp = Path(tmp_name)
+        if (request.content_length or 0) > MAX_POLICY_BYTES:
+            _refuse(
+                request,
+                413,
+                "too_large",
+                "policy too large",
+                reason="too_large",
+                principal=principal,
+            )
+        body = await _json_object(request, principal)
+        text, reason = body.get("policy"), body.get("reason")
+        if not isinstance(text, str) or not text.strip():
+            bad("bad_request", "policy: the policy.csv text is required", "no_policy")
+        if not isinstance(reason, str) or not reason.strip():
+            bad("bad_request", "reason: a reason (e.g. a ticket) is required", "no_reason")
+
+        # Checked in the policy's own directory (lint.yaml and break-glass.yaml live beside it),
+        # then renamed over it: the file always holds a whole policy.
+        data = (text if text.endswith("\n") else text + "\n").encode()
+        staged = await asyncio.to_thread(stage, policy, data)  # fsync: off the event loop
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text if text.endswith("\n") else text + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            problems = lint(tmp)
+            problems = lint(staged.tmp)
             if problems:
-                lines = [f"line {p.line}: {p.message}" for p in problems]
-                return _reply(
-                    400,
-                    rid,
-                    error="invalid_policy",
-                    message="the policy does not pass policy check",
-                    problems=lines,
+                bad(
+                    "invalid_policy",
+                    "the policy does not pass policy check",
+                    "policy_check_failed",
+                    problems=[f"line {p.line}: {p.message}" for p in problems],
                 )
             try:
-                engine = PolicyEngine.load(model, tmp)
+                engine = PolicyEngine.load(model, staged.tmp)
             except PolicyError:
-                return _reply(400, rid, error="invalid_policy", message="the policy does not load")
+                bad("invalid_policy", "the policy does not load", "policy_load_failed")
             applied = await apply(
                 engine,
                 actor=principal.user,
                 source="admin_api",
                 reason=reason.strip(),
-                before_install=lambda: os.replace(
-                    tmp, policy
-                ),  # the file now says what is in force
+                before_install=staged.commit,  # the file now says what is in force
             )
         finally:
-            tmp.unlink(missing_ok=True)
+            staged.discard()
         if not applied:
-            return _reply(
+            _refuse(
+                request,
                 503,
-                rid,
-                error="audit_unavailable",
-                message="the change cannot be recorded; not applied",
+                "audit_unavailable",
+                "the change cannot be recorded; not applied",
+                reason="audit_unavailable",
+                principal=principal,
             )
-        return _reply(200, rid, result="applied", policy_version=engine.version)
+        return _ok(request, result="applied", policy_version=engine.version)
 
     return handler
 
 
 def break_glass_handler(
-    *,
-    verify: Callable[[str], Awaitable[Principal]],
-    start: Callable[[Principal, float, str], Awaitable[Any]],
+    *, verify: Verify, start: Callable[[Principal, float, str], Awaitable[Any]]
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     """`POST /admin/break-glass` `{"minutes": N, "justification": "…"}` with the caller's token."""
 
     async def handler(request: web.Request) -> web.Response:
-        rid = uuid.uuid4().hex
-        try:
-            principal = await verify(bearer_token(request.headers.get("Authorization")))
-        except AuthenticationError as e:
-            return _reply(401, rid, error="unauthenticated", message=e.public_message)
-        try:
-            body = await request.json()
-        except ValueError:
-            return _reply(400, rid, error="bad_request", message="body must be JSON")
-        body = body if isinstance(body, dict) else {}
+        principal = await _caller(request, verify)
+        body = await _json_object(request, principal)
         minutes, justification = body.get("minutes"), body.get("justification")
+
+        def refuse(status: int, code: str, message: str, reason: str) -> NoReturn:
+            _refuse(request, status, code, message, reason=reason, principal=principal)
+
         if not isinstance(justification, str) or len(justification.strip()) < 10:
-            return _reply(
+            refuse(
                 400,
-                rid,
-                error="bad_request",
-                message="justification: say why (10 characters at least)",
+                "bad_request",
+                "justification: say why (10 characters at least)",
+                "no_justification",
             )
         if not isinstance(minutes, int | float) or isinstance(minutes, bool):
-            return _reply(400, rid, error="bad_request", message="minutes: a number is required")
+            refuse(400, "bad_request", "minutes: a number is required", "bad_minutes")
         try:
             session = await start(principal, float(minutes) * 60, justification.strip())
         except PermissionError:
-            return _reply(
+            refuse(
                 403,
-                rid,
-                error="forbidden",
-                message="the policy allows no break-glass access for your job function",
+                "forbidden",
+                "the policy allows no break-glass access for your job function",
+                "no_break_glass_allowance",
             )
-        except ValueError as e:
-            return _reply(400, rid, error="bad_request", message=str(e))
+        except DurationOutOfBounds as e:
+            refuse(
+                400,
+                "bad_request",
+                f"minutes: more than 0 and at most {e.max_minutes:g} minutes for your job function",
+                "duration_out_of_bounds",
+            )
         except SpoolUnavailable:
-            return _reply(
+            refuse(
                 503,
-                rid,
-                error="audit_unavailable",
-                message="the session cannot be recorded; not started",
+                "audit_unavailable",
+                "the session cannot be recorded; not started",
+                "audit_unavailable",
             )
-        return _reply(
-            200,
-            rid,
+        return _ok(
+            request,
             session=session.session_id,
             ends_at=session.ends_at,
             grants=[list(g) for g in sorted(session.grants)],

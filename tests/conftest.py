@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -446,14 +446,23 @@ def spool_records(spool_dir: Path) -> list[dict[str, Any]]:
     return list(read_records(spool_dir))
 
 
-async def raw_request(gw: Gw, method: str, raw: str, headers: dict[str, str] | None = None) -> Any:
-    """Send ``raw`` exactly as written (the test client would otherwise normalise it with yarl)."""
+async def raw_request(
+    gw: Gw, method: str, raw: str, headers: dict[str, str] | None = None
+) -> ClientResponse:
+    """Send ``raw`` exactly as written (the test client would otherwise normalise it with yarl).
+
+    The response is read in full and its connection released before it is returned: ``status``,
+    ``headers``, ``read()``, ``text()`` and ``json()`` work on it. (An unread response held its
+    connection until the garbage collector found it, and the ResourceWarning then failed
+    whichever test was running under ``filterwarnings = error``.)"""
     from yarl import URL
 
     root = str(gw.client.make_url("")).rstrip("/")
-    return await gw.client.session.request(
+    async with gw.client.session.request(
         method, URL(root + raw, encoded=True), headers=headers or {}
-    )
+    ) as resp:
+        await resp.read()
+    return resp
 
 
 def exchange(port: int, data: bytes) -> bytes:

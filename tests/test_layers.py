@@ -1,44 +1,23 @@
-"""The module map's import rules (STYLE.md): identity, authz and audit do not import each other,
-the pure core does not import aiohttp wiring, and only the composition root builds the apps."""
+"""The module map's import rules (STYLE.md, docs/architecture.md), as import-linter contracts in
+pyproject.toml: identity, authz and audit do not import each other, nothing below the wiring
+imports it, and imports point down the layers only. `make lint` runs the same check."""
 
 from __future__ import annotations
 
-import ast
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parent.parent / "gateway"
+from tests.conftest import ROOT
 
 
-def imports_of(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    out: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            out.add(node.module)
-        elif isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-    return {m for m in out if m.startswith("gateway")}
-
-
-def test_identity_authz_and_audit_do_not_import_each_other() -> None:
-    groups = {
-        "identity": ["identity.py"],
-        "authz": ["authz.py"],
-        "audit": list(p.name for p in (PKG / "audit").glob("*.py")),
-    }
-    for name, files in groups.items():
-        for f in files:
-            path = PKG / ("audit/" + f if name == "audit" else f)
-            others = {f"gateway.{o}" for o in groups if o != name}
-            bad = {
-                m for m in imports_of(path) if any(m == o or m.startswith(o + ".") for o in others)
-            }
-            assert not bad, (path.name, bad)
-
-
-def test_lower_layers_never_import_the_wiring() -> None:
-    wiring = {"gateway.app", "gateway.pipeline", "gateway.admin", "gateway.cli"}
-    for path in [*PKG.glob("*.py"), *(PKG / "audit").glob("*.py")]:
-        if path.stem in ("app", "pipeline", "admin", "__main__"):
-            continue
-        assert not {m for m in imports_of(path) if any(m.startswith(w) for w in wiring)}, path.name
+def test_the_import_contracts_hold() -> None:
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    out = subprocess.run(
+        [str(lint_imports), "--no-cache"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    n = len(contracts["contracts"])
+    assert f"Contracts: {n} kept, 0 broken." in out.stdout  # every contract was checked

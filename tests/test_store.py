@@ -503,6 +503,7 @@ def test_audit_replay_ships_a_dead_instances_spool_once_with_lost_outcomes_unkno
     assert (hit["user"], hit["category"], hit["action"]) == ("alice", "employee", "read")
 
 
+@pytest.mark.timeout(300)  # waits up to 90 s for shipping after a restart
 async def test_gateway_killed_mid_shipping_and_restarted_loses_and_doubles_nothing(
     ch_server: ClickHouseServer, tmp_path: Path, keys: Keys, upstream: Upstream, chdb_dir: Path
 ) -> None:
@@ -564,6 +565,7 @@ def _read_embedded(path: Path, database: str, sql: str) -> list[dict[str, Any]]:
     return rows
 
 
+@pytest.mark.timeout(300)  # waits up to 90 s for shipping after a restart
 async def test_gateway_with_embedded_store_killed_mid_shipping_loses_and_doubles_nothing(
     tmp_path: Path, keys: Keys, upstream: Upstream
 ) -> None:

@@ -19,7 +19,6 @@ Contract (docs/decisions/005-exactly-once-shipping.md):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from gateway.audit import schema
 from gateway.audit.events import PENDING, UNKNOWN, merge_outcome
 from gateway.audit.spool import decode_line, list_segments
 from gateway.audit.store import AuditStore, StoreError, change_row, event_rows, table_row
+from gateway.fsutil import LockHeld, atomic_write, exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ BEFORE_ALL: Position = (-1, -1)
 STATE_FILE = "shipper-state.json"
 LOCK_FILE = "shipper.lock"
 ID_FILE = "spool.id"
+LAG_REPORT_INTERVAL = 1.0  # seconds between lag updates while a batch waits to be retried
 
 
 class ShipperBusy(Exception):
@@ -66,25 +67,13 @@ class ShipperState:
         return cls((through[0], through[1]), (start[0], start[1]), data.get("intent"))
 
     def save(self, directory: Path) -> None:
-        """Atomically: write a temporary file, fsync it, rename over the old one, fsync the dir."""
-        tmp = directory / (STATE_FILE + ".tmp")
+        """Atomically and durably (gateway.fsutil.atomic_write)."""
         data = {
             "shipped_through": self.shipped_through,
             "read_from": self.read_from,
             "intent": self.intent,
         }
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(data).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, directory / STATE_FILE)
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic_write(directory / STATE_FILE, json.dumps(data).encode())
 
 
 def spool_id(directory: Path) -> str:
@@ -100,12 +89,23 @@ def spool_id(directory: Path) -> str:
 
 
 class SpoolTail:
-    """Complete records of the spool from a position on, following new segments as they appear."""
+    """Complete records of the spool from a position on, following new segments as they appear.
 
-    def __init__(self, directory: Path, start: Position, on_bad: Callable[[str], None]) -> None:
+    ``on_bad`` hears of a complete line that is not a JSON record (corruption). ``on_torn`` hears
+    of a torn final line of a segment that a newer one follows: a write that was never
+    acknowledged, skipped as decision 001 says (not an error)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        start: Position,
+        on_bad: Callable[[str], None],
+        on_torn: Callable[[str], None] = lambda where: None,
+    ) -> None:
         self.directory = directory
         self.position = start
         self._on_bad = on_bad
+        self._on_torn = on_torn
 
     def read(self, limit: int = 10_000) -> list[tuple[Position, dict[str, Any]]]:
         out: list[tuple[Position, dict[str, Any]]] = []
@@ -136,7 +136,7 @@ class SpoolTail:
             if not newer:
                 return out  # the live end: a partial line here may still be completed
             if end < len(data):
-                self._on_bad(f"{path}@{off}: torn final line (never acknowledged), skipped")
+                self._on_torn(f"{path}@{off}")
             self.position = (newer[0], 0)
         return out
 
@@ -193,6 +193,7 @@ class ShipperMetrics:
     already_stored: Callable[[], None] = lambda: None  # a retried insert had in fact landed
     error: Callable[[str], None] = lambda kind: None
     lag_seconds: Callable[[float], None] = lambda s: None
+    store_up: Callable[[bool], None] = lambda up: None  # at every contact with the store
 
 
 class Shipper:
@@ -205,6 +206,7 @@ class Shipper:
         batch_max_age: float = 1.0,
         max_backoff: float = 30.0,
         poll_interval: float = 0.05,
+        probe_interval: float = 15.0,
         metrics: ShipperMetrics | None = None,
         on_progress: Callable[[int, int], None] = lambda deleted, consumed: None,
     ) -> None:
@@ -215,6 +217,9 @@ class Shipper:
         self._max_age = batch_max_age
         self._max_backoff = max_backoff
         self._poll = poll_interval
+        self._probe_interval = probe_interval
+        self._last_contact = -float("inf")  # monotonic time the store last answered or failed
+        self._store_up: bool | None = None
         self._metrics = metrics or ShipperMetrics()
         self._on_progress = on_progress
         self._stop = threading.Event()
@@ -222,6 +227,7 @@ class Shipper:
         self._thread: threading.Thread | None = None
         self._lock_fd = -1
         self.bad_records = 0
+        self.torn_lines = 0
         self.shipped_rows = 0
         self.last_error: str | None = None
 
@@ -230,13 +236,10 @@ class Shipper:
     def acquire(self) -> None:
         """Take the spool's shipper lock (one shipper per spool); ShipperBusy if it is held."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            os.close(fd)
+            self._lock_fd = exclusive_lock(self.directory / LOCK_FILE)
+        except LockHeld as e:
             raise ShipperBusy(str(self.directory)) from e
-        self._lock_fd = fd
         self.spool_id = spool_id(self.directory)
         self.state = ShipperState.load(self.directory)
 
@@ -287,7 +290,7 @@ class Shipper:
         ``finalize_at_end``: the spool belongs to an instance that is gone (`audit replay`), so
         accesses still pending at its end are shipped with outcome unknown.
         """
-        tail = SpoolTail(self.directory, self.state.read_from, self._bad)
+        tail = SpoolTail(self.directory, self.state.read_from, self._bad, self._torn)
         asm = Assembler()
         batch: list[_Row] = []
         first_seen = 0.0
@@ -353,6 +356,8 @@ class Shipper:
                     return self.shipped_rows
                 if stopping and (not batch or self._past_deadline()):
                     return self.shipped_rows
+                if follow and not batch and not stopping:
+                    self._probe_when_idle()
                 self._pause(self._poll)
 
     def _pause(self, seconds: float) -> None:
@@ -368,6 +373,41 @@ class Shipper:
         self.bad_records += 1
         self._metrics.error("bad_record")
         log.error("unreadable spool record", extra={"detail": message})
+
+    def _torn(self, where: str) -> None:
+        self.torn_lines += 1
+        log.warning(
+            "torn final line of a spool segment skipped: a write never acknowledged",
+            extra={"detail": where},
+        )
+
+    def _probe_when_idle(self) -> None:
+        """With nothing to ship the store is not contacted: ask it something now and then, so
+        ``store_up`` says whether it is reachable now, not whether it was at the last batch."""
+        if time.monotonic() - self._last_contact < self._probe_interval:
+            return
+        try:
+            self._get_store().select("SELECT 1 AS up")
+        except StoreError as e:
+            self._store_failed(e)
+            return
+        self._store_answered()
+
+    def _store_answered(self) -> None:
+        self._last_contact = time.monotonic()
+        if self._store_up is False:
+            log.warning("audit store reachable again")
+        self._store_up = True
+        self._metrics.store_up(True)
+
+    def _store_failed(self, e: StoreError) -> None:
+        self._last_contact = time.monotonic()
+        self.last_error = str(e)
+        self._metrics.error("store")
+        if self._store_up is not False:
+            log.error("audit store unreachable", extra={"error": str(e)})
+        self._store_up = False
+        self._metrics.store_up(False)
 
     def _report_lag(self, batch: list[_Row], asm: Assembler) -> None:
         oldest = [r.event["ts_us"] for r in batch[:1]]
@@ -426,8 +466,7 @@ class Shipper:
                     store.insert(table, trows, batch_id)
                 break
             except StoreError as e:
-                self.last_error = str(e)
-                self._metrics.error("store")
+                self._store_failed(e)
                 attempt += 1
                 check = True  # the outcome of what was sent is unknown: look before resending
                 if self._stop.is_set() and self._past_deadline():
@@ -438,7 +477,8 @@ class Shipper:
                     "audit store unavailable; will retry",
                     extra={"batch_id": batch_id, "retry_in_s": delay, "error": str(e)},
                 )
-                self._pause(delay)
+                self._wait_reporting_lag(delay, rows, asm)
+        self._store_answered()
         self.last_error = None
         self.shipped_rows += len(rows)
         self._metrics.shipped(sum(1 for r in rows if r.event.get("kind") == "access"))
@@ -448,6 +488,17 @@ class Shipper:
         self.state.save(self.directory)
         self._delete_shipped_segments()
         return True
+
+    def _wait_reporting_lag(self, seconds: float, rows: list[_Row], asm: Assembler) -> None:
+        """Wait before a retry, keeping the lag gauge current (it must grow through an outage,
+        not stay at its value from before the batch was cut)."""
+        end = time.monotonic() + seconds
+        while True:
+            self._report_lag(rows, asm)
+            left = end - time.monotonic()
+            if left <= 0 or (self._stop.is_set() and self._past_deadline()):
+                return
+            self._pause(min(left, LAG_REPORT_INTERVAL))
 
     def _get_store(self) -> AuditStore:
         if self._store is None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -50,6 +49,7 @@ from typing import Any, Literal
 from gateway.audit import chain
 from gateway.audit.events import RECORD_VERSION, Chained
 from gateway.errors import SpoolUnavailable
+from gateway.fsutil import LockHeld, exclusive_lock, lock_held
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +60,7 @@ PROBE_INTERVAL = 1.0  # seconds between recovery attempts of an unhealthy spool
 
 def writer_active(directory: Path) -> bool:
     """Whether a gateway process is writing this spool now (it holds the writer lock)."""
-    try:
-        fd = os.open(directory / WRITER_LOCK, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return lock_held(directory / WRITER_LOCK)
 
 
 @dataclass
@@ -157,12 +147,9 @@ class Spool:
         sequence numbers. SpoolUnavailable if another process holds it, or if the spool holds
         another instance's chain."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.directory / WRITER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+            self._lock_fd = exclusive_lock(self.directory / WRITER_LOCK)
+        except LockHeld as e:
             raise SpoolUnavailable(f"spool {self.directory} is in use by another process") from e
         head = last_head(self.directory)
         if head.seq and head.instance and head.instance != self.instance:

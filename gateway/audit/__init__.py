@@ -1,0 +1,1 @@
+"""The audit trail: event, spool, shipper and the stores (docs/architecture.md)."""
