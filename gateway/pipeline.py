@@ -32,10 +32,18 @@ from gateway.config import Config, Route
 from gateway.errors import AuthenticationError, BadRequest, GatewayError, SpoolUnavailable
 from gateway.identity import Principal, TokenVerifier, bearer_token
 from gateway.logs import request_id_var
+from gateway.method_override import effective_method
 from gateway.metrics import Metrics
-from gateway.proxy import Exchange, Forwarder, UpstreamError, client_address
+from gateway.proxy import (
+    ClientAborted,
+    Exchange,
+    Forwarder,
+    UpstreamError,
+    check_request_headers,
+    client_address,
+)
 from gateway.role_changes import RoleTracker
-from gateway.routing import RouteTable, canonical_path, subject_ids
+from gateway.routing import RouteTable, canonical_path, raw_query, subject_ids
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +163,7 @@ class Pipeline:
         request_id = request[REQUEST_ID]
         try:
             path = canonical_path(request.raw_path)
+            check_request_headers(request.headers, self._cfg.proxy.strip_headers)
             route = self._routes.match(path, request.method)
         except BadRequest as e:
             # 400 before routing: no route, category or user is known, so there is no event to
@@ -176,6 +185,12 @@ class Pipeline:
             t0=time.perf_counter(),
             subjects=[],
         )
+        query = raw_query(request.raw_path)
+        try:  # what the upstream will do is what is authorised and recorded (9.1.8)
+            ctx.method = effective_method(request.method, request.headers.items(), query, route)
+            ctx.action = route.actions.get(ctx.method, "")
+        except BadRequest as e:
+            await self._deny(ctx, 400, "bad_request", "malformed request", e.reason)
         if not ctx.action:
             await self._deny(
                 ctx,
@@ -185,7 +200,7 @@ class Pipeline:
                 "method_not_allowed",
             )
         try:
-            ctx.subjects = subject_ids(route, path, request.query)
+            ctx.subjects = subject_ids(route, path, query)
         except BadRequest as e:
             await self._deny(ctx, 400, "bad_request", "malformed request", e.reason)
         except Exception:
@@ -285,7 +300,13 @@ class Pipeline:
                 injected=injected,
                 exchange=exchange,
                 before_last_chunk=lambda: record_outcome(COMPLETE),
+                strip=self._cfg.proxy.strip_headers,
             )
+        except ClientAborted:  # hung up mid-body: the client's doing, not an upstream error
+            exchange.status = exchange.status or 499
+            await record_outcome("client_aborted")
+            self._count(route, "allow", exchange.status)
+            return self._abort(request, exchange.response)
         except UpstreamError as e:
             self._metrics.upstream_errors.labels(route.name, e.reason).inc()
             self._metrics.upstream.labels(route.name).observe(exchange.upstream_seconds)
