@@ -473,6 +473,36 @@ def test_recorded_subjects_cover_every_reading_of_the_query(
     assert readings(query) <= set(recorded), query
 
 
+# --- 8. one spelling per token ----------------------------------------------------------------
+
+
+B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def respellings(token: str) -> dict[str, str]:
+    """Other spellings of ``token`` that decode to the same bytes with a lenient decoder."""
+    header, payload, sig = token.split(".")
+    last = B64[B64.index(sig[-1]) ^ 1]  # 256-byte signature: the last character has 4 spare bits
+    return {
+        "padding": f"{header}.{payload}.{sig}{'=' * (-len(sig) % 4)}",
+        "standard_alphabet": f"{header}.{payload}.{sig.replace('-', '+').replace('_', '/')}",
+        "trailing_bits": f"{header}.{payload}.{sig[:-1]}{last}",
+    }
+
+
+async def test_a_token_is_accepted_in_its_canonical_spelling_only(gw: Gw, keys: Keys) -> None:
+    token = keys.token("alice", ["hr_officer"])
+    while "-" not in token.split(".")[2] and "_" not in token.split(".")[2]:
+        token = keys.token("alice", ["hr_officer"], ttl=301)
+    for name, other in respellings(token).items():
+        assert other != token, name
+        resp = await gw.client.get("/hr/employees/1", headers={"Authorization": f"Bearer {other}"})
+        assert resp.status == 401, name
+    assert [e["reason"] for e in spool_events(gw.spool_dir)] == ["malformed_token"] * 3
+    resp = await gw.client.get("/hr/employees/1", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 200
+
+
 # --- 9. a client that hangs up mid-body ------------------------------------------------------
 
 
