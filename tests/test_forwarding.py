@@ -13,9 +13,11 @@ import asyncio
 import copy
 import itertools
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -26,12 +28,15 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.authz import PolicyEngine
 from gateway.config import Route, SubjectRule
 from gateway.errors import BadRequest
 from gateway.method_override import BodyOverrideScanner
+from gateway.policy_tools import check
 from gateway.proxy import OWNED, STRIPPED, header_key, upstream_headers, valid_host
 from gateway.routing import param_key, subject_ids
 from tests.conftest import (
+    POLICIES,
     ROUTES,
     GatewayFactory,
     Gw,
@@ -471,6 +476,43 @@ def test_recorded_subjects_cover_every_reading_of_the_query(
     except BadRequest:
         return
     assert readings(query) <= set(recorded), query
+
+
+# --- 7. users and groups apart (4.4) -----------------------------------------------------------
+
+
+async def test_a_user_whose_sub_is_a_group_name_gets_nothing_from_the_group(
+    gw: Gw, keys: Keys
+) -> None:
+    # `g, idp-group-hr, hr_officer`: a token with sub "idp-group-hr" and no roles.
+    resp = await gw.client.get("/hr/medical/1", headers=bearer(keys, "idp-group-hr"))
+    assert resp.status == 403
+    hr = await gw.client.get("/hr/medical/1", headers=bearer(keys, "hanna", "idp-group-hr"))
+    assert hr.status == 200
+
+
+def test_a_token_role_spelt_as_a_user_is_not_taken_for_that_user(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.csv"
+    policy.write_text((POLICIES / "policy.csv").read_text() + "g, user:ivan, accountant\n")
+    engine = PolicyEngine.load(POLICIES / "model.conf", policy)
+    grant = ("hr", "employee", "read", "hr_records")
+    assert engine.decide("ivan", (), *grant).allowed
+    assert not engine.decide("mallory", ("user:ivan",), *grant).allowed
+    assert not engine.decide("user:ivan", (), *grant).allowed  # a sub is never already typed
+
+
+def test_policy_check_flags_a_user_mapped_without_its_type(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    policy = policies / "policy.csv"
+    policy.write_text(
+        policy.read_text() + "g, ivan, accountant\ng, user:olga, accountant\n"
+        "p, user:olga, crm, counterparty, read\n"
+    )
+    problems = [p.message for p in check(policies / "model.conf", policy)]
+    assert any("'ivan'" in m and "user:ivan" in m for m in problems), problems
+    assert any("names a user" in m for m in problems), problems
+    assert not any("olga" in m and "IdP group" in m for m in problems), problems
 
 
 # --- 8. one spelling per token ----------------------------------------------------------------
