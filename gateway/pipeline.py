@@ -130,6 +130,7 @@ class _Context:
     ts_us: int
     t0: float
     subjects: list[str]
+    query: str = ""  # the raw query string, as forwarded: evidence of what was asked (9.1.8)
     principal: Principal | None = None
     decision: Decision | None = None
 
@@ -185,7 +186,7 @@ class Pipeline:
             t0=time.perf_counter(),
             subjects=[],
         )
-        query = raw_query(request.raw_path)
+        ctx.query = query = raw_query(request.raw_path)
         try:  # what the upstream will do is what is authorised and recorded (9.1.8)
             ctx.method = effective_method(request.method, request.headers.items(), query, route)
             ctx.action = route.actions.get(ctx.method, "")
