@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 from gateway.config import Route
 from gateway.errors import BadRequest
-from gateway.routing import query_params
+from gateway.routing import param_key, query_params
 
 OVERRIDE_HEADERS = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 OVERRIDE_PARAM = "_method"
@@ -41,7 +42,8 @@ def effective_method(
     if "header" in carriers:
         found += [v.strip().upper() for n, v in headers if n.lower() in OVERRIDE_HEADERS]
     for p in query_params(query, strict="query" in carriers):
-        if p.name == OVERRIDE_PARAM:
+        # Read once and, for an upstream that decodes twice (`%255fmethod`), twice.
+        if OVERRIDE_PARAM in (p.name, param_key(unquote(p.name))):
             if "query" not in carriers:
                 raise BadRequest("method_override")
             found.append(p.value.strip().upper())

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
@@ -239,7 +239,8 @@ async def test_a_declared_header_override_is_what_is_authorised_and_recorded(
 
 
 @pytest.mark.parametrize(
-    "query", ["_method=DELETE", "_METHOD=DELETE", ".method=DELETE", "a=1&_method[]=DELETE"]
+    "query",
+    ["_method=DELETE", "_METHOD=DELETE", ".method=DELETE", "a=1&_method[]=DELETE", "%255fmethod=X"],
 )
 async def test_a_method_override_in_the_query_is_refused_unless_the_route_declares_it(
     make_gateway: GatewayFactory, lax: Lax, keys: Keys, query: str
@@ -384,6 +385,18 @@ async def test_a_host_outside_rfc_9110_syntax_is_refused(
 @pytest.mark.parametrize("host", ["gw", "gw.example.ru:8443", "10.0.0.1", "[::1]:80", "[::1]"])
 def test_ordinary_hosts_are_valid(host: str) -> None:
     assert valid_host(host)
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet="ab.-_~:@[]%!$&'()*+,;=/?#\\ 019", max_size=12))
+def test_a_valid_host_is_one_host_to_a_url_parser(host: str) -> None:
+    if not valid_host(host):
+        return
+    parts = urlsplit(f"http://{host}/")
+    assert parts.netloc == host and parts.username is None and parts.password is None
+    assert parts.path == "/" and parts.hostname is not None
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    assert parts.hostname == name.strip("[]").lower()
 
 
 async def test_a_fragment_in_the_request_target_is_refused(
