@@ -43,6 +43,10 @@ FORWARDING = frozenset(
     {"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"}
 )
 INJECTED_PREFIX = "x-pd-"
+# X-Forwarded-* is the gateway's to write: it sets For, Proto and Host itself (from trusted
+# proxies it extends them); every other one a client sends (Prefix, Path, User, Client-Cert, …)
+# would tell the upstream about a URL, user or certificate nobody checked.
+FORWARDED_PREFIX = "x-forwarded-"
 # Headers that make an upstream act on another URL, file, host, client or user than the one
 # authorised and recorded: URL rewrites (IIS, Symfony, Zend), X-Accel/Sendfile, identities that
 # auth-proxy modes trust (Remote-User & co.), client addresses that frameworks read, and `Proxy`
@@ -82,6 +86,8 @@ STRIPPED = frozenset(
         "x-ms-client-principal-name",
         "x-ms-client-principal-id",
         "x-ssl-client-cert",
+        "x-envoy-original-path",
+        "x-envoy-original-url",
         "x-client-cert",
         "ssl-client-cert",
         "x-ssl-client-s-dn",
@@ -122,7 +128,12 @@ def header_key(name: str) -> str:
 
 
 def owned(key: str, strip: frozenset[str] = frozenset()) -> bool:
-    return key in OWNED or key in strip or key.startswith(INJECTED_PREFIX)
+    return (
+        key in OWNED
+        or key in strip
+        or key.startswith(INJECTED_PREFIX)
+        or key.startswith(FORWARDED_PREFIX)
+    )
 
 
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: host [":" port]. A reg-name here is unreserved characters only
@@ -236,6 +247,7 @@ def upstream_headers(
         if (
             _strip(lower, listed)
             or lower.startswith(INJECTED_PREFIX)
+            or lower.startswith(FORWARDED_PREFIX)
             or lower in FORWARDING
             or lower in STRIPPED
             or lower in strip

@@ -332,6 +332,7 @@ async def test_rewrite_and_identity_headers_never_reach_the_upstream(
     gw = await make_gateway(lax.url, proxy={"strip_headers": ["X-Tenant", "X_Impersonate"]})
     sent = {name: "/hr/medical/1" for name in sorted(STRIPPED)}
     sent |= {"X-Tenant": "other", "X-Impersonate": "boss", "Proxy": "http://evil:1"}
+    sent |= {"X-Forwarded-Client-Cert": "Hash=1;Subject=CN=boss", "X-Forwarded-Anything": "x"}
     resp = await gw.client.get(
         "/hr/employees/1", headers={**bearer(keys, "alice", "hr_officer"), **sent}
     )
@@ -339,6 +340,11 @@ async def test_rewrite_and_identity_headers_never_reach_the_upstream(
     (seen,) = lax.seen
     reached = {k[5:].lower().replace("_", "-") for k in seen["http"]}
     assert reached & (STRIPPED | {"x-tenant", "x-impersonate", "proxy"}) == set()
+    assert {k for k in reached if k.startswith("x-forwarded-")} == {
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    }
     assert "HTTP_PROXY" not in seen["http"]  # httpoxy
 
 
