@@ -102,6 +102,7 @@ class QueryParam:
     raw_name: str  # as sent, undecoded
     name: str  # the name as the loosest framework reads it (see ``param_key``)
     value: str  # percent-decoded, `+` read as a space
+    raw_value: str = ""
 
 
 def param_key(decoded_name: str) -> str:
@@ -148,7 +149,8 @@ def query_params(raw_query: str, *, strict: bool = True) -> list[QueryParam]:
             continue
         raw_name, _, raw_value = piece.partition("=")
         name = _query_decode(raw_name, strict=strict)
-        out.append(QueryParam(raw_name, param_key(name), _query_decode(raw_value, strict=strict)))
+        value = _query_decode(raw_value, strict=strict)
+        out.append(QueryParam(raw_name, param_key(name), value, raw_value))
     return out
 
 
@@ -162,8 +164,9 @@ def subject_ids(route: Route, path: str, query: str) -> list[str]:
 
     ``query`` is the raw query string. The recorded subjects must be every subject the upstream
     could read: a query subject given twice (`?lead_id=1&lead_id=2`, an empty first value), under
-    another spelling of its name (`LEAD_ID`, `lead_id[]`, `lead.id`, `lead%5Fid`, `;` as the
-    separator) or with a value frameworks decode differently is refused as ambiguous (400).
+    another spelling of its name (`LEAD_ID`, `lead_id[]`, `lead.id`, `lead%5Fid`), in a query
+    with `;` (a separator to some frameworks only) or with a value frameworks decode differently
+    (`+`, bad escapes, invalid UTF-8, control bytes) is refused as ambiguous (400).
     """
     rule = route.subject
     if rule is None:
@@ -179,10 +182,14 @@ def subject_ids(route: Route, path: str, query: str) -> list[str]:
                 # A case-insensitive upstream would serve this subject; the audit would miss it.
                 raise BadRequest("case_ambiguous")
     if rule.query is not None:
+        if ";" in query:  # a separator to some frameworks, part of a value to others
+            raise BadRequest("ambiguous_subject")
         key = param_key(rule.query)
         given = [p for p in query_params(query) if p.name == key]
         if len(given) > 1 or any(p.raw_name != rule.query for p in given):
             raise BadRequest("ambiguous_subject")  # 9.1.8: one reading, or none at all
+        if given and "+" in given[0].raw_value:  # a space to form decoders, `+` to RFC 3986 ones
+            raise BadRequest("ambiguous_subject")
         if given and given[0].value:
             found.append(given[0].value)
     for s in found:

@@ -468,6 +468,8 @@ async def test_a_fragment_in_the_request_target_is_refused(
         "lead.id=2",
         "lead%5Fid=2",
         "lead_id=1;lead_id=2",
+        "lead_id=1;x=2",
+        "lead_id=1+2",
         "lead_id=1%00",
         "lead_id=%ff",
         "lead_id=1%zz",
