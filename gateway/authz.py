@@ -10,6 +10,11 @@ sees, the system, the category and the action, so it is cached under exactly tha
 is part of the key only when some `g` rule names that user; otherwise every holder of the same
 roles shares one entry. A reload builds a new engine with an empty cache and swaps it in at once
 (docs/decisions/002-decision-cache.md).
+
+Users and groups never share a name (4.4): a user is `user:<sub>` in `g` rules and in what the
+engine asks Casbin; anything else on the left of a `g` rule is an IdP group or a job function
+from the token's roles claim. A token role spelt `user:…` is never asked, so no role or group can
+be taken for a user, and a `sub` equal to a group's name gets nothing from that group.
 """
 
 from __future__ import annotations
@@ -31,6 +36,18 @@ from gateway.errors import PolicyError
 log = logging.getLogger(__name__)
 
 REQUEST_FIELDS = ("sub", "sys", "cat", "act", "pur")
+USER_PREFIX = "user:"  # 4.4: users and IdP groups/job functions in separate namespaces
+
+
+def user_subject(user: str) -> str:
+    """The Casbin subject of an authenticated user (the token's `sub`)."""
+    return USER_PREFIX + user
+
+
+def is_user_subject(name: str) -> bool:
+    return name.startswith(USER_PREFIX)
+
+
 EXPIRY_FILE = "expiry.yaml"
 
 
@@ -94,7 +111,7 @@ class PolicyEngine:
         self._cache_size = cache_size
         self._on_cache = on_cache or (lambda hit: None)
         grouping = enforcer.get_grouping_policy()
-        # Members named on the left of a `g` rule: users (or IdP groups) with mapped roles.
+        # Members named on the left of a `g` rule: users (`user:<sub>`) or IdP groups.
         self._mapped_members = frozenset(row[0] for row in grouping)
         self.rule_count = len(enforcer.get_policy())
         self.next_expiry: float | None = None  # when the next time-bound grant lapses
@@ -151,7 +168,10 @@ class PolicyEngine:
         action: str,
         purpose: str,
     ) -> Decision:
-        member = user if user in self._mapped_members else None
+        typed = user_subject(user)
+        member = typed if typed in self._mapped_members else None
+        if any(is_user_subject(r) for r in roles):  # 4.4: a role is never taken for a user
+            roles = tuple(r for r in roles if not is_user_subject(r))
         key = (member, roles, system, category, action, purpose)
         cached = self._cache.get(key)
         if cached is not None:
@@ -218,7 +238,8 @@ def _change(
     kind: str, rule: tuple[str, ...], before: str, after: str, v_old: str, v_new: str
 ) -> Change:
     role = rule[2] if rule[0] == "g" else rule[1]
-    user = rule[1] if rule[0] == "g" else ""
+    # The user as access events name them (the `sub`); a group mapping keeps the group's name.
+    user = rule[1].removeprefix(USER_PREFIX) if rule[0] == "g" else ""
     key = f"{v_old}|{v_new}|{kind}|{rule_text(rule)}"
     return (kind, role, user, before, after, hashlib.sha256(key.encode()).hexdigest()[:32])
 

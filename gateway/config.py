@@ -195,6 +195,8 @@ class ProxyConfig:
     # Upstream responses: larger or slower ones are cut (502/504, audited).
     upstream_max_response_bytes: int = 1024**3
     upstream_timeout_seconds: float = 300.0  # the whole exchange, body included
+    # Request headers never forwarded, beyond proxy.STRIPPED (lower case, `_` read as `-`).
+    strip_headers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,9 @@ class Route:
     purpose: str = ""
     methods: frozenset[str] | None = None
     subject: SubjectRule | None = None
+    # Where the upstream takes an overriding method from ("header", "query"); that method is
+    # then what is authorised and recorded (routing.effective_method, decision 011).
+    method_override: frozenset[str] = frozenset()
 
     @property
     def carries_personal_data(self) -> bool:
@@ -511,6 +516,7 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         client_max_headers=px.get("client_max_headers", int, 100, _min(8)),
         upstream_max_response_bytes=px.get("upstream_max_response_bytes", int, 1024**3, _min(1)),
         upstream_timeout_seconds=px.get("upstream_timeout_seconds", float, 300.0, _positive),
+        strip_headers=_header_names(px, "strip_headers"),
     )
     px.finish()
 
@@ -734,6 +740,16 @@ def _parse_routes(
             actions = {m: a for m, a in actions.items() if m in method_set}
 
         subject = _parse_subject(r, prefix)
+        override = r.get("method_override", list, [])
+        for carrier in override:
+            if carrier in ("form", "json"):
+                problems.add(
+                    r.key("method_override"),
+                    f"{carrier!r} cannot be declared: the gateway authorises before it reads "
+                    "the body, so a body override is always refused (decision 011)",
+                )
+            elif carrier not in ("header", "query"):
+                problems.add(r.key("method_override"), "must list 'header' and/or 'query'")
         r.finish()
         routes.append(
             Route(
@@ -747,6 +763,7 @@ def _parse_routes(
                 purpose=purpose or "",
                 methods=method_set,
                 subject=subject,
+                method_override=frozenset(str(c) for c in override) & {"header", "query"},
             )
         )
     _check_overlapping_prefixes(routes, problems)
@@ -794,6 +811,20 @@ def _parse_subject(r: _Section, prefix: str | None) -> SubjectRule | None:
     return SubjectRule(
         path_template=template, path_index=index, path_literals=literals, query=query
     )
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
+
+
+def _header_names(sec: _Section, key: str) -> frozenset[str]:
+    names = sec.get(key, list, [])
+    out = set()
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            sec.problems.add(f"{sec.key(key)}.{i}", "must be a header name")
+            continue
+        out.add(name.lower().replace("_", "-"))
+    return frozenset(out)
 
 
 def _name_check(value: str) -> str | None:

@@ -10,8 +10,11 @@ comes from config and is checked against the header before any key is chosen; `e
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -163,6 +166,10 @@ class TokenVerifier:
         segments = raw.split(".")
         if len(segments) != 3:  # a JWS; a JWE (5 segments) or anything else is not accepted
             raise AuthenticationError("malformed_token")
+        if not all(_canonical_base64url(s) for s in segments):
+            # One token, one spelling: padding, the `+/` alphabet or non-zero trailing bits would
+            # give the same token a second cache key and a second record.
+            raise AuthenticationError("malformed_token")
         try:
             header = jwt.get_unverified_header(raw)
         except JOSEError as e:
@@ -228,6 +235,20 @@ class TokenVerifier:
         return Principal(
             user=user, roles=tuple(sorted(set(roles))), expires_at=float(exp), issued_at=issued
         )
+
+
+_BASE64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
+def _canonical_base64url(segment: str) -> bool:
+    """RFC 7515 §2: base64url without padding, and the only spelling of its bytes."""
+    if not _BASE64URL.match(segment) or len(segment) % 4 == 1:
+        return False
+    try:
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (ValueError, binascii.Error):
+        return False
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii") == segment
 
 
 def _refuse_duplicate_members(segment: str, reason: str) -> None:

@@ -43,8 +43,16 @@ from gateway.errors_http import REQUEST_ID as REQUEST_ID
 from gateway.errors_http import error_middleware as error_middleware
 from gateway.errors_http import error_response as error_response
 from gateway.identity import Principal, TokenVerifier, bearer_token
+from gateway.method_override import effective_method
 from gateway.metrics import Metrics
-from gateway.proxy import Exchange, Forwarder, UpstreamError, client_address
+from gateway.proxy import (
+    ClientAborted,
+    Exchange,
+    Forwarder,
+    UpstreamError,
+    check_request_headers,
+    client_address,
+)
 from gateway.routing import RouteTable, canonical_path, subject_ids
 
 log = logging.getLogger(__name__)
@@ -79,7 +87,7 @@ class _Context:
     request_id: str
     method: str
     path: str
-    query: str
+    query: str  # the raw query string, as forwarded: evidence of what was asked (9.1.8)
     client_ip: str
     ts_us: int
     t0: float
@@ -134,6 +142,7 @@ class Pipeline:
         refused: BadRequest | None = None
         try:
             ctx.path = canonical_path(request.raw_path)
+            check_request_headers(request.headers, self._cfg.proxy.strip_headers)
             ctx.route = self._routes.match(ctx.path, request.method)
         except BadRequest as e:
             refused = e  # answered after identity (step 4)
@@ -154,7 +163,11 @@ class Pipeline:
         route = ctx.route
         if route is None:
             await self._deny(ctx, 404, "not_found", "no route for this path", "no_route")
-        ctx.action = route.actions.get(request.method, "")
+        try:  # what the upstream will do is what is authorised and recorded (9.1.8)
+            ctx.method = effective_method(request.method, request.headers.items(), ctx.query, route)
+            ctx.action = route.actions.get(ctx.method, "")
+        except BadRequest as e:
+            await self._deny(ctx, 400, "bad_request", "malformed request", e.reason)
         if not ctx.action:
             await self._deny(
                 ctx,
@@ -164,7 +177,7 @@ class Pipeline:
                 "method_not_allowed",
             )
         try:
-            ctx.subjects = subject_ids(route, ctx.path, request.query)
+            ctx.subjects = subject_ids(route, ctx.path, ctx.query)
         except BadRequest as e:
             await self._deny(ctx, 400, "bad_request", "malformed request", e.reason)
         except Exception:
@@ -254,7 +267,13 @@ class Pipeline:
                 injected=injected,
                 exchange=exchange,
                 before_last_chunk=lambda: record_outcome(COMPLETE),
+                strip=self._cfg.proxy.strip_headers,
             )
+        except ClientAborted:  # hung up mid-body: the client's doing, not an upstream error
+            exchange.status = exchange.status or 499
+            await record_outcome("client_aborted")
+            self._count(route, "allow", exchange.status)
+            return self._abort(request, exchange.response)
         except UpstreamError as e:
             self._metrics.upstream_errors.labels(route.name, e.reason).inc()
             self._metrics.upstream.labels(route.name).observe(exchange.upstream_seconds)

@@ -17,7 +17,14 @@ from typing import Any
 
 import yaml
 
-from gateway.authz import EXPIRY_FILE, PolicyEngine, load_expiry, read_policy_yaml
+from gateway.authz import (
+    EXPIRY_FILE,
+    USER_PREFIX,
+    PolicyEngine,
+    is_user_subject,
+    load_expiry,
+    read_policy_yaml,
+)
 from gateway.break_glass import FILE as BREAK_GLASS_FILE
 from gateway.break_glass import load_allowances
 from gateway.config import ACTIONS, CATEGORIES, PURPOSES
@@ -84,12 +91,20 @@ def check(
     *,
     known_resources: Iterable[tuple[str, str]] | None = None,
     special_categories: Mapping[str, Iterable[str]] | None = None,
+    idp_groups: Iterable[str] | None = None,
 ) -> list[Problem]:
-    """Every problem with the policy, each naming file and line; empty means it may be applied."""
+    """Every problem with the policy, each naming file and line; empty means it may be applied.
+
+    ``idp_groups`` (default: `idp_groups` in lint.yaml beside the policy, if listed): the IdP
+    groups `g` rules may map; any other untyped member is a user missing its `user:` prefix."""
     try:
         rules, problems = read_rules(policy)
     except PolicyError as e:
         return [Problem(policy, 0, str(e))]
+    if idp_groups is None:
+        listed = load_lint_settings(policy.parent).get("idp_groups")
+        idp_groups = [str(g) for g in listed] if isinstance(listed, list) else None
+    problems += _namespace_problems(policy, rules, idp_groups)
     try:
         PolicyEngine.load(model, policy)
     except PolicyError as e:
@@ -191,6 +206,33 @@ def check(
     return problems
 
 
+def _namespace_problems(
+    policy: Path, rules: Iterable[Rule], idp_groups: Iterable[str] | None
+) -> list[Problem]:
+    """4.4: users (`user:<sub>`) only on the left of `g` rules; untyped members only known IdP
+    groups, so no token `sub` can inherit a group's job functions by sharing its name."""
+    groups = set(idp_groups) if idp_groups is not None else None
+    out = []
+    for r in rules:
+        member, others = (r.fields[0], r.fields[1:]) if r.kind == "g" else (None, r.fields)
+        if any(is_user_subject(f) for f in others):
+            out.append(Problem(policy, r.line, f"{USER_PREFIX}… names a user: only as a g member"))
+        if member is None or is_user_subject(member):
+            if member == USER_PREFIX:
+                out.append(Problem(policy, r.line, "user: needs the user's sub"))
+            continue
+        if groups is not None and member not in groups:
+            out.append(
+                Problem(
+                    policy,
+                    r.line,
+                    f"member {member!r} is no IdP group listed in lint.yaml idp_groups; "
+                    f"a user is written {USER_PREFIX}{member} (4.4)",
+                )
+            )
+    return out
+
+
 def resources(rules: Iterable[Rule]) -> set[Resource]:
     """Every granted (system, category, action) under every purpose the policy names."""
     rules = list(rules)
@@ -212,11 +254,13 @@ def subjects(rules: Iterable[Rule]) -> tuple[set[str], set[str]]:
 def effective_access(
     engine: PolicyEngine, subjects_: Iterable[str], resources_: Iterable[Resource]
 ) -> dict[str, set[Resource]]:
-    """What each subject may do, by asking the engine (as a role, or as a g-mapped member)."""
+    """What each subject may do, by asking the engine as a user (`user:<sub>`, with no roles) or
+    as a role or IdP group in a token (with no user mapping)."""
     res = sorted(resources_)
     out: dict[str, set[Resource]] = {}
     for s in sorted(subjects_):
-        out[s] = {r for r in res if engine.decide(s, (s,), *r).allowed}
+        user, roles = (s.removeprefix(USER_PREFIX), ()) if is_user_subject(s) else ("", (s,))
+        out[s] = {r for r in res if engine.decide(user, roles, *r).allowed}
     return out
 
 

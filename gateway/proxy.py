@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -21,7 +22,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config import IPNetwork, Route
-from gateway.errors import GatewayError
+from gateway.errors import BadRequest, GatewayError
+from gateway.method_override import OVERRIDE_HEADERS, BodyOverrideScanner
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies still meet.
 HOP_BY_HOP = frozenset(
@@ -41,6 +43,136 @@ FORWARDING = frozenset(
     {"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"}
 )
 INJECTED_PREFIX = "x-pd-"
+# X-Forwarded-* is the gateway's to write: it sets For, Proto and Host itself (from trusted
+# proxies it extends them); every other one a client sends (Prefix, Path, User, Client-Cert, …)
+# would tell the upstream about a URL, user or certificate nobody checked.
+FORWARDED_PREFIX = "x-forwarded-"
+# Headers that make an upstream act on another URL, file, host, client or user than the one
+# authorised and recorded: URL rewrites (IIS, Symfony, Zend), X-Accel/Sendfile, identities that
+# auth-proxy modes trust (Remote-User & co.), client addresses that frameworks read, and `Proxy`
+# (httpoxy: CGI turns it into HTTP_PROXY). Never forwarded; proxy.strip_headers adds more.
+STRIPPED = frozenset(
+    {
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-uri",
+        "x-forwarded-prefix",
+        "x-forwarded-path",
+        "x-forwarded-uri",
+        "x-forwarded-server",
+        "x-forwarded-port",
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+        "x-scheme",
+        "front-end-https",
+        "x-accel-redirect",
+        "x-accel-buffering",
+        "x-sendfile",
+        "x-lighttpd-send-file",
+        "remote-user",
+        "x-remote-user",
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-forwarded-preferred-username",
+        "x-forwarded-groups",
+        "x-forwarded-access-token",
+        "x-auth-request-user",
+        "x-auth-request-email",
+        "x-auth-request-groups",
+        "x-auth-request-preferred-username",
+        "x-auth-request-access-token",
+        "x-remote-group",
+        "x-ms-client-principal",
+        "x-ms-client-principal-name",
+        "x-ms-client-principal-id",
+        "x-ssl-client-cert",
+        "x-envoy-original-path",
+        "x-envoy-original-url",
+        "x-client-cert",
+        "ssl-client-cert",
+        "x-ssl-client-s-dn",
+        "proxy",
+        "x-original-host",
+        "x-host",
+        "x-http-host-override",
+        "x-forwarded-host-override",
+        "x-original-forwarded-for",
+        "x-proxyuser-ip",
+        "x-real-ip",
+        "true-client-ip",
+        "x-client-ip",
+        "client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-originating-ip",
+        "x-remote-ip",
+        "x-remote-addr",
+    }
+)
+# Every name the gateway owns, strips or rewrites. A client sending one of them spelt with `_`
+# for `-` is refused (decision 011): CGI/WSGI servers merge `X_PD_User` with `X-PD-User`.
+OWNED = (
+    HOP_BY_HOP
+    | FORWARDING
+    | STRIPPED
+    | OVERRIDE_HEADERS
+    | {"host", "x-request-id", "expect", "authorization", "cookie", "content-length"}
+    | {"content-type", "content-encoding"}
+)
+
+
+def header_key(name: str) -> str:
+    """A header name as CGI-style servers read it: case and `_` versus `-` do not count."""
+    return name.lower().replace("_", "-")
+
+
+def owned(key: str, strip: frozenset[str] = frozenset()) -> bool:
+    return (
+        key in OWNED
+        or key in strip
+        or key.startswith(INJECTED_PREFIX)
+        or key.startswith(FORWARDED_PREFIX)
+    )
+
+
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: host [":" port]. A reg-name here is unreserved characters only
+# (pct-encoded and sub-delims are legal but no real host name needs them); IP literals are checked
+# by ipaddress.
+_REG_NAME_OR_IPV4 = re.compile(r"^[A-Za-z0-9._~-]+$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+
+
+def valid_host(value: str) -> bool:
+    host, port = value, ""
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return False
+        port = rest[1:] if rest else ""
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return not rest or (bool(_PORT.match(port)) and int(port) <= 65535)
+    if ":" in value:
+        host, _, port = value.rpartition(":")
+        if not _PORT.match(port) or int(port) > 65535:
+            return False
+    return bool(_REG_NAME_OR_IPV4.match(host))
+
+
+def check_request_headers(
+    headers: CIMultiDictProxy[str], strip: frozenset[str] = frozenset()
+) -> None:
+    """BadRequest unless the request's headers mean one thing to every upstream: an owned name
+    spelt with `_` (`header_spoofing`), a `Host` outside RFC 9110 syntax (`bad_host`)."""
+    for name in headers:
+        if "_" in name and owned(header_key(name), strip):
+            raise BadRequest("header_spoofing")
+    host = headers.get("Host")
+    if host is not None and not valid_host(host):
+        raise BadRequest("bad_host")
 
 
 class UpstreamError(GatewayError):
@@ -97,21 +229,29 @@ def upstream_headers(
     trusted: Sequence[IPNetwork],
     forward_authorization: bool,
     injected: dict[str, str],
+    strip: frozenset[str] = frozenset(),
+    keep_override: bool = False,
 ) -> CIMultiDict[str]:
     """Request headers for the upstream.
 
-    SECURITY: every inbound `X-PD-*` and `X-Request-Id` is dropped by normalised name before the
-    gateway injects its own, so no client can assert an identity the upstream would trust.
-    `X-Forwarded-*` from a peer outside ``trusted`` are replaced, not extended.
+    SECURITY: every inbound `X-PD-*` and `X-Request-Id` is dropped by normalised name (case, and
+    `_` read as `-`) before the gateway injects its own, so no client can assert an identity the
+    upstream would trust; so are STRIPPED, ``strip`` and, unless ``keep_override`` (the route
+    declares its upstream honours them), method-override headers. `X-Forwarded-*` from a peer
+    outside ``trusted`` are replaced, not extended.
     """
-    listed = connection_listed(request.headers)
+    listed = {header_key(n) for n in connection_listed(request.headers)}
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
-        lower = name.lower()
+        lower = header_key(name)
         if (
             _strip(lower, listed)
             or lower.startswith(INJECTED_PREFIX)
+            or lower.startswith(FORWARDED_PREFIX)
             or lower in FORWARDING
+            or lower in STRIPPED
+            or lower in strip
+            or (lower in OVERRIDE_HEADERS and not keep_override)
             or lower in ("host", "x-request-id", "expect")  # the gateway answers Expect itself
             or (lower == "authorization" and not forward_authorization)
         ):
@@ -165,6 +305,29 @@ class ClientTooSlow(UpstreamError):
         self.public_message = "the request body did not arrive in time"
 
 
+class BodyOverride(UpstreamError):
+    """The request body names a method override (`_method`): refused (400), the upstream
+    request cut, so the upstream never has a complete request to act on (decision 011)."""
+
+    close_connection = True
+
+    def __init__(self) -> None:
+        super().__init__(400, "method_override_in_body")
+        self.code = "bad_request"
+        self.public_message = "malformed request"
+
+
+class ClientAborted(UpstreamError):
+    """The client went away before its request body was complete: its doing, not the upstream's."""
+
+    close_connection = True
+
+    def __init__(self) -> None:
+        super().__init__(499, "client_aborted")
+        self.code = "client_aborted"
+        self.public_message = "the request body was cut short"
+
+
 @dataclass(slots=True)
 class Exchange:
     """What the forwarder measured; filled as the exchange proceeds."""
@@ -213,12 +376,16 @@ class Forwarder:
         injected: dict[str, str],
         exchange: Exchange,
         before_last_chunk: Callable[[], Awaitable[None]],
+        strip: frozenset[str] = frozenset(),
     ) -> web.StreamResponse:
+        """``strip``: more header names never forwarded (proxy.strip_headers, normalised)."""
         headers = upstream_headers(
             request,
             trusted=self._trusted,
             forward_authorization=self._forward_authorization,
             injected=injected,
+            strip=strip,
+            keep_override="header" in route.method_override,
         )
         # The raw path and query, byte for byte: what was authorised is what is forwarded.
         url = URL(route.upstream_url + request.raw_path, encoded=True)
@@ -228,6 +395,7 @@ class Forwarder:
 
         async def body() -> AsyncIterator[bytes]:
             chunks = request.content.iter_any().__aiter__()
+            overrides = BodyOverrideScanner()
             while True:
                 try:
                     async with asyncio.timeout(self._body_timeout):  # slow-body clients
@@ -237,9 +405,15 @@ class Forwarder:
                 except TimeoutError:
                     exchange.client_failure = ClientTooSlow()
                     raise exchange.client_failure from None
+                except Exception as e:  # the client hung up or broke the framing mid-body
+                    exchange.client_failure = ClientAborted()
+                    raise exchange.client_failure from e
                 exchange.bytes_in += len(chunk)
                 if exchange.bytes_in > self._max_body:  # chunked past the limit: cut it
                     exchange.client_failure = BodyTooLarge()
+                    raise exchange.client_failure
+                if overrides.feed(chunk):  # the chunk that completes `_method` is never sent
+                    exchange.client_failure = BodyOverride()
                     raise exchange.client_failure
                 yield chunk
 

@@ -34,7 +34,7 @@ def test_decisions_are_cached_by_roles_not_by_user_unless_a_g_rule_names_the_use
     tmp_path: Path,
 ) -> None:
     model, policy = _copy_policies(tmp_path)
-    policy.write_text(policy.read_text() + "g, carol, accountant\n")
+    policy.write_text(policy.read_text() + "g, user:carol, accountant\n")
     hits: list[bool] = []
     engine = PolicyEngine.load(model, policy, on_cache=hits.append)
     for user in ("u1", "u2", "u3"):

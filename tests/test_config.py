@@ -134,3 +134,25 @@ def test_route_prefixes_that_differ_only_in_case_or_hold_ambiguous_forms_are_ref
     assert "routes.3.prefix: '/HR/Medical' overlaps routes.2" in problems
     assert "routes.4.prefix: must not contain ';'" in problems
     assert "routes.5.prefix: must not contain ';'" in problems
+
+
+def test_method_overrides_and_stripped_headers_are_validated_with_their_key(
+    tmp_path: Path, keys: Keys
+) -> None:
+    data = config_dict(
+        tmp_path, "http://127.0.0.1:1", proxy={"strip_headers": ["X-Ok", "bad name"]}
+    )
+    data["routes"][0]["method_override"] = ["header", "form"]
+    data["routes"][1]["method_override"] = ["cookie"]
+    with pytest.raises(ConfigError) as info:
+        config.load(write_config(tmp_path, data, keys))
+    text = str(info.value)
+    assert "proxy.strip_headers.1: must be a header name" in text
+    assert "routes.0.method_override: 'form' cannot be declared" in text
+    assert "routes.1.method_override: must list 'header' and/or 'query'" in text
+    data["proxy"]["strip_headers"] = ["X_Tenant"]
+    data["routes"][0]["method_override"] = ["header", "query"]
+    del data["routes"][1]["method_override"]
+    cfg = config.load(write_config(tmp_path, data, keys))
+    assert cfg.proxy.strip_headers == frozenset({"x-tenant"})
+    assert cfg.routes[0].method_override == frozenset({"header", "query"})

@@ -128,7 +128,7 @@ def test_explain_shows_route_action_decision_and_rule() -> None:
 
 def test_diff_that_maps_a_user_to_a_role_shows_exactly_that_gain(policies: Path) -> None:
     new = policies / "new.csv"
-    new.write_text((policies / "policy.csv").read_text() + "g, carol, accountant\n")
+    new.write_text((policies / "policy.csv").read_text() + "g, user:carol, accountant\n")
     args = (
         "policy",
         "diff",
@@ -141,14 +141,14 @@ def test_diff_that_maps_a_user_to_a_role_shows_exactly_that_gain(policies: Path)
     # accountant's grants, within the purposes the routes serve them for (4.2)
     assert delta == {
         "gains": [
-            ["carol", "crm", "counterparty", "read", "contracts"],
-            ["carol", "hr", "employee", "read", "hr_records"],
+            ["user:carol", "crm", "counterparty", "read", "contracts"],
+            ["user:carol", "hr", "employee", "read", "hr_records"],
         ],
         "losses": [],
     }
     # Without routes to narrow it, every purpose accountant works for.
     everything = json.loads(run_cli(*args, "--json").stdout)
-    assert len(everything["gains"]) == 4 and all(g[0] == "carol" for g in everything["gains"])
+    assert len(everything["gains"]) == 4 and all(g[0] == "user:carol" for g in everything["gains"])
 
 
 def test_diff_shows_losses_of_a_removed_grant_for_the_role_and_its_members(policies: Path) -> None:

@@ -80,6 +80,7 @@ def test_a_percent_encoded_segment_decodes_to_itself(segment: str) -> None:
         # Refused only for what the segment really holds.
         held = {
             "control_or_backslash": any(c < " " or c == "\x7f" for c in segment),
+            "double_encoding": "%" in segment,
             "encoded_separator": "\\" in segment,
             "path_parameter": ";" in segment,
             "trailing_dot_or_space": segment.endswith((".", " ")),

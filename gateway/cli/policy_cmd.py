@@ -123,11 +123,8 @@ def run_explain(args: argparse.Namespace) -> int:
     if action is None:
         print(f"action    none for {args.method.upper()}: 405")
         return 0
-    from urllib.parse import parse_qsl
-
-    query = dict(parse_qsl(raw.partition("?")[2]))
     try:
-        subjects = subject_ids(route, path, query)
+        subjects = subject_ids(route, path, raw.partition("?")[2])
     except BadRequest as e:
         print(f"path {raw!r} is refused before authorisation (400): {e.reason}")
         return 0

@@ -2,7 +2,8 @@
 
 Whatever headers a client sends, the upstream never receives a hop-by-hop header, a header the
 client listed in `Connection`, a client's `X-PD-*`, `X-Request-Id`, `Expect` or `Authorization`,
-and `X-Forwarded-For` ends with the real peer (and is only the peer when it is not trusted).
+a URL-rewrite or alternate-identity header or a method override, in any spelling (case, `_` for
+`-`: issue 8), and `X-Forwarded-For` ends with the real peer (and is only the peer when it is not trusted).
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
 with atheris.instrument_imports():
-    from gateway.proxy import HOP_BY_HOP, client_address, connection_listed, upstream_headers
+    from gateway.method_override import OVERRIDE_HEADERS
+    from gateway.proxy import (
+        HOP_BY_HOP,
+        STRIPPED,
+        client_address,
+        connection_listed,
+        header_key,
+        upstream_headers,
+    )
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)
 NAMES = [
@@ -36,6 +45,15 @@ NAMES = [
     "X-Custom",
     "Accept",
     "Proxy-Authorization",
+    "X_PD_User",
+    "X-PD_Roles",
+    "X_Request_Id",
+    "Transfer_Encoding",
+    "X_Original_URL",
+    "Remote-User",
+    "Proxy",
+    "X-HTTP-Method-Override",
+    "X_Custom",
 ]
 INJECTED = {"X-PD-User": "gateway-user", "X-PD-Roles": "hr_officer", "X-Request-Id": "rid"}
 
@@ -67,11 +85,12 @@ def one_input(data: bytes) -> None:
     except ValueError:
         return  # a header the HTTP layer itself refuses
     out = upstream_headers(request, trusted=TRUSTED, forward_authorization=False, injected=INJECTED)
-    listed = connection_listed(headers)
+    listed = {header_key(n) for n in connection_listed(headers)}
     for name in out:
-        lower = name.lower()
+        lower = header_key(name)
         assert lower not in HOP_BY_HOP and lower not in listed, name
         assert lower not in ("expect", "host", "authorization"), name
+        assert lower not in STRIPPED and lower not in OVERRIDE_HEADERS, name
         if lower.startswith("x-pd-") or lower == "x-request-id":
             assert out.getall(name) == [INJECTED[name]] or out.getall(name) == [
                 v for k, v in INJECTED.items() if k.lower() == lower

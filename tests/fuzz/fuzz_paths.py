@@ -1,6 +1,6 @@
 """Fuzz target: the canonical path and routing (issue 5). Run by tests/fuzz/run.py.
 
-Any raw request target either is refused with BadRequest, or is routed to the very route that a
+Any raw request target (query included) either is refused with BadRequest, or is routed to the very route that a
 permissive upstream reading of it (servlet `;`, IIS trailing dots, case folding, NFKC, dot
 segments) would serve. Nothing else may escape: another exception is a finding.
 """
@@ -33,7 +33,7 @@ def one_input(data: bytes) -> None:
         path = canonical_path(raw)
         route = TABLE.match(path, method)
         if route is not None:
-            subject_ids(route, path, {})
+            subject_ids(route, path, raw.partition("?")[2])  # raw, as the gateway reads it
     except BadRequest:
         return
     segments = path.split("/")[1:]
