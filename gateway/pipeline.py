@@ -15,7 +15,6 @@ Every failure inside 3-6 is a deny that is itself audited; nothing in that span 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import time
 import uuid
@@ -24,7 +23,7 @@ from typing import NoReturn
 
 from aiohttp import web
 
-from gateway.audit.events import COMPLETE, AccessEvent, Outcome, PermissionChange
+from gateway.audit.events import COMPLETE, AccessEvent, Outcome
 from gateway.audit.spool import Spool
 from gateway.authz import Decision, PolicyStore
 from gateway.break_glass import BreakGlass
@@ -199,34 +198,19 @@ class Pipeline:
         return await self._forward(request, ctx, event)
 
     async def _record_role_change(self, principal: Principal) -> None:
-        """9.2.7: a changed role set from the IdP is recorded before it is used (and before it
-        is remembered: if the record fails, the next request tries again)."""
+        """9.2.7: a changed role set from the IdP is recorded before it is used."""
         assert self._roles is not None
-        version = self._policies.engine.version
-
-        async def record(before: tuple[str, ...]) -> None:
-            key = (
-                f"{principal.user}|{','.join(before)}|{','.join(principal.roles)}"
-                f"|{int(principal.issued_at)}"
-            )
-            change = PermissionChange(
-                change_id=hashlib.sha256(key.encode()).hexdigest()[:32],
-                ts_us=time.time_ns() // 1000,
-                instance=self._instance,
-                actor=f"idp:{self._cfg.identity.issuer}",
-                change_kind="idp_roles_changed",
-                role=",".join(principal.roles),
-                user=principal.user,
-                rule_before="roles: " + ",".join(before),
-                rule_after="roles: " + ",".join(principal.roles),
-                policy_version_before=version,
-                policy_version_after=version,
-                reason="the role set in the employee's token changed",
-                source="idp",
-            )
+        before = self._roles.last(principal.user)
+        change = self._roles.observe(
+            principal.user, principal.roles, principal.issued_at, self._policies.engine.version
+        )
+        if change is None:
+            return
+        try:
             await self._spool.append(change.record())
-
-        await self._roles.track(principal.user, principal.roles, record)
+        except SpoolUnavailable:
+            self._roles.forget(principal.user, before)  # try again with the next request
+            raise
 
     async def _forward(
         self, request: web.Request, ctx: _Context, event: AccessEvent

@@ -8,7 +8,7 @@ user, both role sets and the token's ``iat``, so replicas that see the same toke
 change once in the store.
 
 Failing closed:
-- ``track()`` has the caller record the change *before* the new role set is remembered; if that
+- ``track()`` appends the change record *before* the new role set is remembered; if the append
   fails, nothing is remembered, the caller refuses the request and the next request tries again.
 - The baseline is written with ``fsutil.atomic_write`` (fsynced) in a worker thread, never on the
   event loop. Saving lazily is safe: a change recorded but not yet in the baseline is seen again
@@ -21,11 +21,14 @@ Failing closed:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from gateway.audit.events import PermissionChange
 from gateway.errors import GatewayError
 from gateway.fsutil import atomic_write
 from gateway.tasks import spawn
@@ -74,9 +77,6 @@ def load_baseline(path: Path) -> Baseline:
 
 
 class RoleTracker:
-    """The role set last seen per user, and its baseline file. Builds no records: the caller
-    (``track``'s ``record``) writes the change."""
-
     def __init__(
         self, directory: Path, *, instance: str, issuer: str, save_every: int = 100
     ) -> None:
@@ -98,32 +98,38 @@ class RoleTracker:
         self,
         user: str,
         roles: tuple[str, ...],
-        record: Callable[[tuple[str, ...]], Awaitable[None]],
-    ) -> bool:
-        """9.2.7, fail closed: if ``user``'s role set differs from the one last seen, await
-        ``record(before)`` (build the change and append it to the spool) and only then remember
-        the new set. Returns whether the set changed (a first sighting sets the baseline and
-        records nothing: nothing is known to have changed).
+        issued_at: float,
+        policy_version: str,
+        append: Callable[[bytes], Awaitable[None]],
+    ) -> PermissionChange | None:
+        """9.2.7, fail closed: if ``user``'s role set differs from the one last seen, append the
+        change's record with ``append`` (the spool) and only then remember the new set.
 
-        Whatever ``record`` raises propagates with nothing remembered: the caller refuses the
-        request, and the next request with the new set records the change again. Unlike
-        ``observe`` + ``forget``, no concurrent request sees the new set before it is recorded."""
+        Whatever ``append`` raises propagates with nothing remembered: the caller refuses the
+        request, and the next request with the new set tries to record the change again.
+        Returns the change recorded, or None (same set, or a user seen for the first time)."""
         before = self._roles.get(user)
         if before == roles:
-            return False
+            return None
+        change = None
         if before is not None:
-            await record(before)
+            change = self._change(user, before, roles, issued_at, policy_version)
+            await append(change.record())
         self._remember(user, roles)
-        return True
+        return change
 
-    def observe(self, user: str, roles: tuple[str, ...]) -> bool:
-        """Whether this sighting changes the role set remembered for ``user`` (then the new set
-        is remembered at once: the caller must ``forget`` it if the change cannot be recorded).
-        Prefer ``track``."""
-        if self._roles.get(user) == roles:
-            return False
+    def observe(
+        self, user: str, roles: tuple[str, ...], issued_at: float, policy_version: str
+    ) -> PermissionChange | None:
+        """The change this sighting reveals, if any; the new set is remembered at once (the
+        caller must ``forget`` it if the record cannot be written). Prefer ``track``."""
+        before = self._roles.get(user)
+        if before == roles:
+            return None
         self._remember(user, roles)
-        return True
+        if before is None:
+            return None
+        return self._change(user, before, roles, issued_at, policy_version)
 
     def forget(self, user: str, roles: tuple[str, ...] | None) -> None:
         """Undo an observation whose record could not be written (it is tried again next time)."""
@@ -179,6 +185,31 @@ class RoleTracker:
         """Write the baseline now, blocking (atomically, fsynced): not on a serving event loop."""
         atomic_write(self._path, _encode(self._roles))
         self._unsaved = 0
+
+    def _change(
+        self,
+        user: str,
+        before: tuple[str, ...],
+        roles: tuple[str, ...],
+        issued_at: float,
+        policy_version: str,
+    ) -> PermissionChange:
+        key = f"{user}|{','.join(before)}|{','.join(roles)}|{int(issued_at)}"
+        return PermissionChange(
+            change_id=hashlib.sha256(key.encode()).hexdigest()[:32],
+            ts_us=time.time_ns() // 1000,
+            instance=self._instance,
+            actor=f"idp:{self._issuer}",
+            change_kind="idp_roles_changed",
+            role=",".join(roles),
+            user=user,
+            rule_before="roles: " + ",".join(before),
+            rule_after="roles: " + ",".join(roles),
+            policy_version_before=policy_version,
+            policy_version_after=policy_version,
+            reason="the role set in the employee's token changed",
+            source="idp",
+        )
 
 
 def _encode(roles: Baseline) -> bytes:

@@ -3,7 +3,6 @@ atomically off the event loop, and a baseline that cannot be read stops start-up
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from pathlib import Path
@@ -63,50 +62,26 @@ def test_serve_refuses_to_start_on_a_corrupt_baseline_with_a_clear_message(
     assert "Traceback" not in out.stderr
 
 
-async def test_a_change_is_remembered_only_once_its_record_is_written(tmp_path: Path) -> None:
+async def test_a_change_is_remembered_only_once_its_record_is_appended(tmp_path: Path) -> None:
     roles = tracker(tmp_path)
-    recorded: list[tuple[str, ...]] = []
+    appended: list[bytes] = []
 
-    async def record(before: tuple[str, ...]) -> None:
-        recorded.append(before)
+    async def append(record: bytes) -> None:
+        appended.append(record)
 
-    async def broken(before: tuple[str, ...]) -> None:
+    async def broken(record: bytes) -> None:
         raise RuntimeError("the spool failed in a way nobody foresaw")
 
-    assert await roles.track("alice", ("hr_officer",), record) is True
-    assert recorded == []  # first sight: the baseline, nothing known to have changed
+    assert await roles.track("alice", ("hr_officer",), 1.0, "v1", append) is None
+    assert appended == []  # first sight: the baseline
     with pytest.raises(RuntimeError):
-        await roles.track("alice", ("dpo", "hr_officer"), broken)
+        await roles.track("alice", ("dpo", "hr_officer"), 2.0, "v1", broken)
     assert roles.last("alice") == ("hr_officer",)  # not remembered: the next request retries
-    assert await roles.track("alice", ("dpo", "hr_officer"), record) is True
-    assert recorded == [("hr_officer",)]
+    change = await roles.track("alice", ("dpo", "hr_officer"), 2.0, "v1", append)
+    assert change is not None and change.rule_before == "roles: hr_officer"
+    assert [json.loads(r)["change_id"] for r in appended] == [change.change_id]
     assert roles.last("alice") == ("dpo", "hr_officer")
-    assert await roles.track("alice", ("dpo", "hr_officer"), record) is False
-    assert recorded == [("hr_officer",)]
-
-
-async def test_while_a_change_is_being_recorded_other_requests_still_see_the_old_set(
-    tmp_path: Path,
-) -> None:
-    roles = tracker(tmp_path)
-    await roles.track("alice", ("hr_officer",), _unused)
-    release = asyncio.Event()
-    recorded: list[tuple[str, ...]] = []
-
-    async def slow(before: tuple[str, ...]) -> None:
-        await release.wait()  # an fsync in progress
-        recorded.append(before)
-
-    first = asyncio.ensure_future(roles.track("alice", ("dpo",), slow))
-    await asyncio.sleep(0.01)
-    assert roles.last("alice") == ("hr_officer",)  # not yet in force for anyone
-    release.set()
-    assert await first is True
-    assert roles.last("alice") == ("dpo",) and recorded == [("hr_officer",)]
-
-
-async def _unused(before: tuple[str, ...]) -> None:
-    raise AssertionError("nothing to record")
+    assert await roles.track("alice", ("dpo", "hr_officer"), 3.0, "v1", append) is None
 
 
 async def test_the_baseline_is_saved_atomically_in_a_worker_thread(
@@ -122,9 +97,12 @@ async def test_the_baseline_is_saved_atomically_in_a_worker_thread(
     monkeypatch.setattr(role_changes, "atomic_write", atomic_write)
     roles = tracker(tmp_path, save_every=2)
 
-    await roles.track("alice", ("hr_officer",), _unused)
-    await roles.track("bob", ("dpo",), _unused)  # the second: a save in the background
-    await roles.track("carol", ("dpo",), _unused)
+    async def append(record: bytes) -> None:
+        pass
+
+    await roles.track("alice", ("hr_officer",), 1.0, "v1", append)
+    await roles.track("bob", ("dpo",), 1.0, "v1", append)  # the second: a save in the background
+    await roles.track("carol", ("dpo",), 1.0, "v1", append)
     await roles.close()
     assert writers and threading.main_thread().name not in writers
     assert json.loads((tmp_path / STATE_FILE).read_text()) == {
