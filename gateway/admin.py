@@ -7,7 +7,7 @@ unexpected exception's 500 included, is JSON with the request id and no exceptio
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,7 +18,13 @@ from gateway.metrics import Metrics
 ReadinessCheck = Callable[[], dict[str, bool]]
 
 
-def build_admin_app(metrics: Metrics, readiness: ReadinessCheck) -> web.Application:
+def build_admin_app(
+    metrics: Metrics,
+    readiness: ReadinessCheck,
+    record_refusals: Callable[..., Awaitable[web.StreamResponse]] | None = None,
+) -> web.Application:
+    """``record_refusals``: a middleware inside the error boundary that records each refusal of
+    the admin APIs in the audit trail, as the proxy's are."""
     async def metrics_handler(request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -36,11 +42,8 @@ def build_admin_app(metrics: Metrics, readiness: ReadinessCheck) -> web.Applicat
             status=200 if ready else 503,
         )
 
-    app = web.Application(
-        middlewares=[
-            error_middleware(metrics=metrics, realm="pd-gateway-admin", route_label="admin")
-        ]
-    )
+    boundary = error_middleware(metrics=metrics, realm="pd-gateway-admin", route_label="admin")
+    app = web.Application(middlewares=[boundary, *([record_refusals] if record_refusals else [])])
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

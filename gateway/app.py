@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -22,6 +24,7 @@ from gateway import listeners, tls
 from gateway.access_rights import AccessRights
 from gateway.admin import build_admin_app
 from gateway.audit.checkpoint import Checkpointer, Signer
+from gateway.audit.events import COMPLETE, AccessEvent
 from gateway.audit.factory import open_store
 from gateway.audit.refusals import AnonymousRefusals
 from gateway.audit.shipper import Shipper, ShipperMetrics
@@ -32,9 +35,9 @@ from gateway.config import Config, StoreConfig
 from gateway.errors import AuthenticationError
 from gateway.identity import KeySet, Principal, TokenVerifier, file_fetcher, url_fetcher
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, error_middleware, expect_handler
-from gateway.policy_api import break_glass_handler, policy_put_handler
-from gateway.proxy import Forwarder
+from gateway.pipeline import REQUEST_ID, Pipeline, error_middleware, expect_handler
+from gateway.policy_api import AdminRefused, break_glass_handler, policy_put_handler
+from gateway.proxy import Forwarder, client_address
 from gateway.role_changes import RoleTracker
 from gateway.routing import RouteTable
 from gateway.tasks import spawn
@@ -132,7 +135,7 @@ def build(
     proxy_app.cleanup_ctx.append(_spool_ctx)
     proxy_app.cleanup_ctx.append(_pipeline_ctx)
     proxy_app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=expect_handler)
-    admin_app = build_admin_app(metrics, gw.readiness)
+    admin_app = build_admin_app(metrics, gw.readiness, _admin_refusals(gw))
 
     async def verify(token: str) -> Principal:
         if gw.verifier is None:
@@ -156,6 +159,56 @@ def build(
     admin_app.router.add_get("/checkpoint", _latest_checkpoint)
     admin_app[GATEWAY] = gw
     return proxy_app, admin_app
+
+
+_ADMIN_ACTIONS = {"PUT": "update", "POST": "create", "DELETE": "delete"}
+
+
+def _admin_refusals(gw: Gateway) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Record every refusal of the admin APIs like the proxy's (issue 8 §2): with a valid token,
+    an event naming the employee; without one, counted in the anonymous refusal summaries."""
+
+    @web.middleware
+    async def record(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except AdminRefused as e:
+            route = "admin:" + request.path.removeprefix("/admin/")
+            client = client_address(request, gw.cfg.proxy.trusted_proxies)
+            rid = request[REQUEST_ID]
+            if e.principal is None:
+                gw.anonymous.count(route, e.reason, e.status, client, rid)
+                raise
+            raw_path, _, query = request.raw_path.partition("?")
+            await gw.spool.append(
+                AccessEvent(
+                    event_id=uuid.uuid4().hex,
+                    ts_us=time.time_ns() // 1000,
+                    request_id=rid,
+                    user=e.principal.user,
+                    roles=list(e.principal.roles),
+                    client_ip=client,
+                    method=request.method,
+                    path=raw_path,
+                    query=query,
+                    route=route,
+                    system="pd-gateway",
+                    category="none",
+                    action=_ADMIN_ACTIONS.get(request.method, "read"),
+                    subject_ids=[],
+                    decision="deny",
+                    reason=e.reason,
+                    rule="",
+                    policy_version=gw.policies.engine.version,
+                    status=e.status,
+                    outcome=COMPLETE,
+                )
+            )
+            raise
+
+    return record
 
 
 async def _latest_checkpoint(request: web.Request) -> web.Response:

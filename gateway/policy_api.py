@@ -46,6 +46,7 @@ class AdminRefused(GatewayError):
         public_message: str,
         reason: str,
         details: dict[str, object] | None = None,
+        principal: Principal | None = None,
     ) -> None:
         super().__init__(reason)
         self.status = status
@@ -53,6 +54,7 @@ class AdminRefused(GatewayError):
         self.public_message = public_message
         self.reason = reason
         self.public_details = details
+        self.principal = principal  # who was refused, if a valid token came (for the trail)
 
 
 def _refuse(
@@ -70,7 +72,7 @@ def _refuse(
         "admin API request refused",
         extra={"path": request.path, "status": status, "reason": reason},
     )
-    raise AdminRefused(status, code, message, reason, details)
+    raise AdminRefused(status, code, message, reason, details, principal)
 
 
 async def _caller(

@@ -149,3 +149,36 @@ async def test_admin_refusals_use_the_one_error_shape_and_never_echo_an_exceptio
     )
     await _error(resp, 500, "internal_error")
     assert "internal detail" not in await resp.text()
+
+
+async def test_admin_refusals_are_recorded_like_the_proxys(
+    tmp_path: Any,
+    keys: Keys,
+    upstream: Upstream,
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+) -> None:
+    """Issue 8 §2: a 403 of the admin API names the employee in the trail; a 401 is counted in
+    the anonymous refusal summaries (decision 013)."""
+    from tests.conftest import spool_events, spool_records
+
+    data = config_dict(tmp_path, upstream.url, authz={"policy_admin_roles": ["security_officer"]})
+    cfg = config.load(write_config(tmp_path, data, keys))
+    proxy_app, admin_app = build(cfg, CollectorRegistry())
+    proxy = await aiohttp_client(proxy_app)  # opens the spool
+    admin = await aiohttp_client(admin_app)
+    hr = {"Authorization": f"Bearer {keys.token('alice', ['hr_officer'])}"}
+    body = {"policy": "p, x, hr, employee, read", "reason": "TICKET-1"}
+    forbidden = await admin.put("/admin/policy", json=body, headers=hr)
+    assert forbidden.status == 403
+    assert (await admin.put("/admin/policy", json=body)).status == 401
+    await proxy.app[GATEWAY].anonymous.flush()
+    (event,) = spool_events(cfg.audit.spool_dir)
+    assert (event["user"], event["route"], event["status"], event["reason"]) == (
+        "alice",
+        "admin:policy",
+        403,
+        "no_admin_role",
+    )
+    assert event["request_id"] == forbidden.headers["X-Request-Id"]
+    (summary,) = [r for r in spool_records(cfg.audit.spool_dir) if r["kind"] == "refusal_summary"]
+    assert (summary["route"], summary["status"], summary["count"]) == ("admin:policy", 401, 1)

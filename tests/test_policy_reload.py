@@ -184,6 +184,20 @@ async def test_replicas_reloading_the_same_change_record_it_once(
         ("rule_removed", "", "web_editor", "p, web_editor, site, site_visitor, delete", ""),
     ]
     assert all(len(r["instances"]) == 3 for r in rows)
+    # Each replica's chain is whole, and consistent with what it signed.
+    from gateway.audit.checkpoint import load_public_keys
+    from gateway.audit.verify import verify_store
+
+    keyring = load_public_keys(d / "checkpoint-key.pub" for d in dirs)
+    await asyncio.to_thread(
+        wait_for,
+        lambda: count(store, "chain_checkpoints") >= 3,
+        30,
+        "start-up checkpoints shipped",
+    )
+    report = verify_store(store, keyring)
+    assert report.ok, report.problems
+    assert sorted(i.instance for i in report.instances) == ["gw-a", "gw-b", "gw-c"]
     store.close()
 
 
