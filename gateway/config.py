@@ -52,6 +52,11 @@ ASYMMETRIC_ALGORITHMS = (
     "ES512",
 )
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+# Default listener ports. Not 9090 (Prometheus), 9093 (Alertmanager), 9100 (node exporter),
+# 3000 (Grafana), 8123/9000/9181 (ClickHouse) or 2181 (ZooKeeper): the stack the gateway ships
+# with runs beside it, often on the same host.
+PROXY_PORT = 8080
+ADMIN_PORT = 9470
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -406,10 +411,12 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
     instance_id = top.get("instance_id", str, socket.gethostname(), _name_check)
 
     listen = top.section("listen", required=False)
-    proxy_listen = _parse_listen(listen.section("proxy", required=False), 8080, (), resolve)
+    proxy_listen = _parse_listen(listen.section("proxy", required=False), PROXY_PORT, (), resolve)
     # SECURITY: the admin port defaults to loopback, and only loopback peers may connect;
     # exposing it is an explicit choice (host and allow).
-    admin_listen = _parse_listen(listen.section("admin", required=False), 9090, LOOPBACK, resolve)
+    admin_listen = _parse_listen(
+        listen.section("admin", required=False), ADMIN_PORT, LOOPBACK, resolve
+    )
     listen.finish()
 
     ident = top.section("identity")

@@ -27,6 +27,21 @@ def test_demo_config_is_valid_and_fills_defaults() -> None:
     }
 
 
+# Prometheus, Alertmanager, node exporter, Grafana, ClickHouse (HTTP, native, keeper), ZooKeeper.
+STACK_PORTS = {9090, 9093, 9100, 3000, 8123, 9000, 9181, 2181}
+
+
+def test_default_ports_do_not_collide_with_the_stack_the_gateway_ships_with(
+    tmp_path: Path, keys: Keys
+) -> None:
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    data.pop("listen", None)
+    cfg = config.load(write_config(tmp_path, data, keys))
+    demo = config.load(DEMO)
+    ports = {cfg.proxy_listen.port, cfg.admin_listen.port, demo.admin_listen.port}
+    assert cfg.admin_listen.port == demo.admin_listen.port == 9470
+    assert not ports & STACK_PORTS
+
 def test_every_problem_is_reported_at_once_with_line_and_key(tmp_path: Path, keys: Keys) -> None:
     data = config_dict(tmp_path, "http://127.0.0.1:1")
     data["identity"]["algorithms"] = ["HS256", "none"]
