@@ -149,3 +149,52 @@ def test_route_prefixes_that_differ_only_in_case_or_hold_ambiguous_forms_are_ref
     assert "routes.3.prefix: '/HR/Medical' overlaps routes.2" in problems
     assert "routes.4.prefix: must not contain ';'" in problems
     assert "routes.5.prefix: must not contain ';'" in problems
+
+
+def test_every_missing_referenced_file_is_reported_with_its_line_and_key(
+    tmp_path: Path, keys: Keys
+) -> None:
+    data = config_dict(tmp_path, "http://127.0.0.1:1", demo=True)
+    data["authz"] = {"model": "nope/model.conf", "policy": "nope/policy.csv"}
+    data["identity"]["demo_signing_key_file"] = "gone.pem"
+    data["identity"]["jwks_ca_file"] = "gone-ca.pem"
+    data["listen"] = {"proxy": {"tls": {"cert_file": "gw.pem", "key_file": "gw.key"}}}
+    data["upstreams"]["hr"] = {"url": "https://hr.internal", "ca_file": "org-ca.pem"}
+    data["store"] = {"kind": "clickhouse", "hosts": ["ch:9440"], "ca_file": str(tmp_path)}
+    path = write_config(tmp_path, data, keys)
+    (tmp_path / "jwks.json").unlink()
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    problems = info.value.problems
+    text = path.read_text().splitlines()
+    for key, name in [
+        ("authz.model", "nope/model.conf"),
+        ("authz.policy", "nope/policy.csv"),
+        ("identity.jwks_file", "jwks.json"),
+        ("identity.demo_signing_key_file", "gone.pem"),
+        ("identity.jwks_ca_file", "gone-ca.pem"),
+        ("listen.proxy.tls.cert_file", "gw.pem"),
+        ("listen.proxy.tls.key_file", "gw.key"),
+        ("upstreams.hr.ca_file", "org-ca.pem"),
+    ]:
+        problem = next((p for p in problems if f"{key}: file not found: " in p), None)
+        assert problem is not None, (key, problems)
+        assert problem.endswith(str(tmp_path / name)), problem
+        line = int(problem.split(":")[0].removeprefix("line "))
+        assert key.rpartition(".")[2] in text[line - 1], (key, text[line - 1])
+    assert any("store.ca_file: is a directory, not a file" in p for p in problems)
+    assert not any("cannot use for TLS" in p for p in problems)  # one message a file
+
+
+def test_config_check_cli_names_a_missing_policy_file(tmp_path: Path) -> None:
+    data = yaml.safe_load(DEMO.read_text())
+    for key in ("jwks_file", "demo_signing_key_file"):
+        data["identity"][key] = str(DEMO.parent / data["identity"][key])
+    data["authz"] = {"model": str(ROOT / "policies/model.conf"), "policy": "policy.csv"}
+    data["audit"]["spool_dir"] = str(tmp_path / "spool")
+    data["store"]["path"] = str(tmp_path / "chdb")
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = run_cli("config", "check", str(path))
+    assert out.returncode == 2
+    assert f"authz.policy: file not found: {tmp_path / 'policy.csv'}" in out.stderr
