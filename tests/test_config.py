@@ -42,6 +42,7 @@ def test_default_ports_do_not_collide_with_the_stack_the_gateway_ships_with(
     assert cfg.admin_listen.port == demo.admin_listen.port == 9470
     assert not ports & STACK_PORTS
 
+
 def test_every_problem_is_reported_at_once_with_line_and_key(tmp_path: Path, keys: Keys) -> None:
     data = config_dict(tmp_path, "http://127.0.0.1:1")
     data["identity"]["algorithms"] = ["HS256", "none"]
