@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 
 from tests.conftest import HandlerUpstream, Keys, Upstream, spool_events
@@ -245,4 +246,27 @@ async def test_a_second_gateway_on_the_same_spool_exits_with_a_one_line_message(
     assert message == [
         f"pd-gateway: {tmp_path / 'gateway.yaml'}: audit.spool_dir {gp.spool} is in use by "
         "another gateway or replay; stop it or give this instance its own spool_dir"
+    ]
+
+
+async def test_a_second_gateway_on_the_same_ports_exits_with_a_one_line_message(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    with run_gateway(tmp_path, keys, upstream.url) as gp:
+        data = yaml.safe_load((tmp_path / "gateway.yaml").read_text())
+        data["audit"]["spool_dir"] = str(tmp_path / "other-spool")
+        other = tmp_path / "other.yaml"
+        other.write_text(yaml.safe_dump(data))
+        second = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(other)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert gp.proc.poll() is None
+    assert second.returncode == 1
+    message = [line for line in second.stderr.splitlines() if not line.startswith("{")]
+    proxy, admin = data["listen"]["proxy"]["port"], data["listen"]["admin"]["port"]
+    assert message == [
+        f"pd-gateway: {other}: port {proxy} (listen.proxy) or {admin} (listen.admin) is already in use"
     ]
