@@ -662,8 +662,10 @@ def _parse_store(top: _Section, resolve: Resolve, problems: _Problems) -> StoreC
     if password_file is not None and password_env is not None:
         problems.add(st.key("password_file"), "give password_file or password_env, not both")
     elif password_file is not None:
+        path_of_password = _file(st, "password_file", resolve(password_file)) or Path()
         try:
-            password = (resolve(password_file) or Path()).read_text().strip()
+            if path_of_password.is_file():
+                password = path_of_password.read_text().strip()
         except OSError as e:
             problems.add(st.key("password_file"), f"cannot read: {e.strerror}")
     elif password_env is not None:

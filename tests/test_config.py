@@ -162,6 +162,7 @@ def test_every_missing_referenced_file_is_reported_with_its_line_and_key(
     data["listen"] = {"proxy": {"tls": {"cert_file": "gw.pem", "key_file": "gw.key"}}}
     data["upstreams"]["hr"] = {"url": "https://hr.internal", "ca_file": "org-ca.pem"}
     data["store"] = {"kind": "clickhouse", "hosts": ["ch:9440"], "ca_file": str(tmp_path)}
+    data["store"]["password_file"] = "ch-password"
     path = write_config(tmp_path, data, keys)
     (tmp_path / "jwks.json").unlink()
     with pytest.raises(ConfigError) as info:
@@ -177,6 +178,7 @@ def test_every_missing_referenced_file_is_reported_with_its_line_and_key(
         ("listen.proxy.tls.cert_file", "gw.pem"),
         ("listen.proxy.tls.key_file", "gw.key"),
         ("upstreams.hr.ca_file", "org-ca.pem"),
+        ("store.password_file", "ch-password"),
     ]:
         problem = next((p for p in problems if f"{key}: file not found: " in p), None)
         assert problem is not None, (key, problems)
