@@ -25,6 +25,7 @@ def build_admin_app(
 ) -> web.Application:
     """``record_refusals``: a middleware inside the error boundary that records each refusal of
     the admin APIs in the audit trail, as the proxy's are."""
+
     async def metrics_handler(request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -52,6 +52,11 @@ ASYMMETRIC_ALGORITHMS = (
     "ES512",
 )
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+# Default listener ports. Not 9090 (Prometheus), 9093 (Alertmanager), 9100 (node exporter),
+# 3000 (Grafana), 8123/9000/9181 (ClickHouse) or 2181 (ZooKeeper): the stack the gateway ships
+# with runs beside it, often on the same host.
+PROXY_PORT = 8080
+ADMIN_PORT = 9470
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -418,10 +423,12 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
     instance_id = top.get("instance_id", str, socket.gethostname(), _name_check)
 
     listen = top.section("listen", required=False)
-    proxy_listen = _parse_listen(listen.section("proxy", required=False), 8080, (), resolve)
+    proxy_listen = _parse_listen(listen.section("proxy", required=False), PROXY_PORT, (), resolve)
     # SECURITY: the admin port defaults to loopback, and only loopback peers may connect;
     # exposing it is an explicit choice (host and allow).
-    admin_listen = _parse_listen(listen.section("admin", required=False), 9090, LOOPBACK, resolve)
+    admin_listen = _parse_listen(
+        listen.section("admin", required=False), ADMIN_PORT, LOOPBACK, resolve
+    )
     listen.finish()
 
     ident = top.section("identity")
@@ -436,8 +443,8 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
                     f"{alg!r} is not allowed; use one of {', '.join(ASYMMETRIC_ALGORITHMS)}",
                 )
     jwks_url = ident.get("jwks_url", str, None, _http_url)
-    jwks_ca_file = resolve(ident.get("jwks_ca_file", str, None))
-    if jwks_ca_file is not None:
+    jwks_ca_file = _file(ident, "jwks_ca_file", resolve(ident.get("jwks_ca_file", str, None)))
+    if jwks_ca_file is not None and jwks_ca_file.is_file():
         _check_tls(ident, "jwks_ca_file", lambda: tls.client_context(jwks_ca_file))
     jwks_file = ident.get("jwks_file", str, None)
     if (jwks_url is None) == (jwks_file is None):
@@ -447,7 +454,7 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         audience=ident.get("audience", str),
         algorithms=tuple(algorithms or ()),
         jwks_url=jwks_url,
-        jwks_file=resolve(jwks_file),
+        jwks_file=_file(ident, "jwks_file", resolve(jwks_file)),
         clock_skew_seconds=ident.get("clock_skew_seconds", int, 30, _non_negative),
         user_claim=ident.get("user_claim", str, "sub"),
         roles_claim=ident.get("roles_claim", str, "roles"),
@@ -456,7 +463,9 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         ),
         jwks_cache_seconds=ident.get("jwks_cache_seconds", float, 300.0, _positive),
         token_cache_size=ident.get("token_cache_size", int, 50_000, _positive),
-        demo_signing_key_file=resolve(ident.get("demo_signing_key_file", str, None)),
+        demo_signing_key_file=_file(
+            ident, "demo_signing_key_file", resolve(ident.get("demo_signing_key_file", str, None))
+        ),
         jwks_ca_file=jwks_ca_file,
     )
     if identity.demo_signing_key_file is not None and not demo:
@@ -467,8 +476,8 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
 
     az = top.section("authz")
     authz = AuthzConfig(
-        model=resolve(az.get("model", str)) or Path(),
-        policy=resolve(az.get("policy", str)) or Path(),
+        model=_file(az, "model", resolve(az.get("model", str))) or Path(),
+        policy=_file(az, "policy", resolve(az.get("policy", str))) or Path(),
         decision_cache_size=az.get("decision_cache_size", int, 100_000, _positive),
         watch_interval_seconds=az.get("watch_interval_seconds", float, 2.0, _non_negative),
         policy_admin_roles=tuple(str(r) for r in az.get("policy_admin_roles", list, [])),
@@ -490,7 +499,9 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         anonymous_window_seconds=au.get("anonymous_window_seconds", float, 60.0, _positive),
         anonymous_max_keys=au.get("anonymous_max_keys", int, 1000, _positive),
     )
-    if audit.checkpoint_key_file != Path():
+    if audit.checkpoint_key_file != Path() and _files(
+        au, {"checkpoint_key_file": audit.checkpoint_key_file}
+    ):
         _check_signing_key(au, audit.checkpoint_key_file)
     au.finish()
     store = _parse_store(top, resolve, problems)
@@ -586,6 +597,8 @@ def _parse_listener_tls(sec: _Section, resolve: Resolve) -> ListenerTLS | None:
     t.finish()
     if cert is None or key is None:
         return None
+    if not _files(t, {"cert_file": cert, "key_file": key, "client_ca_file": client_ca}):
+        return ListenerTLS(cert, key, client_ca)
     _check_tls(t, "cert_file", lambda: tls.server_context(cert, key))
     if client_ca is not None:
         _check_tls(t, "client_ca_file", lambda: tls.server_context(cert, key, client_ca))
@@ -611,6 +624,8 @@ def _parse_upstream(
         return url, None
     if url is not None and not url.startswith("https://"):
         u.problems.add(u.key("url"), "must be https:// when TLS files are given")
+    if not _files(u, {"ca_file": ca, "client_cert_file": cert, "client_key_file": key}):
+        return url, UpstreamTLS(ca, cert, key)
     _check_tls(
         u, "ca_file" if ca else "client_cert_file", lambda: tls.client_context(ca, cert, key)
     )
@@ -630,6 +645,22 @@ def _check_signing_key(sec: _Section, path: Path) -> None:
             sec.key("checkpoint_key_file"),
             f"{path} is not a readable Ed25519 private key (make one: pd-gateway audit keygen)",
         )
+
+
+def _file(sec: _Section, key: str, path: Path | None) -> Path | None:
+    """A file the config refers to must exist now: `serve` would otherwise fail later (or never
+    become ready) with an error that does not say which key named it."""
+    if path is not None and not path.is_file():
+        reason = "is a directory, not a file" if path.is_dir() else "file not found"
+        sec.problems.add(sec.key(key), f"{reason}: {path}")
+    return path
+
+
+def _files(sec: _Section, paths: Mapping[str, Path | None]) -> bool:
+    """Check several referenced files, each under its own key; True when all present exist."""
+    for key, path in paths.items():
+        _file(sec, key, path)
+    return all(p is None or p.is_file() for p in paths.values())
 
 
 def _check_tls(sec: _Section, key: str, build: Callable[[], object]) -> None:
@@ -667,8 +698,10 @@ def _parse_store(top: _Section, resolve: Resolve, problems: _Problems) -> StoreC
     if password_file is not None and password_env is not None:
         problems.add(st.key("password_file"), "give password_file or password_env, not both")
     elif password_file is not None:
+        path_of_password = _file(st, "password_file", resolve(password_file)) or Path()
         try:
-            password = (resolve(password_file) or Path()).read_text().strip()
+            if path_of_password.is_file():
+                password = path_of_password.read_text().strip()
         except OSError as e:
             problems.add(st.key("password_file"), f"cannot read: {e.strerror}")
     elif password_env is not None:
@@ -684,7 +717,7 @@ def _parse_store(top: _Section, resolve: Resolve, problems: _Problems) -> StoreC
         user=st.get("user", str, "default"),
         password=Secret(password),
         secure=st.get("secure", bool, False),
-        ca_file=resolve(st.get("ca_file", str, None)),
+        ca_file=_file(st, "ca_file", resolve(st.get("ca_file", str, None))),
         connect_timeout_seconds=st.get("connect_timeout_seconds", float, 5.0, _positive),
         send_receive_timeout_seconds=st.get("send_receive_timeout_seconds", float, 30.0, _positive),
         cluster=st.get("cluster", str, None, _identifier),

@@ -1,15 +1,38 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and benchmarks run for real: promtool (prometheus),
 # wrk (load generator), clickhouse-server (the real server the audit-store fault tests start on
-# loopback; the package does not start a service). Idempotent; a no-op when they are present.
+# loopback), docker-compose (`docker-compose config` validates deploy/compose; no engine needed).
+# Idempotent; a no-op when they are present.
+#
+# No host service is started. Debian's `prometheus` package would start a server on :9090 (and
+# its recommended node exporter on :9100) on a host with systemd or sysvinit; the tests only
+# need promtool. So, for the duration of the install, a policy-rc.d that denies every start
+# (exit 101: "action forbidden"; invoke-rc.d and deb-systemd-invoke both honour it) is put in
+# place unless the host already has one, recommends are not installed, and afterwards the
+# units the install enabled are disabled so they do not start at the next boot either.
 set -euo pipefail
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 [ -x /usr/sbin/clickhouse-server ] || command -v clickhouse-server >/dev/null 2>&1 || need+=(clickhouse-server clickhouse-client)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 echo "installing Debian packages: ${need[*]}" >&2
+
+POLICY=/usr/sbin/policy-rc.d
+if [ ! -e "$POLICY" ]; then
+  printf '#!/bin/sh\n# pd-gateway scripts/system-deps.sh: no service starts during this install\nexit 101\n' \
+    | $SUDO tee "$POLICY" >/dev/null
+  $SUDO chmod 755 "$POLICY"
+  trap '$SUDO rm -f "$POLICY"' EXIT
+fi
 $SUDO apt-get update -q >/dev/null
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+  for unit in prometheus clickhouse-server; do  # only what this run installed
+    [[ " ${need[*]} " == *" $unit "* ]] || continue
+    $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true
+  done
+fi

@@ -1,13 +1,16 @@
-"""`pd-gateway token` and `pd-gateway audit tail`."""
+"""`pd-gateway token`, `pd-gateway audit tail`, `--version` and the help of every option."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import json
 from pathlib import Path
 
 import yaml
 from jose import jwt
 
+from gateway.cli import build_parser
 from tests.conftest import ROOT, Gw, Keys, anonymous_refusals, run_cli
 
 DEMO = ROOT / "deploy" / "local" / "gateway.yaml"
@@ -66,3 +69,24 @@ async def test_audit_tail_shows_the_joined_events(gw: Gw, keys: Keys) -> None:
 def test_audit_tail_reports_a_missing_spool() -> None:
     out = run_cli("audit", "tail", "--spool", "/nonexistent/spool")
     assert out.returncode == 2 and "/nonexistent/spool" in out.stderr
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    out = run_cli("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"pd-gateway {importlib.metadata.version('pd-gateway')}"
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    missing: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not action.help or not action.help.strip():
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "pd-gateway")
+    assert missing == []

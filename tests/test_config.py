@@ -27,6 +27,22 @@ def test_demo_config_is_valid_and_fills_defaults() -> None:
     }
 
 
+# Prometheus, Alertmanager, node exporter, Grafana, ClickHouse (HTTP, native, keeper), ZooKeeper.
+STACK_PORTS = {9090, 9093, 9100, 3000, 8123, 9000, 9181, 2181}
+
+
+def test_default_ports_do_not_collide_with_the_stack_the_gateway_ships_with(
+    tmp_path: Path, keys: Keys
+) -> None:
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    data.pop("listen", None)
+    cfg = config.load(write_config(tmp_path, data, keys))
+    demo = config.load(DEMO)
+    ports = {cfg.proxy_listen.port, cfg.admin_listen.port, demo.admin_listen.port}
+    assert cfg.admin_listen.port == demo.admin_listen.port == 9470
+    assert not ports & STACK_PORTS
+
+
 def test_every_problem_is_reported_at_once_with_line_and_key(tmp_path: Path, keys: Keys) -> None:
     data = config_dict(tmp_path, "http://127.0.0.1:1")
     data["identity"]["algorithms"] = ["HS256", "none"]
@@ -156,3 +172,55 @@ def test_method_overrides_and_stripped_headers_are_validated_with_their_key(
     cfg = config.load(write_config(tmp_path, data, keys))
     assert cfg.proxy.strip_headers == frozenset({"x-tenant"})
     assert cfg.routes[0].method_override == frozenset({"header", "query"})
+
+
+def test_every_missing_referenced_file_is_reported_with_its_line_and_key(
+    tmp_path: Path, keys: Keys
+) -> None:
+    data = config_dict(tmp_path, "http://127.0.0.1:1", demo=True)
+    data["authz"] = {"model": "nope/model.conf", "policy": "nope/policy.csv"}
+    data["identity"]["demo_signing_key_file"] = "gone.pem"
+    data["identity"]["jwks_ca_file"] = "gone-ca.pem"
+    data["listen"] = {"proxy": {"tls": {"cert_file": "gw.pem", "key_file": "gw.key"}}}
+    data["upstreams"]["hr"] = {"url": "https://hr.internal", "ca_file": "org-ca.pem"}
+    data["store"] = {"kind": "clickhouse", "hosts": ["ch:9440"], "ca_file": str(tmp_path)}
+    data["store"]["password_file"] = "ch-password"
+    path = write_config(tmp_path, data, keys)
+    (tmp_path / "jwks.json").unlink()
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    problems = info.value.problems
+    text = path.read_text().splitlines()
+    for key, name in [
+        ("authz.model", "nope/model.conf"),
+        ("authz.policy", "nope/policy.csv"),
+        ("identity.jwks_file", "jwks.json"),
+        ("identity.demo_signing_key_file", "gone.pem"),
+        ("identity.jwks_ca_file", "gone-ca.pem"),
+        ("listen.proxy.tls.cert_file", "gw.pem"),
+        ("listen.proxy.tls.key_file", "gw.key"),
+        ("upstreams.hr.ca_file", "org-ca.pem"),
+        ("store.password_file", "ch-password"),
+    ]:
+        problem = next((p for p in problems if f"{key}: file not found: " in p), None)
+        assert problem is not None, (key, problems)
+        assert problem.endswith(str(tmp_path / name)), problem
+        line = int(problem.split(":")[0].removeprefix("line "))
+        assert key.rpartition(".")[2] in text[line - 1], (key, text[line - 1])
+    assert any("store.ca_file: is a directory, not a file" in p for p in problems)
+    assert not any("cannot use for TLS" in p for p in problems)  # one message a file
+
+
+def test_config_check_cli_names_a_missing_policy_file(tmp_path: Path) -> None:
+    data = yaml.safe_load(DEMO.read_text())
+    for key in ("jwks_file", "demo_signing_key_file"):
+        data["identity"][key] = str(DEMO.parent / data["identity"][key])
+    data["authz"] = {"model": str(ROOT / "policies/model.conf"), "policy": "policy.csv"}
+    data["audit"]["spool_dir"] = str(tmp_path / "spool")
+    data["audit"]["checkpoint_key_file"] = str(DEMO.parent / data["audit"]["checkpoint_key_file"])
+    data["store"]["path"] = str(tmp_path / "chdb")
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = run_cli("config", "check", str(path))
+    assert out.returncode == 2
+    assert f"authz.policy: file not found: {tmp_path / 'policy.csv'}" in out.stderr

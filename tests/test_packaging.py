@@ -27,3 +27,11 @@ def test_the_lock_pins_every_declared_dependency_within_its_declared_range() -> 
         assert req.specifier.contains(pins[name], prereleases=True), (
             f"{req.name}=={pins[name]} is outside {req.specifier}: run `make lock`"
         )
+
+
+def test_the_license_file_is_the_license_pyproject_declares() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text  # the full text, not a stub

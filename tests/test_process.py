@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import resource
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 
 from tests.conftest import HandlerUpstream, Keys, Upstream, chained_seqs, spool_events
@@ -219,3 +222,52 @@ async def test_tls_on_the_proxy_listener_in_the_real_process(
             assert r.status == 200
     (seen,) = upstream.seen
     assert seen.headers["x-forwarded-proto"] == ["https"]
+
+
+@pytest.mark.parametrize("store", [False, True], ids=["spool-only", "with-store"])
+async def test_a_second_gateway_on_the_same_spool_exits_with_a_one_line_message(
+    tmp_path: Path, keys: Keys, upstream: Upstream, store: bool
+) -> None:
+    """The writer lock (spool) or the shipper lock (store configured) is taken at start-up: the
+    second instance names the directory, exits 1 and prints no traceback."""
+    overrides: dict[str, object] = {}
+    if store:
+        overrides["store"] = {"kind": "embedded", "path": str(tmp_path / "chdb")}
+    with run_gateway(tmp_path, keys, upstream.url, **overrides) as gp:
+        second = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "gateway.yaml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert gp.proc.poll() is None  # the first one keeps serving
+    assert second.returncode == 1
+    assert "Traceback" not in second.stderr
+    message = [line for line in second.stderr.splitlines() if not line.startswith("{")]
+    assert message == [
+        f"pd-gateway: {tmp_path / 'gateway.yaml'}: audit.spool_dir {gp.spool} is in use by "
+        "another gateway or replay; stop it or give this instance its own spool_dir"
+    ]
+
+
+async def test_a_second_gateway_on_the_same_ports_exits_with_a_one_line_message(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    with run_gateway(tmp_path, keys, upstream.url) as gp:
+        data = yaml.safe_load((tmp_path / "gateway.yaml").read_text())
+        data["audit"]["spool_dir"] = str(tmp_path / "other-spool")
+        other = tmp_path / "other.yaml"
+        other.write_text(yaml.safe_dump(data))
+        second = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(other)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert gp.proc.poll() is None
+    assert second.returncode == 1
+    message = [line for line in second.stderr.splitlines() if not line.startswith("{")]
+    proxy, admin = data["listen"]["proxy"]["port"], data["listen"]["admin"]["port"]
+    assert message == [
+        f"pd-gateway: {other}: port {proxy} (listen.proxy) or {admin} (listen.admin) is already in use"
+    ]

@@ -170,7 +170,8 @@ def test_tls_files_that_cannot_be_used_are_config_problems_naming_the_key(
     assert "listen.proxy.tls.cert_file: cannot use for TLS" in problems
     assert "upstreams.crm.url: must be https:// when TLS files are given" in problems
     assert "upstreams.site.client_cert_file: give client_cert_file and client_key_file" in problems
-    assert "identity.jwks_ca_file: cannot use for TLS" in problems
+    # A missing file is named as such (with its path), not as a TLS failure.
+    assert f"identity.jwks_ca_file: file not found: {tmp_path / 'missing.pem'}" in problems
 
 
 def test_client_contexts_refuse_old_protocols_and_verify_names() -> None:

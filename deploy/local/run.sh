@@ -1,22 +1,45 @@
 #!/usr/bin/env bash
 # `make run`: the demo upstream and the gateway, with what a newcomer needs printed first.
+#
+# Both run in the background and this script waits for them. SIGTERM (make forwards it to us)
+# or SIGINT (Ctrl-C) stops the gateway first — it drains in-flight requests and flushes its
+# spool — then the upstream, and waits for both: nothing outlives the demo, and the gateway
+# never runs on answering 502 for an upstream that is gone. If either child exits on its own,
+# the other is stopped too and the script exits with the first one's status.
+# PD_GATEWAY_CONFIG and DEMO_UPSTREAM_PORT override the defaults (the tests use free ports).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=.venv/bin
-CONFIG=deploy/local/gateway.yaml
+CONFIG=${PD_GATEWAY_CONFIG:-deploy/local/gateway.yaml}
+UPSTREAM_PORT=${DEMO_UPSTREAM_PORT:-8081}
+GATEWAY=""
+UPSTREAM=""
 
-$BIN/python deploy/local/demo_upstream.py --port 8081 &
+stop() {
+  trap - TERM INT EXIT
+  local pid
+  for pid in $GATEWAY $UPSTREAM; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in $GATEWAY $UPSTREAM; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap 'stop; exit 143' TERM
+trap 'stop; exit 130' INT
+trap stop EXIT
+
+$BIN/python deploy/local/demo_upstream.py --port "$UPSTREAM_PORT" &
 UPSTREAM=$!
-trap 'kill $UPSTREAM 2>/dev/null || true' EXIT
 
-ALICE=$($BIN/pd-gateway token --sub alice --roles hr_officer --config $CONFIG --ttl 28800)
+ALICE=$($BIN/pd-gateway token --sub alice --roles hr_officer --config "$CONFIG" --ttl 28800)
 cat <<INFO
 
   pd-gateway demo  (DEMO keys — never use them outside this machine)
   ───────────────
   proxy    http://127.0.0.1:8080   (staff apps talk to this)
-  admin    http://127.0.0.1:9090   /metrics /healthz /readyz
-  upstream http://127.0.0.1:8081   demo HR / CRM / website back office, synthetic data
+  admin    http://127.0.0.1:9470   /metrics /healthz /readyz
+  upstream http://127.0.0.1:$UPSTREAM_PORT   demo HR / CRM / website back office, synthetic data
   spool    var/spool                audit trail: $BIN/pd-gateway audit tail --spool var/spool
 
   Demo users (job functions, 4.4) — mint a token for any of them:
@@ -27,5 +50,14 @@ cat <<INFO
   Try it (alice is an HR officer; this token is valid for 8 hours):
     curl -s -H "Authorization: Bearer $ALICE" http://127.0.0.1:8080/hr/medical/1001
 
+  Stop with Ctrl-C (or SIGTERM): the gateway drains and flushes its spool, then the upstream stops.
+
 INFO
-$BIN/pd-gateway serve --config $CONFIG
+$BIN/pd-gateway serve --config "$CONFIG" &
+GATEWAY=$!
+
+# Whichever child ends first ends the demo. `wait -n` returns early when a trapped signal arrives.
+status=0
+wait -n "$GATEWAY" "$UPSTREAM" || status=$?
+stop
+exit "$status"

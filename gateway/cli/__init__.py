@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from gateway.cli import (
     audit_cmd,
@@ -18,8 +19,12 @@ from gateway.cli import (
 from gateway.errors import ConfigError, GatewayError, PolicyError
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and option; tests walk it (each option has help)."""
     parser = argparse.ArgumentParser(prog="pd-gateway", description=__doc__)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve_cmd.register(sub)
     config_cmd.register(sub)
@@ -28,7 +33,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify_cmd.register(audit_sub)
     token_cmd.register(sub)
     policy_cmd.register(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _version() -> str:
+    try:
+        return version("pd-gateway")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         code: int = args.run(args)
     except ConfigError as e:

@@ -13,13 +13,13 @@ def register(sub: Any) -> None:
     c = sub.add_parser("config", help="configuration commands")
     csub = c.add_subparsers(dest="config_command", required=True)
     check = csub.add_parser("check", help="validate a config; --json prints the effective config")
-    check.add_argument("file")
+    check.add_argument("file", help="the gateway YAML config to validate")
     check.add_argument("--json", action="store_true", help="print the effective configuration")
     check.set_defaults(run=run_check)
 
     r = sub.add_parser("routes", help="print the route table")
-    r.add_argument("--config", required=True)
-    r.add_argument("--json", action="store_true")
+    r.add_argument("--config", required=True, help="gateway YAML config")
+    r.add_argument("--json", action="store_true", help="print the routes as JSON")
     r.set_defaults(run=run_routes)
 
 

@@ -37,18 +37,20 @@ def register(sub: Any) -> None:
     t.set_defaults(run=run_test)
 
     e = psub.add_parser("explain", help="route, resource, action, decision and the deciding rule")
-    e.add_argument("--config", required=True)
-    e.add_argument("--user", required=True)
-    e.add_argument("--roles", default="")
-    e.add_argument("--method", default="GET")
-    e.add_argument("--path", required=True)
+    e.add_argument("--config", required=True, help="gateway YAML config (routes, policy files)")
+    e.add_argument("--user", required=True, help="the employee's user id")
+    e.add_argument("--roles", default="", help="comma-separated job functions")
+    e.add_argument("--method", default="GET", help="HTTP method (default GET)")
+    e.add_argument("--path", required=True, help="request path, optionally with ?query")
     e.set_defaults(run=run_explain)
 
     d = psub.add_parser("diff", help="the effective access delta between two policy files")
-    d.add_argument("old")
-    d.add_argument("new")
-    d.add_argument("--model", default=f"{DEFAULT_DIR}/model.conf")
-    d.add_argument("--json", action="store_true")
+    d.add_argument("old", help="the policy.csv in force")
+    d.add_argument("new", help="the proposed policy.csv")
+    d.add_argument(
+        "--model", default=f"{DEFAULT_DIR}/model.conf", help="Casbin model (default %(default)s)"
+    )
+    d.add_argument("--json", action="store_true", help="gains and losses as JSON")
     d.add_argument(
         "--config", help="show only the system/category/purpose combinations routes serve"
     )
@@ -56,7 +58,9 @@ def register(sub: Any) -> None:
 
     r = psub.add_parser("roster", help="who may access each personal-data category (9.2.3, 9.3.12)")
     common(r)
-    r.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    r.add_argument(
+        "--format", choices=["table", "csv", "json"], default="table", help="output format"
+    )
     r.add_argument(
         "--config", help="list only the system/category/purpose combinations routes serve"
     )

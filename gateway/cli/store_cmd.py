@@ -24,32 +24,38 @@ def register(sub: Any, audit_sub: Any) -> None:
     c = sub.add_parser("clickhouse", help="audit store commands")
     csub = c.add_subparsers(dest="clickhouse_command", required=True)
     init = csub.add_parser("init", help="create or migrate the audit schema (idempotent)")
-    init.add_argument("--config", required=True)
+    init.add_argument("--config", required=True, help="config whose `store` section is used")
     init.add_argument("--cluster", help="emit ON CLUSTER DDL with Replicated/Distributed tables")
     init.set_defaults(run=run_init)
     ddl = csub.add_parser("ddl", help="print the schema DDL without connecting")
-    ddl.add_argument("--database", default="pd_audit")
-    ddl.add_argument("--cluster")
+    ddl.add_argument("--database", default="pd_audit", help="database name (default pd_audit)")
+    ddl.add_argument("--cluster", help="emit ON CLUSTER DDL for this cluster")
     ddl.add_argument("--server-version", default="24.8", help="picks modern or legacy types")
     ddl.set_defaults(run=run_ddl)
     ret = csub.add_parser("retention", help="drop audit partitions older than the retention period")
-    ret.add_argument("--config", required=True)
-    ret.add_argument("--keep-days", type=int, required=True)
-    ret.add_argument("--dry-run", action="store_true")
+    ret.add_argument("--config", required=True, help="config whose `store` section is used")
+    ret.add_argument(
+        "--keep-days", type=int, required=True, help="keep partitions newer than this many days"
+    )
+    ret.add_argument("--dry-run", action="store_true", help="list what would be dropped")
     ret.add_argument("--actor", default=None, help="who ordered it (default: the OS user)")
-    ret.add_argument("--reason", default="retention period ended (4.7-4.9)")
+    ret.add_argument(
+        "--reason",
+        default="retention period ended (4.7-4.9)",
+        help="recorded with each dropped partition (7.3)",
+    )
     ret.set_defaults(run=run_retention)
 
     sj = audit_sub.add_parser("subject", help="every access that touched one data subject (6.1.1)")
-    sj.add_argument("--config", required=True)
+    sj.add_argument("--config", required=True, help="config whose `store` section is used")
     sj.add_argument("--id", required=True, help="the subject id as routes extract it")
-    sj.add_argument("--json", action="store_true")
+    sj.add_argument("--json", action="store_true", help="one JSON object per line")
     sj.set_defaults(run=run_subject)
 
     rp = audit_sub.add_parser(
         "replay", help="ship a spool directory to the store (e.g. a dead instance's)"
     )
-    rp.add_argument("--spool", required=True)
+    rp.add_argument("--spool", required=True, help="the spool directory to ship")
     rp.add_argument("--config", required=True, help="config whose `store` section is used")
     rp.set_defaults(run=run_replay)
 

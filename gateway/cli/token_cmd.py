@@ -21,7 +21,7 @@ def register(sub: Any) -> None:
     t = sub.add_parser("token", help="mint a demo token (demo configs only)")
     t.add_argument("--sub", required=True, help="the employee's user id")
     t.add_argument("--roles", default="", help="comma-separated job functions")
-    t.add_argument("--config", required=True)
+    t.add_argument("--config", required=True, help="a demo gateway config (demo: true)")
     t.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
     t.set_defaults(run=run)
 

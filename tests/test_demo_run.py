@@ -1,0 +1,91 @@
+"""`make run` (deploy/local/run.sh) as a process: a signal stops both children, none is orphaned."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.audit.chserver import free_port
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+LOCAL = ROOT / "deploy" / "local"
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # ppid
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "run.sh ended early"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} never became ready")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_demo_stops_the_gateway_and_the_upstream(tmp_path: Path, sig: int) -> None:
+    upstream_port, proxy_port, admin_port = free_port(), free_port(), free_port()
+    data = yaml.safe_load((LOCAL / "gateway.yaml").read_text())
+    for key in ("jwks_file", "demo_signing_key_file"):
+        data["identity"][key] = str(LOCAL / data["identity"][key])
+    data["authz"] = {k: str(ROOT / "policies" / Path(v).name) for k, v in data["authz"].items()}
+    data["audit"]["spool_dir"] = str(tmp_path / "spool")
+    data["audit"]["checkpoint_key_file"] = str(LOCAL / data["audit"]["checkpoint_key_file"])
+    del data["store"]  # chdb is not what this is about, and it is slow to load
+    data["listen"]["proxy"]["port"] = proxy_port
+    data["listen"]["admin"]["port"] = admin_port
+    data["upstreams"] = {k: f"http://127.0.0.1:{upstream_port}" for k in data["upstreams"]}
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(data))
+    env = {
+        **os.environ,
+        "PD_GATEWAY_CONFIG": str(config),
+        "DEMO_UPSTREAM_PORT": str(upstream_port),
+    }
+    proc = subprocess.Popen(
+        ["bash", str(LOCAL / "run.sh")], env=env, stdout=subprocess.DEVNULL, cwd=tmp_path
+    )
+    try:
+        _ready(f"http://127.0.0.1:{admin_port}/readyz", proc)
+        _ready(f"http://127.0.0.1:{upstream_port}/crm/catalog", proc)
+        children = _children(proc.pid)
+        assert len(children) == 2, children
+        proc.send_signal(sig)
+        code = proc.wait(timeout=30)
+        assert code == 128 + sig
+        assert not [pid for pid in children if _alive(pid)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _children(proc.pid):
+            os.kill(pid, signal.SIGKILL)
