@@ -15,8 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from gateway.audit import chain
 from gateway.audit.chserver import ClickHouseServer
-from gateway.audit.events import AccessEvent, Outcome
+from gateway.audit.events import RECORD_VERSION, AccessEvent, Outcome
 from gateway.audit.factory import open_store
 from gateway.audit.shipper import Shipper
 from gateway.audit.spool import Spool
@@ -27,26 +28,37 @@ SUBJECTS = 100_000
 
 
 def make_spool(directory: Path, n: int) -> None:
-    spool = Spool(directory, segment_max_bytes=64 * 1024 * 1024)
+    spool = Spool(directory, segment_max_bytes=64 * 1024 * 1024, instance="bench")
     spool.open()
     spool.close()
     rnd = random.Random(7)
     t0 = 1_790_000_000_000_000
     segment = sorted(directory.glob("*.jsonl"))[-1]
+    seq, head = 0, chain.GENESIS
+
+    def line(record: AccessEvent | Outcome) -> bytes:
+        # What the spool writes (decision 012): numbered, chained, canonical form once.
+        nonlocal seq, head
+        seq += 1
+        canon = chain.canonical(record.KIND, RECORD_VERSION, "bench", seq, record.values())
+        head = chain.link(head, canon)
+        return chain.line(canon, head)
+
     with segment.open("ab") as f:
         for i in range(1, n + 1):
             sid = str(rnd.randrange(SUBJECTS))
             ev = AccessEvent(
                 event_id=f"{i:032x}",
                 ts_us=t0 + i * 1000,
-                instance="bench",
-                seq=i,
                 request_id=f"r{i}",
                 user=f"user{i % 500}",
                 roles=["hr_officer"],
                 client_ip="10.0.0.1",
+                auth="bearer",
+                session="",
                 method="GET",
                 path=f"/hr/employees/{sid}",
+                query="",
                 route="hr-employees",
                 system="hr",
                 category="employee",
@@ -57,8 +69,8 @@ def make_spool(directory: Path, n: int) -> None:
                 rule="p, hr_officer, hr, employee, read",
                 policy_version="bench",
             )
-            f.write(ev.record())
-            f.write(Outcome(ev.event_id, i, 200, 0, 1024, 900, 700, "complete").record())
+            f.write(line(ev))
+            f.write(line(Outcome(ev.event_id, 200, 0, 1024, 900, 700, "complete")))
 
 
 def ship(spool: Path, cfg: StoreConfig) -> float:

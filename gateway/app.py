@@ -190,6 +190,8 @@ def _admin_refusals(gw: Gateway) -> Callable[..., Awaitable[web.StreamResponse]]
                     user=e.principal.user,
                     roles=list(e.principal.roles),
                     client_ip=client,
+                    auth="bearer",
+                    session="",
                     method=request.method,
                     path=raw_path,
                     query=query,

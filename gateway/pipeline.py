@@ -358,6 +358,8 @@ class Pipeline:
             user=p.user if p else "",
             roles=list(p.roles) if p else [],
             client_ip=ctx.client_ip,
+            auth="bearer" if p else "",
+            session="",
             method=ctx.method,
             path=ctx.path,
             query=ctx.query,

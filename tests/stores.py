@@ -113,6 +113,8 @@ def chain_numbers(store: AuditStore) -> list[int]:
         f"SELECT outcome_seq AS n FROM {db}.access_events WHERE outcome_seq > 0",
         f"SELECT seq AS n FROM {db}.permission_change_records WHERE record_v >= 2",
         f"SELECT seq AS n FROM {db}.refusal_summaries",
+        f"SELECT seq AS n FROM {db}.auth_events",
+        f"SELECT seq AS n FROM {db}.subject_blocks",
     ):
         out += [int(r["n"]) for r in store.select(sql)]
     return sorted(out)

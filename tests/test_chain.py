@@ -31,7 +31,7 @@ from tests.stores import ENGINES, count, fresh_database, store_config, store_sec
 
 def access(n: int) -> AccessEvent:
     return AccessEvent(
-        f"e{n}", n, f"r{n}", "alice", ["hr_officer"], "127.0.0.1", "GET", f"/hr/employees/{n}",
+        f"e{n}", n, f"r{n}", "alice", ["hr_officer"], "127.0.0.1", "bearer", "", "GET", f"/hr/employees/{n}",
         "", "hr-employees", "hr", "employee", "read", [str(n)], "deny", "no_matching_rule", "",
         "v1", 403, outcome="complete",
     )  # fmt: skip

@@ -23,6 +23,8 @@ def rec(n: int) -> AccessEvent:
         "u",
         [],
         "127.0.0.1",
+        "bearer",
+        "",
         "GET",
         f"/p/{n}",
         "",

@@ -77,6 +77,8 @@ def test_schema_init_is_idempotent_and_picks_types_by_engine_version(
         "permission_changes_v1",  # the first releases' table, kept
         "refusal_summaries",
         "chain_checkpoints",
+        "auth_events",
+        "subject_blocks",
         "retention_actions",
     }
     store.close()

@@ -19,7 +19,7 @@ what the upstream was asked) and the extracted subject ids; never bodies, tokens
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any, ClassVar, Protocol
 
@@ -51,6 +51,8 @@ class AccessEvent:
     user: str
     roles: list[str]
     client_ip: str
+    auth: str  # how the user was identified: bearer | session | "" (none)
+    session: str  # the browser session that authorised it, as a keyed hash ("" for bearer)
     method: str
     path: str
     query: str
@@ -85,6 +87,11 @@ class Outcome:
     duration_us: int
     upstream_us: int
     outcome: str
+    # Subjects named in the response (a route's declared JSON pointer; list and search endpoints),
+    # at most a cap of them; the count is of all found, `response_capped` 1 if the cap was hit.
+    response_subjects: list[str] = field(default_factory=list)
+    response_count: int = 0
+    response_capped: int = 0
 
     def values(self) -> tuple[Any, ...]:
         return _values(self)
@@ -138,7 +145,48 @@ class RefusalSummary:
         return _values(self)
 
 
-_CLASSES: tuple[type[Any], ...] = (AccessEvent, Outcome, PermissionChange, RefusalSummary)
+@dataclass(slots=True)
+class AuthEvent:
+    """A browser session's life (issue 9): login (succeeded or failed, with the reason), logout,
+    refresh, expiry, revocation. ``session`` is a keyed hash, never the cookie value."""
+
+    KIND: ClassVar[str] = "auth_event"
+
+    event_id: str
+    ts_us: int
+    request_id: str
+    user: str
+    roles: list[str]
+    client_ip: str
+    event: str  # login | login_failed | logout | refresh | expired | revoked
+    reason: str
+    session: str
+
+
+@dataclass(slots=True)
+class SubjectBlock:
+    """A data subject's block or unblock (6.5, 6.6): from then on requests touching the subject
+    are refused, except for job functions the policy lets handle the verification."""
+
+    KIND: ClassVar[str] = "subject_block"
+
+    block_id: str
+    ts_us: int
+    actor: str
+    action: str  # block | unblock
+    subject: str  # as stored in the trail (a keyed hash where subject hashing is on)
+    reason: str
+    request_id: str
+
+
+_CLASSES: tuple[type[Any], ...] = (
+    AccessEvent,
+    Outcome,
+    PermissionChange,
+    RefusalSummary,
+    AuthEvent,
+    SubjectBlock,
+)
 _NAMES = {cls: tuple(f.name for f in fields(cls)) for cls in _CLASSES}
 _GETTERS = {cls: attrgetter(*names) for cls, names in _NAMES.items()}
 
@@ -147,7 +195,17 @@ FIELDS: dict[tuple[str, int], tuple[str, ...]] = {
     (cls.KIND, RECORD_VERSION): names for cls, names in _NAMES.items()
 }
 CHAINED_KINDS = frozenset(cls.KIND for cls in _CLASSES)
-OUTCOME_FIELDS = ("status", "bytes_in", "bytes_out", "duration_us", "upstream_us", "outcome")
+OUTCOME_FIELDS = (
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "duration_us",
+    "upstream_us",
+    "outcome",
+    "response_subjects",
+    "response_count",
+    "response_capped",
+)
 
 
 def _values(obj: Any) -> tuple[Any, ...]:
@@ -190,6 +248,7 @@ def merge_outcome(access: dict[str, Any], outcome: dict[str, Any]) -> None:
     """Copy an outcome record's values into its access record; the outcome's own sequence number
     and hash go to ``outcome_seq``/``outcome_hash`` (the chain needs both records)."""
     for f in OUTCOME_FIELDS:
-        access[f] = outcome[f]
+        if f in outcome:  # a first-release outcome has no response subjects
+            access[f] = outcome[f]
     access["outcome_seq"] = outcome.get("seq", 0)
     access["outcome_hash"] = outcome.get("hash", "")

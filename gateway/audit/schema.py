@@ -46,6 +46,8 @@ ACCESS_EVENTS = Table(
         ("user", "String"),
         ("roles", "Array(String)"),
         ("client_ip", "String"),
+        ("auth", LC),
+        ("session", "String"),
         ("method", LC),
         ("path", "String"),
         ("query", "String"),
@@ -64,6 +66,9 @@ ACCESS_EVENTS = Table(
         ("duration_us", "UInt64"),
         ("upstream_us", "UInt64"),
         ("outcome", LC),
+        ("response_subjects", "Array(String)"),
+        ("response_count", "UInt64"),
+        ("response_capped", "UInt8"),
         ("batch_id", "String"),
         # The chain (docs/decisions/012-hash-chain.md): the access record's version and hash,
         # and the outcome record's own sequence number and hash (0 and '' when there was none).
@@ -207,6 +212,54 @@ REFUSAL_SUMMARIES = Table(
     shard_key="cityHash64(instance)",
 )
 
+# Browser sessions' lives (issue 9): login, logout, refresh, expiry, revocation.
+AUTH_EVENTS = Table(
+    "auth_events",
+    (
+        ("ts", TS),
+        ("ts_us", "UInt64"),
+        ("instance", LC),
+        ("seq", "UInt64"),
+        ("event_id", "String"),
+        ("request_id", "String"),
+        ("user", "String"),
+        ("roles", "Array(String)"),
+        ("client_ip", "String"),
+        ("event", LC),
+        ("reason", LC),
+        ("session", "String"),
+        ("batch_id", "String"),
+        ("record_v", "UInt8"),
+        ("hash", "String"),
+    ),
+    order_by="(toDate(ts), user, ts_us)",
+    partition_by="toYYYYMM(ts)",
+    shard_key="cityHash64(user)",
+)
+
+# Blocks and unblocks of data subjects (6.5, 6.6). Never dropped by retention.
+SUBJECT_BLOCKS = Table(
+    "subject_blocks",
+    (
+        ("ts", TS),
+        ("ts_us", "UInt64"),
+        ("instance", LC),
+        ("seq", "UInt64"),
+        ("block_id", "String"),
+        ("actor", "String"),
+        ("action", LC),
+        ("subject", "String"),
+        ("reason", "String"),
+        ("request_id", "String"),
+        ("batch_id", "String"),
+        ("record_v", "UInt8"),
+        ("hash", "String"),
+    ),
+    order_by="(subject, ts_us)",
+    partition_by=None,
+    shard_key="cityHash64(subject)",
+)
+
 # Signed checkpoints of each instance's chain (Ed25519): what `audit verify` checks the
 # recomputed chain against. Never partitioned, never dropped by retention.
 CHAIN_CHECKPOINTS = Table(
@@ -257,7 +310,12 @@ MIGRATIONS_TABLE = Table(
     shard_key="rand()",
 )
 
-RETAINED_TABLES = (ACCESS_EVENTS, ACCESS_EVENT_SUBJECTS, REFUSAL_SUMMARIES)  # changes are kept
+RETAINED_TABLES = (
+    ACCESS_EVENTS,
+    ACCESS_EVENT_SUBJECTS,
+    REFUSAL_SUMMARIES,
+    AUTH_EVENTS,
+)  # changes are kept
 
 
 @dataclass(frozen=True)
@@ -281,7 +339,13 @@ MIGRATIONS = (
         2,
         "hash chain and signed checkpoints; every replica's permission change records, counted "
         "once by the permission_changes view; refusal summaries",
-        tables=(PERMISSION_CHANGE_RECORDS, REFUSAL_SUMMARIES, CHAIN_CHECKPOINTS),
+        tables=(
+            PERMISSION_CHANGE_RECORDS,
+            REFUSAL_SUMMARIES,
+            CHAIN_CHECKPOINTS,
+            AUTH_EVENTS,
+            SUBJECT_BLOCKS,
+        ),
         add_columns=(ACCESS_EVENTS,),
         retire=((PERMISSION_CHANGES_V1, "permission_changes_v1"),),
         after=(

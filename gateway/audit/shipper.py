@@ -532,7 +532,16 @@ class Shipper:
         self._on_progress(freed, consumed)
 
 
-ROW_KINDS = frozenset({"access", "permission_change", "refusal_summary", "checkpoint"})
+# Record kind → the table its rows go to (access records go to access_events and, per subject,
+# access_event_subjects; see batch_tables).
+KIND_TABLES = {
+    "permission_change": schema.PERMISSION_CHANGE_RECORDS,
+    "refusal_summary": schema.REFUSAL_SUMMARIES,
+    "checkpoint": schema.CHAIN_CHECKPOINTS,
+    "auth_event": schema.AUTH_EVENTS,
+    "subject_block": schema.SUBJECT_BLOCKS,
+}
+ROW_KINDS = frozenset({"access", *KIND_TABLES})
 
 
 def batch_tables(rows: list[_Row], batch_id: str) -> dict[schema.Table, list[dict[str, Any]]]:
@@ -540,22 +549,15 @@ def batch_tables(rows: list[_Row], batch_id: str) -> dict[schema.Table, list[dic
     tables: dict[schema.Table, list[dict[str, Any]]] = {
         schema.ACCESS_EVENTS: [],
         schema.ACCESS_EVENT_SUBJECTS: [],
-        schema.PERMISSION_CHANGE_RECORDS: [],
-        schema.REFUSAL_SUMMARIES: [],
-        schema.CHAIN_CHECKPOINTS: [],
+        **{t: [] for t in KIND_TABLES.values()},
     }
     for r in rows:
         kind = r.event.get("kind")
         if kind == "permission_change":
             tables[schema.PERMISSION_CHANGE_RECORDS].append(change_row(r.event, batch_id))
-        elif kind == "refusal_summary":
-            tables[schema.REFUSAL_SUMMARIES].append(
-                table_row(schema.REFUSAL_SUMMARIES, r.event, batch_id)
-            )
-        elif kind == "checkpoint":
-            tables[schema.CHAIN_CHECKPOINTS].append(
-                table_row(schema.CHAIN_CHECKPOINTS, r.event, batch_id)
-            )
+        elif kind in KIND_TABLES:
+            table = KIND_TABLES[kind]
+            tables[table].append(table_row(table, r.event, batch_id))
         else:
             row, subjects = event_rows(r.event, batch_id)
             tables[schema.ACCESS_EVENTS].append(row)

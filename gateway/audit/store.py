@@ -83,13 +83,16 @@ def table_row(table: Table, record: Mapping[str, Any], batch_id: str) -> Row:
 def event_rows(event: Mapping[str, Any], batch_id: str) -> tuple[Row, list[Row]]:
     """A joined audit event → its access_events row and its access_event_subjects rows."""
     row = table_row(schema.ACCESS_EVENTS, event, batch_id)
+    named = list(event.get("subject_ids") or ())
+    # Subjects the response named (list and search endpoints) are accesses to them too (6.1.1).
+    named += [s for s in event.get("response_subjects") or () if s not in named]
     subjects = [
         {
             "subject_id": sid,
             **{k: row[k] for k in schema.ACCESS_EVENT_SUBJECTS.column_names if k in row},
             "batch_id": batch_id,
         }
-        for sid in event.get("subject_ids") or ()
+        for sid in named
     ]
     return row, subjects
 

@@ -67,9 +67,23 @@ def _int(v: Any) -> int:
     return int(v) if v not in (None, "") else 0
 
 
+# Tables of chained records other than access_events (whose rows hold two records each).
+CHAINED_TABLES = {
+    "permission_change": "permission_change_records",
+    "refusal_summary": "refusal_summaries",
+    "auth_event": "auth_events",
+    "subject_block": "subject_blocks",
+}
+
 _INT_COLUMNS = {"n", "lo", "hi"} | {
     name
-    for t in (schema.ACCESS_EVENTS, schema.PERMISSION_CHANGE_RECORDS, schema.REFUSAL_SUMMARIES)
+    for t in (
+        schema.ACCESS_EVENTS,
+        schema.PERMISSION_CHANGE_RECORDS,
+        schema.REFUSAL_SUMMARIES,
+        schema.AUTH_EVENTS,
+        schema.SUBJECT_BLOCKS,
+    )
     for name, kind in t.columns
     if kind.startswith(("UInt", "Int"))
 }
@@ -106,7 +120,7 @@ def records_of_access_row(row: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
 def _columns(kind: str) -> str:
     names = set(FIELDS[(kind, RECORD_VERSION)]) | {"instance", "seq", "hash", "record_v"}
     if kind == "access":
-        names |= {"outcome_seq", "outcome_hash"}
+        names |= {"outcome_seq", "outcome_hash", *OUTCOME_FIELDS}
     if kind == "permission_change":
         names.discard("change_kind")
         names.add("kind AS change_kind")
@@ -126,8 +140,7 @@ class StoreChain:
         lo, hi = 0, 0
         for table, top in (
             ("access_events", "greatest(max(seq), max(outcome_seq))"),
-            ("permission_change_records", "max(seq)"),
-            ("refusal_summaries", "max(seq)"),
+            *((t, "max(seq)") for t in CHAINED_TABLES.values()),
         ):
             rows = self.store.select(
                 f"SELECT count() AS n, min(seq) AS lo, {top} AS hi FROM {self.db}.{table} "
@@ -152,10 +165,7 @@ class StoreChain:
         )
         for row in rows:
             out += [r for r in records_of_access_row(row) if first <= r["seq"] <= last]
-        for kind, table in (
-            ("permission_change", "permission_change_records"),
-            ("refusal_summary", "refusal_summaries"),
-        ):
+        for kind, table in CHAINED_TABLES.items():
             for row in self.store.select(
                 f"SELECT {_columns(kind)} FROM {self.db}.{table} WHERE instance = %(i)s "
                 "AND record_v >= 2 AND seq >= %(a)s AND seq <= %(b)s",
@@ -177,12 +187,7 @@ class StoreChain:
 
 def instances(store: AuditStore) -> list[str]:
     names: set[str] = set()
-    for table in (
-        "access_events",
-        "permission_change_records",
-        "refusal_summaries",
-        "chain_checkpoints",
-    ):
+    for table in ("access_events", *CHAINED_TABLES.values(), "chain_checkpoints"):
         extra = "" if table == "chain_checkpoints" else " WHERE record_v >= 2"
         rows = store.select(f"SELECT DISTINCT instance FROM {store.database}.{table}{extra}")
         names |= {str(r["instance"]) for r in rows}
