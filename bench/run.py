@@ -269,6 +269,41 @@ def token_bench(tmp: Path) -> None:
     print(f"first sight {first * 1e6:.0f} µs; cached repeat {cached * 1e6:.2f} µs")
 
 
+def record_codec_bench() -> None:
+    """What one audit record costs to encode (the spool, on the event loop) and to decode (the
+    shipper's thread): the stdlib's json beside orjson, which the gateway uses, same bytes."""
+    import timeit
+
+    import orjson
+
+    from gateway.audit import chain
+
+    values = [
+        "9f" * 16, 1_790_000_000_000_000, "a1" * 16, "alice", ["hr_officer"], "10.0.0.1",
+        "bearer", "", "GET", "/hr/employees/1001", "", "hr-employees", "hr", "employee", "read",
+        ["1001"], "allow", "rule", "p, hr_officer, hr, employee, read", "abcdef123456",
+        0, 0, 0, 0, 0, "pending",
+    ]  # fmt: skip
+    rec = ["access", 2, "gw-1", 42, *values]
+    std = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+    line = chain.line(orjson.dumps(rec), chain.link(chain.GENESIS, orjson.dumps(rec)))
+    n = 50_000
+    rows = [
+        ("encode", lambda: std.encode(rec).encode(), lambda: orjson.dumps(rec)),
+        ("decode", lambda: json.loads(line), lambda: orjson.loads(line)),
+    ]
+    print("\n## Audit record codec: µs per record (an access record, median of 5)")
+    print(f"{'':8}{'stdlib json':>12}{'orjson':>10}")
+    for name, a, b in rows:
+        ta = statistics.median(timeit.repeat(a, number=n, repeat=5)) / n * 1e6
+        tb = statistics.median(timeit.repeat(b, number=n, repeat=5)) / n * 1e6
+        print(f"{name:8}{ta:12.2f}{tb:10.2f}")
+    sha = statistics.median(
+        timeit.repeat(lambda: chain.link(chain.GENESIS, line), number=n, repeat=5)
+    )
+    print(f"chain link (sha256 of one record): {sha / n * 1e6:.2f} µs")
+
+
 def main() -> None:
     print(
         f"# pd-gateway bench — {platform.node()}, {os.cpu_count()} CPUs, "
@@ -279,6 +314,7 @@ def main() -> None:
         tmp = Path(d)
         decision_bench(tmp)
         token_bench(tmp)
+        record_codec_bench()
         if shutil.which("wrk") is None:
             sys.exit("wrk is required: make system-deps")
         proxy_bench(tmp)

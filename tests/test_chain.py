@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import threading
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.audit import chain, checkpoint
 from gateway.audit.chserver import ClickHouseServer
@@ -366,3 +369,27 @@ async def test_verify_since_a_checkpoint_covers_a_trail_whose_start_was_dropped(
     (inst,) = report.instances
     assert inst.anchored and inst.first_seq == middle.seq + 1  # linked to the signed head
     store.close()
+
+
+values = st.lists(
+    st.one_of(
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",))),
+        st.integers(min_value=0, max_value=2**63 - 1),
+        st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",))), max_size=3),
+    ),
+    max_size=30,
+)
+
+
+@given(values)
+@settings(max_examples=500, deadline=None)
+def test_the_canonical_form_is_the_documented_json_and_reads_back(vals: list[Any]) -> None:
+    """Decision 012 defines the canonical form as compact UTF-8 JSON with non-ASCII as itself:
+    what `json.dumps(..., ensure_ascii=False, separators=(",", ":"))` writes. The fast encoder
+    must give exactly those bytes, so any verifier can recompute a hash; and a spool line must
+    decode to the same values."""
+    form = chain.canonical("access", 2, "gw-1", 7, vals)
+    stdlib = json.dumps(["access", 2, "gw-1", 7, *vals], ensure_ascii=False, separators=(",", ":"))
+    assert form == stdlib.encode()
+    line = chain.line(form, chain.link(chain.GENESIS, form))
+    assert json.loads(line)["rec"][4:] == vals

