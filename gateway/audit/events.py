@@ -162,6 +162,9 @@ class AuthEvent:
     reason: str
     session: str
 
+    def values(self) -> tuple[Any, ...]:
+        return _values(self)
+
 
 @dataclass(slots=True)
 class SubjectBlock:
@@ -177,6 +180,9 @@ class SubjectBlock:
     subject: str  # as stored in the trail (a keyed hash where subject hashing is on)
     reason: str
     request_id: str
+
+    def values(self) -> tuple[Any, ...]:
+        return _values(self)
 
 
 _CLASSES: tuple[type[Any], ...] = (

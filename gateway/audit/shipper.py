@@ -33,7 +33,14 @@ from typing import Any
 from gateway.audit import schema
 from gateway.audit.events import PENDING, UNKNOWN, merge_outcome
 from gateway.audit.spool import decode_line, list_segments
-from gateway.audit.store import AuditStore, StoreError, change_row, event_rows, table_row
+from gateway.audit.store import (
+    AuditStore,
+    StoreError,
+    change_row,
+    event_rows,
+    record_time_us,
+    table_row,
+)
 from gateway.fsutil import LockHeld, atomic_write, exclusive_lock
 
 log = logging.getLogger(__name__)
@@ -410,8 +417,8 @@ class Shipper:
         self._metrics.store_up(False)
 
     def _report_lag(self, batch: list[_Row], asm: Assembler) -> None:
-        oldest = [r.event["ts_us"] for r in batch[:1]]
-        oldest += [acc["ts_us"] for _, acc in list(asm.pending.values())[:1]]
+        oldest = [record_time_us(r.event) for r in batch[:1]]
+        oldest += [record_time_us(acc) for _, acc in list(asm.pending.values())[:1]]
         lag = (time.time() - min(oldest) / 1e6) if oldest else 0.0
         self._metrics.lag_seconds(max(0.0, lag))
 

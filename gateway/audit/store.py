@@ -67,13 +67,18 @@ def _default(column_type: str) -> Any:
     return ""
 
 
+def record_time_us(record: Mapping[str, Any]) -> int:
+    """When a record happened: its ``ts_us``, or a refusal summary's window start."""
+    return int(record.get("ts_us") or record.get("window_start_us") or 0)
+
+
 def table_row(table: Table, record: Mapping[str, Any], batch_id: str) -> Row:
     """A spool record → a row of ``table``: its values by column name, the absent ones at their
     type's default (a first-release record has no hash), ``ts`` from the record's time."""
     row: Row = {
         name: record[name] if name in record else _default(kind) for name, kind in table.columns
     }
-    row["ts"] = ts_of(record.get("ts_us") or record.get("window_start_us") or 0)
+    row["ts"] = ts_of(record_time_us(record))
     row["batch_id"] = batch_id
     if "record_v" in row:
         row["record_v"] = record.get("v", 1)
