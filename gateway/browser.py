@@ -166,7 +166,7 @@ class BrowserLogin:
     async def authenticate(self, request: web.Request) -> tuple[Principal, str]:
         value = request.cookies.get(self.session_cookie)
         if not value:
-            raise AuthenticationError("no_session")
+            raise AuthenticationError("missing_token")  # neither a token nor a session
         try:
             session = self._codec.open(value)
         except SessionInvalid as e:

@@ -647,9 +647,7 @@ def _parse_oidc(
     key_file = _file(s, "key_file", resolve(s.get("key_file", str)))
     if key_file is not None and key_file.is_file():
         _check_fernet_key(s, key_file)
-    revocation = resolve(s.get("revocation_file", str))
-    if revocation is not None and not revocation.parent.is_dir():
-        s.problems.add(s.key("revocation_file"), f"directory not found: {revocation.parent}")
+    revocation = resolve(s.get("revocation_file", str))  # created at the first revocation
     idle = s.get("idle_timeout_seconds", float, 900.0, _positive)
     absolute = s.get("absolute_timeout_seconds", float, 8 * 3600.0, _positive)
     if idle is not None and absolute is not None and idle > absolute:

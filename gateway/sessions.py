@@ -244,6 +244,7 @@ def append_revocation(path: Path, user: str, at: float, reason: str) -> None:
     """Append one revocation durably; one write of one line, so concurrent writers interleave
     whole lines."""
     line = json.dumps({"user": user, "before": at, "reason": reason}) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line.encode())

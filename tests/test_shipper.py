@@ -102,6 +102,7 @@ def _replay_config(tmp_path: Path, section: dict[str, Any]) -> Path:
 
     cfg = yaml.safe_load((ROOT / "deploy/local/gateway.yaml").read_text())
     cfg["store"] = section
+    cfg.pop("oidc", None)  # browser login's files are relative to deploy/local; not used here
     for key in ("jwks_file", "demo_signing_key_file"):
         cfg["identity"][key] = str(ROOT / "deploy/local" / cfg["identity"][key])
     cfg["authz"] = {k: str(ROOT / "policies" / Path(v).name) for k, v in cfg["authz"].items()}

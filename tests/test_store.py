@@ -468,6 +468,7 @@ def test_audit_replay_ships_a_dead_instances_spool_once_with_lost_outcomes_unkno
     )
     cfg = yaml.safe_load((ROOT / "deploy/local/gateway.yaml").read_text())
     cfg["store"] = section
+    cfg.pop("oidc", None)  # browser login's files are relative to deploy/local; not used here
     for key in ("jwks_file", "demo_signing_key_file"):
         cfg["identity"][key] = str(ROOT / "deploy/local" / cfg["identity"][key])
     cfg["authz"] = {k: str(ROOT / "policies" / Path(v).name) for k, v in cfg["authz"].items()}
