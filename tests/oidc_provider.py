@@ -32,6 +32,13 @@ class Provider:
     client_secret: str
     gateway_ports: list[int]
     proc: subprocess.Popen[bytes]
+    config: Path
+
+    def set_roles(self, user: str, roles: list[str]) -> None:
+        """Change a user's job functions at the provider (read at each sign-in and refresh)."""
+        data = json.loads(self.config.read_text())
+        data["users"][user] = roles
+        self.config.write_text(json.dumps(data))
 
 
 def provider_available() -> bool:
@@ -54,7 +61,7 @@ def run_provider(
     cfg = {
         "issuer": issuer,
         "port": port,
-        "users": users or USERS,
+        "users": dict(users or USERS),
         "ttl": ttl or {},
         "clients": [
             {
@@ -88,7 +95,7 @@ def run_provider(
                         "oidc-provider did not start:\n" + (tmp / "provider.log").read_text()
                     ) from None
                 time.sleep(0.1)
-        yield Provider(issuer, CLIENT_ID, secret, gateway_ports, proc)
+        yield Provider(issuer, CLIENT_ID, secret, gateway_ports, proc, path)
     finally:
         proc.terminate()
         try:

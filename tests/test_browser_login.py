@@ -394,3 +394,21 @@ async def test_a_session_is_refreshed_with_the_refresh_token(browser_gw: Any) ->
     renewed = resp.cookies["pdgw-session"].value
     assert renewed != cookie
     assert [e["event"] for e in gw.auth_events()] == ["login", "refresh"]
+
+
+async def test_a_role_change_seen_at_refresh_ends_every_session_of_the_user(
+    browser_gw: Any, provider: Provider
+) -> None:
+    gw = await browser_gw(refresh_interval_seconds=1)
+    cookie = await gw.login("mallory")
+    try:
+        provider.set_roles("mallory", ["support_agent", "hr_officer"])
+        await asyncio.sleep(1.2)
+        resp, _ = await gw.get("/hr/employees/1001", {"pdgw-session": cookie}, headers=XHR)
+        assert resp.status == 401  # the next login carries (and records) the new job functions
+    finally:
+        provider.set_roles("mallory", ["support_agent"])
+    events = [(e["event"], e["reason"], e["user"]) for e in gw.auth_events()]
+    assert events == [("login", "", "mallory"), ("revoked", "role_change", "mallory")]
+    revoked = (gw.shared / "revoked.jsonl").read_text()
+    assert '"user": "mallory"' in revoked and "role_change" in revoked

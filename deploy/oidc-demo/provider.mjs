@@ -9,7 +9,8 @@ import { readFileSync } from 'node:fs';
 import Provider from 'oidc-provider';
 
 const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
-const users = config.users || {};
+// Users are read at each sign-in and refresh, so a test (or a demo) can change a job function.
+const users = () => JSON.parse(readFileSync(process.argv[2], 'utf8')).users || {};
 const rolesClaim = config.roles_claim || 'roles';
 const key = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
 key.kid = `demo-${randomBytes(4).toString('hex')}`;
@@ -31,11 +32,11 @@ const provider = new Provider(config.issuer, {
   ttl: { IdToken: 3600, AccessToken: 3600, RefreshToken: 86400, ...(config.ttl || {}) },
   issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
   async findAccount(ctx, id) {
-    if (!Object.hasOwn(users, id)) return undefined; // unknown users cannot sign in
+    if (!Object.hasOwn(users(), id)) return undefined; // unknown users cannot sign in
     return {
       accountId: id,
       async claims() {
-        return { sub: id, [rolesClaim]: users[id] };
+        return { sub: id, [rolesClaim]: users()[id] };
       },
     };
   },
