@@ -57,7 +57,7 @@ def run_provider(
     port = free_port()
     issuer = f"http://127.0.0.1:{port}"
     secret = secrets.token_urlsafe(24)
-    origins = [f"http://127.0.0.1:{p}" for p in gateway_ports]
+    origins = [f"{scheme}://127.0.0.1:{p}" for p in gateway_ports for scheme in ("http", "https")]
     cfg = {
         "issuer": issuer,
         "port": port,
@@ -107,7 +107,7 @@ def run_provider(
 
 
 def oidc_section(
-    tmp: Path, provider: Provider, gateway_port: int, **session: object
+    tmp: Path, provider: Provider, gateway_port: int, scheme: str = "http", **session: object
 ) -> dict[str, object]:
     """The gateway config's `oidc` section for a gateway on ``gateway_port``; the session key
     and revocation list live in ``tmp`` (shared by every gateway given the same ``tmp``)."""
@@ -122,7 +122,7 @@ def oidc_section(
         "issuer": provider.issuer,
         "client_id": provider.client_id,
         "client_secret_file": str(secret),
-        "redirect_uri": f"http://127.0.0.1:{gateway_port}/_pdgw/callback",
+        "redirect_uri": f"{scheme}://127.0.0.1:{gateway_port}/_pdgw/callback",
         "session": {
             "key_file": str(key),
             "revocation_file": str(tmp / "revoked.jsonl"),

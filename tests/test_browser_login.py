@@ -412,3 +412,52 @@ async def test_a_role_change_seen_at_refresh_ends_every_session_of_the_user(
     assert events == [("login", "", "mallory"), ("revoked", "role_change", "mallory")]
     revoked = (gw.shared / "revoked.jsonl").read_text()
     assert '"user": "mallory"' in revoked and "role_change" in revoked
+
+
+async def test_with_tls_the_cookies_are_host_prefixed_and_secure(
+    serve_gateway: ServeFactory, provider: Provider, upstream: Upstream, tmp_path: Path
+) -> None:
+    from gateway import tls
+    from tests.certs import CA
+
+    ca = CA(tmp_path, "org")
+    pair = ca.issue("127.0.0.1", server=True)
+    port = next(_ports)
+    served = await serve_gateway(
+        upstream.url,
+        listen={
+            "proxy": {"port": port, "tls": {"cert_file": str(pair.cert), "key_file": str(pair.key)}}
+        },
+        oidc=oidc_section(tmp_path, provider, port, scheme="https"),
+    )
+    trusting = tls.client_context(ca.cert_file)
+    b = Browserish(served, provider, tmp_path)
+    try:
+        async with b.gateway.get(
+            served.proxy_url + "/hr/employees/1001",
+            headers=NAV,
+            allow_redirects=False,
+            ssl=trusting,
+        ) as resp:
+            assert resp.status == 302
+            login_cookie = resp.cookies["__Host-pdgw-login"]
+        assert login_cookie["secure"] and login_cookie["httponly"] and login_cookie["path"] == "/"
+        assert not login_cookie["domain"]  # `__Host-`: this host only
+        callback = await b.at_provider(resp.headers["Location"], "alice")
+        async with b.gateway.get(
+            callback,
+            headers={**NAV, "Cookie": f"__Host-pdgw-login={login_cookie.value}"},
+            allow_redirects=False,
+            ssl=trusting,
+        ) as resp:
+            assert resp.status == 302
+            session = resp.cookies["__Host-pdgw-session"]
+        assert session["secure"] and session["samesite"] == "Lax"
+        async with b.gateway.get(
+            served.proxy_url + "/hr/employees/1001",
+            headers={**XHR, "Cookie": f"__Host-pdgw-session={session.value}"},
+            ssl=trusting,
+        ) as resp:
+            assert resp.status == 200
+    finally:
+        await b.close()
