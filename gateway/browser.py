@@ -350,7 +350,7 @@ class BrowserLogin:
             "Logged out",
             "You have logged out. Every session of yours at this gateway has ended.",
             request[REQUEST_ID],
-            link=("Log in again", "/"),
+            link=("Log in again", self._cfg.home_path),
         )
 
     # -- helpers --------------------------------------------------------------------------------

@@ -239,6 +239,7 @@ class OidcConfig:
     # accepted everywhere.
     session_routes: frozenset[str] = frozenset()
     secure_cookies: bool = True  # False only without TLS (the demo): cookies lose `Secure`
+    home_path: str = "/"  # where "log in again" leads after a logout
 
     @property
     def origin(self) -> str:
@@ -636,6 +637,9 @@ def _parse_oidc(
     scopes = tuple(str(s) for s in o.get("scopes", list, ["openid"]))
     if "openid" not in scopes:
         o.problems.add(o.key("scopes"), "must include openid")
+    home_path = o.get("home_path", str, "/")
+    if not home_path.startswith("/") or home_path.startswith("//") or "\\" in home_path:
+        o.problems.add(o.key("home_path"), "must be a path on this site, like /hr/")
     names = {r.name for r in routes}
     session_routes = frozenset(str(n) for n in o.get("session_routes", list, []))
     for name in sorted(session_routes - names):
@@ -672,6 +676,7 @@ def _parse_oidc(
         ca_file=_file(o, "ca_file", resolve(o.get("ca_file", str, None))),
         session_routes=session_routes,
         secure_cookies=tls_on,
+        home_path=home_path,
     )
     o.finish()
     return cfg

@@ -5,8 +5,10 @@ var/screenshots/browser-e2e/ (the path is printed)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.audit.chserver import free_port
+from gateway.sessions import append_revocation
 from tests.conftest import ROOT, ROUTES, ServeFactory, spool_records
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
 
@@ -187,30 +190,55 @@ async def test_a_staff_member_logs_in_works_and_logs_out_in_a_real_browser(
     await p2.screenshot(path=shots("06-tampered-cookie-asked-to-log-in"))
     await other.close()
 
-    # 7. Log out: here and at the provider; then asked to log in again.
+    # 7. A forged login callback (a `state` this browser never got): a readable refusal.
+    forged = await page.goto(gw_url + "/_pdgw/callback?code=stolen&state=forged")
+    assert forged is not None and forged.status == 401
+    assert "the login could not be completed" in (await page.content()).lower()
+    await page.screenshot(path=shots("07-refused-forged-state"))
+
+    # 8. The app's own fetch (XHR) with a revoked session gets 401, not a redirect.
+    await page.goto(gw_url + "/hr/")  # the refusal page's CSP forbids scripts' requests
+    assert await page.evaluate("fetch('/hr/').then(r => r.status)") == 200
+    append_revocation(tmp_path / "revoked.jsonl", "alice", time.time(), "test")
+    await asyncio.sleep(0.4)  # the revocation list's poll interval here: 0.2 s
+    assert await page.evaluate("fetch('/hr/').then(r => r.status)") == 401
+    await page.goto(gw_url + "/hr/")  # a navigation logs in again (the provider remembers alice)
+    await page.wait_for_url(gw_url + "/hr/")
+    assert await page.text_content("#user") == "alice"
+
+    # 9. Log out: here and at the provider; then asked to log in again.
     await page.goto(gw_url + "/hr/")
     await page.click("#logout")
     await page.wait_for_url(provider.issuer + "/**")
-    await page.screenshot(path=shots("07-provider-logout"))
+    await page.screenshot(path=shots("08-provider-logout"))
     await page.click("button[name=logout]")
     await page.wait_for_url(gw_url + "/_pdgw/logged-out")
     assert await page.text_content("h1") == "Logged out"
-    await page.screenshot(path=shots("08-logged-out"))
+    await page.screenshot(path=shots("09-logged-out"))
     await page.goto(gw_url + "/hr/")
     assert page.url.startswith(provider.issuer)
     assert await page.locator('input[name="login"]').count() == 1
-    await page.screenshot(path=shots("09-asked-to-log-in-again"))
+    await page.screenshot(path=shots("10-asked-to-log-in-again"))
     await context.close()
 
     records = spool_records(served.spool_dir)
     auth = [(r["event"], r["reason"]) for r in records if r["kind"] == "auth_event"]
     assert auth[0] == ("login", "")
-    assert ("login_failed", "open_redirect") in auth and ("logout", "") in auth
+    for expected in (
+        ("login_failed", "open_redirect"),
+        ("login_failed", "login_state_missing"),
+        ("revoked", "session_revoked"),
+        ("logout", ""),
+    ):
+        assert expected in auth, (expected, auth)
     denied = [
         (r["user"], r["reason"])
         for r in records
         if r["kind"] == "access" and r["decision"] == "deny"
     ]
     assert ("alice", "csrf_origin_mismatch") in denied
-    sessions = {r["session"] for r in records if r["kind"] == "access" and r["user"] == "alice"}
-    assert len(sessions) == 1 and "" not in sessions  # one session followed through the trail
+    sessions = [r["session"] for r in records if r["kind"] == "access" and r["user"] == "alice"]
+    # Two logins (before and after the revocation), each followed through the trail by its hash.
+    assert len(set(sessions)) == 2 and "" not in sessions
+    logins = {r["session"] for r in records if r["kind"] == "auth_event" and r["event"] == "login"}
+    assert set(sessions) == logins
