@@ -160,8 +160,13 @@ class Pipeline:
             ctx.principal = await self._identify(request, ctx)
         except AuthenticationError as e:
             self._refuse_anonymous(ctx, 401, e.reason)
-            if self._browser is not None and self._browser.wants_login_redirect(request):
-                raise await self._browser.login_redirect(request, request.raw_path) from None
+            browser = self._browser
+            if (
+                browser is not None
+                and browser.accepts(ctx.route)
+                and browser.wants_login_redirect(request)
+            ):
+                raise await browser.login_redirect(request, request.raw_path) from None
             raise Denied(401, "unauthenticated", e.public_message, e.reason) from None
         except SpoolUnavailable:
             raise

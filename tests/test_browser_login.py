@@ -144,12 +144,14 @@ async def browser_gw(
 ) -> AsyncIterator[Any]:
     made: list[Browserish] = []
 
-    async def make(upstream_url: str | None = None, **session: Any) -> Browserish:
+    async def make(
+        upstream_url: str | None = None, oidc: dict[str, Any] | None = None, **session: Any
+    ) -> Browserish:
         port = next(_ports)
         served = await serve_gateway(
             upstream_url or upstream.url,
             listen={"proxy": {"port": port}},
-            oidc=oidc_section(tmp_path, provider, port, **session),
+            oidc={**oidc_section(tmp_path, provider, port, **session), **(oidc or {})},
         )
         b = Browserish(served, provider, tmp_path)
         made.append(b)
@@ -461,3 +463,16 @@ async def test_with_tls_the_cookies_are_host_prefixed_and_secure(
             assert resp.status == 200
     finally:
         await b.close()
+
+
+async def test_routes_outside_session_routes_take_bearer_tokens_only(
+    browser_gw: Any, upstream: Upstream
+) -> None:
+    gw = await browser_gw(oidc={"session_routes": ["hr-employees"]})
+    cookie = await gw.login("alice")
+    ok, _ = await gw.get("/hr/employees/1001", {"pdgw-session": cookie})
+    assert ok.status == 200
+    # hr-medical is for API clients only: the cookie is not looked at, and a navigation is not
+    # sent to log in (it would come back to the same refusal).
+    resp, body = await gw.get("/hr/medical/1001", {"pdgw-session": cookie})
+    assert resp.status == 401 and b"<h1>401" in body
