@@ -94,7 +94,7 @@ def html_page(
         headers={
             "X-Request-Id": request_id,
             "Cache-Control": "no-store",
-            "Content-Security-Policy": "default-src 'none'",
+            "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
         },
     )
 

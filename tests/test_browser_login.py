@@ -176,6 +176,7 @@ async def test_login_lands_on_the_page_first_asked_for_with_bearer_identity_head
     assert seen.headers["cookie"] == ["app=kept"]
     login = [e for e in gw.auth_events() if e["event"] == "login"]
     assert len(login) == 1 and login[0]["user"] == "alice" and len(login[0]["session"]) == 32
+    assert gw.served.metric("pdgw_auth_events_total", {"event": "login", "reason": "-"}) == 1
     access = [r for r in gw.records("access") if r["decision"] == "allow"][-1]
     assert access["auth"] == "session" and access["session"] == login[0]["session"]
     trail = (gw.served.spool_dir).glob("*")
