@@ -145,13 +145,17 @@ async def browser_gw(
     made: list[Browserish] = []
 
     async def make(
-        upstream_url: str | None = None, oidc: dict[str, Any] | None = None, **session: Any
+        upstream_url: str | None = None,
+        oidc: dict[str, Any] | None = None,
+        gateway: dict[str, Any] | None = None,
+        **session: Any,
     ) -> Browserish:
         port = next(_ports)
         served = await serve_gateway(
             upstream_url or upstream.url,
             listen={"proxy": {"port": port}},
             oidc={**oidc_section(tmp_path, provider, port, **session), **(oidc or {})},
+            **(gateway or {}),
         )
         b = Browserish(served, provider, tmp_path)
         made.append(b)
@@ -241,7 +245,7 @@ async def test_a_wrong_nonce_is_refused_and_recorded(browser_gw: Any) -> None:
 
 
 async def test_a_tampered_cookie_is_refused_and_counted_with_its_reason(browser_gw: Any) -> None:
-    gw = await browser_gw()
+    gw = await browser_gw(gateway={"audit": {"anonymous_window_seconds": 0.3}})
     cookie = await gw.login("alice")
     tampered = cookie[:40] + ("A" if cookie[40] != "A" else "B") + cookie[41:]
     resp, _ = await gw.get("/hr/employees/1001", {"pdgw-session": tampered}, headers=XHR)
@@ -255,6 +259,9 @@ async def test_a_tampered_cookie_is_refused_and_counted_with_its_reason(browser_
         )
         == 1
     )
+    await asyncio.sleep(0.8)  # the window ends: its summary is a chained record of the trail
+    (summary,) = [r for r in gw.records("refusal_summary") if r["reason"] == "session_tampered"]
+    assert summary["route"] == "hr-employees" and summary["count"] == 1
 
 
 async def test_an_expired_or_idle_cookie_is_refused_and_recorded(browser_gw: Any) -> None:
