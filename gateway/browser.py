@@ -235,12 +235,7 @@ class BrowserLogin:
             return_to=safe_return_to(return_to) or "/",
             started_at=self._clock(),
         )
-        self._set(
-            request,
-            self.login_cookie,
-            self._codec.seal_login(login),
-            max_age=int(self._cfg.session.login_timeout_seconds),
-        )
+        self._set_logins(request, [*self._pending_logins(request), login])
         url = self._client.authorize_url(login.state, login.nonce, login.code_verifier)
         return web.HTTPFound(url, headers={"Cache-Control": "no-store"})
 
@@ -272,16 +267,24 @@ class BrowserLogin:
 
     async def callback_handler(self, request: web.Request) -> web.StreamResponse:
         sealed = request.cookies.get(self.login_cookie)
-        self._clear(request, self.login_cookie)  # one use, whatever happens next
         if not sealed:
             await self._fail(request, "login_state_missing")
         try:
-            login = self._codec.open_login(sealed or "")
+            logins = self._codec.open_logins(sealed or "")
         except SessionInvalid as e:
+            self._clear(request, self.login_cookie)
             await self._fail(request, e.reason)
-        state = request.query.get("state", "")
-        if not hmac.compare_digest(state.encode(), login.state.encode()):
-            await self._fail(request, "state_mismatch")
+        state = request.query.get("state", "").encode()
+        # Compared with every login under way in this browser (one per tab), in constant time.
+        matches = [x for x in logins if hmac.compare_digest(state, x.state.encode())]
+        if not matches:
+            await self._fail(request, "state_mismatch" if logins else "login_expired")
+        login = matches[0]
+        rest = [x for x in logins if x is not login]
+        if rest:  # one use: this login leaves the cookie, other tabs' stay
+            self._set_logins(request, rest)
+        else:
+            self._clear(request, self.login_cookie)
         if self._state_used(login):
             await self._fail(request, "state_replayed")
         if "error" in request.query:
@@ -307,6 +310,23 @@ class BrowserLogin:
         self._set(request, self.session_cookie, self._codec.seal(session))
         await self._event(request, "login", "", session)
         raise web.HTTPFound(login.return_to, headers={"Cache-Control": "no-store"})
+
+    def _pending_logins(self, request: web.Request) -> list[LoginState]:
+        value = request.cookies.get(self.login_cookie)
+        if not value:
+            return []
+        try:
+            return self._codec.open_logins(value)
+        except SessionInvalid:
+            return []
+
+    def _set_logins(self, request: web.Request, logins: list[LoginState]) -> None:
+        self._set(
+            request,
+            self.login_cookie,
+            self._codec.seal_logins(logins),
+            max_age=int(self._cfg.session.login_timeout_seconds),
+        )
 
     def _state_used(self, login: LoginState) -> bool:
         """A login state is good once on this replica (a copied login cookie replayed with its

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from cryptography.fernet import Fernet, InvalidToken
 log = logging.getLogger(__name__)
 
 MAX_COOKIE_BYTES = 4000  # browsers keep 4096 bytes per cookie, name and attributes included
+MAX_PENDING_LOGINS = 4  # logins under way at once in one browser (tabs), each with its state
 
 
 class SessionInvalid(Exception):
@@ -140,24 +141,33 @@ class SessionCodec:
             raise SessionInvalid("session_idle", session)
         return session
 
-    def seal_login(self, login: LoginState) -> str:
-        return self._seal("l", asdict(login))
+    def seal_logins(self, logins: Sequence[LoginState]) -> str:
+        """The logins under way in this browser (several tabs may each start one), newest last;
+        at most MAX_PENDING_LOGINS are kept."""
+        return self._seal("l", {"logins": [asdict(x) for x in logins[-MAX_PENDING_LOGINS:]]})
 
-    def open_login(self, value: str) -> LoginState:
+    def open_logins(self, value: str) -> list[LoginState]:
+        """The unexpired logins in ``value``; SessionInvalid("login_state_tampered")."""
         data = self._open("l", value, self._login_timeout)
+        items = data.get("logins")
+        if not isinstance(items, list):
+            raise SessionInvalid("login_state_tampered")
+        logins: list[LoginState] = []
         try:
-            login = LoginState(
-                state=str(data["state"]),
-                nonce=str(data["nonce"]),
-                code_verifier=str(data["code_verifier"]),
-                return_to=str(data["return_to"]),
-                started_at=float(data["started_at"]),
-            )
+            for item in items:
+                logins.append(
+                    LoginState(
+                        state=str(item["state"]),
+                        nonce=str(item["nonce"]),
+                        code_verifier=str(item["code_verifier"]),
+                        return_to=str(item["return_to"]),
+                        started_at=float(item["started_at"]),
+                    )
+                )
         except (KeyError, TypeError, ValueError) as e:
             raise SessionInvalid("login_state_tampered") from e
-        if self._clock() >= login.started_at + self._login_timeout:
-            raise SessionInvalid("login_expired")
-        return login
+        now = self._clock()
+        return [x for x in logins if now < x.started_at + self._login_timeout]
 
     def _seal(self, kind: str, data: dict[str, Any]) -> str:
         payload = json.dumps({"k": kind, **data}, separators=(",", ":")).encode()

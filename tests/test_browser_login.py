@@ -231,10 +231,10 @@ async def test_a_replayed_state_is_refused_and_recorded(browser_gw: Any) -> None
 async def test_a_wrong_nonce_is_refused_and_recorded(browser_gw: Any) -> None:
     gw = await browser_gw()
     authorize, login_cookie = await gw.start_login("/hr/employees/1001")
-    real = gw.codec.open_login(login_cookie)
+    (real,) = gw.codec.open_logins(login_cookie)
     # The same state and verifier, another nonce: the ID token names the one sent to the provider.
-    swapped = gw.codec.seal_login(
-        LoginState(real.state, "another-nonce", real.code_verifier, real.return_to, time.time())
+    swapped = gw.codec.seal_logins(
+        [LoginState(real.state, "another-nonce", real.code_verifier, real.return_to, time.time())]
     )
     callback = await gw.at_provider(authorize, "alice")
     resp, _ = await gw.get(callback.removeprefix(gw.url), {"pdgw-login": swapped})
@@ -484,3 +484,21 @@ async def test_routes_outside_session_routes_take_bearer_tokens_only(
     # sent to log in (it would come back to the same refusal).
     resp, body = await gw.get("/hr/medical/1001", {"pdgw-session": cookie})
     assert resp.status == 401 and b"<h1>401" in body
+
+
+async def test_logins_begun_in_several_tabs_each_complete(browser_gw: Any) -> None:
+    gw = await browser_gw()
+    first, cookie = await gw.start_login("/hr/employees/1001")
+    resp, _ = await gw.get("/hr/medical/1001", {"pdgw-login": cookie})  # a second tab
+    second, both = resp.headers["Location"], resp.cookies["pdgw-login"].value
+    assert len(gw.codec.open_logins(both)) == 2
+    cb_first = await gw.at_provider(first, "alice")
+    resp, _ = await gw.get(cb_first.removeprefix(gw.url), {"pdgw-login": both})
+    assert resp.status == 302 and resp.headers["Location"] == "/hr/employees/1001"
+    left = resp.cookies["pdgw-login"].value  # the other tab's login stays under way
+    (pending,) = gw.codec.open_logins(left)
+    assert pending.return_to == "/hr/medical/1001"
+    cb_second = await gw.at_provider(second, "alice")
+    resp, _ = await gw.get(cb_second.removeprefix(gw.url), {"pdgw-login": left})
+    assert resp.status == 302 and resp.headers["Location"] == "/hr/medical/1001"
+    assert resp.cookies["pdgw-login"]["max-age"] == "0"

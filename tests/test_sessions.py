@@ -82,14 +82,20 @@ def test_idle_and_absolute_timeouts_end_a_session() -> None:
 def test_a_login_cookie_is_not_a_session_cookie_nor_the_reverse() -> None:
     clock = Clock()
     c = codec(clock)
-    login = c.seal_login(LoginState("st", "n", "v", "/hr/", clock.now))
+    login = c.seal_logins([LoginState("st", "n", "v", "/hr/", clock.now)])
     with pytest.raises(SessionInvalid, match="session_tampered"):
         c.open(login)
     with pytest.raises(SessionInvalid, match="login_state_tampered"):
-        c.open_login(c.seal(session(clock.now)))
+        c.open_logins(c.seal(session(clock.now)))
     clock.now += 601
-    with pytest.raises(SessionInvalid):
-        c.open_login(login)
+    assert c.open_logins(login) == []  # expired logins are dropped
+
+
+def test_at_most_a_few_logins_are_under_way_in_one_browser() -> None:
+    clock = Clock()
+    c = codec(clock)
+    many = [LoginState(f"s{i}", "n", "v", "/", clock.now) for i in range(10)]
+    assert [x.state for x in c.open_logins(c.seal_logins(many))] == ["s6", "s7", "s8", "s9"]
 
 
 def test_the_trail_sees_a_keyed_hash_of_the_session_never_its_id() -> None:
