@@ -414,7 +414,12 @@ async def _browser_login(gw: Gateway, http: aiohttp.ClientSession) -> BrowserLog
         oidc,
         client,
         codec,
-        RevocationList(s.revocation_file, poll=s.revocation_poll_seconds, clock=time.time),
+        RevocationList(
+            s.revocation_file,
+            poll=s.revocation_poll_seconds,
+            clock=time.time,
+            actor=f"gateway:{cfg.instance_id}",
+        ),
         record=record,
         metrics=gw.metrics,
         client_address=lambda request: client_address(request, trusted),

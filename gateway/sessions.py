@@ -204,8 +204,11 @@ class RevocationList:
     on another replica (docs/decisions/014-browser-sessions.md).
     """
 
-    def __init__(self, path: Path, *, poll: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, path: Path, *, poll: float, clock: Callable[[], float], actor: str = ""
+    ) -> None:
         self._path = path
+        self._actor = actor
         self._poll = poll
         self._clock = clock
         self._before: dict[str, float] = {}
@@ -245,15 +248,16 @@ class RevocationList:
 
     async def revoke(self, user: str, reason: str) -> float:
         at = self._clock()
-        await asyncio.to_thread(append_revocation, self._path, user, at, reason)
+        await asyncio.to_thread(append_revocation, self._path, user, at, reason, self._actor)
         self._before[user] = max(self._before.get(user, float("-inf")), at)
         return at
 
 
-def append_revocation(path: Path, user: str, at: float, reason: str) -> None:
+def append_revocation(path: Path, user: str, at: float, reason: str, actor: str = "") -> None:
     """Append one revocation durably; one write of one line, so concurrent writers interleave
-    whole lines."""
-    line = json.dumps({"user": user, "before": at, "reason": reason}) + "\n"
+    whole lines. ``actor``: who asked (an operator's login name, or the gateway instance)."""
+    record = {"user": user, "before": at, "reason": reason, "actor": actor}
+    line = json.dumps(record) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:

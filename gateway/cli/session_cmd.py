@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 import time
@@ -40,7 +41,7 @@ def run_revoke(args: argparse.Namespace) -> int:
         print(f"pd-gateway: {args.config}: no oidc section: no browser sessions", file=sys.stderr)
         return 2
     path = cfg.oidc.session.revocation_file
-    append_revocation(path, args.user, time.time(), args.reason)
+    append_revocation(path, args.user, time.time(), args.reason, actor=f"cli:{_operator()}")
     print(
         f"revoked every session of {args.user} begun before now; every gateway sharing {path} "
         f"refuses them within {cfg.oidc.session.revocation_poll_seconds:g} s"
@@ -48,9 +49,20 @@ def run_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return str(os.getuid())
+
+
 def run_keygen(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"pd-gateway: {out} exists; not overwriting a key", file=sys.stderr)
+        return 2
     with os.fdopen(fd, "wb") as f:
         f.write(Fernet.generate_key() + b"\n")
     print(f"wrote {out} (keep it secret; every replica needs the same key)")
