@@ -221,6 +221,11 @@ class BrowserLogin:
         await self._event(request, "refresh", "", renewed)
         return renewed
 
+    async def revoke_user(self, user: str, reason: str) -> None:
+        """End every session of ``user`` on every replica (within the revocation poll bound):
+        for callers outside the browser flow, e.g. a subject block on an employee (issue 10)."""
+        await self._revocations.revoke(user, reason)
+
     def _refresh_at(self, now: float, p: Principal) -> float:
         return min(now + self._cfg.session.refresh_interval_seconds, p.expires_at)
 

@@ -315,6 +315,27 @@ async def test_a_revoked_session_is_refused_by_a_second_gateway_process(
     assert [(r["user"], r["reason"]) for r in revoked] == [("alice", "session_revoked")]
 
 
+async def test_revoke_user_ends_the_users_sessions_at_once_on_this_replica(
+    make_gateway: Any, provider: Provider, upstream: Upstream, tmp_path: Path
+) -> None:
+    from gateway.app import GATEWAY
+
+    gw = await make_gateway(upstream.url, oidc=oidc_section(tmp_path, provider, PORTS[0]))
+    browser = gw.client.app[GATEWAY].browser
+    key = (tmp_path / "session.key").read_bytes()
+    codec = SessionCodec(
+        key, idle_timeout=900, absolute_timeout=28800, login_timeout=600, clock=time.time
+    )
+    now = time.time() - 1
+    cookie = codec.seal(Session("sid", "alice", ("hr_officer",), now, now, now + 300, "rt"))
+    headers = {**XHR, "Cookie": f"pdgw-session={cookie}"}
+    assert (await gw.client.get("/hr/employees/1001", headers=headers)).status == 200
+    await browser.revoke_user("alice", "subject_block")  # e.g. issue 10's block of a subject
+    assert (await gw.client.get("/hr/employees/1001", headers=headers)).status == 401
+    events = [r for r in spool_records(gw.spool_dir) if r["kind"] == "auth_event"]
+    assert [(e["event"], e["reason"]) for e in events] == [("revoked", "session_revoked")]
+
+
 async def test_a_cross_site_post_is_refused_and_recorded_with_the_principal(
     browser_gw: Any, upstream: Upstream, keys: Keys
 ) -> None:
