@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gateway.audit.checkpoint import generate as generate_checkpoint_key  # noqa: E402
 from gateway.audit.chserver import free_port  # noqa: E402
 from tests.conftest import AUDIENCE, ISSUER, KID, Keys, rsa_keypair  # noqa: E402
 
@@ -112,6 +113,8 @@ def proxy_bench(tmp: Path) -> None:
         start(
             "0", "bench/servers.py", "bare-proxy", "--port", str(bare_port), "--upstream", upstream
         )
+        checkpoint_key = tmp / "checkpoint.pem"  # signs the audit chain (decision 012)
+        generate_checkpoint_key(checkpoint_key, tmp / "checkpoint.pub")
         targets: dict[str, str] = {}
         targets["bare aiohttp proxy"] = f"http://127.0.0.1:{bare_port}/hr/employees/1001"
         for durability in ("batch", "fsync"):
@@ -129,7 +132,11 @@ def proxy_bench(tmp: Path) -> None:
                     "model": str(ROOT / "policies/model.conf"),
                     "policy": str(ROOT / "policies/policy.csv"),
                 },
-                "audit": {"spool_dir": str(tmp / f"spool-{durability}"), "durability": durability},
+                "audit": {
+                    "spool_dir": str(tmp / f"spool-{durability}"),
+                    "durability": durability,
+                    "checkpoint_key_file": str(checkpoint_key),
+                },
                 "proxy": {"trusted_proxies": []},
                 "upstreams": {"hr": upstream},
                 "routes": [

@@ -477,3 +477,22 @@ def exchange(port: int, data: bytes) -> bytes:
         except TimeoutError:
             pass
         return out
+
+
+DEMO_CONFIG = ROOT / "deploy" / "local" / "gateway.yaml"
+_DEMO_FILES = {
+    "identity": ("jwks_file", "demo_signing_key_file"),
+    "authz": ("model", "policy"),
+    "audit": ("checkpoint_key_file",),
+}
+
+
+def demo_config_dict() -> dict[str, Any]:
+    """The demo config (deploy/local/gateway.yaml) with every file it names made absolute, so a
+    test can change it and write it anywhere."""
+    data: dict[str, Any] = yaml.safe_load(DEMO_CONFIG.read_text())
+    for section, keys in _DEMO_FILES.items():
+        for key in keys:
+            if key in data[section]:
+                data[section][key] = str((DEMO_CONFIG.parent / data[section][key]).resolve())
+    return data

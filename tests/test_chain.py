@@ -343,3 +343,26 @@ def test_verify_cli_on_the_real_server_exits_non_zero_on_tampering(
     bad = run_cli(*args)
     assert bad.returncode == 1
     assert "gw-test #3: hash_mismatch" in bad.stdout
+
+
+@pytest.mark.parametrize("kind", ["embedded"])
+async def test_verify_since_a_checkpoint_covers_a_trail_whose_start_was_dropped(
+    kind: str,
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    keys: Keys,
+    chdb_dir: Path,
+    ch_server: ClickHouseServer,
+) -> None:
+    """After the oldest rows were dropped (retention), `--since` checks the chain from the newest
+    signed checkpoint before that time, linked to the head the gateway signed."""
+    _section, store, public = await _trail(kind, make_gateway, upstream, keys, chdb_dir, ch_server)
+    keyring = checkpoint.load_public_keys([public])
+    cps = StoreChain(store, "gw-test").checkpoints()
+    middle = next(cp for cp in cps if cp.seq > 5)
+    _rewrite(store, {}, where=f"seq > {middle.seq} OR outcome_seq > {middle.seq}")
+    report = verify_store(store, keyring, since_us=middle.ts_us)
+    assert report.ok, report.problems
+    (inst,) = report.instances
+    assert inst.anchored and inst.first_seq == middle.seq + 1  # linked to the signed head
+    store.close()

@@ -11,7 +11,7 @@ import yaml
 from jose import jwt
 
 from gateway.cli import build_parser
-from tests.conftest import ROOT, Gw, Keys, anonymous_refusals, run_cli
+from tests.conftest import ROOT, Gw, Keys, anonymous_refusals, demo_config_dict, run_cli
 
 DEMO = ROOT / "deploy" / "local" / "gateway.yaml"
 
@@ -29,14 +29,10 @@ def test_token_is_minted_from_the_demo_key_and_verifies_against_the_demo_jwks() 
 
 
 def test_token_refuses_a_config_not_marked_demo(tmp_path: Path) -> None:
-    data = yaml.safe_load(DEMO.read_text())
+    data = demo_config_dict()
     data["demo"] = False
     data.pop("oidc")  # browser login's files are relative to deploy/local; not what this is about
     data["identity"].pop("demo_signing_key_file")
-    for key in ("jwks_file",):
-        data["identity"][key] = str(DEMO.parent / data["identity"][key])
-    data["authz"] = {k: str((DEMO.parent / v).resolve()) for k, v in data["authz"].items()}
-    data["audit"]["checkpoint_key_file"] = str(DEMO.parent / data["audit"]["checkpoint_key_file"])
     path = tmp_path / "prod.yaml"
     path.write_text(yaml.safe_dump(data))
     out = run_cli("token", "--sub", "alice", "--roles", "hr_officer", "--config", str(path))

@@ -10,7 +10,7 @@ import yaml
 
 from gateway import config
 from gateway.errors import ConfigError
-from tests.conftest import ROOT, Keys, config_dict, run_cli, write_config
+from tests.conftest import ROOT, Keys, config_dict, demo_config_dict, run_cli, write_config
 
 DEMO = ROOT / "deploy" / "local" / "gateway.yaml"
 
@@ -212,12 +212,9 @@ def test_every_missing_referenced_file_is_reported_with_its_line_and_key(
 
 
 def test_config_check_cli_names_a_missing_policy_file(tmp_path: Path) -> None:
-    data = yaml.safe_load(DEMO.read_text())
-    for key in ("jwks_file", "demo_signing_key_file"):
-        data["identity"][key] = str(DEMO.parent / data["identity"][key])
-    data["authz"] = {"model": str(ROOT / "policies/model.conf"), "policy": "policy.csv"}
+    data = demo_config_dict()
+    data["authz"]["policy"] = "policy.csv"
     data["audit"]["spool_dir"] = str(tmp_path / "spool")
-    data["audit"]["checkpoint_key_file"] = str(DEMO.parent / data["audit"]["checkpoint_key_file"])
     data["store"]["path"] = str(tmp_path / "chdb")
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from gateway.audit.chserver import free_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, demo_config_dict
 
 pytestmark = pytest.mark.slow
 LOCAL = ROOT / "deploy" / "local"
@@ -57,12 +57,8 @@ def _ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_the_demo_stops_the_gateway_and_the_upstream(tmp_path: Path, sig: int) -> None:
     upstream_port, proxy_port, admin_port = free_port(), free_port(), free_port()
-    data = yaml.safe_load((LOCAL / "gateway.yaml").read_text())
-    for key in ("jwks_file", "demo_signing_key_file"):
-        data["identity"][key] = str(LOCAL / data["identity"][key])
-    data["authz"] = {k: str(ROOT / "policies" / Path(v).name) for k, v in data["authz"].items()}
+    data = demo_config_dict()
     data["audit"]["spool_dir"] = str(tmp_path / "spool")
-    data["audit"]["checkpoint_key_file"] = str(LOCAL / data["audit"]["checkpoint_key_file"])
     del data["store"]  # chdb is not what this is about, and it is slow to load
     del data["oidc"]  # browser login: tests/test_browser_*.py; here only the demo provider runs
     data["listen"]["proxy"]["port"] = proxy_port

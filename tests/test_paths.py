@@ -113,3 +113,21 @@ async def test_every_forwarded_path_is_served_as_the_route_that_was_audited(
         assert served_as is not None and served_as.name == event["route"], (raw, event["route"])
 
     await asyncio.to_thread(check)
+
+
+async def test_raw_bytes_that_are_not_ascii_in_the_target_are_refused_by_the_parser(
+    gw: Gw, upstream: Upstream, keys: Keys
+) -> None:
+    """Some clients send raw bytes in the request line: the HTTP parser refuses them (400)
+    before any handler, so no path or query the audit record would have to carry can hold
+    them; percent-encoded ones are refused as invalid UTF-8 after identity, and recorded."""
+    token = keys.token("alice", ["hr_officer"])
+    port = gw.client.server.port
+    assert port is not None
+    request = (
+        b"GET /hr/employees/\xff\xfe?lead=\xc0 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
+    )
+    answer = await asyncio.to_thread(exchange, port, request)
+    assert answer.split(b" ", 2)[1] == b"400"
+    assert upstream.seen == [] and spool_events(gw.spool_dir) == []

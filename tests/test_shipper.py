@@ -98,17 +98,11 @@ def test_store_up_is_unknown_until_a_shipper_reports() -> None:
 def _replay_config(tmp_path: Path, section: dict[str, Any]) -> Path:
     import yaml
 
-    from tests.conftest import ROOT
+    from tests.conftest import demo_config_dict
 
-    cfg = yaml.safe_load((ROOT / "deploy/local/gateway.yaml").read_text())
+    cfg = demo_config_dict()
     cfg["store"] = section
-    cfg.pop("oidc", None)  # browser login's files are relative to deploy/local; not used here
-    for key in ("jwks_file", "demo_signing_key_file"):
-        cfg["identity"][key] = str(ROOT / "deploy/local" / cfg["identity"][key])
-    cfg["authz"] = {k: str(ROOT / "policies" / Path(v).name) for k, v in cfg["authz"].items()}
-    for key, value in cfg.get("audit", {}).items():
-        if key.endswith("_file"):  # e.g. the checkpoint key: relative to the demo config
-            cfg["audit"][key] = str(ROOT / "deploy/local" / value)
+    cfg.pop("oidc", None)  # browser login: not what this is about
     path = tmp_path / "replay.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -466,14 +466,11 @@ def test_audit_replay_ships_a_dead_instances_spool_once_with_lost_outcomes_unkno
         chdb_dir=tmp_path / "replay-chdb" if kind == "embedded" else chdb_dir,
         server=ch_server,
     )
-    cfg = yaml.safe_load((ROOT / "deploy/local/gateway.yaml").read_text())
+    from tests.conftest import demo_config_dict
+
+    cfg = demo_config_dict()
     cfg["store"] = section
-    cfg.pop("oidc", None)  # browser login's files are relative to deploy/local; not used here
-    for key in ("jwks_file", "demo_signing_key_file"):
-        cfg["identity"][key] = str(ROOT / "deploy/local" / cfg["identity"][key])
-    cfg["authz"] = {k: str(ROOT / "policies" / Path(v).name) for k, v in cfg["authz"].items()}
-    key = cfg["audit"]["checkpoint_key_file"]
-    cfg["audit"]["checkpoint_key_file"] = str(ROOT / "deploy/local" / key)
+    cfg.pop("oidc", None)  # browser login: not what this is about
     path = tmp_path / "replay.yaml"
     path.write_text(yaml.safe_dump(cfg))
     for _ in range(2):  # twice: the second run finds nothing new
@@ -546,6 +543,13 @@ async def test_gateway_killed_mid_shipping_and_restarted_loses_and_doubles_nothi
     numbers = chain_numbers(reader)
     assert numbers == list(range(1, len(numbers) + 1))  # no duplicates, no gaps
     assert count(reader, "access_event_subjects") == n
+    # The chain carried on across the SIGKILL and the restart, and matches what was signed.
+    from gateway.audit.checkpoint import load_public_keys
+    from gateway.audit.verify import verify_store
+
+    report = verify_store(reader, load_public_keys([tmp_path / "checkpoint-key.pub"]))
+    assert report.ok, report.problems
+    assert report.instances[0].records == len(numbers)
     reader.close()
 
 

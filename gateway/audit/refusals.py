@@ -16,7 +16,6 @@ those requests; the connection-level metrics and alerts still saw them).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -100,6 +99,8 @@ class AnonymousRefusals:
             for (route, reason, status, ip), c in sorted(counts.items())
         ]
         try:
+            # One loop iteration: the spool writes them in one write(2), all or (but for a write
+            # cut short by a full disk, whose whole records keep their numbers) none.
             await asyncio.gather(*(self._append(r) for r in records))
         except SpoolUnavailable as e:
             log.error("refusal summaries could not be recorded yet", extra={"reason": e.reason})
@@ -115,5 +116,7 @@ class AnonymousRefusals:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self._window)
-            with contextlib.suppress(Exception):
+            try:
                 await self.flush()
+            except Exception:  # a bug: keep counting, say so
+                log.exception("refusal summaries failed")
