@@ -37,7 +37,7 @@ format: install
 	$(BIN)/ruff format gateway tests deploy bench scripts
 	$(BIN)/ruff check --fix gateway tests deploy bench scripts
 
-## Coverage-guided fuzzing (atheris) of paths, headers and tokens, FUZZ_SECONDS per target.
+## Coverage-guided fuzzing (atheris) of paths, headers, tokens and session cookies, FUZZ_SECONDS per target.
 fuzz: install
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python tests/fuzz/run.py
 

@@ -24,22 +24,25 @@ from gateway import listeners, tls
 from gateway.access_rights import AccessRights
 from gateway.admin import build_admin_app
 from gateway.audit.checkpoint import Checkpointer, Signer
-from gateway.audit.events import COMPLETE, AccessEvent
+from gateway.audit.events import COMPLETE, AccessEvent, AuthEvent
 from gateway.audit.factory import open_store
 from gateway.audit.refusals import AnonymousRefusals
 from gateway.audit.shipper import Shipper, ShipperMetrics
 from gateway.audit.spool import Spool, SpoolHooks
 from gateway.authz import PolicyStore
 from gateway.break_glass import BreakGlass, load_allowances
+from gateway.browser import BrowserLogin, ChainedAuthEvent, add_pending_cookies
 from gateway.config import Config, StoreConfig
 from gateway.errors import AuthenticationError
 from gateway.identity import KeySet, Principal, TokenVerifier, file_fetcher, url_fetcher
 from gateway.metrics import Metrics
+from gateway.oidc import OidcClient
 from gateway.pipeline import REQUEST_ID, Pipeline, error_middleware, expect_handler
 from gateway.policy_api import AdminRefused, break_glass_handler, policy_put_handler
 from gateway.proxy import Forwarder, client_address
 from gateway.role_changes import RoleTracker
 from gateway.routing import RouteTable
+from gateway.sessions import RevocationList, SessionCodec
 from gateway.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class Gateway:
     verifier: TokenVerifier | None = None
     pipeline: Pipeline | None = None
     shipper: Shipper | None = None
+    browser: BrowserLogin | None = None
 
     @property
     def break_glass(self) -> BreakGlass:
@@ -134,6 +138,9 @@ def build(
     proxy_app.cleanup_ctx.append(_shipper_ctx)
     proxy_app.cleanup_ctx.append(_spool_ctx)
     proxy_app.cleanup_ctx.append(_pipeline_ctx)
+    if cfg.oidc is not None:
+        proxy_app.router.add_route("*", "/_pdgw/{tail:.*}", _browser_pages)
+        proxy_app.on_response_prepare.append(add_pending_cookies)
     proxy_app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=expect_handler)
     admin_app = build_admin_app(metrics, gw.readiness, _admin_refusals(gw))
 
@@ -220,6 +227,13 @@ async def _latest_checkpoint(request: web.Request) -> web.Response:
     if cp is None:
         return web.json_response({"error": "no_checkpoint_yet"}, status=404)
     return web.json_response(cp.as_dict())
+
+
+async def _browser_pages(request: web.Request) -> web.StreamResponse:
+    """The gateway's own login pages (gateway/browser.py), routed before the upstreams."""
+    browser = request.app[GATEWAY].browser
+    assert browser is not None, "set up before the site starts"
+    return await browser.route(request)
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
@@ -320,6 +334,8 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     gw.keys = keys
     gw.rights.roles = roles
     gw.verifier = TokenVerifier(ident, keys, on_cache=gw.metrics.token_cache_result)
+    if cfg.oidc is not None:
+        gw.browser = await _browser_login(gw, session)
     gw.pipeline = Pipeline(
         cfg,
         routes=RouteTable(cfg.routes),
@@ -340,11 +356,13 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
                 name: tls.client_context(t.ca_file, t.client_cert_file, t.client_key_file)
                 for name, t in cfg.upstream_tls.items()
             },
+            gateway_cookies=gw.browser.cookie_names if gw.browser is not None else frozenset(),
         ),
         metrics=gw.metrics,
         access_rights=gw.rights,
         break_glass=gw.break_glass,
         anonymous=gw.anonymous,
+        browser=gw.browser,
     )
     reaper = spawn(gw.rights.end_break_glass_sessions(), name="break-glass-ends")
     watcher = None
@@ -358,6 +376,54 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     reaper.cancel()
     await roles.close()  # the baseline, fsynced off the loop
     await session.close()
+
+
+async def _browser_login(gw: Gateway, http: aiohttp.ClientSession) -> BrowserLogin:
+    """OIDC login and sessions (issue 9): discovery now if the provider answers, else at the
+    first login."""
+    cfg = gw.cfg
+    oidc = cfg.oidc
+    assert oidc is not None
+    s = oidc.session
+    client = OidcClient(
+        oidc,
+        cfg.identity,
+        http,
+        ssl_context=tls.client_context(oidc.ca_file) if oidc.ca_file else None,
+        clock=time.time,
+    )
+    try:
+        await client.discover()
+    except Exception as e:
+        log.error(
+            "OIDC discovery failed; retried at the first login", extra={"error": type(e).__name__}
+        )
+    codec = SessionCodec.from_file(
+        s.key_file,
+        idle_timeout=s.idle_timeout_seconds,
+        absolute_timeout=s.absolute_timeout_seconds,
+        login_timeout=s.login_timeout_seconds,
+        clock=time.time,
+    )
+    trusted = cfg.proxy.trusted_proxies
+
+    async def record(event: AuthEvent) -> None:
+        await gw.spool.append(ChainedAuthEvent(event))
+
+    return BrowserLogin(
+        oidc,
+        client,
+        codec,
+        RevocationList(
+            s.revocation_file,
+            poll=s.revocation_poll_seconds,
+            clock=time.time,
+            actor=f"gateway:{cfg.instance_id}",
+        ),
+        record=record,
+        metrics=gw.metrics,
+        client_address=lambda request: client_address(request, trusted),
+    )
 
 
 async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:

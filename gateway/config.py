@@ -204,6 +204,49 @@ class ProxyConfig:
     strip_headers: frozenset[str] = frozenset()
 
 
+# The gateway's own paths (login callback, logout); no route may use this prefix.
+GATEWAY_PATH_PREFIX = "/_pdgw/"
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Browser sessions (docs/decisions/014-browser-sessions.md)."""
+
+    key_file: Path  # Fernet key: encrypts and authenticates the session and login cookies
+    revocation_file: Path  # shared by every replica: users whose sessions end (9.2.7)
+    # Defaults fit a system holding personal data: 15 minutes idle, one working day at most.
+    idle_timeout_seconds: float = 900.0
+    absolute_timeout_seconds: float = 8 * 3600.0
+    # A session is re-checked with the provider (refresh token) at least this often: the bound
+    # on how long a role change or a revocation at the provider takes to reach the gateway.
+    refresh_interval_seconds: float = 300.0
+    revocation_poll_seconds: float = 5.0
+    login_timeout_seconds: float = 600.0  # from the redirect to the provider to the callback
+
+
+@dataclass(frozen=True)
+class OidcConfig:
+    """OIDC authorization-code login at the gateway, as a confidential client (issue 9)."""
+
+    issuer: str  # its discovery document is {issuer}/.well-known/openid-configuration
+    client_id: str
+    client_secret: Secret
+    redirect_uri: str  # {public origin}/_pdgw/callback; its origin is the gateway's origin
+    session: SessionConfig
+    scopes: tuple[str, ...] = ("openid",)
+    ca_file: Path | None = None  # verifies an https issuer (default: the system's CAs)
+    # Routes (by name) that accept a browser session; empty: every route. Bearer tokens are
+    # accepted everywhere.
+    session_routes: frozenset[str] = frozenset()
+    secure_cookies: bool = True  # False only without TLS (the demo): cookies lose `Secure`
+    home_path: str = "/"  # where "log in again" leads after a logout
+
+    @property
+    def origin(self) -> str:
+        parts = urlsplit(self.redirect_uri)
+        return f"{parts.scheme}://{parts.netloc}"
+
+
 @dataclass(frozen=True)
 class SubjectRule:
     """Where a route's data subject id comes from: a `{param}` segment of a path template and/or a
@@ -251,6 +294,7 @@ class Config:
     routes: tuple[Route, ...] = field(default=())
     store: StoreConfig | None = None
     upstream_tls: Mapping[str, UpstreamTLS] = field(default_factory=dict)
+    oidc: OidcConfig | None = None  # browser login and sessions (issue 9); None: bearer only
 
     def to_json(self) -> str:
         """The effective configuration, defaults filled in (like `nginx -T`)."""
@@ -543,6 +587,7 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
     up.finish()
 
     routes = _parse_routes(top, upstreams, problems)
+    oidc = _parse_oidc(top, resolve, proxy_listen.tls is not None, routes)
     top.finish()
     if problems.items:
         raise ConfigError(problems.items, str(source))
@@ -560,7 +605,93 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         routes=routes,
         store=store,
         upstream_tls=upstream_tls,
+        oidc=oidc,
     )
+
+
+def _parse_oidc(
+    top: _Section, resolve: Resolve, tls_on: bool, routes: tuple[Route, ...]
+) -> OidcConfig | None:
+    """The `oidc` section (browser login) with its `session` subsection; absent: bearer only."""
+    if "oidc" not in top.data:
+        top.seen.add("oidc")
+        return None
+    o = top.section("oidc")
+    issuer = o.get("issuer", str, ..., _http_url)
+    client_id = o.get("client_id", str)
+    redirect_uri = o.get("redirect_uri", str, ..., _http_url)
+    if redirect_uri is not None:
+        parts = urlsplit(redirect_uri)
+        if not parts.path.startswith(GATEWAY_PATH_PREFIX) or parts.query or parts.fragment:
+            o.problems.add(
+                o.key("redirect_uri"), f"must be a path under {GATEWAY_PATH_PREFIX}, no query"
+            )
+        elif tls_on != (parts.scheme == "https"):
+            o.problems.add(o.key("redirect_uri"), "must be https:// exactly when TLS is on")
+    secret = ""
+    secret_file = _file(o, "client_secret_file", resolve(o.get("client_secret_file", str)))
+    if secret_file is not None and secret_file.is_file():
+        secret = secret_file.read_text(encoding="utf-8").strip()
+        if not secret:
+            o.problems.add(o.key("client_secret_file"), "is empty")
+    scopes = tuple(str(s) for s in o.get("scopes", list, ["openid"]))
+    if "openid" not in scopes:
+        o.problems.add(o.key("scopes"), "must include openid")
+    home_path = o.get("home_path", str, "/")
+    if not home_path.startswith("/") or home_path.startswith("//") or "\\" in home_path:
+        o.problems.add(o.key("home_path"), "must be a path on this site, like /hr/")
+    names = {r.name for r in routes}
+    session_routes = frozenset(str(n) for n in o.get("session_routes", list, []))
+    for name in sorted(session_routes - names):
+        o.problems.add(o.key("session_routes"), f"no route named {name!r}")
+    for r in routes:
+        if r.prefix.startswith(GATEWAY_PATH_PREFIX.rstrip("/")):
+            o.problems.add(o.key("redirect_uri"), f"route {r.name} uses {GATEWAY_PATH_PREFIX}")
+    s = o.section("session")
+    key_file = _file(s, "key_file", resolve(s.get("key_file", str)))
+    if key_file is not None and key_file.is_file():
+        _check_fernet_key(s, key_file)
+    revocation = resolve(s.get("revocation_file", str))  # created at the first revocation
+    idle = s.get("idle_timeout_seconds", float, 900.0, _positive)
+    absolute = s.get("absolute_timeout_seconds", float, 8 * 3600.0, _positive)
+    if idle is not None and absolute is not None and idle > absolute:
+        s.problems.add(s.key("idle_timeout_seconds"), "must not exceed absolute_timeout_seconds")
+    session = SessionConfig(
+        key_file=key_file or Path(),
+        revocation_file=revocation or Path(),
+        idle_timeout_seconds=idle,
+        absolute_timeout_seconds=absolute,
+        refresh_interval_seconds=s.get("refresh_interval_seconds", float, 300.0, _positive),
+        revocation_poll_seconds=s.get("revocation_poll_seconds", float, 5.0, _positive),
+        login_timeout_seconds=s.get("login_timeout_seconds", float, 600.0, _positive),
+    )
+    s.finish()
+    cfg = OidcConfig(
+        issuer=issuer or "",
+        client_id=client_id or "",
+        client_secret=Secret(secret),
+        redirect_uri=redirect_uri or "",
+        session=session,
+        scopes=scopes,
+        ca_file=_file(o, "ca_file", resolve(o.get("ca_file", str, None))),
+        session_routes=session_routes,
+        secure_cookies=tls_on,
+        home_path=home_path,
+    )
+    o.finish()
+    return cfg
+
+
+def _check_fernet_key(sec: _Section, path: Path) -> None:
+    from cryptography.fernet import Fernet
+
+    try:
+        Fernet(path.read_bytes().strip())
+    except (OSError, ValueError):
+        sec.problems.add(
+            sec.key("key_file"),
+            f"{path} is not a Fernet key (make one: pd-gateway session keygen --out FILE)",
+        )
 
 
 def _parse_listen(

@@ -10,6 +10,7 @@ traceback, no request data) and answered 500.
 
 from __future__ import annotations
 
+import html
 import http
 import logging
 import uuid
@@ -58,6 +59,62 @@ def error_response(
     )
 
 
+def wants_html(request: web.BaseRequest) -> bool:
+    """A browser navigation gets a readable page; API clients (a bearer token, fetch/XHR, or no
+    HTML in `Accept`) get JSON."""
+    if "Authorization" in request.headers:
+        return False
+    mode = request.headers.get("Sec-Fetch-Mode")
+    if mode is not None:
+        return mode == "navigate"
+    return "text/html" in request.headers.get("Accept", "")
+
+
+def html_page(
+    status: int,
+    title: str,
+    message: str,
+    request_id: str,
+    *,
+    link: tuple[str, str] | None = None,
+) -> web.Response:
+    """A small readable HTML page; every value escaped, no script, not cached."""
+    more = f'<p><a href="{html.escape(link[1])}">{html.escape(link[0])}</a></p>' if link else ""
+    body = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>{more}"
+        f"<p><small>Request id <code>{html.escape(request_id)}</code></small></p>"
+        "</body></html>"
+    )
+    return web.Response(
+        status=status,
+        text=body,
+        content_type="text/html",
+        headers={
+            "X-Request-Id": request_id,
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+        },
+    )
+
+
+def _render(
+    request: web.Request,
+    status: int,
+    code: str,
+    message: str,
+    request_id: str,
+    *,
+    realm: str,
+    details: Mapping[str, Any] | None = None,
+) -> web.Response:
+    if wants_html(request):
+        title = f"{status} {_phrase(status).capitalize()}"
+        return html_page(status, title, message.capitalize() + ".", request_id)
+    return error_response(status, code, message, request_id, realm=realm, details=details)
+
+
 def error_middleware(
     *, metrics: Metrics, realm: str = "pd-gateway", route_label: str = "-"
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -75,7 +132,8 @@ def error_middleware(
         try:
             resp = await handler(request)
         except GatewayError as e:
-            resp = error_response(
+            resp = _render(
+                request,
                 e.status,
                 e.code,
                 e.public_message,
@@ -90,7 +148,8 @@ def error_middleware(
             if e.status < 400:
                 raise
             # The router's own 404/405/413: its text page would carry no request id.
-            resp = error_response(
+            resp = _render(
+                request,
                 e.status,
                 _HTTP_CODES.get(e.status, "http_error"),
                 _phrase(e.status),
@@ -103,7 +162,9 @@ def error_middleware(
         except Exception:
             log.exception("unhandled error in request path")
             metrics.denials.labels(route_label, "internal_error").inc()
-            return error_response(500, "internal_error", "internal error", request_id, realm=realm)
+            return _render(
+                request, 500, "internal_error", "internal error", request_id, realm=realm
+            )
         finally:
             request_id_var.reset(token)
         if not resp.prepared:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import json
 import logging
 import re
@@ -160,7 +161,25 @@ class TokenVerifier:
             for t in list(self._cache)[: len(self._cache) // 2]:
                 del self._cache[t]
 
+    async def verify_id_token(self, raw: str, nonce: str | None) -> Principal:
+        """An OIDC ID token (OpenID Connect Core §3.1.3.7): every check of a bearer token (this
+        verifier's audience is the client id), then the login's ``nonce`` (None: a token from a
+        refresh, which carries none to compare) and `azp` when there are several audiences.
+        Never cached: each is used once."""
+        claims = await self._claims(raw)
+        if nonce is not None:
+            got = claims.get("nonce")
+            if not isinstance(got, str) or not hmac.compare_digest(got, nonce):
+                raise AuthenticationError("nonce_mismatch")
+        aud = claims.get("aud")
+        if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != self._cfg.audience:
+            raise AuthenticationError("invalid_claims")
+        return self._principal(claims)
+
     async def _verify_uncached(self, raw: str) -> Principal:
+        return self._principal(await self._claims(raw))
+
+    async def _claims(self, raw: str) -> Mapping[str, Any]:
         if len(raw) > MAX_TOKEN_BYTES:
             raise AuthenticationError("token_too_large")
         segments = raw.split(".")
@@ -210,7 +229,9 @@ class TokenVerifier:
         # A claim given twice is read one way here and maybe another way by the IdP or an
         # upstream (RFC 7519 §4 lets a parser reject it): refuse rather than pick one.
         _refuse_duplicate_members(segments[1], "duplicate_claims")
-        return self._principal(claims)
+        if not isinstance(claims, Mapping):
+            raise AuthenticationError("invalid_claims")
+        return claims
 
     def _principal(self, claims: Mapping[str, Any]) -> Principal:
         user = claims.get(self._cfg.user_claim)

@@ -206,6 +206,20 @@ class Metrics:
             "outside the audit store, to compare with `pd-gateway audit verify`.",
             registry=registry,
         )
+        # Browser login and sessions (issue 9).
+        self.auth_events = Counter(
+            "pdgw_auth_events",
+            "Browser session events: login, login_failed, logout, refresh, expired, revoked; by "
+            "event and reason.",
+            ["event", "reason"],
+            registry=registry,
+        )
+        self.csrf_refusals = Counter(
+            "pdgw_csrf_refusals",
+            "Cookie-authenticated state-changing requests refused as cross-site, by reason.",
+            ["reason"],
+            registry=registry,
+        )
         # Pre-bound children for the hot path (~0.3 µs instead of ~1.2 µs per call).
         self._token_hit = self.token_cache.labels("hit")
         self._token_miss = self.token_cache.labels("miss")

@@ -5,8 +5,12 @@ Order, and why:
   2. canonical path, route — routing and authorisation see exactly what is forwarded; a refusal
                              (400, 404) is decided here but answered only after identity, so
                              routes are not enumerable anonymously and the refusal is attributed.
-  3. identity              — bearer JWT → Principal. Without a valid token: 401, counted in the
-                             anonymous refusal summaries (docs/decisions/013).
+  3. identity              — bearer JWT → Principal, or the browser session cookie when the
+                             request has no Authorization header (gateway/browser.py). Without
+                             either: 401 (a browser navigation: redirect to login), counted in
+                             the anonymous refusal summaries (docs/decisions/013). A
+                             cookie-authenticated state-changing request that is not
+                             same-origin is refused here, recorded with the principal (CSRF).
   4. refusals of step 2    — recorded with the principal (an employee probing paths is visible).
   5. action, subject ids   — what the request does and to whom, from the route's declaration.
   6. access-rights changes — a role set the IdP changed is recorded before it is used (9.2.7).
@@ -35,6 +39,7 @@ from gateway.audit.refusals import AnonymousRefusals
 from gateway.audit.spool import Spool
 from gateway.authz import Decision, PolicyStore
 from gateway.break_glass import BreakGlass
+from gateway.browser import BrowserLogin
 from gateway.config import Config, Route
 from gateway.errors import AuthenticationError, BadRequest, GatewayError, SpoolUnavailable
 
@@ -96,6 +101,8 @@ class _Context:
     subjects: list[str] = field(default_factory=list)
     principal: Principal | None = None
     decision: Decision | None = None
+    auth: str = ""  # bearer | session
+    session: str = ""  # the browser session, as a keyed hash
 
     @property
     def route_name(self) -> str:
@@ -116,6 +123,7 @@ class Pipeline:
         access_rights: AccessRights | None = None,
         break_glass: BreakGlass | None = None,
         anonymous: AnonymousRefusals | None = None,
+        browser: BrowserLogin | None = None,
     ) -> None:
         self._cfg = cfg
         self._routes = routes
@@ -127,6 +135,7 @@ class Pipeline:
         self._rights = access_rights
         self._break_glass = break_glass
         self._anonymous = anonymous
+        self._browser = browser
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path, _, raw_query = request.raw_path.partition("?")
@@ -148,15 +157,26 @@ class Pipeline:
             refused = e  # answered after identity (step 4)
 
         try:
-            ctx.principal = await self._verifier.verify(
-                bearer_token(request.headers.get("Authorization"))
-            )
+            ctx.principal = await self._identify(request, ctx)
         except AuthenticationError as e:
             self._refuse_anonymous(ctx, 401, e.reason)
+            browser = self._browser
+            if (
+                browser is not None
+                and browser.accepts(ctx.route)
+                and browser.wants_login_redirect(request)
+            ):
+                raise await browser.login_redirect(request, request.raw_path) from None
             raise Denied(401, "unauthenticated", e.public_message, e.reason) from None
+        except SpoolUnavailable:
+            raise
         except Exception:
             log.exception("identity check failed")
             await self._deny(ctx, 500, "internal_error", "internal error", "identity_error")
+        if ctx.auth == "session" and self._browser is not None:
+            csrf = self._browser.cross_site(request)
+            if csrf is not None:
+                await self._deny(ctx, 403, "cross_site_request", "cross-site request refused", csrf)
 
         if refused is not None:
             await self._deny(ctx, 400, "bad_request", "malformed request", refused.reason)
@@ -228,6 +248,18 @@ class Pipeline:
         if route.carries_personal_data:
             await self._record(ctx, event, "access")
         return await self._forward(request, ctx, event)
+
+    async def _identify(self, request: web.Request, ctx: _Context) -> Principal:
+        """One rule: an Authorization header decides alone (bearer); without one, the session
+        cookie on routes that accept sessions (gateway/browser.py)."""
+        header = request.headers.get("Authorization")
+        if header is None and self._browser is not None and self._browser.accepts(ctx.route):
+            principal, ctx.session = await self._browser.authenticate(request)
+            ctx.auth = "session"
+            return principal
+        principal = await self._verifier.verify(bearer_token(header))
+        ctx.auth = "bearer"
+        return principal
 
     def _refuse_anonymous(self, ctx: _Context, status: int, reason: str) -> None:
         """A refusal with no valid token: counted in this window's summaries, not recorded
@@ -358,8 +390,8 @@ class Pipeline:
             user=p.user if p else "",
             roles=list(p.roles) if p else [],
             client_ip=ctx.client_ip,
-            auth="bearer" if p else "",
-            session="",
+            auth=ctx.auth if p else "",
+            session=ctx.session,
             method=ctx.method,
             path=ctx.path,
             query=ctx.query,

@@ -22,6 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config import IPNetwork, Route
+from gateway.cookies import sets_cookie, without_cookies
 from gateway.errors import BadRequest, GatewayError
 from gateway.method_override import OVERRIDE_HEADERS, BodyOverrideScanner
 
@@ -355,7 +356,11 @@ class Forwarder:
         max_response_bytes: int = 1024**3,
         total_timeout: float | None = None,
         ssl_contexts: Mapping[str, ssl.SSLContext] | None = None,
+        gateway_cookies: frozenset[str] = frozenset(),
     ) -> None:
+        # SECURITY: the gateway's session and login cookies never reach an upstream, and an
+        # upstream cannot set or clear them (THREAT_MODEL.md, browser sessions).
+        self._own_cookies = gateway_cookies
         self._max_body = max_body_bytes
         self._body_timeout = body_timeout
         self._max_response = max_response_bytes
@@ -387,6 +392,12 @@ class Forwarder:
             strip=strip,
             keep_override="header" in route.method_override,
         )
+        if self._own_cookies and "Cookie" in headers:
+            kept = [without_cookies(c, self._own_cookies) for c in headers.getall("Cookie")]
+            del headers["Cookie"]
+            for value in kept:
+                if value is not None:
+                    headers.add("Cookie", value)
         # The raw path and query, byte for byte: what was authorised is what is forwarded.
         url = URL(route.upstream_url + request.raw_path, encoded=True)
 
@@ -444,6 +455,10 @@ class Forwarder:
             exchange.upstream_seconds = time.perf_counter() - t0
             raise self._failure(e, exchange) from e
         try:
+            if self._own_cookies and sets_cookie(
+                upstream.headers.getall("Set-Cookie", ()), self._own_cookies
+            ):
+                raise UpstreamError(502, "upstream_set_gateway_cookie")
             return await self._relay(request, upstream, request_id, exchange, before_last_chunk, t0)
         finally:
             upstream.release()

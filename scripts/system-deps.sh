@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and benchmarks run for real: promtool (prometheus),
 # wrk (load generator), clickhouse-server (the real server the audit-store fault tests start on
-# loopback), docker-compose (`docker-compose config` validates deploy/compose; no engine needed).
-# Idempotent; a no-op when they are present.
+# loopback), docker-compose (`docker-compose config` validates deploy/compose; no engine needed),
+# chromium (the browser-login tests drive it with Playwright) and nodejs/npm, then the demo
+# OpenID provider's locked npm packages (deploy/oidc-demo: `npm ci`, used by `make run` and the
+# browser-login tests). Idempotent; a no-op when they are present.
 #
 # No host service is started. Debian's `prometheus` package would start a server on :9090 (and
 # its recommended node exporter on :9100) on a host with systemd or sysvinit; the tests only
@@ -16,7 +18,21 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 [ -x /usr/sbin/clickhouse-server ] || command -v clickhouse-server >/dev/null 2>&1 || need+=(clickhouse-server clickhouse-client)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
-[ ${#need[@]} -eq 0 ] && exit 0
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+oidc_demo() {  # the demo OpenID provider's packages, exactly as package-lock.json pins them
+  local dir="$ROOT/deploy/oidc-demo"
+  if [ ! -d "$dir/node_modules/oidc-provider" ]; then
+    echo "installing the demo OpenID provider (npm ci in deploy/oidc-demo)" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+if [ ${#need[@]} -eq 0 ]; then
+  oidc_demo
+  exit 0
+fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 echo "installing Debian packages: ${need[*]}" >&2
@@ -36,3 +52,4 @@ if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
     $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true
   done
 fi
+oidc_demo

@@ -221,3 +221,49 @@ def test_config_check_cli_names_a_missing_policy_file(tmp_path: Path) -> None:
     out = run_cli("config", "check", str(path))
     assert out.returncode == 2
     assert f"authz.policy: file not found: {tmp_path / 'policy.csv'}" in out.stderr
+
+
+def test_the_oidc_section_is_validated_with_every_problem_and_no_secret_echoed(
+    tmp_path: Path, keys: Keys
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-value")
+    bad_key = tmp_path / "not-a-key"
+    bad_key.write_text("short")
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    data["oidc"] = {
+        "issuer": "ftp://idp",
+        "client_id": "gw",
+        "client_secret_file": str(secret),
+        "redirect_uri": "http://127.0.0.1:8080/callback",
+        "scopes": ["profile"],
+        "session_routes": ["no-such-route"],
+        "session": {
+            "key_file": str(bad_key),
+            "revocation_file": str(tmp_path / "revoked.jsonl"),
+            "idle_timeout_seconds": 99999,
+            "absolute_timeout_seconds": 3600,
+        },
+    }
+    with pytest.raises(ConfigError) as info:
+        config.load(write_config(tmp_path, data, keys))
+    text = str(info.value)
+    for key in (
+        "oidc.issuer",
+        "oidc.redirect_uri",
+        "oidc.scopes",
+        "oidc.session_routes",
+        "oidc.session.key_file",
+        "oidc.session.idle_timeout_seconds",
+    ):
+        assert f"{key}: " in text, (key, text)
+    assert "s3cret-value" not in text
+
+
+def test_the_demo_config_has_browser_login_with_timeouts_for_personal_data() -> None:
+    cfg = config.load(DEMO)
+    assert cfg.oidc is not None and cfg.oidc.origin == "http://127.0.0.1:8080"
+    assert not cfg.oidc.secure_cookies  # the demo has no TLS
+    assert json.loads(cfg.to_json())["oidc"]["client_secret"] == "**********"
+    s = cfg.oidc.session
+    assert s.idle_timeout_seconds <= 900 and s.absolute_timeout_seconds <= 8 * 3600

@@ -1,7 +1,9 @@
-"""`make run` (deploy/local/run.sh) as a process: a signal stops both children, none is orphaned."""
+"""`make run` (deploy/local/run.sh) as a process: a signal stops every child (gateway, upstream, demo
+OpenID provider), none is orphaned."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -58,15 +60,22 @@ def test_a_signal_to_the_demo_stops_the_gateway_and_the_upstream(tmp_path: Path,
     data = demo_config_dict()
     data["audit"]["spool_dir"] = str(tmp_path / "spool")
     del data["store"]  # chdb is not what this is about, and it is slow to load
+    del data["oidc"]  # browser login: tests/test_browser_*.py; here only the demo provider runs
     data["listen"]["proxy"]["port"] = proxy_port
     data["listen"]["admin"]["port"] = admin_port
     data["upstreams"] = {k: f"http://127.0.0.1:{upstream_port}" for k in data["upstreams"]}
     config = tmp_path / "gateway.yaml"
     config.write_text(yaml.safe_dump(data))
+    provider = json.loads((LOCAL / "oidc-provider.DEMO-ONLY.json").read_text())
+    provider_port = free_port()
+    provider.update(issuer=f"http://127.0.0.1:{provider_port}", port=provider_port)
+    (tmp_path / "provider.json").write_text(json.dumps(provider))
+    with_provider = (ROOT / "deploy" / "oidc-demo" / "node_modules" / "oidc-provider").is_dir()
     env = {
         **os.environ,
         "PD_GATEWAY_CONFIG": str(config),
         "DEMO_UPSTREAM_PORT": str(upstream_port),
+        "DEMO_OIDC_CONFIG": str(tmp_path / "provider.json"),
     }
     proc = subprocess.Popen(
         ["bash", str(LOCAL / "run.sh")], env=env, stdout=subprocess.DEVNULL, cwd=tmp_path
@@ -74,8 +83,10 @@ def test_a_signal_to_the_demo_stops_the_gateway_and_the_upstream(tmp_path: Path,
     try:
         _ready(f"http://127.0.0.1:{admin_port}/readyz", proc)
         _ready(f"http://127.0.0.1:{upstream_port}/crm/catalog", proc)
+        if with_provider:
+            _ready(f"http://127.0.0.1:{provider_port}/.well-known/openid-configuration", proc)
         children = _children(proc.pid)
-        assert len(children) == 2, children
+        assert len(children) == (3 if with_provider else 2), children
         proc.send_signal(sig)
         code = proc.wait(timeout=30)
         assert code == 128 + sig

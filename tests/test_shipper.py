@@ -102,6 +102,7 @@ def _replay_config(tmp_path: Path, section: dict[str, Any]) -> Path:
 
     cfg = demo_config_dict()
     cfg["store"] = section
+    cfg.pop("oidc", None)  # browser login: not what this is about
     path = tmp_path / "replay.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

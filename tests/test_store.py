@@ -470,6 +470,7 @@ def test_audit_replay_ships_a_dead_instances_spool_once_with_lost_outcomes_unkno
 
     cfg = demo_config_dict()
     cfg["store"] = section
+    cfg.pop("oidc", None)  # browser login: not what this is about
     path = tmp_path / "replay.yaml"
     path.write_text(yaml.safe_dump(cfg))
     for _ in range(2):  # twice: the second run finds nothing new

@@ -6,22 +6,26 @@
 # spool — then the upstream, and waits for both: nothing outlives the demo, and the gateway
 # never runs on answering 502 for an upstream that is gone. If either child exits on its own,
 # the other is stopped too and the script exits with the first one's status.
-# PD_GATEWAY_CONFIG and DEMO_UPSTREAM_PORT override the defaults (the tests use free ports).
+# PD_GATEWAY_CONFIG, DEMO_UPSTREAM_PORT and DEMO_OIDC_CONFIG override the defaults (the tests
+# use free ports). The DEMO OpenID provider (deploy/oidc-demo, for logging in with a browser)
+# starts when its npm packages are installed (`make test` / scripts/system-deps.sh does it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=.venv/bin
 CONFIG=${PD_GATEWAY_CONFIG:-deploy/local/gateway.yaml}
 UPSTREAM_PORT=${DEMO_UPSTREAM_PORT:-8081}
+OIDC_CONFIG=${DEMO_OIDC_CONFIG:-deploy/local/oidc-provider.DEMO-ONLY.json}
 GATEWAY=""
 UPSTREAM=""
+PROVIDER=""
 
 stop() {
   trap - TERM INT EXIT
   local pid
-  for pid in $GATEWAY $UPSTREAM; do
+  for pid in $GATEWAY $UPSTREAM $PROVIDER; do
     kill -TERM "$pid" 2>/dev/null || true
   done
-  for pid in $GATEWAY $UPSTREAM; do
+  for pid in $GATEWAY $UPSTREAM $PROVIDER; do
     wait "$pid" 2>/dev/null || true
   done
 }
@@ -31,6 +35,14 @@ trap stop EXIT
 
 $BIN/python deploy/local/demo_upstream.py --port "$UPSTREAM_PORT" &
 UPSTREAM=$!
+mkdir -p var
+if [ -d deploy/oidc-demo/node_modules/oidc-provider ] && command -v node >/dev/null 2>&1; then
+  node deploy/oidc-demo/provider.mjs "$OIDC_CONFIG" 2>/dev/null &
+  PROVIDER=$!
+  LOGIN="open http://127.0.0.1:8080/hr/ in a browser; log in as alice (any password)"
+else
+  LOGIN="(browser login: run ./scripts/system-deps.sh first — it installs the demo provider)"
+fi
 
 ALICE=$($BIN/pd-gateway token --sub alice --roles hr_officer --config "$CONFIG" --ttl 28800)
 cat <<INFO
@@ -41,6 +53,9 @@ cat <<INFO
   admin    http://127.0.0.1:9470   /metrics /healthz /readyz
   upstream http://127.0.0.1:$UPSTREAM_PORT   demo HR / CRM / website back office, synthetic data
   spool    var/spool                audit trail: $BIN/pd-gateway audit tail --spool var/spool
+  login    http://127.0.0.1:8082   DEMO ONLY OpenID provider (any password for the demo users)
+
+  In a browser: $LOGIN
 
   Demo users (job functions, 4.4) — mint a token for any of them:
     alice hr_officer | bob accountant | carol sales_manager | dave support_agent
@@ -58,6 +73,6 @@ GATEWAY=$!
 
 # Whichever child ends first ends the demo. `wait -n` returns early when a trapped signal arrives.
 status=0
-wait -n "$GATEWAY" "$UPSTREAM" || status=$?
+wait -n "$GATEWAY" "$UPSTREAM" $PROVIDER || status=$?
 stop
 exit "$status"

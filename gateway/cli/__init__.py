@@ -12,6 +12,7 @@ from gateway.cli import (
     config_cmd,
     policy_cmd,
     serve_cmd,
+    session_cmd,
     store_cmd,
     token_cmd,
     verify_cmd,
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify_cmd.register(audit_sub)
     token_cmd.register(sub)
     policy_cmd.register(sub)
+    session_cmd.register(sub)
     return parser
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-TARGETS = ("fuzz_paths", "fuzz_headers", "fuzz_tokens")
+TARGETS = ("fuzz_paths", "fuzz_headers", "fuzz_tokens", "fuzz_sessions")
 
 
 def main() -> int:
