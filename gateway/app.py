@@ -31,7 +31,7 @@ from gateway.audit.shipper import Shipper, ShipperMetrics
 from gateway.audit.spool import Spool, SpoolHooks
 from gateway.authz import PolicyStore
 from gateway.break_glass import BreakGlass, load_allowances
-from gateway.browser import BrowserLogin, ChainedAuthEvent, add_pending_cookies
+from gateway.browser import BrowserLogin, add_pending_cookies
 from gateway.config import Config, StoreConfig
 from gateway.errors import AuthenticationError
 from gateway.identity import KeySet, Principal, TokenVerifier, file_fetcher, url_fetcher
@@ -408,7 +408,7 @@ async def _browser_login(gw: Gateway, http: aiohttp.ClientSession) -> BrowserLog
     trusted = cfg.proxy.trusted_proxies
 
     async def record(event: AuthEvent) -> None:
-        await gw.spool.append(ChainedAuthEvent(event))
+        await gw.spool.append(event)
 
     return BrowserLogin(
         oidc,

@@ -21,12 +21,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NoReturn
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from gateway.audit.events import FIELDS, RECORD_VERSION, AuthEvent
+from gateway.audit.events import AuthEvent
 from gateway.config import GATEWAY_PATH_PREFIX, OidcConfig, Route
 from gateway.csrf import cross_site_reason, is_navigation
 from gateway.errors import AuthenticationError, GatewayError
@@ -59,20 +59,6 @@ class PendingCookies:
     reach streamed upstream responses and error pages alike."""
 
     values: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class ChainedAuthEvent:
-    """An AuthEvent as the spool's ``Chained`` record. Main's AuthEvent has its fields but no
-    ``values()`` yet (gateway/audit is not this issue's to edit); this supplies it in the
-    canonical field order, so the record is numbered, chained and shipped like any other."""
-
-    event: AuthEvent
-    KIND: ClassVar[str] = AuthEvent.KIND
-
-    def values(self) -> tuple[Any, ...]:
-        names = FIELDS[(AuthEvent.KIND, RECORD_VERSION)]
-        return tuple(getattr(self.event, name) for name in names)
 
 
 PENDING_COOKIES = web.RequestKey("pdgw_pending_cookies", PendingCookies)
