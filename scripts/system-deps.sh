@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and benchmarks run for real: promtool (prometheus),
 # wrk (load generator), clickhouse-server (the real server the audit-store fault tests start on
-# loopback), docker-compose (`docker-compose config` validates deploy/compose; no engine needed).
+# loopback), docker-compose (`docker-compose config` validates deploy/compose; no engine needed),
+# zookeeper (the keeper of the two-replica ClickHouse cluster tests/test_cluster.py starts on
+# loopback; the package has no service of its own — that is `zookeeperd`, never installed here).
 # Idempotent; a no-op when they are present.
 #
 # No host service is started. Debian's `prometheus` package would start a server on :9090 (and
@@ -16,6 +18,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 [ -x /usr/sbin/clickhouse-server ] || command -v clickhouse-server >/dev/null 2>&1 || need+=(clickhouse-server clickhouse-client)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+[ -e /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -436,10 +436,21 @@ def add_column_ddl(
     after = names[names.index(column) - 1]
     if cluster is None:
         return [f"ALTER TABLE {database}.{table.name} ADD COLUMN `{column}` {kind} AFTER `{after}`"]
+    # On a cluster only the replicated local table is altered here: ClickHouse 18.16 refuses
+    # `ALTER … ON CLUSTER` of a Distributed table when the shards replicate internally ("isn't
+    # replicated, but shard #1 is replicated"). The Distributed table is made again over the
+    # altered local table afterwards (`distributed_ddl`).
     add = f"ON CLUSTER {cluster} ADD COLUMN `{column}` {kind} AFTER `{after}`"
+    return [f"ALTER TABLE {database}.{table.name}_local {add}"]
+
+
+def distributed_ddl(table: Table, database: str, *, modern: bool, cluster: str) -> list[str]:
+    """Make ``table``'s Distributed table again on every node, with the local table's current
+    columns. It holds no data of its own: the gateway inserts with `insert_distributed_sync=1`,
+    so nothing waits in its queue; an insert during the swap fails and is retried."""
     return [
-        f"ALTER TABLE {database}.{table.name}_local {add}",
-        f"ALTER TABLE {database}.{table.name} {add}",
+        f"DROP TABLE IF EXISTS {database}.{table.name} ON CLUSTER {cluster}",
+        create_table(table, database, modern=modern, cluster=cluster)[1],
     ]
 
 

@@ -118,13 +118,15 @@ def migrate(store: AuditStore, *, cluster: str | None = None) -> list[int]:
         for sql in schema.migration_ddl(m, db, modern=modern, cluster=cluster):
             store.execute(sql)
         for table in m.add_columns:
-            have = _columns(store, table.name)
-            for name in table.column_names:
-                if name not in have:
-                    for sql in schema.add_column_ddl(
-                        table, name, db, modern=modern, cluster=cluster
-                    ):
-                        store.execute(sql)
+            local = f"{table.name}_local" if cluster else table.name
+            have = _columns(store, local)
+            missing = [name for name in table.column_names if name not in have]
+            for name in missing:
+                for sql in schema.add_column_ddl(table, name, db, modern=modern, cluster=cluster):
+                    store.execute(sql)
+            if cluster and (missing or _columns(store, table.name) != set(table.column_names)):
+                for sql in schema.distributed_ddl(table, db, modern=modern, cluster=cluster):
+                    store.execute(sql)
         for table, new_name in m.retire:
             engines = _engines(store)
             if engines.get(table.name, "View") != "View" and new_name not in engines:
