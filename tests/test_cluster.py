@@ -82,11 +82,12 @@ def test_clickhouse_init_on_cluster_makes_replicated_tables_and_views_on_every_n
     for i in range(2):
         node = _node(ch_cluster, i, db)
         tables = _tables(node)
-        for table in (*schema.MIGRATIONS[0].tables, *schema.MIGRATIONS[1].tables):
+        for table in (t for m in schema.MIGRATIONS for t in m.tables):
             if table is schema.PERMISSION_CHANGES_V1:
                 continue
-            assert tables[f"{table.name}_local"] == "ReplicatedMergeTree", table.name
+            assert tables[f"{table.name}_local"] == f"Replicated{table.engine}", table.name
             assert tables[table.name] == "Distributed", table.name
+        assert tables["anomalies_local"] == "ReplicatedReplacingMergeTree"
         assert tables["permission_changes"] == "View"
         assert tables["permission_changes_v1_local"] == "ReplicatedReplacingMergeTree"
         node.close()

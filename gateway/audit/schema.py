@@ -310,6 +310,35 @@ MIGRATIONS_TABLE = Table(
     shard_key="rand()",
 )
 
+# Detections of suspicious access (9.1.6, 9.1.9, 10.2; gateway.anomalies): one row per user,
+# kind and window. Every gateway replica may judge the same window: the detector skips what is
+# already recorded, and a race leaves rows with the same key, which ReplacingMergeTree collapses
+# (read with FINAL, or count distinct anomaly_id). Never dropped by retention.
+ANOMALIES = Table(
+    "anomalies",
+    (
+        ("anomaly_id", "String"),
+        ("ts", TS),
+        ("ts_us", "UInt64"),
+        ("detected_us", "UInt64"),
+        ("instance", LC),
+        ("kind", LC),
+        ("user", "String"),
+        ("job_function", LC),
+        ("window_start_us", "UInt64"),
+        ("window_end_us", "UInt64"),
+        ("count", "UInt64"),
+        ("distinct_subjects", "UInt64"),
+        ("threshold", "UInt64"),
+        ("sample_request_ids", "Array(String)"),
+        ("batch_id", "String"),
+    ),
+    order_by="(kind, user, window_start_us)",
+    partition_by=None,
+    shard_key="cityHash64(user)",
+    engine="ReplacingMergeTree",
+)
+
 RETAINED_TABLES = (
     ACCESS_EVENTS,
     ACCESS_EVENT_SUBJECTS,
@@ -358,6 +387,12 @@ MIGRATIONS = (
             "1, '' FROM {db}.permission_changes_v1 FINAL",
             PERMISSION_CHANGES_VIEW,
         ),
+    ),
+    Migration(
+        3,
+        "anomalies: detections of bulk access, off-hours access, probing, special-category "
+        "reads, exports and break-glass use (9.1.6, 9.1.9, 10.2)",
+        tables=(ANOMALIES,),
     ),
 )
 
