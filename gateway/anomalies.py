@@ -47,7 +47,15 @@ log = logging.getLogger(__name__)
 US = 1_000_000
 SAMPLES = 5
 
-KINDS = ("bulk_access", "off_hours", "probing", "special_category", "export", "break_glass")
+KINDS = (
+    "bulk_access",
+    "off_hours",
+    "probing",
+    "special_category",
+    "export",
+    "break_glass",
+    "permission_change",
+)
 
 _WINDOW = "ts_us >= %(start)s AND ts_us < %(end)s AND user != ''"
 _GROUP = (
@@ -86,10 +94,15 @@ def queries(cfg: AnomaliesConfig, db: str) -> dict[str, tuple[str, str]]:
     query parameters."""
     local = f"toDateTime(intDiv(ts_us, {US}), '{cfg.timezone}')"
     minute = f"(toHour({local}) * 60 + toMinute({local}))"
-    working = (
-        f"(toDayOfWeek({local}) IN ({_sql_list(cfg.work_days)}) "
-        f"AND {minute} >= {cfg.work_start_minute} AND {minute} < {cfg.work_end_minute})"
-    )
+
+    def within(days: tuple[int, ...], start: int, end: int) -> str:
+        return (
+            f"(toDayOfWeek({local}) IN ({_sql_list(days)}) "
+            f"AND {minute} >= {start} AND {minute} < {end})"
+        )
+
+    working = within(cfg.work_days, cfg.work_start_minute, cfg.work_end_minute)
+    change_window = within(cfg.change_days, cfg.change_start_minute, cfg.change_end_minute)
     special = []
     for category, roles in sorted(cfg.usual_readers.items()):
         usual = f"arrayExists(r -> has([{_sql_list(sorted(roles))}], r), roles)" if roles else "0"
@@ -120,6 +133,18 @@ def queries(cfg: AnomaliesConfig, db: str) -> dict[str, tuple[str, str]]:
         "special_category": (q(f"decision = 'allow' AND ({special_where})"), "special_category"),
         "export": (q("decision = 'allow' AND action = 'export'"), "exports"),
         "break_glass": (q("decision = 'allow' AND reason = 'break_glass'"), ""),
+        # 9.2.7: who changed access rights outside the change windows (the actor; a policy
+        # file's change has no actor and is attributed to `policy-file`). Counted once per
+        # change however many replicas recorded it; samples are change ids.
+        "permission_change": (
+            "SELECT if(actor = '', 'policy-file', actor) AS user, "
+            "emptyArrayString() AS user_roles, uniqExact(change_id) AS n, 0 AS subjects, "
+            f"arraySlice(groupUniqArray(change_id), 1, {SAMPLES}) AS samples "
+            f"FROM {db}.permission_change_records "
+            f"WHERE ts_us >= %(start)s AND ts_us < %(end)s AND NOT {change_window} "
+            "GROUP BY user HAVING n > %(floor)s ORDER BY user",
+            "permission_changes",
+        ),
     }
 
 

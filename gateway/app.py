@@ -128,6 +128,7 @@ def build(
     gw = Gateway(cfg, metrics, spool, policies, rights, checkpointer, anonymous)
     metrics.break_glass_active.set_function(lambda: gw.break_glass.active)
     metrics.chain_seq.set_function(lambda: spool.head.seq)
+    metrics.ready.set_function(lambda: 1 if all(gw.readiness().values()) else 0)
 
     proxy_app = web.Application(middlewares=[error_middleware(metrics=metrics)])
     proxy_app[GATEWAY] = gw

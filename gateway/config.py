@@ -188,6 +188,7 @@ class Thresholds:
     refusals: int = 20  # requests refused for lack of a rule (probing)
     off_hours: int = 0  # personal-data accesses outside working hours
     exports: int = 0  # export actions
+    permission_changes: int = 0  # access-rights changes outside the change windows (9.2.7)
     special_category: int = 0  # special-category reads by someone outside its usual readers
 
 
@@ -203,6 +204,9 @@ class AnomaliesConfig:
     work_days: tuple[int, ...] = (1, 2, 3, 4, 5)  # ISO weekdays
     work_start_minute: int = 8 * 60
     work_end_minute: int = 20 * 60
+    change_days: tuple[int, ...] = (1, 2, 3, 4, 5)  # permission changes expected only within
+    change_start_minute: int = 9 * 60
+    change_end_minute: int = 18 * 60
     thresholds: Mapping[str, Thresholds] = field(
         default_factory=lambda: {"default": Thresholds()}
     )  # by job function; "default" for the rest
@@ -775,16 +779,9 @@ def _parse_anomalies(top: _Section, problems: _Problems) -> AnomaliesConfig | No
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         problems.add(an.key("timezone"), f"unknown time zone {tz!r}")
         tz = "UTC"
-    wh = an.section("working_hours", required=False)
-    start = _minute_of_day(wh, "start", "08:00")
-    end = _minute_of_day(wh, "end", "20:00")
-    if end <= start:
-        problems.add(wh.key("end"), "must be after start")
-    days = wh.get("days", list, [1, 2, 3, 4, 5])
-    if any(not isinstance(d, int) or not 1 <= d <= 7 for d in days):
-        problems.add(wh.key("days"), "must be ISO weekdays 1 (Monday) to 7 (Sunday)")
-        days = [1, 2, 3, 4, 5]
-    wh.finish()
+    start, end, days = _hours(an.section("working_hours", required=False), 8 * 60, 20 * 60)
+    # 9.2.7: access-rights changes are expected inside agreed change windows only.
+    c_start, c_end, c_days = _hours(an.section("change_windows", required=False), 9 * 60, 18 * 60)
     th = an.section("thresholds", required=False)
     base = _thresholds(th.section("default", required=False), Thresholds())
     thresholds = {"default": base}
@@ -809,14 +806,31 @@ def _parse_anomalies(top: _Section, problems: _Problems) -> AnomaliesConfig | No
         delay_seconds=an.get("delay_seconds", int, 60, _non_negative),
         catch_up_windows=an.get("catch_up_windows", int, 12, _min(1)),
         timezone=tz,
-        work_days=tuple(sorted(set(days))),
+        work_days=days,
         work_start_minute=start,
         work_end_minute=end,
+        change_days=c_days,
+        change_start_minute=c_start,
+        change_end_minute=c_end,
         thresholds=thresholds,
         usual_readers=readers,
     )
     an.finish()
     return cfg
+
+
+def _hours(sec: _Section, start_default: int, end_default: int) -> tuple[int, int, tuple[int, ...]]:
+    """`start`/`end` (HH:MM, local time) and `days` (ISO weekdays) of a weekly window."""
+    start = _minute_of_day(sec, "start", f"{start_default // 60:02d}:{start_default % 60:02d}")
+    end = _minute_of_day(sec, "end", f"{end_default // 60:02d}:{end_default % 60:02d}")
+    if end <= start:
+        sec.problems.add(sec.key("end"), "must be after start")
+    days = sec.get("days", list, [1, 2, 3, 4, 5])
+    if any(not isinstance(d, int) or isinstance(d, bool) or not 1 <= d <= 7 for d in days):
+        sec.problems.add(sec.key("days"), "must be ISO weekdays 1 (Monday) to 7 (Sunday)")
+        days = [1, 2, 3, 4, 5]
+    sec.finish()
+    return start, end, tuple(sorted(set(days)))
 
 
 def _minute_of_day(sec: _Section, key: str, default: str) -> int:

@@ -226,6 +226,11 @@ class Metrics:
             "End of the newest window the anomaly detectors judged (0 before the first).",
             registry=registry,
         )
+        self.ready = Gauge(
+            "pdgw_ready",
+            "1 while /readyz answers ready (policy loaded, spool writable, keys loaded), else 0.",
+            registry=registry,
+        )
         # Pre-bound children for the hot path (~0.3 µs instead of ~1.2 µs per call).
         self._token_hit = self.token_cache.labels("hit")
         self._token_miss = self.token_cache.labels("miss")

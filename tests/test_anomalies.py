@@ -82,6 +82,16 @@ def _ship(store: AuditStore, events: list[dict[str, Any]]) -> None:
         store.insert(schema.ACCESS_EVENT_SUBJECTS, subjects, "crafted")
 
 
+def _change(change_id: str, actor: str, ts_us: int, instance: str) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        n: ([] if t.startswith("Array") else 0 if "Int" in t else "")
+        for n, t in schema.PERMISSION_CHANGE_RECORDS.columns
+    }
+    row.update(change_id=change_id, actor=actor, ts_us=ts_us, instance=instance, kind="grant")
+    row["ts"] = dt.datetime.fromtimestamp(ts_us / US, dt.UTC)
+    return row
+
+
 def _found(detections: list[Any]) -> set[tuple[str, str, str]]:
     return {(d.kind, d.user, d.job_function) for d in detections}
 
@@ -165,6 +175,13 @@ def test_off_hours_probing_special_category_exports_and_break_glass_are_found(
         _event("gina", ["hr_officer"], w + 8 * US, reason="break_glass", rule="break-glass:x"),
     ]
     _ship(store, events)
+    # Access-rights changes (9.2.7): one at night, recorded by two replicas; one at 10:00.
+    changes = [
+        _change("c-night", "admin", night + 3 * US, "gw-a"),
+        _change("c-night", "admin", night + 3 * US, "gw-b"),
+        _change("c-day", "admin", w + 9 * US, "gw-a"),
+    ]
+    store.insert(schema.PERMISSION_CHANGE_RECORDS, changes, "crafted")
     detector = Detector(CFG, store, "gw-a")
     assert _found(detector.judge_window(w)) == {
         ("probing", "mallory", "default"),
@@ -172,9 +189,13 @@ def test_off_hours_probing_special_category_exports_and_break_glass_are_found(
         ("export", "frank", "default"),
         ("break_glass", "gina", "hr_officer"),
     }
-    assert _found(detector.judge_window(night - night % (60 * US))) == {
-        ("off_hours", "bob", "default")
+    night_found = detector.judge_window(night - night % (60 * US))
+    assert _found(night_found) == {
+        ("off_hours", "bob", "default"),
+        ("permission_change", "admin", "default"),
     }
+    (change,) = [d for d in night_found if d.kind == "permission_change"]
+    assert (change.count, change.sample_request_ids) == (1, ("c-night",))
     assert _found(detector.judge_window(saturday)) == {("off_hours", "erin", "hr_officer")}
 
 
