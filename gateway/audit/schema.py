@@ -436,12 +436,20 @@ def create_table(
 
 
 def migration_ddl(
-    migration: Migration, database: str, *, modern: bool, cluster: str | None = None
+    migration: Migration,
+    database: str,
+    *,
+    modern: bool,
+    cluster: str | None = None,
+    skip: frozenset[str] = frozenset(),
 ) -> list[str]:
     """The unconditional part of a migration: its tables (IF NOT EXISTS) and final statements.
-    Column additions and renames depend on what exists; `store.migrate` plans those."""
+    Column additions and renames depend on what exists; `store.migrate` plans those. Tables in
+    ``skip`` are left out (a table a later migration already renamed away)."""
     stmts: list[str] = []
     for t in migration.tables:
+        if t.name in skip:
+            continue
         stmts += create_table(t, database, modern=modern, cluster=cluster)
     return stmts
 

@@ -115,7 +115,14 @@ def migrate(store: AuditStore, *, cluster: str | None = None) -> list[int]:
     for m in schema.MIGRATIONS:
         if m.version in done:
             continue
-        for sql in schema.migration_ddl(m, db, modern=modern, cluster=cluster):
+        # A migration run again (its record not yet visible on the replica read, or a run cut
+        # short) must not make again a table a later migration renamed away: on a cluster its
+        # replica path in the keeper still exists, and the CREATE fails.
+        engines = _engines(store)
+        skip = frozenset(
+            t.name for later in schema.MIGRATIONS for t, new in later.retire if new in engines
+        )
+        for sql in schema.migration_ddl(m, db, modern=modern, cluster=cluster, skip=skip):
             store.execute(sql)
         for table in m.add_columns:
             local = f"{table.name}_local" if cluster else table.name
