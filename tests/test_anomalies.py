@@ -5,25 +5,35 @@ judging a window twice (or from a second replica) records nothing twice."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from gateway import config
-from gateway.anomalies import Detector, job_function
+from gateway.anomalies import US, Detector, job_function
 from gateway.audit import schema
 from gateway.audit.chserver import ClickHouseServer
 from gateway.audit.factory import open_store
 from gateway.audit.store import AuditStore, event_rows
 from gateway.config import AnomaliesConfig, Thresholds
 from gateway.errors import ConfigError
-from tests.conftest import GatewayFactory, Keys, Upstream, config_dict, write_config
+from tests.conftest import (
+    GatewayFactory,
+    Keys,
+    ServeFactory,
+    Upstream,
+    config_dict,
+    run_cli,
+    write_config,
+)
 from tests.stores import ENGINES, count, fresh_database, store_config, store_section, wait_for
 
-US = 1_000_000
 # Monday 30 November 2026, 10:00 in Moscow (07:00 UTC): inside working hours.
 MONDAY_10_MSK = int(dt.datetime(2026, 11, 30, 7, 0, tzinfo=dt.UTC).timestamp()) * US
 CFG = AnomaliesConfig(
@@ -270,3 +280,58 @@ def test_the_anomalies_section_reports_every_problem_at_once(tmp_path: Path, key
         "anomalies.usual_readers.medical",
     ):
         assert key in text, key
+
+
+async def test_two_gateway_replicas_on_one_store_are_judged_together_and_their_chains_verify(
+    serve_gateway: ServeFactory, upstream: Upstream, keys: Keys, ch_server: ClickHouseServer
+) -> None:
+    """Alice reads 60 subjects through each of two replicas: neither sees more than 60, the
+    store sees 120, over the threshold of 100. Both replicas run the detectors; the detection is
+    recorded once. Each replica's chain verifies."""
+    section = store_section("clickhouse", fresh_database(), chdb_dir=Path(), server=ch_server)
+    anomalies = {
+        "interval_seconds": 0.2,
+        "window_seconds": 3600,
+        "delay_seconds": 0,
+        "catch_up_windows": 1,
+        "thresholds": {"default": {"bulk_subjects": 100}},
+    }
+    gws = [
+        await serve_gateway(
+            upstream.url,
+            instance_id=f"gw-{i}",
+            store=section,
+            anomalies={**anomalies, "delay_seconds": 10_000},  # judged below, by hand first
+            audit={"checkpoint_interval_seconds": 0.2},
+        )
+        for i in (1, 2)
+    ]
+    auth = {"Authorization": f"Bearer {keys.token('alice', ['hr_officer'])}"}
+    async with aiohttp.ClientSession() as http:
+        for i in range(120):
+            gw = gws[i % 2]
+            async with http.get(f"{gw.proxy_url}/hr/employees/{i}", headers=auth) as r:
+                assert r.status == 200
+    store = open_store(store_config(section), apply_schema=False)
+    await asyncio.to_thread(wait_for, lambda: count(store) >= 120, 30, "both shipped")
+    cfg = config.load(gws[0].spool_dir.parent / "gateway.yaml").anomalies
+    assert cfg is not None
+    cfg = dataclasses.replace(cfg, delay_seconds=0)
+    hour = 3600 * US
+    start = (time.time_ns() // 1000) // hour * hour
+    # Each replica's detector judges the same window: one record, one count.
+    first = Detector(cfg, store, "gw-1").judge_window(start)
+    second = Detector(cfg, store, "gw-2").judge_window(start)
+    assert _found(first) == {("bulk_access", "alice", "default")} and second == []
+    (row,) = store.select(f"SELECT distinct_subjects, count FROM {store.database}.anomalies FINAL")
+    assert row == {"distinct_subjects": 120, "count": 120}
+    verify = run_cli(
+        "audit",
+        "verify",
+        "--config",
+        str(gws[0].spool_dir.parent / "gateway.yaml"),
+        *(f"--public-key={gw.spool_dir.parent / 'checkpoint-key.pub'}" for gw in gws),
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "gw-1" in verify.stdout and "gw-2" in verify.stdout
+    store.close()
