@@ -28,14 +28,14 @@ test: install system-deps lint fuzz
 	$(BIN)/python -m pytest -q --basetemp="$$(mktemp -d /tmp/pd-gateway-tests.XXXXXX)"
 
 lint: install
-	$(BIN)/ruff check gateway tests deploy bench scripts
-	$(BIN)/ruff format --check gateway tests deploy bench scripts
+	$(BIN)/ruff check gateway tests deploy bench scripts dashboards
+	$(BIN)/ruff format --check gateway tests deploy bench scripts dashboards
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 format: install
-	$(BIN)/ruff format gateway tests deploy bench scripts
-	$(BIN)/ruff check --fix gateway tests deploy bench scripts
+	$(BIN)/ruff format gateway tests deploy bench scripts dashboards
+	$(BIN)/ruff check --fix gateway tests deploy bench scripts dashboards
 
 ## Coverage-guided fuzzing (atheris) of paths, headers, tokens and session cookies, FUZZ_SECONDS per target.
 fuzz: install

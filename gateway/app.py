@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from gateway import listeners, tls
+from gateway import anomalies, listeners, tls
 from gateway.access_rights import AccessRights
 from gateway.admin import build_admin_app
 from gateway.audit.checkpoint import Checkpointer, Signer
@@ -132,10 +132,15 @@ def build(
     gw = Gateway(cfg, metrics, spool, policies, rights, checkpointer, anonymous)
     metrics.break_glass_active.set_function(lambda: gw.break_glass.active)
     metrics.chain_seq.set_function(lambda: spool.head.seq)
+    metrics.ready.set_function(lambda: 1 if all(gw.readiness().values()) else 0)
 
     proxy_app = web.Application(middlewares=[error_middleware(metrics=metrics)])
     proxy_app[GATEWAY] = gw
     proxy_app.cleanup_ctx.append(_shipper_ctx)
+    if cfg.anomalies is not None and cfg.store is not None:  # 9.1.6, 9.1.9, 10.2
+        proxy_app.cleanup_ctx.append(
+            anomalies.background(cfg.anomalies, cfg.store, cfg.instance_id, metrics)
+        )
     proxy_app.cleanup_ctx.append(_spool_ctx)
     proxy_app.cleanup_ctx.append(_pipeline_ctx)
     if cfg.oidc is not None:

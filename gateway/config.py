@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -180,6 +181,39 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class Thresholds:
+    """Per window, per user: a detection is made when the count is *above* the threshold."""
+
+    bulk_subjects: int = 200  # distinct data subjects read (9.1.6, 10.2: mass copying)
+    refusals: int = 20  # requests refused for lack of a rule (probing)
+    off_hours: int = 0  # personal-data accesses outside working hours
+    exports: int = 0  # export actions
+    permission_changes: int = 0  # access-rights changes outside the change windows (9.2.7)
+    special_category: int = 0  # special-category reads by someone outside its usual readers
+
+
+@dataclass(frozen=True)
+class AnomaliesConfig:
+    """Detectors over the audit store (9.1.6, 9.1.9, 10.2): gateway.anomalies."""
+
+    interval_seconds: float = 60.0  # how often the detectors run
+    window_seconds: int = 300  # the windows they judge, aligned to the epoch
+    delay_seconds: int = 60  # a window is judged this long after it ends (shipping lag)
+    catch_up_windows: int = 12  # windows judged again at start (idempotent)
+    timezone: str = "UTC"
+    work_days: tuple[int, ...] = (1, 2, 3, 4, 5)  # ISO weekdays
+    work_start_minute: int = 8 * 60
+    work_end_minute: int = 20 * 60
+    change_days: tuple[int, ...] = (1, 2, 3, 4, 5)  # permission changes expected only within
+    change_start_minute: int = 9 * 60
+    change_end_minute: int = 18 * 60
+    thresholds: Mapping[str, Thresholds] = field(
+        default_factory=lambda: {"default": Thresholds()}
+    )  # by job function; "default" for the rest
+    usual_readers: Mapping[str, frozenset[str]] = field(default_factory=dict)  # category → roles
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     trusted_proxies: tuple[IPNetwork, ...]
     connect_timeout_seconds: float = 5.0
@@ -295,6 +329,7 @@ class Config:
     store: StoreConfig | None = None
     upstream_tls: Mapping[str, UpstreamTLS] = field(default_factory=dict)
     oidc: OidcConfig | None = None  # browser login and sessions (issue 9); None: bearer only
+    anomalies: AnomaliesConfig | None = None
 
     def to_json(self) -> str:
         """The effective configuration, defaults filled in (like `nginx -T`)."""
@@ -549,6 +584,7 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         _check_signing_key(au, audit.checkpoint_key_file)
     au.finish()
     store = _parse_store(top, resolve, problems)
+    anomalies = _parse_anomalies(top, problems)
 
     px = top.section("proxy")
     proxy = ProxyConfig(
@@ -606,6 +642,7 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         store=store,
         upstream_tls=upstream_tls,
         oidc=oidc,
+        anomalies=anomalies,
     )
 
 
@@ -859,6 +896,90 @@ def _parse_store(top: _Section, resolve: Resolve, problems: _Problems) -> StoreC
     )
     st.finish()
     return cfg
+
+
+def _parse_anomalies(top: _Section, problems: _Problems) -> AnomaliesConfig | None:
+    """The `anomalies` section: absent, no detectors run."""
+    if "anomalies" not in top.data:
+        top.seen.add("anomalies")
+        return None
+    an = top.section("anomalies")
+    tz = an.get("timezone", str, "UTC")
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        problems.add(an.key("timezone"), f"unknown time zone {tz!r}")
+        tz = "UTC"
+    start, end, days = _hours(an.section("working_hours", required=False), 8 * 60, 20 * 60)
+    # 9.2.7: access-rights changes are expected inside agreed change windows only.
+    c_start, c_end, c_days = _hours(an.section("change_windows", required=False), 9 * 60, 18 * 60)
+    th = an.section("thresholds", required=False)
+    base = _thresholds(th.section("default", required=False), Thresholds())
+    thresholds = {"default": base}
+    for name in th.data:
+        if name != "default":
+            thresholds[str(name)] = _thresholds(th.section(str(name)), base)
+    th.finish()
+    ur = an.section("usual_readers", required=False)
+    readers: dict[str, frozenset[str]] = {}
+    for name in ur.data:
+        if name not in CATEGORIES:
+            problems.add(ur.key(str(name)), f"not a category: one of {', '.join(CATEGORIES)}")
+        roles = ur.get(str(name), list, [])
+        if any(not isinstance(r, str) or not re.match(r"^[\w.:-]+$", r) for r in roles):
+            problems.add(ur.key(str(name)), "must be a list of job function names")
+            roles = []
+        readers[str(name)] = frozenset(roles)
+    ur.finish()
+    cfg = AnomaliesConfig(
+        interval_seconds=an.get("interval_seconds", float, 60.0, _positive),
+        window_seconds=an.get("window_seconds", int, 300, _min(10)),
+        delay_seconds=an.get("delay_seconds", int, 60, _non_negative),
+        catch_up_windows=an.get("catch_up_windows", int, 12, _min(1)),
+        timezone=tz,
+        work_days=days,
+        work_start_minute=start,
+        work_end_minute=end,
+        change_days=c_days,
+        change_start_minute=c_start,
+        change_end_minute=c_end,
+        thresholds=thresholds,
+        usual_readers=readers,
+    )
+    an.finish()
+    return cfg
+
+
+def _hours(sec: _Section, start_default: int, end_default: int) -> tuple[int, int, tuple[int, ...]]:
+    """`start`/`end` (HH:MM, local time) and `days` (ISO weekdays) of a weekly window."""
+    start = _minute_of_day(sec, "start", f"{start_default // 60:02d}:{start_default % 60:02d}")
+    end = _minute_of_day(sec, "end", f"{end_default // 60:02d}:{end_default % 60:02d}")
+    if end <= start:
+        sec.problems.add(sec.key("end"), "must be after start")
+    days = sec.get("days", list, [1, 2, 3, 4, 5])
+    if any(not isinstance(d, int) or isinstance(d, bool) or not 1 <= d <= 7 for d in days):
+        sec.problems.add(sec.key("days"), "must be ISO weekdays 1 (Monday) to 7 (Sunday)")
+        days = [1, 2, 3, 4, 5]
+    sec.finish()
+    return start, end, tuple(sorted(set(days)))
+
+
+def _minute_of_day(sec: _Section, key: str, default: str) -> int:
+    value = sec.get(key, str, default)
+    m = re.match(r"^([01]\d|2[0-4]):([0-5]\d)$", value)
+    if m is None or int(m[1]) * 60 + int(m[2]) > 24 * 60:
+        sec.problems.add(sec.key(key), "must be HH:MM")
+        return 0
+    return int(m[1]) * 60 + int(m[2])
+
+
+def _thresholds(sec: _Section, base: Thresholds) -> Thresholds:
+    values = {
+        f.name: sec.get(f.name, int, getattr(base, f.name), _non_negative)
+        for f in fields(Thresholds)
+    }
+    sec.finish()
+    return Thresholds(**values)
 
 
 def _identifier(value: str) -> str | None:

@@ -220,6 +220,31 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        # Anomaly detection over the audit store (gateway.anomalies; 9.1.6, 9.1.9, 10.2).
+        # Labels: the kind and the configured job function whose thresholds judged the user —
+        # bounded by the config; never the user (the `anomalies` table has that).
+        self.anomalies = Counter(
+            "pdgw_anomalies",
+            "Anomalies this instance recorded in the audit store, by kind and job function.",
+            ["kind", "job_function"],
+            registry=registry,
+        )
+        self.anomaly_runs = Counter(
+            "pdgw_anomaly_detection_runs",
+            "Runs of the anomaly detectors, by result (ok, error).",
+            ["result"],
+            registry=registry,
+        )
+        self.anomaly_judged = Gauge(
+            "pdgw_anomaly_window_end_timestamp_seconds",
+            "End of the newest window the anomaly detectors judged (0 before the first).",
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "pdgw_ready",
+            "1 while /readyz answers ready (policy loaded, spool writable, keys loaded), else 0.",
+            registry=registry,
+        )
         # Pre-bound children for the hot path (~0.3 µs instead of ~1.2 µs per call).
         self._token_hit = self.token_cache.labels("hit")
         self._token_miss = self.token_cache.labels("miss")

@@ -4,7 +4,9 @@
 # loopback), docker-compose (`docker-compose config` validates deploy/compose; no engine needed),
 # chromium (the browser-login tests drive it with Playwright) and nodejs/npm, then the demo
 # OpenID provider's locked npm packages (deploy/oidc-demo: `npm ci`, used by `make run` and the
-# browser-login tests). Idempotent; a no-op when they are present.
+# browser-login tests), zookeeper (the keeper of the two-replica ClickHouse cluster
+# tests/test_cluster.py starts on loopback; the package has no service of its own — that is
+# `zookeeperd`, never installed here). Idempotent; a no-op when they are present.
 #
 # No host service is started. Debian's `prometheus` package would start a server on :9090 (and
 # its recommended node exporter on :9100) on a host with systemd or sysvinit; the tests only
@@ -29,6 +31,7 @@ oidc_demo() {  # the demo OpenID provider's packages, exactly as package-lock.js
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }
+[ -e /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
 if [ ${#need[@]} -eq 0 ]; then
   oidc_demo
   exit 0

@@ -31,6 +31,8 @@ CONFIG = """<?xml version="1.0"?>
   <timezone>UTC</timezone>
   <mark_cache_size>67108864</mark_cache_size>
   <max_concurrent_queries>100</max_concurrent_queries>
+  <interserver_http_host>127.0.0.1</interserver_http_host>
+{extra}
 </yandex>
 """
 
@@ -66,8 +68,12 @@ def available() -> bool:
 class ClickHouseServer:
     """A clickhouse-server process on loopback ports, data under ``directory``; restartable."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, extra_config: str = "") -> None:
+        """``extra_config``: XML elements added inside ``<yandex>`` (a cluster's zookeeper,
+        remote_servers and macros: gateway.audit.chcluster)."""
         self.directory = directory
+        self.extra_config = extra_config
+        self.interserver_port = free_port()
         self.tcp_port = free_port()
         self.http_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -80,7 +86,11 @@ class ClickHouseServer:
     def _write_config(self) -> None:
         (self.directory / "config.xml").write_text(
             CONFIG.format(
-                d=self.directory, tcp=self.tcp_port, http=self.http_port, inter=free_port()
+                d=self.directory,
+                tcp=self.tcp_port,
+                http=self.http_port,
+                inter=self.interserver_port,
+                extra=self.extra_config,
             )
         )
 

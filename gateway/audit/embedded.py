@@ -20,6 +20,9 @@ from gateway.audit.schema import Table
 from gateway.audit.store import Row, StoreError
 
 _PARAM = re.compile(r"%\((\w+)\)s")
+# One chdb engine per process, whichever session calls it (the shipper's, the anomaly
+# detector's): every call is serialised.
+_ENGINE_LOCK = threading.Lock()
 
 
 def _json_default(value: Any) -> Any:
@@ -42,7 +45,7 @@ class EmbeddedStore:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.database = database
-        self._lock = threading.Lock()
+        self._lock = _ENGINE_LOCK
         try:
             self._session = session.Session(str(path))
         except Exception as e:

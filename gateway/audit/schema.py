@@ -310,6 +310,35 @@ MIGRATIONS_TABLE = Table(
     shard_key="rand()",
 )
 
+# Detections of suspicious access (9.1.6, 9.1.9, 10.2; gateway.anomalies): one row per user,
+# kind and window. Every gateway replica may judge the same window: the detector skips what is
+# already recorded, and a race leaves rows with the same key, which ReplacingMergeTree collapses
+# (read with FINAL, or count distinct anomaly_id). Never dropped by retention.
+ANOMALIES = Table(
+    "anomalies",
+    (
+        ("anomaly_id", "String"),
+        ("ts", TS),
+        ("ts_us", "UInt64"),
+        ("detected_us", "UInt64"),
+        ("instance", LC),
+        ("kind", LC),
+        ("user", "String"),
+        ("job_function", LC),
+        ("window_start_us", "UInt64"),
+        ("window_end_us", "UInt64"),
+        ("count", "UInt64"),
+        ("distinct_subjects", "UInt64"),
+        ("threshold", "UInt64"),
+        ("sample_request_ids", "Array(String)"),
+        ("batch_id", "String"),
+    ),
+    order_by="(kind, user, window_start_us)",
+    partition_by=None,
+    shard_key="cityHash64(user)",
+    engine="ReplacingMergeTree",
+)
+
 RETAINED_TABLES = (
     ACCESS_EVENTS,
     ACCESS_EVENT_SUBJECTS,
@@ -359,6 +388,12 @@ MIGRATIONS = (
             PERMISSION_CHANGES_VIEW,
         ),
     ),
+    Migration(
+        3,
+        "anomalies: detections of bulk access, off-hours access, probing, special-category "
+        "reads, exports and break-glass use (9.1.6, 9.1.9, 10.2)",
+        tables=(ANOMALIES,),
+    ),
 )
 
 
@@ -401,12 +436,20 @@ def create_table(
 
 
 def migration_ddl(
-    migration: Migration, database: str, *, modern: bool, cluster: str | None = None
+    migration: Migration,
+    database: str,
+    *,
+    modern: bool,
+    cluster: str | None = None,
+    skip: frozenset[str] = frozenset(),
 ) -> list[str]:
     """The unconditional part of a migration: its tables (IF NOT EXISTS) and final statements.
-    Column additions and renames depend on what exists; `store.migrate` plans those."""
+    Column additions and renames depend on what exists; `store.migrate` plans those. Tables in
+    ``skip`` are left out (a table a later migration already renamed away)."""
     stmts: list[str] = []
     for t in migration.tables:
+        if t.name in skip:
+            continue
         stmts += create_table(t, database, modern=modern, cluster=cluster)
     return stmts
 
@@ -436,10 +479,21 @@ def add_column_ddl(
     after = names[names.index(column) - 1]
     if cluster is None:
         return [f"ALTER TABLE {database}.{table.name} ADD COLUMN `{column}` {kind} AFTER `{after}`"]
+    # On a cluster only the replicated local table is altered here: ClickHouse 18.16 refuses
+    # `ALTER … ON CLUSTER` of a Distributed table when the shards replicate internally ("isn't
+    # replicated, but shard #1 is replicated"). The Distributed table is made again over the
+    # altered local table afterwards (`distributed_ddl`).
     add = f"ON CLUSTER {cluster} ADD COLUMN `{column}` {kind} AFTER `{after}`"
+    return [f"ALTER TABLE {database}.{table.name}_local {add}"]
+
+
+def distributed_ddl(table: Table, database: str, *, modern: bool, cluster: str) -> list[str]:
+    """Make ``table``'s Distributed table again on every node, with the local table's current
+    columns. It holds no data of its own: the gateway inserts with `insert_distributed_sync=1`,
+    so nothing waits in its queue; an insert during the swap fails and is retried."""
     return [
-        f"ALTER TABLE {database}.{table.name}_local {add}",
-        f"ALTER TABLE {database}.{table.name} {add}",
+        f"DROP TABLE IF EXISTS {database}.{table.name} ON CLUSTER {cluster}",
+        create_table(table, database, modern=modern, cluster=cluster)[1],
     ]
 
 

@@ -120,16 +120,25 @@ def migrate(store: AuditStore, *, cluster: str | None = None) -> list[int]:
     for m in schema.MIGRATIONS:
         if m.version in done:
             continue
-        for sql in schema.migration_ddl(m, db, modern=modern, cluster=cluster):
+        # A migration run again (its record not yet visible on the replica read, or a run cut
+        # short) must not make again a table a later migration renamed away: on a cluster its
+        # replica path in the keeper still exists, and the CREATE fails.
+        engines = _engines(store)
+        skip = frozenset(
+            t.name for later in schema.MIGRATIONS for t, new in later.retire if new in engines
+        )
+        for sql in schema.migration_ddl(m, db, modern=modern, cluster=cluster, skip=skip):
             store.execute(sql)
         for table in m.add_columns:
-            have = _columns(store, table.name)
-            for name in table.column_names:
-                if name not in have:
-                    for sql in schema.add_column_ddl(
-                        table, name, db, modern=modern, cluster=cluster
-                    ):
-                        store.execute(sql)
+            local = f"{table.name}_local" if cluster else table.name
+            have = _columns(store, local)
+            missing = [name for name in table.column_names if name not in have]
+            for name in missing:
+                for sql in schema.add_column_ddl(table, name, db, modern=modern, cluster=cluster):
+                    store.execute(sql)
+            if cluster and (missing or _columns(store, table.name) != set(table.column_names)):
+                for sql in schema.distributed_ddl(table, db, modern=modern, cluster=cluster):
+                    store.execute(sql)
         for table, new_name in m.retire:
             engines = _engines(store)
             if engines.get(table.name, "View") != "View" and new_name not in engines:
