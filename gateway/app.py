@@ -25,10 +25,11 @@ from gateway.access_rights import AccessRights
 from gateway.admin import build_admin_app
 from gateway.audit.checkpoint import Checkpointer, Signer
 from gateway.audit.events import COMPLETE, AccessEvent
-from gateway.audit.factory import open_store
+from gateway.audit.factory import open_store, reader
 from gateway.audit.refusals import AnonymousRefusals
 from gateway.audit.shipper import Shipper, ShipperMetrics
 from gateway.audit.spool import Spool, SpoolHooks
+from gateway.audit_api import AuditAPI
 from gateway.authz import PolicyStore
 from gateway.break_glass import BreakGlass, load_allowances
 from gateway.config import Config, StoreConfig
@@ -157,6 +158,13 @@ def build(
         "/admin/break-glass", break_glass_handler(verify=verify, start=rights.start_break_glass)
     )
     admin_app.router.add_get("/checkpoint", _latest_checkpoint)
+    AuditAPI(  # 9.2.6: the trail read through this process's store, every query recorded
+        verify=verify,
+        policies=policies,
+        spool=spool,
+        open_store=reader(cfg.store),
+        trusted=cfg.proxy.trusted_proxies,
+    ).register(admin_app)
     admin_app[GATEWAY] = gw
     return proxy_app, admin_app
 

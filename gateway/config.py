@@ -25,11 +25,24 @@ from gateway.errors import ConfigError
 
 # DIGEST 2.2-2.4: the personal-data categories the organisation processes; `none` marks a route
 # that carries no personal data. Biometric data is not processed (2.4), so it has no category.
-CATEGORIES = ("employee", "employee_health", "counterparty", "site_visitor", "none")
+# `audit_log` is the audit trail itself (9.2.6): reading it is an access of its own, granted
+# by the policy (gateway.audit_api), never a route's category.
+CATEGORIES = ("employee", "employee_health", "counterparty", "site_visitor", "audit_log", "none")
 ACTIONS = ("read", "create", "update", "delete", "export", "block")
 # 3.2: the purposes of processing. Each route serves one; grants apply within a job function's
 # purposes only (4.2: compatible purposes; 4.3: no merging across incompatible ones).
-PURPOSES = {"hr_records": "3.2.1", "contracts": "3.2.2", "site_visitors": "3.2.3"}
+# `audit_control` (9.2.6): control of the lawfulness of processing, the only purpose for which
+# the trail is read.
+PURPOSES = {
+    "hr_records": "3.2.1",
+    "contracts": "3.2.2",
+    "site_visitors": "3.2.3",
+    "audit_control": "9.2.6",
+}
+# 9.2.6: where reading the audit trail sits in the policy (gateway.audit_api).
+AUDIT_SYSTEM = "audit"
+AUDIT_CATEGORY = "audit_log"
+AUDIT_PURPOSE = "audit_control"
 DEFAULT_ACTIONS: Mapping[str, str] = {
     "GET": "read",
     "HEAD": "read",

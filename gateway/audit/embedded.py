@@ -20,6 +20,15 @@ from gateway.audit.schema import Table
 from gateway.audit.store import Row, StoreError
 
 _PARAM = re.compile(r"%\((\w+)\)s")
+# One lock per data directory for the whole process: the shipper's store and the audit query
+# API's (which opens the same directory again) share chdb's one engine, one call at a time.
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(path: Path) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(str(path.resolve()), threading.Lock())
 
 
 def _json_default(value: Any) -> Any:
@@ -42,7 +51,7 @@ class EmbeddedStore:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.database = database
-        self._lock = threading.Lock()
+        self._lock = _lock_for(path)
         try:
             self._session = session.Session(str(path))
         except Exception as e:
@@ -83,16 +92,28 @@ class EmbeddedStore:
     def insert_running(self, batch_id: str) -> bool:
         return False  # in-process: an insert has finished or failed when insert() returns
 
-    def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+    def select(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        settings: Mapping[str, Any] | None = None,
+    ) -> list[Row]:
         # The same %(name)s placeholders as clickhouse-driver, as typed chdb parameters.
         values = dict(params or {})
         sql = _PARAM.sub(lambda m: "{" + m.group(1) + ":" + _ch_type(values[m.group(1)]) + "}", sql)
+        if settings:  # names from our code only; values are numbers or quoted words
+            sql += " SETTINGS " + ", ".join(f"{k} = {_setting(v)}" for k, v in settings.items())
         text = self._query(sql, "JSONEachRow", values)
         return [json.loads(line) for line in text.splitlines() if line]
 
     def close(self) -> None:
         with self._lock:
             self._session.close()
+
+
+def _setting(value: Any) -> str:
+    return str(int(value)) if isinstance(value, int | float) else "'" + str(value) + "'"
 
 
 def _ch_type(value: Any) -> str:
