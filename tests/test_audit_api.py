@@ -198,3 +198,62 @@ async def test_each_query_is_allowed_or_refused_by_job_function_and_recorded(
             assert (rec["decision"], rec["status"]) == ("deny", 403)
     assert access[-1]["reason"] == "bad_filter" and access[-1]["status"] == 400
     store.close()
+
+
+async def test_cli_answers_who_accessed_activity_and_export_with_a_token_from_file_or_env(
+    serve_gateway: ServeFactory,
+    upstream: Upstream,
+    keys: Keys,
+    chdb_dir: Path,
+    ch_server: ClickHouseServer,
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import csv
+    import io
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    gw, store = await _gateway("embedded", serve_gateway, upstream, chdb_dir, ch_server)
+    expected = seed(store, 3000, "emp-target")
+    token = keys.token("dana", ["dpo"])
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+
+    def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "audit", *args, "--gateway", gw.admin_url],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+
+    out = await asyncio.to_thread(
+        cli, "who-accessed", "emp-target", "--token-file", str(token_file)
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:3] == ["TIME", "USER", "JOB"]
+    assert len(lines) == 1 + len(expected)
+    out = await asyncio.to_thread(
+        cli, "activity", "u3", "--format", "json", env={"PDGW_TOKEN": token}
+    )
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert rows and {r["user"] for r in rows} == {"u3"} and len(rows) == 3000 // 50
+    out = await asyncio.to_thread(
+        cli, "export", "--system", "hr", "--since", "2026-11-01T00:00:01", env={"PDGW_TOKEN": token}
+    )
+    exported = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert len(exported) == 2000  # 1 s after the first of 3000 events 1 ms apart
+    out = await asyncio.to_thread(cli, "search", "--decision", "allow")  # no token
+    assert out.returncode == 2 and "PDGW_TOKEN" in out.stderr
+    # 9.2.6: each command is in the trail; the token itself is nowhere in it, nor in any output.
+    records = [r for r in spool_records(gw.spool_dir) if r.get("category") == "audit_log"]
+    assert [r["action"] for r in records] == ["read", "read", "export"]
+    assert all(token not in json.dumps(r) for r in spool_records(gw.spool_dir))
+    assert token not in out.stdout + out.stderr
+    store.close()

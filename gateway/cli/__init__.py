@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from gateway.cli import (
     audit_cmd,
     config_cmd,
+    investigate_cmd,
     policy_cmd,
     serve_cmd,
     store_cmd,
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit_cmd.register(sub)
     store_cmd.register(sub, audit_sub)
     verify_cmd.register(audit_sub)
+    investigate_cmd.register(audit_sub)
     token_cmd.register(sub)
     policy_cmd.register(sub)
     return parser
