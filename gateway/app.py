@@ -31,6 +31,7 @@ from gateway.audit.shipper import Shipper, ShipperMetrics
 from gateway.audit.spool import Spool, SpoolHooks
 from gateway.audit_api import AuditAPI
 from gateway.authz import PolicyStore
+from gateway.blocks import SubjectBlocks
 from gateway.break_glass import BreakGlass, load_allowances
 from gateway.config import Config, StoreConfig
 from gateway.errors import AuthenticationError
@@ -61,6 +62,7 @@ class Gateway:
     verifier: TokenVerifier | None = None
     pipeline: Pipeline | None = None
     shipper: Shipper | None = None
+    blocks: SubjectBlocks | None = None
 
     @property
     def break_glass(self) -> BreakGlass:
@@ -127,6 +129,14 @@ def build(
         spool.append, window_seconds=a.anonymous_window_seconds, max_keys=a.anonymous_max_keys
     )
     gw = Gateway(cfg, metrics, spool, policies, rights, checkpointer, anonymous)
+    gw.blocks = SubjectBlocks(  # 6.5, 6.6
+        spool,
+        a.spool_dir,
+        reader(cfg.store),
+        poll_seconds=a.blocks_poll_seconds,
+        on_count=metrics.blocked_subjects.set,
+    )
+    metrics.blocks_view_age.set_function(lambda: gw.blocks.view_age_seconds if gw.blocks else 0)
     metrics.break_glass_active.set_function(lambda: gw.break_glass.active)
     metrics.chain_seq.set_function(lambda: spool.head.seq)
 
@@ -134,6 +144,7 @@ def build(
     proxy_app[GATEWAY] = gw
     proxy_app.cleanup_ctx.append(_shipper_ctx)
     proxy_app.cleanup_ctx.append(_spool_ctx)
+    proxy_app.cleanup_ctx.append(_blocks_ctx)
     proxy_app.cleanup_ctx.append(_pipeline_ctx)
     proxy_app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=expect_handler)
     admin_app = build_admin_app(metrics, gw.readiness, _admin_refusals(gw))
@@ -164,6 +175,7 @@ def build(
         spool=spool,
         open_store=reader(cfg.store),
         trusted=cfg.proxy.trusted_proxies,
+        blocks=gw.blocks,
     ).register(admin_app)
     admin_app[GATEWAY] = gw
     return proxy_app, admin_app
@@ -292,6 +304,16 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
     spool.close()  # on the loop's thread: flushes its buffer, then joins the sync thread
 
 
+async def _blocks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Blocks in force before the first request (6.5); re-read from the store while serving."""
+    blocks = app[GATEWAY].blocks
+    assert blocks is not None
+    await blocks.start()
+    task = spawn(blocks.run(), name="subject-blocks")
+    yield
+    task.cancel()
+
+
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     cfg = gw.cfg
@@ -353,6 +375,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         access_rights=gw.rights,
         break_glass=gw.break_glass,
         anonymous=gw.anonymous,
+        blocks=gw.blocks,
     )
     reaper = spawn(gw.rights.end_break_glass_sessions(), name="break-glass-ends")
     watcher = None

@@ -44,6 +44,7 @@ from gateway.audit.events import COMPLETE, AccessEvent, Outcome
 from gateway.audit.spool import Spool
 from gateway.audit.store import AuditStore, Row, StoreError
 from gateway.authz import PolicyStore
+from gateway.blocks import SubjectBlocks
 from gateway.config import AUDIT_CATEGORY, AUDIT_PURPOSE, AUDIT_SYSTEM
 from gateway.errors import AuthenticationError, GatewayError, SpoolUnavailable
 from gateway.errors_http import REQUEST_ID
@@ -81,7 +82,10 @@ _ASKS = {
     "subject": _Ask("events", "read", "admin:audit/subject", query.MAX_ROWS),
     "export": _Ask("events", "export", "admin:audit/export", query.MAX_EXPORT_ROWS),
     "permissions": _Ask("permissions", "read", "admin:audit/permissions", query.MAX_ROWS),
+    "blocks": _Ask("blocks", "read", "admin:subject-blocks", query.MAX_ROWS),
+    "block": _Ask("blocks", "block", "admin:subject-blocks", 0),
 }
+MAX_BODY = 16 * 1024
 
 
 def parse_time(value: str) -> int:
@@ -138,7 +142,9 @@ class AuditAPI:
         open_store: StoreOpener | None,
         trusted: Any,
         subject_key: Callable[[str], str] = lambda s: s,
+        blocks: SubjectBlocks | None = None,
     ) -> None:
+        self._blocks = blocks
         self._verify = verify
         self._policies = policies
         self._spool = spool
@@ -151,6 +157,125 @@ class AuditAPI:
         app.router.add_get("/admin/audit/subjects/{subject}/events", self._handler("subject"))
         app.router.add_get("/admin/audit/export", self._handler("export"))
         app.router.add_get("/admin/audit/permissions", self._handler("permissions"))
+        if self._blocks is not None:  # 6.5, 6.6; the subject travels in the body, not the URL
+            app.router.add_get("/admin/subject-blocks", self._list_blocks)
+            app.router.add_post("/admin/subject-blocks", self._change_block)
+
+    async def _principal(self, request: web.Request) -> Principal:
+        try:
+            return await self._verify(bearer_token(request.headers.get("Authorization")))
+        except AuthenticationError as e:
+            # Counted in the anonymous refusal summaries by the admin app's recorder.
+            raise AdminRefused(401, "unauthenticated", e.public_message, e.reason) from None
+
+    async def _authorise(
+        self,
+        request: web.Request,
+        principal: Principal,
+        ask: _Ask,
+        t0: float,
+        *,
+        filters: str = "",
+        subjects: list[str] | None = None,
+    ) -> AccessEvent:
+        """The decision, as an access record: refused → recorded and raised; allowed → returned."""
+        decision = self._policies.engine.decide(
+            principal.user, principal.roles, AUDIT_SYSTEM, AUDIT_CATEGORY, ask.action, AUDIT_PURPOSE
+        )
+        event = self._event(
+            request,
+            principal,
+            ask,
+            filters=filters,
+            subjects=subjects or [],
+            decision="allow" if decision.allowed else "deny",
+            reason="rule" if decision.allowed else "no_matching_rule",
+            rule=decision.rule,
+        )
+        if not decision.allowed:
+            await self._deny(event, 403, "forbidden", "your job function does not permit this", t0)
+        return event
+
+    async def _list_blocks(self, request: web.Request) -> web.Response:
+        """Every subject blocked now, as this replica sees it (ids as stored in the trail)."""
+        t0 = time.perf_counter()
+        assert self._blocks is not None
+        principal = await self._principal(request)
+        event = await self._authorise(request, principal, _ASKS["blocks"], t0)
+        rows = self._blocks.as_json()
+        event.status = 200
+        event.outcome = COMPLETE
+        event.duration_us = int((time.perf_counter() - t0) * 1e6)
+        await self._spool.append(event)  # one record: decision and count together
+        await self._spool.append(
+            Outcome(
+                event_id=event.event_id,
+                status=200,
+                bytes_in=0,
+                bytes_out=0,
+                duration_us=event.duration_us,
+                upstream_us=0,
+                outcome=COMPLETE,
+                response_count=len(rows),
+            ),
+            admission=False,
+        )
+        return web.json_response(
+            {
+                "blocks": rows,
+                "view_age_seconds": round(self._blocks.view_age_seconds, 3),
+                "request_id": request[REQUEST_ID],
+            }
+        )
+
+    async def _change_block(self, request: web.Request) -> web.Response:
+        """`{"subject": ID, "action": "block"|"unblock", "reason": "…"}` (6.5, 6.6)."""
+        t0 = time.perf_counter()
+        assert self._blocks is not None
+        principal = await self._principal(request)
+        ask = _ASKS["block"]
+        body: Any = None
+        if (request.content_length or 0) <= MAX_BODY:
+            with contextlib.suppress(ValueError):
+                body = await request.json()
+        body = body if isinstance(body, dict) else {}
+        raw, action, reason = body.get("subject"), body.get("action"), body.get("reason")
+        subject = self._subject_key(raw) if isinstance(raw, str) and raw.strip() else None
+        event = await self._authorise(
+            request, principal, ask, t0, subjects=[subject] if subject else []
+        )
+        problem = (
+            "subject: the data subject's id is required"
+            if subject is None
+            else "action: block or unblock"
+            if action not in ("block", "unblock")
+            else "reason: say why (the subject's request, a ticket)"
+            if not isinstance(reason, str) or len(reason.strip()) < 3
+            else None
+        )
+        if problem is not None:
+            event.decision, event.reason = "deny", "bad_request"
+            await self._deny(event, 400, "bad_request", problem, t0)
+        assert subject is not None and isinstance(reason, str)
+        try:
+            rec = await self._blocks.change(
+                actor=principal.user,
+                action=str(action),
+                subject=subject,
+                reason=reason.strip(),
+                request_id=request[REQUEST_ID],
+            )
+        except SpoolUnavailable:
+            raise QueryDenied(
+                503, "audit_unavailable", "the block cannot be recorded; not applied", "audit"
+            ) from None
+        return web.json_response(
+            {
+                "result": "blocked" if rec.action == "block" else "unblocked",
+                "block_id": rec.block_id,
+                "request_id": request[REQUEST_ID],
+            }
+        )
 
     def _handler(self, name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         ask = _ASKS[name]
@@ -209,11 +334,7 @@ class AuditAPI:
 
     async def _serve(self, request: web.Request, ask: _Ask) -> web.StreamResponse:
         t0 = time.perf_counter()
-        try:
-            principal = await self._verify(bearer_token(request.headers.get("Authorization")))
-        except AuthenticationError as e:
-            # Counted in the anonymous refusal summaries by the admin app's recorder.
-            raise AdminRefused(401, "unauthenticated", e.public_message, e.reason) from None
+        principal = await self._principal(request)
         raw_subject = request.match_info.get("subject")
         subject = self._subject_key(raw_subject) if raw_subject is not None else None
         subjects = [subject] if subject is not None else []

@@ -169,6 +169,9 @@ class AuditConfig:
     # Refusals without a valid token are counted per window (docs/decisions/013).
     anonymous_window_seconds: float = 60.0
     anonymous_max_keys: int = 1000
+    # 6.5, 6.6: how often each replica re-reads every subject block from the store; a block made
+    # through another replica is enforced here within this bound (plus the shipper's lag).
+    blocks_poll_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -511,6 +514,7 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         checkpoint_interval_seconds=au.get("checkpoint_interval_seconds", float, 60.0, _positive),
         anonymous_window_seconds=au.get("anonymous_window_seconds", float, 60.0, _positive),
         anonymous_max_keys=au.get("anonymous_max_keys", int, 1000, _positive),
+        blocks_poll_seconds=au.get("blocks_poll_seconds", float, 2.0, _positive),
     )
     if audit.checkpoint_key_file != Path() and _files(
         au, {"checkpoint_key_file": audit.checkpoint_key_file}

@@ -34,6 +34,7 @@ from gateway.audit.events import COMPLETE, AccessEvent, Outcome
 from gateway.audit.refusals import AnonymousRefusals
 from gateway.audit.spool import Spool
 from gateway.authz import Decision, PolicyStore
+from gateway.blocks import SubjectBlocks
 from gateway.break_glass import BreakGlass
 from gateway.config import Config, Route
 from gateway.errors import AuthenticationError, BadRequest, GatewayError, SpoolUnavailable
@@ -116,6 +117,7 @@ class Pipeline:
         access_rights: AccessRights | None = None,
         break_glass: BreakGlass | None = None,
         anonymous: AnonymousRefusals | None = None,
+        blocks: SubjectBlocks | None = None,
     ) -> None:
         self._cfg = cfg
         self._routes = routes
@@ -127,6 +129,7 @@ class Pipeline:
         self._rights = access_rights
         self._break_glass = break_glass
         self._anonymous = anonymous
+        self._blocks = blocks
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path, _, raw_query = request.raw_path.partition("?")
@@ -183,6 +186,27 @@ class Pipeline:
         except Exception:
             log.exception("subject extraction failed")
             await self._deny(ctx, 500, "internal_error", "internal error", "subject_error")
+        # 6.5, 6.6: a blocked subject's data is not processed, except by the job functions the
+        # policy lets handle the verification (a `block` grant on this system and category).
+        if (
+            self._blocks is not None
+            and self._blocks.blocked(ctx.subjects) is not None
+            and not self._policies.engine.decide(
+                ctx.principal.user,
+                ctx.principal.roles,
+                route.system,
+                route.category,
+                "block",
+                route.purpose,
+            ).allowed
+        ):
+            await self._deny(
+                ctx,
+                423,
+                "subject_blocked",
+                "this data subject's data is blocked",
+                "subject_blocked",
+            )
 
         if self._rights is not None:
             try:

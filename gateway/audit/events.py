@@ -178,6 +178,9 @@ class SubjectBlock:
     reason: str
     request_id: str
 
+    def values(self) -> tuple[Any, ...]:
+        return _values(self)
+
 
 _CLASSES: tuple[type[Any], ...] = (
     AccessEvent,
