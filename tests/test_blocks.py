@@ -163,3 +163,33 @@ def _metric(admin: str, name: str) -> float:
             if line.startswith(name + " "):
                 return float(line.split()[1])
     raise AssertionError(f"no {name}")
+
+
+async def test_cli_blocks_lists_and_unblocks_with_a_token_from_the_environment(
+    serve_gateway: ServeFactory, upstream: Upstream, keys: Keys
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    gw = await serve_gateway(upstream.url)
+    token = keys.token("dana", ["dpo"])
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "subject", *args, "--gateway", gw.admin_url],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PDGW_TOKEN": token},
+        )
+
+    out = await asyncio.to_thread(cli, "block", "emp-3", "--reason", "subject's request 19")
+    assert out.returncode == 0 and out.stdout.startswith("blocked"), out.stderr
+    out = await asyncio.to_thread(cli, "list")
+    assert "emp-3" in out.stdout and "subject's request 19" in out.stdout
+    out = await asyncio.to_thread(cli, "unblock", "emp-3", "--reason", "verified")
+    assert out.stdout.startswith("unblocked")
+    assert token not in out.stdout + out.stderr

@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_cmd.register(sub, audit_sub)
     verify_cmd.register(audit_sub)
     investigate_cmd.register(audit_sub)
+    investigate_cmd.register_subject(sub)
     token_cmd.register(sub)
     policy_cmd.register(sub)
     return parser

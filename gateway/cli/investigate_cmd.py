@@ -245,3 +245,78 @@ def run_query(args: argparse.Namespace) -> int:
         print("pd-gateway: the answer is incomplete (the store failed mid-way)", file=sys.stderr)
         return 1
     return 0
+
+
+def register_subject(sub: Any) -> None:
+    """`pd-gateway subject block ID --reason R | unblock ID --reason R | list` (6.5, 6.6)."""
+    s = sub.add_parser("subject", help="block and unblock data subjects (6.5, 6.6)")
+    ssub = s.add_subparsers(dest="subject_command", required=True)
+    for action, text in (("block", "block a data subject"), ("unblock", "lift a block")):
+        p = ssub.add_parser(action, help=text)
+        p.add_argument("subject", help="the data subject's id, as the business system knows it")
+        p.add_argument("--reason", required=True, help="why: the subject's request, a ticket")
+        _connection(p)
+        p.set_defaults(run=run_block, action=action)
+    ls = ssub.add_parser("list", help="subjects blocked now")
+    _connection(ls)
+    ls.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    ls.set_defaults(run=run_block_list)
+
+
+def _connection(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--gateway",
+        default=os.environ.get(URL_ENV, DEFAULT_URL),
+        help=f"the gateway's admin URL (env {URL_ENV}; default {DEFAULT_URL})",
+    )
+    p.add_argument(
+        "--token-file",
+        help=f"a file holding your bearer token (or set {TOKEN_ENV}; never pass a token itself)",
+    )
+
+
+def _request(url: str, token: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Authorization": f"Bearer {token}"}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            answer: dict[str, Any] = json.loads(resp.read())
+            return answer
+    except urllib.error.HTTPError as e:
+        try:
+            err = json.loads(e.read())
+        except ValueError:
+            raise ApiError(f"HTTP {e.code}") from None
+        raise ApiError(f"{e.code} {err.get('error')}: {err.get('message')}") from None
+    except urllib.error.URLError as e:
+        raise ApiError(f"cannot reach the gateway's admin port: {e.reason}") from None
+
+
+def run_block(args: argparse.Namespace) -> int:
+    try:
+        token = read_token(args)
+        body = {"subject": args.subject, "action": args.action, "reason": args.reason}
+        answer = _request(args.gateway.rstrip("/") + "/admin/subject-blocks", token, body)
+    except (ApiError, OSError) as e:
+        print(f"pd-gateway: {e}", file=sys.stderr)
+        return 1
+    print(f"{answer['result']} (record {answer['block_id']}, request {answer['request_id']})")
+    return 0
+
+
+def run_block_list(args: argparse.Namespace) -> int:
+    try:
+        answer = _request(args.gateway.rstrip("/") + "/admin/subject-blocks", read_token(args))
+    except (ApiError, OSError) as e:
+        print(f"pd-gateway: {e}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps(answer, ensure_ascii=False))
+        return 0
+    columns = (("since", "ts_us"), ("subject", "subject"), ("by", "actor"), ("reason", "reason"))
+    _table(answer["blocks"], columns, sys.stdout)
+    print(f"(this gateway's view is {answer['view_age_seconds']:.1f} s old)", file=sys.stderr)
+    return 0
