@@ -42,6 +42,7 @@ from gateway.policy_api import AdminRefused, break_glass_handler, policy_put_han
 from gateway.proxy import Forwarder, client_address
 from gateway.role_changes import RoleTracker
 from gateway.routing import RouteTable
+from gateway.subject_hash import SubjectHasher
 from gateway.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Gateway:
     pipeline: Pipeline | None = None
     shipper: Shipper | None = None
     blocks: SubjectBlocks | None = None
+    hasher: SubjectHasher | None = None
 
     @property
     def break_glass(self) -> BreakGlass:
@@ -129,6 +131,7 @@ def build(
         spool.append, window_seconds=a.anonymous_window_seconds, max_keys=a.anonymous_max_keys
     )
     gw = Gateway(cfg, metrics, spool, policies, rights, checkpointer, anonymous)
+    gw.hasher = SubjectHasher.from_files(a.subject_key_file, a.subject_previous_key_files)
     gw.blocks = SubjectBlocks(  # 6.5, 6.6
         spool,
         a.spool_dir,
@@ -176,6 +179,7 @@ def build(
         open_store=reader(cfg.store),
         trusted=cfg.proxy.trusted_proxies,
         blocks=gw.blocks,
+        hasher=gw.hasher,
     ).register(admin_app)
     admin_app[GATEWAY] = gw
     return proxy_app, admin_app
@@ -376,6 +380,7 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         break_glass=gw.break_glass,
         anonymous=gw.anonymous,
         blocks=gw.blocks,
+        hasher=gw.hasher,
     )
     reaper = spawn(gw.rights.end_break_glass_sessions(), name="break-glass-ends")
     watcher = None

@@ -51,6 +51,7 @@ from gateway.errors_http import REQUEST_ID
 from gateway.identity import Principal, bearer_token
 from gateway.policy_api import AdminRefused
 from gateway.proxy import client_address
+from gateway.subject_hash import SubjectHasher
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def parse_time(value: str) -> int:
     return int(t.timestamp() * 1_000_000)
 
 
-def parse_filters(params: Any, subject: str | None) -> tuple[query.Filters, int | None]:
+def parse_filters(params: Any, subject: list[str] | None) -> tuple[query.Filters, int | None]:
     """Query-string parameters → Filters and the asked limit. ValueError names the parameter."""
     unknown = set(params) - {*query.FILTERS, "limit"}
     if unknown:
@@ -126,7 +127,7 @@ def parse_filters(params: Any, subject: str | None) -> tuple[query.Filters, int 
             break_glass=None if bg is None else bg == "true",
             since_us=since,
             until_us=until,
-            subject=subject,
+            subject=tuple(subject) if subject is not None else None,
         ),
         int(limit) if limit is not None else None,
     )
@@ -141,8 +142,8 @@ class AuditAPI:
         spool: Spool,
         open_store: StoreOpener | None,
         trusted: Any,
-        subject_key: Callable[[str], str] = lambda s: s,
         blocks: SubjectBlocks | None = None,
+        hasher: SubjectHasher | None = None,
     ) -> None:
         self._blocks = blocks
         self._verify = verify
@@ -150,7 +151,8 @@ class AuditAPI:
         self._spool = spool
         self._open_store = open_store
         self._trusted = trusted
-        self._subject_key = subject_key  # the real id → the id as stored (5.3)
+        # 5.3: investigators give the real id; the trail holds it as a keyed hash (decision 015).
+        self._hasher = hasher if hasher is not None else SubjectHasher([])
 
     def register(self, app: web.Application) -> None:
         app.router.add_get("/admin/audit/events", self._handler("events"))
@@ -240,7 +242,7 @@ class AuditAPI:
                 body = await request.json()
         body = body if isinstance(body, dict) else {}
         raw, action, reason = body.get("subject"), body.get("action"), body.get("reason")
-        subject = self._subject_key(raw) if isinstance(raw, str) and raw.strip() else None
+        subject = self._hasher.stored(raw) if isinstance(raw, str) and raw.strip() else None
         event = await self._authorise(
             request, principal, ask, t0, subjects=[subject] if subject else []
         )
@@ -336,8 +338,8 @@ class AuditAPI:
         t0 = time.perf_counter()
         principal = await self._principal(request)
         raw_subject = request.match_info.get("subject")
-        subject = self._subject_key(raw_subject) if raw_subject is not None else None
-        subjects = [subject] if subject is not None else []
+        subject = self._hasher.candidates(raw_subject) if raw_subject is not None else None
+        subjects = subject[:1] if subject is not None else []
         try:
             filters, asked = parse_filters(request.query, subject)
         except ValueError as e:

@@ -172,6 +172,10 @@ class AuditConfig:
     # 6.5, 6.6: how often each replica re-reads every subject block from the store; a block made
     # through another replica is enforced here within this bound (plus the shipper's lag).
     blocks_poll_seconds: float = 2.0
+    # 5.3: subject ids in the trail as HMAC-SHA256 under this key (docs/decisions/015); the
+    # previous keys stay listed while rows or blocks made under them are kept (rotation).
+    subject_key_file: Path | None = None
+    subject_previous_key_files: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -515,11 +519,28 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         anonymous_window_seconds=au.get("anonymous_window_seconds", float, 60.0, _positive),
         anonymous_max_keys=au.get("anonymous_max_keys", int, 1000, _positive),
         blocks_poll_seconds=au.get("blocks_poll_seconds", float, 2.0, _positive),
+        subject_key_file=resolve(au.get("subject_key_file", str, None)),
+        subject_previous_key_files=tuple(
+            p
+            for p in (resolve(str(v)) for v in au.get("subject_previous_key_files", list, []))
+            if p is not None
+        ),
     )
     if audit.checkpoint_key_file != Path() and _files(
         au, {"checkpoint_key_file": audit.checkpoint_key_file}
     ):
         _check_signing_key(au, audit.checkpoint_key_file)
+    for i, key_file in enumerate(
+        [audit.subject_key_file, *audit.subject_previous_key_files]
+    ):  # 5.3: a key too short to be secret is refused, not used
+        if key_file is None:
+            continue
+        name = "subject_key_file" if i == 0 else f"subject_previous_key_files[{i - 1}]"
+        try:
+            if len(key_file.read_bytes().strip()) < 32:
+                problems.add(au.key(name), "the key must hold at least 32 bytes")
+        except OSError:
+            problems.add(au.key(name), f"cannot read {key_file}")
     au.finish()
     store = _parse_store(top, resolve, problems)
 

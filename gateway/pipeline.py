@@ -55,6 +55,7 @@ from gateway.proxy import (
     client_address,
 )
 from gateway.routing import RouteTable, canonical_path, subject_ids
+from gateway.subject_hash import SubjectHasher
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class Pipeline:
         break_glass: BreakGlass | None = None,
         anonymous: AnonymousRefusals | None = None,
         blocks: SubjectBlocks | None = None,
+        hasher: SubjectHasher | None = None,
     ) -> None:
         self._cfg = cfg
         self._routes = routes
@@ -130,6 +132,7 @@ class Pipeline:
         self._break_glass = break_glass
         self._anonymous = anonymous
         self._blocks = blocks
+        self._hasher = hasher if hasher is not None else SubjectHasher([])
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path, _, raw_query = request.raw_path.partition("?")
@@ -190,7 +193,8 @@ class Pipeline:
         # policy lets handle the verification (a `block` grant on this system and category).
         if (
             self._blocks is not None
-            and self._blocks.blocked(ctx.subjects) is not None
+            and self._blocks.blocked([c for s in ctx.subjects for c in self._hasher.candidates(s)])
+            is not None
             and not self._policies.engine.decide(
                 ctx.principal.user,
                 ctx.principal.roles,
@@ -385,13 +389,14 @@ class Pipeline:
             auth="bearer" if p else "",
             session="",
             method=ctx.method,
-            path=ctx.path,
-            query=ctx.query,
+            # 5.3: the subject's id, where it appears, as a keyed hash (decision 015).
+            path=self._hasher.path(r, ctx.path, ctx.subjects),
+            query=self._hasher.query(r, ctx.query),
             route=ctx.route_name,
             system=r.system if r else "",
             category=r.category if r else "",
             action=ctx.action,
-            subject_ids=ctx.subjects,
+            subject_ids=[self._hasher.stored(s) for s in ctx.subjects],
             decision=decision,
             reason=reason,
             rule=d.rule if d else "",

@@ -90,7 +90,8 @@ class QueryRefused(ValueError):
 @dataclass(frozen=True)
 class Filters:
     """What an investigator asked for; ``since``/``until`` are µs since the epoch (inclusive,
-    exclusive). ``subject`` is the id as stored in the trail."""
+    exclusive). ``subject`` is the id as stored in the trail: every form it may have (one per
+    subject key still configured, docs/decisions/015)."""
 
     equals: Mapping[str, str] = field(default_factory=dict)
     role: str | None = None
@@ -98,14 +99,16 @@ class Filters:
     break_glass: bool | None = None
     since_us: int | None = None
     until_us: int | None = None
-    subject: str | None = None
+    subject: tuple[str, ...] | None = None
 
     def as_record(self) -> str:
         """The filters as one stable string for the trail (the query's own record, 9.2.6)."""
         parts = [f"{k}={v}" for k, v in sorted(self.equals.items())]
         for name in ("role", "status", "break_glass", "since_us", "until_us", "subject"):
             value = getattr(self, name)
-            if value is not None:
+            if isinstance(value, tuple):
+                parts.append(f"{name}={','.join(value)}")
+            elif value is not None:
                 parts.append(f"{name}={str(value).lower() if name == 'break_glass' else value}")
         return "&".join(parts)
 
@@ -146,13 +149,15 @@ def event_where(f: Filters, db: str) -> tuple[list[str], dict[str, Any]]:
     _time_filters(f, params, where)
     if f.subject is not None:
         # The subject index (ordered by subject_id) narrows first; the events table answers.
-        sub_where = ["subject_id = %(f_subject)s"]
+        forms = [f"subject_id = %(f_subject{i})s" for i in range(len(f.subject))]
+        sub_where = [f"({' OR '.join(forms)})"]
         _time_filters(f, params, sub_where)
         where.append(
             f"event_id IN (SELECT event_id FROM {db}.access_event_subjects "
             f"WHERE {' AND '.join(sub_where)})"
         )
-        params["f_subject"] = f.subject
+        for i, form in enumerate(f.subject):
+            params[f"f_subject{i}"] = form
     return where, params
 
 
