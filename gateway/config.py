@@ -236,6 +236,19 @@ class SubjectRule:
 
 
 @dataclass(frozen=True)
+class ResponseSubjects:
+    """Where subject ids sit in a route's JSON response (list and search endpoints, 6.1.1): a
+    JSON pointer whose ``*`` segments stand for every element of an array, e.g. ``/items/*/id``.
+    At most ``max_bytes`` of a response are kept aside to read them (the client is not made to
+    wait: the copy is made as the response streams) and at most ``max_subjects`` are recorded;
+    past either cap the record says so (``response_capped``)."""
+
+    pointer: tuple[str, ...]
+    max_bytes: int = 1024 * 1024
+    max_subjects: int = 1000
+
+
+@dataclass(frozen=True)
 class Route:
     name: str
     prefix: str
@@ -250,6 +263,7 @@ class Route:
     # Where the upstream takes an overriding method from ("header", "query"); that method is
     # then what is authorised and recorded (routing.effective_method, decision 011).
     method_override: frozenset[str] = frozenset()
+    response_subjects: ResponseSubjects | None = None
 
     @property
     def carries_personal_data(self) -> bool:
@@ -811,6 +825,7 @@ def _parse_routes(
             actions = {m: a for m, a in actions.items() if m in method_set}
 
         subject = _parse_subject(r, prefix)
+        listed = _parse_response_subjects(r)
         override = r.get("method_override", list, [])
         for carrier in override:
             if carrier in ("form", "json"):
@@ -835,10 +850,33 @@ def _parse_routes(
                 methods=method_set,
                 subject=subject,
                 method_override=frozenset(str(c) for c in override) & {"header", "query"},
+                response_subjects=listed,
             )
         )
     _check_overlapping_prefixes(routes, problems)
     return tuple(routes)
+
+
+def _parse_response_subjects(r: _Section) -> ResponseSubjects | None:
+    if "response_subjects" not in r.data:
+        return None
+    sec = r.section("response_subjects")
+    pointer = sec.get("pointer", str, ..., _pointer_check)
+    found = ResponseSubjects(
+        pointer=tuple(
+            p.replace("~1", "/").replace("~0", "~") for p in (pointer or "/").split("/")[1:]
+        ),
+        max_bytes=sec.get("max_bytes", int, 1024 * 1024, _min(1024)),
+        max_subjects=sec.get("max_subjects", int, 1000, _positive),
+    )
+    sec.finish()
+    return found
+
+
+def _pointer_check(value: str) -> str | None:
+    if not value.startswith("/") or value == "/":
+        return "a JSON pointer into the response, e.g. /items/*/id"
+    return None
 
 
 def _check_overlapping_prefixes(routes: list[Route], problems: _Problems) -> None:

@@ -54,6 +54,7 @@ from gateway.proxy import (
     check_request_headers,
     client_address,
 )
+from gateway.response_subjects import ResponseCopy, extract
 from gateway.routing import RouteTable, canonical_path, subject_ids
 from gateway.subject_hash import SubjectHasher
 
@@ -272,6 +273,8 @@ class Pipeline:
         route = ctx.route
         assert route is not None
         exchange = Exchange()
+        if route.response_subjects is not None and ctx.method != "HEAD":
+            exchange.copy = ResponseCopy(route.response_subjects)  # 6.1.1: whom a list returned
         self._metrics.overhead.labels(route.name).observe(time.perf_counter() - ctx.t0)
         injected = {
             "X-PD-User": ctx.principal.user,
@@ -403,8 +406,15 @@ class Pipeline:
             policy_version=d.policy_version if d else self._policies.engine.version,
         )
 
-    @staticmethod
-    def _outcome(ctx: _Context, event: AccessEvent, exchange: Exchange, outcome: str) -> Outcome:
+    def _outcome(
+        self, ctx: _Context, event: AccessEvent, exchange: Exchange, outcome: str
+    ) -> Outcome:
+        listed: list[str] = []
+        count = capped = 0
+        if exchange.copy is not None and outcome == COMPLETE and 200 <= exchange.status < 300:
+            found = extract(exchange.copy)
+            listed = [self._hasher.stored(s) for s in found.subjects]  # 5.3
+            count, capped = found.count, int(found.capped)
         return Outcome(
             event_id=event.event_id,
             status=exchange.status,
@@ -413,4 +423,7 @@ class Pipeline:
             duration_us=int((time.perf_counter() - ctx.t0) * 1e6),
             upstream_us=int(exchange.upstream_seconds * 1e6),
             outcome=outcome,
+            response_subjects=listed,
+            response_count=count,
+            response_capped=capped,
         )
