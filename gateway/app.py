@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from gateway import listeners, tls
 from gateway.access_rights import AccessRights
 from gateway.admin import build_admin_app
-from gateway.audit.checkpoint import Checkpointer, Signer
+from gateway.audit.checkpoint import Checkpointer, Signer, load_public_keys
 from gateway.audit.events import COMPLETE, AccessEvent
 from gateway.audit.factory import open_store, reader
 from gateway.audit.refusals import AnonymousRefusals
@@ -180,6 +180,8 @@ def build(
         trusted=cfg.proxy.trusted_proxies,
         blocks=gw.blocks,
         hasher=gw.hasher,
+        purposes_of={r.name: r.purpose for r in cfg.routes},
+        public_keys=lambda: load_public_keys([a.checkpoint_key_file]),  # the gateway's own
     ).register(admin_app)
     admin_app[GATEWAY] = gw
     return proxy_app, admin_app

@@ -32,14 +32,16 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.audit import query
+from gateway.audit import query, report
+from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.events import COMPLETE, AccessEvent, Outcome
 from gateway.audit.spool import Spool
 from gateway.audit.store import AuditStore, Row, StoreError
@@ -84,6 +86,7 @@ _ASKS = {
     "export": _Ask("events", "export", "admin:audit/export", query.MAX_EXPORT_ROWS),
     "permissions": _Ask("permissions", "read", "admin:audit/permissions", query.MAX_ROWS),
     "blocks": _Ask("blocks", "read", "admin:subject-blocks", query.MAX_ROWS),
+    "report": _Ask("report", "read", "admin:audit/subject-report", query.MAX_EXPORT_ROWS),
     "block": _Ask("blocks", "block", "admin:subject-blocks", 0),
 }
 MAX_BODY = 16 * 1024
@@ -144,8 +147,14 @@ class AuditAPI:
         trusted: Any,
         blocks: SubjectBlocks | None = None,
         hasher: SubjectHasher | None = None,
+        purposes_of: Mapping[str, str] | None = None,
+        public_keys: Callable[[], Mapping[str, Ed25519PublicKey]] | None = None,
+        live: Callable[[], list[Checkpoint]] = list,
     ) -> None:
         self._blocks = blocks
+        self._purposes_of = purposes_of or {}
+        self._public_keys = public_keys
+        self._live = live
         self._verify = verify
         self._policies = policies
         self._spool = spool
@@ -159,6 +168,7 @@ class AuditAPI:
         app.router.add_get("/admin/audit/subjects/{subject}/events", self._handler("subject"))
         app.router.add_get("/admin/audit/export", self._handler("export"))
         app.router.add_get("/admin/audit/permissions", self._handler("permissions"))
+        app.router.add_get("/admin/audit/subjects/{subject}/report", self._report)
         if self._blocks is not None:  # 6.5, 6.6; the subject travels in the body, not the URL
             app.router.add_get("/admin/subject-blocks", self._list_blocks)
             app.router.add_post("/admin/subject-blocks", self._change_block)
@@ -197,6 +207,57 @@ class AuditAPI:
         if not decision.allowed:
             await self._deny(event, 403, "forbidden", "your job function does not permit this", t0)
         return event
+
+    async def _report(self, request: web.Request) -> web.Response:
+        """6.1.1, 6.3: one subject's report, aggregated here so the answer is small."""
+        t0 = time.perf_counter()
+        principal = await self._principal(request)
+        forms = self._hasher.candidates(request.match_info["subject"])
+        event = await self._authorise(
+            request, principal, _ASKS["report"], t0, filters="report", subjects=forms[:1]
+        )
+        if self._open_store is None or self._public_keys is None:
+            event.decision, event.reason = "deny", "no_store"
+            await self._deny(event, 503, "no_store", "no audit store is configured", t0)
+        await self._spool.append(event)  # 9.2.6: on record before anything is read
+        opener, keys, live = self._open_store, self._public_keys(), self._live()
+
+        def run() -> dict[str, Any]:
+            with opener() as store:
+                return report.build(
+                    store, tuple(forms), purposes_of=self._purposes_of, public_keys=keys, live=live
+                )
+
+        outcome, body, status = COMPLETE, None, 200
+        try:
+            body = await asyncio.to_thread(run)
+        except StoreError:
+            outcome, status = "store_error", 503
+        await self._spool.append(
+            Outcome(
+                event_id=event.event_id,
+                status=status,
+                bytes_in=0,
+                bytes_out=0,
+                duration_us=int((time.perf_counter() - t0) * 1e6),
+                upstream_us=0,
+                outcome=outcome,
+                response_count=(body["accesses"] + body["refused"]) if body else 0,
+            ),
+            admission=False,
+        )
+        if body is None:
+            raise QueryDenied(
+                503, "store_unavailable", "the audit store cannot be read now", "store_error"
+            )
+        return web.json_response(
+            {
+                **body,
+                "generated_at_us": time.time_ns() // 1000,
+                "generated_by": principal.user,
+                "request_id": request[REQUEST_ID],
+            }
+        )
 
     async def _list_blocks(self, request: web.Request) -> web.Response:
         """Every subject blocked now, as this replica sees it (ids as stored in the trail)."""

@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify_cmd.register(audit_sub)
     investigate_cmd.register(audit_sub)
     investigate_cmd.register_subject(sub)
+    investigate_cmd.register_report(audit_sub)
     token_cmd.register(sub)
     policy_cmd.register(sub)
     return parser

@@ -320,3 +320,35 @@ def run_block_list(args: argparse.Namespace) -> int:
     _table(answer["blocks"], columns, sys.stdout)
     print(f"(this gateway's view is {answer['view_age_seconds']:.1f} s old)", file=sys.stderr)
     return 0
+
+
+def register_report(audit_sub: Any) -> None:
+    r = audit_sub.add_parser(
+        "subject-report", help="a data subject's report: printable HTML or JSON (6.1.1, 6.3)"
+    )
+    r.add_argument("subject", help="the data subject's id, as the business system knows it")
+    _connection(r)
+    r.add_argument("--format", choices=("html", "json"), default="html", help="output format")
+    r.add_argument("--output", "-o", help="write here instead of standard output")
+    r.set_defaults(run=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from gateway.cli.report_html import render
+
+    path = "/admin/audit/subjects/" + urllib.parse.quote(args.subject, safe="") + "/report"
+    try:
+        answer = _request(args.gateway.rstrip("/") + path, read_token(args))
+    except (ApiError, OSError) as e:
+        print(f"pd-gateway: {e}", file=sys.stderr)
+        return 1
+    text = (
+        json.dumps({"subject": args.subject, **answer}, ensure_ascii=False, indent=2)
+        if args.format == "json"
+        else render(args.subject, answer)
+    )
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
