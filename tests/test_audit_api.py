@@ -64,14 +64,14 @@ def _event(
     }
 
 
-def seed(store: AuditStore, n: int, target: str) -> set[str]:
+def seed(store: AuditStore, n: int, target: str, *, start: int = 0) -> set[str]:
     """``n`` events over many subjects; return the ids of those that touched ``target`` (by the
     path, or among a list response's subjects)."""
     rng = random.Random(7)
     base = int(dt.datetime(2026, 11, 1, tzinfo=dt.UTC).timestamp() * 1e6)
     expected: set[str] = set()
     rows, subject_rows = [], []
-    for i in range(n):
+    for i in range(start, start + n):
         subjects = [f"emp-{rng.randrange(5000)}"]
         listed = [f"emp-{rng.randrange(5000)}" for _ in range(rng.randrange(4))]
         if i % 997 == 0:
@@ -84,8 +84,8 @@ def seed(store: AuditStore, n: int, target: str) -> set[str]:
         row, subs = event_rows(ev, "seed")
         rows.append(row)
         subject_rows += subs
-    store.insert(schema.ACCESS_EVENTS, rows, "seed")
-    store.insert(schema.ACCESS_EVENT_SUBJECTS, subject_rows, "seed")
+    store.insert(schema.ACCESS_EVENTS, rows, f"seed-{start}")
+    store.insert(schema.ACCESS_EVENT_SUBJECTS, subject_rows, f"seed-{start}")
     return expected
 
 
