@@ -61,6 +61,10 @@ from gateway.subject_hash import SubjectHasher
 log = logging.getLogger(__name__)
 
 
+class _BlockedInResponse(Exception):
+    """A response named a blocked subject: its last chunk is withheld (6.5)."""
+
+
 class Denied(GatewayError):
     """A request refused after its denial was audited."""
 
@@ -190,21 +194,7 @@ class Pipeline:
         except Exception:
             log.exception("subject extraction failed")
             await self._deny(ctx, 500, "internal_error", "internal error", "subject_error")
-        # 6.5, 6.6: a blocked subject's data is not processed, except by the job functions the
-        # policy lets handle the verification (a `block` grant on this system and category).
-        if (
-            self._blocks is not None
-            and self._blocks.blocked([c for s in ctx.subjects for c in self._hasher.candidates(s)])
-            is not None
-            and not self._policies.engine.decide(
-                ctx.principal.user,
-                ctx.principal.roles,
-                route.system,
-                route.category,
-                "block",
-                route.purpose,
-            ).allowed
-        ):
+        if self._blocked_for(ctx, ctx.subjects):
             await self._deny(
                 ctx,
                 423,
@@ -258,6 +248,19 @@ class Pipeline:
             await self._record(ctx, event, "access")
         return await self._forward(request, ctx, event)
 
+    def _blocked_for(self, ctx: _Context, subjects: list[str]) -> bool:
+        """6.5, 6.6: a blocked subject's data is not processed, except by the job functions the
+        policy lets handle the verification (a `block` grant on this system and category)."""
+        route, p = ctx.route, ctx.principal
+        if self._blocks is None or not subjects or route is None or p is None:
+            return False
+        forms = [c for s in subjects for c in self._hasher.candidates(s)]
+        if self._blocks.blocked(forms) is None:
+            return False
+        return not self._policies.engine.decide(
+            p.user, p.roles, route.system, route.category, "block", route.purpose
+        ).allowed
+
     def _refuse_anonymous(self, ctx: _Context, status: int, reason: str) -> None:
         """A refusal with no valid token: counted in this window's summaries, not recorded
         one by one (docs/decisions/013-anonymous-refusals.md)."""
@@ -288,7 +291,17 @@ class Pipeline:
             if recorded or not route.carries_personal_data:
                 return
             recorded = True
-            await self._record(ctx, self._outcome(ctx, event, exchange, outcome), "outcome")
+            rec = self._outcome(ctx, event, exchange, outcome)
+            # 6.5: a list response naming a blocked subject loses its last chunk (headers and
+            # status are gone already): recorded as such, then the connection is cut.
+            listed = exchange.copy.found if exchange.copy is not None else None
+            blocked = listed is not None and self._blocked_for(ctx, listed.subjects)
+            if blocked:
+                rec.outcome = "subject_blocked"
+                self._metrics.denials.labels(route.name, "subject_blocked").inc()
+            await self._record(ctx, rec, "outcome")
+            if blocked:
+                raise _BlockedInResponse
 
         try:
             resp = await self._forwarder.forward(
@@ -320,8 +333,9 @@ class Pipeline:
             await record_outcome("client_aborted")
             self._count(route, "allow", exchange.status)
             return self._abort(request, exchange.response)
-        except SpoolUnavailable:
-            # The outcome could not be recorded: the last chunk is withheld (no audit, no access).
+        except (SpoolUnavailable, _BlockedInResponse):
+            # The outcome could not be recorded, or the response named a blocked subject: the
+            # last chunk is withheld (no audit, no access).
             self._count(route, "allow", exchange.status)
             return self._abort(request, exchange.response)
         except Exception:

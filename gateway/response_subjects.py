@@ -24,6 +24,7 @@ class ResponseCopy:
     rule: ResponseSubjects
     body: bytearray = field(default_factory=bytearray)
     capped: bool = False
+    found: Found | None = None  # extract()'s answer, kept: the outcome and the block check
 
     def add(self, chunk: bytes) -> None:
         if self.capped:
@@ -59,6 +60,13 @@ def _walk(node: Any, pointer: tuple[str, ...]) -> Iterator[Any]:
 
 
 def extract(copy: ResponseCopy) -> Found:
+    if copy.found is None:
+        copy.found = _extract(copy)
+        copy.body = bytearray()
+    return copy.found
+
+
+def _extract(copy: ResponseCopy) -> Found:
     if copy.capped:
         return Found([], 0, True)
     try:

@@ -257,3 +257,21 @@ async def test_cli_answers_who_accessed_activity_and_export_with_a_token_from_fi
     assert all(token not in json.dumps(r) for r in spool_records(gw.spool_dir))
     assert token not in out.stdout + out.stderr
     store.close()
+
+
+def test_no_command_takes_a_token_as_an_option_value() -> None:
+    """A token on the command line lands in shell history and `ps`: only files and env vars."""
+    import argparse
+
+    from gateway.cli import build_parser
+
+    def walk(p: argparse.ArgumentParser) -> list[str]:
+        found: list[str] = []
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for child in a.choices.values():
+                    found += walk(child)
+            found += [o for o in a.option_strings if "token" in o and o != "--token-file"]
+        return found
+
+    assert walk(build_parser()) == []

@@ -91,3 +91,35 @@ async def test_a_list_response_records_its_subjects_and_a_cut_copy_says_so(
         lines = [json.loads(line) for line in (await r.text()).splitlines()]
     assert [row["event_id"] for row in lines[:-1]] == [small["event_id"]]
     store.close()
+
+
+async def test_a_list_naming_a_blocked_subject_is_cut_before_its_last_chunk_and_recorded(
+    serve_gateway: ServeFactory, upstream_serving: Any, keys: Keys
+) -> None:
+    async def search(request: web.Request) -> web.StreamResponse:
+        ids = request.query.get("ids", "").split(",")
+        body = json.dumps({"items": [{"id": i} for i in ids]})
+        return web.Response(body=body.encode(), content_type="application/json")
+
+    gw = await serve_gateway(await upstream_serving(search), routes=_route())
+    hr = {"Authorization": f"Bearer {keys.token('harriet', ['hr_officer'])}"}
+    dpo = {"Authorization": f"Bearer {keys.token('dana', ['dpo'])}"}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(
+            gw.admin_url + "/admin/subject-blocks",
+            headers=dpo,
+            json={"subject": "emp-2", "action": "block", "reason": "subject's request 21"},
+        ) as r:
+            assert r.status == 200
+        async with s.get(gw.proxy_url + "/hr/search?ids=emp-1,emp-3", headers=hr) as r:
+            assert len((await r.json())["items"]) == 2
+        cut = False
+        try:
+            async with s.get(gw.proxy_url + "/hr/search?ids=emp-1,emp-2", headers=hr) as r:
+                await r.read()
+        except aiohttp.ClientError:
+            cut = True
+        assert cut, "the client received the whole list naming a blocked subject"
+    events = [e for e in spool_events(gw.spool_dir) if e["route"] == "hr-search"]
+    assert [e["outcome"] for e in events] == ["complete", "subject_blocked"]
+    assert events[1]["response_subjects"] == ["emp-1", "emp-2"]
