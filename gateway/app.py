@@ -23,13 +23,15 @@ from prometheus_client import CollectorRegistry
 from gateway import anomalies, listeners, tls
 from gateway.access_rights import AccessRights
 from gateway.admin import build_admin_app
-from gateway.audit.checkpoint import Checkpointer, Signer
+from gateway.audit.checkpoint import Checkpointer, Signer, load_public_keys
 from gateway.audit.events import COMPLETE, AccessEvent, AuthEvent
-from gateway.audit.factory import open_store
+from gateway.audit.factory import open_store, reader
 from gateway.audit.refusals import AnonymousRefusals
 from gateway.audit.shipper import Shipper, ShipperMetrics
 from gateway.audit.spool import Spool, SpoolHooks
+from gateway.audit_api import AuditAPI
 from gateway.authz import PolicyStore
+from gateway.blocks import SubjectBlocks
 from gateway.break_glass import BreakGlass, load_allowances
 from gateway.browser import BrowserLogin, add_pending_cookies
 from gateway.config import Config, StoreConfig
@@ -43,6 +45,7 @@ from gateway.proxy import Forwarder, client_address
 from gateway.role_changes import RoleTracker
 from gateway.routing import RouteTable
 from gateway.sessions import RevocationList, SessionCodec
+from gateway.subject_hash import SubjectHasher
 from gateway.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,8 @@ class Gateway:
     pipeline: Pipeline | None = None
     shipper: Shipper | None = None
     browser: BrowserLogin | None = None
+    blocks: SubjectBlocks | None = None
+    hasher: SubjectHasher | None = None
 
     @property
     def break_glass(self) -> BreakGlass:
@@ -130,6 +135,15 @@ def build(
         spool.append, window_seconds=a.anonymous_window_seconds, max_keys=a.anonymous_max_keys
     )
     gw = Gateway(cfg, metrics, spool, policies, rights, checkpointer, anonymous)
+    gw.hasher = SubjectHasher.from_files(a.subject_key_file, a.subject_previous_key_files)
+    gw.blocks = SubjectBlocks(  # 6.5, 6.6
+        spool,
+        a.spool_dir,
+        reader(cfg.store),
+        poll_seconds=a.blocks_poll_seconds,
+        on_count=metrics.blocked_subjects.set,
+    )
+    metrics.blocks_view_age.set_function(lambda: gw.blocks.view_age_seconds if gw.blocks else 0)
     metrics.break_glass_active.set_function(lambda: gw.break_glass.active)
     metrics.chain_seq.set_function(lambda: spool.head.seq)
     metrics.ready.set_function(lambda: 1 if all(gw.readiness().values()) else 0)
@@ -142,6 +156,7 @@ def build(
             anomalies.background(cfg.anomalies, cfg.store, cfg.instance_id, metrics)
         )
     proxy_app.cleanup_ctx.append(_spool_ctx)
+    proxy_app.cleanup_ctx.append(_blocks_ctx)
     proxy_app.cleanup_ctx.append(_pipeline_ctx)
     if cfg.oidc is not None:
         proxy_app.router.add_route("*", "/_pdgw/{tail:.*}", _browser_pages)
@@ -169,6 +184,17 @@ def build(
         "/admin/break-glass", break_glass_handler(verify=verify, start=rights.start_break_glass)
     )
     admin_app.router.add_get("/checkpoint", _latest_checkpoint)
+    AuditAPI(  # 9.2.6: the trail read through this process's store, every query recorded
+        verify=verify,
+        policies=policies,
+        spool=spool,
+        open_store=reader(cfg.store),
+        trusted=cfg.proxy.trusted_proxies,
+        blocks=gw.blocks,
+        hasher=gw.hasher,
+        purposes_of={r.name: r.purpose for r in cfg.routes},
+        public_keys=lambda: load_public_keys([a.checkpoint_key_file]),  # the gateway's own
+    ).register(admin_app)
     admin_app[GATEWAY] = gw
     return proxy_app, admin_app
 
@@ -303,6 +329,16 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
     spool.close()  # on the loop's thread: flushes its buffer, then joins the sync thread
 
 
+async def _blocks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Blocks in force before the first request (6.5); re-read from the store while serving."""
+    blocks = app[GATEWAY].blocks
+    assert blocks is not None
+    await blocks.start()
+    task = spawn(blocks.run(), name="subject-blocks")
+    yield
+    task.cancel()
+
+
 async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     cfg = gw.cfg
@@ -368,6 +404,8 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
         break_glass=gw.break_glass,
         anonymous=gw.anonymous,
         browser=gw.browser,
+        blocks=gw.blocks,
+        hasher=gw.hasher,
     )
     reaper = spawn(gw.rights.end_break_glass_sessions(), name="break-glass-ends")
     watcher = None

@@ -26,11 +26,24 @@ from gateway.errors import ConfigError
 
 # DIGEST 2.2-2.4: the personal-data categories the organisation processes; `none` marks a route
 # that carries no personal data. Biometric data is not processed (2.4), so it has no category.
-CATEGORIES = ("employee", "employee_health", "counterparty", "site_visitor", "none")
+# `audit_log` is the audit trail itself (9.2.6): reading it is an access of its own, granted
+# by the policy (gateway.audit_api), never a route's category.
+CATEGORIES = ("employee", "employee_health", "counterparty", "site_visitor", "audit_log", "none")
 ACTIONS = ("read", "create", "update", "delete", "export", "block")
 # 3.2: the purposes of processing. Each route serves one; grants apply within a job function's
 # purposes only (4.2: compatible purposes; 4.3: no merging across incompatible ones).
-PURPOSES = {"hr_records": "3.2.1", "contracts": "3.2.2", "site_visitors": "3.2.3"}
+# `audit_control` (9.2.6): control of the lawfulness of processing, the only purpose for which
+# the trail is read.
+PURPOSES = {
+    "hr_records": "3.2.1",
+    "contracts": "3.2.2",
+    "site_visitors": "3.2.3",
+    "audit_control": "9.2.6",
+}
+# 9.2.6: where reading the audit trail sits in the policy (gateway.audit_api).
+AUDIT_SYSTEM = "audit"
+AUDIT_CATEGORY = "audit_log"
+AUDIT_PURPOSE = "audit_control"
 DEFAULT_ACTIONS: Mapping[str, str] = {
     "GET": "read",
     "HEAD": "read",
@@ -157,6 +170,13 @@ class AuditConfig:
     # Refusals without a valid token are counted per window (docs/decisions/013).
     anonymous_window_seconds: float = 60.0
     anonymous_max_keys: int = 1000
+    # 6.5, 6.6: how often each replica re-reads every subject block from the store; a block made
+    # through another replica is enforced here within this bound (plus the shipper's lag).
+    blocks_poll_seconds: float = 2.0
+    # 5.3: subject ids in the trail as HMAC-SHA256 under this key (docs/decisions/015); the
+    # previous keys stay listed while rows or blocks made under them are kept (rotation).
+    subject_key_file: Path | None = None
+    subject_previous_key_files: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -293,6 +313,19 @@ class SubjectRule:
 
 
 @dataclass(frozen=True)
+class ResponseSubjects:
+    """Where subject ids sit in a route's JSON response (list and search endpoints, 6.1.1): a
+    JSON pointer whose ``*`` segments stand for every element of an array, e.g. ``/items/*/id``.
+    At most ``max_bytes`` of a response are kept aside to read them (the client is not made to
+    wait: the copy is made as the response streams) and at most ``max_subjects`` are recorded;
+    past either cap the record says so (``response_capped``)."""
+
+    pointer: tuple[str, ...]
+    max_bytes: int = 1024 * 1024
+    max_subjects: int = 1000
+
+
+@dataclass(frozen=True)
 class Route:
     name: str
     prefix: str
@@ -307,6 +340,7 @@ class Route:
     # Where the upstream takes an overriding method from ("header", "query"); that method is
     # then what is authorised and recorded (routing.effective_method, decision 011).
     method_override: frozenset[str] = frozenset()
+    response_subjects: ResponseSubjects | None = None
 
     @property
     def carries_personal_data(self) -> bool:
@@ -577,11 +611,29 @@ def parse(data: Any, source: Path, lines: Mapping[str, int] | None = None) -> Co
         checkpoint_interval_seconds=au.get("checkpoint_interval_seconds", float, 60.0, _positive),
         anonymous_window_seconds=au.get("anonymous_window_seconds", float, 60.0, _positive),
         anonymous_max_keys=au.get("anonymous_max_keys", int, 1000, _positive),
+        blocks_poll_seconds=au.get("blocks_poll_seconds", float, 2.0, _positive),
+        subject_key_file=resolve(au.get("subject_key_file", str, None)),
+        subject_previous_key_files=tuple(
+            p
+            for p in (resolve(str(v)) for v in au.get("subject_previous_key_files", list, []))
+            if p is not None
+        ),
     )
     if audit.checkpoint_key_file != Path() and _files(
         au, {"checkpoint_key_file": audit.checkpoint_key_file}
     ):
         _check_signing_key(au, audit.checkpoint_key_file)
+    for i, key_file in enumerate(
+        [audit.subject_key_file, *audit.subject_previous_key_files]
+    ):  # 5.3: a key too short to be secret is refused, not used
+        if key_file is None:
+            continue
+        name = "subject_key_file" if i == 0 else f"subject_previous_key_files[{i - 1}]"
+        try:
+            if len(key_file.read_bytes().strip()) < 32:
+                problems.add(au.key(name), "the key must hold at least 32 bytes")
+        except OSError:
+            problems.add(au.key(name), f"cannot read {key_file}")
     au.finish()
     store = _parse_store(top, resolve, problems)
     anomalies = _parse_anomalies(top, problems)
@@ -1025,6 +1077,7 @@ def _parse_routes(
             actions = {m: a for m, a in actions.items() if m in method_set}
 
         subject = _parse_subject(r, prefix)
+        listed = _parse_response_subjects(r)
         override = r.get("method_override", list, [])
         for carrier in override:
             if carrier in ("form", "json"):
@@ -1049,10 +1102,33 @@ def _parse_routes(
                 methods=method_set,
                 subject=subject,
                 method_override=frozenset(str(c) for c in override) & {"header", "query"},
+                response_subjects=listed,
             )
         )
     _check_overlapping_prefixes(routes, problems)
     return tuple(routes)
+
+
+def _parse_response_subjects(r: _Section) -> ResponseSubjects | None:
+    if "response_subjects" not in r.data:
+        return None
+    sec = r.section("response_subjects")
+    pointer = sec.get("pointer", str, ..., _pointer_check)
+    found = ResponseSubjects(
+        pointer=tuple(
+            p.replace("~1", "/").replace("~0", "~") for p in (pointer or "/").split("/")[1:]
+        ),
+        max_bytes=sec.get("max_bytes", int, 1024 * 1024, _min(1024)),
+        max_subjects=sec.get("max_subjects", int, 1000, _positive),
+    )
+    sec.finish()
+    return found
+
+
+def _pointer_check(value: str) -> str | None:
+    if not value.startswith("/") or value == "/":
+        return "a JSON pointer into the response, e.g. /items/*/id"
+    return None
 
 
 def _check_overlapping_prefixes(routes: list[Route], problems: _Problems) -> None:

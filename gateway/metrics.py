@@ -252,6 +252,18 @@ class Metrics:
         self._decision_miss = self.decision_cache.labels("miss")
         self._access = self.audit_events.labels("access")
         self._outcome = self.audit_events.labels("outcome")
+        # Issue 10: subject blocks (6.5, 6.6) — how old this replica's view of them is.
+        self.blocks_view_age = Gauge(
+            "pdgw_subject_blocks_view_age_seconds",
+            "Seconds since this gateway last read every subject block from the audit store "
+            "(blocks made through this gateway apply at once; others within the poll bound).",
+            registry=registry,
+        )
+        self.blocked_subjects = Gauge(
+            "pdgw_subject_blocks_active",
+            "Data subjects currently blocked, as this gateway sees them.",
+            registry=registry,
+        )
 
     def token_cache_result(self, hit: bool) -> None:
         (self._token_hit if hit else self._token_miss).inc()

@@ -38,6 +38,7 @@ from gateway.audit.events import COMPLETE, AccessEvent, Outcome
 from gateway.audit.refusals import AnonymousRefusals
 from gateway.audit.spool import Spool
 from gateway.authz import Decision, PolicyStore
+from gateway.blocks import SubjectBlocks
 from gateway.break_glass import BreakGlass
 from gateway.browser import BrowserLogin
 from gateway.config import Config, Route
@@ -58,9 +59,15 @@ from gateway.proxy import (
     check_request_headers,
     client_address,
 )
+from gateway.response_subjects import ResponseCopy, extract
 from gateway.routing import RouteTable, canonical_path, subject_ids
+from gateway.subject_hash import SubjectHasher
 
 log = logging.getLogger(__name__)
+
+
+class _BlockedInResponse(Exception):
+    """A response named a blocked subject: its last chunk is withheld (6.5)."""
 
 
 class Denied(GatewayError):
@@ -124,6 +131,8 @@ class Pipeline:
         break_glass: BreakGlass | None = None,
         anonymous: AnonymousRefusals | None = None,
         browser: BrowserLogin | None = None,
+        blocks: SubjectBlocks | None = None,
+        hasher: SubjectHasher | None = None,
     ) -> None:
         self._cfg = cfg
         self._routes = routes
@@ -136,6 +145,8 @@ class Pipeline:
         self._break_glass = break_glass
         self._anonymous = anonymous
         self._browser = browser
+        self._blocks = blocks
+        self._hasher = hasher if hasher is not None else SubjectHasher([])
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path, _, raw_query = request.raw_path.partition("?")
@@ -203,6 +214,14 @@ class Pipeline:
         except Exception:
             log.exception("subject extraction failed")
             await self._deny(ctx, 500, "internal_error", "internal error", "subject_error")
+        if self._blocked_for(ctx, ctx.subjects):
+            await self._deny(
+                ctx,
+                423,
+                "subject_blocked",
+                "this data subject's data is blocked",
+                "subject_blocked",
+            )
 
         if self._rights is not None:
             try:
@@ -261,6 +280,19 @@ class Pipeline:
         ctx.auth = "bearer"
         return principal
 
+    def _blocked_for(self, ctx: _Context, subjects: list[str]) -> bool:
+        """6.5, 6.6: a blocked subject's data is not processed, except by the job functions the
+        policy lets handle the verification (a `block` grant on this system and category)."""
+        route, p = ctx.route, ctx.principal
+        if self._blocks is None or not subjects or route is None or p is None:
+            return False
+        forms = [c for s in subjects for c in self._hasher.candidates(s)]
+        if self._blocks.blocked(forms) is None:
+            return False
+        return not self._policies.engine.decide(
+            p.user, p.roles, route.system, route.category, "block", route.purpose
+        ).allowed
+
     def _refuse_anonymous(self, ctx: _Context, status: int, reason: str) -> None:
         """A refusal with no valid token: counted in this window's summaries, not recorded
         one by one (docs/decisions/013-anonymous-refusals.md)."""
@@ -276,6 +308,8 @@ class Pipeline:
         route = ctx.route
         assert route is not None
         exchange = Exchange()
+        if route.response_subjects is not None and ctx.method != "HEAD":
+            exchange.copy = ResponseCopy(route.response_subjects)  # 6.1.1: whom a list returned
         self._metrics.overhead.labels(route.name).observe(time.perf_counter() - ctx.t0)
         injected = {
             "X-PD-User": ctx.principal.user,
@@ -289,7 +323,17 @@ class Pipeline:
             if recorded or not route.carries_personal_data:
                 return
             recorded = True
-            await self._record(ctx, self._outcome(ctx, event, exchange, outcome), "outcome")
+            rec = self._outcome(ctx, event, exchange, outcome)
+            # 6.5: a list response naming a blocked subject loses its last chunk (headers and
+            # status are gone already): recorded as such, then the connection is cut.
+            listed = exchange.copy.found if exchange.copy is not None else None
+            blocked = listed is not None and self._blocked_for(ctx, listed.subjects)
+            if blocked:
+                rec.outcome = "subject_blocked"
+                self._metrics.denials.labels(route.name, "subject_blocked").inc()
+            await self._record(ctx, rec, "outcome")
+            if blocked:
+                raise _BlockedInResponse
 
         try:
             resp = await self._forwarder.forward(
@@ -321,8 +365,9 @@ class Pipeline:
             await record_outcome("client_aborted")
             self._count(route, "allow", exchange.status)
             return self._abort(request, exchange.response)
-        except SpoolUnavailable:
-            # The outcome could not be recorded: the last chunk is withheld (no audit, no access).
+        except (SpoolUnavailable, _BlockedInResponse):
+            # The outcome could not be recorded, or the response named a blocked subject: the
+            # last chunk is withheld (no audit, no access).
             self._count(route, "allow", exchange.status)
             return self._abort(request, exchange.response)
         except Exception:
@@ -393,21 +438,29 @@ class Pipeline:
             auth=ctx.auth if p else "",
             session=ctx.session,
             method=ctx.method,
-            path=ctx.path,
-            query=ctx.query,
+            # 5.3: the subject's id, where it appears, as a keyed hash (decision 015).
+            path=self._hasher.path(r, ctx.path, ctx.subjects),
+            query=self._hasher.query(r, ctx.query),
             route=ctx.route_name,
             system=r.system if r else "",
             category=r.category if r else "",
             action=ctx.action,
-            subject_ids=ctx.subjects,
+            subject_ids=[self._hasher.stored(s) for s in ctx.subjects],
             decision=decision,
             reason=reason,
             rule=d.rule if d else "",
             policy_version=d.policy_version if d else self._policies.engine.version,
         )
 
-    @staticmethod
-    def _outcome(ctx: _Context, event: AccessEvent, exchange: Exchange, outcome: str) -> Outcome:
+    def _outcome(
+        self, ctx: _Context, event: AccessEvent, exchange: Exchange, outcome: str
+    ) -> Outcome:
+        listed: list[str] = []
+        count = capped = 0
+        if exchange.copy is not None and outcome == COMPLETE and 200 <= exchange.status < 300:
+            found = extract(exchange.copy)
+            listed = [self._hasher.stored(s) for s in found.subjects]  # 5.3
+            count, capped = found.count, int(found.capped)
         return Outcome(
             event_id=event.event_id,
             status=exchange.status,
@@ -416,4 +469,7 @@ class Pipeline:
             duration_us=int((time.perf_counter() - ctx.t0) * 1e6),
             upstream_us=int(exchange.upstream_seconds * 1e6),
             outcome=outcome,
+            response_subjects=listed,
+            response_count=count,
+            response_capped=capped,
         )

@@ -25,6 +25,7 @@ from gateway.config import IPNetwork, Route
 from gateway.cookies import sets_cookie, without_cookies
 from gateway.errors import BadRequest, GatewayError
 from gateway.method_override import OVERRIDE_HEADERS, BodyOverrideScanner
+from gateway.response_subjects import ResponseCopy
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies still meet.
 HOP_BY_HOP = frozenset(
@@ -340,6 +341,8 @@ class Exchange:
     upstream_seconds: float = 0.0
     # Why the request body stopped (too large, too slow): the client's fault, not the upstream's.
     client_failure: UpstreamError | None = None
+    # A bounded copy of the response body, for the subjects it names (route.response_subjects).
+    copy: ResponseCopy | None = None
 
 
 class Forwarder:
@@ -513,6 +516,8 @@ class Forwarder:
                     exchange.upstream_seconds = time.perf_counter() - t0
                     raise UpstreamError(502, "upstream_response_too_large")
                 held = chunk
+                if exchange.copy is not None:
+                    exchange.copy.add(chunk)
         except TimeoutError as e:
             exchange.upstream_seconds = time.perf_counter() - t0
             raise UpstreamError(504, "upstream_timeout") from e

@@ -116,8 +116,16 @@ class ClickHouseStore:
         sql = "SELECT count() FROM system.processes WHERE startsWith(query_id, %(b)s)"
         return int(self._run(sql, {"b": batch_id + ":"})[0][0]) > 0
 
-    def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
-        rows, columns = self._run(sql, dict(params or {}), with_column_types=True)
+    def select(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        settings: Mapping[str, Any] | None = None,
+    ) -> list[Row]:
+        rows, columns = self._run(
+            sql, dict(params or {}), with_column_types=True, settings=dict(settings or {})
+        )
         names = [c[0] for c in columns]
         return [dict(zip(names, r, strict=True)) for r in rows]
 

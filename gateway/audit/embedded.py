@@ -21,7 +21,7 @@ from gateway.audit.store import Row, StoreError
 
 _PARAM = re.compile(r"%\((\w+)\)s")
 # One chdb engine per process, whichever session calls it (the shipper's, the anomaly
-# detector's): every call is serialised.
+# detector's, the audit query API's): every call is serialised.
 _ENGINE_LOCK = threading.Lock()
 
 
@@ -86,16 +86,28 @@ class EmbeddedStore:
     def insert_running(self, batch_id: str) -> bool:
         return False  # in-process: an insert has finished or failed when insert() returns
 
-    def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+    def select(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        settings: Mapping[str, Any] | None = None,
+    ) -> list[Row]:
         # The same %(name)s placeholders as clickhouse-driver, as typed chdb parameters.
         values = dict(params or {})
         sql = _PARAM.sub(lambda m: "{" + m.group(1) + ":" + _ch_type(values[m.group(1)]) + "}", sql)
+        if settings:  # names from our code only; values are numbers or quoted words
+            sql += " SETTINGS " + ", ".join(f"{k} = {_setting(v)}" for k, v in settings.items())
         text = self._query(sql, "JSONEachRow", values)
         return [json.loads(line) for line in text.splitlines() if line]
 
     def close(self) -> None:
         with self._lock:
             self._session.close()
+
+
+def _setting(value: Any) -> str:
+    return str(int(value)) if isinstance(value, int | float) else "'" + str(value) + "'"
 
 
 def _ch_type(value: Any) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 from gateway.audit.clickhouse import ClickHouseParams, ClickHouseStore
 from gateway.audit.store import AuditStore, migrate
 from gateway.config import StoreConfig
@@ -32,3 +35,15 @@ def open_store(cfg: StoreConfig, *, apply_schema: bool | None = None) -> AuditSt
     if cfg.apply_schema if apply_schema is None else apply_schema:
         migrate(store, cluster=cfg.cluster)
     return store
+
+
+def reader(cfg: StoreConfig | None) -> Callable[[], contextlib.closing[AuditStore]] | None:
+    """Opens a store for one investigation query, in the thread that runs it, and closes it after.
+
+    On a server: a connection of the query's own (clickhouse-driver: one Client per thread). On
+    the embedded store: the process's own data directory again — chdb shares one engine per
+    process, and ``EmbeddedStore`` serialises every call to it with the shipper's.
+    """
+    if cfg is None:
+        return None
+    return lambda: contextlib.closing(open_store(cfg, apply_schema=False))

@@ -46,7 +46,15 @@ class AuditStore(Protocol):
     def insert_running(self, batch_id: str) -> bool:
         """Whether an insert of ``batch_id`` is still executing on the server."""
 
-    def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]: ...
+    def select(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        settings: Mapping[str, Any] | None = None,
+    ) -> list[Row]:
+        """Rows as dicts; ``settings`` are ClickHouse query settings (limits: max_execution_time,
+        max_result_rows), sent the way the engine takes them."""
 
     def close(self) -> None: ...
 

@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from gateway.cli import (
     audit_cmd,
     config_cmd,
+    investigate_cmd,
     policy_cmd,
     serve_cmd,
     session_cmd,
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit_cmd.register(sub)
     store_cmd.register(sub, audit_sub)
     verify_cmd.register(audit_sub)
+    investigate_cmd.register(audit_sub)
+    investigate_cmd.register_subject(sub)
+    investigate_cmd.register_report(audit_sub)
     token_cmd.register(sub)
     policy_cmd.register(sub)
     session_cmd.register(sub)

@@ -22,8 +22,45 @@ def register(sub: Any) -> Any:
     t.add_argument("--spool", required=True, help="the gateway's audit.spool_dir")
     t.add_argument("-n", type=int, default=20, help="how many events (0 = all)")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
+    # The same filters as `audit search` (equality on the access record's field).
+    for name in TAIL_FILTERS:
+        t.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, help=f"only events with this {name}"
+        )
+    t.add_argument("--role", help="only events by an employee holding this job function")
+    t.add_argument("--since", help="only events at or after this time (ISO 8601, UTC)")
+    t.add_argument("--until", help="only events before this time (ISO 8601, UTC)")
     t.set_defaults(run=run_tail)
     return asub
+
+
+TAIL_FILTERS = ("user", "system", "category", "action", "decision", "status", "reason")
+
+
+def _us(value: str) -> int:
+    t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() * 1_000_000)
+
+
+def _matches(args: argparse.Namespace) -> Any:
+    equals = {n: getattr(args, n) for n in TAIL_FILTERS if getattr(args, n, None) is not None}
+    since = _us(args.since) if getattr(args, "since", None) else None
+    until = _us(args.until) if getattr(args, "until", None) else None
+    role = getattr(args, "role", None)
+
+    def keep(ev: dict[str, Any]) -> bool:
+        if not (equals or since or until or role):
+            return True
+        if ev.get("kind") != "access":
+            return False
+        if any(str(ev.get(k)) != v for k, v in equals.items()):
+            return False
+        if role is not None and role not in ev.get("roles", ()):
+            return False
+        ts = int(ev.get("ts_us", 0))
+        return (since is None or ts >= since) and (until is None or ts < until)
+
+    return keep
 
 
 def run_tail(args: argparse.Namespace) -> int:
@@ -35,7 +72,7 @@ def run_tail(args: argparse.Namespace) -> int:
     def bad(b: BadLine) -> None:
         print(f"pd-gateway: {b.segment}:{b.line}: {b.problem}", file=sys.stderr)
 
-    events = join(read_records(directory, on_bad=bad))
+    events = filter(_matches(args), join(read_records(directory, on_bad=bad)))
     shown = collections.deque(events, maxlen=args.n) if args.n > 0 else list(events)
     for ev in shown:
         if args.json:

@@ -166,7 +166,7 @@ def run_subject(args: argparse.Namespace) -> int:
         store.close()
     except StoreError as e:
         hint = (
-            " (the embedded store is locked while the gateway runs)"
+            " (the embedded store is locked while the gateway runs: use audit who-accessed)"
             if store_cfg.kind == "embedded"
             else ""
         )
