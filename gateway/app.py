@@ -194,9 +194,17 @@ def build(
         hasher=gw.hasher,
         purposes_of={r.name: r.purpose for r in cfg.routes},
         public_keys=lambda: load_public_keys([a.checkpoint_key_file]),  # the gateway's own
+        on_block=lambda subject, reason: _end_sessions_of_blocked(gw, subject, reason),
     ).register(admin_app)
     admin_app[GATEWAY] = gw
     return proxy_app, admin_app
+
+
+async def _end_sessions_of_blocked(gw: Gateway, subject: str, reason: str) -> None:
+    """A block on a data subject who is also a user (their id is the token's `sub`) ends every
+    browser session of theirs, on every replica within the revocation bound (issue 9, 6.5)."""
+    if gw.browser is not None:
+        await gw.browser.revoke_user(subject, f"subject blocked: {reason}")
 
 
 _ADMIN_ACTIONS = {"PUT": "update", "POST": "create", "DELETE": "delete"}

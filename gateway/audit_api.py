@@ -150,11 +150,15 @@ class AuditAPI:
         purposes_of: Mapping[str, str] | None = None,
         public_keys: Callable[[], Mapping[str, Ed25519PublicKey]] | None = None,
         live: Callable[[], list[Checkpoint]] = list,
+        on_block: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
         self._blocks = blocks
         self._purposes_of = purposes_of or {}
         self._public_keys = public_keys
         self._live = live
+        # Called after a block is recorded, with the subject's id as given and the reason: the
+        # gateway ends that person's browser sessions when they are also a user (issue 9).
+        self._on_block = on_block
         self._verify = verify
         self._policies = policies
         self._spool = spool
@@ -332,6 +336,8 @@ class AuditAPI:
             raise QueryDenied(
                 503, "audit_unavailable", "the block cannot be recorded; not applied", "audit"
             ) from None
+        if rec.action == "block" and self._on_block is not None and isinstance(raw, str):
+            await self._on_block(raw.strip(), reason.strip())
         return web.json_response(
             {
                 "result": "blocked" if rec.action == "block" else "unblocked",

@@ -527,3 +527,38 @@ async def test_logins_begun_in_several_tabs_each_complete(browser_gw: Any) -> No
     resp, _ = await gw.get(cb_second.removeprefix(gw.url), {"pdgw-login": left})
     assert resp.status == 302 and resp.headers["Location"] == "/hr/medical/1001"
     assert resp.cookies["pdgw-login"]["max-age"] == "0"
+
+
+async def test_a_subject_block_on_a_user_ends_their_sessions(
+    provider: Provider,
+    upstream: Upstream,
+    tmp_path: Path,
+    keys: Any,
+    aiohttp_client: Any,
+) -> None:
+    """Issue 9: a subject block (6.5) on a person who is also a user — the block names their
+    `sub` — ends every browser session of theirs, like `pd-gateway session revoke`."""
+    from prometheus_client import CollectorRegistry
+
+    from gateway import config
+    from gateway.app import build
+    from tests.conftest import config_dict, write_config
+
+    data = config_dict(tmp_path, upstream.url, oidc=oidc_section(tmp_path, provider, PORTS[0]))
+    proxy_app, admin_app = build(
+        config.load(write_config(tmp_path, data, keys)), CollectorRegistry()
+    )
+    proxy = await aiohttp_client(proxy_app)
+    admin = await aiohttp_client(admin_app)
+    key = (tmp_path / "session.key").read_bytes()
+    codec = SessionCodec(
+        key, idle_timeout=900, absolute_timeout=28800, login_timeout=600, clock=time.time
+    )
+    now = time.time() - 1
+    cookie = codec.seal(Session("sid", "alice", ("hr_officer",), now, now, now + 300, "rt"))
+    headers = {**XHR, "Cookie": f"pdgw-session={cookie}"}
+    assert (await proxy.get("/hr/employees/1001", headers=headers)).status == 200
+    dpo = {"Authorization": f"Bearer {keys.token('grace', ['dpo'])}"}
+    body = {"subject": "alice", "action": "block", "reason": "her request of 2026-11-30"}
+    assert (await admin.post("/admin/subject-blocks", json=body, headers=dpo)).status == 200
+    assert (await proxy.get("/hr/employees/1001", headers=headers)).status == 401

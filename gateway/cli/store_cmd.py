@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import getpass
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,12 +44,6 @@ def register(sub: Any, audit_sub: Any) -> None:
         help="recorded with each dropped partition (7.3)",
     )
     ret.set_defaults(run=run_retention)
-
-    sj = audit_sub.add_parser("subject", help="every access that touched one data subject (6.1.1)")
-    sj.add_argument("--config", required=True, help="config whose `store` section is used")
-    sj.add_argument("--id", required=True, help="the subject id as routes extract it")
-    sj.add_argument("--json", action="store_true", help="one JSON object per line")
-    sj.set_defaults(run=run_subject)
 
     rp = audit_sub.add_parser(
         "replay", help="ship a spool directory to the store (e.g. a dead instance's)"
@@ -150,34 +143,3 @@ def run_replay(args: argparse.Namespace) -> int:
     )
     print(f"{directory}: {n} events shipped; {shipper.bad_records} unreadable records{torn}")
     return 0 if shipper.bad_records == 0 else 1  # a torn final line is not an error (001)
-
-
-SUBJECT_QUERY = (
-    "SELECT ts_us, user, system, category, action, decision, status, event_id "
-    "FROM {db}.access_event_subjects WHERE subject_id = %(s)s ORDER BY ts_us"
-)
-
-
-def run_subject(args: argparse.Namespace) -> int:
-    store_cfg = store_config(args.config)
-    try:
-        store = open_store(store_cfg, apply_schema=False)
-        rows = store.select(SUBJECT_QUERY.format(db=store.database), {"s": args.id})
-        store.close()
-    except StoreError as e:
-        hint = (
-            " (the embedded store is locked while the gateway runs: use audit who-accessed)"
-            if store_cfg.kind == "embedded"
-            else ""
-        )
-        print(f"pd-gateway: audit store: {e}{hint}", file=sys.stderr)
-        return 1
-    for r in rows:
-        if args.json:
-            print(json.dumps(r, default=str))
-        else:
-            when = dt.datetime.fromtimestamp(int(r["ts_us"]) / 1e6, dt.UTC).isoformat()
-            what = f"{r['system']}/{r['category']}:{r['action']}"
-            print(f"{when} {r['user'] or '-'} {what} {r['decision']} {r['status']}")
-    print(f"{len(rows)} accesses to subject {args.id}", file=sys.stderr)
-    return 0
