@@ -42,7 +42,8 @@ fuzz: install
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python tests/fuzz/run.py
 
 ## Benchmarks: gateway vs a bare aiohttp proxy side by side, decision and token costs.
-bench: install system-deps
+bench: install
+	WITH_BENCH=1 ./scripts/system-deps.sh
 	$(BIN)/python bench/run.py
 
 ## Re-resolve requirements.lock after a change of pyproject.toml.

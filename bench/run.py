@@ -1,8 +1,11 @@
 """`make bench`: figures, measured side by side in one run on this machine.
 
-1. Proxy throughput and latency: wrk against a bare aiohttp proxy and against pd-gateway
-   (durability batch and fsync), same upstream, same 1 KiB response, interleaved rounds,
-   proxies pinned to CPU 0 and wrk + upstream to CPU 1; medians of the rounds.
+1. Proxy throughput and latency, side by side (issue 12): the nginx upstream directly, nginx
+   proxy_pass (1 worker), a bare aiohttp proxy and pd-gateway (durability batch and fsync;
+   token, authorisation, subjects, chained audit, shipping into the embedded store),
+   same 1 KiB response, interleaved rounds, proxies pinned to CPU 0 and wrk + upstream to CPU 1;
+   req/s and p50/p99 at 32 connections, p50 at 1, CPU µs per request and resident memory of the
+   proxy process, and the ratios gateway/bare and gateway/nginx.
 2. Authorisation cost: a decision with 10 users / 10 rules beside 10,000 users / 3,000 rules,
    uncached (pycasbin's linear scan) and through the PolicyEngine's decision cache.
 3. Token verification: first sight (RS256 verify) beside a cached repeat.
@@ -11,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -64,14 +68,14 @@ def to_ms(value: str) -> float:
     return n / 1000 if unit == "us" else n if unit == "ms" else n * 1000
 
 
-def wrk(url: str, token: str) -> dict[str, float]:
+def wrk(url: str, token: str, connections: int = CONNECTIONS) -> dict[str, float]:
     out = subprocess.run(
         pinned(
             "1",
             [
                 "wrk",
                 "-t1",
-                f"-c{CONNECTIONS}",
+                f"-c{connections}",
                 f"-d{DURATION}s",
                 "--latency",
                 "-H",
@@ -89,7 +93,61 @@ def wrk(url: str, token: str) -> dict[str, float]:
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     if errors:
         raise RuntimeError(f"{url}: {errors.group(1)} non-2xx responses\n{out}")
-    return {"rps": rps, "p50": p50, "p99": p99}
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50": p50, "p99": p99, "requests": total}
+
+
+def _family(pid: int) -> list[int]:
+    """A process and its direct children (nginx's master and worker)."""
+    out = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) and its children, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in _family(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def rss_mib(pid: int) -> float:
+    kib = 0
+    for p in _family(pid):
+        with contextlib.suppress(OSError, StopIteration):
+            line = next(
+                x
+                for x in Path(f"/proc/{p}/status").read_text().splitlines()
+                if x.startswith("VmRSS")
+            )
+            kib += int(line.split()[1])
+    return kib / 1024
+
+
+NGINX_UPSTREAM = """worker_processes 1; daemon off; pid {d}/up.pid; error_log {d}/up-error.log;
+events {{ worker_connections 4096; }}
+http {{ access_log off;
+  server {{ listen 127.0.0.1:{port} backlog=1024; keepalive_requests 1000000;
+    location / {{ default_type application/json; root {d}; rewrite ^ /body.json break; }} }} }}
+"""
+NGINX_PROXY = """worker_processes 1; daemon off; pid {d}/proxy.pid; error_log {d}/proxy-error.log;
+events {{ worker_connections 4096; }}
+http {{ access_log off;
+  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{port} backlog=1024; keepalive_requests 1000000;
+    location / {{ proxy_pass http://up; proxy_http_version 1.1;
+      proxy_set_header Connection ""; }} }} }}
+"""
 
 
 def proxy_bench(tmp: Path) -> None:
@@ -107,15 +165,26 @@ def proxy_bench(tmp: Path) -> None:
                 subprocess.Popen(pinned(cpu, [py, *args]), cwd=ROOT, stderr=subprocess.DEVNULL)
             )
 
-        up_port, bare_port = free_port(), free_port()
+        up_port, bare_port, nginx_port = free_port(), free_port(), free_port()
         upstream = f"http://127.0.0.1:{up_port}"
-        start("1", "bench/servers.py", "upstream", "--port", str(up_port))
+        # The upstream: nginx serving 1 KiB, on the load generator's CPU.
+        (tmp / "body.json").write_bytes(b"x" * 1024)
+        (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
+        (tmp / "proxy.conf").write_text(NGINX_PROXY.format(d=tmp, port=nginx_port, up=up_port))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        procs.append(subprocess.Popen(pinned("1", [nginx, "-c", str(tmp / "up.conf")])))
+        pids: dict[str, int] = {}
+        procs.append(subprocess.Popen(pinned("0", [nginx, "-c", str(tmp / "proxy.conf")])))
+        pids["nginx proxy_pass (1 worker)"] = procs[-1].pid
         start(
             "0", "bench/servers.py", "bare-proxy", "--port", str(bare_port), "--upstream", upstream
         )
+        pids["bare aiohttp proxy"] = procs[-1].pid
         checkpoint_key = tmp / "checkpoint.pem"  # signs the audit chain (decision 012)
         generate_checkpoint_key(checkpoint_key, tmp / "checkpoint.pub")
         targets: dict[str, str] = {}
+        targets["upstream direct (nginx)"] = f"{upstream}/hr/employees/1001"
+        targets["nginx proxy_pass (1 worker)"] = f"http://127.0.0.1:{nginx_port}/hr/employees/1001"
         targets["bare aiohttp proxy"] = f"http://127.0.0.1:{bare_port}/hr/employees/1001"
         for durability in ("batch", "fsync"):
             port, admin = free_port(), free_port()
@@ -137,6 +206,8 @@ def proxy_bench(tmp: Path) -> None:
                     "durability": durability,
                     "checkpoint_key_file": str(checkpoint_key),
                 },
+                # The full pipeline: the trail shipped into the embedded store as it comes.
+                "store": {"kind": "embedded", "path": str(tmp / f"chdb-{durability}")},
                 "proxy": {"trusted_proxies": []},
                 "upstreams": {"hr": upstream},
                 "routes": [
@@ -154,6 +225,7 @@ def proxy_bench(tmp: Path) -> None:
             path = tmp / f"gw-{durability}.json"  # JSON is YAML
             path.write_text(json.dumps(cfg))
             start("0", "-m", "gateway", "serve", "--config", str(path), "--log-level", "WARNING")
+            pids[f"pd-gateway durability={durability}"] = procs[-1].pid
             wait_http(f"http://127.0.0.1:{admin}/readyz")
             targets[f"pd-gateway durability={durability}"] = (
                 f"http://127.0.0.1:{port}/hr/employees/1001"
@@ -169,20 +241,51 @@ def proxy_bench(tmp: Path) -> None:
                 check=True,
             )
         results: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        single: dict[str, list[float]] = {name: [] for name in targets}
+        cpu: dict[str, list[float]] = {name: [] for name in targets}
+        rss: dict[str, float] = {}
         for _ in range(ROUNDS):
             for name, url in targets.items():
-                results[name].append(wrk(url, token))
+                pid = pids.get(name)
+                before = cpu_seconds(pid) if pid else 0.0
+                r = wrk(url, token)
+                if pid:
+                    cpu[name].append((cpu_seconds(pid) - before) / r["requests"] * 1e6)
+                    rss[name] = max(rss.get(name, 0.0), rss_mib(pid))
+                results[name].append(r)
+                single[name].append(wrk(url, token, connections=1)["p50"])
         print(
-            f"\n## Proxy: wrk -t1 -c{CONNECTIONS} -d{DURATION}s, 1 KiB responses, "
-            f"median of {ROUNDS} interleaved rounds"
+            f"\n## Proxy: wrk -t1 -d{DURATION}s, 1 KiB responses from nginx; proxies pinned to "
+            f"CPU 0, wrk and the upstream to CPU 1; median of {ROUNDS} interleaved rounds"
         )
-        print(f"{'target':<32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}   {'vs bare':>7}")
-        base = statistics.median(r["rps"] for r in results["bare aiohttp proxy"])
+        print(
+            f"{'target':<30} {'c=32 req/s':>10} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'CPU µs/req':>10} {'c=1 p50 µs':>10} {'RSS MiB':>8}"
+        )
+        rps_of: dict[str, float] = {}
+        p50_1: dict[str, float] = {}
         for name, runs in results.items():
-            rps = statistics.median(r["rps"] for r in runs)
+            rps = rps_of[name] = statistics.median(r["rps"] for r in runs)
             p50 = statistics.median(r["p50"] for r in runs)
             p99 = statistics.median(r["p99"] for r in runs)
-            print(f"{name:<32} {rps:>9.0f} {p50:>8.2f} {p99:>8.2f}   {rps / base:>6.0%}")
+            one = p50_1[name] = statistics.median(single[name]) * 1000
+            cpu_us = f"{statistics.median(cpu[name]):.0f}" if cpu[name] else "-"
+            mem = f"{rss[name]:.0f}" if name in rss else "-"
+            print(
+                f"{name:<30} {rps:>10.0f} {p50:>7.2f} {p99:>7.2f} {cpu_us:>10} {one:>10.0f} "
+                f"{mem:>8}"
+            )
+        bare, ngx = rps_of["bare aiohttp proxy"], rps_of["nginx proxy_pass (1 worker)"]
+        direct = p50_1["upstream direct (nginx)"]
+        print("ratios (req/s at c=32; latency added at c=1 over the upstream directly):")
+        for d in ("batch", "fsync"):
+            name = f"pd-gateway durability={d}"
+            print(
+                f"  {name}: {rps_of[name] / bare:.0%} of the bare aiohttp proxy, "
+                f"{rps_of[name] / ngx:.1%} of nginx; +{p50_1[name] - direct:.0f} µs p50 at c=1"
+            )
+        batch, fsync = rps_of["pd-gateway durability=batch"], rps_of["pd-gateway durability=fsync"]
+        print(f"  fsync costs {1 - fsync / batch:.0%} of batch's throughput")
     finally:
         for p in procs:
             p.terminate()

@@ -32,6 +32,10 @@ oidc_demo() {  # the demo OpenID provider's packages, exactly as package-lock.js
   fi
 }
 [ -e /usr/share/java/zookeeper.jar ] || need+=(zookeeper)
+# `make bench` only (WITH_BENCH=1): nginx, the upstream and the reference proxy of the benchmark.
+if [ "${WITH_BENCH:-}" = 1 ]; then
+  [ -x /usr/sbin/nginx ] || need+=(nginx)
+fi
 if [ ${#need[@]} -eq 0 ]; then
   oidc_demo
   exit 0
@@ -50,7 +54,7 @@ fi
 $SUDO apt-get update -q >/dev/null
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-  for unit in prometheus clickhouse-server; do  # only what this run installed
+  for unit in prometheus clickhouse-server nginx; do  # only what this run installed
     [[ " ${need[*]} " == *" $unit "* ]] || continue
     $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true
   done

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -170,18 +171,25 @@ async def test_admin_listener_admits_only_allowed_networks(
 
 
 async def test_every_admin_api_needs_a_token_and_none_is_reachable_through_the_proxy_port(
-    serve_gateway: ServeFactory, upstream: Upstream, keys: Keys
+    serve_gateway: ServeFactory, upstream: Upstream, keys: Keys, chdb_dir: Path
 ) -> None:
-    gw = await serve_gateway(upstream.url, authz={"policy_admin_roles": ["security_officer"]})
+    from tests.stores import fresh_database, store_section
+
+    store = store_section("embedded", fresh_database(), chdb_dir=chdb_dir, server=None)
+    gw = await serve_gateway(
+        upstream.url, authz={"policy_admin_roles": ["security_officer"]}, store=store
+    )
     from gateway.app import build
 
     _, admin_app = build(gw.cfg)
     admin_apis = sorted(
-        (route.method, route.resource.canonical)
+        (route.method, route.resource.canonical.replace("{subject}", "1001"))
         for route in admin_app.router.routes()
         if route.resource is not None and route.resource.canonical.startswith("/admin/")
     )
-    assert admin_apis == [("POST", "/admin/break-glass"), ("PUT", "/admin/policy")]
+    # Every /admin/ route — the policy and break-glass APIs, the audit query API, subject blocks.
+    assert {("POST", "/admin/break-glass"), ("PUT", "/admin/policy")} <= set(admin_apis)
+    assert ("GET", "/admin/audit/events") in admin_apis
     token = keys.token("alice", ["hr_officer"])  # valid, but no admin job function
     async with aiohttp.ClientSession() as s:
         for method, path in admin_apis:
