@@ -169,6 +169,7 @@ def proxy_bench(tmp: Path) -> None:
         upstream = f"http://127.0.0.1:{up_port}"
         # The upstream: nginx serving 1 KiB, on the load generator's CPU.
         (tmp / "body.json").write_bytes(b"x" * 1024)
+        tmp.chmod(0o755)  # nginx's workers run as an unprivileged user: let them read the body
         (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
         (tmp / "proxy.conf").write_text(NGINX_PROXY.format(d=tmp, port=nginx_port, up=up_port))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
