@@ -48,7 +48,7 @@ from gateway.audit.store import AuditStore, Row, StoreError
 from gateway.authz import PolicyStore
 from gateway.blocks import SubjectBlocks
 from gateway.config import AUDIT_CATEGORY, AUDIT_PURPOSE, AUDIT_SYSTEM
-from gateway.errors import AuthenticationError, GatewayError, SpoolUnavailable
+from gateway.errors import AuthenticationError, Refused, SpoolUnavailable
 from gateway.errors_http import REQUEST_ID
 from gateway.identity import Principal, bearer_token
 from gateway.policy_api import AdminRefused
@@ -62,14 +62,8 @@ Verify = Callable[[str], Awaitable[Principal]]
 StoreOpener = Callable[[], contextlib.AbstractContextManager[AuditStore]]
 
 
-class QueryDenied(GatewayError):
+class QueryDenied(Refused):
     """A refusal already recorded by this module (the admin refusal recorder must not add one)."""
-
-    def __init__(self, status: int, code: str, message: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.code = code
-        self.public_message = message
 
 
 @dataclass(frozen=True)

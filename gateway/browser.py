@@ -29,7 +29,7 @@ from aiohttp import web
 from gateway.audit.events import AuthEvent
 from gateway.config import GATEWAY_PATH_PREFIX, OidcConfig, Route
 from gateway.csrf import cross_site_reason, is_navigation
-from gateway.errors import AuthenticationError, GatewayError
+from gateway.errors import AuthenticationError, Refused
 from gateway.errors_http import REQUEST_ID, html_page
 from gateway.identity import Principal
 from gateway.metrics import Metrics
@@ -72,15 +72,8 @@ async def add_pending_cookies(request: web.Request, resp: web.StreamResponse) ->
             resp.headers.add("Set-Cookie", value)
 
 
-class LoginRefused(GatewayError):
+class LoginRefused(Refused):
     """A login, logout or return path refused; ``reason`` for the trail only."""
-
-    def __init__(self, status: int, code: str, public_message: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.code = code
-        self.public_message = public_message
-        self.reason = reason
 
 
 def safe_return_to(value: str | None) -> str | None:

@@ -18,6 +18,18 @@ class GatewayError(Exception):
     public_details: dict[str, object] | None = None
 
 
+class Refused(GatewayError):
+    """A request refused with its HTTP status, a stable code and a public message; ``reason``
+    goes to the trail and the metrics, never to the client."""
+
+    def __init__(self, status: int, code: str, public_message: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.code = code
+        self.public_message = public_message
+        self.reason = reason
+
+
 class ConfigError(GatewayError):
     """The configuration is invalid. ``problems`` lists every problem as 'key.path: message'."""
 

@@ -42,7 +42,7 @@ from gateway.blocks import SubjectBlocks
 from gateway.break_glass import BreakGlass
 from gateway.browser import BrowserLogin
 from gateway.config import Config, Route
-from gateway.errors import AuthenticationError, BadRequest, GatewayError, SpoolUnavailable
+from gateway.errors import AuthenticationError, BadRequest, Refused, SpoolUnavailable
 
 # Moved to errors_http (the admin app uses it too); re-exported for existing imports.
 from gateway.errors_http import REQUEST_ID as REQUEST_ID
@@ -70,15 +70,8 @@ class _BlockedInResponse(Exception):
     """A response named a blocked subject: its last chunk is withheld (6.5)."""
 
 
-class Denied(GatewayError):
+class Denied(Refused):
     """A request refused after its denial was audited."""
-
-    def __init__(self, status: int, code: str, public_message: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.code = code
-        self.public_message = public_message
-        self.reason = reason
 
 
 async def expect_handler(request: web.Request) -> web.StreamResponse | None:

@@ -24,7 +24,7 @@ from aiohttp import web
 from gateway import policy_tools
 from gateway.authz import PolicyEngine
 from gateway.break_glass import DurationOutOfBounds
-from gateway.errors import AuthenticationError, GatewayError, PolicyError, SpoolUnavailable
+from gateway.errors import AuthenticationError, PolicyError, Refused, SpoolUnavailable
 from gateway.errors_http import REQUEST_ID
 from gateway.fsutil import stage
 from gateway.identity import Principal, bearer_token
@@ -36,7 +36,7 @@ Verify = Callable[[str], Awaitable[Principal]]
 MAX_POLICY_BYTES = 1024 * 1024
 
 
-class AdminRefused(GatewayError):
+class AdminRefused(Refused):
     """A refusal of the admin API; ``reason`` is for logs (and the trail), not the client."""
 
     def __init__(
@@ -48,11 +48,7 @@ class AdminRefused(GatewayError):
         details: dict[str, object] | None = None,
         principal: Principal | None = None,
     ) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.code = code
-        self.public_message = public_message
-        self.reason = reason
+        super().__init__(status, code, public_message, reason)
         self.public_details = details
         self.principal = principal  # who was refused, if a valid token came (for the trail)
 
