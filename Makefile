@@ -21,6 +21,7 @@ system-deps:
 
 ## The demo: gateway + demo HR/CRM upstream on the example policies.
 run: install
+	./scripts/demo-deps.sh
 	./deploy/local/run.sh
 
 ## Lint, types, bounded fuzzing and the whole test suite (real servers, tokens, promtool).

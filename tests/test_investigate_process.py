@@ -137,5 +137,7 @@ def _export(tmp_path: Path, keys: Keys, upstream: Upstream) -> None:
     # ... so that ten times the rows must not cost the gateway memory in proportion.
     grew_kib = peak - warm
     print(f"exported {rows} rows, {size >> 20} MiB; peak RSS {warm >> 10} → {peak >> 10} MiB")
-    # Holding it would cost more than the CSV itself (rows as Python objects); measured: +14 MiB.
-    assert grew_kib * 1024 < size / 2, "the export was held in memory"
+    # Holding it would cost more than the CSV itself (rows as Python objects, several times the
+    # text); streamed, growth measured +14 and +22.7 MiB for this 44 MiB export (chdb's caches
+    # vary run to run, so the bound is the CSV's size, which a held export would pass).
+    assert grew_kib * 1024 < size, "the export was held in memory"

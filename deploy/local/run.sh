@@ -8,7 +8,7 @@
 # the other is stopped too and the script exits with the first one's status.
 # PD_GATEWAY_CONFIG, DEMO_UPSTREAM_PORT and DEMO_OIDC_CONFIG override the defaults (the tests
 # use free ports). The DEMO OpenID provider (deploy/oidc-demo, for logging in with a browser)
-# starts when its npm packages are installed (`make test` / scripts/system-deps.sh does it).
+# starts when its npm packages are installed (`make run` runs scripts/demo-deps.sh for that).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=.venv/bin
