@@ -496,3 +496,13 @@ def demo_config_dict() -> dict[str, Any]:
             if key in data[section]:
                 data[section][key] = str((DEMO_CONFIG.parent / data[section][key]).resolve())
     return data
+
+
+def replay_config(tmp_path: Path, store: dict[str, Any]) -> Path:
+    """The demo config with ``store`` as its store section, written for `audit replay`."""
+    cfg = demo_config_dict()
+    cfg["store"] = store
+    cfg.pop("oidc", None)  # browser login: not what replay is about
+    path = tmp_path / "replay.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -9,14 +9,13 @@ import datetime as dt
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gateway.audit.chserver import ClickHouseServer
 from gateway.audit.factory import open_store
 from gateway.audit.shipper import Shipper, ShipperMetrics
-from tests.conftest import GatewayFactory, Keys, Upstream, run_cli
+from tests.conftest import GatewayFactory, Keys, Upstream, replay_config, run_cli
 from tests.stores import fresh_database, store_config, store_section, wait_for
 
 pytestmark = pytest.mark.slow
@@ -95,19 +94,6 @@ def test_store_up_is_unknown_until_a_shipper_reports() -> None:
     assert value is not None and math.isnan(value)  # no store: no false "down" alert
 
 
-def _replay_config(tmp_path: Path, section: dict[str, Any]) -> Path:
-    import yaml
-
-    from tests.conftest import demo_config_dict
-
-    cfg = demo_config_dict()
-    cfg["store"] = section
-    cfg.pop("oidc", None)  # browser login: not what this is about
-    path = tmp_path / "replay.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 @pytest.mark.parametrize("damage", ["torn", "corrupt"])
 def test_replay_skips_a_torn_final_line_but_reports_a_corrupt_one(
     damage: str, tmp_path: Path, chdb_dir: Path, ch_server: ClickHouseServer
@@ -127,7 +113,7 @@ def test_replay_skips_a_torn_final_line_but_reports_a_corrupt_one(
     database = fresh_database()
     section = store_section("clickhouse", database, chdb_dir=chdb_dir, server=ch_server)
     out = run_cli(
-        "audit", "replay", "--spool", str(spool), "--config", str(_replay_config(tmp_path, section))
+        "audit", "replay", "--spool", str(spool), "--config", str(replay_config(tmp_path, section))
     )
     assert "19 events shipped" in out.stdout, out.stdout + out.stderr
     if damage == "torn":

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.audit.events import AccessEvent, join
-from gateway.audit.spool import BadLine, Spool, SpoolHooks, last_seq, list_segments, read_records
+from gateway.audit.spool import BadLine, Spool, SpoolHooks, last_head, list_segments, read_records
 from gateway.errors import SpoolUnavailable
 
 
@@ -103,7 +103,7 @@ async def test_torn_final_line_is_skipped_and_never_appended_after(tmp_path: Pat
     bad: list[BadLine] = []
     assert seqs(tmp_path, bad.append) == [1]
     assert bad and bad[0].line == 3 and "torn" in bad[0].problem  # after start + record
-    assert last_seq(tmp_path) == 1
+    assert last_head(tmp_path).seq == 1
     spool = Spool(tmp_path)
     spool.open()
     await spool.append(rec(0))
@@ -153,7 +153,7 @@ async def test_sequence_survives_the_deletion_of_every_older_segment(tmp_path: P
     *older, _newest = list_segments(tmp_path)
     for p in older:  # what the shipper does once they are in the store
         p.unlink()
-    assert last_seq(tmp_path) == 100
+    assert last_head(tmp_path).seq == 100
     spool = Spool(tmp_path)
     spool.open()
     await spool.append(rec(0))

@@ -452,7 +452,6 @@ def test_timeout_after_the_server_accepted_an_insert_does_not_duplicate(
 def test_audit_replay_ships_a_dead_instances_spool_once_with_lost_outcomes_unknown(
     kind: str, tmp_path: Path, chdb_dir: Path, ch_server: ClickHouseServer
 ) -> None:
-    import yaml
 
     from tests.conftest import ROOT
 
@@ -467,13 +466,9 @@ def test_audit_replay_ships_a_dead_instances_spool_once_with_lost_outcomes_unkno
         chdb_dir=tmp_path / "replay-chdb" if kind == "embedded" else chdb_dir,
         server=ch_server,
     )
-    from tests.conftest import demo_config_dict
+    from tests.conftest import replay_config
 
-    cfg = demo_config_dict()
-    cfg["store"] = section
-    cfg.pop("oidc", None)  # browser login: not what this is about
-    path = tmp_path / "replay.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = replay_config(tmp_path, section)
     for _ in range(2):  # twice: the second run finds nothing new
         out = run_cli("audit", "replay", "--spool", str(spool), "--config", str(path))
         assert out.returncode == 0, out.stderr

@@ -133,7 +133,6 @@ class Spool:
         self._dirty = False
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._thread_failed = False
         self._inflight: list[asyncio.Future[None]] = []  # waiters of the fsync under way
         self.healthy = False
         self.last_error: str | None = None
@@ -428,7 +427,6 @@ class Spool:
         except BaseException:
             # Nothing can be made durable any more: refuse everything from now on.
             log.exception("audit spool sync thread failed")
-            self._thread_failed = True
             with self._cond:
                 waiters, self._sync_waiters = self._inflight + self._sync_waiters, []
             if self._loop is not None:
@@ -575,10 +573,6 @@ def last_head(directory: Path) -> ChainHead:
         if best is not None:
             return ChainHead(best.seq, best.hash or chain.GENESIS, best.instance)
     return ChainHead(0, chain.GENESIS, "")
-
-
-def last_seq(directory: Path) -> int:
-    return last_head(directory).seq
 
 
 def encode_record(record: dict[str, Any]) -> bytes:
