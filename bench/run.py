@@ -150,6 +150,48 @@ http {{ access_log off;
 """
 
 
+def gateway_config(
+    tmp: Path, durability: str, upstream: str, port: int, admin: int, checkpoint_key: Path
+) -> dict[str, object]:
+    """The whole pipeline as `make bench` measures it: bearer token, Casbin decision, subject from
+    the path, the chained audit record made durable before forwarding, shipping into the embedded
+    store in the same process, metrics."""
+    return {
+        "instance_id": f"bench-{durability}",
+        "listen": {"proxy": {"port": port}, "admin": {"port": admin}},
+        "identity": {
+            "issuer": ISSUER,
+            "audience": AUDIENCE,
+            "algorithms": ["RS256"],
+            "jwks_file": str(tmp / "jwks.json"),
+        },
+        "authz": {
+            "model": str(ROOT / "policies/model.conf"),
+            "policy": str(ROOT / "policies/policy.csv"),
+        },
+        "audit": {
+            "spool_dir": str(tmp / f"spool-{durability}"),
+            "durability": durability,
+            "checkpoint_key_file": str(checkpoint_key),
+        },
+        # The full pipeline: the trail shipped into the embedded store as it comes.
+        "store": {"kind": "embedded", "path": str(tmp / f"chdb-{durability}")},
+        "proxy": {"trusted_proxies": []},
+        "upstreams": {"hr": upstream},
+        "routes": [
+            {
+                "name": "hr-employees",
+                "prefix": "/hr/employees",
+                "upstream": "hr",
+                "system": "hr",
+                "purpose": "hr_records",
+                "category": "employee",
+                "subject": {"path": "/hr/employees/{id}"},
+            }
+        ],
+    }
+
+
 def proxy_bench(tmp: Path) -> None:
     keys = Keys(*rsa_keypair(), public_pem="")
     (tmp / "jwks.json").write_text(json.dumps(keys.jwks()))
@@ -189,40 +231,7 @@ def proxy_bench(tmp: Path) -> None:
         targets["bare aiohttp proxy"] = f"http://127.0.0.1:{bare_port}/hr/employees/1001"
         for durability in ("batch", "fsync"):
             port, admin = free_port(), free_port()
-            cfg = {
-                "instance_id": f"bench-{durability}",
-                "listen": {"proxy": {"port": port}, "admin": {"port": admin}},
-                "identity": {
-                    "issuer": ISSUER,
-                    "audience": AUDIENCE,
-                    "algorithms": ["RS256"],
-                    "jwks_file": str(tmp / "jwks.json"),
-                },
-                "authz": {
-                    "model": str(ROOT / "policies/model.conf"),
-                    "policy": str(ROOT / "policies/policy.csv"),
-                },
-                "audit": {
-                    "spool_dir": str(tmp / f"spool-{durability}"),
-                    "durability": durability,
-                    "checkpoint_key_file": str(checkpoint_key),
-                },
-                # The full pipeline: the trail shipped into the embedded store as it comes.
-                "store": {"kind": "embedded", "path": str(tmp / f"chdb-{durability}")},
-                "proxy": {"trusted_proxies": []},
-                "upstreams": {"hr": upstream},
-                "routes": [
-                    {
-                        "name": "hr-employees",
-                        "prefix": "/hr/employees",
-                        "upstream": "hr",
-                        "system": "hr",
-                        "purpose": "hr_records",
-                        "category": "employee",
-                        "subject": {"path": "/hr/employees/{id}"},
-                    }
-                ],
-            }
+            cfg = gateway_config(tmp, durability, upstream, port, admin, checkpoint_key)
             path = tmp / f"gw-{durability}.json"  # JSON is YAML
             path.write_text(json.dumps(cfg))
             start("0", "-m", "gateway", "serve", "--config", str(path), "--log-level", "WARNING")

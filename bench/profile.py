@@ -1,0 +1,170 @@
+"""`make profile`: where the gateway's CPU goes under load (issue 12), sampled with py-spy.
+
+The gateway runs the same pipeline as `make bench` (bench/run.py's gateway_config) pinned to
+CPU 0; wrk -c32 and the nginx upstream run on CPU 1. py-spy samples every thread of the gateway for
+PROFILE_SECONDS (default 15) at 250 Hz, without idle frames, and this prints, per thread, its share
+of the samples and the functions with the most samples at the top of the stack (self time), then
+the functions with the most samples anywhere on the stack (inclusive time). The raw samples
+(flamegraph input) are left in var/profile-<durability>.txt.
+
+    PROFILE_DURABILITY=fsync make profile
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import (  # noqa: E402  (bench/ as a script directory)
+    NGINX_UPSTREAM,
+    ROOT,
+    Keys,
+    free_port,
+    gateway_config,
+    generate_checkpoint_key,
+    pinned,
+    rsa_keypair,
+    wait_http,
+)
+
+SECONDS = int(os.environ.get("PROFILE_SECONDS", "15"))
+DURABILITY = os.environ.get("PROFILE_DURABILITY", "batch")
+TOP = int(os.environ.get("PROFILE_TOP", "25"))
+# py-spy's idle detection does not see these blocking waits (the GIL is released inside them): a
+# sample whose top frame is one of them is a thread waiting, not working, and is left out.
+WAITS = {
+    "Condition.wait (threading.py)",
+    "_worker (futures/thread.py)",  # an idle executor thread, blocked in its queue's get()
+    "Runner.run (asyncio/runners.py)",  # the event loop in epoll_wait (uvloop's run is C)
+}
+FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:]*):(?P<line>\d+)\)$")
+
+
+def short(frame: str) -> str:
+    """`func (path/to/file.py:123)` → `func (file.py)`: lines differ within one function."""
+    m = FRAME.match(frame)
+    if not m:
+        return frame
+    parts = Path(m.group("file")).parts
+    where = "/".join(parts[-2:]) if "site-packages" not in parts else "/".join(parts[-2:])
+    return f"{m.group('func')} ({where})"
+
+
+def summarise(raw: Path) -> None:
+    per_thread: collections.Counter[str] = collections.Counter()
+    self_time: collections.Counter[tuple[str, str]] = collections.Counter()
+    inclusive: collections.Counter[tuple[str, str]] = collections.Counter()
+    total = waiting = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_s)
+        frames = stack.split(";")
+        thread = re.sub(r"\s*\(?0x[0-9a-f]+\)?|\s*\(\d+\)", "", frames[0]).strip()
+        thread = thread.removeprefix("thread: ").replace("MainThread", "event loop")
+        calls = [short(f) for f in frames[1:]]
+        if not calls or calls[-1] in WAITS:
+            waiting += count
+            continue
+        total += count
+        per_thread[thread] += count
+        self_time[(thread, calls[-1])] += count
+        for name in set(calls):
+            inclusive[(thread, name)] += count
+    if not total:
+        sys.exit("py-spy recorded no samples")
+    print(
+        f"\n{total} samples of work ({SECONDS} s at 250 Hz, all threads; {waiting} samples of "
+        "threads waiting left out); shares below are of the samples of work"
+    )
+    print("\nper thread:")
+    for thread, n in per_thread.most_common():
+        print(f"  {n / total:6.1%}  {thread}")
+    print(f"\nself (top of stack), top {TOP}:")
+    for (thread, name), n in self_time.most_common(TOP):
+        print(f"  {n / total:6.1%}  {name}  [{thread}]")
+    print(
+        f"\ninclusive (anywhere on the stack; frames on every sample of a thread left out), top {TOP}:"
+    )
+    shown = 0
+    for (thread, name), n in inclusive.most_common():
+        if n == per_thread[thread]:
+            continue  # the thread's own outer frames: no information
+        print(f"  {n / total:6.1%}  {name}  [{thread}]")
+        shown += 1
+        if shown == TOP:
+            break
+
+
+def main() -> None:
+    for tool in ("py-spy", "wrk", "nginx"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            sys.exit(f"{tool} is required: make profile installs it")
+    out = ROOT / "var" / f"profile-{DURABILITY}.txt"
+    out.parent.mkdir(exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        tmp.chmod(0o755)
+        try:
+            keys = Keys(*rsa_keypair(), public_pem="")
+            (tmp / "jwks.json").write_text(json.dumps(keys.jwks()))
+            token = keys.token("alice", ["hr_officer"], ttl=3600)
+            up_port, port, admin = free_port(), free_port(), free_port()
+            (tmp / "body.json").write_bytes(b"x" * 1024)
+            (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
+            nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+            procs.append(subprocess.Popen(pinned("1", [nginx, "-c", str(tmp / "up.conf")])))
+            key = tmp / "checkpoint.pem"
+            generate_checkpoint_key(key, tmp / "checkpoint.pub")
+            cfg = gateway_config(tmp, DURABILITY, f"http://127.0.0.1:{up_port}", port, admin, key)
+            (tmp / "gw.json").write_text(json.dumps(cfg))
+            gw = [sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "gw.json")]
+            procs.append(
+                subprocess.Popen(
+                    pinned("0", [*gw, "--log-level", "WARNING"]),
+                    cwd=ROOT,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            wait_http(f"http://127.0.0.1:{admin}/readyz")
+            url = f"http://127.0.0.1:{port}/hr/employees/1001"
+            auth = f"Authorization: Bearer {token}"
+            load = subprocess.Popen(
+                pinned("1", ["wrk", "-t1", "-c32", f"-d{SECONDS + 4}s", "-H", auth, url]),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(2)  # warm: connections, caches, the first batches
+            subprocess.run(
+                ["py-spy", "record", "--pid", str(procs[-1].pid), "--duration", str(SECONDS)]
+                + ["--rate", "250", "--threads", "--format", "raw", "--output", str(out)],
+                check=True,
+                capture_output=True,
+            )
+            stdout, _ = load.communicate()
+            rps = re.search(r"Requests/sec:\s+([\d.]+)", stdout)
+            print(
+                f"# pd-gateway profile, durability={DURABILITY}, wrk -c32: "
+                f"{rps.group(1) if rps else '?'} req/s under py-spy; raw samples in {out}"
+            )
+            summarise(out)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait()
+
+
+if __name__ == "__main__":
+    main()
