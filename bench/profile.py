@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import (  # noqa: E402  (bench/ as a script directory)
+from run import (  # bench/ is a script directory
     NGINX_UPSTREAM,
     ROOT,
     Keys,
@@ -54,8 +54,7 @@ def short(frame: str) -> str:
     m = FRAME.match(frame)
     if not m:
         return frame
-    parts = Path(m.group("file")).parts
-    where = "/".join(parts[-2:]) if "site-packages" not in parts else "/".join(parts[-2:])
+    where = "/".join(Path(m.group("file")).parts[-2:])
     return f"{m.group('func')} ({where})"
 
 
@@ -93,9 +92,7 @@ def summarise(raw: Path) -> None:
     print(f"\nself (top of stack), top {TOP}:")
     for (thread, name), n in self_time.most_common(TOP):
         print(f"  {n / total:6.1%}  {name}  [{thread}]")
-    print(
-        f"\ninclusive (anywhere on the stack; frames on every sample of a thread left out), top {TOP}:"
-    )
+    print(f"\ninclusive (anywhere on the stack; a thread's outermost frames left out), top {TOP}:")
     shown = 0
     for (thread, name), n in inclusive.most_common():
         if n == per_thread[thread]:
@@ -147,8 +144,10 @@ def main() -> None:
             )
             time.sleep(2)  # warm: connections, caches, the first batches
             subprocess.run(
-                ["py-spy", "record", "--pid", str(procs[-1].pid), "--duration", str(SECONDS)]
-                + ["--rate", "250", "--threads", "--format", "raw", "--output", str(out)],
+                [
+                    *("py-spy", "record", "--pid", str(procs[-1].pid), "--duration", str(SECONDS)),
+                    *("--rate", "250", "--threads", "--format", "raw", "--output", str(out)),
+                ],
                 check=True,
                 capture_output=True,
             )
