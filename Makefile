@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 FUZZ_SECONDS ?= 20
 
-.PHONY: install system-deps run test lint format fuzz bench profile lock audit-deps clean
+.PHONY: install system-deps run test lint format fuzz bench profile soak lock audit-deps clean
 
 # The locked versions (requirements.lock) are constraints: every machine gets the same ones.
 $(STAMP): pyproject.toml requirements.lock
@@ -51,6 +51,11 @@ bench: install
 profile: install
 	WITH_BENCH=1 ./scripts/system-deps.sh
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/profile.py
+
+## Resident memory under 10 minutes of steady load (SOAK_SECONDS, SOAK_DURABILITY).
+soak: install
+	WITH_BENCH=1 ./scripts/system-deps.sh
+	$(BIN)/python bench/soak.py
 
 ## Re-resolve requirements.lock after a change of pyproject.toml.
 lock: install

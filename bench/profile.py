@@ -38,6 +38,14 @@ from run import (  # bench/ is a script directory
 
 SECONDS = int(os.environ.get("PROFILE_SECONDS", "15"))
 DURABILITY = os.environ.get("PROFILE_DURABILITY", "batch")
+# `gateway` (the whole pipeline) or `bare` (bench/servers.py's bare aiohttp proxy, the baseline)
+TARGET = os.environ.get("PROFILE_TARGET", "gateway")
+RATE = 250
+# PROFILE_GIL=1: sample only the thread holding the GIL (py-spy --gil). A thread made to wait for
+# the GIL otherwise shows as working on whatever line it was stopped at.
+GIL = os.environ.get("PROFILE_GIL") == "1"
+# PROFILE_STORE=0: the gateway without the shipper and the embedded store (spool only).
+STORE = os.environ.get("PROFILE_STORE", "1") != "0"
 TOP = int(os.environ.get("PROFILE_TOP", "25"))
 # py-spy's idle detection does not see these blocking waits (the GIL is released inside them): a
 # sample whose top frame is one of them is a thread waiting, not working, and is left out.
@@ -58,7 +66,8 @@ def short(frame: str) -> str:
     return f"{m.group('func')} ({where})"
 
 
-def summarise(raw: Path) -> None:
+def summarise(raw: Path, requests: float) -> None:
+    """``requests``: how many the load generator completed while py-spy sampled."""
     per_thread: collections.Counter[str] = collections.Counter()
     self_time: collections.Counter[tuple[str, str]] = collections.Counter()
     inclusive: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -84,20 +93,25 @@ def summarise(raw: Path) -> None:
         sys.exit("py-spy recorded no samples")
     print(
         f"\n{total} samples of work ({SECONDS} s at 250 Hz, all threads; {waiting} samples of "
-        "threads waiting left out); shares below are of the samples of work"
+        "threads waiting left out); shares below are of the samples of work, with the CPU "
+        f"time each stands for per request ({requests:.0f} requests in the window)"
     )
+
+    def us(n: int) -> str:
+        return f"{n / RATE / requests * 1e6:7.0f} µs" if requests else ""
+
     print("\nper thread:")
     for thread, n in per_thread.most_common():
-        print(f"  {n / total:6.1%}  {thread}")
+        print(f"  {n / total:6.1%} {us(n)}  {thread}")
     print(f"\nself (top of stack), top {TOP}:")
     for (thread, name), n in self_time.most_common(TOP):
-        print(f"  {n / total:6.1%}  {name}  [{thread}]")
+        print(f"  {n / total:6.1%} {us(n)}  {name}  [{thread}]")
     print(f"\ninclusive (anywhere on the stack; a thread's outermost frames left out), top {TOP}:")
     shown = 0
     for (thread, name), n in inclusive.most_common():
         if n == per_thread[thread]:
             continue  # the thread's own outer frames: no information
-        print(f"  {n / total:6.1%}  {name}  [{thread}]")
+        print(f"  {n / total:6.1%} {us(n)}  {name}  [{thread}]")
         shown += 1
         if shown == TOP:
             break
@@ -107,7 +121,9 @@ def main() -> None:
     for tool in ("py-spy", "wrk", "nginx"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             sys.exit(f"{tool} is required: make profile installs it")
-    out = ROOT / "var" / f"profile-{DURABILITY}.txt"
+    out = (
+        ROOT / "var" / (f"profile-{DURABILITY}.txt" if TARGET == "gateway" else "profile-bare.txt")
+    )
     out.parent.mkdir(exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as d:
@@ -125,16 +141,25 @@ def main() -> None:
             key = tmp / "checkpoint.pem"
             generate_checkpoint_key(key, tmp / "checkpoint.pub")
             cfg = gateway_config(tmp, DURABILITY, f"http://127.0.0.1:{up_port}", port, admin, key)
+            if not STORE:
+                del cfg["store"]
             (tmp / "gw.json").write_text(json.dumps(cfg))
-            gw = [sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "gw.json")]
+            if TARGET == "bare":
+                up = f"http://127.0.0.1:{up_port}"
+                cmd = ["bench/servers.py", "bare-proxy", "--port", str(port), "--upstream", up]
+            else:
+                cmd = ["-m", "gateway", "serve", "--config", str(tmp / "gw.json")]
+                cmd += ["--log-level", "WARNING"]
             procs.append(
                 subprocess.Popen(
-                    pinned("0", [*gw, "--log-level", "WARNING"]),
-                    cwd=ROOT,
-                    stderr=subprocess.DEVNULL,
+                    pinned("0", [sys.executable, *cmd]), cwd=ROOT, stderr=subprocess.DEVNULL
                 )
             )
-            wait_http(f"http://127.0.0.1:{admin}/readyz")
+            wait_http(
+                f"http://127.0.0.1:{port}/"
+                if TARGET == "bare"
+                else f"http://127.0.0.1:{admin}/readyz"
+            )
             url = f"http://127.0.0.1:{port}/hr/employees/1001"
             auth = f"Authorization: Bearer {token}"
             load = subprocess.Popen(
@@ -146,18 +171,22 @@ def main() -> None:
             subprocess.run(
                 [
                     *("py-spy", "record", "--pid", str(procs[-1].pid), "--duration", str(SECONDS)),
-                    *("--rate", "250", "--threads", "--format", "raw", "--output", str(out)),
+                    *("--rate", str(RATE), "--threads", "--format", "raw", "--output", str(out)),
+                    *(["--gil"] if GIL else []),
                 ],
                 check=True,
                 capture_output=True,
             )
             stdout, _ = load.communicate()
             rps = re.search(r"Requests/sec:\s+([\d.]+)", stdout)
+            what = (
+                "bare aiohttp proxy" if TARGET == "bare" else f"pd-gateway durability={DURABILITY}"
+            )
             print(
-                f"# pd-gateway profile, durability={DURABILITY}, wrk -c32: "
+                f"# profile of the {what}, wrk -c32: "
                 f"{rps.group(1) if rps else '?'} req/s under py-spy; raw samples in {out}"
             )
-            summarise(out)
+            summarise(out, float(rps.group(1)) * SECONDS if rps else 0.0)
         finally:
             for p in procs:
                 p.terminate()

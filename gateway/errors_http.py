@@ -13,13 +13,13 @@ from __future__ import annotations
 import html
 import http
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from gateway.errors import GatewayError
+from gateway.ids import new_id
 from gateway.logs import request_id_var
 from gateway.metrics import Metrics
 
@@ -126,7 +126,7 @@ def error_middleware(
 
     @web.middleware
     async def impl(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request_id = uuid.uuid4().hex
+        request_id = new_id()
         request[REQUEST_ID] = request_id
         token = request_id_var.set(request_id)
         try:

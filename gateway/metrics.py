@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 _LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _FSYNC = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
@@ -264,6 +265,19 @@ class Metrics:
             "Data subjects currently blocked, as this gateway sees them.",
             registry=registry,
         )
+
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """``metric.labels(*labels)``, bound once and then taken from a dict (issue 12: the
+        per-request counters and histograms by route, decision and status cost ~1.5 µs a call
+        through ``labels``). Label values are the bounded vocabulary of this module's docstring,
+        so the dict is bounded too."""
+        key = (str(id(metric)), *labels)
+        bound = self._children.get(key)
+        if bound is None:
+            bound = self._children[key] = metric.labels(*labels)
+        return bound
 
     def token_cache_result(self, hit: bool) -> None:
         (self._token_hit if hit else self._token_miss).inc()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -49,6 +48,7 @@ from gateway.errors_http import REQUEST_ID as REQUEST_ID
 from gateway.errors_http import error_middleware as error_middleware
 from gateway.errors_http import error_response as error_response
 from gateway.identity import Principal, TokenVerifier, bearer_token
+from gateway.ids import new_id
 from gateway.method_override import effective_method
 from gateway.metrics import Metrics
 from gateway.proxy import (
@@ -81,7 +81,7 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
     if request.headers.get("Expect", "").lower() == "100-continue":
         return None
     return error_response(
-        417, "expectation_failed", "only Expect: 100-continue is supported", uuid.uuid4().hex
+        417, "expectation_failed", "only Expect: 100-continue is supported", new_id()
     )
 
 
@@ -246,7 +246,7 @@ class Pipeline:
                     True, f"break-glass:{session.session_id}", ctx.decision.policy_version
                 )
                 reason = "break_glass"
-                self._metrics.break_glass_accesses.labels(route.name).inc()
+                self._metrics.child(self._metrics.break_glass_accesses, route.name).inc()
         if not ctx.decision.allowed:
             await self._deny(
                 ctx,
@@ -289,8 +289,8 @@ class Pipeline:
     def _refuse_anonymous(self, ctx: _Context, status: int, reason: str) -> None:
         """A refusal with no valid token: counted in this window's summaries, not recorded
         one by one (docs/decisions/013-anonymous-refusals.md)."""
-        self._metrics.requests.labels(ctx.route_name, "deny", str(status)).inc()
-        self._metrics.denials.labels(ctx.route_name, reason).inc()
+        self._metrics.child(self._metrics.requests, ctx.route_name, "deny", str(status)).inc()
+        self._metrics.child(self._metrics.denials, ctx.route_name, reason).inc()
         if self._anonymous is not None:
             self._anonymous.count(ctx.route_name, reason, status, ctx.client_ip, ctx.request_id)
 
@@ -303,7 +303,9 @@ class Pipeline:
         exchange = Exchange()
         if route.response_subjects is not None and ctx.method != "HEAD":
             exchange.copy = ResponseCopy(route.response_subjects)  # 6.1.1: whom a list returned
-        self._metrics.overhead.labels(route.name).observe(time.perf_counter() - ctx.t0)
+        self._metrics.child(self._metrics.overhead, route.name).observe(
+            time.perf_counter() - ctx.t0
+        )
         injected = {
             "X-PD-User": ctx.principal.user,
             "X-PD-Roles": ",".join(ctx.principal.roles),
@@ -323,7 +325,7 @@ class Pipeline:
             blocked = listed is not None and self._blocked_for(ctx, listed.subjects)
             if blocked:
                 rec.outcome = "subject_blocked"
-                self._metrics.denials.labels(route.name, "subject_blocked").inc()
+                self._metrics.child(self._metrics.denials, route.name, "subject_blocked").inc()
             await self._record(ctx, rec, "outcome")
             if blocked:
                 raise _BlockedInResponse
@@ -344,8 +346,10 @@ class Pipeline:
             self._count(route, "allow", exchange.status)
             return self._abort(request, exchange.response)
         except UpstreamError as e:
-            self._metrics.upstream_errors.labels(route.name, e.reason).inc()
-            self._metrics.upstream.labels(route.name).observe(exchange.upstream_seconds)
+            self._metrics.child(self._metrics.upstream_errors, route.name, e.reason).inc()
+            self._metrics.child(self._metrics.upstream, route.name).observe(
+                exchange.upstream_seconds
+            )
             if exchange.response is None:
                 exchange.status = e.status
                 await record_outcome(e.reason)
@@ -370,7 +374,7 @@ class Pipeline:
             with contextlib.suppress(SpoolUnavailable):
                 await record_outcome("gateway_error")
             raise
-        self._metrics.upstream.labels(route.name).observe(exchange.upstream_seconds)
+        self._metrics.child(self._metrics.upstream, route.name).observe(exchange.upstream_seconds)
         self._count(route, "allow", exchange.status)
         return resp
 
@@ -384,7 +388,7 @@ class Pipeline:
         self._count_route(route.name, decision, status)
 
     def _count_route(self, route: str, decision: str, status: int) -> None:
-        self._metrics.requests.labels(route, decision, str(status)).inc()
+        self._metrics.child(self._metrics.requests, route, decision, str(status)).inc()
 
     async def _deny(
         self, ctx: _Context, status: int, code: str, message: str, reason: str
@@ -392,7 +396,7 @@ class Pipeline:
         """Record a refusal and raise it as the response. Every refusal reached here has a
         principal or happened inside identity: it is an event of its own, on any route."""
         self._count_route(ctx.route_name, "deny", status)
-        self._metrics.denials.labels(ctx.route_name, reason).inc()
+        self._metrics.child(self._metrics.denials, ctx.route_name, reason).inc()
         event = self._event(ctx, "deny", reason)
         event.status = status
         event.outcome = COMPLETE
@@ -405,14 +409,14 @@ class Pipeline:
         try:
             await self._spool.append(event, admission=kind == "access")
         except SpoolUnavailable as e:
-            self._metrics.denials.labels(ctx.route_name, "audit_unavailable").inc()
+            self._metrics.child(self._metrics.denials, ctx.route_name, "audit_unavailable").inc()
             log.error(
                 "audit record refused; request refused",
                 extra={"reason": e.reason, "route": ctx.route_name},
             )
             raise
         except Exception as e:  # a bug in the audit step fails closed, like a full disk
-            self._metrics.denials.labels(ctx.route_name, "audit_unavailable").inc()
+            self._metrics.child(self._metrics.denials, ctx.route_name, "audit_unavailable").inc()
             log.exception("audit record failed; request refused")
             raise SpoolUnavailable("audit_error") from e
         self._metrics.audit_record(kind)
@@ -422,7 +426,7 @@ class Pipeline:
         d = ctx.decision
         r = ctx.route
         return AccessEvent(
-            event_id=uuid.uuid4().hex,
+            event_id=new_id(),
             ts_us=ctx.ts_us,
             request_id=ctx.request_id,
             user=p.user if p else "",

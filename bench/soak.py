@@ -1,0 +1,139 @@
+"""`make soak`: resident memory of the gateway under steady load (issue 12: "no growth over a
+10-minute soak").
+
+The gateway runs the pipeline of `make bench` (bench/run.py's gateway_config: token, decision,
+chained audit, shipping into the embedded store in process), pinned to CPU 0; wrk -c32 drives it
+from CPU 1 for SOAK_SECONDS (default 600) against the nginx upstream. Every SOAK_SAMPLE seconds
+(default 30) this prints the process's RSS, the requests served so far (from the gateway's own
+metrics) and the spool's backlog. At the end it compares the RSS of the last third of the run with
+the middle third: steady memory means the difference is small and not proportional to the
+requests served in between.
+
+    SOAK_SECONDS=600 SOAK_DURABILITY=batch make soak
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import (  # bench/ is a script directory
+    NGINX_UPSTREAM,
+    ROOT,
+    Keys,
+    free_port,
+    gateway_config,
+    generate_checkpoint_key,
+    pinned,
+    rsa_keypair,
+    rss_mib,
+    wait_http,
+)
+
+SECONDS = int(os.environ.get("SOAK_SECONDS", "600"))
+SAMPLE = int(os.environ.get("SOAK_SAMPLE", "30"))
+DURABILITY = os.environ.get("SOAK_DURABILITY", "batch")
+
+
+def scrape(admin: int) -> dict[str, float]:
+    """The gateway's request and spool figures from its own /metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+    requests = sum(
+        float(m.group(1))
+        for m in re.finditer(
+            r'^pdgw_requests_total\{[^}]*decision="allow"[^}]*\} (\S+)$', text, re.M
+        )
+    )
+    backlog = re.search(r"^pdgw_spool_backlog_bytes (\S+)$", text, re.M)
+    return {"requests": requests, "backlog": float(backlog.group(1)) if backlog else 0.0}
+
+
+def main() -> None:
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        tmp.chmod(0o755)
+        try:
+            keys = Keys(*rsa_keypair(), public_pem="")
+            (tmp / "jwks.json").write_text(json.dumps(keys.jwks()))
+            token = keys.token("alice", ["hr_officer"], ttl=SECONDS + 3600)
+            up_port, port, admin = free_port(), free_port(), free_port()
+            (tmp / "body.json").write_bytes(b"x" * 1024)
+            (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
+            nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+            procs.append(subprocess.Popen(pinned("1", [nginx, "-c", str(tmp / "up.conf")])))
+            key = tmp / "checkpoint.pem"
+            generate_checkpoint_key(key, tmp / "checkpoint.pub")
+            cfg = gateway_config(tmp, DURABILITY, f"http://127.0.0.1:{up_port}", port, admin, key)
+            (tmp / "gw.json").write_text(json.dumps(cfg))
+            cmd = ["-m", "gateway", "serve", "--config", str(tmp / "gw.json")]
+            procs.append(
+                subprocess.Popen(
+                    pinned("0", [sys.executable, *cmd, "--log-level", "WARNING"]),
+                    cwd=ROOT,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            gateway = procs[-1].pid
+            wait_http(f"http://127.0.0.1:{admin}/readyz")
+            url = f"http://127.0.0.1:{port}/hr/employees/1001"
+            load = subprocess.Popen(
+                pinned(
+                    "1",
+                    [
+                        *("wrk", "-t1", "-c32", f"-d{SECONDS}s"),
+                        *("-H", f"Authorization: Bearer {token}", url),
+                    ],
+                ),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            print(
+                f"# soak: pd-gateway durability={DURABILITY}, embedded store, wrk -c32 for "
+                f"{SECONDS} s, RSS every {SAMPLE} s"
+            )
+            print(f"{'t s':>6} {'RSS MiB':>8} {'requests':>10} {'backlog KiB':>12}")
+            start = time.monotonic()
+            series: list[tuple[float, float, float]] = []
+            while load.poll() is None:
+                time.sleep(SAMPLE)
+                t = time.monotonic() - start
+                if t > SECONDS + 1:
+                    break
+                m = scrape(admin)
+                rss = rss_mib(gateway)
+                series.append((t, rss, m["requests"]))
+                print(f"{t:6.0f} {rss:8.1f} {m['requests']:10.0f} {m['backlog'] / 1024:12.0f}")
+            out, _ = load.communicate()
+            rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+            print(f"wrk: {rps.group(1) if rps else '?'} req/s over the run")
+            third = max(1, len(series) // 3)
+            middle = series[third : 2 * third] or series
+            last = series[2 * third :] or series
+            grew = statistics.median(r for _, r, _ in last) - statistics.median(
+                r for _, r, _ in middle
+            )
+            served = last[-1][2] - middle[0][2]
+            print(
+                f"RSS median, last third against middle third: {grew:+.1f} MiB over "
+                f"{served:.0f} requests ({grew * 1024 * 1024 / max(served, 1):.1f} bytes/request)"
+            )
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait()
+
+
+if __name__ == "__main__":
+    main()
