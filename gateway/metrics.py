@@ -264,6 +264,13 @@ class Metrics:
             "Data subjects currently blocked, as this gateway sees them.",
             registry=registry,
         )
+        # serve --workers N (gateway.workers): the supervisor's.
+        self.worker_restarts = Counter(
+            "pdgw_worker_restarts",
+            "Worker processes started again by the supervisor after they exited, by worker.",
+            ["worker"],
+            registry=registry,
+        )
 
     def token_cache_result(self, hit: bool) -> None:
         (self._token_hit if hit else self._token_miss).inc()

@@ -1,0 +1,582 @@
+"""`pd-gateway serve --workers N`: one supervisor and N worker processes (decision 016).
+
+Contract:
+- Worker ``i`` is a gateway instance of its own: instance ``<instance_id>-w<i>``, spool and chain
+  in ``<spool_dir>/w<i>``, the proxy port shared with the other workers (SO_REUSEPORT: the kernel
+  spreads connections), an admin listener on a loopback port of its own (internal). It runs no
+  shipper, no anomaly detection and opens no store: the data path does only the data path.
+- The supervisor is the instance ``<instance_id>`` on ``<spool_dir>`` (the chain a single-process
+  gateway had), listening on the admin port only. It owns the store: one Shipper per worker spool
+  beside its own, and the anomaly detectors. On the admin port it answers the admin APIs itself
+  and /metrics, /readyz and ``/workers/w<i>/checkpoint`` for every process.
+- What the admin APIs change reaches the workers: a policy put in force in the supervisor (the
+  admin API, the file watcher, SIGHUP) is reloaded by every worker (SIGHUP; each records its own
+  permission changes, counted once as replicas' are); subject blocks and break-glass sessions
+  in force in the supervisor are written to ``supervisor-view.json`` beside its spool and read by
+  every worker within ``VIEW_POLL_SECONDS`` (plus the supervisor's write interval).
+- SIGTERM: every worker drains and flushes its spool; then every shipper ships what was written
+  (up to its drain bound); then the supervisor's own spool closes. A worker that exits otherwise
+  is started again (its spool and chain continue) after a back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import listeners
+from gateway.app import GATEWAY, Gateway, build, shipper_metrics
+from gateway.audit.factory import open_store
+from gateway.audit.schema import Table
+from gateway.audit.shipper import Shipper, ShipperState
+from gateway.audit.spool import Spool, list_segments
+from gateway.audit.store import AuditStore, Row, StoreError
+from gateway.break_glass import Session
+from gateway.config import LOOPBACK, Config, Listen, StoreConfig
+from gateway.fsutil import atomic_write
+from gateway.metrics import Metrics
+from gateway.tasks import spawn
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "worker.json"  # in a worker's spool: its pid and internal admin port, once serving
+VIEW_FILE = "supervisor-view.json"  # beside the supervisor's spool: blocks and break-glass
+VIEW_WRITE_SECONDS = 0.1
+VIEW_POLL_SECONDS = 0.25
+PROGRESS_POLL_SECONDS = 1.0
+START_TIMEOUT_SECONDS = 60.0
+RESTART_BACKOFF_MAX_SECONDS = 30.0
+SCRAPE_TIMEOUT_SECONDS = 2.0
+# Families the supervisor's shippers report for a worker's spool (its own process has none).
+_SHIPPER_FAMILIES = ("pdgw_shipper_", "pdgw_store_up")
+
+
+def worker_name(index: int) -> str:
+    return f"w{index}"
+
+
+def worker_config(cfg: Config, index: int, proxy_port: int) -> Config:
+    """The config of worker ``index``: its own instance id, spool and internal admin port."""
+    name = worker_name(index)
+    return replace(
+        cfg,
+        instance_id=f"{cfg.instance_id}-{name}",
+        proxy_listen=replace(cfg.proxy_listen, port=proxy_port),
+        admin_listen=Listen("127.0.0.1", 0, None, LOOPBACK),
+        audit=replace(
+            cfg.audit,
+            spool_dir=cfg.audit.spool_dir / name,
+            blocks_poll_seconds=min(cfg.audit.blocks_poll_seconds, VIEW_POLL_SECONDS),
+        ),
+        store=None,  # the supervisor owns it (chdb: one process per directory)
+        anomalies=None,  # run once, by the supervisor
+    )
+
+
+# -- the worker --
+
+
+async def serve_worker(cfg: Config, index: int, proxy_port: int, supervisor_pid: int) -> None:
+    """Run worker ``index`` (``cfg`` is the supervisor's) until SIGTERM; SIGHUP reloads."""
+    _exit_with_parent(supervisor_pid)
+    wcfg = worker_config(cfg, index, proxy_port)
+    view = cfg.audit.spool_dir / VIEW_FILE
+    proxy_app, admin_app = build(
+        wcfg, ship=False, blocks_from=lambda: contextlib.closing(BlocksView(view))
+    )
+    gw = proxy_app[GATEWAY]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        lambda: spawn(
+            gw.rights.reload_policy(actor="signal:SIGHUP", source="file", reason="SIGHUP"),
+            name="reload",
+        ),
+    )
+    sites = await listeners.start(wcfg, proxy_app, admin_app, gw.metrics, reuse_port=True)
+    tasks = [
+        spawn(_follow_shipper(gw.spool), name="shipper-progress"),
+        spawn(_follow_break_glass(gw, view), name="break-glass-view"),
+    ]
+    try:
+        report = {"pid": os.getpid(), "admin_port": sites.admin.port}
+        await asyncio.to_thread(
+            atomic_write, wcfg.audit.spool_dir / REPORT_FILE, json.dumps(report).encode()
+        )
+        log.info("worker serving", extra={"worker": worker_name(index), **report})
+        await stop.wait()
+        log.info("worker shutting down: draining in-flight requests")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await sites.close()
+
+
+def _exit_with_parent(supervisor_pid: int) -> None:
+    """SIGTERM this worker when the supervisor dies, so no worker outlives it (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != supervisor_pid:  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def disk_progress(directory: Path) -> tuple[int, int]:
+    """Bytes of spool segments on disk, and of those the bytes its shipper has consumed (before
+    its saved read position): what the shipper would report in-process."""
+    on_disk = consumed = 0
+    state = ShipperState.load(directory)
+    seg, off = state.read_from
+    for p in list_segments(directory):
+        with contextlib.suppress(FileNotFoundError):  # deleted by the shipper meanwhile
+            size = p.stat().st_size
+            on_disk += size
+            n = int(p.stem)
+            consumed += size if n < seg else min(off, size) if n == seg else 0
+    return on_disk, consumed
+
+
+async def _follow_shipper(spool: Spool) -> None:
+    """The shipper is in the supervisor: learn its progress from the disk, so the spool's backlog
+    (audit.max_spool_bytes) counts only what is not yet in the store."""
+    while True:
+        await asyncio.sleep(PROGRESS_POLL_SECONDS)
+        try:
+            on_disk, consumed = await asyncio.to_thread(disk_progress, spool.directory)
+        except (OSError, ValueError, KeyError):
+            continue  # a state file mid-replace: look again next time
+        # A difference either way is corrected: the disk is the truth.
+        spool.shipper_progress(spool.size_bytes - on_disk, consumed)
+
+
+def _read_view(path: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    return data
+
+
+async def _follow_break_glass(gw: Gateway, view: Path) -> None:
+    """Put in force here every break-glass session the supervisor started. The supervisor
+    recorded its start; its end is recorded by every process that held it (one change id)."""
+    seen: set[str] = set()
+    while True:
+        await asyncio.sleep(VIEW_POLL_SECONDS)
+        try:
+            data = await asyncio.to_thread(_read_view, view)
+        except (OSError, ValueError):
+            continue
+        now = time.time()
+        for s in data.get("break_glass", []):
+            if s["session_id"] in seen or s["ends_at"] <= now:
+                continue
+            seen.add(s["session_id"])
+            grants = frozenset(tuple(g) for g in s["grants"])
+            gw.break_glass.activate(Session(**{**s, "grants": grants}))
+            log.warning("break-glass session started", extra={"session": s["session_id"]})
+
+
+class BlocksView:
+    """A read-only stand-in for the store with one table, ``subject_blocks``: the blocks in force
+    in the supervisor (its store's and its own), from its view file. Workers open no store."""
+
+    engine = "supervisor-view"
+    modern = True
+    database = "supervisor"
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def select(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        settings: Mapping[str, Any] | None = None,
+    ) -> list[Row]:
+        if "subject_blocks" not in sql:
+            raise StoreError("the supervisor's view holds subject blocks only")
+        try:
+            rows: list[Row] = _read_view(self._path).get("blocks", [])
+        except (OSError, ValueError) as e:
+            raise StoreError(f"supervisor view: {type(e).__name__}") from e
+        return rows
+
+    def server_version(self) -> str:
+        return "0"
+
+    def execute(self, sql: str) -> None:
+        raise StoreError("read-only")
+
+    def insert(self, table: Table, rows: Sequence[Row], batch_id: str) -> None:
+        raise StoreError("read-only")
+
+    def batch_rows(self, table: Table, batch_id: str) -> int:
+        raise StoreError("read-only")
+
+    def insert_running(self, batch_id: str) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+# -- the supervisor --
+
+
+@dataclass
+class _Worker:
+    index: int
+    spool: Path
+    shipper: Shipper | None = None
+    metrics: Metrics = field(default_factory=lambda: Metrics(CollectorRegistry()))
+    proc: asyncio.subprocess.Process | None = None
+    admin_port: int | None = None
+
+    @property
+    def name(self) -> str:
+        return worker_name(self.index)
+
+    @property
+    def admin(self) -> str | None:
+        return f"http://127.0.0.1:{self.admin_port}" if self.admin_port else None
+
+
+class WorkerFailed(Exception):
+    """A worker exited or did not report before it served (it printed why on stderr)."""
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, workers: int, argv: Sequence[str]) -> None:
+        self.cfg = cfg
+        self.argv = list(argv)  # `serve` arguments passed on to every worker
+        self.workers = [_Worker(i, cfg.audit.spool_dir / worker_name(i)) for i in range(workers)]
+        self.stopping = False
+        self._open_lock = threading.Lock()
+        self._http: aiohttp.ClientSession | None = None
+
+    async def run(self, *, ready: asyncio.Event | None = None) -> None:
+        cfg = self.cfg
+        reservation = _reserve(cfg.proxy_listen)  # EADDRINUSE here, as a single process says it
+        proxy_port = reservation.getsockname()[1]
+        proxy_app, admin_app = build(cfg)
+        gw = proxy_app[GATEWAY]
+        # Inside the error boundary (gateway.admin puts it first), before the admin routes.
+        admin_app.middlewares.insert(1, self._merged_views(gw))
+        restarts = gw.metrics.worker_restarts
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._sighup(gw))
+        sites = await listeners.start(cfg, proxy_app, admin_app, gw.metrics, serve_proxy=False)
+        keepers: list[asyncio.Task[None]] = []
+        try:
+            async with self._shippers(), aiohttp.ClientSession() as self._http:
+                started = await asyncio.gather(
+                    *(self._start(w, proxy_port) for w in self.workers), return_exceptions=True
+                )
+                for result in started:
+                    if isinstance(result, BaseException):
+                        raise result
+                keepers = [
+                    spawn(self._keep(w, proxy_port, restarts.labels(w.name).inc), name=w.name)
+                    for w in self.workers
+                ]
+                keepers += [
+                    spawn(self._write_view(gw), name="supervisor-view"),
+                    spawn(self._follow_policy(gw), name="policy-to-workers"),
+                ]
+                log.info(
+                    "pd-gateway serving with workers",
+                    extra={
+                        "proxy": f"{cfg.proxy_listen.host}:{proxy_port}",
+                        "admin": sites.admin.name,
+                        "workers": len(self.workers),
+                        "policy_version": gw.policies.engine.version,
+                    },
+                )
+                if ready is not None:
+                    ready.set()
+                await stop.wait()
+                log.info("shutting down: draining every worker")
+                self.stopping = True
+                for task in keepers:
+                    task.cancel()
+                await asyncio.gather(*(self._stop(w) for w in self.workers))
+                log.info("workers stopped; shipping what they wrote")
+        finally:
+            self.stopping = True
+            for task in keepers:
+                task.cancel()
+            await asyncio.gather(*(self._stop(w) for w in self.workers))
+            await sites.close()  # the supervisor's own spool last, its shipper after it
+            reservation.close()
+            log.info("stopped; audit spools flushed and shipped")
+
+    # -- workers --
+
+    async def _start(self, w: _Worker, proxy_port: int) -> None:
+        report = w.spool / REPORT_FILE
+        report.unlink(missing_ok=True)
+        w.admin_port = None
+        w.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            *self.argv,
+            "--worker",
+            str(w.index),
+            "--worker-port",
+            str(proxy_port),
+            "--supervisor-pid",
+            str(os.getpid()),
+        )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if w.proc.returncode is not None:
+                raise WorkerFailed(f"worker {w.name} exited with {w.proc.returncode} at start-up")
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                data = json.loads(report.read_text())
+                if data["pid"] == w.proc.pid:
+                    w.admin_port = int(data["admin_port"])
+                    log.info("worker started", extra={"worker": w.name, "pid": w.proc.pid})
+                    return
+            await asyncio.sleep(0.05)
+        w.proc.kill()
+        raise WorkerFailed(f"worker {w.name} did not start within {START_TIMEOUT_SECONDS:g} s")
+
+    async def _keep(self, w: _Worker, proxy_port: int, restarted: Callable[[], None]) -> None:
+        """Start ``w`` again whenever it exits, until shutdown (back-off after quick failures)."""
+        backoff = 0.5
+        while not self.stopping:
+            assert w.proc is not None
+            started = time.monotonic()
+            code = await w.proc.wait()
+            if self.stopping:
+                return
+            w.admin_port = None
+            log.error("worker exited; starting it again", extra={"worker": w.name, "code": code})
+            restarted()
+            if time.monotonic() - started > 60:
+                backoff = 0.5
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RESTART_BACKOFF_MAX_SECONDS)
+            try:
+                await self._start(w, proxy_port)
+            except WorkerFailed as e:
+                log.error("worker did not start again", extra={"worker": w.name, "error": str(e)})
+
+    async def _stop(self, w: _Worker) -> None:
+        proc = w.proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        grace = self.cfg.proxy.shutdown_timeout_seconds + 15
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            log.error("worker did not stop in time; killed", extra={"worker": w.name})
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    def _signal_workers(self, sig: int) -> None:
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(sig)
+
+    def _sighup(self, gw: Gateway) -> None:
+        spawn(
+            gw.rights.reload_policy(actor="signal:SIGHUP", source="file", reason="SIGHUP"),
+            name="reload",
+        )
+        self._signal_workers(signal.SIGHUP)
+
+    async def _follow_policy(self, gw: Gateway) -> None:
+        """A policy put in force here (admin API, file watcher, expiry) is reloaded by every
+        worker from the same files: each records its own permission changes (9.2.7)."""
+        version = gw.policies.engine.version
+        while True:
+            await asyncio.sleep(0.1)
+            if gw.policies.engine.version != version:
+                version = gw.policies.engine.version
+                self._signal_workers(signal.SIGHUP)
+
+    async def _write_view(self, gw: Gateway) -> None:
+        """Blocks and break-glass sessions in force here, for the workers (VIEW_FILE)."""
+        path = self.cfg.audit.spool_dir / VIEW_FILE
+        last = b""
+        while True:
+            assert gw.blocks is not None
+            sessions = [
+                {**asdict(s), "grants": sorted(s.grants)} for s in gw.break_glass.sessions()
+            ]
+            data = json.dumps({"blocks": gw.blocks.as_json(), "break_glass": sessions}).encode()
+            if data != last:
+                await asyncio.to_thread(atomic_write, path, data, durable=False)
+                last = data
+            await asyncio.sleep(VIEW_WRITE_SECONDS)
+
+    # -- shippers (the store is this process's) --
+
+    @contextlib.asynccontextmanager
+    async def _shippers(self) -> AsyncIterator[None]:
+        store = self.cfg.store
+        if store is None:
+            log.warning("no audit store configured: events stay in the workers' spools")
+            yield
+            return
+        for w in self.workers:
+            w.shipper = Shipper(
+                w.spool,
+                self._opener(store),
+                batch_max_rows=store.batch_max_rows,
+                batch_max_age=store.batch_max_age_ms / 1000,
+                max_backoff=store.retry_max_backoff_seconds,
+                metrics=shipper_metrics(w.metrics),
+            )
+        started: list[Shipper] = []
+        try:
+            for w in self.workers:
+                assert w.shipper is not None
+                await asyncio.to_thread(w.shipper.start)
+                started.append(w.shipper)
+            yield
+        finally:
+            # After the workers stopped: what their final flush wrote is shipped now.
+            await asyncio.gather(*(asyncio.to_thread(s.stop) for s in started))
+
+    def _opener(self, store: StoreConfig) -> Callable[[], AuditStore]:
+        def open_locked() -> AuditStore:
+            with self._open_lock:  # one chdb session opened at a time
+                return open_store(store)
+
+        return open_locked
+
+    # -- the admin port --
+
+    def _merged_views(self, gw: Gateway) -> Callable[..., Awaitable[web.StreamResponse]]:
+        checkpoint_paths = {f"/workers/{w.name}/checkpoint": w for w in self.workers}
+
+        @web.middleware
+        async def views(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            if request.method != "GET":
+                return await handler(request)
+            if request.path == "/metrics":
+                body = await self._metrics_text(gw)
+                return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+            if request.path == "/readyz":
+                checks = gw.readiness()
+                answers = await asyncio.gather(*(self._get(w, "/readyz") for w in self.workers))
+                for w, (status, _) in zip(self.workers, answers, strict=True):
+                    checks[f"worker_{w.name}"] = status == 200
+                ready = all(checks.values())
+                return web.json_response(
+                    {"status": "ready" if ready else "not_ready", "checks": checks},
+                    status=200 if ready else 503,
+                )
+            worker = checkpoint_paths.get(request.path)
+            if worker is not None:  # `audit verify --gateway <admin>/workers/w<i>`
+                status, body = await self._get(worker, "/checkpoint")
+                return web.Response(
+                    status=status if status else 503,
+                    body=body,
+                    headers={"Content-Type": "application/json"},
+                )
+            return await handler(request)
+
+        return views
+
+    async def _get(self, w: _Worker, path: str) -> tuple[int, bytes]:
+        """A worker's internal admin answer; (0, b"{}") if it is not serving."""
+        if w.admin is None or self._http is None:
+            return 0, b"{}"
+        try:
+            timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS)
+            async with self._http.get(w.admin + path, timeout=timeout) as r:
+                return r.status, await r.read()
+        except (aiohttp.ClientError, TimeoutError):
+            return 0, b"{}"
+
+    async def _metrics_text(self, gw: Gateway) -> bytes:
+        """Every process's metrics, each sample labelled with its ``worker`` (``supervisor`` for
+        this process); a worker's shipper families come from its shipper, here."""
+        scraped = await asyncio.gather(*(self._get(w, "/metrics") for w in self.workers))
+        merged = _Families()
+        merged.add(gw.metrics.registry.collect(), "supervisor")
+        for w, (status, body) in zip(self.workers, scraped, strict=True):
+            if status == 200:
+                families = text_string_to_metric_families(body.decode())
+                merged.add((f for f in families if not _shipper_family(f.name)), w.name)
+            merged.add((f for f in w.metrics.registry.collect() if _shipper_family(f.name)), w.name)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(merged)
+        return generate_latest(registry)
+
+
+def _shipper_family(name: str) -> bool:
+    return name.startswith(_SHIPPER_FAMILIES)
+
+
+class _Families:
+    """Metric families merged from several processes (a prometheus_client collector)."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, Metric] = {}
+
+    def add(self, families: Iterator[Metric] | Any, worker: str) -> None:
+        for f in families:
+            m = self._families.get(f.name)
+            if m is None:
+                m = self._families[f.name] = Metric(f.name, f.documentation, f.type, f.unit)
+            m.samples.extend(s._replace(labels={"worker": worker, **s.labels}) for s in f.samples)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families.values())
+
+
+def _reserve(listen: Listen) -> socket.socket:
+    """Bind (not listen on) the proxy port with SO_REUSEPORT for the supervisor's lifetime: a
+    port another program holds fails here, with the single process's message, and a port 0 is
+    chosen once for every worker. A bound socket that does not listen receives no connection."""
+    family, _, _, _, address = socket.getaddrinfo(
+        listen.host or None, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,260 @@
+"""`pd-gateway serve --workers N` as real processes: a supervisor that owns the store and the admin
+port, workers sharing the proxy port (docs/decisions/016-workers.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT, Keys, Upstream, chained_seqs, spool_events, spool_records
+from tests.process import GatewayProcess, run_gateway
+from tests.test_store import _read_embedded
+
+pytestmark = pytest.mark.slow
+
+WORKERS = ("--workers", "2")
+
+
+async def _requests(
+    gp: GatewayProcess, keys: Keys, n: int, path: str = "/hr/medical", token: str = ""
+) -> list[int]:
+    """``n`` requests, each on a new connection (the kernel spreads connections, not requests)."""
+    token = token or keys.token("alice", ["hr_officer"])
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+
+        async def one(i: int) -> int:
+            async with s.get(
+                f"{gp.url}{path}/{i}", headers={"Authorization": f"Bearer {token}"}
+            ) as r:
+                await r.read()
+                return r.status
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def _worker(gp: GatewayProcess, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((gp.spool / name / "worker.json").read_text())
+    return data
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def _metrics(gp: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(gp.admin + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
+def _sum(
+    metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return sum(
+        v
+        for (n, ls), v in metrics.items()
+        if n == name and all(dict(ls).get(k) == want for k, want in labels.items())
+    )
+
+
+@pytest.mark.timeout(240)
+async def test_two_workers_share_the_port_keep_a_chain_each_and_the_supervisor_ships_all(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    n = 200
+    store = {"kind": "embedded", "path": str(tmp_path / "chdb"), "batch_max_age_ms": 100}
+    with run_gateway(
+        tmp_path, keys, upstream.url, args=WORKERS, store=store, audit={"durability": "batch"}
+    ) as gp:
+        pids = [_worker(gp, f"w{i}")["pid"] for i in range(2)]
+        statuses = await _requests(gp, keys, n)
+        assert statuses == [200] * n
+        metrics = _metrics(gp)
+        # One view of every process: each worker's own counters, under a `worker` label.
+        served = {w: _sum(metrics, "pdgw_requests_total", worker=w) for w in ("w0", "w1")}
+        assert served["w0"] > 0 and served["w1"] > 0
+        assert sum(served.values()) == n
+        assert _sum(metrics, "pdgw_requests_total", worker="supervisor") == 0
+        assert _sum(metrics, "pdgw_ready", worker="w0") == 1
+        # The shipper's families for a worker come from the supervisor, which runs it.
+        assert ("pdgw_store_up", (("worker", "w1"),)) in metrics
+        with urllib.request.urlopen(gp.admin + "/readyz", timeout=5) as r:
+            checks = json.load(r)["checks"]
+        assert checks["worker_w0"] and checks["worker_w1"]
+        with urllib.request.urlopen(gp.admin + "/workers/w1/checkpoint", timeout=5) as r:
+            assert json.load(r)["instance"] == "gw-test-w1"
+        code = gp.kill(signal.SIGTERM)
+    assert code == 0
+    assert not any(_alive(pid) for pid in pids), "a worker outlived the supervisor"
+    per_worker = [spool_events(gp.spool / f"w{i}") for i in range(2)]
+    assert all(per_worker) and sum(len(e) for e in per_worker) == n
+    for i in range(2):
+        seqs = chained_seqs(gp.spool / f"w{i}")
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert {
+            r["instance"] for r in spool_records(gp.spool / f"w{i}") if r["kind"] == "start"
+        } == {f"gw-test-w{i}"}
+    # Nothing left unshipped: every access is in the store, shipped by the one owner.
+    rows = _read_embedded(
+        tmp_path / "chdb",
+        "pd_audit",
+        "SELECT instance, count() AS n FROM pd_audit.access_events GROUP BY instance",
+    )
+    counts = {r["instance"]: int(r["n"]) for r in rows}
+    assert counts == {f"gw-test-w{i}": len(per_worker[i]) for i in range(2)}
+    verify = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "audit",
+            "verify",
+            "--config",
+            str(tmp_path / "gateway.yaml"),
+            "--public-key",
+            str(tmp_path / "checkpoint-key.pub"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    report = json.loads(verify.stdout)
+    assert {i["instance"] for i in report["instances"]} == {"gw-test", "gw-test-w0", "gw-test-w1"}
+
+
+@pytest.mark.timeout(180)
+async def test_a_killed_worker_is_started_again_and_its_chain_continues(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    with run_gateway(tmp_path, keys, upstream.url, args=WORKERS) as gp:
+        await _requests(gp, keys, 40)
+        before = len(chained_seqs(gp.spool / "w0"))
+        old = _worker(gp, "w0")["pid"]
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, "w0 was not started again"
+            try:
+                if _worker(gp, "w0")["pid"] != old:
+                    break
+            except (FileNotFoundError, ValueError):
+                pass
+            await asyncio.sleep(0.1)
+        while True:  # ready again, behind the supervisor's /readyz
+            try:
+                with urllib.request.urlopen(gp.admin + "/readyz", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert await _requests(gp, keys, 60) == [200] * 60
+        assert _sum(_metrics(gp), "pdgw_worker_restarts_total", worker="w0") == 1
+        assert gp.kill(signal.SIGTERM) == 0
+    seqs = chained_seqs(gp.spool / "w0")
+    assert len(seqs) > before  # the new run wrote on
+    assert seqs == list(range(1, len(seqs) + 1))  # one chain: no number twice, none missing
+    starts = [r for r in spool_records(gp.spool / "w0") if r["kind"] == "start"]
+    assert len(starts) == 2 and {r["instance"] for r in starts} == {"gw-test-w0"}
+
+
+@pytest.mark.timeout(120)
+async def test_sighup_and_a_policy_change_reach_every_worker(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    """A permission withdrawn on disk and announced with SIGHUP to the supervisor is withdrawn by
+    every worker, each recording the change in its own chain (9.2.7)."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    for p in (ROOT / "policies").iterdir():
+        if p.is_file():
+            (policies / p.name).write_bytes(p.read_bytes())
+    authz = {
+        "model": str(policies / "model.conf"),
+        "policy": str(policies / "policy.csv"),
+        "watch_interval_seconds": 0,  # only SIGHUP reloads
+    }
+    with run_gateway(tmp_path, keys, upstream.url, args=WORKERS, authz=authz) as gp:
+        accountant = keys.token("bob", ["accountant"])
+        assert await _requests(gp, keys, 10, "/hr/employees", accountant) == [200] * 10
+        policy = policies / "policy.csv"
+        policy.write_text(policy.read_text().replace("p, accountant, hr, employee, read\n", ""))
+        gp.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while True:
+            versions = {
+                dict(ls).get("worker"): dict(ls)["version"]
+                for (name, ls), v in _metrics(gp).items()
+                if name == "pdgw_policy_info" and v == 1
+            }
+            if len(set(versions.values())) == 1 and len(versions) == 3:
+                break
+            assert time.monotonic() < deadline, versions
+            await asyncio.sleep(0.2)
+        assert await _requests(gp, keys, 20, "/hr/employees", accountant) == [403] * 20
+        assert gp.kill(signal.SIGTERM) == 0
+    for name in ("w0", "w1"):
+        changes = [r for r in spool_records(gp.spool / name) if r["kind"] == "permission_change"]
+        assert changes and all(c["actor"] == "signal:SIGHUP" for c in changes)
+
+
+async def test_start_up_failures_give_the_single_process_messages(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    """Ports or spool held by another gateway: one line naming them, exit 1, nothing left running."""
+    with run_gateway(tmp_path, keys, upstream.url) as gp:  # one process holds ports and spool
+        config = tmp_path / "gateway.yaml"
+        ports = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config), *WORKERS],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        data = yaml.safe_load(config.read_text())
+        data["listen"] = {"proxy": {"port": 0}, "admin": {"port": 0}}
+        other = tmp_path / "other.yaml"
+        other.write_text(yaml.safe_dump(data))
+        spool = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(other), *WORKERS],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert gp.proc.poll() is None
+    for out in (ports, spool):
+        assert out.returncode == 1
+        assert "Traceback" not in out.stderr
+    proxy = yaml.safe_load(config.read_text())["listen"]
+    assert [line for line in ports.stderr.splitlines() if not line.startswith("{")] == [
+        f"pd-gateway: {config}: port {proxy['proxy']['port']} (listen.proxy) or "
+        f"{proxy['admin']['port']} (listen.admin) is already in use"
+    ]
+    assert [line for line in spool.stderr.splitlines() if not line.startswith("{")] == [
+        f"pd-gateway: {other}: audit.spool_dir {gp.spool} is in use by "
+        "another gateway or replay; stop it or give this instance its own spool_dir"
+    ]
