@@ -66,6 +66,8 @@ PROGRESS_POLL_SECONDS = 1.0
 START_TIMEOUT_SECONDS = 60.0
 RESTART_BACKOFF_MAX_SECONDS = 30.0
 SCRAPE_TIMEOUT_SECONDS = 2.0
+# Admin API calls that change what the view file holds.
+_VIEW_CHANGES = frozenset({"/admin/subject-blocks", "/admin/break-glass"})
 # Families the supervisor's shippers report for a worker's spool (its own process has none).
 _SHIPPER_FAMILIES = ("pdgw_shipper_", "pdgw_store_up")
 
@@ -277,6 +279,8 @@ class Supervisor:
         self.stopping = False
         self._open_lock = threading.Lock()
         self._http: aiohttp.ClientSession | None = None
+        self._view = b""
+        self._view_lock = asyncio.Lock()
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
         cfg = self.cfg
@@ -430,19 +434,20 @@ class Supervisor:
                 self._signal_workers(signal.SIGHUP)
 
     async def _write_view(self, gw: Gateway) -> None:
-        """Blocks and break-glass sessions in force here, for the workers (VIEW_FILE)."""
-        path = self.cfg.audit.spool_dir / VIEW_FILE
-        last = b""
         while True:
-            assert gw.blocks is not None
-            sessions = [
-                {**asdict(s), "grants": sorted(s.grants)} for s in gw.break_glass.sessions()
-            ]
-            data = json.dumps({"blocks": gw.blocks.as_json(), "break_glass": sessions}).encode()
-            if data != last:
-                await asyncio.to_thread(atomic_write, path, data, durable=False)
-                last = data
+            await self._publish_view(gw)
             await asyncio.sleep(VIEW_WRITE_SECONDS)
+
+    async def _publish_view(self, gw: Gateway) -> None:
+        """Blocks and break-glass sessions in force here, for the workers (VIEW_FILE)."""
+        assert gw.blocks is not None
+        sessions = [{**asdict(s), "grants": sorted(s.grants)} for s in gw.break_glass.sessions()]
+        data = json.dumps({"blocks": gw.blocks.as_json(), "break_glass": sessions}).encode()
+        async with self._view_lock:
+            if data != self._view:
+                path = self.cfg.audit.spool_dir / VIEW_FILE
+                await asyncio.to_thread(atomic_write, path, data, durable=False)
+                self._view = data
 
     # -- shippers (the store is this process's) --
 
@@ -489,6 +494,14 @@ class Supervisor:
         async def views(
             request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
         ) -> web.StreamResponse:
+            if request.method == "POST" and request.path in _VIEW_CHANGES:
+                response = await handler(request)
+                if response.status == 200:
+                    # 6.5: answered once the workers have read it (their poll interval; not an
+                    # acknowledgement: a worker whose loop stalls longer enforces it later).
+                    await self._publish_view(gw)
+                    await asyncio.sleep(2 * VIEW_POLL_SECONDS + 0.05)
+                return response
             if request.method != "GET":
                 return await handler(request)
             if request.path == "/metrics":

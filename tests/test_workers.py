@@ -258,3 +258,43 @@ async def test_start_up_failures_give_the_single_process_messages(
         f"pd-gateway: {other}: audit.spool_dir {gp.spool} is in use by "
         "another gateway or replay; stop it or give this instance its own spool_dir"
     ]
+
+
+async def _admin_post(gp: GatewayProcess, path: str, token: str, body: dict[str, Any]) -> int:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(gp.admin + path, json=body, headers={"Authorization": f"Bearer {token}"}) as r,
+    ):
+        return r.status
+
+
+@pytest.mark.timeout(120)
+async def test_a_block_and_a_break_glass_session_made_on_the_admin_port_hold_in_every_worker(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    """The admin APIs are the supervisor's; what they put in force is in force on every worker
+    by the time they answer (6.5 for the block, 9.2.7 for the break-glass session)."""
+    with run_gateway(tmp_path, keys, upstream.url, args=WORKERS) as gp:
+        hr = keys.token("harriet", ["hr_officer"])
+        frank = keys.token("frank", ["security_officer"])
+        dpo = keys.token("dana", ["dpo"])
+        assert set(await _requests(gp, keys, 20, "/hr/employees", frank)) == {403}
+        body = {"minutes": 5, "justification": "INC-7: leaked payroll file"}
+        assert await _admin_post(gp, "/admin/break-glass", frank, body) == 200
+        assert await _requests(gp, keys, 40, "/hr/employees", frank) == [200] * 40
+
+        assert set(await _requests(gp, keys, 20, "/hr/employees/emp-9?n=", hr)) == {200}
+        body = {"subject": "emp-9", "action": "block", "reason": "subject's request 17"}
+        assert await _admin_post(gp, "/admin/subject-blocks", dpo, body) == 200
+        statuses = await _requests(gp, keys, 40, "/hr/employees/emp-9?n=", hr)
+        assert statuses == [423] * 40
+        metrics = _metrics(gp)
+        assert _sum(metrics, "pdgw_subject_blocks_active", worker="w0") == 1
+        assert _sum(metrics, "pdgw_break_glass_active", worker="w1") == 1
+        assert gp.kill(signal.SIGTERM) == 0
+    allowed = [
+        e for w in ("w0", "w1") for e in spool_events(gp.spool / w) if e["reason"] == "break_glass"
+    ]
+    assert len(allowed) == 40
+    started = [r for r in spool_records(gp.spool) if r["kind"] == "permission_change"]
+    assert [c["change_kind"] for c in started] == ["break_glass_started"]  # once, by the supervisor
