@@ -221,9 +221,9 @@ class BlocksView:
     ) -> list[Row]:
         if "subject_blocks" not in sql:
             raise StoreError("the supervisor's view holds subject blocks only")
-        try:
-            rows: list[Row] = _read_view(self._path).get("blocks", [])
-        except (OSError, ValueError) as e:
+        try:  # missing or unreadable: the last view is kept (a block is never lifted by it)
+            rows: list[Row] = json.loads(self._path.read_text())["blocks"]
+        except (OSError, ValueError, KeyError) as e:
             raise StoreError(f"supervisor view: {type(e).__name__}") from e
         return rows
 
@@ -276,6 +276,11 @@ class Supervisor:
         self.cfg = cfg
         self.argv = list(argv)  # `serve` arguments passed on to every worker
         self.workers = [_Worker(i, cfg.audit.spool_dir / worker_name(i)) for i in range(workers)]
+        self.leftover = [
+            _Worker(i, p)
+            for p in sorted(cfg.audit.spool_dir.glob("w*"))
+            if p.is_dir() and p.name[1:].isdigit() and (i := int(p.name[1:])) >= workers
+        ]
         self.stopping = False
         self._open_lock = threading.Lock()
         self._http: aiohttp.ClientSession | None = None
@@ -285,7 +290,13 @@ class Supervisor:
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
         cfg = self.cfg
         reservation = _reserve(cfg.proxy_listen)  # EADDRINUSE here, as a single process says it
-        proxy_port = reservation.getsockname()[1]
+        try:
+            await self._run(reservation.getsockname()[1], ready)
+        finally:
+            reservation.close()
+
+    async def _run(self, proxy_port: int, ready: asyncio.Event | None) -> None:
+        cfg = self.cfg
         proxy_app, admin_app = build(cfg)
         gw = proxy_app[GATEWAY]
         # Inside the error boundary (gateway.admin puts it first), before the admin routes.
@@ -300,6 +311,9 @@ class Supervisor:
         keepers: list[asyncio.Task[None]] = []
         try:
             async with self._shippers(), aiohttp.ClientSession() as self._http:
+                # Before any worker serves: the blocks in force are in force there from its
+                # first request (6.5).
+                await self._publish_view(gw)
                 started = await asyncio.gather(
                     *(self._start(w, proxy_port) for w in self.workers), return_exceptions=True
                 )
@@ -338,7 +352,6 @@ class Supervisor:
                 task.cancel()
             await asyncio.gather(*(self._stop(w) for w in self.workers))
             await sites.close()  # the supervisor's own spool last, its shipper after it
-            reservation.close()
             log.info("stopped; audit spools flushed and shipped")
 
     # -- workers --
@@ -458,7 +471,7 @@ class Supervisor:
             log.warning("no audit store configured: events stay in the workers' spools")
             yield
             return
-        for w in self.workers:
+        for w in self._shipped():
             w.shipper = Shipper(
                 w.spool,
                 self._opener(store),
@@ -469,7 +482,7 @@ class Supervisor:
             )
         started: list[Shipper] = []
         try:
-            for w in self.workers:
+            for w in self._shipped():
                 assert w.shipper is not None
                 await asyncio.to_thread(w.shipper.start)
                 started.append(w.shipper)
@@ -477,6 +490,11 @@ class Supervisor:
         finally:
             # After the workers stopped: what their final flush wrote is shipped now.
             await asyncio.gather(*(asyncio.to_thread(s.stop) for s in started))
+
+    def _shipped(self) -> list[_Worker]:
+        """The workers, and the spools of workers a run with more of them left behind: shipped
+        until they are empty (a spool without a writer ships what it holds)."""
+        return [*self.workers, *self.leftover]
 
     def _opener(self, store: StoreConfig) -> Callable[[], AuditStore]:
         def open_locked() -> AuditStore:
@@ -550,7 +568,9 @@ class Supervisor:
             if status == 200:
                 families = text_string_to_metric_families(body.decode())
                 merged.add((f for f in families if not _shipper_family(f.name)), w.name)
-            merged.add((f for f in w.metrics.registry.collect() if _shipper_family(f.name)), w.name)
+        for w in self._shipped():
+            shipper = w.metrics.registry.collect()
+            merged.add((f for f in shipper if _shipper_family(f.name)), w.name)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(merged)
         return generate_latest(registry)
