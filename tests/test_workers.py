@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, Keys, Upstream, chained_seqs, spool_events, spool_records
 from tests.process import GatewayProcess, run_gateway
+from tests.test_investigate_process import _cli
 from tests.test_store import _read_embedded
 
 pytestmark = pytest.mark.slow
@@ -104,6 +105,19 @@ async def test_two_workers_share_the_port_keep_a_chain_each_and_the_supervisor_s
         assert checks["worker_w0"] and checks["worker_w1"]
         with urllib.request.urlopen(gp.admin + "/workers/w1/checkpoint", timeout=5) as r:
             assert json.load(r)["instance"] == "gw-test-w1"
+        # The audit query API on the admin port reads the store the supervisor owns (9.2.6).
+        token_file = tmp_path / "token"
+        token_file.write_text(keys.token("sam", ["security_officer"]))
+        token_file.chmod(0o600)
+        deadline = time.monotonic() + 30
+        while True:
+            out = _cli(gp.admin, token_file, "activity", "alice", "--format", "json")
+            assert out.returncode == 0, out.stderr
+            rows = [json.loads(line) for line in out.stdout.splitlines()]
+            if len(rows) == n or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert sorted(r["path"] for r in rows) == sorted(f"/hr/medical/{i}" for i in range(n))
         code = gp.kill(signal.SIGTERM)
     assert code == 0
     assert not any(_alive(pid) for pid in pids), "a worker outlived the supervisor"
@@ -122,6 +136,8 @@ async def test_two_workers_share_the_port_keep_a_chain_each_and_the_supervisor_s
         "SELECT instance, count() AS n FROM pd_audit.access_events GROUP BY instance",
     )
     counts = {r["instance"]: int(r["n"]) for r in rows}
+    queries = counts.pop("gw-test")  # the audit API's reads, recorded by the supervisor (9.2.6)
+    assert queries >= 1
     assert counts == {f"gw-test-w{i}": len(per_worker[i]) for i in range(2)}
     verify = subprocess.run(
         [
@@ -298,3 +314,25 @@ async def test_a_block_and_a_break_glass_session_made_on_the_admin_port_hold_in_
     assert len(allowed) == 40
     started = [r for r in spool_records(gp.spool) if r["kind"] == "permission_change"]
     assert [c["change_kind"] for c in started] == ["break_glass_started"]  # once, by the supervisor
+
+
+@pytest.mark.timeout(180)
+async def test_spools_of_workers_a_larger_run_left_behind_are_still_shipped(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    with run_gateway(tmp_path, keys, upstream.url, args=("--workers", "3")) as gp:
+        assert await _requests(gp, keys, 90) == [200] * 90
+        assert gp.kill(signal.SIGTERM) == 0
+    written = {f"w{i}": len(spool_events(gp.spool / f"w{i}")) for i in range(3)}
+    assert written["w2"] > 0
+    store = {"kind": "embedded", "path": str(tmp_path / "chdb"), "batch_max_age_ms": 100}
+    with run_gateway(tmp_path, keys, upstream.url, args=WORKERS, store=store) as gp:
+        assert gp.kill(signal.SIGTERM) == 0
+    rows = _read_embedded(
+        tmp_path / "chdb",
+        "pd_audit",
+        "SELECT instance, count() AS n FROM pd_audit.access_events GROUP BY instance",
+    )
+    assert {r["instance"]: int(r["n"]) for r in rows} == {
+        f"gw-test-{w}": n for w, n in written.items()
+    }
