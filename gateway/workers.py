@@ -106,6 +106,7 @@ async def serve_worker(cfg: Config, index: int, proxy_port: int, supervisor_pid:
         wcfg, ship=False, blocks_from=lambda: contextlib.closing(BlocksView(view))
     )
     gw = proxy_app[GATEWAY]
+    admin_app.middlewares.insert(1, _internal_only)  # inside the error boundary
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -134,6 +135,20 @@ async def serve_worker(cfg: Config, index: int, proxy_port: int, supervisor_pid:
         for task in tasks:
             task.cancel()
         await sites.close()
+
+
+_INTERNAL = frozenset({"/metrics", "/healthz", "/readyz", "/checkpoint"})
+
+
+@web.middleware
+async def _internal_only(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A worker's admin port is for its supervisor: the admin APIs are the supervisor's only, so
+    nothing is changed in one worker alone."""
+    if request.method != "GET" or request.path not in _INTERNAL:
+        raise web.HTTPNotFound()
+    return await handler(request)
 
 
 def _exit_with_parent(supervisor_pid: int) -> None:

@@ -296,6 +296,9 @@ async def test_a_block_and_a_break_glass_session_made_on_the_admin_port_hold_in_
         dpo = keys.token("dana", ["dpo"])
         assert set(await _requests(gp, keys, 20, "/hr/employees", frank)) == {403}
         body = {"minutes": 5, "justification": "INC-7: leaked payroll file"}
+        internal = GatewayProcess(gp.proc, 0, _worker(gp, "w0")["admin_port"], gp.spool)
+        # A worker's own admin port answers its supervisor's scrapes, not the admin APIs.
+        assert await _admin_post(internal, "/admin/break-glass", frank, body) == 404
         assert await _admin_post(gp, "/admin/break-glass", frank, body) == 200
         assert await _requests(gp, keys, 40, "/hr/employees", frank) == [200] * 40
 
