@@ -213,30 +213,54 @@ async def test_sighup_and_a_policy_change_reach_every_worker(
     authz = {
         "model": str(policies / "model.conf"),
         "policy": str(policies / "policy.csv"),
-        "watch_interval_seconds": 0,  # only SIGHUP reloads
+        "watch_interval_seconds": 0,  # only SIGHUP (or the admin API) reloads
+        "policy_admin_roles": ["security_officer"],
     }
     with run_gateway(tmp_path, keys, upstream.url, args=WORKERS, authz=authz) as gp:
         accountant = keys.token("bob", ["accountant"])
         assert await _requests(gp, keys, 10, "/hr/employees", accountant) == [200] * 10
+        first = await _same_policy_everywhere(gp)
         policy = policies / "policy.csv"
-        policy.write_text(policy.read_text().replace("p, accountant, hr, employee, read\n", ""))
+        original = policy.read_text()
+        policy.write_text(original.replace("p, accountant, hr, employee, read\n", ""))
         gp.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 20
-        while True:
-            versions = {
-                dict(ls).get("worker"): dict(ls)["version"]
-                for (name, ls), v in _metrics(gp).items()
-                if name == "pdgw_policy_info" and v == 1
-            }
-            if len(set(versions.values())) == 1 and len(versions) == 3:
-                break
-            assert time.monotonic() < deadline, versions
-            await asyncio.sleep(0.2)
+        withdrawn = await _same_policy_everywhere(gp, other_than=first)
         assert await _requests(gp, keys, 20, "/hr/employees", accountant) == [403] * 20
+        # The admin API puts a policy in force in the supervisor; every worker follows.
+        sam = keys.token("sam", ["security_officer"])
+        body = {"policy": original, "reason": "T-2: accountants read personnel files again"}
+        async with (
+            aiohttp.ClientSession() as s,
+            s.put(
+                gp.admin + "/admin/policy", json=body, headers={"Authorization": f"Bearer {sam}"}
+            ) as r,
+        ):
+            assert r.status == 200, await r.text()
+        await _same_policy_everywhere(gp, other_than=withdrawn)
+        assert await _requests(gp, keys, 20, "/hr/employees", accountant) == [200] * 20
         assert gp.kill(signal.SIGTERM) == 0
     for name in ("w0", "w1"):
         changes = [r for r in spool_records(gp.spool / name) if r["kind"] == "permission_change"]
-        assert changes and all(c["actor"] == "signal:SIGHUP" for c in changes)
+        assert [c["rule_after"] == "" for c in changes] == [True, False]  # withdrawn, restored
+    # The supervisor recorded both first: the store's view of each change names its actor.
+    changes = [r for r in spool_records(gp.spool) if r["kind"] == "permission_change"]
+    assert [c["actor"] for c in changes] == ["signal:SIGHUP", "sam"]
+
+
+async def _same_policy_everywhere(gp: GatewayProcess, other_than: str = "") -> str:
+    """Wait until every process has one policy version in force, other than ``other_than``."""
+    deadline = time.monotonic() + 20
+    while True:
+        versions = {
+            dict(ls).get("worker"): dict(ls)["version"]
+            for (name, ls), v in _metrics(gp).items()
+            if name == "pdgw_policy_info" and v == 1
+        }
+        (version, *more) = set(versions.values()) or {""}
+        if not more and len(versions) == 3 and version != other_than:
+            return version
+        assert time.monotonic() < deadline, versions
+        await asyncio.sleep(0.2)
 
 
 async def test_start_up_failures_give_the_single_process_messages(
