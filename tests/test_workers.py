@@ -17,9 +17,19 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, Keys, Upstream, chained_seqs, spool_events, spool_records
+from gateway.tasks import spawn
+from tests.conftest import (
+    ROOT,
+    HandlerUpstream,
+    Keys,
+    Upstream,
+    chained_seqs,
+    spool_events,
+    spool_records,
+)
 from tests.process import GatewayProcess, run_gateway
 from tests.test_investigate_process import _cli
 from tests.test_store import _read_embedded
@@ -363,3 +373,36 @@ async def test_spools_of_workers_a_larger_run_left_behind_are_still_shipped(
     assert {r["instance"]: int(r["n"]) for r in rows} == {
         f"gw-test-{w}": n for w, n in written.items()
     }
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_drains_requests_in_flight_on_every_worker_and_ships_them(
+    tmp_path: Path, keys: Keys, upstream_serving: HandlerUpstream
+) -> None:
+    waiting = 0
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal waiting
+        waiting += 1
+        await asyncio.sleep(1.0)
+        return web.json_response({"ok": True})
+
+    url = await upstream_serving(slow)
+    store = {"kind": "embedded", "path": str(tmp_path / "chdb"), "batch_max_age_ms": 100}
+    with run_gateway(tmp_path, keys, url, args=WORKERS, store=store) as gp:
+        pending = spawn(_requests(gp, keys, 30), name="in-flight")
+        while waiting < 30:
+            await asyncio.sleep(0.02)
+        gp.proc.send_signal(signal.SIGTERM)
+        statuses = await pending
+        code = await asyncio.to_thread(gp.proc.wait, 60)
+    assert statuses == [200] * 30 and code == 0
+    events = [e for w in ("w0", "w1") for e in spool_events(gp.spool / w)]
+    assert all(spool_events(gp.spool / w) for w in ("w0", "w1"))  # both were draining
+    assert [e["outcome"] for e in events] == ["complete"] * 30
+    rows = _read_embedded(
+        tmp_path / "chdb",
+        "pd_audit",
+        "SELECT outcome, count() AS n FROM pd_audit.access_events GROUP BY outcome",
+    )
+    assert rows == [{"outcome": "complete", "n": 30}]
