@@ -106,7 +106,7 @@ def build(
 
     ``ship=False``: no shipper in this process; another one ships its spool. ``blocks_from``:
     where subject blocks are read, if not from the configured store. (A worker's spool is shipped
-    by its supervisor, and its blocks are the supervisor's: gateway.workers.)"""
+    by its supervisor, and its blocks are the supervisor's: gateway.worker.)"""
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     a = cfg.audit
     spool = Spool(

@@ -205,7 +205,7 @@ class GatedSite(web.BaseSite):
             ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
             backlog=self._backlog,
             reuse_address=True,
-            # Workers of one supervisor (gateway.workers) each listen on the proxy port; the
+            # Workers of one supervisor (gateway.worker) each listen on the proxy port; the
             # kernel spreads new connections over them.
             reuse_port=self._reuse_port or None,
         )

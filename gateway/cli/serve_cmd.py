@@ -14,7 +14,8 @@ from gateway import config, logs
 from gateway.app import serve
 from gateway.audit.shipper import ShipperBusy
 from gateway.errors import SpoolUnavailable
-from gateway.workers import Supervisor, WorkerFailed, serve_worker, worker_name
+from gateway.supervisor import Supervisor, WorkerFailed
+from gateway.worker import serve_worker, worker_name
 
 
 def _positive(text: str) -> int:
