@@ -20,6 +20,7 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.fsutil import exclusive_lock
 from gateway.tasks import spawn
 from tests.conftest import (
     ROOT,
@@ -27,8 +28,10 @@ from tests.conftest import (
     Keys,
     Upstream,
     chained_seqs,
+    config_dict,
     spool_events,
     spool_records,
+    write_config,
 )
 from tests.process import GatewayProcess, run_gateway
 from tests.test_investigate_process import _cli
@@ -406,3 +409,36 @@ async def test_sigterm_drains_requests_in_flight_on_every_worker_and_ships_them(
         "SELECT outcome, count() AS n FROM pd_audit.access_events GROUP BY outcome",
     )
     assert rows == [{"outcome": "complete", "n": 30}]
+
+
+def test_a_worker_that_cannot_start_stops_the_whole_start_up_with_its_reason(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    """w1's spool held by another process: w1 says so, the supervisor names w1, exits 1, and w0
+    (which did start) does not outlive it."""
+    data = config_dict(tmp_path, upstream.url)
+    data["listen"] = {"proxy": {"port": 0}, "admin": {"port": 0}}
+    config = write_config(tmp_path, data, keys)
+    spool = Path(data["audit"]["spool_dir"])
+    (spool / "w1").mkdir(parents=True)
+    held = exclusive_lock(spool / "w1" / "writer.lock")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config), *WORKERS],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(held)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert [line for line in out.stderr.splitlines() if not line.startswith("{")] == [
+        f"pd-gateway: {config}: audit.spool_dir {spool / 'w1'} is in use by "
+        "another gateway or replay; stop it or give this instance its own spool_dir",
+        f"pd-gateway: {config}: worker w1 exited with 1 at start-up",
+    ]
+    w0 = json.loads((spool / "w0" / "worker.json").read_text())["pid"]
+    deadline = time.monotonic() + 10
+    while _alive(w0):
+        assert time.monotonic() < deadline, "w0 outlived the supervisor"
+        time.sleep(0.1)
