@@ -69,6 +69,7 @@ def worker_config(cfg: Config, index: int, proxy_port: int) -> Config:
 async def serve_worker(cfg: Config, index: int, proxy_port: int, supervisor_pid: int) -> None:
     """Run worker ``index`` (``cfg`` is the supervisor's) until SIGTERM; SIGHUP reloads."""
     _exit_with_parent(supervisor_pid)
+    _label_logs(worker_name(index))
     wcfg = worker_config(cfg, index, proxy_port)
     view = cfg.audit.spool_dir / VIEW_FILE
     proxy_app, admin_app = build(
@@ -97,7 +98,7 @@ async def serve_worker(cfg: Config, index: int, proxy_port: int, supervisor_pid:
         await asyncio.to_thread(
             atomic_write, wcfg.audit.spool_dir / REPORT_FILE, json.dumps(report).encode()
         )
-        log.info("worker serving", extra={"worker": worker_name(index), **report})
+        log.info("worker serving", extra=report)
         await stop.wait()
         log.info("worker shutting down: draining in-flight requests")
     finally:
@@ -118,6 +119,17 @@ async def _internal_only(
     if request.method != "GET" or request.path not in _INTERNAL:
         raise web.HTTPNotFound()
     return await handler(request)
+
+
+def _label_logs(name: str) -> None:
+    """Every log line of this worker names it (the workers share the supervisor's stderr)."""
+
+    def label(record: logging.LogRecord) -> bool:
+        record.worker = name
+        return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(label)
 
 
 def _exit_with_parent(supervisor_pid: int) -> None:
