@@ -113,6 +113,10 @@ class Supervisor:
         # Inside the error boundary (gateway.admin puts it first), before the admin routes.
         admin_app.middlewares.insert(1, self._merged_views(gw))
         restarts = gw.metrics.worker_restarts
+
+        def version() -> str:
+            return gw.policies.engine.version
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -126,13 +130,17 @@ class Supervisor:
                 # first request (6.5).
                 await self._publish_view(gw)
                 started = await asyncio.gather(
-                    *(self._start(w, proxy_port) for w in self.workers), return_exceptions=True
+                    *(self._start(w, proxy_port, version) for w in self.workers),
+                    return_exceptions=True,
                 )
                 for result in started:
                     if isinstance(result, BaseException):
                         raise result
                 keepers = [
-                    spawn(self._keep(w, proxy_port, restarts.labels(w.name).inc), name=w.name)
+                    spawn(
+                        self._keep(w, proxy_port, version, restarts.labels(w.name).inc),
+                        name=w.name,
+                    )
                     for w in self.workers
                 ]
                 keepers += [
@@ -167,8 +175,10 @@ class Supervisor:
 
     # -- workers --
 
-    async def _start(self, w: _Worker, proxy_port: int) -> None:
+    async def _start(self, w: _Worker, proxy_port: int, version: Callable[[], str]) -> None:
+        """Start ``w`` and wait until it serves; ``version``: the policy in force here."""
         report = w.spool / REPORT_FILE
+        loaded = version()
         report.unlink(missing_ok=True)
         w.admin_port = None
         w.proc = await asyncio.create_subprocess_exec(
@@ -193,12 +203,20 @@ class Supervisor:
                 if data["pid"] == w.proc.pid:
                     w.admin_port = int(data["admin_port"])
                     log.info("worker started", extra={"worker": w.name, "pid": w.proc.pid})
+                    if version() != loaded:  # changed while it started: it may have the old one
+                        w.proc.send_signal(signal.SIGHUP)
                     return
             await asyncio.sleep(0.05)
         w.proc.kill()
         raise WorkerFailed(f"worker {w.name} did not start within {START_TIMEOUT_SECONDS:g} s")
 
-    async def _keep(self, w: _Worker, proxy_port: int, restarted: Callable[[], None]) -> None:
+    async def _keep(
+        self,
+        w: _Worker,
+        proxy_port: int,
+        version: Callable[[], str],
+        restarted: Callable[[], None],
+    ) -> None:
         """Start ``w`` again whenever it exits, until shutdown (back-off after quick failures)."""
         backoff = 0.5
         while not self.stopping:
@@ -215,7 +233,7 @@ class Supervisor:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RESTART_BACKOFF_MAX_SECONDS)
             try:
-                await self._start(w, proxy_port)
+                await self._start(w, proxy_port, version)
             except WorkerFailed as e:
                 log.error("worker did not start again", extra={"worker": w.name, "error": str(e)})
 
@@ -235,8 +253,10 @@ class Supervisor:
             await proc.wait()
 
     def _signal_workers(self, sig: int) -> None:
+        """Only workers that serve: one still starting may not handle the signal yet (SIGHUP
+        would end it); _start tells it of a policy change made meanwhile."""
         for w in self.workers:
-            if w.proc is not None and w.proc.returncode is None:
+            if w.proc is not None and w.proc.returncode is None and w.admin_port is not None:
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.send_signal(sig)
 

@@ -68,6 +68,7 @@ def worker_config(cfg: Config, index: int, proxy_port: int) -> Config:
 
 async def serve_worker(cfg: Config, index: int, proxy_port: int, supervisor_pid: int) -> None:
     """Run worker ``index`` (``cfg`` is the supervisor's) until SIGTERM; SIGHUP reloads."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's handler below reloads
     _exit_with_parent(supervisor_pid)
     _label_logs(worker_name(index))
     wcfg = worker_config(cfg, index, proxy_port)
