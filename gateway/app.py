@@ -31,7 +31,7 @@ from gateway.audit.shipper import Shipper, ShipperMetrics
 from gateway.audit.spool import Spool, SpoolHooks
 from gateway.audit_api import AuditAPI
 from gateway.authz import PolicyStore
-from gateway.blocks import SubjectBlocks
+from gateway.blocks import StoreOpener, SubjectBlocks
 from gateway.break_glass import BreakGlass, load_allowances
 from gateway.browser import BrowserLogin, add_pending_cookies
 from gateway.config import Config, StoreConfig
@@ -96,9 +96,17 @@ def spool_hooks(metrics: Metrics) -> SpoolHooks:
 
 
 def build(
-    cfg: Config, registry: CollectorRegistry | None = None
+    cfg: Config,
+    registry: CollectorRegistry | None = None,
+    *,
+    ship: bool = True,
+    blocks_from: StoreOpener | None = None,
 ) -> tuple[web.Application, web.Application]:
-    """The proxy app and the admin app. Loads the policy now (PolicyError if it is invalid)."""
+    """The proxy app and the admin app. Loads the policy now (PolicyError if it is invalid).
+
+    ``ship=False``: no shipper in this process; another one ships its spool. ``blocks_from``:
+    where subject blocks are read, if not from the configured store. (A worker's spool is shipped
+    by its supervisor, and its blocks are the supervisor's: gateway.worker.)"""
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     a = cfg.audit
     spool = Spool(
@@ -139,7 +147,7 @@ def build(
     gw.blocks = SubjectBlocks(  # 6.5, 6.6
         spool,
         a.spool_dir,
-        reader(cfg.store),
+        blocks_from or reader(cfg.store),
         poll_seconds=a.blocks_poll_seconds,
         on_count=metrics.blocked_subjects.set,
     )
@@ -150,7 +158,8 @@ def build(
 
     proxy_app = web.Application(middlewares=[error_middleware(metrics=metrics)])
     proxy_app[GATEWAY] = gw
-    proxy_app.cleanup_ctx.append(_shipper_ctx)
+    if ship:
+        proxy_app.cleanup_ctx.append(_shipper_ctx)
     if cfg.anomalies is not None and cfg.store is not None:  # 9.1.6, 9.1.9, 10.2
         proxy_app.cleanup_ctx.append(
             anomalies.background(cfg.anomalies, cfg.store, cfg.instance_id, metrics)
@@ -501,7 +510,7 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         log.info(
             "pd-gateway serving",
             extra={
-                "proxy": sites.proxy.name,
+                "proxy": sites.proxy.name if sites.proxy else None,
                 "admin": sites.admin.name,
                 "policy_version": gw.policies.engine.version,
                 "durability": cfg.audit.durability,

@@ -114,6 +114,11 @@ class BreakGlass:
             del self._sessions[s.user]
         return gone
 
+    def sessions(self) -> list[Session]:
+        """The sessions in force now."""
+        now = time.time()
+        return [s for s in self._sessions.values() if s.ends_at > now]
+
     @property
     def active(self) -> int:
         now = time.time()

@@ -171,6 +171,7 @@ class GatedSite(web.BaseSite):
         on_refused: Callable[[str], None],
         *,
         handshake_timeout: float = 15.0,
+        reuse_port: bool = False,
     ) -> None:
         ssl_context = (
             tls.server_context(listen.tls.cert_file, listen.tls.key_file, listen.tls.client_ca_file)
@@ -182,6 +183,7 @@ class GatedSite(web.BaseSite):
         self.gate = gate
         self._on_refused = on_refused
         self._handshake_timeout = handshake_timeout
+        self._reuse_port = reuse_port
         self.port = listen.port
 
     @property
@@ -203,6 +205,9 @@ class GatedSite(web.BaseSite):
             ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
             backlog=self._backlog,
             reuse_address=True,
+            # Workers of one supervisor (gateway.worker) each listen on the proxy port; the
+            # kernel spreads new connections over them.
+            reuse_port=self._reuse_port or None,
         )
         if self._server.sockets:
             self.port = self._server.sockets[0].getsockname()[1]
@@ -210,7 +215,7 @@ class GatedSite(web.BaseSite):
 
 @dataclass
 class Listeners:
-    proxy: GatedSite
+    proxy: GatedSite | None  # None: an admin-only instance (the supervisor of workers)
     admin: GatedSite
     runners: tuple[web.AppRunner, ...]
 
@@ -221,8 +226,17 @@ class Listeners:
 
 
 async def start(
-    cfg: Config, proxy_app: web.Application, admin_app: web.Application, metrics: Metrics
+    cfg: Config,
+    proxy_app: web.Application,
+    admin_app: web.Application,
+    metrics: Metrics,
+    *,
+    serve_proxy: bool = True,
+    reuse_port: bool = False,
 ) -> Listeners:
+    """Both apps set up (their cleanup_ctx entered) and listening. ``serve_proxy=False``: the
+    proxy app is set up but not bound (a supervisor's admin-only instance); ``reuse_port``: the
+    proxy port is shared with other processes through SO_REUSEPORT (workers)."""
     px = cfg.proxy
     proxy_runner = web.AppRunner(
         proxy_app,
@@ -253,14 +267,24 @@ async def start(
         return lambda reason: metrics.connections_refused.labels(listener, reason).inc()
 
     timeout = px.client_header_timeout_seconds
-    proxy = GatedSite(
-        proxy_runner, cfg.proxy_listen, proxy_gate, refused("proxy"), handshake_timeout=timeout
+    proxy = (
+        GatedSite(
+            proxy_runner,
+            cfg.proxy_listen,
+            proxy_gate,
+            refused("proxy"),
+            handshake_timeout=timeout,
+            reuse_port=reuse_port,
+        )
+        if serve_proxy
+        else None
     )
     admin = GatedSite(
         admin_runner, cfg.admin_listen, admin_gate, refused("admin"), handshake_timeout=timeout
     )
     try:
-        await proxy.start()
+        if proxy is not None:
+            await proxy.start()
         await admin.start()
     except BaseException:
         await admin_runner.cleanup()

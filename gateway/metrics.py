@@ -265,6 +265,13 @@ class Metrics:
             "Data subjects currently blocked, as this gateway sees them.",
             registry=registry,
         )
+        # serve --workers N (gateway.supervisor): the supervisor's.
+        self.worker_restarts = Counter(
+            "pdgw_worker_restarts",
+            "Worker processes started again by the supervisor after they exited, by worker.",
+            ["worker"],
+            registry=registry,
+        )
 
         self._children: dict[tuple[str, ...], Any] = {}
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -62,8 +62,10 @@ def run_gateway(
     upstream_url: str,
     *,
     preexec: Callable[[], None] | None = None,
+    args: Sequence[str] = (),
     **overrides: Any,
 ) -> Iterator[GatewayProcess]:
+    """``args``: more `serve` arguments (e.g. ``--workers 2``)."""
     for attempt in range(3):  # ports chosen free can be taken before the gateway binds them
         proxy_port, admin_port = free_port(), free_port()
         data = config_dict(tmp_path, upstream_url, **overrides)
@@ -73,7 +75,7 @@ def run_gateway(
         path = write_config(tmp_path, data, keys)
         log = (tmp_path / "gateway.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(path)],
+            [sys.executable, "-m", "gateway", "serve", "--config", str(path), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=preexec,

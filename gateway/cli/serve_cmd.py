@@ -1,4 +1,4 @@
-"""`pd-gateway serve --config FILE`."""
+"""`pd-gateway serve --config FILE [--workers N]`."""
 
 from __future__ import annotations
 
@@ -6,12 +6,23 @@ import argparse
 import asyncio
 import errno
 import sys
+from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from gateway import config, logs
 from gateway.app import serve
 from gateway.audit.shipper import ShipperBusy
 from gateway.errors import SpoolUnavailable
+from gateway.supervisor import Supervisor, WorkerFailed
+from gateway.worker import serve_worker, worker_name
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return n
 
 
 def register(sub: Any) -> None:
@@ -24,22 +35,46 @@ def register(sub: Any) -> None:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="operational log level (JSON lines on stderr; default INFO)",
     )
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="worker processes sharing the proxy port, under one supervisor that owns the store "
+        "and the admin port (default 1: one process; docs/decisions/016-workers.md)",
+    )
+    internal = "internal, set by the supervisor of --workers"
+    p.add_argument("--worker", type=int, help=f"{internal}: run as worker I")
+    p.add_argument("--worker-port", type=int, help=f"{internal}: the proxy port to share")
+    p.add_argument("--supervisor-pid", type=int, help=f"{internal}: exit when it is gone")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
     cfg = config.load(args.config)
+    spool_dir: Path = cfg.audit.spool_dir
+    main: Coroutine[Any, Any, None]
+    if args.worker is not None:
+        spool_dir = spool_dir / worker_name(args.worker)
+        main = serve_worker(cfg, args.worker, args.worker_port, args.supervisor_pid)
+    elif args.workers > 1:
+        passed_on = ["--config", args.config, "--log-level", args.log_level]
+        main = Supervisor(cfg, args.workers, passed_on).run()
+    else:
+        main = serve(cfg)  # today's single process, unchanged
     try:
-        _run_loop(cfg)
+        _run_loop(main)
     except (ShipperBusy, SpoolUnavailable):
         # Start-up found the spool's writer or shipper lock held: another gateway (or an
         # `audit replay`) owns this directory. Each instance needs a spool of its own.
         print(
-            f"pd-gateway: {args.config}: audit.spool_dir {cfg.audit.spool_dir} is in use by "
+            f"pd-gateway: {args.config}: audit.spool_dir {spool_dir} is in use by "
             "another gateway or replay; stop it or give this instance its own spool_dir",
             file=sys.stderr,
         )
+        return 1
+    except WorkerFailed as e:  # the worker printed why; this names which one
+        print(f"pd-gateway: {args.config}: {e}", file=sys.stderr)
         return 1
     except OSError as e:
         if e.errno != errno.EADDRINUSE:
@@ -50,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_loop(cfg: config.Config) -> None:
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:  # optional: plain asyncio works, ~2x slower
-        asyncio.run(serve(cfg))
+        asyncio.run(main)
     else:
-        uvloop.run(serve(cfg))
+        uvloop.run(main)
