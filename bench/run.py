@@ -38,6 +38,7 @@ from tests.conftest import AUDIENCE, ISSUER, KID, Keys, rsa_keypair  # noqa: E40
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = 32
+H1 = "uvloop + httptools protocol-level proxy"
 
 
 def pinned(cpu: str, cmd: list[str]) -> list[str]:
@@ -207,7 +208,7 @@ def proxy_bench(tmp: Path) -> None:
                 subprocess.Popen(pinned(cpu, [py, *args]), cwd=ROOT, stderr=subprocess.DEVNULL)
             )
 
-        up_port, bare_port, nginx_port = free_port(), free_port(), free_port()
+        up_port, bare_port, nginx_port, h1_port = free_port(), free_port(), free_port(), free_port()
         upstream = f"http://127.0.0.1:{up_port}"
         # The upstream: nginx serving 1 KiB, on the load generator's CPU.
         (tmp / "body.json").write_bytes(b"x" * 1024)
@@ -223,11 +224,22 @@ def proxy_bench(tmp: Path) -> None:
             "0", "bench/servers.py", "bare-proxy", "--port", str(bare_port), "--upstream", upstream
         )
         pids["bare aiohttp proxy"] = procs[-1].pid
+        start(
+            "0",
+            "bench/servers.py",
+            "httptools-proxy",
+            "--port",
+            str(h1_port),
+            "--upstream",
+            upstream,
+        )
+        pids[H1] = procs[-1].pid
         checkpoint_key = tmp / "checkpoint.pem"  # signs the audit chain (decision 012)
         generate_checkpoint_key(checkpoint_key, tmp / "checkpoint.pub")
         targets: dict[str, str] = {}
         targets["upstream direct (nginx)"] = f"{upstream}/hr/employees/1001"
         targets["nginx proxy_pass (1 worker)"] = f"http://127.0.0.1:{nginx_port}/hr/employees/1001"
+        targets[H1] = f"http://127.0.0.1:{h1_port}/hr/employees/1001"
         targets["bare aiohttp proxy"] = f"http://127.0.0.1:{bare_port}/hr/employees/1001"
         for durability in ("batch", "fsync"):
             port, admin = free_port(), free_port()
@@ -242,6 +254,7 @@ def proxy_bench(tmp: Path) -> None:
             )
         wait_http(upstream + "/")
         wait_http(f"http://127.0.0.1:{bare_port}/")
+        wait_http(f"http://127.0.0.1:{h1_port}/")
         for url in targets.values():  # warm up: connections, caches
             subprocess.run(
                 pinned(
@@ -268,8 +281,9 @@ def proxy_bench(tmp: Path) -> None:
             f"\n## Proxy: wrk -t1 -d{DURATION}s, 1 KiB responses from nginx; proxies pinned to "
             f"CPU 0, wrk and the upstream to CPU 1; median of {ROUNDS} interleaved rounds"
         )
+        w = max(len(name) for name in targets)
         print(
-            f"{'target':<30} {'c=32 req/s':>10} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'target':<{w}} {'c=32 req/s':>10} {'p50 ms':>7} {'p99 ms':>7} "
             f"{'CPU µs/req':>10} {'c=1 p50 µs':>10} {'RSS MiB':>8}"
         )
         rps_of: dict[str, float] = {}
@@ -282,7 +296,7 @@ def proxy_bench(tmp: Path) -> None:
             cpu_us = f"{statistics.median(cpu[name]):.0f}" if cpu[name] else "-"
             mem = f"{rss[name]:.0f}" if name in rss else "-"
             print(
-                f"{name:<30} {rps:>10.0f} {p50:>7.2f} {p99:>7.2f} {cpu_us:>10} {one:>10.0f} "
+                f"{name:<{w}} {rps:>10.0f} {p50:>7.2f} {p99:>7.2f} {cpu_us:>10} {one:>10.0f} "
                 f"{mem:>8}"
             )
         bare, ngx = rps_of["bare aiohttp proxy"], rps_of["nginx proxy_pass (1 worker)"]
@@ -423,8 +437,12 @@ def main() -> None:
         f"Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
+    only_proxy = sys.argv[1:] == ["proxy"]  # `bench/run.py proxy`: the side-by-side table alone
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        if only_proxy:
+            proxy_bench(tmp)
+            return
         decision_bench(tmp)
         token_bench(tmp)
         record_codec_bench()
