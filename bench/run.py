@@ -1,8 +1,10 @@
 """`make bench`: figures, measured side by side in one run on this machine.
 
 1. Proxy throughput and latency, side by side (issue 12): the nginx upstream directly, nginx
-   proxy_pass (1 worker), a bare aiohttp proxy and pd-gateway (durability batch and fsync;
-   token, authorisation, subjects, chained audit, shipping into the embedded store),
+   proxy_pass (1 worker), a protocol-level uvloop + httptools proxy (bench/h1proxy.py), a bare
+   aiohttp proxy and pd-gateway (durability batch and fsync; token, authorisation, subjects,
+   chained audit, shipping into the embedded store), and the same gateway pipeline on the
+   prototype httptools data path (bench/fastpath.py),
    same 1 KiB response, interleaved rounds, proxies pinned to CPU 0 and wrk + upstream to CPU 1;
    req/s and p50/p99 at 32 connections, p50 at 1, CPU µs per request and resident memory of the
    proxy process, and the ratios gateway/bare and gateway/nginx.
@@ -39,6 +41,7 @@ DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = 32
 H1 = "uvloop + httptools protocol-level proxy"
+PROTO = "prototype: httptools data path, full pipeline"
 
 
 def pinned(cpu: str, cmd: list[str]) -> list[str]:
@@ -152,13 +155,20 @@ http {{ access_log off;
 
 
 def gateway_config(
-    tmp: Path, durability: str, upstream: str, port: int, admin: int, checkpoint_key: Path
+    tmp: Path,
+    durability: str,
+    upstream: str,
+    port: int,
+    admin: int,
+    checkpoint_key: Path,
+    *,
+    label: str = "",
 ) -> dict[str, object]:
     """The whole pipeline as `make bench` measures it: bearer token, Casbin decision, subject from
     the path, the chained audit record made durable before forwarding, shipping into the embedded
     store in the same process, metrics."""
     return {
-        "instance_id": f"bench-{durability}",
+        "instance_id": f"bench-{label}{durability}",
         "listen": {"proxy": {"port": port}, "admin": {"port": admin}},
         "identity": {
             "issuer": ISSUER,
@@ -171,12 +181,12 @@ def gateway_config(
             "policy": str(ROOT / "policies/policy.csv"),
         },
         "audit": {
-            "spool_dir": str(tmp / f"spool-{durability}"),
+            "spool_dir": str(tmp / f"spool-{label}{durability}"),
             "durability": durability,
             "checkpoint_key_file": str(checkpoint_key),
         },
         # The full pipeline: the trail shipped into the embedded store as it comes.
-        "store": {"kind": "embedded", "path": str(tmp / f"chdb-{durability}")},
+        "store": {"kind": "embedded", "path": str(tmp / f"chdb-{label}{durability}")},
         "proxy": {"trusted_proxies": []},
         "upstreams": {"hr": upstream},
         "routes": [
@@ -241,17 +251,26 @@ def proxy_bench(tmp: Path) -> None:
         targets["nginx proxy_pass (1 worker)"] = f"http://127.0.0.1:{nginx_port}/hr/employees/1001"
         targets[H1] = f"http://127.0.0.1:{h1_port}/hr/employees/1001"
         targets["bare aiohttp proxy"] = f"http://127.0.0.1:{bare_port}/hr/employees/1001"
-        for durability in ("batch", "fsync"):
+        # The gateway on aiohttp, and the prototype data path (bench/fastpath.py: the same
+        # build(), pipeline, spool, shipper and embedded store; httptools in place of aiohttp).
+        gateways = [(f"pd-gateway durability={d}", "", d) for d in ("batch", "fsync")]
+        gateways += [(f"{PROTO}, durability={d}", "proto-", d) for d in ("batch", "fsync")]
+        for name, label, durability in gateways:
             port, admin = free_port(), free_port()
-            cfg = gateway_config(tmp, durability, upstream, port, admin, checkpoint_key)
-            path = tmp / f"gw-{durability}.json"  # JSON is YAML
-            path.write_text(json.dumps(cfg))
-            start("0", "-m", "gateway", "serve", "--config", str(path), "--log-level", "WARNING")
-            pids[f"pd-gateway durability={durability}"] = procs[-1].pid
-            wait_http(f"http://127.0.0.1:{admin}/readyz")
-            targets[f"pd-gateway durability={durability}"] = (
-                f"http://127.0.0.1:{port}/hr/employees/1001"
+            cfg = gateway_config(
+                tmp, durability, upstream, port, admin, checkpoint_key, label=label
             )
+            path = tmp / f"gw-{label}{durability}.json"  # JSON is YAML
+            path.write_text(json.dumps(cfg))
+            if label:
+                start("0", "bench/fastpath.py", "--config", str(path))
+            else:
+                start(
+                    "0", "-m", "gateway", "serve", "--config", str(path), "--log-level", "WARNING"
+                )
+            pids[name] = procs[-1].pid
+            wait_http(f"http://127.0.0.1:{admin}/readyz")
+            targets[name] = f"http://127.0.0.1:{port}/hr/employees/1001"
         wait_http(upstream + "/")
         wait_http(f"http://127.0.0.1:{bare_port}/")
         wait_http(f"http://127.0.0.1:{h1_port}/")
@@ -310,6 +329,13 @@ def proxy_bench(tmp: Path) -> None:
             )
         batch, fsync = rps_of["pd-gateway durability=batch"], rps_of["pd-gateway durability=fsync"]
         print(f"  fsync costs {1 - fsync / batch:.0%} of batch's throughput")
+        for d in ("batch", "fsync"):
+            name, gw = f"{PROTO}, durability={d}", f"pd-gateway durability={d}"
+            print(
+                f"  {name}: {rps_of[name] / rps_of[gw]:.1f}x the aiohttp gateway, "
+                f"{rps_of[name] / rps_of[H1]:.0%} of the httptools proxy, "
+                f"{rps_of[name] / ngx:.1%} of nginx; +{p50_1[name] - direct:.0f} µs p50 at c=1"
+            )
     finally:
         for p in procs:
             p.terminate()
