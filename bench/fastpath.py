@@ -13,16 +13,14 @@ aiohttp's client (`FastForwarder`, the same contract as proxy.Forwarder, on the 
 bench/h1proxy.py). The pipeline reads the request through `ProtoRequest`, which carries the few
 attributes of web.Request it uses (duck typing: mypy does not check bench/).
 
-Run it: `python bench/fastpath.py --config gateway.yaml` (the admin port stays on aiohttp).
+Run it: `python bench/fastpath.py --config gateway.yaml`, i.e. `pd-gateway serve` with the proxy
+listener swapped (the admin port stays on aiohttp).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import ssl
 import sys
 import time
@@ -33,6 +31,7 @@ from pathlib import Path
 
 import httptools
 from aiohttp import web
+from aiohttp.test_utils import BaseTestServer
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -45,7 +44,7 @@ from gateway.config import Config, Route
 from gateway.cookies import sets_cookie, without_cookies
 from gateway.errors import GatewayError
 from gateway.errors_http import REQUEST_ID, _render, error_response
-from gateway.listeners import ConnectionGate, refusal
+from gateway.listeners import ADMIN_MAX_CONNECTIONS, ConnectionGate, GatedSite, refusal
 from gateway.logs import request_id_var
 from gateway.method_override import BodyOverrideScanner
 from gateway.metrics import Metrics
@@ -359,12 +358,13 @@ class FastForwarder:
         except OSError as e:
             raise UpstreamError(502, "upstream_unreachable") from e
         conn.head_only = request.method == "HEAD"
-        conn.send(head)
         if request.body_exists:
             if request.http11 and request.headers.get("Expect", "").lower() == "100-continue":
                 # Only now, with the request authorised and audited, is the body asked for.
                 client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            await self._send_body(request, relay, conn, chunked)
+            await self._send_body(request, relay, conn, head, chunked)
+        else:
+            conn.send(head)
         try:
             async with asyncio.timeout(self._read_timeout):
                 status, reason, up_headers = await relay.head
@@ -424,8 +424,15 @@ class FastForwarder:
         return SENT
 
     async def _send_body(
-        self, request: ProtoRequest, relay: _Relay, conn: UpstreamConnection, chunked: bool
+        self,
+        request: ProtoRequest,
+        relay: _Relay,
+        conn: UpstreamConnection,
+        head: bytes,
+        chunked: bool,
     ) -> None:
+        """The head goes out with the first chunk of the body (as aiohttp's client does it): a
+        body refused in its first chunk leaves the upstream without even a request line."""
         exchange = relay.exchange
         overrides = BodyOverrideScanner()
         while True:
@@ -449,9 +456,10 @@ class FastForwarder:
                 raise exchange.client_failure
             if relay.conn is None:  # the upstream answered or went away mid-body
                 break
-            conn.send(_chunk(data) if chunked else data)
-        if chunked and relay.conn is not None:
-            conn.send(b"0\r\n\r\n")
+            conn.send(head + (_chunk(data) if chunked else data))
+            head = b""
+        if relay.conn is not None:
+            conn.send(head + (b"0\r\n\r\n" if chunked else b""))
 
 
 class _UpstreamView:
@@ -470,15 +478,16 @@ def _decode(headers: Headers) -> list[tuple[str, str]]:
     ]
 
 
-def _serialise(resp: web.Response, close: bool) -> bytes:
-    """An error page or JSON answer built by errors_http, as bytes on the wire."""
+def _serialise(resp: web.Response, close: bool, head: bool = False) -> bytes:
+    """An error page or JSON answer built by errors_http, as bytes on the wire (for a HEAD
+    request: its length, not its body)."""
     body = resp.body if isinstance(resp.body, bytes) else b""
     lines = [b"HTTP/1.1 %d %s\r\n" % (resp.status, _enc(resp.reason))]
     lines += [b"%s: %s\r\n" % (_enc(n), _enc(v)) for n, v in resp.headers.items()]
     lines.append(b"Content-Length: %d\r\n" % len(body))
     if close:
         lines.append(b"Connection: close\r\n")
-    return b"".join(lines) + b"\r\n" + body
+    return b"".join(lines) + b"\r\n" + (b"" if head else body)
 
 
 class Listener:
@@ -502,6 +511,10 @@ class Listener:
         self.header_timeout = px.client_header_timeout_seconds
         self.max_line = px.client_max_header_bytes
         self.max_headers = px.client_max_headers
+        self.connections: set[ProxyConnection] = set()
+
+    def busy(self) -> bool:
+        return any(conn.busy for conn in self.connections)
 
 
 class ProxyConnection(asyncio.Protocol):
@@ -538,7 +551,13 @@ class ProxyConnection(asyncio.Protocol):
             self.transport = None
             return
         self._admitted = True
+        self.listener.connections.add(self)
         self._arm()
+
+    @property
+    def busy(self) -> bool:
+        """A request is being answered (shutdown waits for it)."""
+        return bool(self._queue)
 
     def _arm(self) -> None:
         """A complete request head must arrive within the header timeout (slowloris)."""
@@ -576,6 +595,7 @@ class ProxyConnection(asyncio.Protocol):
         self.transport = None
         if self._admitted:
             self.listener.gate.release(self._address)
+            self.listener.connections.discard(self)
             self._admitted = False
         for req in self._queue:
             req.body.fail(ClientAborted())
@@ -719,7 +739,8 @@ class ProxyConnection(asyncio.Protocol):
                 realm="pd-gateway",
                 details=e.public_details,
             )
-            self.write(_serialise(resp, e.close_connection or not req.keep_alive))
+            close = e.close_connection or not req.keep_alive
+            self.write(_serialise(resp, close, req.method == "HEAD"))
             return e.close_connection
         except Exception:
             log.exception("unhandled error in request path")
@@ -727,23 +748,46 @@ class ProxyConnection(asyncio.Protocol):
                 return True
             self.listener.metrics.denials.labels("-", "internal_error").inc()
             resp = error_response(500, "internal_error", "internal error", req.request_id)
-            self.write(_serialise(resp, not req.keep_alive))
+            self.write(_serialise(resp, not req.keep_alive, req.method == "HEAD"))
             return False
 
 
-class Served:
-    """The prototype's proxy listener (and the admin app on aiohttp), started from a Config."""
+class _Port:
+    def __init__(self, port: int, scheme: str) -> None:
+        self.port = port
+        self._scheme = scheme
+        self.host = "127.0.0.1"
 
-    def __init__(self) -> None:
-        self.proxy_port = 0
-        self.admin_port = 0
+    @property
+    def name(self) -> str:
+        return f"{self._scheme}://{self.host}:{self.port}"
+
+
+class Served:
+    """The prototype's proxy listener (and the admin app on aiohttp), started from a Config; used
+    like gateway.listeners.Listeners (``.proxy.port``, ``.admin.name``, ``close()``)."""
+
+    def __init__(self, shutdown_timeout: float) -> None:
+        self.proxy = _Port(0, "http")
+        self.admin = _Port(0, "http")
+        self._shutdown_timeout = shutdown_timeout
         self._server: asyncio.AbstractServer | None = None
+        self._listener: Listener | None = None
         self._runners: list[web.AppRunner] = []
         self._forwarder: FastForwarder | None = None
 
     async def close(self) -> None:
+        """Stop accepting, drain in-flight requests (proxy.shutdown_timeout_seconds), close the
+        connections, then the gateway's own shutdown (spool flushed last)."""
         if self._server is not None:
             self._server.close()
+        if self._listener is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._shutdown_timeout
+            while self._listener.busy() and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            for conn in list(self._listener.connections):
+                conn.close()
         if self._forwarder is not None:
             self._forwarder.close()
         for runner in reversed(self._runners):
@@ -756,11 +800,12 @@ async def start(
     admin_app: web.Application | None,
     metrics: Metrics,
     *,
+    host: str | None = None,
     port: int | None = None,
 ) -> Served:
     """Starts the gateway's apps (cleanup_ctx: shipper, spool, pipeline, …) and, in place of
     aiohttp's proxy site, the httptools listener; the admin app on aiohttp as the gateway does."""
-    served = Served()
+    served = Served(cfg.proxy.shutdown_timeout_seconds)
     proxy_runner = web.AppRunner(proxy_app, access_log=None)
     await proxy_runner.setup()  # runs the gateway's start-up; no aiohttp site is bound
     served._runners.append(proxy_runner)
@@ -790,54 +835,78 @@ async def start(
         else None
     )
     listener = Listener(cfg, pipeline, metrics, gate, tls_on=ctx is not None)
+    served._listener = listener
+    served.proxy = _Port(0, listener.scheme)
+    served.proxy.host = listen.host if host is None else host
     loop = asyncio.get_running_loop()
     served._server = await loop.create_server(
         lambda: ProxyConnection(listener),
-        listen.host,
+        listen.host if host is None else host,
         listen.port if port is None else port,
         ssl=ctx,
         ssl_handshake_timeout=cfg.proxy.client_header_timeout_seconds if ctx else None,
         backlog=1024,
         reuse_address=True,
     )
-    served.proxy_port = served._server.sockets[0].getsockname()[1]
+    served.proxy.port = served._server.sockets[0].getsockname()[1]
     if admin_app is not None:
         admin_runner = web.AppRunner(admin_app, access_log=None)
         await admin_runner.setup()
         served._runners.append(admin_runner)
-        site = web.TCPSite(admin_runner, cfg.admin_listen.host, cfg.admin_listen.port)
+        admin_gate = ConnectionGate(allow=cfg.admin_listen.allow, max_total=ADMIN_MAX_CONNECTIONS)
+        metrics.connections_open.labels("admin").set_function(lambda: admin_gate.open)
+        site = GatedSite(
+            admin_runner,
+            cfg.admin_listen,
+            admin_gate,
+            lambda reason: metrics.connections_refused.labels("admin", reason).inc(),
+            handshake_timeout=cfg.proxy.client_header_timeout_seconds,
+        )
         await site.start()
-        served.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        served.admin.port = site.port
+        served.admin.host = cfg.admin_listen.host
     return served
 
 
-async def _main(config_path: str) -> None:
-    from gateway import config, logs
+class PrototypeTestServer(BaseTestServer):
+    """For aiohttp's TestClient (tests/conftest.py, PDGW_DATA_PATH=prototype): the gateway's proxy
+    app started by `start`, served by the prototype listener on a free loopback port."""
 
-    logs.configure("WARNING")
-    cfg = config.load(Path(config_path))
-    proxy_app, admin_app = gateway_app.build(cfg)
-    gw = proxy_app[gateway_app.GATEWAY]
-    served = await start(cfg, proxy_app, admin_app, gw.metrics)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await served.close()
+    def __init__(self, app: web.Application, cfg: Config) -> None:
+        super().__init__(host="127.0.0.1")
+        self.app = app
+        self._cfg = cfg
+        self._served: Served | None = None
+
+    async def _make_runner(self, **kwargs: object) -> web.BaseRunner:
+        raise NotImplementedError  # start_server does it all
+
+    async def start_server(self, loop: object = None, **kwargs: object) -> None:
+        if self._served is not None:
+            return
+        metrics = self.app[gateway_app.GATEWAY].metrics
+        self._served = await start(self._cfg, self.app, None, metrics, host=self.host, port=0)
+        self.runner = self._served._runners[0]
+        self.port = self._served.proxy.port
+        self.scheme = "https" if self._cfg.proxy_listen.tls else "http"
+        self._root = URL(f"{self.scheme}://{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        if self._served is not None and not self._closed:
+            await self._served.close()
+            self._root = None
+            self._closed = True
 
 
-def main() -> None:
-    import uvloop
+def main() -> int:
+    """`pd-gateway serve ARGS` with one swap: the proxy listener is this prototype's. Logging,
+    signals, start-up, draining and every error message are the gateway's own."""
+    from gateway import listeners
+    from gateway.cli import main as cli_main
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--config", required=True)
-    args = p.parse_args()
-    with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(_main(args.config))
+    listeners.start = start  # type: ignore[assignment]
+    return cli_main(["serve", *sys.argv[1:]])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -263,7 +263,7 @@ def proxy_bench(tmp: Path) -> None:
             path = tmp / f"gw-{label}{durability}.json"  # JSON is YAML
             path.write_text(json.dumps(cfg))
             if label:
-                start("0", "bench/fastpath.py", "--config", str(path))
+                start("0", "bench/fastpath.py", "--config", str(path), "--log-level", "WARNING")
             else:
                 start(
                     "0", "-m", "gateway", "serve", "--config", str(path), "--log-level", "WARNING"
