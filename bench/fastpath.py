@@ -169,7 +169,41 @@ class _Relay:
         self.early: list[bytes] = []  # body bytes that came with the head, before relaying began
         self.held: bytes | None = None  # the last chunk, written once the outcome is on record
         self.error: UpstreamError | None = None
-        self.progress = 0
+        self._loop = loop
+        self._last = 0.0  # loop time of the upstream's last sign of life
+        self._read_timeout = 0.0
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, read_timeout: float, deadline: float | None) -> None:
+        """From now on: no silence from the upstream longer than ``read_timeout`` (aiohttp's
+        sock_read), and nothing past ``deadline``; either fails the awaited step with
+        TimeoutError. One timer per exchange, re-armed only when it fires."""
+        self._read_timeout = read_timeout
+        self._deadline = deadline
+        self._last = self._loop.time()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        when = self._last + self._read_timeout
+        if self._deadline is not None:
+            when = min(when, self._deadline)
+        self._timer = self._loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        late = self._deadline is not None and now >= self._deadline
+        if late or now - self._last >= self._read_timeout:
+            self._timer = None
+            self.upstream_failed(TimeoutError())
+            self.abandon()
+            return
+        self._schedule()
+
+    def unwatch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # Sink
     def upstream_ready(self, conn: UpstreamConnection) -> None:
@@ -181,11 +215,12 @@ class _Relay:
         self.ready.set_result(conn)
 
     def response_head(self, status: int, reason: bytes, headers: Headers) -> None:
+        self._last = self._loop.time()
         if not self.head.done():
             self.head.set_result((status, reason, headers))
 
     def response_body(self, data: bytes) -> None:
-        self.progress += 1
+        self._last = self._loop.time()
         if not self.relaying:
             self.early.append(data)
             return
@@ -323,15 +358,20 @@ class FastForwarder:
         relay = _Relay(client, exchange, self._max_response)
         client.active = relay
         t0 = time.perf_counter()
+        # The whole exchange is bounded (upstream_timeout_seconds): by the relay's own timer once
+        # the request is sent; an asyncio.timeout costs more than the rest of a small exchange, so
+        # only a request with a body to upload gets one.
+        deadline = asyncio.get_running_loop().time() + self._total if self._total else None
         try:
-            async with asyncio.timeout(self._total):
+            async with asyncio.timeout(self._total if request.body_exists else None):
                 return await self._exchange(
-                    request, relay, pool, b"".join(out), chunked, before_last_chunk, t0
+                    request, relay, pool, b"".join(out), chunked, before_last_chunk, t0, deadline
                 )
         except TimeoutError:
             exchange.upstream_seconds = time.perf_counter() - t0
             raise exchange.client_failure or UpstreamError(504, "upstream_timeout") from None
         finally:
+            relay.unwatch()
             client.active = None
             if relay.conn is not None:  # not ended cleanly: never reused
                 relay.abandon()
@@ -345,6 +385,7 @@ class FastForwarder:
         chunked: bool,
         before_last_chunk: Callable[[], Awaitable[None]],
         t0: float,
+        deadline: float | None,
     ) -> web.StreamResponse:
         exchange = relay.exchange
         client = request.transport
@@ -365,9 +406,9 @@ class FastForwarder:
             await self._send_body(request, relay, conn, head, chunked)
         else:
             conn.send(head)
+        relay.watch(self._read_timeout, deadline)
         try:
-            async with asyncio.timeout(self._read_timeout):
-                status, reason, up_headers = await relay.head
+            status, reason, up_headers = await relay.head
         except TimeoutError as e:
             exchange.upstream_seconds = time.perf_counter() - t0
             raise UpstreamError(504, "upstream_timeout") from e
@@ -402,15 +443,15 @@ class FastForwarder:
         relay.relaying = True
         for data in early:
             relay.take(data)
-        while not relay.done.done():  # no gap between chunks longer than the read timeout
-            seen = relay.progress
-            await asyncio.wait((relay.done,), timeout=self._read_timeout)
-            if not relay.done.done() and relay.progress == seen:
-                exchange.upstream_seconds = time.perf_counter() - t0
-                raise UpstreamError(504, "upstream_timeout")
+        try:
+            await relay.done
+        except TimeoutError as e:
+            exchange.upstream_seconds = time.perf_counter() - t0
+            raise UpstreamError(504, "upstream_timeout") from e
+        except Exception as e:
+            exchange.upstream_seconds = time.perf_counter() - t0
+            raise UpstreamError(502, "upstream_aborted") from e
         exchange.upstream_seconds = time.perf_counter() - t0
-        if relay.done.exception() is not None:
-            raise UpstreamError(502, "upstream_aborted")
         if relay.error is not None:
             raise relay.error
         held, relay.held = relay.held, None
