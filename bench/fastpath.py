@@ -135,6 +135,20 @@ class ProtoRequest:
         "scheme",
         "transport",
     )
+    body: Body
+    body_exists: bool
+    content_length: int | None
+    head_sent: bool  # the response head went out: an error now can only cut the connection
+    headers: CIMultiDictProxy[str]
+    host: str
+    http11: bool
+    keep_alive: bool
+    method: str
+    raw_path: str
+    remote: str
+    request_id: str
+    scheme: str
+    transport: ProxyConnection  # what the pipeline's _abort closes
 
     def __getitem__(self, key: object) -> str:
         if key is REQUEST_ID:
@@ -148,7 +162,8 @@ def _pool_for(url: str, contexts: dict[str, ssl.SSLContext], name: str, timeout:
     ctx = contexts.get(name) or (ssl.create_default_context() if u.scheme == "https" else None)
     pool = Pool(u.host, u.port, ssl_context=ctx, connect_timeout=timeout)
     # The Host header aiohttp's client writes: the port only where it is not the default.
-    pool.authority = (u.raw_host if u.is_default_port() else f"{u.raw_host}:{u.port}").encode()  # type: ignore[operator]
+    host = u.raw_host or u.host
+    pool.authority = (host if u.is_default_port() else f"{host}:{u.port}").encode()
     return pool
 
 
@@ -537,7 +552,7 @@ class Listener:
     def __init__(
         self,
         cfg: Config,
-        pipeline: Callable[[], Pipeline | None],
+        pipeline: Pipeline,
         metrics: Metrics,
         gate: ConnectionGate,
         *,
@@ -587,9 +602,9 @@ class ProxyConnection(asyncio.Protocol):
         reason = self.listener.gate.admit(self._address)
         if reason is not None:
             self.listener.metrics.connections_refused.labels("proxy", reason).inc()
-            self.transport.write(refusal(reason))
-            self.transport.close()
             self.transport = None
+            transport.write(refusal(reason))  # type: ignore[attr-defined]
+            transport.close()
             return
         self._admitted = True
         self.listener.connections.add(self)
@@ -762,11 +777,8 @@ class ProxyConnection(asyncio.Protocol):
             )
             self.write(_serialise(resp, True))
             return True
-        pipeline = self.listener.pipeline()
         try:
-            if pipeline is None:
-                raise GatewayError("not ready")
-            await pipeline.handle(req)  # type: ignore[arg-type]
+            await self.listener.pipeline.handle(req)  # type: ignore[arg-type]
             return False
         except GatewayError as e:
             if req.head_sent:
@@ -856,11 +868,9 @@ async def start(
     )
     served._forwarder = forwarder
 
-    def pipeline() -> Pipeline | None:
-        p = gw.pipeline
-        if p is not None and p._forwarder is not forwarder:
-            p._forwarder = forwarder  # type: ignore[assignment]  # the one swap: aiohttp's client out
-        return p
+    pipeline = gw.pipeline  # built by the gateway's start-up (app._pipeline_ctx), as is
+    assert pipeline is not None
+    pipeline._forwarder = forwarder  # type: ignore[assignment]  # the one swap: aiohttp's client out
 
     listen = cfg.proxy_listen
     gate = ConnectionGate(
