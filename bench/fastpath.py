@@ -678,7 +678,8 @@ class ProxyConnection(asyncio.Protocol):
             raise ValueError("request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # llhttp tolerates what aiohttp refuses: folded lines (obs-fold) and over-long fields.
+        # llhttp has no size limits of its own: aiohttp's (max_field_size, max_headers) here.
+        # Folded lines llhttp refuses itself; a CR or LF in a value is refused all the same.
         if len(name) + len(value) + 2 > self.listener.max_line or b"\r" in value or b"\n" in value:
             raise ValueError("malformed header")
         self._headers.append((name, value))
