@@ -856,6 +856,8 @@ async def start(
     *,
     host: str | None = None,
     port: int | None = None,
+    serve_proxy: bool = True,
+    reuse_port: bool = False,
 ) -> Served:
     """Starts the gateway's apps (cleanup_ctx: shipper, spool, pipeline, …) and, in place of
     aiohttp's proxy site, the httptools listener; the admin app on aiohttp as the gateway does."""
@@ -891,16 +893,18 @@ async def start(
     served.proxy = _Port(0, listener.scheme)
     served.proxy.host = listen.host if host is None else host
     loop = asyncio.get_running_loop()
-    served._server = await loop.create_server(
-        lambda: ProxyConnection(listener),
-        listen.host if host is None else host,
-        listen.port if port is None else port,
-        ssl=ctx,
-        ssl_handshake_timeout=cfg.proxy.client_header_timeout_seconds if ctx else None,
-        backlog=1024,
-        reuse_address=True,
-    )
-    served.proxy.port = served._server.sockets[0].getsockname()[1]
+    if serve_proxy:  # listeners.start's keywords on main since `serve --workers` (decision 016)
+        served._server = await loop.create_server(
+            lambda: ProxyConnection(listener),
+            listen.host if host is None else host,
+            listen.port if port is None else port,
+            ssl=ctx,
+            ssl_handshake_timeout=cfg.proxy.client_header_timeout_seconds if ctx else None,
+            backlog=1024,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+        )
+        served.proxy.port = served._server.sockets[0].getsockname()[1]
     if admin_app is not None:
         admin_runner = web.AppRunner(admin_app, access_log=None)
         await admin_runner.setup()
