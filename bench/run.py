@@ -1,8 +1,10 @@
 """`make bench`: figures, measured side by side in one run on this machine.
 
 1. Proxy throughput and latency, side by side (issue 12): the nginx upstream directly, nginx
-   proxy_pass (1 worker), a bare aiohttp proxy and pd-gateway (durability batch and fsync;
-   token, authorisation, subjects, chained audit, shipping into the embedded store),
+   proxy_pass (1 worker), a protocol-level uvloop + httptools proxy (bench/h1proxy.py), a bare
+   aiohttp proxy and pd-gateway (durability batch and fsync; token, authorisation, subjects,
+   chained audit, shipping into the embedded store), and the same gateway pipeline on the
+   prototype httptools data path (bench/fastpath.py),
    same 1 KiB response, interleaved rounds, proxies pinned to CPU 0 and wrk + upstream to CPU 1;
    req/s and p50/p99 at 32 connections, p50 at 1, CPU µs per request and resident memory of the
    proxy process, and the ratios gateway/bare and gateway/nginx.
@@ -38,6 +40,8 @@ from tests.conftest import AUDIENCE, ISSUER, KID, Keys, rsa_keypair  # noqa: E40
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = 32
+H1 = "uvloop + httptools protocol-level proxy"
+PROTO = "prototype: httptools data path, full pipeline"
 
 
 def pinned(cpu: str, cmd: list[str]) -> list[str]:
@@ -151,13 +155,20 @@ http {{ access_log off;
 
 
 def gateway_config(
-    tmp: Path, durability: str, upstream: str, port: int, admin: int, checkpoint_key: Path
+    tmp: Path,
+    durability: str,
+    upstream: str,
+    port: int,
+    admin: int,
+    checkpoint_key: Path,
+    *,
+    label: str = "",
 ) -> dict[str, object]:
     """The whole pipeline as `make bench` measures it: bearer token, Casbin decision, subject from
     the path, the chained audit record made durable before forwarding, shipping into the embedded
     store in the same process, metrics."""
     return {
-        "instance_id": f"bench-{durability}",
+        "instance_id": f"bench-{label}{durability}",
         "listen": {"proxy": {"port": port}, "admin": {"port": admin}},
         "identity": {
             "issuer": ISSUER,
@@ -170,12 +181,12 @@ def gateway_config(
             "policy": str(ROOT / "policies/policy.csv"),
         },
         "audit": {
-            "spool_dir": str(tmp / f"spool-{durability}"),
+            "spool_dir": str(tmp / f"spool-{label}{durability}"),
             "durability": durability,
             "checkpoint_key_file": str(checkpoint_key),
         },
         # The full pipeline: the trail shipped into the embedded store as it comes.
-        "store": {"kind": "embedded", "path": str(tmp / f"chdb-{durability}")},
+        "store": {"kind": "embedded", "path": str(tmp / f"chdb-{label}{durability}")},
         "proxy": {"trusted_proxies": []},
         "upstreams": {"hr": upstream},
         "routes": [
@@ -207,7 +218,7 @@ def proxy_bench(tmp: Path) -> None:
                 subprocess.Popen(pinned(cpu, [py, *args]), cwd=ROOT, stderr=subprocess.DEVNULL)
             )
 
-        up_port, bare_port, nginx_port = free_port(), free_port(), free_port()
+        up_port, bare_port, nginx_port, h1_port = free_port(), free_port(), free_port(), free_port()
         upstream = f"http://127.0.0.1:{up_port}"
         # The upstream: nginx serving 1 KiB, on the load generator's CPU.
         (tmp / "body.json").write_bytes(b"x" * 1024)
@@ -223,25 +234,46 @@ def proxy_bench(tmp: Path) -> None:
             "0", "bench/servers.py", "bare-proxy", "--port", str(bare_port), "--upstream", upstream
         )
         pids["bare aiohttp proxy"] = procs[-1].pid
+        start(
+            "0",
+            "bench/servers.py",
+            "httptools-proxy",
+            "--port",
+            str(h1_port),
+            "--upstream",
+            upstream,
+        )
+        pids[H1] = procs[-1].pid
         checkpoint_key = tmp / "checkpoint.pem"  # signs the audit chain (decision 012)
         generate_checkpoint_key(checkpoint_key, tmp / "checkpoint.pub")
         targets: dict[str, str] = {}
         targets["upstream direct (nginx)"] = f"{upstream}/hr/employees/1001"
         targets["nginx proxy_pass (1 worker)"] = f"http://127.0.0.1:{nginx_port}/hr/employees/1001"
+        targets[H1] = f"http://127.0.0.1:{h1_port}/hr/employees/1001"
         targets["bare aiohttp proxy"] = f"http://127.0.0.1:{bare_port}/hr/employees/1001"
-        for durability in ("batch", "fsync"):
+        # The gateway on aiohttp, and the prototype data path (bench/fastpath.py: the same
+        # build(), pipeline, spool, shipper and embedded store; httptools in place of aiohttp).
+        gateways = [(f"pd-gateway durability={d}", "", d) for d in ("batch", "fsync")]
+        gateways += [(f"{PROTO}, durability={d}", "proto-", d) for d in ("batch", "fsync")]
+        for name, label, durability in gateways:
             port, admin = free_port(), free_port()
-            cfg = gateway_config(tmp, durability, upstream, port, admin, checkpoint_key)
-            path = tmp / f"gw-{durability}.json"  # JSON is YAML
-            path.write_text(json.dumps(cfg))
-            start("0", "-m", "gateway", "serve", "--config", str(path), "--log-level", "WARNING")
-            pids[f"pd-gateway durability={durability}"] = procs[-1].pid
-            wait_http(f"http://127.0.0.1:{admin}/readyz")
-            targets[f"pd-gateway durability={durability}"] = (
-                f"http://127.0.0.1:{port}/hr/employees/1001"
+            cfg = gateway_config(
+                tmp, durability, upstream, port, admin, checkpoint_key, label=label
             )
+            path = tmp / f"gw-{label}{durability}.json"  # JSON is YAML
+            path.write_text(json.dumps(cfg))
+            if label:
+                start("0", "bench/fastpath.py", "--config", str(path), "--log-level", "WARNING")
+            else:
+                start(
+                    "0", "-m", "gateway", "serve", "--config", str(path), "--log-level", "WARNING"
+                )
+            pids[name] = procs[-1].pid
+            wait_http(f"http://127.0.0.1:{admin}/readyz")
+            targets[name] = f"http://127.0.0.1:{port}/hr/employees/1001"
         wait_http(upstream + "/")
         wait_http(f"http://127.0.0.1:{bare_port}/")
+        wait_http(f"http://127.0.0.1:{h1_port}/")
         for url in targets.values():  # warm up: connections, caches
             subprocess.run(
                 pinned(
@@ -268,8 +300,9 @@ def proxy_bench(tmp: Path) -> None:
             f"\n## Proxy: wrk -t1 -d{DURATION}s, 1 KiB responses from nginx; proxies pinned to "
             f"CPU 0, wrk and the upstream to CPU 1; median of {ROUNDS} interleaved rounds"
         )
+        w = max(len(name) for name in targets)
         print(
-            f"{'target':<30} {'c=32 req/s':>10} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'target':<{w}} {'c=32 req/s':>10} {'p50 ms':>7} {'p99 ms':>7} "
             f"{'CPU µs/req':>10} {'c=1 p50 µs':>10} {'RSS MiB':>8}"
         )
         rps_of: dict[str, float] = {}
@@ -282,7 +315,7 @@ def proxy_bench(tmp: Path) -> None:
             cpu_us = f"{statistics.median(cpu[name]):.0f}" if cpu[name] else "-"
             mem = f"{rss[name]:.0f}" if name in rss else "-"
             print(
-                f"{name:<30} {rps:>10.0f} {p50:>7.2f} {p99:>7.2f} {cpu_us:>10} {one:>10.0f} "
+                f"{name:<{w}} {rps:>10.0f} {p50:>7.2f} {p99:>7.2f} {cpu_us:>10} {one:>10.0f} "
                 f"{mem:>8}"
             )
         bare, ngx = rps_of["bare aiohttp proxy"], rps_of["nginx proxy_pass (1 worker)"]
@@ -296,6 +329,13 @@ def proxy_bench(tmp: Path) -> None:
             )
         batch, fsync = rps_of["pd-gateway durability=batch"], rps_of["pd-gateway durability=fsync"]
         print(f"  fsync costs {1 - fsync / batch:.0%} of batch's throughput")
+        for d in ("batch", "fsync"):
+            name, gw = f"{PROTO}, durability={d}", f"pd-gateway durability={d}"
+            print(
+                f"  {name}: {rps_of[name] / rps_of[gw]:.1f}x the aiohttp gateway, "
+                f"{rps_of[name] / rps_of[H1]:.0%} of the httptools proxy, "
+                f"{rps_of[name] / ngx:.1%} of nginx; +{p50_1[name] - direct:.0f} µs p50 at c=1"
+            )
     finally:
         for p in procs:
             p.terminate()
@@ -423,8 +463,12 @@ def main() -> None:
         f"Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
+    only_proxy = sys.argv[1:] == ["proxy"]  # `bench/run.py proxy`: the side-by-side table alone
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        if only_proxy:
+            proxy_bench(tmp)
+            return
         decision_bench(tmp)
         token_bench(tmp)
         record_codec_bench()

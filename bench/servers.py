@@ -1,16 +1,22 @@
-"""Servers for the benchmark: a 1 KiB upstream, and a bare aiohttp reverse proxy as the baseline.
+"""Servers for the benchmark: a 1 KiB upstream, a bare aiohttp reverse proxy as the baseline, and
+a protocol-level proxy on uvloop + httptools as the ceiling of a Python data path (h1proxy.py).
 
-The bare proxy does what any aiohttp proxy must (stream the body, copy headers) and nothing the
-gateway adds (identity, authorisation, audit), so the difference is the gateway's cost.
+The bare proxies do what any proxy must (stream the body, copy headers) and nothing the gateway
+adds (identity, authorisation, audit), so the difference is the gateway's cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import aiohttp
 import uvloop
 from aiohttp import web
+from yarl import URL
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's gateway package
 
 BODY = b"x" * 1024
 
@@ -62,10 +68,17 @@ def bare_proxy_app(upstream: str) -> web.Application:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["upstream", "bare-proxy"])
+    p.add_argument("kind", choices=["upstream", "bare-proxy", "httptools-proxy"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--upstream", default="")
     args = p.parse_args()
+    if args.kind == "httptools-proxy":
+        import h1proxy  # bench/ is on sys.path when run as a script
+
+        up = URL(args.upstream)
+        assert up.host is not None and up.port is not None
+        uvloop.run(h1proxy.serve(args.port, up.host, up.port))
+        return
     app = upstream_app() if args.kind == "upstream" else bare_proxy_app(args.upstream)
     web.run_app(
         app,
