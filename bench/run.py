@@ -476,7 +476,9 @@ def main() -> None:
             sys.exit("wrk is required: make system-deps")
         proxy_bench(tmp)
     import store_bench  # bench/ is on sys.path when run as a script
+    import workers_bench
 
+    workers_bench.main()
     store_bench.main()
 
 
