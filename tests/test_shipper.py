@@ -1,20 +1,31 @@
 """Shipper outages are visible (9.1.6): the lag grows while a batch cannot be confirmed, and
 `pdgw_store_up` says the store is down now — against a real clickhouse-server killed and
-restarted."""
+restarted. How the shipper keeps its state (docs/decisions/005, 016)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import math
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway import fsutil
 from gateway.audit.chserver import ClickHouseServer
 from gateway.audit.factory import open_store
-from gateway.audit.shipper import Shipper, ShipperMetrics
+from gateway.audit.shipper import (
+    LEGACY_STATE_FILE,
+    STATE_FILE,
+    STATE_SLOT,
+    Shipper,
+    ShipperMetrics,
+    ShipperState,
+    StateFile,
+)
 from tests.conftest import GatewayFactory, Keys, Upstream, replay_config, run_cli
 from tests.stores import fresh_database, store_config, store_section, wait_for
 
@@ -123,3 +134,66 @@ def test_replay_skips_a_torn_final_line_but_reports_a_corrupt_one(
     else:
         assert out.returncode == 1
         assert "1 unreadable records" in out.stdout and "torn final lines" not in out.stdout
+
+
+def _state(n: int) -> ShipperState:
+    intent = {"batch_id": f"b{n}", "last": [1, n], "rows": {"access_events": n}}
+    return ShipperState((1, n), (1, n), intent)
+
+
+def test_state_saves_after_the_first_are_in_place_with_one_data_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    syncs: list[str] = []
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name)
+
+        def counting(fd: int, name: str = name, real: Any = real) -> None:
+            syncs.append(name)
+            real(fd)
+
+        monkeypatch.setattr(os, name, counting)
+    files = StateFile(tmp_path)
+    files.load(tmp_path)
+    files.save(_state(1))  # made whole and durable: file and directory
+    assert syncs == ["fsync", "fsync"]
+    inode = (tmp_path / STATE_FILE).stat().st_ino
+    syncs.clear()
+    for n in range(2, 12):
+        files.save(_state(n))
+    assert syncs == ["fdatasync"] * 10  # no temporary file, no rename, no directory fsync
+    assert (tmp_path / STATE_FILE).stat().st_ino == inode
+    assert (tmp_path / STATE_FILE).stat().st_size == 2 * STATE_SLOT
+    assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE]
+    files.close()
+    assert StateFile(tmp_path).load(tmp_path) == _state(11)
+
+
+@pytest.mark.parametrize("damage", ["torn", "zeroed", "half"])
+def test_a_state_save_cut_short_leaves_the_state_before_it(damage: str, tmp_path: Path) -> None:
+    files = StateFile(tmp_path)
+    files.load(tmp_path)
+    for n in range(1, 6):
+        files.save(_state(n))
+    files.close()
+    # The newest (5) is in slot 1; a crash during its write leaves it damaged.
+    with (tmp_path / STATE_FILE).open("r+b") as f:
+        f.seek(STATE_SLOT + {"torn": 60, "zeroed": 0, "half": 30}[damage])
+        f.write({"torn": b"9", "zeroed": b"\0" * STATE_SLOT, "half": b" " * 80}[damage])
+    again = StateFile(tmp_path)
+    assert again.load(tmp_path) == _state(4)
+    again.save(_state(6))  # the damaged slot is the one written next
+    again.close()
+    assert StateFile(tmp_path).load(tmp_path) == _state(6)
+
+
+def test_an_earlier_releases_state_file_is_read_then_replaced(tmp_path: Path) -> None:
+    legacy = b'{"shipped_through": [3, 100], "read_from": [2, 40], "intent": null}'
+    fsutil.atomic_write(tmp_path / LEGACY_STATE_FILE, legacy)
+    files = StateFile(tmp_path)
+    state = files.load(tmp_path)
+    assert state == ShipperState((3, 100), (2, 40), None)
+    files.save(state)
+    files.close()
+    assert not (tmp_path / LEGACY_STATE_FILE).exists()
+    assert StateFile(tmp_path).load(tmp_path) == state

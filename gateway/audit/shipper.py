@@ -25,6 +25,7 @@ import os
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,10 @@ log = logging.getLogger(__name__)
 
 Position = tuple[int, int]  # (segment number, byte offset of the record)
 BEFORE_ALL: Position = (-1, -1)
-STATE_FILE = "shipper-state.json"
+STATE_FILE = "shipper.state"
+LEGACY_STATE_FILE = "shipper-state.json"  # up to 0.x: JSON replaced by atomic_write per save
+STATE_SLOT = 4096
+STATE_MAGIC = b"pdgw-shipper-state/2"
 LOCK_FILE = "shipper.lock"
 ID_FILE = "spool.id"
 LAG_REPORT_INTERVAL = 1.0  # seconds between lag updates while a batch waits to be retried
@@ -63,24 +67,95 @@ class ShipperState:
     read_from: Position = (0, 0)
     intent: dict[str, Any] | None = None
 
-    @classmethod
-    def load(cls, directory: Path) -> ShipperState:
-        path = directory / STATE_FILE
-        if not path.exists():
-            first = list_segments(directory)
-            return cls(read_from=(int(first[0].stem), 0) if first else (0, 0))
-        data = json.loads(path.read_text())
-        through, start = data["shipped_through"], data["read_from"]
-        return cls((through[0], through[1]), (start[0], start[1]), data.get("intent"))
-
-    def save(self, directory: Path) -> None:
-        """Atomically and durably (gateway.fsutil.atomic_write)."""
+    def encode(self) -> bytes:
         data = {
             "shipped_through": self.shipped_through,
             "read_from": self.read_from,
             "intent": self.intent,
         }
-        atomic_write(directory / STATE_FILE, json.dumps(data).encode())
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, text: bytes) -> ShipperState:
+        data = json.loads(text)
+        through, start = data["shipped_through"], data["read_from"]
+        return cls((through[0], through[1]), (start[0], start[1]), data.get("intent"))
+
+
+class StateFile:
+    """The shipper's state on disk, saved durably twice a batch (docs/decisions/005 and 016).
+
+    Two fixed slots of one page each in one file of constant size; a save writes the slot that
+    does not hold the newest state (with a counter and a CRC) in place and fdatasyncs it. A
+    save cut short by a crash or power loss leaves a slot whose CRC fails, and the other slot —
+    the state before — is read. So a save is atomic like a rename, and costs one data sync: no
+    temporary file, no rename, no directory fsync (only when the file is first made)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / STATE_FILE
+        self._legacy = directory / LEGACY_STATE_FILE
+        self._fd = -1
+        self._counter = 0
+
+    def load(self, directory: Path) -> ShipperState:
+        self.close()
+        if self.path.exists():
+            self._fd = os.open(self.path, os.O_RDWR)
+            data = os.pread(self._fd, 2 * STATE_SLOT, 0)
+            slots = [_parse_slot(data[i * STATE_SLOT : (i + 1) * STATE_SLOT]) for i in (0, 1)]
+            valid = [slot for slot in slots if slot is not None]
+            if not valid:
+                raise ValueError(f"{self.path}: neither state slot is intact")
+            self._counter, state = max(valid, key=lambda slot: slot[0])
+            return state
+        if self._legacy.exists():  # written by an earlier release (atomic_write of the JSON)
+            return ShipperState.decode(self._legacy.read_bytes())
+        first = list_segments(directory)
+        return ShipperState(read_from=(int(first[0].stem), 0) if first else (0, 0))
+
+    def save(self, state: ShipperState) -> None:
+        self._counter += 1
+        slot = _slot(self._counter, state)
+        offset = (self._counter % 2) * STATE_SLOT
+        if self._fd < 0:
+            # The first save: make the file whole (the other slot blank) and durable, then
+            # drop an earlier release's file, which the new one now supersedes.
+            data = bytearray(b" " * (2 * STATE_SLOT))
+            data[offset : offset + STATE_SLOT] = slot
+            atomic_write(self.path, bytes(data))
+            self._fd = os.open(self.path, os.O_RDWR)
+            self._legacy.unlink(missing_ok=True)
+            return
+        if os.pwrite(self._fd, slot, offset) != STATE_SLOT:
+            raise OSError(f"{self.path}: short write")
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _slot(counter: int, state: ShipperState) -> bytes:
+    body = state.encode()
+    line = b"%s %d %08x %s\n" % (STATE_MAGIC, counter, zlib.crc32(body), body)
+    if len(line) > STATE_SLOT:
+        raise ValueError("shipper state larger than its slot")
+    return line.ljust(STATE_SLOT, b" ")
+
+
+def _parse_slot(slot: bytes) -> tuple[int, ShipperState] | None:
+    """(counter, state) of an intact slot; None for a blank or torn one."""
+    parts = slot.split(b"\n", 1)[0].split(b" ", 3)
+    if len(parts) != 4 or parts[0] != STATE_MAGIC or len(slot) != STATE_SLOT:
+        return None
+    try:
+        counter, crc = int(parts[1]), int(parts[2], 16)
+        if zlib.crc32(parts[3]) != crc:
+            return None
+        return counter, ShipperState.decode(parts[3])
+    except ValueError:
+        return None
 
 
 def spool_id(directory: Path) -> str:
@@ -233,6 +308,7 @@ class Shipper:
         self._drain_deadline: float | None = None
         self._thread: threading.Thread | None = None
         self._lock_fd = -1
+        self._state_file = StateFile(directory)
         self.bad_records = 0
         self.torn_lines = 0
         self.shipped_rows = 0
@@ -248,9 +324,10 @@ class Shipper:
         except LockHeld as e:
             raise ShipperBusy(str(self.directory)) from e
         self.spool_id = spool_id(self.directory)
-        self.state = ShipperState.load(self.directory)
+        self.state = self._state_file.load(self.directory)
 
     def release(self) -> None:
+        self._state_file.close()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -289,7 +366,7 @@ class Shipper:
                         self._store.close()
                     self._store = None
                 self._stop.wait(self._max_backoff)
-                self.state = ShipperState.load(self.directory)
+                self.state = self._state_file.load(self.directory)
 
     def run(self, *, follow: bool, finalize_at_end: bool = False) -> int:
         """Ship until stopped (``follow``) or until the spool is exhausted; return rows shipped.
@@ -443,7 +520,7 @@ class Shipper:
                 "last": list(last),
                 "rows": {t.name: len(trows) for t, trows in tables.items()},
             }
-            self.state.save(self.directory)
+            self._state_file.save(self.state)
         attempt = 0
         check = recovering
         while True:
@@ -492,7 +569,7 @@ class Shipper:
         self._metrics.batch()
         unshipped = [r.access_at for r in rest] + [apos for apos, _ in asm.pending.values()]
         self.state = ShipperState(last, min([*unshipped, tail.position]), None)
-        self.state.save(self.directory)
+        self._state_file.save(self.state)
         self._delete_shipped_segments()
         return True
 
