@@ -1,6 +1,6 @@
 """Shipper outages are visible (9.1.6): the lag grows while a batch cannot be confirmed, and
 `pdgw_store_up` says the store is down now — against a real clickhouse-server killed and
-restarted. How the shipper keeps its state (docs/decisions/005, 016)."""
+restarted. How the shipper reads the spool and keeps its state (docs/decisions/005, 016)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from gateway import fsutil
+from gateway.audit import shipper as shipper_module
 from gateway.audit.chserver import ClickHouseServer
 from gateway.audit.factory import open_store
 from gateway.audit.shipper import (
@@ -24,8 +25,10 @@ from gateway.audit.shipper import (
     Shipper,
     ShipperMetrics,
     ShipperState,
+    SpoolTail,
     StateFile,
 )
+from gateway.audit.spool import list_segments
 from tests.conftest import GatewayFactory, Keys, Upstream, replay_config, run_cli
 from tests.stores import fresh_database, store_config, store_section, wait_for
 
@@ -134,6 +137,112 @@ def test_replay_skips_a_torn_final_line_but_reports_a_corrupt_one(
     else:
         assert out.returncode == 1
         assert "1 unreadable records" in out.stdout and "torn final lines" not in out.stdout
+
+
+def _segment(directory: Path, number: int, lines: list[bytes]) -> Path:
+    path = directory / f"{number:012d}.jsonl"
+    with path.open("ab") as f:
+        f.write(b"".join(lines))
+    return path
+
+
+def _line(i: int, pad: int = 0) -> bytes:
+    return b'{"kind":"note","i":%d,"pad":"%s"}\n' % (i, b"x" * pad)
+
+
+def _age(directory: Path, seconds: float = 30) -> None:
+    """The directory as it is when nothing was created in it for a while."""
+    old = time.time_ns() - int(seconds * 1e9)
+    os.utime(directory, ns=(old, old))
+
+
+def _count_listings(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    calls: list[Path] = []
+
+    def counting(directory: Path) -> list[Path]:
+        calls.append(directory)
+        return list_segments(directory)
+
+    monkeypatch.setattr(shipper_module, "list_segments", counting)
+    return calls
+
+
+def test_a_segment_longer_than_a_read_is_read_whole_before_the_next(tmp_path: Path) -> None:
+    """A non-final segment of more than one read chunk (4 MiB) is read to its end; the line cut
+    by the chunk's end is not a torn line (it was: everything after it in the segment was
+    skipped)."""
+    n = (9 * 1024 * 1024) // len(_line(0, 300)) + 1
+    _segment(tmp_path, 1, [_line(i, 300) for i in range(n)])
+    _segment(tmp_path, 2, [_line(n + i) for i in range(10)] + [b'{"kind":"note","i":'])
+    torn: list[str] = []
+    tail = SpoolTail(tmp_path, (1, 0), pytest.fail, torn.append)
+    seen: list[int] = []
+    while records := tail.read():
+        seen += [rec["i"] for _, rec in records]
+    assert seen == list(range(n + 10))
+    assert torn == []  # the final segment's partial line is the live end, not torn
+
+
+def test_the_tail_lists_the_directory_only_when_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listings = _count_listings(monkeypatch)
+    _segment(tmp_path, 1, [_line(0)])
+    _age(tmp_path)
+    tail = SpoolTail(tmp_path, (1, 0), pytest.fail)
+    seen = [rec["i"] for _, rec in tail.read()]
+    for i in range(1, 50):  # the live end, read again and again as the writer appends
+        _segment(tmp_path, 1, [_line(i)])
+        seen += [rec["i"] for _, rec in tail.read()]
+    assert len(listings) == 1
+    _segment(tmp_path, 2, [_line(50)])  # a new segment: the directory changed
+    _age(tmp_path, 20)
+    seen += [rec["i"] for _, rec in tail.read()]
+    assert seen == list(range(51)) and tail.position[0] == 2
+    assert len(listings) == 2
+
+
+def test_a_segment_made_in_the_same_clock_tick_as_the_listing_is_found(tmp_path: Path) -> None:
+    """A directory's mtime has the kernel's coarse clock: a segment created just after a listing
+    can leave it unchanged. A listing that recent is not trusted."""
+    _segment(tmp_path, 1, [_line(0)])
+    tail = SpoolTail(tmp_path, (1, 0), pytest.fail)
+    assert [rec["i"] for _, rec in tail.read()] == [0]
+    mtime = tmp_path.stat().st_mtime_ns
+    _segment(tmp_path, 2, [_line(1)])
+    os.utime(tmp_path, ns=(mtime, mtime))  # as if in the same tick
+    assert [rec["i"] for _, rec in tail.read()] == [1]
+
+
+def test_shipping_batches_does_not_list_the_spool_per_batch(
+    tmp_path: Path, chdb_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_store import _event, _write_spool
+
+    now = dt.datetime.now(dt.UTC)
+    spool = tmp_path / "spool"
+    _write_spool(spool, [_event(ts=now, seq=i) for i in range(1, 101)])
+    state = StateFile(spool)
+    state.save(state.load(spool))  # as a shipper that has run before left it
+    state.close()
+    section = store_section("embedded", fresh_database(), chdb_dir=chdb_dir, server=None)
+    open_store(store_config(section)).close()  # the schema
+    shipper = Shipper(
+        spool, lambda: open_store(store_config(section), apply_schema=False), batch_max_rows=5
+    )
+    shipper.acquire()
+    _age(spool)  # nothing was created in the directory since: its listing can be trusted
+    listings = _count_listings(monkeypatch)
+    try:
+        assert shipper.run(follow=False) == 100
+    finally:
+        shipper.release()
+    assert len(listings) == 1  # once at the start; it was 2 a batch (a read, and deletion)
+    store = open_store(store_config(section), apply_schema=False)
+    assert sorted(
+        int(r["seq"]) for r in store.select(f"SELECT seq FROM {store.database}.access_events")
+    ) == list(range(1, 101))
+    store.close()
 
 
 def _state(n: int) -> ShipperState:

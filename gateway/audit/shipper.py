@@ -33,7 +33,7 @@ from typing import Any
 
 from gateway.audit import schema
 from gateway.audit.events import PENDING, UNKNOWN, merge_outcome
-from gateway.audit.spool import decode_line, list_segments
+from gateway.audit.spool import SUFFIX, decode_line, list_segments
 from gateway.audit.store import (
     AuditStore,
     StoreError,
@@ -55,6 +55,10 @@ STATE_MAGIC = b"pdgw-shipper-state/2"
 LOCK_FILE = "shipper.lock"
 ID_FILE = "spool.id"
 LAG_REPORT_INTERVAL = 1.0  # seconds between lag updates while a batch waits to be retried
+READ_CHUNK = 4 * 1024 * 1024
+# A directory listing taken less than this after the directory's mtime is not trusted to be
+# complete: the mtime has the granularity of the kernel's coarse clock (a few milliseconds).
+RACY_LISTING_NS = 1_000_000_000
 
 
 class ShipperBusy(Exception):
@@ -170,12 +174,63 @@ def spool_id(directory: Path) -> str:
     return path.read_text().strip()
 
 
+class Segments:
+    """The spool's segment numbers as last listed, listed again only when the directory may have
+    changed since: its mtime moved, or the last listing was taken too soon after a change to be
+    trusted (a directory's mtime has the file system clock's granularity, so a segment created
+    in the same tick as the listing leaves it unchanged). Sizes of segments that are complete
+    (a newer one exists) are remembered, so progress is reported without a stat per batch."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.numbers: list[int] = []
+        self._mtime_ns: int | None = None
+        self._racy = True
+        self._sizes: dict[int, int] = {}
+
+    def refresh(self) -> None:
+        mtime = os.stat(self.directory).st_mtime_ns  # before listing: a later change moves it
+        self.numbers = [int(p.stem) for p in list_segments(self.directory)]
+        self._mtime_ns = mtime
+        self._racy = time.time_ns() - mtime < RACY_LISTING_NS
+        known = set(self.numbers)
+        self._sizes = {n: size for n, size in self._sizes.items() if n in known}
+
+    def refresh_if_changed(self) -> None:
+        """One stat of the directory; a listing only if it may have changed."""
+        if self._racy or os.stat(self.directory).st_mtime_ns != self._mtime_ns:
+            self.refresh()
+
+    def newer(self, number: int) -> int | None:
+        return next((n for n in self.numbers if n > number), None)
+
+    def path(self, number: int) -> Path:
+        return self.directory / f"{number:012d}{SUFFIX}"
+
+    def set_size(self, number: int, size: int) -> None:
+        self._sizes[number] = size
+
+    def size(self, number: int) -> int:
+        """The size of a complete segment (a stat the first time it is asked for)."""
+        if number not in self._sizes:
+            self._sizes[number] = _size_now(self.path(number))
+        return self._sizes[number]
+
+    def delete(self, number: int) -> None:
+        self.path(number).unlink(missing_ok=True)
+        self.numbers.remove(number)
+        self._sizes.pop(number, None)
+
+
 class SpoolTail:
     """Complete records of the spool from a position on, following new segments as they appear.
 
     ``on_bad`` hears of a complete line that is not a JSON record (corruption). ``on_torn`` hears
     of a torn final line of a segment that a newer one follows: a write that was never
-    acknowledged, skipped as decision 001 says (not an error)."""
+    acknowledged, skipped as decision 001 says (not an error).
+
+    The directory is listed when the position's segment is not known, and at the end of the
+    newest known segment only if the directory changed (``Segments``): not once per read."""
 
     def __init__(
         self,
@@ -186,24 +241,32 @@ class SpoolTail:
     ) -> None:
         self.directory = directory
         self.position = start
+        self.segments = Segments(directory)
         self._on_bad = on_bad
         self._on_torn = on_torn
 
     def read(self, limit: int = 10_000) -> list[tuple[Position, dict[str, Any]]]:
         out: list[tuple[Position, dict[str, Any]]] = []
+        segments = self.segments
+        chunk = READ_CHUNK
         while len(out) < limit:
-            numbers = [int(p.stem) for p in list_segments(self.directory)]
-            later = [n for n in numbers if n >= self.position[0]]
-            if not later:
-                return out
             seg, off = self.position
-            if seg not in numbers:  # deleted or never existed: the next one that does
-                self.position = (later[0], 0)
+            if seg not in segments.numbers:
+                segments.refresh()
+                later = [n for n in segments.numbers if n >= seg]
+                if not later:
+                    return out
+                if seg not in segments.numbers:  # deleted or never existed: the next that does
+                    self.position = (later[0], 0)
+                    continue
+            path = segments.path(seg)
+            try:
+                with path.open("rb") as f:
+                    f.seek(off)
+                    data = f.read(chunk)
+            except FileNotFoundError:  # deleted since it was listed
+                segments.refresh()
                 continue
-            path = self.directory / f"{seg:012d}.jsonl"
-            with path.open("rb") as f:
-                f.seek(off)
-                data = f.read(4 * 1024 * 1024)
             end = data.rfind(b"\n") + 1
             for line in data[:end].splitlines(keepends=True):
                 try:
@@ -212,14 +275,24 @@ class SpoolTail:
                     self._on_bad(f"{path}@{off}: not a valid record")
                 off += len(line)
             self.position = (seg, off)
-            if end == len(data) and len(data) == 4 * 1024 * 1024:
-                continue  # more of this segment to read
-            newer = [n for n in numbers if n > seg]
-            if not newer:
-                return out  # the live end: a partial line here may still be completed
+            if len(data) == chunk:
+                # More of this segment to read. A line longer than the chunk: read more at once.
+                chunk = chunk if end else chunk * 2
+                continue
+            chunk = READ_CHUNK
+            newer = segments.newer(seg)
+            if newer is None:
+                segments.refresh_if_changed()
+                newer = segments.newer(seg)
+                if newer is None:
+                    return out  # the live end: a partial line here may still be completed
+                # The segment is complete now that a newer one exists, but it may have grown
+                # between the read above and the listing: read it to its end again first.
+                continue
             if end < len(data):
                 self._on_torn(f"{path}@{off}")
-            self.position = (newer[0], 0)
+            segments.set_size(seg, off + len(data) - end)
+            self.position = (newer, 0)
         return out
 
 
@@ -570,7 +643,7 @@ class Shipper:
         unshipped = [r.access_at for r in rest] + [apos for apos, _ in asm.pending.values()]
         self.state = ShipperState(last, min([*unshipped, tail.position]), None)
         self._state_file.save(self.state)
-        self._delete_shipped_segments()
+        self._delete_shipped_segments(tail.segments)
         return True
 
     def _wait_reporting_lag(self, seconds: float, rows: list[_Row], asm: Assembler) -> None:
@@ -596,24 +669,41 @@ class Shipper:
                 raise StoreError("an earlier insert of this batch is still running")
             time.sleep(0.2)
 
-    def _delete_shipped_segments(self) -> None:
-        segments = list_segments(self.directory)
-        nonempty = [p for p in segments if p.stat().st_size > 0]
-        if not nonempty:
-            self._on_progress(0, 0)
-            return
-        keep_from = min(self.state.read_from[0], int(nonempty[-1].stem))
+    def _delete_shipped_segments(self, segments: Segments) -> None:
+        """Delete the segments before ``read_from`` whose rows are all confirmed, never the newest
+        non-empty one (it carries the sequence high-water mark), and report the bytes freed and
+        the bytes kept though consumed. From what the tail knows of the segments: no listing."""
+        numbers = list(segments.numbers)
+        read_seg, read_off = self.state.read_from
+        if read_off > 0 and read_seg in numbers:
+            keep_from = read_seg  # the read position's segment holds data: it is non-empty
+        else:  # at the start of a segment (rare): look at what the newer segments hold
+            nonempty = [
+                n
+                for n in numbers
+                if (segments.size(n) if n < read_seg else _size_now(segments.path(n))) > 0
+            ]
+            if not nonempty:
+                self._on_progress(0, 0)
+                return
+            keep_from = min(read_seg, nonempty[-1])
         freed = consumed = 0
-        for p in segments:
-            n = int(p.stem)
+        for n in numbers:
             if n < keep_from:
-                freed += p.stat().st_size
-                p.unlink()
-            elif n < self.state.read_from[0]:
-                consumed += p.stat().st_size
-            elif n == self.state.read_from[0]:
-                consumed += self.state.read_from[1]
+                freed += segments.size(n)
+                segments.delete(n)
+            elif n < read_seg:
+                consumed += segments.size(n)
+            elif n == read_seg:
+                consumed += read_off
         self._on_progress(freed, consumed)
+
+
+def _size_now(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 # Record kind → the table its rows go to (access records go to access_events and, per subject,
