@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa  # type: ignore[import-untyped]  # no type hints (like chdb)
 
 from gateway.audit.schema import Table, column_type
-from gateway.audit.store import Row, StoreError
+from gateway.audit.store import Row, StoreError, columns_of
 
 _PARAM = re.compile(r"%\((\w+)\)s")
 # One chdb engine per process, whichever session calls it (the shipper's, the anomaly
@@ -95,8 +95,8 @@ class EmbeddedStore:
                 [(name, arrow_type(column_type(kind, modern=True))) for name, kind in table.columns]
             )
         columns = [
-            pa.array([r[name] for r in rows], type=field.type)
-            for name, field in zip(table.column_names, schema, strict=True)
+            pa.array(values, type=field.type)
+            for values, field in zip(columns_of(table, rows), schema, strict=True)
         ]
         # chdb's Python() table function finds the object by its name in the calling frames.
         pdgw_insert_batch = pa.Table.from_arrays(columns, schema=schema)  # noqa: F841

@@ -725,6 +725,9 @@ def batch_tables(rows: list[_Row], batch_id: str) -> dict[schema.Table, list[dic
         schema.ACCESS_EVENT_SUBJECTS: [],
         **{t: [] for t in KIND_TABLES.values()},
     }
+    # Bound once: hashing a Table (a frozen dataclass with its columns) per row cost more than
+    # building the row.
+    events, subjects = tables[schema.ACCESS_EVENTS], tables[schema.ACCESS_EVENT_SUBJECTS]
     for r in rows:
         kind = r.event.get("kind")
         if kind == "permission_change":
@@ -733,9 +736,9 @@ def batch_tables(rows: list[_Row], batch_id: str) -> dict[schema.Table, list[dic
             table = KIND_TABLES[kind]
             tables[table].append(table_row(table, r.event, batch_id))
         else:
-            row, subjects = event_rows(r.event, batch_id)
-            tables[schema.ACCESS_EVENTS].append(row)
-            tables[schema.ACCESS_EVENT_SUBJECTS].extend(subjects)
+            row, named = event_rows(r.event, batch_id)
+            events.append(row)
+            subjects.extend(named)
     return tables
 
 
