@@ -11,9 +11,14 @@ import os
 import random
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+# This checkout's gateway package, not the one the virtualenv has installed (an editable install
+# points at the main checkout): a bench run from a worktree measures that worktree's code.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.audit import chain
 from gateway.audit.chserver import ClickHouseServer

@@ -675,3 +675,91 @@ def test_replay_refuses_a_spool_a_running_gateway_is_writing(tmp_path: Path) -> 
     finally:
         spool.close()
     assert out.returncode == 1 and "a running gateway is writing this spool" in out.stderr
+
+
+def _json_each_row(table: schema.Table, rows: list[dict[str, Any]]) -> str:
+    """The embedded store's former encoding (one JSON object per row), kept as the reference
+    the Arrow insert must match (docs/decisions/016-store-insert.md)."""
+
+    def default(value: Any) -> str:
+        if isinstance(value, dt.datetime):
+            return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+        assert isinstance(value, dt.date)
+        return value.isoformat()
+
+    names = table.column_names
+    return "\n".join(json.dumps({n: r[n] for n in names}, default=default) for r in rows)
+
+
+def test_embedded_arrow_insert_stores_exactly_what_json_each_row_stored(chdb_dir: Path) -> None:
+    from gateway.audit.embedded import EmbeddedStore
+
+    now = dt.datetime.now(dt.UTC)
+    tricky = "é\x00\n\t\\'\"😀 ⟨subject⟩"
+    events = [
+        _event(ts=now, seq=1),
+        _event(
+            ts=now + dt.timedelta(microseconds=7),
+            seq=2**64 - 1,  # UInt64 beyond 2**63
+            path=f"/hr/{tricky}",
+            roles=[],
+            subject_ids=["a", tricky],
+            bytes_out=2**63,
+            response_subjects=["b"],
+            response_capped=1,
+            outcome_seq=3,
+            outcome_hash="f" * 64,
+            hash="0" * 64,
+        ),
+        {**_event(ts=now, seq=3), "rule": None, "roles": None},  # null: the column's default
+    ]
+    tables: dict[schema.Table, list[dict[str, Any]]] = {
+        schema.ACCESS_EVENTS: [],
+        schema.ACCESS_EVENT_SUBJECTS: [],
+    }
+    for ev in events:
+        row, subjects = event_rows(ev, "b1")
+        tables[schema.ACCESS_EVENTS].append(row)
+        tables[schema.ACCESS_EVENT_SUBJECTS] += subjects
+    tables[schema.RETENTION_ACTIONS] = [  # DateTime and Date columns
+        {
+            "ts": now.replace(microsecond=0),
+            "actor": tricky,
+            "table_name": "access_events",
+            "partition": "202611",
+            "rows": 5,
+            "cutoff": now.date(),
+            "reason": "r",
+        }
+    ]
+    arrow, reference = fresh_database(), fresh_database()
+    store = _store("embedded", chdb_dir, None, arrow)
+    assert isinstance(store, EmbeddedStore)
+    migrate(store)
+    store.execute(f"CREATE DATABASE {reference}")
+    for table, rows in tables.items():
+        store.execute(f"CREATE TABLE {reference}.{table.name} AS {arrow}.{table.name}")
+        store.insert(table, rows, "b1")
+        cols = ", ".join(f"`{n}`" for n in table.column_names)
+        body = _json_each_row(table, rows)
+        store.execute(f"INSERT INTO {reference}.{table.name} ({cols}) FORMAT JSONEachRow\n{body}")
+
+        def dump(db: str, table: schema.Table = table) -> str:
+            sql = (
+                f"SELECT * FROM {db}.{table.name} ORDER BY ALL FORMAT TabSeparatedWithNamesAndTypes"
+            )
+            return store._query(sql, "TabSeparated")
+
+        assert dump(arrow) == dump(reference), table.name
+        assert dump(arrow).count("\n") == len(rows) + 2
+    store.close()
+
+
+def test_every_column_of_the_schema_has_an_arrow_type() -> None:
+    from gateway.audit.embedded import arrow_type
+
+    tables = [v for v in vars(schema).values() if isinstance(v, schema.Table)]
+    assert len(tables) >= 10
+    for table in tables:
+        for name, kind in table.columns:
+            assert arrow_type(schema.column_type(kind, True)) is not None, (table.name, name)

@@ -16,7 +16,7 @@ from clickhouse_driver import errors as ch_errors
 
 from gateway.audit import schema
 from gateway.audit.schema import Table
-from gateway.audit.store import Row, StoreError, query_id
+from gateway.audit.store import Row, StoreError, columns_of, query_id
 
 
 @dataclass(frozen=True)
@@ -95,12 +95,10 @@ class ClickHouseStore:
         self._run(sql)
 
     def insert(self, table: Table, rows: Sequence[Row], batch_id: str) -> None:
-        names = table.column_names
-        columns = [[row[n] for row in rows] for n in names]
-        cols = ", ".join(f"`{n}`" for n in names)
+        cols = ", ".join(f"`{n}`" for n in table.column_names)
         self._run(
             f"INSERT INTO {self.database}.{table.name} ({cols}) VALUES",
-            columns,
+            columns_of(table, rows),
             columnar=True,
             query_id=query_id(table, batch_id),
             # On a cluster, insert through the Distributed table synchronously: the batch must

@@ -4,6 +4,9 @@ The default for the demo and a first run: a real ClickHouse engine with no serve
 chdb allows one process per data directory and one directory per process, so the gateway that
 owns the directory is the only reader; investigation tools query through it. Calls release the
 GIL and are serialised by a lock.
+
+Inserts go in as Arrow columns (``INSERT … SELECT * FROM Python(batch)``), typed from the
+table's schema: no per-row JSON text is built and parsed again (docs/decisions/016-store-insert.md).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.audit.schema import Table
-from gateway.audit.store import Row, StoreError
+import pyarrow as pa  # type: ignore[import-untyped]  # no type hints (like chdb)
+
+from gateway.audit.schema import Table, column_type
+from gateway.audit.store import Row, StoreError, columns_of
 
 _PARAM = re.compile(r"%\((\w+)\)s")
 # One chdb engine per process, whichever session calls it (the shipper's, the anomaly
@@ -25,12 +30,27 @@ _PARAM = re.compile(r"%\((\w+)\)s")
 _ENGINE_LOCK = threading.Lock()
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    raise TypeError(f"cannot encode {type(value).__name__}")
+# ClickHouse column type → the Arrow type its values are handed over as. Each converts to the
+# column exactly (DateTime64(6) from microseconds, UInt64 beyond 2**63, UTF-8 strings as bytes); a
+# null (a value the record lacks) becomes the column's default, as JSONEachRow made it.
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "String": pa.string(),
+    "LowCardinality(String)": pa.string(),
+    "UInt8": pa.uint8(),
+    "UInt16": pa.uint16(),
+    "UInt32": pa.uint32(),
+    "UInt64": pa.uint64(),
+    "Date": pa.date32(),
+    "DateTime('UTC')": pa.timestamp("s", tz="UTC"),
+    "DateTime64(6, 'UTC')": pa.timestamp("us", tz="UTC"),
+}
+
+
+def arrow_type(ch_type: str) -> pa.DataType:
+    """The Arrow type for a ClickHouse column type of the audit schema (KeyError if unknown)."""
+    if ch_type.startswith("Array(") and ch_type.endswith(")"):
+        return pa.list_(arrow_type(ch_type[len("Array(") : -1]))
+    return _ARROW_TYPES[ch_type]
 
 
 class EmbeddedStore:
@@ -46,6 +66,7 @@ class EmbeddedStore:
         self.path = path
         self.database = database
         self._lock = _ENGINE_LOCK
+        self._schemas: dict[Table, pa.Schema] = {}
         try:
             self._session = session.Session(str(path))
         except Exception as e:
@@ -68,11 +89,21 @@ class EmbeddedStore:
         self._query(sql, "TabSeparated")
 
     def insert(self, table: Table, rows: Sequence[Row], batch_id: str) -> None:
-        names = table.column_names
-        body = "\n".join(json.dumps({n: r[n] for n in names}, default=_json_default) for r in rows)
-        cols = ", ".join(f"`{n}`" for n in names)
+        schema = self._schemas.get(table)
+        if schema is None:
+            schema = self._schemas[table] = pa.schema(
+                [(name, arrow_type(column_type(kind, modern=True))) for name, kind in table.columns]
+            )
+        columns = [
+            pa.array(values, type=field.type)
+            for values, field in zip(columns_of(table, rows), schema, strict=True)
+        ]
+        # chdb's Python() table function finds the object by its name in the calling frames.
+        pdgw_insert_batch = pa.Table.from_arrays(columns, schema=schema)  # noqa: F841
+        cols = ", ".join(f"`{n}`" for n in table.column_names)
         self._query(
-            f"INSERT INTO {self.database}.{table.name} ({cols}) FORMAT JSONEachRow\n{body}",
+            f"INSERT INTO {self.database}.{table.name} ({cols}) "
+            "SELECT * FROM Python(pdgw_insert_batch)",
             "TabSeparated",
         )
 

@@ -25,6 +25,7 @@ import os
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any
 
 from gateway.audit import schema
 from gateway.audit.events import PENDING, UNKNOWN, merge_outcome
-from gateway.audit.spool import decode_line, list_segments
+from gateway.audit.spool import SUFFIX, decode_line, list_segments
 from gateway.audit.store import (
     AuditStore,
     StoreError,
@@ -47,10 +48,17 @@ log = logging.getLogger(__name__)
 
 Position = tuple[int, int]  # (segment number, byte offset of the record)
 BEFORE_ALL: Position = (-1, -1)
-STATE_FILE = "shipper-state.json"
+STATE_FILE = "shipper.state"
+LEGACY_STATE_FILE = "shipper-state.json"  # up to 0.x: JSON replaced by atomic_write per save
+STATE_SLOT = 4096
+STATE_MAGIC = b"pdgw-shipper-state/2"
 LOCK_FILE = "shipper.lock"
 ID_FILE = "spool.id"
 LAG_REPORT_INTERVAL = 1.0  # seconds between lag updates while a batch waits to be retried
+READ_CHUNK = 4 * 1024 * 1024
+# A directory listing taken less than this after the directory's mtime is not trusted to be
+# complete: the mtime has the granularity of the kernel's coarse clock (a few milliseconds).
+RACY_LISTING_NS = 1_000_000_000
 
 
 class ShipperBusy(Exception):
@@ -63,24 +71,95 @@ class ShipperState:
     read_from: Position = (0, 0)
     intent: dict[str, Any] | None = None
 
-    @classmethod
-    def load(cls, directory: Path) -> ShipperState:
-        path = directory / STATE_FILE
-        if not path.exists():
-            first = list_segments(directory)
-            return cls(read_from=(int(first[0].stem), 0) if first else (0, 0))
-        data = json.loads(path.read_text())
-        through, start = data["shipped_through"], data["read_from"]
-        return cls((through[0], through[1]), (start[0], start[1]), data.get("intent"))
-
-    def save(self, directory: Path) -> None:
-        """Atomically and durably (gateway.fsutil.atomic_write)."""
+    def encode(self) -> bytes:
         data = {
             "shipped_through": self.shipped_through,
             "read_from": self.read_from,
             "intent": self.intent,
         }
-        atomic_write(directory / STATE_FILE, json.dumps(data).encode())
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, text: bytes) -> ShipperState:
+        data = json.loads(text)
+        through, start = data["shipped_through"], data["read_from"]
+        return cls((through[0], through[1]), (start[0], start[1]), data.get("intent"))
+
+
+class StateFile:
+    """The shipper's state on disk, saved durably twice a batch (docs/decisions/005 and 016).
+
+    Two fixed slots of one page each in one file of constant size; a save writes the slot that
+    does not hold the newest state (with a counter and a CRC) in place and fdatasyncs it. A
+    save cut short by a crash or power loss leaves a slot whose CRC fails, and the other slot —
+    the state before — is read. So a save is atomic like a rename, and costs one data sync: no
+    temporary file, no rename, no directory fsync (only when the file is first made)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / STATE_FILE
+        self._legacy = directory / LEGACY_STATE_FILE
+        self._fd = -1
+        self._counter = 0
+
+    def load(self, directory: Path) -> ShipperState:
+        self.close()
+        if self.path.exists():
+            self._fd = os.open(self.path, os.O_RDWR)
+            data = os.pread(self._fd, 2 * STATE_SLOT, 0)
+            slots = [_parse_slot(data[i * STATE_SLOT : (i + 1) * STATE_SLOT]) for i in (0, 1)]
+            valid = [slot for slot in slots if slot is not None]
+            if not valid:
+                raise ValueError(f"{self.path}: neither state slot is intact")
+            self._counter, state = max(valid, key=lambda slot: slot[0])
+            return state
+        if self._legacy.exists():  # written by an earlier release (atomic_write of the JSON)
+            return ShipperState.decode(self._legacy.read_bytes())
+        first = list_segments(directory)
+        return ShipperState(read_from=(int(first[0].stem), 0) if first else (0, 0))
+
+    def save(self, state: ShipperState) -> None:
+        self._counter += 1
+        slot = _slot(self._counter, state)
+        offset = (self._counter % 2) * STATE_SLOT
+        if self._fd < 0:
+            # The first save: make the file whole (the other slot blank) and durable, then
+            # drop an earlier release's file, which the new one now supersedes.
+            data = bytearray(b" " * (2 * STATE_SLOT))
+            data[offset : offset + STATE_SLOT] = slot
+            atomic_write(self.path, bytes(data))
+            self._fd = os.open(self.path, os.O_RDWR)
+            self._legacy.unlink(missing_ok=True)
+            return
+        if os.pwrite(self._fd, slot, offset) != STATE_SLOT:
+            raise OSError(f"{self.path}: short write")
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _slot(counter: int, state: ShipperState) -> bytes:
+    body = state.encode()
+    line = b"%s %d %08x %s\n" % (STATE_MAGIC, counter, zlib.crc32(body), body)
+    if len(line) > STATE_SLOT:
+        raise ValueError("shipper state larger than its slot")
+    return line.ljust(STATE_SLOT, b" ")
+
+
+def _parse_slot(slot: bytes) -> tuple[int, ShipperState] | None:
+    """(counter, state) of an intact slot; None for a blank or torn one."""
+    parts = slot.split(b"\n", 1)[0].split(b" ", 3)
+    if len(parts) != 4 or parts[0] != STATE_MAGIC or len(slot) != STATE_SLOT:
+        return None
+    try:
+        counter, crc = int(parts[1]), int(parts[2], 16)
+        if zlib.crc32(parts[3]) != crc:
+            return None
+        return counter, ShipperState.decode(parts[3])
+    except ValueError:
+        return None
 
 
 def spool_id(directory: Path) -> str:
@@ -95,12 +174,63 @@ def spool_id(directory: Path) -> str:
     return path.read_text().strip()
 
 
+class Segments:
+    """The spool's segment numbers as last listed, listed again only when the directory may have
+    changed since: its mtime moved, or the last listing was taken too soon after a change to be
+    trusted (a directory's mtime has the file system clock's granularity, so a segment created
+    in the same tick as the listing leaves it unchanged). Sizes of segments that are complete
+    (a newer one exists) are remembered, so progress is reported without a stat per batch."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.numbers: list[int] = []
+        self._mtime_ns: int | None = None
+        self._racy = True
+        self._sizes: dict[int, int] = {}
+
+    def refresh(self) -> None:
+        mtime = os.stat(self.directory).st_mtime_ns  # before listing: a later change moves it
+        self.numbers = [int(p.stem) for p in list_segments(self.directory)]
+        self._mtime_ns = mtime
+        self._racy = time.time_ns() - mtime < RACY_LISTING_NS
+        known = set(self.numbers)
+        self._sizes = {n: size for n, size in self._sizes.items() if n in known}
+
+    def refresh_if_changed(self) -> None:
+        """One stat of the directory; a listing only if it may have changed."""
+        if self._racy or os.stat(self.directory).st_mtime_ns != self._mtime_ns:
+            self.refresh()
+
+    def newer(self, number: int) -> int | None:
+        return next((n for n in self.numbers if n > number), None)
+
+    def path(self, number: int) -> Path:
+        return self.directory / f"{number:012d}{SUFFIX}"
+
+    def set_size(self, number: int, size: int) -> None:
+        self._sizes[number] = size
+
+    def size(self, number: int) -> int:
+        """The size of a complete segment (a stat the first time it is asked for)."""
+        if number not in self._sizes:
+            self._sizes[number] = _size_now(self.path(number))
+        return self._sizes[number]
+
+    def delete(self, number: int) -> None:
+        self.path(number).unlink(missing_ok=True)
+        self.numbers.remove(number)
+        self._sizes.pop(number, None)
+
+
 class SpoolTail:
     """Complete records of the spool from a position on, following new segments as they appear.
 
     ``on_bad`` hears of a complete line that is not a JSON record (corruption). ``on_torn`` hears
     of a torn final line of a segment that a newer one follows: a write that was never
-    acknowledged, skipped as decision 001 says (not an error)."""
+    acknowledged, skipped as decision 001 says (not an error).
+
+    The directory is listed when the position's segment is not known, and at the end of the
+    newest known segment only if the directory changed (``Segments``): not once per read."""
 
     def __init__(
         self,
@@ -111,24 +241,32 @@ class SpoolTail:
     ) -> None:
         self.directory = directory
         self.position = start
+        self.segments = Segments(directory)
         self._on_bad = on_bad
         self._on_torn = on_torn
 
     def read(self, limit: int = 10_000) -> list[tuple[Position, dict[str, Any]]]:
         out: list[tuple[Position, dict[str, Any]]] = []
+        segments = self.segments
+        chunk = READ_CHUNK
         while len(out) < limit:
-            numbers = [int(p.stem) for p in list_segments(self.directory)]
-            later = [n for n in numbers if n >= self.position[0]]
-            if not later:
-                return out
             seg, off = self.position
-            if seg not in numbers:  # deleted or never existed: the next one that does
-                self.position = (later[0], 0)
+            if seg not in segments.numbers:
+                segments.refresh()
+                later = [n for n in segments.numbers if n >= seg]
+                if not later:
+                    return out
+                if seg not in segments.numbers:  # deleted or never existed: the next that does
+                    self.position = (later[0], 0)
+                    continue
+            path = segments.path(seg)
+            try:
+                with path.open("rb") as f:
+                    f.seek(off)
+                    data = f.read(chunk)
+            except FileNotFoundError:  # deleted since it was listed
+                segments.refresh()
                 continue
-            path = self.directory / f"{seg:012d}.jsonl"
-            with path.open("rb") as f:
-                f.seek(off)
-                data = f.read(4 * 1024 * 1024)
             end = data.rfind(b"\n") + 1
             for line in data[:end].splitlines(keepends=True):
                 try:
@@ -137,14 +275,24 @@ class SpoolTail:
                     self._on_bad(f"{path}@{off}: not a valid record")
                 off += len(line)
             self.position = (seg, off)
-            if end == len(data) and len(data) == 4 * 1024 * 1024:
-                continue  # more of this segment to read
-            newer = [n for n in numbers if n > seg]
-            if not newer:
-                return out  # the live end: a partial line here may still be completed
+            if len(data) == chunk:
+                # More of this segment to read. A line longer than the chunk: read more at once.
+                chunk = chunk if end else chunk * 2
+                continue
+            chunk = READ_CHUNK
+            newer = segments.newer(seg)
+            if newer is None:
+                segments.refresh_if_changed()
+                newer = segments.newer(seg)
+                if newer is None:
+                    return out  # the live end: a partial line here may still be completed
+                # The segment is complete now that a newer one exists, but it may have grown
+                # between the read above and the listing: read it to its end again first.
+                continue
             if end < len(data):
                 self._on_torn(f"{path}@{off}")
-            self.position = (newer[0], 0)
+            segments.set_size(seg, off + len(data) - end)
+            self.position = (newer, 0)
         return out
 
 
@@ -233,6 +381,7 @@ class Shipper:
         self._drain_deadline: float | None = None
         self._thread: threading.Thread | None = None
         self._lock_fd = -1
+        self._state_file = StateFile(directory)
         self.bad_records = 0
         self.torn_lines = 0
         self.shipped_rows = 0
@@ -248,9 +397,10 @@ class Shipper:
         except LockHeld as e:
             raise ShipperBusy(str(self.directory)) from e
         self.spool_id = spool_id(self.directory)
-        self.state = ShipperState.load(self.directory)
+        self.state = self._state_file.load(self.directory)
 
     def release(self) -> None:
+        self._state_file.close()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -289,7 +439,7 @@ class Shipper:
                         self._store.close()
                     self._store = None
                 self._stop.wait(self._max_backoff)
-                self.state = ShipperState.load(self.directory)
+                self.state = self._state_file.load(self.directory)
 
     def run(self, *, follow: bool, finalize_at_end: bool = False) -> int:
         """Ship until stopped (``follow``) or until the spool is exhausted; return rows shipped.
@@ -443,7 +593,7 @@ class Shipper:
                 "last": list(last),
                 "rows": {t.name: len(trows) for t, trows in tables.items()},
             }
-            self.state.save(self.directory)
+            self._state_file.save(self.state)
         attempt = 0
         check = recovering
         while True:
@@ -492,8 +642,8 @@ class Shipper:
         self._metrics.batch()
         unshipped = [r.access_at for r in rest] + [apos for apos, _ in asm.pending.values()]
         self.state = ShipperState(last, min([*unshipped, tail.position]), None)
-        self.state.save(self.directory)
-        self._delete_shipped_segments()
+        self._state_file.save(self.state)
+        self._delete_shipped_segments(tail.segments)
         return True
 
     def _wait_reporting_lag(self, seconds: float, rows: list[_Row], asm: Assembler) -> None:
@@ -519,24 +669,41 @@ class Shipper:
                 raise StoreError("an earlier insert of this batch is still running")
             time.sleep(0.2)
 
-    def _delete_shipped_segments(self) -> None:
-        segments = list_segments(self.directory)
-        nonempty = [p for p in segments if p.stat().st_size > 0]
-        if not nonempty:
-            self._on_progress(0, 0)
-            return
-        keep_from = min(self.state.read_from[0], int(nonempty[-1].stem))
+    def _delete_shipped_segments(self, segments: Segments) -> None:
+        """Delete the segments before ``read_from`` whose rows are all confirmed, never the newest
+        non-empty one (it carries the sequence high-water mark), and report the bytes freed and
+        the bytes kept though consumed. From what the tail knows of the segments: no listing."""
+        numbers = list(segments.numbers)
+        read_seg, read_off = self.state.read_from
+        if read_off > 0 and read_seg in numbers:
+            keep_from = read_seg  # the read position's segment holds data: it is non-empty
+        else:  # at the start of a segment (rare): look at what the newer segments hold
+            nonempty = [
+                n
+                for n in numbers
+                if (segments.size(n) if n < read_seg else _size_now(segments.path(n))) > 0
+            ]
+            if not nonempty:
+                self._on_progress(0, 0)
+                return
+            keep_from = min(read_seg, nonempty[-1])
         freed = consumed = 0
-        for p in segments:
-            n = int(p.stem)
+        for n in numbers:
             if n < keep_from:
-                freed += p.stat().st_size
-                p.unlink()
-            elif n < self.state.read_from[0]:
-                consumed += p.stat().st_size
-            elif n == self.state.read_from[0]:
-                consumed += self.state.read_from[1]
+                freed += segments.size(n)
+                segments.delete(n)
+            elif n < read_seg:
+                consumed += segments.size(n)
+            elif n == read_seg:
+                consumed += read_off
         self._on_progress(freed, consumed)
+
+
+def _size_now(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 # Record kind → the table its rows go to (access records go to access_events and, per subject,
@@ -558,6 +725,9 @@ def batch_tables(rows: list[_Row], batch_id: str) -> dict[schema.Table, list[dic
         schema.ACCESS_EVENT_SUBJECTS: [],
         **{t: [] for t in KIND_TABLES.values()},
     }
+    # Bound once: hashing a Table (a frozen dataclass with its columns) per row cost more than
+    # building the row.
+    events, subjects = tables[schema.ACCESS_EVENTS], tables[schema.ACCESS_EVENT_SUBJECTS]
     for r in rows:
         kind = r.event.get("kind")
         if kind == "permission_change":
@@ -566,9 +736,9 @@ def batch_tables(rows: list[_Row], batch_id: str) -> dict[schema.Table, list[dic
             table = KIND_TABLES[kind]
             tables[table].append(table_row(table, r.event, batch_id))
         else:
-            row, subjects = event_rows(r.event, batch_id)
-            tables[schema.ACCESS_EVENTS].append(row)
-            tables[schema.ACCESS_EVENT_SUBJECTS].extend(subjects)
+            row, named = event_rows(r.event, batch_id)
+            events.append(row)
+            subjects.extend(named)
     return tables
 
 
