@@ -28,7 +28,7 @@ from aiohttp import web
 from gateway import listeners
 from gateway.app import GATEWAY, Gateway, build
 from gateway.audit.schema import Table
-from gateway.audit.shipper import ShipperState
+from gateway.audit.shipper import StateFile
 from gateway.audit.spool import Spool, list_segments
 from gateway.audit.store import Row, StoreError
 from gateway.break_glass import Session
@@ -146,8 +146,11 @@ def disk_progress(directory: Path) -> tuple[int, int]:
     """Bytes of spool segments on disk, and of those the bytes its shipper has consumed (before
     its saved read position): what the shipper would report in-process."""
     on_disk = consumed = 0
-    state = ShipperState.load(directory)
-    seg, off = state.read_from
+    state_file = StateFile(directory)  # the shipper's, read from here (decision 017's slots)
+    try:
+        seg, off = state_file.load(directory).read_from
+    finally:
+        state_file.close()
     for p in list_segments(directory):
         with contextlib.suppress(FileNotFoundError):  # deleted by the shipper meanwhile
             size = p.stat().st_size

@@ -1,6 +1,6 @@
 """Shipper outages are visible (9.1.6): the lag grows while a batch cannot be confirmed, and
 `pdgw_store_up` says the store is down now — against a real clickhouse-server killed and
-restarted. How the shipper reads the spool and keeps its state (docs/decisions/005, 016)."""
+restarted. How the shipper reads the spool and keeps its state (docs/decisions/005, 017)."""
 
 from __future__ import annotations
 

@@ -679,7 +679,7 @@ def test_replay_refuses_a_spool_a_running_gateway_is_writing(tmp_path: Path) -> 
 
 def _json_each_row(table: schema.Table, rows: list[dict[str, Any]]) -> str:
     """The embedded store's former encoding (one JSON object per row), kept as the reference
-    the Arrow insert must match (docs/decisions/016-store-insert.md)."""
+    the Arrow insert must match (docs/decisions/017-store-insert.md)."""
 
     def default(value: Any) -> str:
         if isinstance(value, dt.datetime):

@@ -6,7 +6,7 @@ owns the directory is the only reader; investigation tools query through it. Cal
 GIL and are serialised by a lock.
 
 Inserts go in as Arrow columns (``INSERT … SELECT * FROM Python(batch)``), typed from the
-table's schema: no per-row JSON text is built and parsed again (docs/decisions/016-store-insert.md).
+table's schema: no per-row JSON text is built and parsed again (docs/decisions/017-store-insert.md).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa  # type: ignore[import-untyped]  # no type hints (like chdb)
+import pyarrow as pa
 
 from gateway.audit.schema import Table, column_type
 from gateway.audit.store import Row, StoreError, columns_of

@@ -87,7 +87,7 @@ class ShipperState:
 
 
 class StateFile:
-    """The shipper's state on disk, saved durably twice a batch (docs/decisions/005 and 016).
+    """The shipper's state on disk, saved durably twice a batch (docs/decisions/005 and 017).
 
     Two fixed slots of one page each in one file of constant size; a save writes the slot that
     does not hold the newest state (with a counter and a CRC) in place and fdatasyncs it. A
