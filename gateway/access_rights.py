@@ -39,6 +39,8 @@ class AccessRights:
     policies: PolicyStore
     break_glass: BreakGlass = field(default_factory=lambda: BreakGlass({}))
     roles: RoleTracker | None = None
+    # After a new policy is in force (the composition root lets the collector see the old one).
+    on_installed: Callable[[], None] = lambda: None
 
     async def reload_policy(self, *, actor: str, source: str, reason: str) -> bool:
         """Load the policy files again and put them in force, recording every change (9.2.7).
@@ -120,6 +122,7 @@ class AccessRights:
         if before_install is not None:
             before_install()
         self.policies.install(engine)
+        self.on_installed()
         self.metrics.policy_reloads.labels("ok").inc()
         self.metrics.set_policy(engine.version, engine.rule_count)
         log.info(

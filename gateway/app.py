@@ -9,6 +9,7 @@ pipeline that uses them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -131,7 +132,12 @@ def build(
     )
     metrics.set_policy(policies.engine.version, policies.engine.rule_count)
     rights = AccessRights(
-        cfg, metrics, spool, policies, BreakGlass(load_allowances(cfg.authz.policy.parent))
+        cfg,
+        metrics,
+        spool,
+        policies,
+        BreakGlass(load_allowances(cfg.authz.policy.parent)),
+        on_installed=resettle_heap,
     )
     checkpointer = Checkpointer(
         spool,
@@ -486,6 +492,29 @@ async def _browser_login(gw: Gateway, http: aiohttp.ClientSession) -> BrowserLog
     )
 
 
+# The cyclic garbage collector's thresholds while serving (decision 019). The defaults (700, 10,
+# 10) collect the young generation every 700 allocations — a few requests — and each full
+# collection walks every object the process holds (policies, keys, chdb's Python side, aiohttp).
+GC_THRESHOLDS = (20_000, 50, 100)
+
+
+def settle_heap() -> None:
+    """Once start-up is done: collect, move what survived into the collector's permanent
+    generation (gc.freeze: never scanned again), and collect the young generation less often.
+    Measured side by side (decision 019): ~30 % less CPU per request through the gateway."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def resettle_heap() -> None:
+    """After a policy is replaced: the old engine was frozen with the rest, and frozen cycles are
+    never collected; unfreeze, collect it, freeze again (nothing to do before settle_heap)."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        settle_heap()
+
+
 async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     """Run both listeners until SIGTERM/SIGINT; SIGHUP reloads the policy.
 
@@ -506,6 +535,7 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         ),
     )
     sites = await listeners.start(cfg, proxy_app, admin_app, gw.metrics)
+    settle_heap()
     try:
         log.info(
             "pd-gateway serving",

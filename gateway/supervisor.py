@@ -38,7 +38,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import listeners
-from gateway.app import GATEWAY, Gateway, build, shipper_metrics
+from gateway.app import GATEWAY, Gateway, build, settle_heap, shipper_metrics
 from gateway.audit.factory import open_store
 from gateway.audit.shipper import Shipper
 from gateway.audit.store import AuditStore
@@ -123,6 +123,7 @@ class Supervisor:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._sighup(gw))
         sites = await listeners.start(cfg, proxy_app, admin_app, gw.metrics, serve_proxy=False)
+        settle_heap()
         keepers: list[asyncio.Task[None]] = []
         try:
             async with self._shippers(), aiohttp.ClientSession() as self._http:

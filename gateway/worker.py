@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import listeners
-from gateway.app import GATEWAY, Gateway, build
+from gateway.app import GATEWAY, Gateway, build, settle_heap
 from gateway.audit.schema import Table
 from gateway.audit.shipper import StateFile
 from gateway.audit.spool import Spool, list_segments
@@ -90,6 +90,7 @@ async def serve_worker(cfg: Config, index: int, proxy_port: int, supervisor_pid:
         ),
     )
     sites = await listeners.start(wcfg, proxy_app, admin_app, gw.metrics, reuse_port=True)
+    settle_heap()
     tasks = [
         spawn(_follow_shipper(gw.spool), name="shipper-progress"),
         spawn(_follow_break_glass(gw, view), name="break-glass-view"),
