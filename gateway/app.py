@@ -515,14 +515,8 @@ def resettle_heap() -> None:
         settle_heap()
 
 
-async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
-    """Run both listeners until SIGTERM/SIGINT; SIGHUP reloads the policy.
-
-    Shutdown drains in-flight requests (up to proxy.shutdown_timeout_seconds), then flushes and
-    closes the spool.
-    """
-    proxy_app, admin_app = build(cfg)
-    gw = proxy_app[GATEWAY]
+def handle_signals(gw: Gateway) -> asyncio.Event:
+    """SIGTERM and SIGINT set the returned event (stop serving); SIGHUP reloads the policy."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -534,6 +528,18 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
             name="reload",
         ),
     )
+    return stop
+
+
+async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
+    """Run both listeners until SIGTERM/SIGINT; SIGHUP reloads the policy.
+
+    Shutdown drains in-flight requests (up to proxy.shutdown_timeout_seconds), then flushes and
+    closes the spool.
+    """
+    proxy_app, admin_app = build(cfg)
+    gw = proxy_app[GATEWAY]
+    stop = handle_signals(gw)
     sites = await listeners.start(cfg, proxy_app, admin_app, gw.metrics)
     settle_heap()
     try:

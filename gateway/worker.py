@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import listeners
-from gateway.app import GATEWAY, Gateway, build, settle_heap
+from gateway.app import GATEWAY, Gateway, build, handle_signals, settle_heap
 from gateway.audit.schema import Table
 from gateway.audit.shipper import StateFile
 from gateway.audit.spool import Spool, list_segments
@@ -78,17 +78,7 @@ async def serve_worker(cfg: Config, index: int, proxy_port: int, supervisor_pid:
     )
     gw = proxy_app[GATEWAY]
     admin_app.middlewares.insert(1, _internal_only)  # inside the error boundary
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(
-        signal.SIGHUP,
-        lambda: spawn(
-            gw.rights.reload_policy(actor="signal:SIGHUP", source="file", reason="SIGHUP"),
-            name="reload",
-        ),
-    )
+    stop = handle_signals(gw)
     sites = await listeners.start(wcfg, proxy_app, admin_app, gw.metrics, reuse_port=True)
     settle_heap()
     tasks = [
