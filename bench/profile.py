@@ -109,8 +109,8 @@ def summarise(raw: Path, requests: float) -> None:
     print(f"\ninclusive (anywhere on the stack; a thread's outermost frames left out), top {TOP}:")
     shown = 0
     for (thread, name), n in inclusive.most_common():
-        if n == per_thread[thread]:
-            continue  # the thread's own outer frames: no information
+        if n >= 0.99 * per_thread[thread]:
+            continue  # the thread's own outer frames (on nearly every sample): no information
         print(f"  {n / total:6.1%} {us(n)}  {name}  [{thread}]")
         shown += 1
         if shown == TOP:
