@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.audit.checkpoint import generate as generate_checkpoint_key  # noqa: E402
-from gateway.audit.chserver import free_port  # noqa: E402
+from gateway.audit.chserver import ClickHouseServer, free_port  # noqa: E402
 from tests.conftest import AUDIENCE, ISSUER, KID, Keys, rsa_keypair  # noqa: E402
 
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
@@ -42,6 +42,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = 32
 H1 = "uvloop + httptools protocol-level proxy"
 PROTO = "prototype: httptools data path, full pipeline"
+CH = "pd-gateway durability=fsync, store clickhouse-server"
 
 
 def pinned(cpu: str, cmd: list[str]) -> list[str]:
@@ -209,7 +210,17 @@ def proxy_bench(tmp: Path) -> None:
     token = keys.token("alice", ["hr_officer"], ttl=3600)
     procs: list[subprocess.Popen[bytes]] = []
     py = sys.executable
+    # The production shape of the store: Debian's clickhouse-server on loopback, on the load
+    # generator's CPU (it is not the proxy's cost; its client side in the gateway is).
+    clickhouse = ClickHouseServer(tmp / "clickhouse")
     try:
+        clickhouse.start()
+        if clickhouse.proc is not None and shutil.which("taskset"):
+            subprocess.run(
+                ["taskset", "-a", "-p", "-c", "1", str(clickhouse.proc.pid)],
+                check=True,
+                capture_output=True,
+            )
 
         def start(cpu: str, *args: str) -> None:
             # wrk closes its connections mid-response at the end of a run: the servers' resulting
@@ -255,14 +266,21 @@ def proxy_bench(tmp: Path) -> None:
         # build(), pipeline, spool, shipper and embedded store; httptools in place of aiohttp).
         gateways = [(f"pd-gateway durability={d}", "", d) for d in ("batch", "fsync")]
         gateways += [(f"{PROTO}, durability={d}", "proto-", d) for d in ("batch", "fsync")]
+        gateways += [(CH, "ch-", "fsync")]
         for name, label, durability in gateways:
             port, admin = free_port(), free_port()
             cfg = gateway_config(
                 tmp, durability, upstream, port, admin, checkpoint_key, label=label
             )
+            if label == "ch-":
+                cfg["store"] = {
+                    "kind": "clickhouse",
+                    "hosts": [f"127.0.0.1:{clickhouse.tcp_port}"],
+                    "database": "pd_audit_bench",
+                }
             path = tmp / f"gw-{label}{durability}.json"  # JSON is YAML
             path.write_text(json.dumps(cfg))
-            if label:
+            if label == "proto-":
                 start("0", "bench/fastpath.py", "--config", str(path), "--log-level", "WARNING")
             else:
                 start(
@@ -329,6 +347,11 @@ def proxy_bench(tmp: Path) -> None:
             )
         batch, fsync = rps_of["pd-gateway durability=batch"], rps_of["pd-gateway durability=fsync"]
         print(f"  fsync costs {1 - fsync / batch:.0%} of batch's throughput")
+        print(
+            f"  {CH}: {rps_of[CH] / bare:.0%} of the bare aiohttp proxy, "
+            f"{rps_of[CH] / fsync:.2f}x the embedded store's; "
+            f"+{p50_1[CH] - direct:.0f} µs p50 at c=1"
+        )
         for d in ("batch", "fsync"):
             name, gw = f"{PROTO}, durability={d}", f"pd-gateway durability={d}"
             print(
@@ -341,6 +364,7 @@ def proxy_bench(tmp: Path) -> None:
             p.terminate()
         for p in procs:
             p.wait()
+        clickhouse.stop()
 
 
 def decision_bench(tmp: Path) -> None:
