@@ -13,7 +13,6 @@ the functions with the most samples anywhere on the stack (inclusive time). The 
 from __future__ import annotations
 
 import collections
-import json
 import os
 import re
 import shutil
@@ -25,15 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import (  # bench/ is a script directory
-    NGINX_UPSTREAM,
     ROOT,
-    Keys,
-    free_port,
-    gateway_config,
-    generate_checkpoint_key,
     pinned,
-    rsa_keypair,
-    wait_http,
+    single,
 )
 
 SECONDS = int(os.environ.get("PROFILE_SECONDS", "15"))
@@ -130,37 +123,8 @@ def main() -> None:
         tmp = Path(d)
         tmp.chmod(0o755)
         try:
-            keys = Keys(*rsa_keypair(), public_pem="")
-            (tmp / "jwks.json").write_text(json.dumps(keys.jwks()))
-            token = keys.token("alice", ["hr_officer"], ttl=3600)
-            up_port, port, admin = free_port(), free_port(), free_port()
-            (tmp / "body.json").write_bytes(b"x" * 1024)
-            (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
-            nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-            procs.append(subprocess.Popen(pinned("1", [nginx, "-c", str(tmp / "up.conf")])))
-            key = tmp / "checkpoint.pem"
-            generate_checkpoint_key(key, tmp / "checkpoint.pub")
-            cfg = gateway_config(tmp, DURABILITY, f"http://127.0.0.1:{up_port}", port, admin, key)
-            if not STORE:
-                del cfg["store"]
-            (tmp / "gw.json").write_text(json.dumps(cfg))
-            if TARGET == "bare":
-                up = f"http://127.0.0.1:{up_port}"
-                cmd = ["bench/servers.py", "bare-proxy", "--port", str(port), "--upstream", up]
-            else:
-                cmd = ["-m", "gateway", "serve", "--config", str(tmp / "gw.json")]
-                cmd += ["--log-level", "WARNING"]
-            procs.append(
-                subprocess.Popen(
-                    pinned("0", [sys.executable, *cmd]), cwd=ROOT, stderr=subprocess.DEVNULL
-                )
-            )
-            wait_http(
-                f"http://127.0.0.1:{port}/"
-                if TARGET == "bare"
-                else f"http://127.0.0.1:{admin}/readyz"
-            )
-            url = f"http://127.0.0.1:{port}/hr/employees/1001"
+            under = single(tmp, procs, DURABILITY, store=STORE, bare=TARGET == "bare")
+            url, token = under.url, under.token
             auth = f"Authorization: Bearer {token}"
             load = subprocess.Popen(
                 pinned("1", ["wrk", "-t1", "-c32", f"-d{SECONDS + 4}s", "-H", auth, url]),
@@ -170,7 +134,7 @@ def main() -> None:
             time.sleep(2)  # warm: connections, caches, the first batches
             subprocess.run(
                 [
-                    *("py-spy", "record", "--pid", str(procs[-1].pid), "--duration", str(SECONDS)),
+                    *("py-spy", "record", "--pid", str(under.pid), "--duration", str(SECONDS)),
                     *("--rate", str(RATE), "--threads", "--format", "raw", "--output", str(out)),
                     *(["--gil"] if GIL else []),
                 ],

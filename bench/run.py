@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,6 +203,56 @@ def gateway_config(
             }
         ],
     }
+
+
+@dataclass
+class Single:
+    """One proxy under test (the gateway or the bare proxy) and its nginx upstream, started by
+    single(): what `make profile` and `make soak` drive with wrk."""
+
+    token: str
+    url: str  # a route of the bench config, through the proxy
+    admin: int  # the gateway's admin port (0 for the bare proxy)
+    pid: int
+
+
+def single(
+    tmp: Path,
+    procs: list[subprocess.Popen[bytes]],
+    durability: str,
+    *,
+    store: bool = True,
+    bare: bool = False,
+    ttl: int = 3600,
+) -> Single:
+    """The nginx upstream on CPU 1 and, on CPU 0, the gateway with gateway_config (without its
+    store if not ``store``) or, if ``bare``, the bare aiohttp proxy; both appended to ``procs``."""
+    tmp.chmod(0o755)  # nginx's workers run as an unprivileged user: let them read the body
+    keys = Keys(*rsa_keypair(), public_pem="")
+    (tmp / "jwks.json").write_text(json.dumps(keys.jwks()))
+    token = keys.token("alice", ["hr_officer"], ttl=ttl)
+    up_port, port, admin = free_port(), free_port(), free_port()
+    upstream = f"http://127.0.0.1:{up_port}"
+    (tmp / "body.json").write_bytes(b"x" * 1024)
+    (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    procs.append(subprocess.Popen(pinned("1", [nginx, "-c", str(tmp / "up.conf")])))
+    key = tmp / "checkpoint.pem"
+    generate_checkpoint_key(key, tmp / "checkpoint.pub")
+    cfg = gateway_config(tmp, durability, upstream, port, admin, key)
+    if not store:
+        del cfg["store"]
+    (tmp / "gw.json").write_text(json.dumps(cfg))
+    if bare:
+        cmd = ["bench/servers.py", "bare-proxy", "--port", str(port), "--upstream", upstream]
+    else:
+        cmd = ["-m", "gateway", "serve", "--config", str(tmp / "gw.json"), "--log-level", "WARNING"]
+    procs.append(
+        subprocess.Popen(pinned("0", [sys.executable, *cmd]), cwd=ROOT, stderr=subprocess.DEVNULL)
+    )
+    wait_http(f"http://127.0.0.1:{port}/" if bare else f"http://127.0.0.1:{admin}/readyz")
+    url = f"http://127.0.0.1:{port}/hr/employees/1001"
+    return Single(token, url, 0 if bare else admin, procs[-1].pid)
 
 
 def proxy_bench(tmp: Path) -> None:

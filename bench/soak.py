@@ -14,10 +14,8 @@ requests served in between.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -28,16 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import (  # bench/ is a script directory
-    NGINX_UPSTREAM,
-    ROOT,
-    Keys,
-    free_port,
-    gateway_config,
-    generate_checkpoint_key,
     pinned,
-    rsa_keypair,
     rss_mib,
-    wait_http,
+    single,
 )
 
 SECONDS = int(os.environ.get("SOAK_SECONDS", "600"))
@@ -64,29 +55,8 @@ def main() -> None:
         tmp = Path(d)
         tmp.chmod(0o755)
         try:
-            keys = Keys(*rsa_keypair(), public_pem="")
-            (tmp / "jwks.json").write_text(json.dumps(keys.jwks()))
-            token = keys.token("alice", ["hr_officer"], ttl=SECONDS + 3600)
-            up_port, port, admin = free_port(), free_port(), free_port()
-            (tmp / "body.json").write_bytes(b"x" * 1024)
-            (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
-            nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-            procs.append(subprocess.Popen(pinned("1", [nginx, "-c", str(tmp / "up.conf")])))
-            key = tmp / "checkpoint.pem"
-            generate_checkpoint_key(key, tmp / "checkpoint.pub")
-            cfg = gateway_config(tmp, DURABILITY, f"http://127.0.0.1:{up_port}", port, admin, key)
-            (tmp / "gw.json").write_text(json.dumps(cfg))
-            cmd = ["-m", "gateway", "serve", "--config", str(tmp / "gw.json")]
-            procs.append(
-                subprocess.Popen(
-                    pinned("0", [sys.executable, *cmd, "--log-level", "WARNING"]),
-                    cwd=ROOT,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-            gateway = procs[-1].pid
-            wait_http(f"http://127.0.0.1:{admin}/readyz")
-            url = f"http://127.0.0.1:{port}/hr/employees/1001"
+            under = single(tmp, procs, DURABILITY, ttl=SECONDS + 3600)
+            gateway, admin, url, token = under.pid, under.admin, under.url, under.token
             load = subprocess.Popen(
                 pinned(
                     "1",
