@@ -187,8 +187,10 @@ class AuditAPI:
         *,
         filters: str = "",
         subjects: list[str] | None = None,
+        refusal: str = "your job function does not permit this",
     ) -> AccessEvent:
-        """The decision, as an access record: refused → recorded and raised; allowed → returned."""
+        """The decision, as an access record: refused → recorded and raised (403, ``refusal``);
+        allowed → returned."""
         decision = self._policies.engine.decide(
             principal.user, principal.roles, AUDIT_SYSTEM, AUDIT_CATEGORY, ask.action, AUDIT_PURPOSE
         )
@@ -203,7 +205,7 @@ class AuditAPI:
             rule=decision.rule,
         )
         if not decision.allowed:
-            await self._deny(event, 403, "forbidden", "your job function does not permit this", t0)
+            await self._deny(event, 403, "forbidden", refusal, t0)
         return event
 
     async def _report(self, request: web.Request) -> web.Response:
@@ -417,23 +419,15 @@ class AuditAPI:
             # The message is ours (it names a parameter), never a value or a library's text.
             await self._deny(event, 400, "bad_request", str(e), t0)
         record = filters.as_record()
-        decision = self._policies.engine.decide(
-            principal.user, principal.roles, AUDIT_SYSTEM, AUDIT_CATEGORY, ask.action, AUDIT_PURPOSE
-        )
-        event = self._event(
+        event = await self._authorise(
             request,
             principal,
             ask,
+            t0,
             filters=record,
             subjects=subjects,
-            decision="allow" if decision.allowed else "deny",
-            reason="rule" if decision.allowed else "no_matching_rule",
-            rule=decision.rule,
+            refusal="your job function may not read the audit trail",
         )
-        if not decision.allowed:
-            await self._deny(
-                event, 403, "forbidden", "your job function may not read the audit trail", t0
-            )
         if self._open_store is None:
             event.reason = "no_store"
             event.decision = "deny"

@@ -60,15 +60,7 @@ class ApiError(Exception):
 def _common(
     p: argparse.ArgumentParser, *, formats: tuple[str, ...] = ("table", "json", "csv")
 ) -> None:
-    p.add_argument(
-        "--gateway",
-        default=os.environ.get(URL_ENV, DEFAULT_URL),
-        help=f"the gateway's admin URL (env {URL_ENV}; default {DEFAULT_URL})",
-    )
-    p.add_argument(
-        "--token-file",
-        help=f"a file holding your bearer token (or set {TOKEN_ENV}; never pass a token itself)",
-    )
+    _connection(p)
     p.add_argument("--format", choices=formats, default=formats[0], help="output format")
     p.add_argument("--since", help="from this time (ISO 8601, UTC unless a zone is given)")
     p.add_argument("--until", help="up to this time (exclusive)")
