@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import (  # bench/ is a script directory
     ROOT,
     pinned,
+    processes,
     single,
 )
 
@@ -118,11 +119,10 @@ def main() -> None:
         ROOT / "var" / (f"profile-{DURABILITY}.txt" if TARGET == "gateway" else "profile-bare.txt")
     )
     out.parent.mkdir(exist_ok=True)
-    procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         tmp.chmod(0o755)
-        try:
+        with processes() as procs:
             under = single(tmp, procs, DURABILITY, store=STORE, bare=TARGET == "bare")
             url, token = under.url, under.token
             auth = f"Authorization: Bearer {token}"
@@ -151,11 +151,6 @@ def main() -> None:
                 f"{rps.group(1) if rps else '?'} req/s under py-spy; raw samples in {out}"
             )
             summarise(out, float(rps.group(1)) * SECONDS if rps else 0.0)
-        finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import (  # bench/ is a script directory
     pinned,
+    processes,
     rss_mib,
     single,
 )
@@ -50,11 +51,10 @@ def scrape(admin: int) -> dict[str, float]:
 
 
 def main() -> None:
-    procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         tmp.chmod(0o755)
-        try:
+        with processes() as procs:
             under = single(tmp, procs, DURABILITY, ttl=SECONDS + 3600)
             gateway, admin, url, token = under.pid, under.admin, under.url, under.token
             load = subprocess.Popen(
@@ -98,11 +98,6 @@ def main() -> None:
                 f"RSS median, last third against middle third: {grew:+.1f} MiB over "
                 f"{served:.0f} requests ({grew * 1024 * 1024 / max(served, 1):.1f} bytes/request)"
             )
-        finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait()
 
 
 if __name__ == "__main__":
