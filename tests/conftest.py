@@ -430,10 +430,14 @@ async def gw(make_gateway: GatewayFactory, upstream: Upstream) -> Gw:
     return await make_gateway(upstream.url)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """`pd-gateway ARGS` in a process of its own, as a user runs it."""
+def run_cli(*args: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """`pd-gateway ARGS` in a process of its own, as a user runs it (killed after ``timeout``)."""
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=ROOT
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
     )
 
 

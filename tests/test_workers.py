@@ -7,8 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -29,6 +27,7 @@ from tests.conftest import (
     Upstream,
     chained_seqs,
     config_dict,
+    run_cli,
     spool_events,
     spool_records,
     write_config,
@@ -152,22 +151,14 @@ async def test_two_workers_share_the_port_keep_a_chain_each_and_the_supervisor_s
     queries = counts.pop("gw-test")  # the audit API's reads, recorded by the supervisor (9.2.6)
     assert queries >= 1
     assert counts == {f"gw-test-w{i}": len(per_worker[i]) for i in range(2)}
-    verify = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "audit",
-            "verify",
-            "--config",
-            str(tmp_path / "gateway.yaml"),
-            "--public-key",
-            str(tmp_path / "checkpoint-key.pub"),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    verify = run_cli(
+        "audit",
+        "verify",
+        "--config",
+        str(tmp_path / "gateway.yaml"),
+        "--public-key",
+        str(tmp_path / "checkpoint-key.pub"),
+        "--json",
         timeout=120,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
@@ -282,22 +273,12 @@ async def test_start_up_failures_give_the_single_process_messages(
     """Ports or spool held by another gateway: one line naming them, exit 1, nothing left running."""
     with run_gateway(tmp_path, keys, upstream.url) as gp:  # one process holds ports and spool
         config = tmp_path / "gateway.yaml"
-        ports = subprocess.run(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config), *WORKERS],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        ports = run_cli("serve", "--config", str(config), *WORKERS, timeout=60)
         data = yaml.safe_load(config.read_text())
         data["listen"] = {"proxy": {"port": 0}, "admin": {"port": 0}}
         other = tmp_path / "other.yaml"
         other.write_text(yaml.safe_dump(data))
-        spool = subprocess.run(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(other), *WORKERS],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        spool = run_cli("serve", "--config", str(other), *WORKERS, timeout=60)
         assert gp.proc.poll() is None
     for out in (ports, spool):
         assert out.returncode == 1
@@ -423,12 +404,7 @@ def test_a_worker_that_cannot_start_stops_the_whole_start_up_with_its_reason(
     (spool / "w1").mkdir(parents=True)
     held = exclusive_lock(spool / "w1" / "writer.lock")
     try:
-        out = subprocess.run(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config), *WORKERS],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = run_cli("serve", "--config", str(config), *WORKERS, timeout=60)
     finally:
         os.close(held)
     assert out.returncode == 1 and "Traceback" not in out.stderr
