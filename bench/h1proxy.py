@@ -6,7 +6,6 @@ httptools.HttpRequestParser, and a keep-alive pool of upstream connections (asyn
 httptools.HttpResponseParser) carries each request. Bodies stream both ways as the parser hands
 them over, Content-Length or chunked; hop-by-hop headers are dropped and X-Forwarded-For is set.
 It does what any reverse proxy must and nothing the gateway adds, like the bare aiohttp proxy.
-The pool (`Pool`, `UpstreamConnection`) is reused by bench/fastpath.py, the gateway prototype.
 
 Requests pipelined on one connection are answered in order: only the oldest is in flight, the
 others wait with their bytes buffered.

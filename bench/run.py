@@ -3,8 +3,7 @@
 1. Proxy throughput and latency, side by side (issue 12): the nginx upstream directly, nginx
    proxy_pass (1 worker), a protocol-level uvloop + httptools proxy (bench/h1proxy.py), a bare
    aiohttp proxy and pd-gateway (durability batch and fsync; token, authorisation, subjects,
-   chained audit, shipping into the embedded store), and the same gateway pipeline on the
-   prototype httptools data path (bench/fastpath.py),
+   chained audit, shipping into the embedded store; fsync shipping into clickhouse-server),
    same 1 KiB response, interleaved rounds, proxies pinned to CPU 0 and wrk + upstream to CPU 1;
    req/s and p50/p99 at 32 connections, p50 at 1, CPU µs per request and resident memory of the
    proxy process, and the ratios gateway/bare and gateway/nginx.
@@ -43,7 +42,6 @@ DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = 32
 H1 = "uvloop + httptools protocol-level proxy"
-PROTO = "prototype: httptools data path, full pipeline"
 CH = "pd-gateway durability=fsync, store clickhouse-server"
 
 
@@ -327,10 +325,7 @@ def proxy_bench(tmp: Path) -> None:
         targets["nginx proxy_pass (1 worker)"] = f"http://127.0.0.1:{nginx_port}/hr/employees/1001"
         targets[H1] = f"http://127.0.0.1:{h1_port}/hr/employees/1001"
         targets["bare aiohttp proxy"] = f"http://127.0.0.1:{bare_port}/hr/employees/1001"
-        # The gateway on aiohttp, and the prototype data path (bench/fastpath.py: the same
-        # build(), pipeline, spool, shipper and embedded store; httptools in place of aiohttp).
         gateways = [(f"pd-gateway durability={d}", "", d) for d in ("batch", "fsync")]
-        gateways += [(f"{PROTO}, durability={d}", "proto-", d) for d in ("batch", "fsync")]
         gateways += [(CH, "ch-", "fsync")]
         for name, label, durability in gateways:
             port, admin = free_port(), free_port()
@@ -345,12 +340,7 @@ def proxy_bench(tmp: Path) -> None:
                 }
             path = tmp / f"gw-{label}{durability}.json"  # JSON is YAML
             path.write_text(json.dumps(cfg))
-            if label == "proto-":
-                start("0", "bench/fastpath.py", "--config", str(path), "--log-level", "WARNING")
-            else:
-                start(
-                    "0", "-m", "gateway", "serve", "--config", str(path), "--log-level", "WARNING"
-                )
+            start("0", "-m", "gateway", "serve", "--config", str(path), "--log-level", "WARNING")
             pids[name] = procs[-1].pid
             wait_http(f"http://127.0.0.1:{admin}/readyz")
             targets[name] = f"http://127.0.0.1:{port}/hr/employees/1001"
@@ -417,13 +407,6 @@ def proxy_bench(tmp: Path) -> None:
             f"{rps_of[CH] / fsync:.2f}x the embedded store's; "
             f"+{p50_1[CH] - direct:.0f} µs p50 at c=1"
         )
-        for d in ("batch", "fsync"):
-            name, gw = f"{PROTO}, durability={d}", f"pd-gateway durability={d}"
-            print(
-                f"  {name}: {rps_of[name] / rps_of[gw]:.1f}x the aiohttp gateway, "
-                f"{rps_of[name] / rps_of[H1]:.0%} of the httptools proxy, "
-                f"{rps_of[name] / ngx:.1%} of nginx; +{p50_1[name] - direct:.0f} µs p50 at c=1"
-            )
     finally:
         for p in procs:
             p.terminate()

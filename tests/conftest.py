@@ -318,11 +318,6 @@ def config_dict(tmp_path: Path, upstream_url: str, **overrides: Any) -> dict[str
     return data
 
 
-# PDGW_DATA_PATH=prototype serves make_gateway and serve_gateway with the httptools prototype
-# data path (bench/fastpath.py, issue 12) instead of aiohttp's server and client, to run the
-# security suite against it (docs/benchmarks.md). Unset, as in CI, nothing changes.
-PROTOTYPE = os.environ.get("PDGW_DATA_PATH") == "prototype"
-
 CHECKPOINT_KEY = "checkpoint-key.pem"  # made per test: signs the audit chain's checkpoints
 
 
@@ -362,12 +357,7 @@ def make_gateway(
         cfg = config.load(path)
         registry = CollectorRegistry()
         proxy_app, _ = build(cfg, registry)
-        if PROTOTYPE:
-            from bench.fastpath import PrototypeTestServer
-
-            client = await aiohttp_client(PrototypeTestServer(proxy_app, cfg))
-        else:
-            client = await aiohttp_client(proxy_app)
+        client = await aiohttp_client(proxy_app)
         return Gw(client, cfg, registry, cfg.audit.spool_dir)
 
     return make
@@ -391,7 +381,7 @@ ServeFactory = Callable[..., Awaitable[Served]]
 
 @pytest.fixture
 async def serve_gateway(tmp_path: Path, keys: Keys) -> AsyncIterator[ServeFactory]:
-    started: list[Any] = []  # listeners.Listeners, or the prototype's
+    started: list[listeners.Listeners] = []
 
     async def serve(upstream_url: str, **overrides: Any) -> Served:
         home = tmp_path / f"gateway-{len(started)}"  # each its own spool
@@ -402,12 +392,7 @@ async def serve_gateway(tmp_path: Path, keys: Keys) -> AsyncIterator[ServeFactor
         cfg = config.load(write_config(home, data, keys))
         registry = CollectorRegistry()
         proxy_app, admin_app = build(cfg, registry)
-        if PROTOTYPE:
-            from bench import fastpath
-
-            sites = await fastpath.start(cfg, proxy_app, admin_app, proxy_app[GATEWAY].metrics)
-        else:
-            sites = await listeners.start(cfg, proxy_app, admin_app, proxy_app[GATEWAY].metrics)
+        sites = await listeners.start(cfg, proxy_app, admin_app, proxy_app[GATEWAY].metrics)
         started.append(sites)
         scheme = "https" if cfg.proxy_listen.tls else "http"
         return Served(

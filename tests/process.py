@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.chserver import free_port
-from tests.conftest import PROTOTYPE, ROOT, Keys, config_dict, write_config
+from tests.conftest import ROOT, Keys, config_dict, write_config
 
 
 class GatewayProcess:
@@ -74,13 +74,8 @@ def run_gateway(
         listen.setdefault("admin", {})["port"] = admin_port
         path = write_config(tmp_path, data, keys)
         log = (tmp_path / "gateway.log").open("wb")
-        serve = (  # the prototype data path is `serve` with its listener swapped (conftest)
-            [sys.executable, str(ROOT / "bench" / "fastpath.py")]
-            if PROTOTYPE
-            else [sys.executable, "-m", "gateway", "serve"]
-        )
         proc = subprocess.Popen(
-            [*serve, "--config", str(path), *args],
+            [sys.executable, "-m", "gateway", "serve", "--config", str(path), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=preexec,
