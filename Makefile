@@ -47,7 +47,7 @@ bench: install
 	WITH_BENCH=1 ./scripts/system-deps.sh
 	$(BIN)/python bench/run.py
 
-## Where the gateway's CPU goes under load: py-spy samples, top functions per thread (issue 12).
+## Where the gateway's CPU goes under load: py-spy samples, top functions per thread (docs/benchmarks.md).
 profile: install
 	WITH_BENCH=1 ./scripts/system-deps.sh
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/profile.py

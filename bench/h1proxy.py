@@ -1,5 +1,5 @@
 """A protocol-level HTTP/1.1 reverse proxy on uvloop + httptools (llhttp): the ceiling row of
-`make bench` (issue 12, "Toward nginx").
+`make bench` (docs/benchmarks.md, decision 018).
 
 No framework between the socket and the parser: an asyncio.Protocol per client connection feeds
 httptools.HttpRequestParser, and a keep-alive pool of upstream connections (asyncio.Protocol +
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import httptools
 
-from gateway.tasks import spawn
+from gateway.core.tasks import spawn
 
 # RFC 9110 §7.6.1 connection-specific fields (and the legacy ones), lower-case bytes. Host and
 # Expect are the proxy's to write or answer; Content-Length is rewritten with the framing.

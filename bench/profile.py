@@ -1,4 +1,5 @@
-"""`make profile`: where the gateway's CPU goes under load (issue 12), sampled with py-spy.
+"""`make profile`: where the gateway's CPU goes under load, sampled with py-spy
+(docs/benchmarks.md).
 
 The gateway runs the same pipeline as `make bench` (bench/run.py's gateway_config) pinned to
 CPU 0; wrk -c32 and the nginx upstream run on CPU 1. py-spy samples every thread of the gateway for

@@ -1,12 +1,12 @@
 """`make bench`: figures, measured side by side in one run on this machine.
 
-1. Proxy throughput and latency, side by side (issue 12): the nginx upstream directly, nginx
-   proxy_pass (1 worker), a protocol-level uvloop + httptools proxy (bench/h1proxy.py), a bare
-   aiohttp proxy and pd-gateway (durability batch and fsync; token, authorisation, subjects,
-   chained audit, shipping into the embedded store; fsync shipping into clickhouse-server),
-   same 1 KiB response, interleaved rounds, proxies pinned to CPU 0 and wrk + upstream to CPU 1;
-   req/s and p50/p99 at 32 connections, p50 at 1, CPU µs per request and resident memory of the
-   proxy process, and the ratios gateway/bare and gateway/nginx.
+1. Proxy throughput and latency, side by side (docs/benchmarks.md): the nginx upstream directly,
+   nginx proxy_pass (1 worker), a protocol-level uvloop + httptools proxy (bench/h1proxy.py), a bare
+   aiohttp proxy and pd-gateway (durability batch and fsync; token, authorisation, subjects, chained
+   audit, shipping into the embedded store; fsync shipping into clickhouse-server), same 1 KiB
+   response, interleaved rounds, proxies pinned to CPU 0 and wrk + upstream to CPU 1; req/s and
+   p50/p99 at 32 connections, p50 at 1, CPU µs per request and resident memory of the proxy process,
+   and the ratios gateway/bare and gateway/nginx.
 2. Authorisation cost: a decision with 10 users / 10 rules beside 10,000 users / 3,000 rules,
    uncached (pycasbin's linear scan) and through the PolicyEngine's decision cache.
 3. Token verification: first sight (RS256 verify) beside a cached repeat.
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.audit.checkpoint import generate as generate_checkpoint_key  # noqa: E402
-from gateway.audit.chserver import ClickHouseServer, free_port  # noqa: E402
+from gateway.testing.chserver import ClickHouseServer, free_port  # noqa: E402
 from tests.conftest import AUDIENCE, ISSUER, KID, Keys, rsa_keypair  # noqa: E402
 
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
@@ -416,7 +416,7 @@ def proxy_bench(tmp: Path) -> None:
 
 
 def decision_bench(tmp: Path) -> None:
-    from gateway.authz import PolicyEngine
+    from gateway.policy.engine import PolicyEngine
 
     def build(users: int, rules: int) -> tuple[PolicyEngine, list[tuple[str, tuple[str, ...]]]]:
         roles = max(1, rules // 10)
@@ -460,8 +460,8 @@ def decision_bench(tmp: Path) -> None:
 
 
 def token_bench(tmp: Path) -> None:
-    from gateway.config import IdentityConfig
-    from gateway.identity import KeySet, TokenVerifier, file_fetcher
+    from gateway.config.model import IdentityConfig
+    from gateway.identity.tokens import KeySet, TokenVerifier, file_fetcher
 
     keys = Keys(*rsa_keypair(), public_pem="")
     (tmp / "jwks-t.json").write_text(json.dumps(keys.jwks()))

@@ -1,5 +1,5 @@
-"""`make soak`: resident memory of the gateway under steady load (issue 12: "no growth over a
-10-minute soak").
+"""`make soak`: resident memory of the gateway under steady load (docs/benchmarks.md: "no growth
+over a 10-minute soak").
 
 The gateway runs the pipeline of `make bench` (bench/run.py's gateway_config: token, decision,
 chained audit, shipping into the embedded store in process), pinned to CPU 0; wrk -c32 drives it

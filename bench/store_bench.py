@@ -21,12 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.audit import chain
-from gateway.audit.chserver import ClickHouseServer
 from gateway.audit.events import RECORD_VERSION, AccessEvent, Outcome
-from gateway.audit.factory import open_store
-from gateway.audit.shipper import Shipper
+from gateway.audit.shipping.shipper import Shipper
 from gateway.audit.spool import Spool
-from gateway.config import StoreConfig
+from gateway.audit.store.factory import open_store
+from gateway.config.model import StoreConfig
+from gateway.testing.chserver import ClickHouseServer
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", "1000000"))
 SUBJECTS = 100_000

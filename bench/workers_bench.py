@@ -1,4 +1,4 @@
-"""Scaling of `pd-gateway serve --workers N` (issue 12, decision 016): req/s at 1 and 2 workers.
+"""Scaling of `pd-gateway serve --workers N` (decision 016): req/s at 1 and 2 workers.
 
 The bench config of `make bench` (bench/run.py: bearer token, decision, subject, chained audit
 record, shipping into the embedded store), durability batch, a 1 KiB answer from a one-worker

@@ -1,6 +1,6 @@
 """Build the Grafana dashboards in this directory with Grafana's foundation SDK
 (`grafana-foundation-sdk`, a dev dependency): `python dashboards/build.py` writes one JSON file a
-dashboard; tests/test_dashboards.py checks that the files are what this builds, that every
+dashboard; tests/deploy/test_dashboards.py checks that the files are what this builds, that every
 ClickHouse query runs on the real schema (chdb and clickhouse-server 18.16) and returns the
 columns its panel expects, and that every PromQL expression parses and names only metrics the
 gateway exports.

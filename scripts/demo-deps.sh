@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What `make run` needs beyond the Python packages: Node.js and the DEMO ONLY OpenID provider's
-# locked npm packages (deploy/oidc-demo), for logging in to the demo with a browser (issue 9).
+# locked npm packages (deploy/oidc-demo), for logging in to the demo with a browser (decision 014).
 # Idempotent; a no-op when they are present. `make test` installs more (scripts/system-deps.sh).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

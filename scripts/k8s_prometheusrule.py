@@ -2,7 +2,7 @@
 
 The alert rules have one source, alerts.yml (unit-tested with promtool); the Prometheus Operator
 needs them wrapped in a PrometheusRule. Run this after changing alerts.yml;
-tests/test_deploy_k8s.py fails while the two differ.
+tests/deploy/test_deploy_k8s.py fails while the two differ.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 # chromium (the browser-login tests drive it with Playwright) and nodejs/npm, then the demo
 # OpenID provider's locked npm packages (deploy/oidc-demo: `npm ci`, used by `make run` and the
 # browser-login tests), zookeeper (the keeper of the two-replica ClickHouse cluster
-# tests/test_cluster.py starts on loopback; the package has no service of its own — that is
+# tests/audit/test_cluster.py starts on loopback; the package has no service of its own — that is
 # `zookeeperd`, never installed here). Idempotent; a no-op when they are present.
 #
 # No host service is started. Debian's `prometheus` package would start a server on :9090 (and

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -28,9 +27,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 from prometheus_client import CollectorRegistry
 
-from gateway import config, listeners
-from gateway.app import GATEWAY, build
 from gateway.audit.checkpoint import generate as generate_checkpoint_key
+from gateway.config.load import load_config
+from gateway.config.model import Config
+from gateway.runtime.app import GATEWAY, build
+from gateway.web import listeners
 from tests.stores import ch_server, chdb_dir, own_ch_server  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -337,10 +338,21 @@ class _Metered:
         return self.registry.get_sample_value(name, labels or {}) or 0.0
 
 
+def upstream_errors(gw: _Metered, route: str) -> float:
+    """Every `pdgw_upstream_errors_total` sample of ``route``, whatever its kind."""
+    return sum(
+        s.value
+        for family in gw.registry.collect()
+        if family.name == "pdgw_upstream_errors"
+        for s in family.samples
+        if s.name == "pdgw_upstream_errors_total" and s.labels.get("route") == route
+    )
+
+
 @dataclass
 class Gw(_Metered):
     client: TestClient[Any, Any]
-    cfg: config.Config
+    cfg: Config
     registry: CollectorRegistry
     spool_dir: Path
 
@@ -354,7 +366,7 @@ def make_gateway(
 ) -> GatewayFactory:
     async def make(upstream_url: str, **overrides: Any) -> Gw:
         path = write_config(tmp_path, config_dict(tmp_path, upstream_url, **overrides), keys)
-        cfg = config.load(path)
+        cfg = load_config(path)
         registry = CollectorRegistry()
         proxy_app, _ = build(cfg, registry)
         client = await aiohttp_client(proxy_app)
@@ -371,7 +383,7 @@ class Served(_Metered):
     admin_url: str
     proxy_port: int
     admin_port: int
-    cfg: config.Config
+    cfg: Config
     registry: CollectorRegistry
     spool_dir: Path
 
@@ -389,7 +401,7 @@ async def serve_gateway(tmp_path: Path, keys: Keys) -> AsyncIterator[ServeFactor
         data = config_dict(home, upstream_url, **overrides)
         for name in ("proxy", "admin"):
             data.setdefault("listen", {}).setdefault(name, {}).setdefault("port", 0)
-        cfg = config.load(write_config(home, data, keys))
+        cfg = load_config(write_config(home, data, keys))
         registry = CollectorRegistry()
         proxy_app, admin_app = build(cfg, registry)
         sites = await listeners.start(cfg, proxy_app, admin_app, proxy_app[GATEWAY].metrics)
@@ -428,7 +440,7 @@ def run_cli(*args: str, timeout: float | None = None) -> subprocess.CompletedPro
 
 def spool_events(spool_dir: Path) -> list[dict[str, Any]]:
     from gateway.audit.events import join
-    from gateway.audit.spool import read_records
+    from gateway.audit.segments import read_records
 
     return [e for e in join(read_records(spool_dir)) if e["kind"] in ("access", "outcome")]
 
@@ -446,7 +458,7 @@ def chained_seqs(spool_dir: Path) -> list[int]:
 
 
 def spool_records(spool_dir: Path) -> list[dict[str, Any]]:
-    from gateway.audit.spool import read_records
+    from gateway.audit.segments import read_records
 
     return list(read_records(spool_dir))
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.audit.chserver import free_port
+from gateway.testing.chserver import free_port
 from tests.conftest import ROOT
 
 DEMO = ROOT / "deploy" / "oidc-demo"

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gateway.audit.chserver import free_port
-from tests.conftest import ROOT, Keys, config_dict, write_config
+from gateway.testing.chserver import free_port
+from tests.conftest import Keys, config_dict, write_config
 
 
 class GatewayProcess:

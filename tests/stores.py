@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from gateway.audit.chserver import ClickHouseServer, available
-from gateway.audit.store import AuditStore
-from gateway.config import StoreConfig
+from gateway.audit.store.base import AuditStore
+from gateway.config.model import StoreConfig
+from gateway.testing.chserver import ClickHouseServer, available
 
 ENGINES = ["embedded", "clickhouse"]
 

@@ -4,7 +4,7 @@ It trusts the gateway's X-PD-User / X-PD-Roles headers and shows them back, so t
 shows what the upstream sees. Run: python deploy/local/demo_upstream.py --port 8081
 
 `/hr/` is a server-rendered staff web app (pages, a form, no login of its own): opened through
-the gateway in a browser, the gateway logs the employee in (issue 9) and the app only reads the
+the gateway in a browser, the gateway logs the employee in (decision 014) and the app only reads the
 identity headers — the app is unchanged whether the employee came with a cookie or a token.
 """
 

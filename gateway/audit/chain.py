@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -23,6 +24,15 @@ import orjson
 from gateway.audit.events import FIELDS
 
 GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """The newest link of an instance's chain: its sequence number and hash."""
+
+    seq: int
+    hash: str
+    instance: str
 
 
 def canonical(kind: str, version: int, instance: str, seq: int, values: Sequence[Any]) -> bytes:

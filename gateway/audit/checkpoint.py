@@ -31,8 +31,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gateway.audit.spool import ChainHead, Spool, encode_record
-from gateway.errors import SpoolUnavailable
+from gateway.audit.chain import ChainHead
+from gateway.audit.segments import encode_record
+from gateway.audit.spool import Spool
+from gateway.core.errors import SpoolUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,13 @@ what the upstream was asked) and the extracted subject ids; never bodies, tokens
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any, ClassVar, Protocol
+
+from gateway.core.ids import new_id
 
 # The version of the chained record layout. 1: the unchained JSON objects of the first releases.
 RECORD_VERSION = 2
@@ -74,6 +77,25 @@ class AccessEvent:
 
     def values(self) -> tuple[Any, ...]:
         return _values(self)
+
+    def refuse(self, status: int, reason: str, duration_us: int) -> AccessEvent:
+        """This access as a refusal, the one form every refusal takes (the proxy's, the admin
+        APIs', the audit API's): denied for ``reason``, answered ``status``, and complete in
+        this one record — no outcome record follows."""
+        self.decision = "deny"
+        self.reason = reason
+        self.status = status
+        self.outcome = COMPLETE
+        self.duration_us = duration_us
+        return self
+
+
+def access(ts_us: int | None = None, **values: Any) -> AccessEvent:
+    """A new access record: a fresh event id (``gateway.core.ids``, the one id source) and the
+    time now unless ``ts_us`` is given; ``values`` are the rest of ``AccessEvent``'s fields."""
+    return AccessEvent(
+        event_id=new_id(), ts_us=time.time_ns() // 1000 if ts_us is None else ts_us, **values
+    )
 
 
 @dataclass(slots=True)
@@ -147,8 +169,8 @@ class RefusalSummary:
 
 @dataclass(slots=True)
 class AuthEvent:
-    """A browser session's life (issue 9): login (succeeded or failed, with the reason), logout,
-    refresh, expiry, revocation. ``session`` is a keyed hash, never the cookie value."""
+    """A browser session's life (decision 014): login (succeeded or failed, with the reason),
+    logout, refresh, expiry, revocation. ``session`` is a keyed hash, never the cookie value."""
 
     KIND: ClassVar[str] = "auth_event"
 

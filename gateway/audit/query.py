@@ -13,12 +13,14 @@ Contract:
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.audit.store import AuditStore, Row
+from gateway.audit import query
+from gateway.audit.store.base import AuditStore, Row
 
 PAGE_ROWS = 1000
 MAX_ROWS = 10_000  # a query answered on screen
@@ -251,4 +253,48 @@ def blocks(store: AuditStore, subject: str | None = None) -> list[Row]:
     return store.select(
         f"SELECT {cols} FROM {db}.subject_blocks WHERE subject = %(s)s ORDER BY ts_us, block_id",
         {"s": subject},
+    )
+
+
+def parse_time(value: str) -> int:
+    """ISO 8601 (naive = UTC) or µs since the epoch → µs since the epoch."""
+    if value.isdigit():
+        return int(value)
+    t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp() * 1_000_000)
+
+
+def parse_filters(params: Any, subject: list[str] | None) -> tuple[query.Filters, int | None]:
+    """Query-string parameters → Filters and the asked limit. ValueError names the parameter."""
+    unknown = set(params) - {*query.FILTERS, "limit"}
+    if unknown:
+        raise ValueError(f"unknown parameter: {sorted(unknown)[0]}")
+    equals = {k: str(params[k]) for k in query._EQUALS if k in params}
+    status = params.get("status")
+    bg = params.get("break_glass")
+    if bg is not None and bg not in ("true", "false"):
+        raise ValueError("break_glass: true or false")
+    try:
+        since = parse_time(params["since"]) if "since" in params else None
+        until = parse_time(params["until"]) if "until" in params else None
+    except ValueError:
+        raise ValueError("since/until: ISO 8601 or µs since the epoch") from None
+    if status is not None and not status.isdigit():
+        raise ValueError("status: a number")
+    limit = params.get("limit")
+    if limit is not None and (not limit.isdigit() or int(limit) < 1):
+        raise ValueError("limit: a positive number")
+    return (
+        query.Filters(
+            equals=equals,
+            role=params.get("role"),
+            status=int(status) if status is not None else None,
+            break_glass=None if bg is None else bg == "true",
+            since_us=since,
+            until_us=until,
+            subject=tuple(subject) if subject is not None else None,
+        ),
+        int(limit) if limit is not None else None,
     )

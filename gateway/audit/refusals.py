@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from gateway.audit.events import RefusalSummary
-from gateway.errors import SpoolUnavailable
+from gateway.core.errors import SpoolUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.audit import query
 from gateway.audit.checkpoint import Checkpoint
-from gateway.audit.store import AuditStore, Row
+from gateway.audit.store.base import AuditStore, Row
 from gateway.audit.verify import verify_store
 
 MAX_LISTED = 200  # refusals listed one by one; all are counted

@@ -35,27 +35,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
-
 from gateway.audit import chain
+from gateway.audit.chain import ChainHead
 from gateway.audit.events import RECORD_VERSION, Chained
-from gateway.errors import SpoolUnavailable
-from gateway.fsutil import LockHeld, exclusive_lock, lock_held
+from gateway.audit.segments import SUFFIX, encode_record, last_head, list_segments
+from gateway.core.errors import SpoolUnavailable
+from gateway.core.fsutil import LockHeld, exclusive_lock, lock_held
+from gateway.core.ids import new_id
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".jsonl"
 WRITER_LOCK = "writer.lock"
 PROBE_INTERVAL = 1.0  # seconds between recovery attempts of an unhealthy spool
 
@@ -74,13 +72,6 @@ class SpoolHooks:
     written: Callable[[int, int], None] = lambda records, nbytes: None
     error: Callable[[str], None] = lambda reason: None
     healthy: Callable[[bool], None] = lambda ok: None
-
-
-@dataclass(frozen=True)
-class ChainHead:
-    seq: int
-    hash: str
-    instance: str
 
 
 class Spool:
@@ -170,7 +161,7 @@ class Spool:
         start = encode_record(
             {
                 "kind": "start",
-                "run": uuid.uuid4().hex,
+                "run": new_id(),
                 "instance": self.instance,
                 "ts_us": time.time_ns() // 1000,
                 **self._header_fields(),
@@ -506,74 +497,3 @@ def _settle(futs: list[asyncio.Future[None]], error: str | None) -> None:
 
 
 # -- reading (used by `audit tail`, the shipper, `audit verify --spool` and tests) --
-
-
-def list_segments(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.glob(f"*{SUFFIX}") if p.stem.isdigit())
-
-
-@dataclass(frozen=True)
-class BadLine:
-    segment: Path
-    line: int
-    problem: str
-
-
-def decode_line(line: bytes) -> dict[str, Any]:
-    """One spool line → a record dict (chained records get their values named); ValueError if it
-    is not a record (orjson's JSONDecodeError is a ValueError)."""
-    obj = orjson.loads(line)
-    if not isinstance(obj, dict):
-        raise ValueError("not a JSON object")
-    return chain.parse(obj) if "rec" in obj else obj
-
-
-def read_records(
-    directory: Path, on_bad: Callable[[BadLine], None] | None = None
-) -> Iterator[dict[str, Any]]:
-    """Every complete record in the spool, oldest first. Torn or corrupt lines go to ``on_bad``."""
-    for segment in list_segments(directory):
-        yield from read_segment(segment, on_bad)
-
-
-def read_segment(
-    segment: Path, on_bad: Callable[[BadLine], None] | None = None
-) -> Iterator[dict[str, Any]]:
-    with segment.open("rb") as f:
-        for n, line in enumerate(f, 1):
-            if not line.endswith(b"\n"):
-                if on_bad:
-                    on_bad(BadLine(segment, n, "torn final line (never acknowledged)"))
-                return
-            try:
-                rec = decode_line(line)
-            except ValueError as e:
-                if on_bad:
-                    on_bad(BadLine(segment, n, f"not a valid record ({type(e).__name__})"))
-                continue
-            yield rec
-
-
-def last_head(directory: Path) -> ChainHead:
-    """The newest chained record's sequence number and hash (0 and GENESIS if none), from the
-    newest non-empty segment, whose first record carries the head at the time it was begun."""
-    for segment in reversed(list_segments(directory)):
-        best: ChainHead | None = None
-        for r in read_segment(segment):
-            if "seq_hw" in r:  # start / segment header
-                cand = ChainHead(int(r["seq_hw"]), str(r.get("head", "")), str(r["instance"]))
-            elif "seq" in r and "hash" in r:
-                cand = ChainHead(int(r["seq"]), str(r["hash"]), str(r.get("instance", "")))
-            elif r.get("kind") == "access" and "seq" in r:  # a first-release, unchained spool
-                cand = ChainHead(int(r["seq"]), chain.GENESIS, str(r.get("instance", "")))
-            else:
-                continue
-            if best is None or cand.seq >= best.seq:
-                best = cand
-        if best is not None:
-            return ChainHead(best.seq, best.hash or chain.GENESIS, best.instance)
-    return ChainHead(0, chain.GENESIS, "")
-
-
-def encode_record(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":")).encode() + b"\n"

@@ -24,10 +24,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.audit import chain, schema
+from gateway.audit import chain
 from gateway.audit.checkpoint import Checkpoint, check_signature
 from gateway.audit.events import FIELDS, OUTCOME_FIELDS, PENDING, RECORD_VERSION
-from gateway.audit.store import AuditStore
+from gateway.audit.store import schema
+from gateway.audit.store.base import AuditStore
 
 WINDOW = 20_000  # sequence numbers per query
 

@@ -18,7 +18,7 @@ from gateway.cli import (
     token_cmd,
     verify_cmd,
 )
-from gateway.errors import ConfigError, GatewayError, PolicyError
+from gateway.core.errors import ConfigError, GatewayError, PolicyError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.events import join
-from gateway.audit.spool import BadLine, read_records
+from gateway.audit.segments import BadLine, read_records
 
 
 def register(sub: Any) -> Any:

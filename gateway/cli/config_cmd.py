@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from gateway import config
+from gateway.config.load import load_config
+from gateway.config.model import Route
 
 
 def register(sub: Any) -> None:
@@ -24,7 +25,7 @@ def register(sub: Any) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    cfg = config.load(args.file)
+    cfg = load_config(args.file)
     if args.json:
         print(cfg.to_json())
     else:
@@ -32,7 +33,7 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _subject(route: config.Route) -> str:
+def _subject(route: Route) -> str:
     s = route.subject
     if s is None:
         return "-"
@@ -45,7 +46,7 @@ def _subject(route: config.Route) -> str:
 
 
 def run_routes(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config)
+    cfg = load_config(args.config)
     rows: list[dict[str, Any]] = [
         {
             "name": r.name,

@@ -1,5 +1,6 @@
 """`pd-gateway audit who-accessed | activity | search | export | permissions`: clients of the admin
-port's audit query API (gateway.audit_api), so they work while the gateway owns the embedded store.
+port's audit query API (gateway.web.audit_api), so they work while the gateway owns the
+embedded store.
 
 SECURITY: the bearer token comes from a file (``--token-file``) or the environment
 (``PDGW_TOKEN``), never from a flag's value, so it never lands in shell history or in a process

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway import config, policy_tools
-from gateway.authz import PolicyEngine
-from gateway.config import PURPOSES
-from gateway.errors import BadRequest
-from gateway.routing import RouteTable, canonical_path, subject_ids
+from gateway.config.load import load_config
+from gateway.config.vocabulary import PURPOSES
+from gateway.core.errors import BadRequest
+from gateway.forwarding.routing import RouteTable, canonical_path, subject_ids
+from gateway.policy import tools as policy_tools
+from gateway.policy.engine import PolicyEngine
 
 DEFAULT_DIR = "policies"
 
@@ -76,7 +77,7 @@ def run_check(args: argparse.Namespace) -> int:
     model, policy = _files(args.policies)
     known = None
     if args.config:
-        cfg = config.load(args.config)
+        cfg = load_config(args.config)
         known = {(r.system, r.category) for r in cfg.routes}
     settings = policy_tools.load_lint_settings(Path(args.policies))
     problems = policy_tools.check(
@@ -110,7 +111,7 @@ def run_test(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config)
+    cfg = load_config(args.config)
     engine = PolicyEngine.load(cfg.authz.model, cfg.authz.policy)
     raw = args.path
     try:
@@ -146,7 +147,7 @@ def run_explain(args: argparse.Namespace) -> int:
 def run_diff(args: argparse.Namespace) -> int:
     delta = policy_tools.diff(Path(args.model), Path(args.old), Path(args.new))
     if args.config:
-        served = {(r.system, r.category, r.purpose) for r in config.load(args.config).routes}
+        served = {(r.system, r.category, r.purpose) for r in load_config(args.config).routes}
         delta.gains = [(s, r) for s, r in delta.gains if (r[0], r[1], r[3]) in served]
         delta.losses = [(s, r) for s, r in delta.losses if (r[0], r[1], r[3]) in served]
     if args.json:
@@ -173,7 +174,7 @@ def run_roster(args: argparse.Namespace) -> int:
     model, policy = _files(args.policies)
     rows = policy_tools.roster(model, policy)
     if args.config:
-        served = {(r.system, r.category, r.purpose) for r in config.load(args.config).routes}
+        served = {(r.system, r.category, r.purpose) for r in load_config(args.config).routes}
         rows = [r for r in rows if (r["system"], r["category"], r["purpose"]) in served]
     if args.format == "json":
         print(json.dumps(rows, indent=2))

@@ -10,12 +10,13 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from gateway import config, logs
-from gateway.app import serve
-from gateway.audit.shipper import ShipperBusy
-from gateway.errors import SpoolUnavailable
-from gateway.supervisor import Supervisor, WorkerFailed
-from gateway.worker import serve_worker, worker_name
+from gateway.audit.shipping.shipper import ShipperBusy
+from gateway.config.load import load_config
+from gateway.core import logs
+from gateway.core.errors import SpoolUnavailable
+from gateway.runtime.process import serve
+from gateway.runtime.supervisor import Supervisor, WorkerFailed
+from gateway.runtime.worker import serve_worker, worker_name
 
 
 def _positive(text: str) -> int:
@@ -51,7 +52,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level)
-    cfg = config.load(args.config)
+    cfg = load_config(args.config)
     spool_dir: Path = cfg.audit.spool_dir
     main: Coroutine[Any, Any, None]
     if args.worker is not None:

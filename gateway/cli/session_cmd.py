@@ -18,8 +18,8 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
-from gateway import config
-from gateway.sessions import append_revocation
+from gateway.config.load import load_config
+from gateway.identity.sessions import append_revocation
 
 
 def register(sub: Any) -> None:
@@ -36,7 +36,7 @@ def register(sub: Any) -> None:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config)
+    cfg = load_config(args.config)
     if cfg.oidc is None:
         print(f"pd-gateway: {args.config}: no oidc section: no browser sessions", file=sys.stderr)
         return 2

@@ -9,14 +9,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway import config
-from gateway.audit import schema
-from gateway.audit.factory import open_store
-from gateway.audit.retention import apply_retention
-from gateway.audit.shipper import Shipper, ShipperBusy
+from gateway.audit.shipping.shipper import Shipper, ShipperBusy
 from gateway.audit.spool import writer_active
-from gateway.audit.store import StoreError, migrate
-from gateway.errors import ConfigError
+from gateway.audit.store import schema
+from gateway.audit.store.base import StoreError, migrate
+from gateway.audit.store.factory import open_store
+from gateway.audit.store.retention import apply_retention
+from gateway.config.load import load_config
+from gateway.config.model import StoreConfig
+from gateway.core.errors import ConfigError
 
 
 def register(sub: Any, audit_sub: Any) -> None:
@@ -53,8 +54,8 @@ def register(sub: Any, audit_sub: Any) -> None:
     rp.set_defaults(run=run_replay)
 
 
-def store_config(path: str) -> config.StoreConfig:
-    cfg = config.load(path)
+def store_config(path: str) -> StoreConfig:
+    cfg = load_config(path)
     if cfg.store is None:
         raise ConfigError(["store: is required for this command"], path)
     return cfg.store

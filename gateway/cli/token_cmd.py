@@ -14,7 +14,8 @@ from typing import Any
 
 from jose import jwt
 
-from gateway import config
+from gateway.config.load import load_config
+from gateway.config.model import Config
 
 
 def register(sub: Any) -> None:
@@ -26,7 +27,7 @@ def register(sub: Any) -> None:
     t.set_defaults(run=run)
 
 
-def mint(cfg: config.Config, sub: str, roles: list[str], ttl: int, now: float | None = None) -> str:
+def mint(cfg: Config, sub: str, roles: list[str], ttl: int, now: float | None = None) -> str:
     ident = cfg.identity
     if not cfg.demo or ident.demo_signing_key_file is None or ident.jwks_file is None:
         raise ValueError("not a demo config: set demo: true and identity.demo_signing_key_file")
@@ -52,7 +53,7 @@ def mint(cfg: config.Config, sub: str, roles: list[str], ttl: int, now: float | 
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config)
+    cfg = load_config(args.config)
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
     try:
         print(mint(cfg, args.sub, roles, args.ttl))

@@ -13,8 +13,8 @@ from typing import Any
 
 from gateway.audit import checkpoint
 from gateway.audit.checkpoint import Checkpoint
-from gateway.audit.factory import open_store
-from gateway.audit.store import StoreError
+from gateway.audit.store.base import StoreError
+from gateway.audit.store.factory import open_store
 from gateway.audit.verify import Report, verify_store
 from gateway.cli.store_cmd import store_config
 

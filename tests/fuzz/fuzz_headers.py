@@ -1,9 +1,9 @@
-"""Fuzz target: request header hygiene toward the upstream (issue 5). Run by tests/fuzz/run.py.
+"""Fuzz target: request header hygiene toward the upstream (THREAT_MODEL.md, decisions 009 and 010). Run by tests/fuzz/run.py.
 
 Whatever headers a client sends, the upstream never receives a hop-by-hop header, a header the
 client listed in `Connection`, a client's `X-PD-*`, `X-Request-Id`, `Expect` or `Authorization`,
 a URL-rewrite or alternate-identity header or a method override, in any spelling (case, `_` for
-`-`: issue 8), and `X-Forwarded-For` ends with the real peer (and is only the peer when it is not trusted).
+`-`: decision 011), and `X-Forwarded-For` ends with the real peer (and is only the peer when it is not trusted).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
 with atheris.instrument_imports():
-    from gateway.method_override import OVERRIDE_HEADERS
-    from gateway.proxy import (
+    from gateway.forwarding.headers import (
         HOP_BY_HOP,
         STRIPPED,
         client_address,
@@ -25,6 +24,7 @@ with atheris.instrument_imports():
         header_key,
         upstream_headers,
     )
+    from gateway.forwarding.method_override import OVERRIDE_HEADERS
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)
 NAMES = [

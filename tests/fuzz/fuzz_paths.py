@@ -1,4 +1,4 @@
-"""Fuzz target: the canonical path and routing (issue 5). Run by tests/fuzz/run.py.
+"""Fuzz target: the canonical path and routing (THREAT_MODEL.md, decisions 009 and 010). Run by tests/fuzz/run.py.
 
 Any raw request target (query included) either is refused with BadRequest, or is routed to the very route that a
 permissive upstream reading of it (servlet `;`, IIS trailing dots, case folding, NFKC, dot
@@ -13,14 +13,14 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from gateway import config
-    from gateway.errors import BadRequest
-    from gateway.routing import RouteTable, canonical_path, subject_ids
+    from gateway.config.load import load_config
+    from gateway.core.errors import BadRequest
+    from gateway.forwarding.routing import RouteTable, canonical_path, subject_ids
 
 from tests.conftest import ROOT
-from tests.test_paths import permissive_reading
+from tests.forwarding.test_paths import permissive_reading
 
-ROUTES = config.load(ROOT / "deploy" / "local" / "gateway.yaml").routes
+ROUTES = load_config(ROOT / "deploy" / "local" / "gateway.yaml").routes
 TABLE = RouteTable(ROUTES)
 
 
@@ -48,7 +48,7 @@ def one_input(data: bytes) -> None:
 
 def seed(corpus: Path) -> None:
     """Start from the demo's routes and the known tricks (libFuzzer mutates from there)."""
-    from tests.test_paths import KNOWN_ATTACKS
+    from tests.forwarding.test_paths import KNOWN_ATTACKS
 
     paths = [r.prefix + "/1001" for r in ROUTES] + KNOWN_ATTACKS
     for i, path in enumerate(paths):

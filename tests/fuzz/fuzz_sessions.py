@@ -1,4 +1,4 @@
-"""Fuzz target: what a browser can send about its session (issue 9). Run by tests/fuzz/run.py.
+"""Fuzz target: what a browser can send about its session (decision 014). Run by tests/fuzz/run.py.
 
 Whatever a client puts in its session or login cookie, opening it ends in a Session, a list of
 logins, or ``SessionInvalid`` — never another exception, never a session under a key it was not
@@ -14,9 +14,9 @@ from urllib.parse import urljoin
 import atheris
 
 with atheris.instrument_imports():
-    from gateway.browser import safe_return_to
-    from gateway.cookies import sets_cookie, without_cookies
-    from gateway.sessions import SessionCodec, SessionInvalid
+    from gateway.identity.cookies import sets_cookie, without_cookies
+    from gateway.identity.sessions import SessionCodec, SessionInvalid
+    from gateway.web.browser import safe_return_to
 
 KEY = b"1yXy7p3Vj3b2v2sN7pN8eYk0Wm2wC9q2C6gO7h3b1ZQ="
 CODEC = SessionCodec(

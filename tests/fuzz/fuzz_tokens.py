@@ -1,4 +1,4 @@
-"""Fuzz target: bearer token verification (issue 5). Run by tests/fuzz/run.py.
+"""Fuzz target: bearer token verification (THREAT_MODEL.md, decisions 009 and 010). Run by tests/fuzz/run.py.
 
 Whatever the Authorization header holds, verification ends in AuthenticationError (whose reason
 goes to the audit trail) — never another exception, which would surface as a 500 and, worse,
@@ -14,9 +14,9 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from gateway.config import IdentityConfig
-    from gateway.errors import AuthenticationError
-    from gateway.identity import KeySet, TokenVerifier, bearer_token
+    from gateway.config.model import IdentityConfig
+    from gateway.core.errors import AuthenticationError
+    from gateway.identity.tokens import KeySet, TokenVerifier, bearer_token
 
 from tests.conftest import AUDIENCE, ISSUER, Keys, rsa_keypair
 

@@ -1,0 +1,1 @@
+"""The audit store: its interface, schema and migrations, and the two engines."""

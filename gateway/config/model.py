@@ -1,0 +1,345 @@
+"""The configuration as frozen dataclasses: what the rest of the gateway is given.
+
+Defaults are stated here once; the loader (``gateway.config.load`` and its section modules) reads
+them from these classes. Security settings (issuer, audience, algorithms, trusted proxies) have
+none. Paths are absolute (resolved against the config file's directory when loaded).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+# RFC 7518 families python-jose verifies; HS* is excluded on purpose: a gateway verifying tokens
+# from an IdP has only public keys, and HS* with a public key is the classic confusion attack.
+ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+)
+
+
+# Default listener ports. Not 9090 (Prometheus), 9093 (Alertmanager), 9100 (node exporter),
+# 3000 (Grafana), 8123/9000/9181 (ClickHouse) or 2181 (ZooKeeper): the stack the gateway ships
+# with runs beside it, often on the same host.
+PROXY_PORT = 8080
+ADMIN_PORT = 9470
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Secret:
+    """A secret value whose repr and JSON form are masked; ``reveal()`` is the only way out."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ListenerTLS:
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None  # set: clients must present a certificate it signed
+
+
+@dataclass(frozen=True)
+class UpstreamTLS:
+    ca_file: Path | None = None  # None: the system's CAs
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
+
+LOOPBACK: tuple[IPNetwork, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str = "127.0.0.1"
+    port: int = PROXY_PORT  # the admin listener's: ADMIN_PORT
+    tls: ListenerTLS | None = None
+    # Peers allowed to connect; empty: any. The admin listener defaults to loopback only.
+    allow: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    issuer: str
+    audience: str
+    algorithms: tuple[str, ...]
+    jwks_url: str | None
+    jwks_file: Path | None
+    clock_skew_seconds: int = 30
+    user_claim: str = "sub"
+    roles_claim: str = "roles"
+    jwks_refresh_min_interval_seconds: float = 30.0
+    jwks_cache_seconds: float = 300.0
+    token_cache_size: int = 50_000
+    # Only honoured when the whole config is marked `demo: true` (see `pd-gateway token`).
+    demo_signing_key_file: Path | None = None
+    jwks_ca_file: Path | None = None  # verifies an https jwks_url (default: the system's CAs)
+
+
+@dataclass(frozen=True)
+class AuthzConfig:
+    model: Path
+    policy: Path
+    decision_cache_size: int = 100_000
+    watch_interval_seconds: float = 2.0  # 0: reload only on SIGHUP
+    # Job functions allowed to PUT a new policy through the admin API (empty: API disabled).
+    policy_admin_roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    spool_dir: Path
+    durability: Literal["fsync", "batch"] = "fsync"
+    batch_interval_ms: float = 5.0
+    segment_max_bytes: int = 64 * 1024 * 1024
+    max_pending: int = 10_000
+    # While the store is down the spool absorbs events; past this size `on_spool_full` applies.
+    max_spool_bytes: int = 10 * 1024**3
+    on_spool_full: Literal["refuse", "alert"] = "refuse"
+    # Ed25519 key that signs the chain's checkpoints (docs/decisions/012); required: the store's
+    # administrators must not hold it. `pd-gateway audit keygen` makes one.
+    checkpoint_key_file: Path = Path()
+    checkpoint_interval_seconds: float = 60.0
+    # Refusals without a valid token are counted per window (docs/decisions/013).
+    anonymous_window_seconds: float = 60.0
+    anonymous_max_keys: int = 1000
+    # 6.5, 6.6: how often each replica re-reads every subject block from the store; a block made
+    # through another replica is enforced here within this bound (plus the shipper's lag).
+    blocks_poll_seconds: float = 2.0
+    # 5.3: subject ids in the trail as HMAC-SHA256 under this key (docs/decisions/015); the
+    # previous keys stay listed while rows or blocks made under them are kept (rotation).
+    subject_key_file: Path | None = None
+    subject_previous_key_files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the spool is shipped: `embedded` (chdb in the gateway process) or `clickhouse`."""
+
+    kind: Literal["embedded", "clickhouse"]
+    database: str = "pd_audit"
+    path: Path | None = None  # embedded: the chdb data directory
+    hosts: tuple[tuple[str, int], ...] = ()  # clickhouse: tried in order (failover)
+    user: str = "default"
+    password: Secret = field(default_factory=lambda: Secret(""))
+    secure: bool = False
+    ca_file: Path | None = None
+    connect_timeout_seconds: float = 5.0
+    send_receive_timeout_seconds: float = 30.0
+    cluster: str | None = None
+    apply_schema: bool = True
+    batch_max_rows: int = 5000
+    batch_max_age_ms: float = 1000.0
+    retry_max_backoff_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Per window, per user: a detection is made when the count is *above* the threshold."""
+
+    bulk_subjects: int = 200  # distinct data subjects read (9.1.6, 10.2: mass copying)
+    refusals: int = 20  # requests refused for lack of a rule (probing)
+    off_hours: int = 0  # personal-data accesses outside working hours
+    exports: int = 0  # export actions
+    permission_changes: int = 0  # access-rights changes outside the change windows (9.2.7)
+    special_category: int = 0  # special-category reads by someone outside its usual readers
+
+
+@dataclass(frozen=True)
+class AnomaliesConfig:
+    """Detectors over the audit store (9.1.6, 9.1.9, 10.2): gateway.governance.anomalies."""
+
+    interval_seconds: float = 60.0  # how often the detectors run
+    window_seconds: int = 300  # the windows they judge, aligned to the epoch
+    delay_seconds: int = 60  # a window is judged this long after it ends (shipping lag)
+    catch_up_windows: int = 12  # windows judged again at start (idempotent)
+    timezone: str = "UTC"
+    work_days: tuple[int, ...] = (1, 2, 3, 4, 5)  # ISO weekdays
+    work_start_minute: int = 8 * 60
+    work_end_minute: int = 20 * 60
+    change_days: tuple[int, ...] = (1, 2, 3, 4, 5)  # permission changes expected only within
+    change_start_minute: int = 9 * 60
+    change_end_minute: int = 18 * 60
+    thresholds: Mapping[str, Thresholds] = field(
+        default_factory=lambda: {"default": Thresholds()}
+    )  # by job function; "default" for the rest
+    usual_readers: Mapping[str, frozenset[str]] = field(default_factory=dict)  # category → roles
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    trusted_proxies: tuple[IPNetwork, ...]
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 60.0
+    max_connections: int = 256
+    forward_authorization: bool = False
+    shutdown_timeout_seconds: float = 30.0
+    max_body_bytes: int = 64 * 1024 * 1024  # request bodies, streamed; larger ones get 413
+    # Slow and abusive clients (decision 010). A connection must deliver a complete request head
+    # within client_header_timeout of opening (or of its previous response); a request body
+    # must keep arriving (no gap longer than client_body_timeout).
+    client_header_timeout_seconds: float = 15.0
+    client_body_timeout_seconds: float = 30.0
+    client_max_connections: int = 10_000
+    client_max_connections_per_address: int = 256  # peers in trusted_proxies are exempt
+    client_max_header_bytes: int = 8190  # one header line, and the request line
+    client_max_headers: int = 100
+    # Upstream responses: larger or slower ones are cut (502/504, audited).
+    upstream_max_response_bytes: int = 1024**3
+    upstream_timeout_seconds: float = 300.0  # the whole exchange, body included
+    # Request headers never forwarded, beyond proxy.STRIPPED (lower case, `_` read as `-`).
+    strip_headers: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Browser sessions (docs/decisions/014-browser-sessions.md)."""
+
+    key_file: Path  # Fernet key: encrypts and authenticates the session and login cookies
+    revocation_file: Path  # shared by every replica: users whose sessions end (9.2.7)
+    # Defaults fit a system holding personal data: 15 minutes idle, one working day at most.
+    idle_timeout_seconds: float = 900.0
+    absolute_timeout_seconds: float = 8 * 3600.0
+    # A session is re-checked with the provider (refresh token) at least this often: the bound
+    # on how long a role change or a revocation at the provider takes to reach the gateway.
+    refresh_interval_seconds: float = 300.0
+    revocation_poll_seconds: float = 5.0
+    login_timeout_seconds: float = 600.0  # from the redirect to the provider to the callback
+
+
+@dataclass(frozen=True)
+class OidcConfig:
+    """OIDC authorization-code login at the gateway, as a confidential client (decision 014)."""
+
+    issuer: str  # its discovery document is {issuer}/.well-known/openid-configuration
+    client_id: str
+    client_secret: Secret
+    redirect_uri: str  # {public origin}/_pdgw/callback; its origin is the gateway's origin
+    session: SessionConfig
+    scopes: tuple[str, ...] = ("openid",)
+    ca_file: Path | None = None  # verifies an https issuer (default: the system's CAs)
+    # Routes (by name) that accept a browser session; empty: every route. Bearer tokens are
+    # accepted everywhere.
+    session_routes: frozenset[str] = frozenset()
+    secure_cookies: bool = True  # False only without TLS (the demo): cookies lose `Secure`
+    home_path: str = "/"  # where "log in again" leads after a logout
+
+    @property
+    def origin(self) -> str:
+        parts = urlsplit(self.redirect_uri)
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+@dataclass(frozen=True)
+class SubjectRule:
+    """Where a route's data subject id comes from: a `{param}` segment of a path template and/or a
+    query parameter. Recorded in every event so a subject's accesses can be reported (6.1.1)."""
+
+    path_template: str | None = None
+    path_index: int | None = None  # index of the `{…}` segment in the split path
+    path_literals: tuple[str, ...] = ()  # the template's literal segments before it
+    query: str | None = None
+
+
+@dataclass(frozen=True)
+class ResponseSubjects:
+    """Where subject ids sit in a route's JSON response (list and search endpoints, 6.1.1): a
+    JSON pointer whose ``*`` segments stand for every element of an array, e.g. ``/items/*/id``.
+    At most ``max_bytes`` of a response are kept aside to read them (the client is not made to
+    wait: the copy is made as the response streams) and at most ``max_subjects`` are recorded;
+    past either cap the record says so (``response_capped``)."""
+
+    pointer: tuple[str, ...]
+    max_bytes: int = 1024 * 1024
+    max_subjects: int = 1000
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    prefix: str
+    upstream: str
+    upstream_url: str
+    system: str
+    category: str
+    actions: Mapping[str, str]
+    purpose: str = ""
+    methods: frozenset[str] | None = None
+    subject: SubjectRule | None = None
+    # Where the upstream takes an overriding method from ("header", "query"); that method is
+    # then what is authorised and recorded (method_override.effective_method, decision 011).
+    method_override: frozenset[str] = frozenset()
+    response_subjects: ResponseSubjects | None = None
+
+    @property
+    def carries_personal_data(self) -> bool:
+        return self.category != "none"
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    demo: bool
+    instance_id: str
+    proxy_listen: Listen
+    admin_listen: Listen
+    identity: IdentityConfig
+    authz: AuthzConfig
+    audit: AuditConfig
+    proxy: ProxyConfig
+    upstreams: Mapping[str, str]
+    routes: tuple[Route, ...] = field(default=())
+    store: StoreConfig | None = None
+    upstream_tls: Mapping[str, UpstreamTLS] = field(default_factory=dict)
+    oidc: OidcConfig | None = None  # browser login and sessions (decision 014); None: bearer only
+    anomalies: AnomaliesConfig | None = None
+
+    def to_json(self) -> str:
+        """The effective configuration, defaults filled in (like `nginx -T`)."""
+        return json.dumps(plain(self), indent=2, sort_keys=False)
+
+
+def plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    if isinstance(value, frozenset):
+        return sorted(plain(v) for v in value)
+    if isinstance(value, Path | ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return str(value)
+    if isinstance(value, Secret):
+        return "**********" if value.reveal() else ""
+    return value

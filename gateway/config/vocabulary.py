@@ -1,0 +1,50 @@
+"""The domain's words: personal-data categories, actions, purposes of processing.
+
+They come from the organisation's personal-data policy (docs/policy-clauses.md); routes, the
+policy (`pd-gateway policy check`) and the audit trail use exactly these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# DIGEST 2.2-2.4: the personal-data categories the organisation processes; `none` marks a route
+# that carries no personal data. Biometric data is not processed (2.4), so it has no category.
+# `audit_log` is the audit trail itself (9.2.6): reading it is an access of its own, granted
+# by the policy (gateway.web.audit_api), never a route's category.
+CATEGORIES = ("employee", "employee_health", "counterparty", "site_visitor", "audit_log", "none")
+
+
+ACTIONS = ("read", "create", "update", "delete", "export", "block")
+
+
+# 3.2: the purposes of processing. Each route serves one; grants apply within a job function's
+# purposes only (4.2: compatible purposes; 4.3: no merging across incompatible ones).
+# `audit_control` (9.2.6): control of the lawfulness of processing, the only purpose for which
+# the trail is read.
+PURPOSES = {
+    "hr_records": "3.2.1",
+    "contracts": "3.2.2",
+    "site_visitors": "3.2.3",
+    "audit_control": "9.2.6",
+}
+
+
+# 9.2.6: where reading the audit trail sits in the policy (gateway.web.audit_api).
+AUDIT_SYSTEM = "audit"
+AUDIT_CATEGORY = "audit_log"
+AUDIT_PURPOSE = "audit_control"
+
+
+DEFAULT_ACTIONS: Mapping[str, str] = {
+    "GET": "read",
+    "HEAD": "read",
+    "POST": "create",
+    "PUT": "update",
+    "PATCH": "update",
+    "DELETE": "delete",
+}
+
+
+# The gateway's own paths (login callback, logout); no route may use this prefix.
+GATEWAY_PATH_PREFIX = "/_pdgw/"

@@ -1,0 +1,3 @@
+"""The bottom layer: errors, ids, tasks, files, logs, TLS contexts and metrics.
+
+Imports nothing of the gateway; everything else may import it."""

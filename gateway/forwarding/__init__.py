@@ -1,0 +1,1 @@
+"""To the upstream and back: routing, header hygiene, method overrides, streaming."""

@@ -1,0 +1,301 @@
+"""Forwarding to an upstream: the request streamed there and the response streamed back.
+
+Contract: ``Forwarder.forward`` streams the request to the route's upstream and the response back
+without holding a whole body; it calls ``before_last_chunk()`` once the response's size is known
+and before the last chunk is written, so the outcome is on record before the client has all of
+the response. A failed exchange raises an ``ExchangeError``: ``UpstreamError`` when the upstream
+failed (502, 504), ``ClientFault`` when the client's side did (413, 408, 400, 499) — the two are
+counted apart, so a client's oversized or slow body never raises the upstream-errors alert.
+Header hygiene is ``gateway.forwarding.headers``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from gateway.config.model import IPNetwork, Route
+from gateway.core.errors import GatewayError
+from gateway.forwarding.headers import response_headers, upstream_headers
+from gateway.forwarding.method_override import BodyOverrideScanner
+from gateway.forwarding.response_subjects import ResponseCopy
+from gateway.identity.cookies import sets_cookie, without_cookies
+
+
+class ExchangeError(GatewayError):
+    """The exchange through the gateway failed after the request was authorised and recorded.
+    ``reason`` goes to the audit trail (the outcome) and the metrics."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class UpstreamError(ExchangeError):
+    """The upstream failed: unreachable, TLS, an aborted or oversized response (502), or too
+    slow (504)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(status, reason)
+        self.code = "upstream_timeout" if status == 504 else "bad_gateway"
+        self.public_message = (
+            "the upstream did not answer in time"
+            if status == 504
+            else "the upstream is unavailable"
+        )
+
+
+class ClientFault(ExchangeError):
+    """The client's side of the exchange failed: the rest of its request cannot be read, so
+    the connection is closed after the answer."""
+
+    close_connection = True
+
+
+class BodyTooLarge(ClientFault):
+    """The request body passed proxy.max_body_bytes: refused (413), the upstream request cut."""
+
+    def __init__(self) -> None:
+        super().__init__(413, "body_too_large")
+        self.code = "too_large"
+        self.public_message = "the request body is larger than this gateway accepts"
+
+
+class ClientTooSlow(ClientFault):
+    """The request body stopped arriving for longer than proxy.client_body_timeout_seconds."""
+
+    def __init__(self) -> None:
+        super().__init__(408, "client_body_timeout")
+        self.code = "request_timeout"
+        self.public_message = "the request body did not arrive in time"
+
+
+class BodyOverride(ClientFault):
+    """The request body names a method override (`_method`): refused (400), the upstream
+    request cut, so the upstream never has a complete request to act on (decision 011)."""
+
+    def __init__(self) -> None:
+        super().__init__(400, "method_override_in_body")
+        self.code = "bad_request"
+        self.public_message = "malformed request"
+
+
+class ClientAborted(ClientFault):
+    """The client went away before its request body was complete: its doing, not the upstream's."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "client_aborted")
+        self.code = "client_aborted"
+        self.public_message = "the request body was cut short"
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the forwarder measured; filled as the exchange proceeds."""
+
+    status: int = 0
+    response: web.StreamResponse | None = None  # set once headers went to the client
+    bytes_in: int = 0
+    bytes_out: int = 0
+    upstream_seconds: float = 0.0
+    # Why the request body stopped (too large, too slow): the client's fault, not the upstream's.
+    client_failure: ClientFault | None = None
+    # A bounded copy of the response body, for the subjects it names (route.response_subjects).
+    copy: ResponseCopy | None = None
+
+
+class Forwarder:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        trusted: Sequence[IPNetwork],
+        forward_authorization: bool,
+        connect_timeout: float,
+        read_timeout: float,
+        max_body_bytes: int = 64 * 1024 * 1024,
+        body_timeout: float = 30.0,
+        max_response_bytes: int = 1024**3,
+        total_timeout: float | None = None,
+        ssl_contexts: Mapping[str, ssl.SSLContext] | None = None,
+        gateway_cookies: frozenset[str] = frozenset(),
+    ) -> None:
+        # SECURITY: the gateway's session and login cookies never reach an upstream, and an
+        # upstream cannot set or clear them (THREAT_MODEL.md, browser sessions).
+        self._own_cookies = gateway_cookies
+        self._max_body = max_body_bytes
+        self._body_timeout = body_timeout
+        self._max_response = max_response_bytes
+        self._session = session
+        self._trusted = tuple(trusted)
+        self._forward_authorization = forward_authorization
+        self._timeout = aiohttp.ClientTimeout(
+            total=total_timeout, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._ssl = dict(ssl_contexts or {})  # by upstream name; others verify with system CAs
+
+    async def forward(
+        self,
+        request: web.Request,
+        route: Route,
+        *,
+        request_id: str,
+        injected: dict[str, str],
+        exchange: Exchange,
+        before_last_chunk: Callable[[], Awaitable[None]],
+        strip: frozenset[str] = frozenset(),
+    ) -> web.StreamResponse:
+        """``strip``: more header names never forwarded (proxy.strip_headers, normalised)."""
+        headers = upstream_headers(
+            request,
+            trusted=self._trusted,
+            forward_authorization=self._forward_authorization,
+            injected=injected,
+            strip=strip,
+            keep_override="header" in route.method_override,
+        )
+        if self._own_cookies and "Cookie" in headers:
+            kept = [without_cookies(c, self._own_cookies) for c in headers.getall("Cookie")]
+            del headers["Cookie"]
+            for value in kept:
+                if value is not None:
+                    headers.add("Cookie", value)
+        # The raw path and query, byte for byte: what was authorised is what is forwarded.
+        url = URL(route.upstream_url + request.raw_path, encoded=True)
+
+        if (request.content_length or 0) > self._max_body:
+            raise BodyTooLarge()  # declared too large: nothing is sent upstream
+
+        async def body() -> AsyncIterator[bytes]:
+            chunks = request.content.iter_any().__aiter__()
+            overrides = BodyOverrideScanner()
+            while True:
+                try:
+                    async with asyncio.timeout(self._body_timeout):  # slow-body clients
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    exchange.client_failure = ClientTooSlow()
+                    raise exchange.client_failure from None
+                except Exception as e:  # the client hung up or broke the framing mid-body
+                    exchange.client_failure = ClientAborted()
+                    raise exchange.client_failure from e
+                exchange.bytes_in += len(chunk)
+                if exchange.bytes_in > self._max_body:  # chunked past the limit: cut it
+                    exchange.client_failure = BodyTooLarge()
+                    raise exchange.client_failure
+                if overrides.feed(chunk):  # the chunk that completes `_method` is never sent
+                    exchange.client_failure = BodyOverride()
+                    raise exchange.client_failure
+                yield chunk
+
+        data = body() if request.body_exists else None
+        if (
+            data is not None
+            and request.version == aiohttp.HttpVersion11  # HTTP/1.0 has no interim responses
+            and request.headers.get("Expect", "").lower() == "100-continue"
+        ):
+            # Only now, with the request authorised and audited, is the client asked for its
+            # body (pipeline.expect_handler kept aiohttp from asking before any check).
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+        t0 = time.perf_counter()
+        try:
+            upstream = await self._session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                timeout=self._timeout,
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+                ssl=self._ssl.get(route.upstream, True),
+            )
+        except (TimeoutError, aiohttp.ClientError) as e:
+            exchange.upstream_seconds = time.perf_counter() - t0
+            raise self._failure(e, exchange) from e
+        try:
+            if self._own_cookies and sets_cookie(
+                upstream.headers.getall("Set-Cookie", ()), self._own_cookies
+            ):
+                raise UpstreamError(502, "upstream_set_gateway_cookie")
+            return await self._relay(request, upstream, request_id, exchange, before_last_chunk, t0)
+        finally:
+            upstream.release()
+
+    @staticmethod
+    def _failure(e: BaseException, exchange: Exchange) -> ExchangeError:
+        """One place that maps a failed upstream request to what the client and audit see."""
+        if exchange.client_failure is not None:
+            return exchange.client_failure
+        if isinstance(e, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+            return UpstreamError(504, "upstream_timeout")
+        if isinstance(e, aiohttp.ClientSSLError):
+            return UpstreamError(502, "upstream_tls_error")
+        if isinstance(e, aiohttp.ClientConnectorError):
+            return UpstreamError(502, "upstream_unreachable")
+        return UpstreamError(502, "upstream_error")
+
+    async def _relay(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        request_id: str,
+        exchange: Exchange,
+        before_last_chunk: Callable[[], Awaitable[None]],
+        t0: float,
+    ) -> web.StreamResponse:
+        exchange.status = upstream.status
+        if upstream.content_length is not None and upstream.content_length > self._max_response:
+            raise UpstreamError(502, "upstream_response_too_large")
+        resp = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=response_headers(upstream, request_id),
+        )
+        if (
+            upstream.content_length is None
+            and request.method != "HEAD"
+            and upstream.status not in (204, 304)
+        ):
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        exchange.response = resp
+        # One chunk of look-ahead: the last chunk is held until the outcome is on record, so a
+        # client never has a whole response whose outcome could still be lost.
+        held: bytes | None = None
+        try:
+            async for chunk in upstream.content.iter_any():
+                if held is not None:
+                    await resp.write(held)
+                    exchange.bytes_out += len(held)
+                if exchange.bytes_out + len(chunk) > self._max_response:
+                    exchange.upstream_seconds = time.perf_counter() - t0
+                    raise UpstreamError(502, "upstream_response_too_large")
+                held = chunk
+                if exchange.copy is not None:
+                    exchange.copy.add(chunk)
+        except TimeoutError as e:
+            exchange.upstream_seconds = time.perf_counter() - t0
+            raise UpstreamError(504, "upstream_timeout") from e
+        except aiohttp.ClientError as e:
+            exchange.upstream_seconds = time.perf_counter() - t0
+            raise UpstreamError(502, "upstream_aborted") from e
+        exchange.upstream_seconds = time.perf_counter() - t0
+        if held is not None:
+            exchange.bytes_out += len(held)
+        await before_last_chunk()
+        if held is not None:
+            await resp.write(held)
+        await resp.write_eof()
+        return resp

@@ -1,0 +1,263 @@
+"""Header hygiene: what crosses the gateway in each direction, and who the client is.
+
+SECURITY (THREAT_MODEL.md "Forwarding equivalence", decision 011): every header the gateway owns,
+strips or rewrites is known by its normalised name (case, and `_` read as `-`, as CGI-style
+servers read it); a request spelling one with `_` is refused; inbound identity, rewrite and
+`X-Forwarded-*` headers never reach an upstream; the gateway writes its own. Hop-by-hop headers
+(RFC 9110 §7.6.1) are dropped both ways.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.config.model import IPNetwork
+from gateway.core.errors import BadRequest
+from gateway.forwarding.method_override import OVERRIDE_HEADERS
+
+# RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies still meet.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+FORWARDING = frozenset(
+    {"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"}
+)
+INJECTED_PREFIX = "x-pd-"
+# X-Forwarded-* is the gateway's to write: it sets For, Proto and Host itself (from trusted
+# proxies it extends them); every other one a client sends (Prefix, Path, User, Client-Cert, …)
+# would tell the upstream about a URL, user or certificate nobody checked.
+FORWARDED_PREFIX = "x-forwarded-"
+# Headers that make an upstream act on another URL, file, host, client or user than the one
+# authorised and recorded: URL rewrites (IIS, Symfony, Zend), X-Accel/Sendfile, identities that
+# auth-proxy modes trust (Remote-User & co.), client addresses that frameworks read, and `Proxy`
+# (httpoxy: CGI turns it into HTTP_PROXY). Never forwarded; proxy.strip_headers adds more.
+STRIPPED = frozenset(
+    {
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-uri",
+        "x-forwarded-prefix",
+        "x-forwarded-path",
+        "x-forwarded-uri",
+        "x-forwarded-server",
+        "x-forwarded-port",
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+        "x-scheme",
+        "front-end-https",
+        "x-accel-redirect",
+        "x-accel-buffering",
+        "x-sendfile",
+        "x-lighttpd-send-file",
+        "remote-user",
+        "x-remote-user",
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-forwarded-preferred-username",
+        "x-forwarded-groups",
+        "x-forwarded-access-token",
+        "x-auth-request-user",
+        "x-auth-request-email",
+        "x-auth-request-groups",
+        "x-auth-request-preferred-username",
+        "x-auth-request-access-token",
+        "x-remote-group",
+        "x-ms-client-principal",
+        "x-ms-client-principal-name",
+        "x-ms-client-principal-id",
+        "x-ssl-client-cert",
+        "x-envoy-original-path",
+        "x-envoy-original-url",
+        "x-client-cert",
+        "ssl-client-cert",
+        "x-ssl-client-s-dn",
+        "proxy",
+        "x-original-host",
+        "x-host",
+        "x-http-host-override",
+        "x-forwarded-host-override",
+        "x-original-forwarded-for",
+        "x-proxyuser-ip",
+        "x-real-ip",
+        "true-client-ip",
+        "x-client-ip",
+        "client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-originating-ip",
+        "x-remote-ip",
+        "x-remote-addr",
+    }
+)
+# Every name the gateway owns, strips or rewrites. A client sending one of them spelt with `_`
+# for `-` is refused (decision 011): CGI/WSGI servers merge `X_PD_User` with `X-PD-User`.
+OWNED = (
+    HOP_BY_HOP
+    | FORWARDING
+    | STRIPPED
+    | OVERRIDE_HEADERS
+    | {"host", "x-request-id", "expect", "authorization", "cookie", "content-length"}
+    | {"content-type", "content-encoding"}
+)
+
+
+def header_key(name: str) -> str:
+    """A header name as CGI-style servers read it: case and `_` versus `-` do not count."""
+    return name.lower().replace("_", "-")
+
+
+def owned(key: str, strip: frozenset[str] = frozenset()) -> bool:
+    return (
+        key in OWNED
+        or key in strip
+        or key.startswith(INJECTED_PREFIX)
+        or key.startswith(FORWARDED_PREFIX)
+    )
+
+
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: host [":" port]. A reg-name here is unreserved characters only
+# (pct-encoded and sub-delims are legal but no real host name needs them); IP literals are checked
+# by ipaddress.
+_REG_NAME_OR_IPV4 = re.compile(r"^[A-Za-z0-9._~-]+$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+
+
+def valid_host(value: str) -> bool:
+    host, port = value, ""
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return False
+        port = rest[1:] if rest else ""
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return not rest or (bool(_PORT.match(port)) and int(port) <= 65535)
+    if ":" in value:
+        host, _, port = value.rpartition(":")
+        if not _PORT.match(port) or int(port) > 65535:
+            return False
+    return bool(_REG_NAME_OR_IPV4.match(host))
+
+
+def check_request_headers(
+    headers: CIMultiDictProxy[str], strip: frozenset[str] = frozenset()
+) -> None:
+    """BadRequest unless the request's headers mean one thing to every upstream: an owned name
+    spelt with `_` (`header_spoofing`), a `Host` outside RFC 9110 syntax (`bad_host`)."""
+    for name in headers:
+        if "_" in name and owned(header_key(name), strip):
+            raise BadRequest("header_spoofing")
+    host = headers.get("Host")
+    if host is not None and not valid_host(host):
+        raise BadRequest("bad_host")
+
+
+def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    """Names a `Connection` header lists: hop-by-hop for this connection only (RFC 9110 §7.6.1)."""
+    names: set[str] = set()
+    for value in headers.getall("Connection", ()):
+        names.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return names
+
+
+def _strip(lower: str, listed: set[str]) -> bool:
+    return lower in HOP_BY_HOP or lower in listed
+
+
+def is_trusted(addr: str, networks: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def client_address(request: web.BaseRequest, trusted: Sequence[IPNetwork]) -> str:
+    """The client's address: the peer, or — behind trusted proxies — the nearest untrusted hop."""
+    peer = request.remote or ""
+    if not trusted or not is_trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for v in request.headers.getall("X-Forwarded-For", ()) for h in v.split(",")]
+    for hop in reversed(hops):
+        if hop and not is_trusted(hop, trusted):
+            return hop
+    return peer
+
+
+def upstream_headers(
+    request: web.BaseRequest,
+    *,
+    trusted: Sequence[IPNetwork],
+    forward_authorization: bool,
+    injected: dict[str, str],
+    strip: frozenset[str] = frozenset(),
+    keep_override: bool = False,
+) -> CIMultiDict[str]:
+    """Request headers for the upstream.
+
+    SECURITY: every inbound `X-PD-*` and `X-Request-Id` is dropped by normalised name (case, and
+    `_` read as `-`) before the gateway injects its own, so no client can assert an identity the
+    upstream would trust; so are STRIPPED, ``strip`` and, unless ``keep_override`` (the route
+    declares its upstream honours them), method-override headers. `X-Forwarded-*` from a peer
+    outside ``trusted`` are replaced, not extended.
+    """
+    listed = {header_key(n) for n in connection_listed(request.headers)}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        lower = header_key(name)
+        if (
+            _strip(lower, listed)
+            or lower.startswith(INJECTED_PREFIX)
+            or lower.startswith(FORWARDED_PREFIX)
+            or lower in FORWARDING
+            or lower in STRIPPED
+            or lower in strip
+            or (lower in OVERRIDE_HEADERS and not keep_override)
+            or lower in ("host", "x-request-id", "expect")  # the gateway answers Expect itself
+            or (lower == "authorization" and not forward_authorization)
+        ):
+            continue
+        out.add(name, value)
+    peer = request.remote or ""
+    from_trusted = bool(trusted) and is_trusted(peer, trusted)
+    prior_for = ", ".join(request.headers.getall("X-Forwarded-For", ())) if from_trusted else ""
+    out["X-Forwarded-For"] = f"{prior_for}, {peer}" if prior_for else peer
+    out["X-Forwarded-Proto"] = (
+        request.headers.get("X-Forwarded-Proto", request.scheme) if from_trusted else request.scheme
+    )
+    out["X-Forwarded-Host"] = (
+        request.headers.get("X-Forwarded-Host", request.host) if from_trusted else request.host
+    )
+    out.update(injected)
+    return out
+
+
+def response_headers(upstream: aiohttp.ClientResponse, request_id: str) -> CIMultiDict[str]:
+    listed = connection_listed(upstream.headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.headers.items():
+        lower = name.lower()
+        if _strip(lower, listed) or lower == "x-request-id":
+            continue
+        out.add(name, value)
+    out["X-Request-Id"] = request_id
+    return out

@@ -1,0 +1,446 @@
+"""The supervisor of `pd-gateway serve --workers N` (decision 016).
+
+Contract:
+- The supervisor is the instance ``<instance_id>`` on ``<spool_dir>`` (the chain a single-process
+  gateway had), listening on the admin port only. It owns the store: one Shipper per worker spool
+  beside its own, and the anomaly detectors. On the admin port it answers the admin APIs itself
+  and /metrics, /readyz and ``/workers/w<i>/checkpoint`` for every process.
+- What the admin APIs change reaches the workers (gateway.runtime.worker): a policy put in force
+  here (the admin API, the file watcher, SIGHUP) is reloaded by every worker (SIGHUP; each records
+  its own permission changes, counted once as replicas' are); subject blocks and break-glass
+  sessions in force here are written to ``supervisor-view.json`` beside the spool and read by every
+  worker; the API answers a block or a break-glass start once that cycle has passed.
+- SIGTERM: every worker drains and flushes its spool; then every shipper ships what was written
+  (up to its drain bound); then the supervisor's own spool closes. A worker that exits otherwise
+  is started again (its spool and chain continue) after a back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.audit.shipping.shipper import Shipper
+from gateway.audit.store.base import AuditStore
+from gateway.audit.store.factory import open_store
+from gateway.config.model import Config, Listen, StoreConfig
+from gateway.core.fsutil import atomic_write
+from gateway.core.metrics import Metrics
+from gateway.core.tasks import spawn
+from gateway.runtime.app import GATEWAY, Gateway, build, shipper_metrics
+from gateway.runtime.process import lifetime
+from gateway.runtime.worker import REPORT_FILE, VIEW_FILE, VIEW_POLL_SECONDS, worker_name
+from gateway.web import listeners
+
+log = logging.getLogger(__name__)
+
+VIEW_WRITE_SECONDS = 0.1
+START_TIMEOUT_SECONDS = 60.0
+RESTART_BACKOFF_MAX_SECONDS = 30.0
+SCRAPE_TIMEOUT_SECONDS = 2.0
+# Admin API calls that change what the view file holds.
+_VIEW_CHANGES = frozenset({"/admin/subject-blocks", "/admin/break-glass"})
+# Families the supervisor's shippers report for a worker's spool (its own process has none).
+_SHIPPER_FAMILIES = ("pdgw_shipper_", "pdgw_store_up")
+
+
+@dataclass
+class _Worker:
+    index: int
+    spool: Path
+    shipper: Shipper | None = None
+    metrics: Metrics = field(default_factory=lambda: Metrics(CollectorRegistry()))
+    proc: asyncio.subprocess.Process | None = None
+    admin_port: int | None = None
+
+    @property
+    def name(self) -> str:
+        return worker_name(self.index)
+
+    @property
+    def admin(self) -> str | None:
+        return f"http://127.0.0.1:{self.admin_port}" if self.admin_port else None
+
+
+class WorkerFailed(Exception):
+    """A worker exited or did not report before it served (it printed why on stderr)."""
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, workers: int, argv: Sequence[str]) -> None:
+        self.cfg = cfg
+        self.argv = list(argv)  # `serve` arguments passed on to every worker
+        self.workers = [_Worker(i, cfg.audit.spool_dir / worker_name(i)) for i in range(workers)]
+        self.leftover = [
+            _Worker(i, p)
+            for p in sorted(cfg.audit.spool_dir.glob("w*"))
+            if p.is_dir() and p.name[1:].isdigit() and (i := int(p.name[1:])) >= workers
+        ]
+        self.stopping = False
+        self._open_lock = threading.Lock()
+        self._http: aiohttp.ClientSession | None = None
+        self._view = b""
+        self._view_lock = asyncio.Lock()
+
+    async def run(self, *, ready: asyncio.Event | None = None) -> None:
+        cfg = self.cfg
+        reservation = _reserve(cfg.proxy_listen)  # EADDRINUSE here, as a single process says it
+        try:
+            await self._run(reservation.getsockname()[1], ready)
+        finally:
+            reservation.close()
+
+    async def _run(self, proxy_port: int, ready: asyncio.Event | None) -> None:
+        cfg = self.cfg
+        proxy_app, admin_app = build(cfg)
+        gw = proxy_app[GATEWAY]
+        # Inside the error boundary (gateway.web.admin puts it first), before the admin routes.
+        admin_app.middlewares.insert(1, self._merged_views(gw))
+        restarts = gw.metrics.worker_restarts
+
+        def version() -> str:
+            return gw.policies.engine.version
+
+        keepers: list[asyncio.Task[None]] = []
+        try:
+            async with (
+                lifetime(
+                    lambda: listeners.start(
+                        cfg, proxy_app, admin_app, gw.metrics, serve_proxy=False
+                    ),
+                    lambda: self._sighup(gw),
+                ) as life,
+                self._shippers(),
+                aiohttp.ClientSession() as self._http,
+            ):
+                try:
+                    # Before any worker serves: the blocks in force are in force there from its
+                    # first request (6.5).
+                    await self._publish_view(gw)
+                    started = await asyncio.gather(
+                        *(self._start(w, proxy_port, version) for w in self.workers),
+                        return_exceptions=True,
+                    )
+                    for result in started:
+                        if isinstance(result, BaseException):
+                            raise result
+                    keepers = [
+                        spawn(
+                            self._keep(w, proxy_port, version, restarts.labels(w.name).inc),
+                            name=w.name,
+                        )
+                        for w in self.workers
+                    ]
+                    keepers += [
+                        spawn(self._write_view(gw), name="supervisor-view"),
+                        spawn(self._follow_policy(gw), name="policy-to-workers"),
+                    ]
+                    life.serving(
+                        ready,
+                        "pd-gateway serving with workers",
+                        proxy=f"{cfg.proxy_listen.host}:{proxy_port}",
+                        admin=life.sites.admin.name,
+                        workers=len(self.workers),
+                        policy_version=gw.policies.engine.version,
+                    )
+                    await life.until_stopped("draining every worker")
+                finally:
+                    # Before the shippers stop: what the workers' final flush wrote is shipped.
+                    self.stopping = True
+                    for task in keepers:
+                        task.cancel()
+                    await asyncio.gather(*(self._stop(w) for w in self.workers))
+                    log.info("workers stopped; shipping what they wrote")
+            # Leaving the lifetime closed the supervisor's own listeners and spool last (its
+            # shipper after it), once the workers' shippers had stopped.
+        finally:
+            log.info("stopped; audit spools flushed and shipped")
+
+    # -- workers --
+
+    async def _start(self, w: _Worker, proxy_port: int, version: Callable[[], str]) -> None:
+        """Start ``w`` and wait until it serves; ``version``: the policy in force here."""
+        report = w.spool / REPORT_FILE
+        loaded = version()
+        report.unlink(missing_ok=True)
+        w.admin_port = None
+        w.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            *self.argv,
+            "--worker",
+            str(w.index),
+            "--worker-port",
+            str(proxy_port),
+            "--supervisor-pid",
+            str(os.getpid()),
+        )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if w.proc.returncode is not None:
+                raise WorkerFailed(f"worker {w.name} exited with {w.proc.returncode} at start-up")
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                data = json.loads(report.read_text())
+                if data["pid"] == w.proc.pid:
+                    w.admin_port = int(data["admin_port"])
+                    log.info("worker started", extra={"worker": w.name, "pid": w.proc.pid})
+                    if version() != loaded:  # changed while it started: it may have the old one
+                        w.proc.send_signal(signal.SIGHUP)
+                    return
+            await asyncio.sleep(0.05)
+        w.proc.kill()
+        raise WorkerFailed(f"worker {w.name} did not start within {START_TIMEOUT_SECONDS:g} s")
+
+    async def _keep(
+        self,
+        w: _Worker,
+        proxy_port: int,
+        version: Callable[[], str],
+        restarted: Callable[[], None],
+    ) -> None:
+        """Start ``w`` again whenever it exits, until shutdown (back-off after quick failures)."""
+        backoff = 0.5
+        while not self.stopping:
+            assert w.proc is not None
+            started = time.monotonic()
+            code = await w.proc.wait()
+            if self.stopping:
+                return
+            w.admin_port = None
+            log.error("worker exited; starting it again", extra={"worker": w.name, "code": code})
+            restarted()
+            if time.monotonic() - started > 60:
+                backoff = 0.5
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RESTART_BACKOFF_MAX_SECONDS)
+            try:
+                await self._start(w, proxy_port, version)
+            except WorkerFailed as e:
+                log.error("worker did not start again", extra={"worker": w.name, "error": str(e)})
+
+    async def _stop(self, w: _Worker) -> None:
+        proc = w.proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        grace = self.cfg.proxy.shutdown_timeout_seconds + 15
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            log.error("worker did not stop in time; killed", extra={"worker": w.name})
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    def _signal_workers(self, sig: int) -> None:
+        """Only workers that serve: one still starting may not handle the signal yet (SIGHUP
+        would end it); _start tells it of a policy change made meanwhile."""
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None and w.admin_port is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(sig)
+
+    def _sighup(self, gw: Gateway) -> None:
+        spawn(
+            gw.rights.reload_policy(actor="signal:SIGHUP", source="file", reason="SIGHUP"),
+            name="reload",
+        )
+        self._signal_workers(signal.SIGHUP)
+
+    async def _follow_policy(self, gw: Gateway) -> None:
+        """A policy put in force here (admin API, file watcher, expiry) is reloaded by every
+        worker from the same files: each records its own permission changes (9.2.7)."""
+        version = gw.policies.engine.version
+        while True:
+            await asyncio.sleep(0.1)
+            if gw.policies.engine.version != version:
+                version = gw.policies.engine.version
+                self._signal_workers(signal.SIGHUP)
+
+    async def _write_view(self, gw: Gateway) -> None:
+        while True:
+            await self._publish_view(gw)
+            await asyncio.sleep(VIEW_WRITE_SECONDS)
+
+    async def _publish_view(self, gw: Gateway) -> None:
+        """Blocks and break-glass sessions in force here, for the workers (VIEW_FILE)."""
+        assert gw.blocks is not None
+        sessions = [{**asdict(s), "grants": sorted(s.grants)} for s in gw.break_glass.sessions()]
+        data = json.dumps({"blocks": gw.blocks.as_json(), "break_glass": sessions}).encode()
+        async with self._view_lock:
+            if data != self._view:
+                path = self.cfg.audit.spool_dir / VIEW_FILE
+                await asyncio.to_thread(atomic_write, path, data, durable=False)
+                self._view = data
+
+    # -- shippers (the store is this process's) --
+
+    @contextlib.asynccontextmanager
+    async def _shippers(self) -> AsyncIterator[None]:
+        store = self.cfg.store
+        if store is None:
+            log.warning("no audit store configured: events stay in the workers' spools")
+            yield
+            return
+        for w in self._shipped():
+            w.shipper = Shipper(
+                w.spool,
+                self._opener(store),
+                batch_max_rows=store.batch_max_rows,
+                batch_max_age=store.batch_max_age_ms / 1000,
+                max_backoff=store.retry_max_backoff_seconds,
+                metrics=shipper_metrics(w.metrics),
+            )
+        started: list[Shipper] = []
+        try:
+            for w in self._shipped():
+                assert w.shipper is not None
+                await asyncio.to_thread(w.shipper.start)
+                started.append(w.shipper)
+            yield
+        finally:
+            # After the workers stopped: what their final flush wrote is shipped now.
+            await asyncio.gather(*(asyncio.to_thread(s.stop) for s in started))
+
+    def _shipped(self) -> list[_Worker]:
+        """The workers, and the spools of workers a run with more of them left behind: shipped
+        until they are empty (a spool without a writer ships what it holds)."""
+        return [*self.workers, *self.leftover]
+
+    def _opener(self, store: StoreConfig) -> Callable[[], AuditStore]:
+        def open_locked() -> AuditStore:
+            with self._open_lock:  # one chdb session opened at a time
+                return open_store(store)
+
+        return open_locked
+
+    # -- the admin port --
+
+    def _merged_views(self, gw: Gateway) -> Callable[..., Awaitable[web.StreamResponse]]:
+        checkpoint_paths = {f"/workers/{w.name}/checkpoint": w for w in self.workers}
+
+        @web.middleware
+        async def views(
+            request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        ) -> web.StreamResponse:
+            if request.method == "POST" and request.path in _VIEW_CHANGES:
+                response = await handler(request)
+                if response.status == 200:
+                    # 6.5: answered once the workers have read it (their poll interval; not an
+                    # acknowledgement: a worker whose loop stalls longer enforces it later).
+                    await self._publish_view(gw)
+                    await asyncio.sleep(2 * VIEW_POLL_SECONDS + 0.05)
+                return response
+            if request.method != "GET":
+                return await handler(request)
+            if request.path == "/metrics":
+                body = await self._metrics_text(gw)
+                return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+            if request.path == "/readyz":
+                checks = gw.readiness()
+                answers = await asyncio.gather(*(self._get(w, "/readyz") for w in self.workers))
+                for w, (status, _) in zip(self.workers, answers, strict=True):
+                    checks[f"worker_{w.name}"] = status == 200
+                ready = all(checks.values())
+                return web.json_response(
+                    {"status": "ready" if ready else "not_ready", "checks": checks},
+                    status=200 if ready else 503,
+                )
+            worker = checkpoint_paths.get(request.path)
+            if worker is not None:  # `audit verify --gateway <admin>/workers/w<i>`
+                status, body = await self._get(worker, "/checkpoint")
+                return web.Response(
+                    status=status if status else 503,
+                    body=body,
+                    headers={"Content-Type": "application/json"},
+                )
+            return await handler(request)
+
+        return views
+
+    async def _get(self, w: _Worker, path: str) -> tuple[int, bytes]:
+        """A worker's internal admin answer; (0, b"{}") if it is not serving."""
+        if w.admin is None or self._http is None:
+            return 0, b"{}"
+        try:
+            timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS)
+            async with self._http.get(w.admin + path, timeout=timeout) as r:
+                return r.status, await r.read()
+        except (aiohttp.ClientError, TimeoutError):
+            return 0, b"{}"
+
+    async def _metrics_text(self, gw: Gateway) -> bytes:
+        """Every process's metrics, each sample labelled with its ``worker`` (``supervisor`` for
+        this process); a worker's shipper families come from its shipper, here."""
+        scraped = await asyncio.gather(*(self._get(w, "/metrics") for w in self.workers))
+        merged = _Families()
+        merged.add(gw.metrics.registry.collect(), "supervisor")
+        for w, (status, body) in zip(self.workers, scraped, strict=True):
+            if status == 200:
+                families = text_string_to_metric_families(body.decode())
+                merged.add((f for f in families if not _shipper_family(f.name)), w.name)
+        for w in self._shipped():
+            shipper = w.metrics.registry.collect()
+            merged.add((f for f in shipper if _shipper_family(f.name)), w.name)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(merged)
+        return generate_latest(registry)
+
+
+def _shipper_family(name: str) -> bool:
+    return name.startswith(_SHIPPER_FAMILIES)
+
+
+class _Families:
+    """Metric families merged from several processes (a prometheus_client collector)."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, Metric] = {}
+
+    def add(self, families: Iterable[Metric], worker: str) -> None:
+        for f in families:
+            m = self._families.get(f.name)
+            if m is None:
+                m = self._families[f.name] = Metric(f.name, f.documentation, f.type, f.unit)
+            m.samples.extend(s._replace(labels={"worker": worker, **s.labels}) for s in f.samples)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families.values())
+
+
+def _reserve(listen: Listen) -> socket.socket:
+    """Bind (not listen on) the proxy port with SO_REUSEPORT for the supervisor's lifetime: a
+    port another program holds fails here, with the single process's message, and a port 0 is
+    chosen once for every worker. A bound socket that does not listen receives no connection."""
+    family, _, _, _, address = socket.getaddrinfo(
+        listen.host or None, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

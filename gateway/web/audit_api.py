@@ -1,0 +1,283 @@
+"""The audit query API on the admin port (9.2.6, 6.1.1, 6.3): the trail, read by those allowed.
+
+Endpoints (GET, bearer token of the same IdP; answers are NDJSON, one row a line, then one
+``{"_end": {...}}`` line with the row count and whether the limit or the time bound cut it short):
+  /admin/audit/events                    access events by filters              audit_log read
+  /admin/audit/subjects/{subject}/events every access to one data subject      audit_log read
+  /admin/audit/export                    the same filters, up to 1,000,000 rows audit_log export
+  /admin/audit/permissions               changes of access rights (9.2.7)      audit_log read
+  /admin/audit/subjects/{subject}/report a data subject's report (JSON)        audit_log read
+Filters: user, role, system, category, action, decision, status, reason, route, request_id,
+break_glass (true|false), since, until (ISO 8601 or µs since the epoch), limit.
+
+Authorisation is the policy's (``gateway.web.trail``), so the shipped policy names who may read
+the trail, and `policy test` covers it.
+
+9.2.6: every query is itself an event in the trail — an access record (who, which filters in
+``query``, the subject asked about in ``subject_ids``) written *before* the store is read, and an
+outcome record with the number of rows returned (``response_count``; ``response_capped`` when
+the row limit or the time bound cut the answer). A refusal is one record, like the proxy's.
+
+Reads run off the event loop in one thread per query, page by page (``gateway.audit.query``), so
+the answer streams with one page in memory; on the embedded store they go through the process's
+own store, the only way in while the gateway runs (chdb: one process per data directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateway.audit import query, report
+from gateway.audit.checkpoint import Checkpoint
+from gateway.audit.events import COMPLETE, AccessEvent, Outcome
+from gateway.audit.spool import Spool
+from gateway.audit.store.base import AuditStore, Row, StoreError
+from gateway.config.model import IPNetwork
+from gateway.core.errors import SpoolUnavailable
+from gateway.governance.subject_hash import SubjectHasher
+from gateway.policy.engine import PolicyStore
+from gateway.web.admin import AdminRefused, Verify
+from gateway.web.boundary import REQUEST_ID
+from gateway.web.trail import Ask, TrailAccess, elapsed_us
+
+log = logging.getLogger(__name__)
+
+StoreOpener = Callable[[], contextlib.AbstractContextManager[AuditStore]]
+
+_ASKS = {
+    "events": Ask("events", "read", "admin:audit/events", query.MAX_ROWS),
+    "subject": Ask("events", "read", "admin:audit/subject", query.MAX_ROWS),
+    "export": Ask("events", "export", "admin:audit/export", query.MAX_EXPORT_ROWS),
+    "permissions": Ask("permissions", "read", "admin:audit/permissions", query.MAX_ROWS),
+    "report": Ask("report", "read", "admin:audit/subject-report", query.MAX_EXPORT_ROWS),
+}
+
+
+def _store_unavailable() -> AdminRefused:
+    """The store failed after the access was recorded: its outcome record says so."""
+    return AdminRefused(
+        503, "store_unavailable", "the audit store cannot be read now", "store_error", recorded=True
+    )
+
+
+class AuditAPI:
+    def __init__(
+        self,
+        *,
+        verify: Verify,
+        policies: PolicyStore,
+        spool: Spool,
+        open_store: StoreOpener | None,
+        trusted: Sequence[IPNetwork],
+        hasher: SubjectHasher | None = None,
+        purposes_of: Mapping[str, str] | None = None,
+        public_keys: Callable[[], Mapping[str, Ed25519PublicKey]] | None = None,
+        live: Callable[[], list[Checkpoint]] = list,
+    ) -> None:
+        self._trail = TrailAccess(verify=verify, policies=policies, spool=spool, trusted=trusted)
+        self._spool = spool
+        self._open_store = open_store
+        self._purposes_of = purposes_of or {}
+        self._public_keys = public_keys
+        self._live = live
+        # 5.3: investigators give the real id; the trail holds it as a keyed hash (decision 015).
+        self._hasher = hasher if hasher is not None else SubjectHasher([])
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_get("/admin/audit/events", self._handler("events"))
+        app.router.add_get("/admin/audit/subjects/{subject}/events", self._handler("subject"))
+        app.router.add_get("/admin/audit/export", self._handler("export"))
+        app.router.add_get("/admin/audit/permissions", self._handler("permissions"))
+        app.router.add_get("/admin/audit/subjects/{subject}/report", self._report)
+
+    def _handler(self, name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        ask = _ASKS[name]
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self._serve(request, ask)
+
+        return handler
+
+    async def _report(self, request: web.Request) -> web.Response:
+        """6.1.1, 6.3: one subject's report, aggregated here so the answer is small."""
+        t0 = time.perf_counter()
+        trail = self._trail
+        principal = await trail.principal(request)
+        forms = self._hasher.candidates(request.match_info["subject"])
+        event = await trail.authorise(
+            request, principal, _ASKS["report"], t0, filters="report", subjects=forms[:1]
+        )
+        if self._open_store is None or self._public_keys is None:
+            await trail.deny(event, 503, "no_store", "no audit store is configured", t0, "no_store")
+        await self._spool.append(event)  # 9.2.6: on record before anything is read
+        opener, keys, live = self._open_store, self._public_keys(), self._live()
+
+        def run() -> dict[str, Any]:
+            with opener() as store:
+                return report.build(
+                    store, tuple(forms), purposes_of=self._purposes_of, public_keys=keys, live=live
+                )
+
+        outcome, body, status = COMPLETE, None, 200
+        try:
+            body = await asyncio.to_thread(run)
+        except StoreError:
+            outcome, status = "store_error", 503
+        await self._spool.append(
+            Outcome(
+                event_id=event.event_id,
+                status=status,
+                bytes_in=0,
+                bytes_out=0,
+                duration_us=elapsed_us(t0),
+                upstream_us=0,
+                outcome=outcome,
+                response_count=(body["accesses"] + body["refused"]) if body else 0,
+            ),
+            admission=False,
+        )
+        if body is None:
+            raise _store_unavailable()
+        return web.json_response(
+            {
+                **body,
+                "generated_at_us": time.time_ns() // 1000,
+                "generated_by": principal.user,
+                "request_id": request[REQUEST_ID],
+            }
+        )
+
+    async def _serve(self, request: web.Request, ask: Ask) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        trail = self._trail
+        principal = await trail.principal(request)
+        raw_subject = request.match_info.get("subject")
+        subject = self._hasher.candidates(raw_subject) if raw_subject is not None else None
+        subjects = subject[:1] if subject is not None else []
+        try:
+            filters, asked = query.parse_filters(request.query, subject)
+        except ValueError as e:
+            event = trail.event(
+                request,
+                principal,
+                ask,
+                filters="",
+                subjects=subjects,
+                decision="deny",
+                reason="bad_filter",
+                rule="",
+            )
+            # The message is ours (it names a parameter), never a value or a library's text.
+            await trail.deny(event, 400, "bad_request", str(e), t0)
+        event = await trail.authorise(
+            request,
+            principal,
+            ask,
+            t0,
+            filters=filters.as_record(),
+            subjects=subjects,
+            refusal="your job function may not read the audit trail",
+        )
+        if self._open_store is None:
+            await trail.deny(event, 503, "no_store", "no audit store is configured", t0, "no_store")
+        limit = min(asked or ask.max_rows, ask.max_rows)
+        await self._spool.append(event)  # 9.2.6: on record before anything is read
+        return await self._stream(request, ask, event, filters, limit, t0)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        ask: Ask,
+        event: AccessEvent,
+        filters: query.Filters,
+        limit: int,
+        t0: float,
+    ) -> web.StreamResponse:
+        assert self._open_store is not None
+        opener = self._open_store
+        page = query.Page()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-query")
+        loop = asyncio.get_running_loop()
+        stack = contextlib.ExitStack()
+        rows_iter: Iterator[Row] | None = None
+
+        def start() -> None:
+            nonlocal rows_iter
+            store = stack.enter_context(opener())
+            run = query.events if ask.kind == "events" else query.permissions
+            rows_iter = run(store, filters, limit=limit, page=page)
+
+        def take() -> list[Row]:
+            assert rows_iter is not None
+            out: list[Row] = []
+            for row in rows_iter:
+                out.append(row)
+                if len(out) >= query.PAGE_ROWS:
+                    break
+            return out
+
+        rid = request[REQUEST_ID]
+        resp = web.StreamResponse(
+            headers={"Content-Type": "application/x-ndjson", "X-Request-Id": rid}
+        )
+        outcome = COMPLETE
+        status = 200
+        sent = 0
+        try:
+            try:
+                await loop.run_in_executor(executor, start)
+                chunk = await loop.run_in_executor(executor, take)
+            except StoreError:
+                status, outcome = 503, "store_error"
+                raise _store_unavailable() from None
+            await resp.prepare(request)
+            while chunk:
+                body = "".join(json.dumps(r, default=str, ensure_ascii=False) + "\n" for r in chunk)
+                await resp.write(body.encode())
+                sent += len(chunk)
+                try:
+                    chunk = await loop.run_in_executor(executor, take)
+                except StoreError:
+                    outcome = "store_error"
+                    break
+            end = {
+                "rows": page.returned,
+                "truncated": page.truncated,
+                "timed_out": page.timed_out,
+                "error": outcome != COMPLETE,
+                "request_id": rid,
+            }
+            await resp.write((json.dumps({"_end": end}) + "\n").encode())
+        except (ConnectionError, asyncio.CancelledError):
+            outcome = "client_aborted"
+            raise
+        finally:
+            await loop.run_in_executor(executor, stack.close)
+            executor.shutdown(wait=False)
+            with contextlib.suppress(SpoolUnavailable):
+                await self._spool.append(
+                    Outcome(
+                        event_id=event.event_id,
+                        status=status,
+                        bytes_in=0,
+                        bytes_out=resp.body_length if resp.prepared else 0,
+                        duration_us=elapsed_us(t0),
+                        upstream_us=0,
+                        outcome=outcome,
+                        response_count=sent,
+                        response_capped=1 if page.truncated or page.timed_out else 0,
+                    ),
+                    admission=False,
+                )
+        await resp.write_eof()
+        return resp

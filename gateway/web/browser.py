@@ -1,0 +1,400 @@
+"""Staff in browsers: login at the gateway, the session cookie, logout (decision 014).
+
+Contract: ``BrowserLogin.authenticate(request)`` returns the Principal of a valid session and its
+keyed hash, refreshing it with the provider when due, or raises ``AuthenticationError`` with a
+short reason; every login, failed login, logout, refresh, expiry and revocation is an
+``AuthEvent`` in the trail before its response is sent (no audit, no access: 9.1.8). The
+gateway's paths live under ``/_pdgw/``: ``login`` (start, with a same-origin ``return_to``),
+``callback`` (the provider's redirect), ``logout`` (POST, same-origin; local and at the provider),
+``logged-out``.
+
+Which credential counts (one rule, README "Browser login"): a request with an `Authorization`
+header is judged by that header alone — bearer, the cookie ignored — otherwise by the session
+cookie, on routes that accept sessions (`oidc.session_routes`; empty: all).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from gateway.audit.events import AuthEvent
+from gateway.config.model import OidcConfig, Route
+from gateway.config.vocabulary import GATEWAY_PATH_PREFIX
+from gateway.core.errors import AuthenticationError, Refused
+from gateway.core.ids import new_id
+from gateway.core.metrics import Metrics
+from gateway.identity.csrf import cross_site_reason, is_navigation
+from gateway.identity.oidc import OidcClient
+from gateway.identity.sessions import (
+    LoginState,
+    RevocationList,
+    Session,
+    SessionCodec,
+    SessionInvalid,
+    new_secret,
+)
+from gateway.identity.tokens import Principal
+from gateway.web.boundary import REQUEST_ID, html_page
+
+log = logging.getLogger(__name__)
+
+CALLBACK = GATEWAY_PATH_PREFIX + "callback"
+LOGIN = GATEWAY_PATH_PREFIX + "login"
+LOGOUT = GATEWAY_PATH_PREFIX + "logout"
+LOGGED_OUT = GATEWAY_PATH_PREFIX + "logged-out"
+MAX_RETURN_TO = 2048
+TOUCH_EVERY = 60.0  # the idle timer is renewed (a new cookie) at most once a minute
+
+
+@dataclass(slots=True)
+class PendingCookies:
+    """Set-Cookie values for this request's response, added by ``on_response_prepare`` so they
+    reach streamed upstream responses and error pages alike."""
+
+    values: list[str] = field(default_factory=list)
+
+
+PENDING_COOKIES = web.RequestKey("pdgw_pending_cookies", PendingCookies)
+
+
+async def add_pending_cookies(request: web.Request, resp: web.StreamResponse) -> None:
+    """``on_response_prepare`` of the proxy app: this request's cookies on whatever answers it."""
+    pending = request.get(PENDING_COOKIES)
+    if pending is not None:
+        for value in pending.values:
+            resp.headers.add("Set-Cookie", value)
+
+
+class LoginRefused(Refused):
+    """A login, logout or return path refused; ``reason`` for the trail only."""
+
+
+def safe_return_to(value: str | None) -> str | None:
+    """A same-origin path to return to after login, or None (open redirects refused): an
+    absolute path, not `//host` or `/\\host` (browsers read both as another host), no scheme,
+    no control characters, bounded."""
+    if value is None or not value.startswith("/") or len(value) > MAX_RETURN_TO:
+        return None
+    if value.startswith(("//", "/\\")) or "\\" in value:
+        return None
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+        return None
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return None
+    if value.startswith(GATEWAY_PATH_PREFIX):
+        return None  # never back into the login machinery
+    return value
+
+
+class BrowserLogin:
+    def __init__(
+        self,
+        cfg: OidcConfig,
+        client: OidcClient,
+        codec: SessionCodec,
+        revocations: RevocationList,
+        *,
+        record: Callable[[AuthEvent], Awaitable[None]],
+        metrics: Metrics,
+        client_address: Callable[[web.BaseRequest], str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._cfg = cfg
+        self._client = client
+        self._codec = codec
+        self._revocations = revocations
+        self._record_event = record
+        self._metrics = metrics
+        self._client_address = client_address
+        self._clock = clock
+        self._used_states: dict[str, float] = {}
+        secure = cfg.secure_cookies
+        # `__Host-`: only settable by this origin over TLS, Path=/, no Domain: no upstream on a
+        # sibling host or path can plant or shadow it. Without TLS (the demo) a plain name.
+        self.session_cookie = "__Host-pdgw-session" if secure else "pdgw-session"
+        self.login_cookie = "__Host-pdgw-login" if secure else "pdgw-login"
+        self.cookie_names = frozenset({self.session_cookie, self.login_cookie})
+
+    # -- the pipeline's side -------------------------------------------------------------
+
+    def accepts(self, route: Route | None) -> bool:
+        return not self._cfg.session_routes or (
+            route is not None and route.name in self._cfg.session_routes
+        )
+
+    def cross_site(self, request: web.Request) -> str | None:
+        """CSRF: None, or why a cookie-authenticated request must be refused."""
+        reason = cross_site_reason(request.method, request.headers, self._cfg.origin)
+        if reason is not None:
+            self._metrics.csrf_refusals.labels(reason).inc()
+        return reason
+
+    def wants_login_redirect(self, request: web.Request) -> bool:
+        return "Authorization" not in request.headers and is_navigation(
+            request.method, request.headers
+        )
+
+    async def authenticate(self, request: web.Request) -> tuple[Principal, str]:
+        value = request.cookies.get(self.session_cookie)
+        if not value:
+            raise AuthenticationError("missing_token")  # neither a token nor a session
+        try:
+            session = self._codec.open(value)
+        except SessionInvalid as e:
+            self._clear(request, self.session_cookie)
+            if e.reason in ("session_expired", "session_idle"):
+                # The user is known only from a cookie that opened: worth a record of its own.
+                await self._event(request, "expired", e.reason, e.session)
+            raise AuthenticationError(e.reason) from None
+        if self._revocations.is_revoked(session.user, session.created_at):
+            self._clear(request, self.session_cookie)
+            await self._event(request, "revoked", "session_revoked", session)
+            raise AuthenticationError("session_revoked")
+        now = self._clock()
+        if now >= session.refresh_at:
+            session = await self._refresh(request, session)
+        elif now - session.last_seen >= TOUCH_EVERY:
+            session = session.touched(now)
+            self._set(request, self.session_cookie, self._codec.seal(session))
+        principal = Principal(
+            session.user, session.roles, expires_at=session.refresh_at, issued_at=session.created_at
+        )
+        return principal, self._codec.session_hash(session.sid)
+
+    async def _refresh(self, request: web.Request, session: Session) -> Session:
+        """Ask the provider again (refresh token): the bound on how long a change there — a
+        disabled account, a new job function — takes to reach a live session (9.2.7)."""
+        try:
+            tokens = await self._client.refresh(session.refresh_token)
+        except AuthenticationError as e:
+            self._clear(request, self.session_cookie)
+            await self._event(request, "expired", e.reason, session)
+            raise AuthenticationError("session_refresh_failed") from None
+        p = tokens.principal
+        if p.user != session.user or p.roles != session.roles:
+            # A changed job function ends every session of the user; the next login records
+            # the new roles (and the pipeline records the permission change).
+            await self._revocations.revoke(session.user, "role_change")
+            self._clear(request, self.session_cookie)
+            await self._event(request, "revoked", "role_change", session)
+            raise AuthenticationError("session_revoked")
+        now = self._clock()
+        renewed = Session(
+            sid=session.sid,
+            user=session.user,
+            roles=session.roles,
+            created_at=session.created_at,
+            last_seen=now,
+            refresh_at=self._refresh_at(now, p),
+            refresh_token=tokens.refresh_token,
+        )
+        self._set(request, self.session_cookie, self._codec.seal(renewed))
+        await self._event(request, "refresh", "", renewed)
+        return renewed
+
+    async def revoke_user(self, user: str, reason: str) -> None:
+        """End every session of ``user`` on every replica (within the revocation poll bound):
+        for callers outside the browser flow, e.g. a subject block on an employee (6.5, 6.6)."""
+        await self._revocations.revoke(user, reason)
+
+    def _refresh_at(self, now: float, p: Principal) -> float:
+        return min(now + self._cfg.session.refresh_interval_seconds, p.expires_at)
+
+    async def login_redirect(self, request: web.Request, return_to: str) -> web.HTTPFound:
+        """Start a login: the login state sealed in its own cookie, the browser sent to the
+        provider with `state`, `nonce` and a PKCE challenge."""
+        await self._client.ensure_ready()
+        login = LoginState(
+            state=new_secret(),
+            nonce=new_secret(),
+            code_verifier=new_secret(),
+            return_to=safe_return_to(return_to) or "/",
+            started_at=self._clock(),
+        )
+        self._set_logins(request, [*self._pending_logins(request), login])
+        url = self._client.authorize_url(login.state, login.nonce, login.code_verifier)
+        return web.HTTPFound(url, headers={"Cache-Control": "no-store"})
+
+    # -- the gateway's own pages -------------------------------------------------------------
+
+    async def route(self, request: web.Request) -> web.StreamResponse:
+        handlers: dict[tuple[str, str], Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
+            ("GET", LOGIN): self.login_handler,
+            ("GET", CALLBACK): self.callback_handler,
+            ("POST", LOGOUT): self.logout_handler,
+            ("GET", LOGGED_OUT): self.logged_out_handler,
+        }
+        handler = handlers.get((request.method, request.path))
+        if handler is None:
+            raise LoginRefused(404, "not_found", "no such page", "no_route")
+        return await handler(request)
+
+    async def login_handler(self, request: web.Request) -> web.StreamResponse:
+        return_to = safe_return_to(request.query.get("return_to", "/"))
+        if return_to is None:
+            await self._event(request, "login_failed", "open_redirect", None)
+            raise LoginRefused(
+                400,
+                "bad_return_path",
+                "the return path must be a path on this site",
+                "open_redirect",
+            )
+        raise await self.login_redirect(request, return_to)
+
+    async def callback_handler(self, request: web.Request) -> web.StreamResponse:
+        sealed = request.cookies.get(self.login_cookie)
+        if not sealed:
+            await self._fail(request, "login_state_missing")
+        try:
+            logins = self._codec.open_logins(sealed or "")
+        except SessionInvalid as e:
+            self._clear(request, self.login_cookie)
+            await self._fail(request, e.reason)
+        state = request.query.get("state", "").encode()
+        # Compared with every login under way in this browser (one per tab), in constant time.
+        matches = [x for x in logins if hmac.compare_digest(state, x.state.encode())]
+        if not matches:
+            await self._fail(request, "state_mismatch" if logins else "login_expired")
+        login = matches[0]
+        rest = [x for x in logins if x is not login]
+        if rest:  # one use: this login leaves the cookie, other tabs' stay
+            self._set_logins(request, rest)
+        else:
+            self._clear(request, self.login_cookie)
+        if self._state_used(login):
+            await self._fail(request, "state_replayed")
+        if "error" in request.query:
+            await self._fail(request, "provider_refused")  # its error text is not kept
+        code = request.query.get("code")
+        if not code:
+            await self._fail(request, "no_code")
+        try:
+            tokens = await self._client.exchange(code, login.code_verifier, login.nonce)
+        except AuthenticationError as e:
+            await self._fail(request, e.reason)
+        now = self._clock()
+        p = tokens.principal
+        session = Session(
+            sid=new_secret(),
+            user=p.user,
+            roles=p.roles,
+            created_at=now,
+            last_seen=now,
+            refresh_at=self._refresh_at(now, p),
+            refresh_token=tokens.refresh_token,
+        )
+        self._set(request, self.session_cookie, self._codec.seal(session))
+        await self._event(request, "login", "", session)
+        raise web.HTTPFound(login.return_to, headers={"Cache-Control": "no-store"})
+
+    def _pending_logins(self, request: web.Request) -> list[LoginState]:
+        value = request.cookies.get(self.login_cookie)
+        if not value:
+            return []
+        try:
+            return self._codec.open_logins(value)
+        except SessionInvalid:
+            return []
+
+    def _set_logins(self, request: web.Request, logins: list[LoginState]) -> None:
+        self._set(
+            request,
+            self.login_cookie,
+            self._codec.seal_logins(logins),
+            max_age=int(self._cfg.session.login_timeout_seconds),
+        )
+
+    def _state_used(self, login: LoginState) -> bool:
+        """A login state is good once on this replica (a copied login cookie replayed with its
+        state); the provider's one-time code covers other replicas."""
+        now = self._clock()
+        if len(self._used_states) > 10_000:
+            self._used_states = {s: t for s, t in self._used_states.items() if t > now}
+        if login.state in self._used_states:
+            return True
+        self._used_states[login.state] = login.started_at + self._cfg.session.login_timeout_seconds
+        return False
+
+    async def _fail(self, request: web.Request, reason: str) -> NoReturn:
+        await self._event(request, "login_failed", reason, None)
+        raise LoginRefused(401, "login_failed", "the login could not be completed", reason)
+
+    async def logout_handler(self, request: web.Request) -> web.StreamResponse:
+        reason = cross_site_reason(request.method, request.headers, self._cfg.origin)
+        if reason is not None:
+            self._metrics.csrf_refusals.labels(reason).inc()
+            await self._event(request, "login_failed", reason, None)
+            raise LoginRefused(403, "cross_site_request", "cross-site request refused", reason)
+        self._clear(request, self.session_cookie)
+        value = request.cookies.get(self.session_cookie)
+        session: Session | None = None
+        if value:
+            try:
+                session = self._codec.open(value)
+            except SessionInvalid:
+                session = None
+        if session is not None:
+            # Every session of the user ends, on every replica within the poll bound.
+            await self._revocations.revoke(session.user, "logout")
+            await self._event(request, "logout", "", session)
+        target = self._client.end_session_url(self._cfg.origin + LOGGED_OUT) or LOGGED_OUT
+        raise web.HTTPSeeOther(target, headers={"Cache-Control": "no-store"})
+
+    async def logged_out_handler(self, request: web.Request) -> web.StreamResponse:
+        return html_page(
+            200,
+            "Logged out",
+            "You have logged out. Every session of yours at this gateway has ended.",
+            request[REQUEST_ID],
+            link=("Log in again", self._cfg.home_path),
+        )
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    async def _event(
+        self, request: web.Request, event: str, reason: str, session: Session | None
+    ) -> None:
+        self._metrics.auth_events.labels(event, reason or "-").inc()
+        await self._record_event(
+            AuthEvent(
+                event_id=new_id(),
+                ts_us=time.time_ns() // 1000,
+                request_id=request[REQUEST_ID],
+                user=session.user if session else "",
+                roles=list(session.roles) if session else [],
+                client_ip=self._client_address(request),
+                event=event,
+                reason=reason,
+                session=self._codec.session_hash(session.sid) if session else "",
+            )
+        )
+
+    def _set(
+        self, request: web.Request, name: str, value: str, *, max_age: int | None = None
+    ) -> None:
+        attrs = "; Path=/; HttpOnly; SameSite=Lax"
+        if self._cfg.secure_cookies:
+            attrs += "; Secure"
+        if max_age is not None:
+            attrs += f"; Max-Age={max_age}"
+        self._pending(request).values.append(f"{name}={value}{attrs}")
+
+    def _clear(self, request: web.Request, name: str) -> None:
+        if name in request.cookies:
+            self._set(request, name, "", max_age=0)
+
+    @staticmethod
+    def _pending(request: web.Request) -> PendingCookies:
+        pending = request.get(PENDING_COOKIES)
+        if pending is None:
+            pending = request[PENDING_COOKIES] = PendingCookies()
+        return pending

@@ -1,0 +1,294 @@
+"""The two listeners: TLS, who may connect, how many, and how slowly (THREAT_MODEL.md, decisions
+009 and 010).
+
+aiohttp parses the requests. What a gateway facing untrusted clients needs on top is added where a
+connection is accepted, before a byte of it is parsed: an allowlist of peer networks (the admin
+listener: loopback by default), a total connection limit and a per-address one (peers in
+`proxy.trusted_proxies` are exempt from the latter: a load balancer carries many clients).
+A refused connection gets a one-line HTTP answer with a request id and is closed.
+
+Slow clients: the time a client may take to deliver a request head is aiohttp's
+`keepalive_timeout`, which aiohttp arms when a connection opens and again after each response and
+which closes a connection still waiting for a complete head (slowloris); it never cuts a request
+being handled. Header sizes are aiohttp's parser limits. Slow request bodies and slow or large
+upstream responses are bounded by the forwarder (proxy.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from aiohttp import web
+
+from gateway.config.model import Config, IPNetwork, Listen
+from gateway.core import tls
+from gateway.core.ids import new_id
+from gateway.core.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# After answering a request whose body was not read to its end (413, 408), aiohttp keeps reading
+# and discarding it for this long so the client can see the answer, then closes. aiohttp's 10 s
+# would let every refused slow client hold its connection that long.
+LINGERING_SECONDS = 2.0
+# The admin port serves probes, a scraper and a few operators; more at once is not a workload.
+ADMIN_MAX_CONNECTIONS = 256
+
+
+class ConnectionGate:
+    """Admits or refuses connections by peer address; counts the open ones."""
+
+    def __init__(
+        self,
+        *,
+        allow: Sequence[IPNetwork] = (),
+        max_total: int | None = None,
+        max_per_address: int | None = None,
+        exempt: Sequence[IPNetwork] = (),
+    ) -> None:
+        self._allow = tuple(allow)
+        self._max_total = max_total
+        self._max_per_address = max_per_address
+        self._exempt = tuple(exempt)
+        self.open = 0
+        self._per_address: Counter[str] = Counter()
+
+    def admit(self, address: str) -> str | None:
+        """None if the connection may proceed (and is now counted), else the refusal reason."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            ip = None
+        if self._allow and (ip is None or not any(ip in net for net in self._allow)):
+            return "peer_not_allowed"
+        if self._max_total is not None and self.open >= self._max_total:
+            return "too_many_connections"
+        exempt = ip is not None and any(ip in net for net in self._exempt)
+        if (
+            self._max_per_address is not None
+            and not exempt
+            and self._per_address[address] >= self._max_per_address
+        ):
+            return "too_many_connections_from_address"
+        self.open += 1
+        self._per_address[address] += 1
+        return None
+
+    def release(self, address: str) -> None:
+        self.open -= 1
+        self._per_address[address] -= 1
+        if self._per_address[address] <= 0:
+            del self._per_address[address]
+
+
+_REFUSALS = {
+    "peer_not_allowed": (403, "Forbidden", "this address may not connect here"),
+    "too_many_connections": (503, "Service Unavailable", "too many connections"),
+    "too_many_connections_from_address": (
+        503,
+        "Service Unavailable",
+        "too many connections from your address",
+    ),
+}
+
+
+def refusal(reason: str) -> bytes:
+    """The whole HTTP/1.1 answer sent on a refused connection before it is closed."""
+    status, phrase, message = _REFUSALS[reason]
+    request_id = new_id()
+    body = json.dumps({"error": reason, "message": message, "request_id": request_id}).encode()
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nX-Request-Id: {request_id}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class _GatedProtocol(asyncio.Protocol):
+    """Passes every event to aiohttp's protocol once the gate admitted the connection."""
+
+    __slots__ = ("_address", "_gate", "_inner", "_on_refused")
+
+    def __init__(
+        self, inner: asyncio.Protocol, gate: ConnectionGate, on_refused: Callable[[str], None]
+    ) -> None:
+        self._inner: asyncio.Protocol | None = inner
+        self._gate = gate
+        self._on_refused = on_refused
+        self._address = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if peer else ""
+        reason = self._gate.admit(address)
+        if reason is not None:
+            self._inner = None
+            self._on_refused(reason)
+            # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
+            cast(asyncio.Transport, transport).write(refusal(reason))
+            transport.close()
+            return
+        self._address = address
+        assert self._inner is not None
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._inner is not None:
+            self._gate.release(self._address)
+            self._inner.connection_lost(exc)
+            self._inner = None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+
+class GatedSite(web.BaseSite):
+    """A TCP site (optionally TLS) whose connections pass a ConnectionGate first."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        listen: Listen,
+        gate: ConnectionGate,
+        on_refused: Callable[[str], None],
+        *,
+        handshake_timeout: float = 15.0,
+        reuse_port: bool = False,
+    ) -> None:
+        ssl_context = (
+            tls.server_context(listen.tls.cert_file, listen.tls.key_file, listen.tls.client_ca_file)
+            if listen.tls is not None
+            else None
+        )
+        super().__init__(runner, ssl_context=ssl_context, backlog=1024)
+        self._listen = listen
+        self.gate = gate
+        self._on_refused = on_refused
+        self._handshake_timeout = handshake_timeout
+        self._reuse_port = reuse_port
+        self.port = listen.port
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._listen.tls else "http"
+        return f"{scheme}://{self._listen.host}:{self.port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _GatedProtocol(server(), self.gate, self._on_refused),
+            self._listen.host,
+            self._listen.port,
+            ssl=self._ssl_context,
+            # A TLS handshake happens before the gate sees the connection: bound its time too.
+            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
+            backlog=self._backlog,
+            reuse_address=True,
+            # Workers of one supervisor (gateway.runtime.worker) each listen on the proxy port; the
+            # kernel spreads new connections over them.
+            reuse_port=self._reuse_port or None,
+        )
+        if self._server.sockets:
+            self.port = self._server.sockets[0].getsockname()[1]
+
+
+@dataclass
+class Listeners:
+    proxy: GatedSite | None  # None: an admin-only instance (the supervisor of workers)
+    admin: GatedSite
+    runners: tuple[web.AppRunner, ...]
+
+    async def close(self) -> None:
+        """Stop accepting, drain in-flight requests (the runner's shutdown_timeout), clean up."""
+        for runner in self.runners:
+            await runner.cleanup()
+
+
+async def start(
+    cfg: Config,
+    proxy_app: web.Application,
+    admin_app: web.Application,
+    metrics: Metrics,
+    *,
+    serve_proxy: bool = True,
+    reuse_port: bool = False,
+) -> Listeners:
+    """Both apps set up (their cleanup_ctx entered) and listening. ``serve_proxy=False``: the
+    proxy app is set up but not bound (a supervisor's admin-only instance); ``reuse_port``: the
+    proxy port is shared with other processes through SO_REUSEPORT (workers)."""
+    px = cfg.proxy
+    proxy_runner = web.AppRunner(
+        proxy_app,
+        shutdown_timeout=px.shutdown_timeout_seconds,
+        access_log=None,
+        keepalive_timeout=px.client_header_timeout_seconds,
+        max_line_size=px.client_max_header_bytes,
+        max_field_size=px.client_max_header_bytes,
+        max_headers=px.client_max_headers,
+        lingering_time=LINGERING_SECONDS,
+    )
+    admin_runner = web.AppRunner(
+        admin_app, access_log=None, keepalive_timeout=px.client_header_timeout_seconds
+    )
+    await proxy_runner.setup()
+    await admin_runner.setup()
+    proxy_gate = ConnectionGate(
+        allow=cfg.proxy_listen.allow,
+        max_total=px.client_max_connections,
+        max_per_address=px.client_max_connections_per_address,
+        exempt=px.trusted_proxies,
+    )
+    admin_gate = ConnectionGate(allow=cfg.admin_listen.allow, max_total=ADMIN_MAX_CONNECTIONS)
+    metrics.connections_open.labels("proxy").set_function(lambda: proxy_gate.open)
+    metrics.connections_open.labels("admin").set_function(lambda: admin_gate.open)
+
+    def refused(listener: str) -> Callable[[str], None]:
+        return lambda reason: metrics.connections_refused.labels(listener, reason).inc()
+
+    timeout = px.client_header_timeout_seconds
+    proxy = (
+        GatedSite(
+            proxy_runner,
+            cfg.proxy_listen,
+            proxy_gate,
+            refused("proxy"),
+            handshake_timeout=timeout,
+            reuse_port=reuse_port,
+        )
+        if serve_proxy
+        else None
+    )
+    admin = GatedSite(
+        admin_runner, cfg.admin_listen, admin_gate, refused("admin"), handshake_timeout=timeout
+    )
+    try:
+        if proxy is not None:
+            await proxy.start()
+        await admin.start()
+    except BaseException:
+        await admin_runner.cleanup()
+        await proxy_runner.cleanup()
+        raise
+    return Listeners(proxy, admin, (proxy_runner, admin_runner))

@@ -1,0 +1,471 @@
+"""The request path, in order, and the one place errors become responses.
+
+Order, and why:
+  1. request id            — every response and log line carries it, errors included.
+  2. canonical path, route — routing and authorisation see exactly what is forwarded; a refusal
+                             (400, 404) is decided here but answered only after identity, so
+                             routes are not enumerable anonymously and the refusal is attributed.
+  3. identity              — bearer JWT → Principal, or the browser session cookie when the
+                             request has no Authorization header (gateway/web/browser.py). Without
+                             either: 401 (a browser navigation: redirect to login), counted in
+                             the anonymous refusal summaries (docs/decisions/013). A
+                             cookie-authenticated state-changing request that is not
+                             same-origin is refused here, recorded with the principal (CSRF).
+  4. refusals of step 2    — recorded with the principal (an employee probing paths is visible).
+  5. action, subject ids   — what the request does and to whom, from the route's declaration.
+  6. access-rights changes — a role set the IdP changed is recorded before it is used (9.2.7).
+  7. authorisation         — job function × system × category × action, deny by default (4.4).
+  8. audit the decision    — durable in the spool *before* the upstream sees anything (9.1.8);
+                             if it cannot be recorded the request is refused (503).
+  9. forward               — streaming; the outcome is recorded before the last chunk goes out.
+Every failure inside 3-8 is a deny that is itself recorded; nothing in that span fails open.
+Every refusal with a valid token is an event of its own, on any route.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from aiohttp import web
+
+from gateway.audit.events import COMPLETE, AccessEvent, Outcome, access
+from gateway.audit.refusals import AnonymousRefusals
+from gateway.audit.spool import Spool
+from gateway.config.model import Config, Route
+from gateway.core.errors import AuthenticationError, BadRequest, Refused, SpoolUnavailable
+from gateway.core.ids import new_id
+from gateway.core.metrics import Metrics
+from gateway.forwarding.forwarder import (
+    ClientAborted,
+    Exchange,
+    ExchangeError,
+    Forwarder,
+    UpstreamError,
+)
+from gateway.forwarding.headers import check_request_headers, client_address
+from gateway.forwarding.method_override import effective_method
+from gateway.forwarding.response_subjects import ResponseCopy, extract
+from gateway.forwarding.routing import RouteTable, canonical_path, subject_ids
+from gateway.governance.access_rights import AccessRights
+from gateway.governance.blocks import SubjectBlocks
+from gateway.governance.subject_hash import SubjectHasher
+from gateway.identity.tokens import Principal, TokenVerifier, bearer_token
+from gateway.policy.break_glass import BreakGlass
+from gateway.policy.engine import Decision, PolicyStore
+
+# Moved to errors_http (the admin app uses it too); re-exported for existing imports.
+from gateway.web.boundary import REQUEST_ID, error_response
+from gateway.web.browser import BrowserLogin
+
+log = logging.getLogger(__name__)
+
+
+class _BlockedInResponse(Exception):
+    """A response named a blocked subject: its last chunk is withheld (6.5)."""
+
+
+class Denied(Refused):
+    """A request refused after its denial was audited."""
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """aiohttp answers `Expect: 100-continue` before any handler runs, i.e. before identity and
+    authorisation; this one defers the answer to the forwarder, so a client that is refused never
+    uploads its body. Any other expectation is 417 (RFC 9110 §10.1.1)."""
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        return None
+    return error_response(
+        417, "expectation_failed", "only Expect: 100-continue is supported", new_id()
+    )
+
+
+@dataclass(slots=True)
+class _Context:
+    """What is known about one request so far; becomes its audit event."""
+
+    request_id: str
+    method: str
+    path: str
+    query: str  # the raw query string, as forwarded: evidence of what was asked (9.1.8)
+    client_ip: str
+    ts_us: int
+    t0: float
+    route: Route | None = None
+    action: str = ""
+    subjects: list[str] = field(default_factory=list)
+    principal: Principal | None = None
+    decision: Decision | None = None
+    auth: str = ""  # bearer | session
+    session: str = ""  # the browser session, as a keyed hash
+
+    @property
+    def route_name(self) -> str:
+        return self.route.name if self.route is not None else "-"
+
+
+class Pipeline:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        routes: RouteTable,
+        verifier: TokenVerifier,
+        policies: PolicyStore,
+        spool: Spool,
+        forwarder: Forwarder,
+        metrics: Metrics,
+        access_rights: AccessRights | None = None,
+        break_glass: BreakGlass | None = None,
+        anonymous: AnonymousRefusals | None = None,
+        browser: BrowserLogin | None = None,
+        blocks: SubjectBlocks | None = None,
+        hasher: SubjectHasher | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._routes = routes
+        self._verifier = verifier
+        self._policies = policies
+        self._spool = spool
+        self._forwarder = forwarder
+        self._metrics = metrics
+        self._rights = access_rights
+        self._break_glass = break_glass
+        self._anonymous = anonymous
+        self._browser = browser
+        self._blocks = blocks
+        self._hasher = hasher if hasher is not None else SubjectHasher([])
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw_path, _, raw_query = request.raw_path.partition("?")
+        ctx = _Context(
+            request_id=request[REQUEST_ID],
+            method=request.method,
+            path=raw_path,
+            query=raw_query,
+            client_ip=client_address(request, self._cfg.proxy.trusted_proxies),
+            ts_us=time.time_ns() // 1000,
+            t0=time.perf_counter(),
+        )
+        refused: BadRequest | None = None
+        try:
+            ctx.path = canonical_path(request.raw_path)
+            check_request_headers(request.headers, self._cfg.proxy.strip_headers)
+            ctx.route = self._routes.match(ctx.path, request.method)
+        except BadRequest as e:
+            refused = e  # answered after identity (step 4)
+
+        try:
+            ctx.principal = await self._identify(request, ctx)
+        except AuthenticationError as e:
+            self._refuse_anonymous(ctx, 401, e.reason)
+            browser = self._browser
+            if (
+                browser is not None
+                and browser.accepts(ctx.route)
+                and browser.wants_login_redirect(request)
+            ):
+                raise await browser.login_redirect(request, request.raw_path) from None
+            raise Denied(401, "unauthenticated", e.public_message, e.reason) from None
+        except SpoolUnavailable:
+            raise
+        except Exception:
+            log.exception("identity check failed")
+            await self._deny(ctx, 500, "internal_error", "internal error", "identity_error")
+        if ctx.auth == "session" and self._browser is not None:
+            csrf = self._browser.cross_site(request)
+            if csrf is not None:
+                await self._deny(ctx, 403, "cross_site_request", "cross-site request refused", csrf)
+
+        if refused is not None:
+            await self._deny(ctx, 400, "bad_request", "malformed request", refused.reason)
+        route = ctx.route
+        if route is None:
+            await self._deny(ctx, 404, "not_found", "no route for this path", "no_route")
+        try:  # what the upstream will do is what is authorised and recorded (9.1.8)
+            ctx.method = effective_method(request.method, request.headers.items(), ctx.query, route)
+            ctx.action = route.actions.get(ctx.method, "")
+        except BadRequest as e:
+            await self._deny(ctx, 400, "bad_request", "malformed request", e.reason)
+        if not ctx.action:
+            await self._deny(
+                ctx,
+                405,
+                "method_not_allowed",
+                "this method is not allowed here",
+                "method_not_allowed",
+            )
+        try:
+            ctx.subjects = subject_ids(route, ctx.path, ctx.query)
+        except BadRequest as e:
+            await self._deny(ctx, 400, "bad_request", "malformed request", e.reason)
+        except Exception:
+            log.exception("subject extraction failed")
+            await self._deny(ctx, 500, "internal_error", "internal error", "subject_error")
+        if self._blocked_for(ctx, ctx.subjects):
+            await self._deny(
+                ctx,
+                423,
+                "subject_blocked",
+                "this data subject's data is blocked",
+                "subject_blocked",
+            )
+
+        if self._rights is not None:
+            try:
+                await self._rights.observe_roles(ctx.principal)
+            except SpoolUnavailable:
+                raise
+            except Exception:
+                log.exception("recording a role change failed")
+                await self._deny(ctx, 500, "internal_error", "internal error", "role_change_error")
+
+        try:
+            ctx.decision = self._policies.engine.decide(
+                ctx.principal.user,
+                ctx.principal.roles,
+                route.system,
+                route.category,
+                ctx.action,
+                route.purpose,
+            )
+        except Exception:
+            log.exception("authorisation failed")
+            await self._deny(ctx, 500, "internal_error", "internal error", "authz_error")
+        reason = "rule"
+        if not ctx.decision.allowed and self._break_glass is not None:
+            grant = (route.system, route.category, ctx.action, route.purpose)
+            session = self._break_glass.allows(ctx.principal.user, grant)
+            if session is not None:  # allowed only by an emergency session: flagged and counted
+                ctx.decision = Decision(
+                    True, f"break-glass:{session.session_id}", ctx.decision.policy_version
+                )
+                reason = "break_glass"
+                self._metrics.child(self._metrics.break_glass_accesses, route.name).inc()
+        if not ctx.decision.allowed:
+            await self._deny(
+                ctx,
+                403,
+                "forbidden",
+                "your job function does not permit this access",
+                "no_matching_rule",
+            )
+
+        event = self._event(ctx, "allow", reason)
+        if route.carries_personal_data:
+            await self._record(ctx, event, "access")
+        return await self._forward(request, ctx, event)
+
+    async def _identify(self, request: web.Request, ctx: _Context) -> Principal:
+        """One rule: an Authorization header decides alone (bearer); without one, the session
+        cookie on routes that accept sessions (gateway/web/browser.py)."""
+        header = request.headers.get("Authorization")
+        if header is None and self._browser is not None and self._browser.accepts(ctx.route):
+            principal, ctx.session = await self._browser.authenticate(request)
+            ctx.auth = "session"
+            return principal
+        principal = await self._verifier.verify(bearer_token(header))
+        ctx.auth = "bearer"
+        return principal
+
+    def _blocked_for(self, ctx: _Context, subjects: list[str]) -> bool:
+        """6.5, 6.6: a blocked subject's data is not processed, except by the job functions the
+        policy lets handle the verification (a `block` grant on this system and category)."""
+        route, p = ctx.route, ctx.principal
+        if self._blocks is None or not subjects or route is None or p is None:
+            return False
+        forms = [c for s in subjects for c in self._hasher.candidates(s)]
+        if self._blocks.blocked(forms) is None:
+            return False
+        return not self._policies.engine.decide(
+            p.user, p.roles, route.system, route.category, "block", route.purpose
+        ).allowed
+
+    def _refuse_anonymous(self, ctx: _Context, status: int, reason: str) -> None:
+        """A refusal with no valid token: counted in this window's summaries, not recorded
+        one by one (docs/decisions/013-anonymous-refusals.md)."""
+        self._metrics.child(self._metrics.requests, ctx.route_name, "deny", str(status)).inc()
+        self._metrics.child(self._metrics.denials, ctx.route_name, reason).inc()
+        if self._anonymous is not None:
+            self._anonymous.count(ctx.route_name, reason, status, ctx.client_ip, ctx.request_id)
+
+    async def _forward(
+        self, request: web.Request, ctx: _Context, event: AccessEvent
+    ) -> web.StreamResponse:
+        assert ctx.principal is not None
+        route = ctx.route
+        assert route is not None
+        exchange = Exchange()
+        if route.response_subjects is not None and ctx.method != "HEAD":
+            exchange.copy = ResponseCopy(route.response_subjects)  # 6.1.1: whom a list returned
+        self._metrics.child(self._metrics.overhead, route.name).observe(
+            time.perf_counter() - ctx.t0
+        )
+        injected = {
+            "X-PD-User": ctx.principal.user,
+            "X-PD-Roles": ",".join(ctx.principal.roles),
+            "X-Request-Id": ctx.request_id,
+        }
+        recorded = False
+
+        async def record_outcome(outcome: str) -> None:
+            nonlocal recorded
+            if recorded or not route.carries_personal_data:
+                return
+            recorded = True
+            rec = self._outcome(ctx, event, exchange, outcome)
+            # 6.5: a list response naming a blocked subject loses its last chunk (headers and
+            # status are gone already): recorded as such, then the connection is cut.
+            listed = exchange.copy.found if exchange.copy is not None else None
+            blocked = listed is not None and self._blocked_for(ctx, listed.subjects)
+            if blocked:
+                rec.outcome = "subject_blocked"
+                self._metrics.child(self._metrics.denials, route.name, "subject_blocked").inc()
+            await self._record(ctx, rec, "outcome")
+            if blocked:
+                raise _BlockedInResponse
+
+        try:
+            resp = await self._forwarder.forward(
+                request,
+                route,
+                request_id=ctx.request_id,
+                injected=injected,
+                exchange=exchange,
+                before_last_chunk=lambda: record_outcome(COMPLETE),
+                strip=self._cfg.proxy.strip_headers,
+            )
+        except ClientAborted:  # hung up mid-body: the client's doing, not an upstream error
+            self._metrics.child(self._metrics.client_errors, route.name, "client_aborted").inc()
+            exchange.status = exchange.status or 499
+            await record_outcome("client_aborted")
+            self._count(route, "allow", exchange.status)
+            return self._abort(request, exchange.response)
+        except ExchangeError as e:
+            if isinstance(e, UpstreamError):
+                self._metrics.child(self._metrics.upstream_errors, route.name, e.reason).inc()
+                self._metrics.child(self._metrics.upstream, route.name).observe(
+                    exchange.upstream_seconds
+                )
+            else:  # the client's body: too large, too slow, a method override in it
+                self._metrics.child(self._metrics.client_errors, route.name, e.reason).inc()
+            if exchange.response is None:
+                exchange.status = e.status
+                await record_outcome(e.reason)
+                self._count(route, "allow", e.status)
+                raise
+            await record_outcome(e.reason)  # headers already sent: cut the connection short
+            self._count(route, "allow", exchange.status)
+            return self._abort(request, exchange.response)
+        except ConnectionError:
+            await record_outcome("client_aborted")
+            self._count(route, "allow", exchange.status)
+            return self._abort(request, exchange.response)
+        except (SpoolUnavailable, _BlockedInResponse):
+            # The outcome could not be recorded, or the response named a blocked subject: the
+            # last chunk is withheld (no audit, no access).
+            self._count(route, "allow", exchange.status)
+            return self._abort(request, exchange.response)
+        except Exception:
+            # A bug between the decision and the end of the response: the access is on record;
+            # record that it ended in an error rather than leave its outcome unknown.
+            exchange.status = exchange.status or 500
+            with contextlib.suppress(SpoolUnavailable):
+                await record_outcome("gateway_error")
+            raise
+        self._metrics.child(self._metrics.upstream, route.name).observe(exchange.upstream_seconds)
+        self._count(route, "allow", exchange.status)
+        return resp
+
+    @staticmethod
+    def _abort(request: web.Request, resp: web.StreamResponse | None) -> web.StreamResponse:
+        if request.transport is not None:
+            request.transport.close()
+        return resp if resp is not None else web.Response(status=499)
+
+    def _count(self, route: Route, decision: str, status: int) -> None:
+        self._count_route(route.name, decision, status)
+
+    def _count_route(self, route: str, decision: str, status: int) -> None:
+        self._metrics.child(self._metrics.requests, route, decision, str(status)).inc()
+
+    async def _deny(
+        self, ctx: _Context, status: int, code: str, message: str, reason: str
+    ) -> NoReturn:
+        """Record a refusal and raise it as the response. Every refusal reached here has a
+        principal or happened inside identity: it is an event of its own, on any route."""
+        self._count_route(ctx.route_name, "deny", status)
+        self._metrics.child(self._metrics.denials, ctx.route_name, reason).inc()
+        event = self._event(ctx, "deny", reason)
+        event.refuse(status, reason, int((time.perf_counter() - ctx.t0) * 1e6))
+        await self._record(ctx, event, "access")
+        raise Denied(status, code, message, reason)
+
+    async def _record(self, ctx: _Context, event: AccessEvent | Outcome, kind: str) -> None:
+        """Append to the spool; any failure is SpoolUnavailable (503): no audit, no access."""
+        try:
+            await self._spool.append(event, admission=kind == "access")
+        except SpoolUnavailable as e:
+            self._metrics.child(self._metrics.denials, ctx.route_name, "audit_unavailable").inc()
+            log.error(
+                "audit record refused; request refused",
+                extra={"reason": e.reason, "route": ctx.route_name},
+            )
+            raise
+        except Exception as e:  # a bug in the audit step fails closed, like a full disk
+            self._metrics.child(self._metrics.denials, ctx.route_name, "audit_unavailable").inc()
+            log.exception("audit record failed; request refused")
+            raise SpoolUnavailable("audit_error") from e
+        self._metrics.audit_record(kind)
+
+    def _event(self, ctx: _Context, decision: str, reason: str) -> AccessEvent:
+        p = ctx.principal
+        d = ctx.decision
+        r = ctx.route
+        return access(
+            ts_us=ctx.ts_us,
+            request_id=ctx.request_id,
+            user=p.user if p else "",
+            roles=list(p.roles) if p else [],
+            client_ip=ctx.client_ip,
+            auth=ctx.auth if p else "",
+            session=ctx.session,
+            method=ctx.method,
+            # 5.3: the subject's id, where it appears, as a keyed hash (decision 015).
+            path=self._hasher.path(r, ctx.path, ctx.subjects),
+            query=self._hasher.query(r, ctx.query),
+            route=ctx.route_name,
+            system=r.system if r else "",
+            category=r.category if r else "",
+            action=ctx.action,
+            subject_ids=[self._hasher.stored(s) for s in ctx.subjects],
+            decision=decision,
+            reason=reason,
+            rule=d.rule if d else "",
+            policy_version=d.policy_version if d else self._policies.engine.version,
+        )
+
+    def _outcome(
+        self, ctx: _Context, event: AccessEvent, exchange: Exchange, outcome: str
+    ) -> Outcome:
+        listed: list[str] = []
+        count = capped = 0
+        if exchange.copy is not None and outcome == COMPLETE and 200 <= exchange.status < 300:
+            found = extract(exchange.copy)
+            listed = [self._hasher.stored(s) for s in found.subjects]  # 5.3
+            count, capped = found.count, int(found.capped)
+        return Outcome(
+            event_id=event.event_id,
+            status=exchange.status,
+            bytes_in=exchange.bytes_in,
+            bytes_out=exchange.bytes_out,
+            duration_us=int((time.perf_counter() - ctx.t0) * 1e6),
+            upstream_us=int(exchange.upstream_seconds * 1e6),
+            outcome=outcome,
+            response_subjects=listed,
+            response_count=count,
+            response_capped=capped,
+        )

@@ -1,0 +1,269 @@
+"""Config: validated completely, every problem with its line and key path; secrets never echoed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.config.load import load_config, parse_config
+from gateway.core.errors import ConfigError
+from tests.conftest import ROOT, Keys, config_dict, demo_config_dict, run_cli, write_config
+
+DEMO = ROOT / "deploy" / "local" / "gateway.yaml"
+
+
+def test_demo_config_is_valid_and_fills_defaults() -> None:
+    cfg = load_config(DEMO)
+    assert cfg.demo and cfg.audit.durability == "fsync"
+    assert cfg.admin_listen.host == "127.0.0.1"
+    assert {r.category for r in cfg.routes} >= {
+        "employee",
+        "employee_health",
+        "counterparty",
+        "site_visitor",
+    }
+
+
+# Prometheus, Alertmanager, node exporter, Grafana, ClickHouse (HTTP, native, keeper), ZooKeeper.
+STACK_PORTS = {9090, 9093, 9100, 3000, 8123, 9000, 9181, 2181}
+
+
+def test_default_ports_do_not_collide_with_the_stack_the_gateway_ships_with(
+    tmp_path: Path, keys: Keys
+) -> None:
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    data.pop("listen", None)
+    cfg = load_config(write_config(tmp_path, data, keys))
+    demo = load_config(DEMO)
+    ports = {cfg.proxy_listen.port, cfg.admin_listen.port, demo.admin_listen.port}
+    assert cfg.admin_listen.port == demo.admin_listen.port == 9470
+    assert not ports & STACK_PORTS
+
+
+def test_every_problem_is_reported_at_once_with_line_and_key(tmp_path: Path, keys: Keys) -> None:
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    data["identity"]["algorithms"] = ["HS256", "none"]
+    data["identity"]["issuer"] = None
+    data["audit"]["durability"] = "sometimes"
+    data["routes"][1]["category"] = "biometric"  # 2.4: not processed, no such category
+    data["routes"][2]["upstream"] = "payroll"
+    data["proxy"]["trusted_proxies"] = ["not-a-net"]
+    data["listen"] = {"proxy": {"port": 70000, "hots": "x"}}
+    path = write_config(tmp_path, data, keys)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    problems = info.value.problems
+    expected_keys = [
+        "identity.algorithms.0",
+        "identity.algorithms.1",
+        "identity.issuer",
+        "audit.durability",
+        "routes.1.category",
+        "routes.2.upstream",
+        "proxy.trusted_proxies.0",
+        "listen.proxy.port",
+        "listen.proxy.hots",
+    ]
+    for key in expected_keys:
+        assert any(f"{key}: " in p for p in problems), (key, problems)
+    assert all(p.startswith("line ") for p in problems if "identity.issuer" not in p)
+    text = path.read_text().splitlines()
+    line = next(p for p in problems if "routes.1.category" in p).split(":")[0].removeprefix("line ")
+    assert "category" in text[int(line) - 1]
+    assert str(path) in str(info.value)
+
+
+def test_missing_security_settings_have_no_silent_default(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"upstreams": {}, "routes": []}, tmp_path / "x.yaml")
+    text = str(info.value)
+    for key in (
+        "identity",
+        "identity.issuer",
+        "identity.audience",
+        "identity.algorithms",
+        "proxy.trusted_proxies",
+        "authz.model",
+        "audit.spool_dir",
+    ):
+        assert f"{key}: is required" in text, key
+
+
+def test_demo_signing_key_is_refused_outside_a_demo_config(tmp_path: Path, keys: Keys) -> None:
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    data["identity"]["demo_signing_key_file"] = "key.pem"
+    with pytest.raises(ConfigError, match=r"identity\.demo_signing_key_file: only allowed"):
+        load_config(write_config(tmp_path, data, keys))
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("identity:\n  issuer: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"line \d+"):
+        load_config(path)
+
+
+def test_config_check_cli_prints_effective_config_as_json() -> None:
+    out = run_cli("config", "check", str(DEMO), "--json")
+    assert out.returncode == 0, out.stderr
+    effective = json.loads(out.stdout)
+    assert effective["audit"]["max_pending"] == 10000  # a default, filled in
+    assert effective["identity"]["algorithms"] == ["RS256"]
+
+
+def test_config_check_cli_fails_with_file_line_and_key(tmp_path: Path) -> None:
+    data = yaml.safe_load(DEMO.read_text())
+    data["audit"]["durability"] = "never"
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = run_cli("config", "check", str(path))
+    assert out.returncode == 2
+    assert str(path) in out.stderr and "audit.durability: must be one of fsync, batch" in out.stderr
+    assert "line " in out.stderr
+
+
+def test_routes_cli_lists_every_route_with_category_and_subject() -> None:
+    out = run_cli("routes", "--config", str(DEMO), "--json")
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert rows["hr-medical"]["category"] == "employee_health"
+    assert rows["hr-export"]["actions"] == {"GET": "export"}
+    assert rows["site-leads"]["subject"] == "query lead_id"
+    table = run_cli("routes", "--config", str(DEMO))
+    assert "hr-medical" in table.stdout and "employee_health" in table.stdout
+
+
+def test_route_prefixes_that_differ_only_in_case_or_hold_ambiguous_forms_are_refused(
+    tmp_path: Path, keys: Keys
+) -> None:
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    data["routes"][3]["prefix"] = "/HR/Medical"  # overlaps routes.2 (/hr/medical), all methods
+    data["routes"][4]["prefix"] = "/crm/counterparties;v=1"
+    data["routes"][5]["prefix"] = "/crm/export."
+    path = write_config(tmp_path, data, keys)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    problems = "\n".join(info.value.problems)
+    assert "routes.3.prefix: '/HR/Medical' overlaps routes.2" in problems
+    assert "routes.4.prefix: must not contain ';'" in problems
+    assert "routes.5.prefix: must not contain ';'" in problems
+
+
+def test_method_overrides_and_stripped_headers_are_validated_with_their_key(
+    tmp_path: Path, keys: Keys
+) -> None:
+    data = config_dict(
+        tmp_path, "http://127.0.0.1:1", proxy={"strip_headers": ["X-Ok", "bad name"]}
+    )
+    data["routes"][0]["method_override"] = ["header", "form"]
+    data["routes"][1]["method_override"] = ["cookie"]
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, data, keys))
+    text = str(info.value)
+    assert "proxy.strip_headers.1: must be a header name" in text
+    assert "routes.0.method_override: 'form' cannot be declared" in text
+    assert "routes.1.method_override: must list 'header' and/or 'query'" in text
+    data["proxy"]["strip_headers"] = ["X_Tenant"]
+    data["routes"][0]["method_override"] = ["header", "query"]
+    del data["routes"][1]["method_override"]
+    cfg = load_config(write_config(tmp_path, data, keys))
+    assert cfg.proxy.strip_headers == frozenset({"x-tenant"})
+    assert cfg.routes[0].method_override == frozenset({"header", "query"})
+
+
+def test_every_missing_referenced_file_is_reported_with_its_line_and_key(
+    tmp_path: Path, keys: Keys
+) -> None:
+    data = config_dict(tmp_path, "http://127.0.0.1:1", demo=True)
+    data["authz"] = {"model": "nope/model.conf", "policy": "nope/policy.csv"}
+    data["identity"]["demo_signing_key_file"] = "gone.pem"
+    data["identity"]["jwks_ca_file"] = "gone-ca.pem"
+    data["listen"] = {"proxy": {"tls": {"cert_file": "gw.pem", "key_file": "gw.key"}}}
+    data["upstreams"]["hr"] = {"url": "https://hr.internal", "ca_file": "org-ca.pem"}
+    data["store"] = {"kind": "clickhouse", "hosts": ["ch:9440"], "ca_file": str(tmp_path)}
+    data["store"]["password_file"] = "ch-password"
+    path = write_config(tmp_path, data, keys)
+    (tmp_path / "jwks.json").unlink()
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    problems = info.value.problems
+    text = path.read_text().splitlines()
+    for key, name in [
+        ("authz.model", "nope/model.conf"),
+        ("authz.policy", "nope/policy.csv"),
+        ("identity.jwks_file", "jwks.json"),
+        ("identity.demo_signing_key_file", "gone.pem"),
+        ("identity.jwks_ca_file", "gone-ca.pem"),
+        ("listen.proxy.tls.cert_file", "gw.pem"),
+        ("listen.proxy.tls.key_file", "gw.key"),
+        ("upstreams.hr.ca_file", "org-ca.pem"),
+        ("store.password_file", "ch-password"),
+    ]:
+        problem = next((p for p in problems if f"{key}: file not found: " in p), None)
+        assert problem is not None, (key, problems)
+        assert problem.endswith(str(tmp_path / name)), problem
+        line = int(problem.split(":")[0].removeprefix("line "))
+        assert key.rpartition(".")[2] in text[line - 1], (key, text[line - 1])
+    assert any("store.ca_file: is a directory, not a file" in p for p in problems)
+    assert not any("cannot use for TLS" in p for p in problems)  # one message a file
+
+
+def test_config_check_cli_names_a_missing_policy_file(tmp_path: Path) -> None:
+    data = demo_config_dict()
+    data["authz"]["policy"] = "policy.csv"
+    data["audit"]["spool_dir"] = str(tmp_path / "spool")
+    data["store"]["path"] = str(tmp_path / "chdb")
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = run_cli("config", "check", str(path))
+    assert out.returncode == 2
+    assert f"authz.policy: file not found: {tmp_path / 'policy.csv'}" in out.stderr
+
+
+def test_the_oidc_section_is_validated_with_every_problem_and_no_secret_echoed(
+    tmp_path: Path, keys: Keys
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret-value")
+    bad_key = tmp_path / "not-a-key"
+    bad_key.write_text("short")
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    data["oidc"] = {
+        "issuer": "ftp://idp",
+        "client_id": "gw",
+        "client_secret_file": str(secret),
+        "redirect_uri": "http://127.0.0.1:8080/callback",
+        "scopes": ["profile"],
+        "session_routes": ["no-such-route"],
+        "session": {
+            "key_file": str(bad_key),
+            "revocation_file": str(tmp_path / "revoked.jsonl"),
+            "idle_timeout_seconds": 99999,
+            "absolute_timeout_seconds": 3600,
+        },
+    }
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, data, keys))
+    text = str(info.value)
+    for key in (
+        "oidc.issuer",
+        "oidc.redirect_uri",
+        "oidc.scopes",
+        "oidc.session_routes",
+        "oidc.session.key_file",
+        "oidc.session.idle_timeout_seconds",
+    ):
+        assert f"{key}: " in text, (key, text)
+    assert "s3cret-value" not in text
+
+
+def test_the_demo_config_has_browser_login_with_timeouts_for_personal_data() -> None:
+    cfg = load_config(DEMO)
+    assert cfg.oidc is not None and cfg.oidc.origin == "http://127.0.0.1:8080"
+    assert not cfg.oidc.secure_cookies  # the demo has no TLS
+    assert json.loads(cfg.to_json())["oidc"]["client_secret"] == "**********"
+    s = cfg.oidc.session
+    assert s.idle_timeout_seconds <= 900 and s.absolute_timeout_seconds <= 8 * 3600

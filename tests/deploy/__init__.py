@@ -1,0 +1,1 @@
+"""Tests of deploy/, dashboards/ and the alert rules, checked with the real tools."""

@@ -1,0 +1,647 @@
+"""What the upstream acts on is what was authorised and recorded, whatever its framework does
+(THREAT_MODEL.md "Forwarding equivalence", decision 011).
+
+The upstreams here are lax on purpose and show the harm each control prevents: a stdlib
+`wsgiref` server (CGI-style header names: `X_PD_User` and `X-PD-User` become one
+`HTTP_X_PD_USER`), whose app decodes the path a second time, honours method overrides from a
+header, the query and a form body, and takes the last of duplicate query values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict
+
+from gateway.config.model import Route, SubjectRule
+from gateway.core.errors import BadRequest
+from gateway.forwarding.headers import (
+    OWNED,
+    STRIPPED,
+    check_request_headers,
+    header_key,
+    upstream_headers,
+    valid_host,
+)
+from gateway.forwarding.method_override import OVERRIDE_HEADERS, BodyOverrideScanner
+from gateway.forwarding.routing import param_key, subject_ids
+from gateway.policy.engine import PolicyEngine
+from gateway.policy.tools import check
+from tests.conftest import (
+    POLICIES,
+    ROUTES,
+    GatewayFactory,
+    Gw,
+    Keys,
+    ServeFactory,
+    anonymous_refusals,
+    exchange,
+    raw_request,
+    spool_events,
+    upstream_errors,
+)
+
+
+@dataclass
+class Lax:
+    url: str
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+
+def lax_app(seen: list[dict[str, Any]]) -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        path = unquote(environ["PATH_INFO"], "latin-1")  # wsgiref decoded once: this is twice
+        query = dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        form = dict(parse_qsl(body.decode("latin-1"))) if body else {}
+        method = environ["REQUEST_METHOD"]
+        override = (
+            environ.get("HTTP_X_HTTP_METHOD_OVERRIDE")
+            or environ.get("HTTP_X_HTTP_METHOD")
+            or query.get("_method")
+            or form.get("_method")
+        )
+        if method == "POST" and override:  # Rack, Symfony, Laravel: overrides apply to POST
+            method = override.upper()
+        seen.append(
+            {
+                "method": method,
+                "path": path,
+                "query": query,
+                "http": {k: v for k, v in environ.items() if k.startswith("HTTP_")},
+            }
+        )
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(seen[-1]).encode()]
+
+    return app
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def lax() -> Iterator[Lax]:
+    up = Lax(url="")
+    server = make_server("127.0.0.1", 0, lax_app(up.seen), handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    up.url = f"http://127.0.0.1:{server.server_port}"
+    yield up
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def routes_with(**changes: dict[str, Any]) -> list[dict[str, Any]]:
+    """conftest's routes, with keys of the named routes changed."""
+    routes = copy.deepcopy(ROUTES)
+    for r in routes:
+        r.update(changes.get(r["name"], {}))
+    return routes
+
+
+def bearer(keys: Keys, sub: str, *roles: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {keys.token(sub, list(roles))}"}
+
+
+# --- 1. a percent-encoded `%` --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/hr/employees/%252e%252e/medical/1",
+        "/crm/catalog/..%252fcounterparties/1",
+        "/crm/catalog/%252e%252e/counterparties/1",
+        "/site/leads?lead_id=%2531",
+        "/site/leads?lead%255fid=2",
+    ],
+)
+async def test_a_percent_encoded_percent_is_refused_before_a_twice_decoding_upstream_sees_it(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys, raw: str
+) -> None:
+    gw = await make_gateway(lax.url)
+    resp = await raw_request(gw, "GET", raw, bearer(keys, "alice", "hr_officer", "support_agent"))
+    assert resp.status == 400
+    assert lax.seen == []
+    resp.release()
+
+
+# --- 2. header names that differ only by `_` and `-` ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X_PD_User",
+        "X-PD_Roles",
+        "X_Forwarded_For",
+        "X_Request_Id",
+        "Transfer_Encoding",
+        "X_HTTP_Method_Override",
+        "X_Original_URL",
+        "Content_Length",
+    ],
+)
+async def test_underscore_spellings_of_the_gateways_own_headers_are_refused(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys, name: str
+) -> None:
+    gw = await make_gateway(lax.url)
+    headers = {**bearer(keys, "alice", "hr_officer"), name: "mallory"}
+    resp = await gw.client.get("/hr/employees/1", headers=headers)
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "bad_request"
+    assert lax.seen == []  # a CGI server would have merged it: HTTP_X_PD_USER="mallory,alice"
+
+
+async def test_other_underscore_headers_reach_the_upstream_unchanged(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    gw = await make_gateway(lax.url)
+    headers = {**bearer(keys, "alice", "hr_officer"), "X_Trace_Tag": "t1"}
+    resp = await gw.client.get("/hr/employees/1", headers=headers)
+    assert resp.status == 200
+    (seen,) = lax.seen
+    assert seen["http"]["HTTP_X_TRACE_TAG"] == "t1"
+    assert seen["http"]["HTTP_X_PD_USER"] == "alice"
+
+
+def test_the_forwarder_drops_owned_names_in_any_spelling() -> None:
+    request = make_mocked_request(
+        "GET",
+        "/hr/employees/1",
+        headers={"X_PD_User": "mallory", "x_request_id": "r", "X_Original_URL": "/hr/medical/1"},
+    )
+    out = upstream_headers(
+        request, trusted=[], forward_authorization=False, injected={"X-PD-User": "alice"}
+    )
+    assert {header_key(n) for n in out} == {
+        "x-pd-user",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    }
+    assert out["X-PD-User"] == "alice"
+
+
+def cgi(name: str) -> str:
+    """The environ key a CGI/WSGI server files a header under."""
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
+def respelt(name: str, flips: list[bool]) -> str:
+    """``name`` with some `-` written `_` and some letters' case swapped."""
+    out = []
+    for c, flip in zip(name, flips + [False] * len(name), strict=False):
+        out.append(("_" if c == "-" else c.swapcase()) if flip else c)
+    return "".join(out)
+
+
+OWNED_EXAMPLES = sorted(OWNED - {"host", "content-length", "transfer-encoding", "connection"})
+spellings = st.builds(respelt, st.sampled_from(OWNED_EXAMPLES), st.lists(st.booleans()))
+spellings |= st.from_regex(r"\A[A-Za-z][A-Za-z0-9_-]{0,20}\Z")
+
+
+@settings(max_examples=300)
+@given(st.lists(spellings, min_size=1, max_size=6))
+def test_no_spelling_of_an_owned_name_reaches_a_cgi_server(names: list[str]) -> None:
+    headers = CIMultiDict((n, "client") for n in names)
+    request = make_mocked_request("GET", "/hr/employees/1", headers=headers)
+    try:
+        check_request_headers(request.headers)
+    except BadRequest:
+        assert any("_" in n for n in names)
+        return
+    out = upstream_headers(
+        request, trusted=[], forward_authorization=False, injected={"X-PD-User": "alice"}
+    )
+    gateways = STRIPPED | OVERRIDE_HEADERS | {"x-request-id", "forwarded", "x-real-ip", "proxy"}
+    for name, value in out.items():
+        key = header_key(name)
+        if key in gateways or key.startswith(("x-pd-", "x-forwarded-")):
+            assert value != "client", name  # only the gateway's own, under one CGI key each
+    assert len({cgi(n) for n in out if n.lower().startswith("x-pd-")}) == 1
+
+
+# --- 3. method overrides ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"])
+async def test_method_override_headers_are_stripped_so_the_upstream_does_what_was_authorised(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys, name: str
+) -> None:
+    gw = await make_gateway(lax.url)
+    headers = {**bearer(keys, "sam", "sales_manager"), name: "DELETE"}
+    resp = await gw.client.post("/crm/counterparties/7", headers=headers, data=b"x=1")
+    assert resp.status == 200
+    (seen,) = lax.seen
+    assert seen["method"] == "POST"  # sales_manager may create, never delete
+    assert spool_events(gw.spool_dir)[-1]["action"] == "create"
+
+
+async def test_a_declared_header_override_is_what_is_authorised_and_recorded(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    routes = routes_with(**{"crm-counterparties": {"method_override": ["header"]}})
+    gw = await make_gateway(lax.url, routes=routes)
+    override = {"X-HTTP-Method-Override": "DELETE"}
+    resp = await gw.client.post(
+        "/crm/counterparties/7", headers={**bearer(keys, "sam", "sales_manager"), **override}
+    )
+    assert resp.status == 403
+    event = spool_events(gw.spool_dir)[-1]
+    assert (event["method"], event["action"], event["decision"]) == ("DELETE", "delete", "deny")
+    assert lax.seen == []
+    # Declared for POST only: on a GET, frameworks disagree whether it counts.
+    resp = await gw.client.get(
+        "/crm/counterparties/7", headers={**bearer(keys, "sam", "sales_manager"), **override}
+    )
+    assert resp.status == 400
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["_method=DELETE", "_METHOD=DELETE", ".method=DELETE", "a=1&_method[]=DELETE", "%255fmethod=X"],
+)
+async def test_a_method_override_in_the_query_is_refused_unless_the_route_declares_it(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys, query: str
+) -> None:
+    gw = await make_gateway(lax.url)
+    resp = await raw_request(
+        gw, "POST", f"/crm/counterparties/7?{query}", bearer(keys, "sam", "sales_manager")
+    )
+    assert resp.status == 400
+    resp.release()
+    assert lax.seen == []
+    assert spool_events(gw.spool_dir)[-1]["reason"] == "method_override"
+
+
+async def test_a_declared_query_override_is_what_is_authorised(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    routes = routes_with(**{"crm-counterparties": {"method_override": ["query"]}})
+    gw = await make_gateway(lax.url, routes=routes)
+    resp = await raw_request(
+        gw, "POST", "/crm/counterparties/7?_method=PUT", bearer(keys, "sam", "sales_manager")
+    )
+    assert resp.status == 200
+    resp.release()
+    assert lax.seen[-1]["method"] == "PUT"
+    assert spool_events(gw.spool_dir)[-1]["action"] == "update"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"_method=DELETE",
+        b"name=x&%5Fmethod=DELETE",
+        b"name=x&_%6Dethod=DELETE",
+        b"name=x&.method=DELETE",
+        b'{"name": "x", "_method": "DELETE"}',
+        b'{"\\u005fmethod": "DELETE"}',
+        b'--b\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--b--\r\n',
+    ],
+)
+async def test_a_method_override_in_the_body_is_refused_and_never_completed_upstream(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys, body: bytes
+) -> None:
+    gw = await make_gateway(lax.url)
+    resp = await gw.client.post(
+        "/crm/counterparties/7", headers=bearer(keys, "sam", "sales_manager"), data=body
+    )
+    assert resp.status == 400
+    await asyncio.sleep(0.1)
+    assert lax.seen == []  # the upstream never had a complete request
+    event = spool_events(gw.spool_dir)[-1]
+    assert (event["outcome"], event["status"]) == ("method_override_in_body", 400)
+
+
+async def test_a_body_that_only_mentions_a_method_is_forwarded(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    gw = await make_gateway(lax.url)
+    body = b"note=payment+method+changed&method=card&x_method=1"
+    resp = await gw.client.post(
+        "/crm/counterparties/7", headers=bearer(keys, "sam", "sales_manager"), data=body
+    )
+    assert resp.status == 200
+    assert lax.seen[-1]["method"] == "POST"
+
+
+@settings(max_examples=200)
+@given(
+    st.sampled_from([b"_method=", b"%5Fmethod=", b'"_method"', b"+method=", b'"\\u005Fmethod"']),
+    st.binary(max_size=300),
+    st.binary(max_size=300),
+    st.lists(st.integers(min_value=0, max_value=700), max_size=6),
+)
+def test_the_body_scanner_finds_an_override_however_the_body_is_split(
+    name: bytes, before: bytes, after: bytes, cuts: list[int]
+) -> None:
+    body = before + b"&" + name + after
+    scanner = BodyOverrideScanner()
+    points = sorted({0, len(body), *(c for c in cuts if c < len(body))})
+    assert any(scanner.feed(body[a:b]) for a, b in itertools.pairwise(points))
+
+
+# --- 4. URL-rewrite and alternate-identity headers --------------------------------------------
+
+
+async def test_rewrite_and_identity_headers_never_reach_the_upstream(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    gw = await make_gateway(lax.url, proxy={"strip_headers": ["X-Tenant", "X_Impersonate"]})
+    sent = {name: "/hr/medical/1" for name in sorted(STRIPPED)}
+    sent |= {"X-Tenant": "other", "X-Impersonate": "boss", "Proxy": "http://evil:1"}
+    sent |= {"X-Forwarded-Client-Cert": "Hash=1;Subject=CN=boss", "X-Forwarded-Anything": "x"}
+    resp = await gw.client.get(
+        "/hr/employees/1", headers={**bearer(keys, "alice", "hr_officer"), **sent}
+    )
+    assert resp.status == 200
+    (seen,) = lax.seen
+    reached = {k[5:].lower().replace("_", "-") for k in seen["http"]}
+    assert reached & (STRIPPED | {"x-tenant", "x-impersonate", "proxy"}) == set()
+    assert {k for k in reached if k.startswith("x-forwarded-")} == {
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    }
+    assert "HTTP_PROXY" not in seen["http"]  # httpoxy
+
+
+async def test_an_extra_stripped_header_spelt_with_underscores_is_refused(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    gw = await make_gateway(lax.url, proxy={"strip_headers": ["X-Tenant"]})
+    headers = {**bearer(keys, "alice", "hr_officer"), "X_Tenant": "other"}
+    resp = await gw.client.get("/hr/employees/1", headers=headers)
+    assert resp.status == 400
+    assert lax.seen == []
+
+
+def test_every_owned_name_is_normalised() -> None:
+    assert all(n == header_key(n) for n in OWNED)
+
+
+# --- 5. Host and `#` ------------------------------------------------------------------------
+
+
+def _send(gw: Gw, target: str, host: str, token: str) -> bytes:
+    port = gw.client.server.port
+    assert port is not None
+    return exchange(
+        port,
+        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+        "Connection: close\r\n\r\n".encode(),
+    )
+
+
+@pytest.mark.parametrize(
+    "host", ["a@evil:1", "evil:99999", "[::1", "a b", "evil/x", "evil:", "évil", "[::1]x"]
+)
+async def test_a_host_outside_rfc_9110_syntax_is_refused(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys, host: str
+) -> None:
+    gw = await make_gateway(lax.url)
+    token = keys.token("alice", ["hr_officer"])
+    reply = await asyncio.to_thread(_send, gw, "/hr/employees/1", host, token)
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:40]
+    assert lax.seen == []
+
+
+@pytest.mark.parametrize("host", ["gw", "gw.example.ru:8443", "10.0.0.1", "[::1]:80", "[::1]"])
+def test_ordinary_hosts_are_valid(host: str) -> None:
+    assert valid_host(host)
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet="ab.-_~:@[]%!$&'()*+,;=/?#\\ 019", max_size=12))
+def test_a_valid_host_is_one_host_to_a_url_parser(host: str) -> None:
+    if not valid_host(host):
+        return
+    parts = urlsplit(f"http://{host}/")
+    assert parts.netloc == host and parts.username is None and parts.password is None
+    assert parts.path == "/" and parts.hostname is not None
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    assert parts.hostname == name.strip("[]").lower()
+
+
+async def test_a_fragment_in_the_request_target_is_refused(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    gw = await make_gateway(lax.url)
+    token = keys.token("alice", ["hr_officer"])
+    for target in ("/hr/employees/1#x", "/hr/employees/1?x=1#/../../medical/1"):
+        reply = await asyncio.to_thread(_send, gw, target, "gw", token)
+        assert reply.startswith(b"HTTP/1.1 400"), reply[:40]
+    assert lax.seen == []
+
+
+# --- 6. subjects from the query -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "lead_id=1&lead_id=2",
+        "lead_id=&lead_id=2",
+        "LEAD_ID=2",
+        "lead_id[]=2",
+        "lead.id=2",
+        "lead%5Fid=2",
+        "lead_id=1;lead_id=2",
+        "lead_id=1;x=2",
+        "lead_id=1+2",
+        "lead_id=1%00",
+        "lead_id=%ff",
+        "lead_id=1%zz",
+    ],
+)
+async def test_an_ambiguous_query_subject_is_refused(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys, query: str
+) -> None:
+    gw = await make_gateway(lax.url)
+    resp = await raw_request(gw, "GET", f"/site/leads?{query}", bearer(keys, "s", "support_agent"))
+    assert resp.status == 400
+    resp.release()
+    assert lax.seen == []
+    assert spool_events(gw.spool_dir)[-1]["decision"] == "deny"
+
+
+async def test_the_query_subject_is_recorded_as_the_upstream_reads_it(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    gw = await make_gateway(lax.url)
+    raw = "/site/leads?lead_id=7&page=2"
+    resp = await raw_request(gw, "GET", raw, bearer(keys, "s", "support_agent"))
+    assert resp.status == 200
+    resp.release()
+    assert lax.seen[-1]["query"]["lead_id"] == "7"
+    assert spool_events(gw.spool_dir)[-1]["subject_ids"] == ["7"]
+
+
+LEADS = Route(
+    name="site-leads",
+    prefix="/site/leads",
+    upstream="site",
+    upstream_url="",
+    system="site",
+    category="site_visitor",
+    actions={"GET": "read"},
+    subject=SubjectRule(query="lead_id"),
+)
+names = st.sampled_from(["lead_id", "LEAD_ID", "lead.id", "lead id", "lead_id[]", "lead%5Fid"])
+names |= st.sampled_from(["lead_i", "page", "_method", "lead[id", " lead_id", "lead+id"])
+values = st.sampled_from(["", "1", "2", "%32", "a+b", "%00", "%25"]) | st.text("0123456789")
+params = st.lists(st.tuples(names, values), max_size=5)
+
+
+def readings(query: str) -> set[str]:
+    """What lenient upstreams may take as lead_id: first or last value, names mangled or not."""
+    pairs = [(p.partition("=")[0], p.partition("=")[2]) for p in query.replace(";", "&").split("&")]
+    decoded = [(unquote(n.replace("+", " ")), unquote(v.replace("+", " "))) for n, v in pairs]
+    out = set()
+    for key in (lambda n: n, param_key):
+        found = [v for n, v in decoded if key(n) == "lead_id"]
+        out |= {v for v in (found[:1] + found[-1:]) if v}
+    return out
+
+
+@settings(max_examples=300)
+@given(params, st.sampled_from(["&", ";"]))
+def test_recorded_subjects_cover_every_reading_of_the_query(
+    pairs: list[tuple[str, str]], sep: str
+) -> None:
+    query = sep.join(f"{n}={v}" for n, v in pairs)
+    try:
+        recorded = subject_ids(LEADS, "/site/leads", query)
+    except BadRequest:
+        return
+    assert readings(query) <= set(recorded), query
+
+
+# --- 7. users and groups apart (4.4) -----------------------------------------------------------
+
+
+async def test_a_user_whose_sub_is_a_group_name_gets_nothing_from_the_group(
+    gw: Gw, keys: Keys
+) -> None:
+    # `g, idp-group-hr, hr_officer`: a token with sub "idp-group-hr" and no roles.
+    resp = await gw.client.get("/hr/medical/1", headers=bearer(keys, "idp-group-hr"))
+    assert resp.status == 403
+    hr = await gw.client.get("/hr/medical/1", headers=bearer(keys, "hanna", "idp-group-hr"))
+    assert hr.status == 200
+
+
+def test_a_token_role_spelt_as_a_user_is_not_taken_for_that_user(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.csv"
+    policy.write_text((POLICIES / "policy.csv").read_text() + "g, user:ivan, accountant\n")
+    engine = PolicyEngine.load(POLICIES / "model.conf", policy)
+    grant = ("hr", "employee", "read", "hr_records")
+    assert engine.decide("ivan", (), *grant).allowed
+    assert not engine.decide("mallory", ("user:ivan",), *grant).allowed
+    assert not engine.decide("user:ivan", (), *grant).allowed  # a sub is never already typed
+
+
+def test_policy_check_flags_a_user_mapped_without_its_type(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    policy = policies / "policy.csv"
+    policy.write_text(
+        policy.read_text() + "g, ivan, accountant\ng, user:olga, accountant\n"
+        "p, user:olga, crm, counterparty, read\n"
+    )
+    problems = [p.message for p in check(policies / "model.conf", policy)]
+    assert any("'ivan'" in m and "user:ivan" in m for m in problems), problems
+    assert any("names a user" in m for m in problems), problems
+    assert not any("olga" in m and "IdP group" in m for m in problems), problems
+
+
+# --- 8. one spelling per token ----------------------------------------------------------------
+
+
+B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def respellings(token: str) -> dict[str, str]:
+    """Other spellings of ``token`` that decode to the same bytes with a lenient decoder."""
+    header, payload, sig = token.split(".")
+    last = B64[B64.index(sig[-1]) ^ 1]  # 256-byte signature: the last character has 4 spare bits
+    return {
+        "padding": f"{header}.{payload}.{sig}{'=' * (-len(sig) % 4)}",
+        "standard_alphabet": f"{header}.{payload}.{sig.replace('-', '+').replace('_', '/')}",
+        "trailing_bits": f"{header}.{payload}.{sig[:-1]}{last}",
+    }
+
+
+async def test_a_token_is_accepted_in_its_canonical_spelling_only(gw: Gw, keys: Keys) -> None:
+    token = keys.token("alice", ["hr_officer"])
+    while "-" not in token.split(".")[2] and "_" not in token.split(".")[2]:
+        token = keys.token("alice", ["hr_officer"], ttl=301)
+    for name, other in respellings(token).items():
+        assert other != token, name
+        resp = await gw.client.get("/hr/employees/1", headers={"Authorization": f"Bearer {other}"})
+        assert resp.status == 401, name
+    # No valid token, so nobody to name: counted in the window's summary (decision 013).
+    (summary,) = await anonymous_refusals(gw)
+    assert (summary["reason"], summary["count"]) == ("malformed_token", 3)
+    resp = await gw.client.get("/hr/employees/1", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 200
+
+
+# --- 9. a client that hangs up mid-body ------------------------------------------------------
+
+
+async def test_a_client_that_hangs_up_mid_body_is_recorded_as_client_aborted(
+    serve_gateway: ServeFactory, upstream_serving: Any, keys: Keys
+) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="ok")
+
+    # The real listeners: the test server cancels a handler whose client went away.
+    gw = await serve_gateway(await upstream_serving(slow))
+    port = gw.proxy_port
+    token = keys.token("sam", ["sales_manager"])
+    head = (
+        f"POST /crm/counterparties/7 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Length: 100000\r\n\r\n"
+    ).encode()
+
+    def hang_up() -> None:
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+            s.sendall(head + b"x" * 1000)
+
+    await asyncio.to_thread(hang_up)
+    for _ in range(100):
+        events = spool_events(gw.spool_dir)
+        if events and events[-1]["outcome"] != "unknown":
+            break
+        await asyncio.sleep(0.05)
+    assert events[-1]["outcome"] == "client_aborted"
+    # The client's doing, counted as such; no upstream error of any kind on the route.
+    assert upstream_errors(gw, "crm-counterparties") == 0
+    labels = {"route": "crm-counterparties", "kind": "client_aborted"}
+    assert gw.metric("pdgw_client_errors_total", labels) == 1

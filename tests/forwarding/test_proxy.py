@@ -1,0 +1,454 @@
+"""Proxying: header hygiene, X-Forwarded-*, exact paths, streaming, audited upstream failures."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import (
+    GatewayFactory,
+    Gw,
+    HandlerUpstream,
+    Keys,
+    Upstream,
+    chained_seqs,
+    raw_request,
+    spool_events,
+    spool_records,
+)
+
+
+def auth(
+    keys: Keys, sub: str = "alice", roles: tuple[str, ...] = ("hr_officer",)
+) -> dict[str, str]:
+    return {"Authorization": f"Bearer {keys.token(sub, list(roles))}"}
+
+
+async def test_hop_by_hop_and_connection_listed_headers_are_not_forwarded(
+    gw: Gw, upstream: Upstream, keys: Keys
+) -> None:
+    headers = {
+        **auth(keys),
+        "Connection": "keep-alive, X-Hop-Secret",
+        "X-Hop-Secret": "must-not-pass",
+        "Keep-Alive": "timeout=5",
+        "TE": "trailers",
+        "Proxy-Authorization": "Basic Zm9vOmJhcg==",
+        "Proxy-Connection": "keep-alive",
+        "X-Kept": "yes",
+    }
+    resp = await gw.client.get("/hr/employees/1001", headers=headers)
+    assert resp.status == 200
+    seen = upstream.seen[-1].headers
+    for name in ("x-hop-secret", "keep-alive", "te", "proxy-authorization", "proxy-connection"):
+        assert name not in seen, name
+    assert seen["x-kept"] == ["yes"]
+
+
+async def test_spoofed_identity_headers_are_replaced_by_the_gateways_own(
+    gw: Gw, upstream: Upstream, keys: Keys
+) -> None:
+    headers = {
+        **auth(keys, "alice", ("hr_officer",)),
+        "X-PD-User": "mallory",
+        "x-pd-roles": "dpo",
+        "X-Pd-Anything": "injected",
+        "X-Request-Id": "attacker-chosen",
+    }
+    resp = await gw.client.get("/hr/employees/1001", headers=headers)
+    assert resp.status == 200
+    seen = upstream.seen[-1].headers
+    assert seen["x-pd-user"] == ["alice"]
+    assert seen["x-pd-roles"] == ["hr_officer"]
+    assert "x-pd-anything" not in seen
+    assert seen["x-request-id"] == [resp.headers["X-Request-Id"]]
+    assert resp.headers["X-Request-Id"] != "attacker-chosen"
+    # The bearer token is not handed to the upstream unless configured.
+    assert "authorization" not in seen
+
+
+async def test_forwarded_headers_from_an_untrusted_peer_are_replaced(
+    gw: Gw, upstream: Upstream, keys: Keys
+) -> None:
+    headers = {
+        **auth(keys),
+        "X-Forwarded-For": "203.0.113.9",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example",
+        "Forwarded": "for=203.0.113.9",
+    }
+    assert (await gw.client.get("/hr/employees/1001", headers=headers)).status == 200
+    seen = upstream.seen[-1].headers
+    assert seen["x-forwarded-for"] == ["127.0.0.1"]
+    assert seen["x-forwarded-proto"] == ["http"]
+    assert seen["x-forwarded-host"] != ["evil.example"]
+    assert "forwarded" not in seen
+    assert spool_events(gw.spool_dir)[-1]["client_ip"] == "127.0.0.1"
+
+
+async def test_forwarded_for_from_a_trusted_proxy_is_extended_and_names_the_client(
+    make_gateway: GatewayFactory, upstream: Upstream, keys: Keys
+) -> None:
+    gw = await make_gateway(upstream.url, proxy={"trusted_proxies": ["127.0.0.0/8"]})
+    headers = {**auth(keys), "X-Forwarded-For": "198.51.100.7", "X-Forwarded-Proto": "https"}
+    assert (await gw.client.get("/hr/employees/1001", headers=headers)).status == 200
+    seen = upstream.seen[-1].headers
+    assert seen["x-forwarded-for"] == ["198.51.100.7, 127.0.0.1"]
+    assert seen["x-forwarded-proto"] == ["https"]
+    assert spool_events(gw.spool_dir)[-1]["client_ip"] == "198.51.100.7"
+
+
+async def test_query_string_reaches_the_upstream_byte_for_byte(
+    gw: Gw, upstream: Upstream, keys: Keys
+) -> None:
+    raw = "/site/leads?lead_id=l-1&x=%41%2f%2F&y=a+b&&z=%D0%B8&empty="
+    resp = await raw_request(gw, "GET", raw, auth(keys, "s", ("sales_manager",)))
+    assert resp.status == 200
+    assert upstream.seen[-1].raw_path == raw
+    assert spool_events(gw.spool_dir)[-1]["subject_ids"] == ["l-1"]
+    # The audit event keeps the path, not the query string (5.3: as little personal data as it can).
+    assert spool_events(gw.spool_dir)[-1]["path"] == "/site/leads"
+
+
+async def test_request_body_streams_to_the_upstream_intact(
+    gw: Gw, upstream: Upstream, keys: Keys
+) -> None:
+    size = 8 * 1024 * 1024
+
+    async def body():  # type: ignore[no-untyped-def]
+        chunk = b"x" * 65536
+        for _ in range(size // len(chunk)):
+            yield chunk
+
+    resp = await gw.client.post("/hr/employees", data=body(), headers=auth(keys))
+    assert resp.status == 200
+    assert (await resp.json())["bytes"] == size
+    (event,) = spool_events(gw.spool_dir)
+    assert event["bytes_in"] == size and event["outcome"] == "complete"
+
+
+async def test_every_request_to_a_pd_route_is_exactly_one_access_decision_then_outcome(
+    gw: Gw, keys: Keys
+) -> None:
+    hr, acc = auth(keys), auth(keys, "bob", ("accountant",))
+    plan = [
+        ("GET", "/hr/employees/1001", hr, 200),
+        ("GET", "/hr/medical/7", acc, 403),
+        ("GET", "/hr/employees", {}, 401),
+        ("DELETE", "/hr/employees/1001", hr, 200),
+    ] * 10
+    for method, path, headers, status in plan:
+        assert (await gw.client.request(method, path, headers=headers)).status == status
+    records = spool_records(gw.spool_dir)
+    accesses = [r for r in records if r["kind"] == "access"]
+    outcomes = [r for r in records if r["kind"] == "outcome"]
+    attributed = [p for p in plan if p[2]]  # the 401s are counted, not recorded (013)
+    assert len(accesses) == len(attributed)
+    # Every record that took a number is in the spool: 1..N, no holes.
+    assert chained_seqs(gw.spool_dir) == list(range(1, len(accesses) + len(outcomes) + 1))
+    allowed = [a for a in accesses if a["decision"] == "allow"]
+    assert all(a["outcome"] == "pending" for a in allowed)  # decision written before forwarding
+    assert sorted(o["event_id"] for o in outcomes) == sorted(a["event_id"] for a in allowed)
+    for a in allowed:  # each outcome comes after its own decision
+        assert records.index(a) < next(
+            i
+            for i, r in enumerate(records)
+            if r["kind"] == "outcome" and r["event_id"] == a["event_id"]
+        )
+    events = spool_events(gw.spool_dir)
+    assert [e["status"] for e in events] == [s for *_, s in attributed]
+    assert all(e["outcome"] == "complete" for e in events)
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port: int = s.getsockname()[1]
+    s.close()
+    return port
+
+
+async def test_upstream_down_is_502_and_audited(make_gateway: GatewayFactory, keys: Keys) -> None:
+    gw = await make_gateway(f"http://127.0.0.1:{_closed_port()}")
+    resp = await gw.client.get("/hr/employees/1001", headers=auth(keys))
+    assert resp.status == 502
+    body = await resp.json()
+    assert body["request_id"] == resp.headers["X-Request-Id"]
+    (event,) = spool_events(gw.spool_dir)
+    assert (event["decision"], event["status"], event["outcome"]) == (
+        "allow",
+        502,
+        "upstream_unreachable",
+    )
+    assert (
+        gw.metric(
+            "pdgw_upstream_errors_total", {"route": "hr-employees", "kind": "upstream_unreachable"}
+        )
+        == 1
+    )
+
+
+async def test_upstream_timeout_is_504_and_audited(
+    make_gateway: GatewayFactory, keys: Keys, upstream_serving: HandlerUpstream
+) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.Response(text="late")
+
+    url = await upstream_serving(slow)
+    gw = await make_gateway(url, proxy={"read_timeout_seconds": 0.3})
+    resp = await gw.client.get("/hr/employees/1001", headers=auth(keys))
+    assert resp.status == 504
+    (event,) = spool_events(gw.spool_dir)
+    assert (event["status"], event["outcome"]) == (504, "upstream_timeout")
+
+
+async def test_response_hop_by_hop_headers_are_dropped_and_body_streams_back(
+    make_gateway: GatewayFactory, keys: Keys, upstream_serving: HandlerUpstream
+) -> None:
+    chunks = [b"a" * 1000, b"b" * 1000, b"c" * 10]
+
+    async def streaming(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Connection": "X-Up-Secret", "X-Up-Secret": "1", "X-Up-Kept": "1"}
+        )
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for c in chunks:
+            await resp.write(c)
+            await asyncio.sleep(0.01)
+        await resp.write_eof()
+        return resp
+
+    url = await upstream_serving(streaming)
+    gw = await make_gateway(url)
+    resp = await gw.client.get("/hr/employees/1001", headers=auth(keys))
+    assert resp.status == 200
+    assert await resp.read() == b"".join(chunks)
+    assert "X-Up-Secret" not in resp.headers and resp.headers["X-Up-Kept"] == "1"
+    (event,) = spool_events(gw.spool_dir)
+    assert event["bytes_out"] == sum(map(len, chunks))
+
+
+async def test_unknown_path_is_404_with_request_id(gw: Gw, keys: Keys) -> None:
+    resp = await gw.client.get("/payroll/secret", headers=auth(keys))
+    assert resp.status == 404
+    assert (await resp.json())["request_id"] == resp.headers["X-Request-Id"]
+
+
+async def test_method_without_an_action_is_405_and_audited(gw: Gw, keys: Keys) -> None:
+    resp = await gw.client.request("OPTIONS", "/hr/employees", headers=auth(keys))
+    assert resp.status == 405
+    (event,) = spool_events(gw.spool_dir)
+    assert (event["decision"], event["reason"]) == ("deny", "method_not_allowed")
+
+
+async def test_ambiguous_paths_are_refused_before_routing(
+    gw: Gw, upstream: Upstream, keys: Keys
+) -> None:
+    for raw in (
+        "/hr/employees/../medical/1",
+        "/hr/employees/%2e%2e/x",
+        "/hr%2femployees",
+        "/hr//employees",
+        "/hr/employees/%00",
+        "/hr/employees/%c0%ae%c0%ae",
+        "/hr/employees/..;/medical/1",
+        "/hr/medical./1",
+        "/HR/medical/1",
+    ):
+        resp = await raw_request(gw, "GET", raw, auth(keys))
+        assert resp.status == 400, raw
+        assert (await resp.json())["request_id"] == resp.headers["X-Request-Id"]
+    assert upstream.seen == []
+    # Refused before routing: nothing to audit, but counted by reason for alerting.
+    assert (
+        gw.metric("pdgw_requests_total", {"route": "-", "decision": "deny", "status": "400"}) == 9
+    )
+    assert gw.metric("pdgw_denials_total", {"route": "-", "reason": "case_ambiguous"}) == 1
+
+
+async def test_upstream_dying_mid_response_cuts_the_client_off_and_is_audited(
+    make_gateway: GatewayFactory, keys: Keys, upstream_serving: HandlerUpstream
+) -> None:
+    async def dies(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_length = 1_000_000
+        await resp.prepare(request)
+        await resp.write(b"partial" * 100)
+        assert request.transport is not None
+        request.transport.close()  # the upstream crashes before sending the rest
+        return resp
+
+    url = await upstream_serving(dies)
+    gw = await make_gateway(url)
+    resp = await gw.client.get("/hr/employees/1001", headers=auth(keys))
+    assert resp.status == 200  # the headers had already gone out
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()  # but the client can tell the body is incomplete
+    (event,) = spool_events(gw.spool_dir)
+    assert event["outcome"] == "upstream_aborted"
+    assert event["bytes_out"] < 1_000_000
+
+
+async def test_a_fault_after_the_decision_is_a_500_with_its_outcome_on_record(
+    gw: Gw, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection (a deliberate bug in the forwarder): the access stays on record with
+    outcome gateway_error instead of unknown, and the client gets a generic 500."""
+    from gateway.forwarding.forwarder import Forwarder
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(Forwarder, "_relay", broken)
+    resp = await gw.client.get("/hr/employees/1001", headers=auth(keys))
+    assert resp.status == 500
+    body = await resp.json()
+    assert body == {
+        "error": "internal_error",
+        "message": "internal error",
+        "request_id": resp.headers["X-Request-Id"],
+    }
+    (event,) = spool_events(gw.spool_dir)
+    assert (event["decision"], event["outcome"], event["status"]) == ("allow", "gateway_error", 500)
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("gateway.identity.tokens.TokenVerifier.verify", "identity_error"),
+        ("gateway.policy.engine.PolicyEngine.decide", "authz_error"),
+        ("gateway.web.pipeline.subject_ids", "subject_error"),
+    ],
+)
+async def test_a_fault_inside_identity_authz_or_subject_extraction_denies_and_is_audited(
+    gw: Gw,
+    upstream: Upstream,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+    target: str,
+    reason: str,
+) -> None:
+    """Fault injection: each step raising an unexpected error fails closed (500, not forwarded)
+    and the denial is in the audit trail with the step that failed."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected fault")
+
+    async def broken_async(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(target, broken_async if target.endswith("verify") else broken)
+    resp = await gw.client.get("/hr/employees/1001", headers=auth(keys))
+    assert resp.status == 500
+    assert (await resp.json())["message"] == "internal error"
+    assert upstream.seen == []
+    (event,) = spool_events(gw.spool_dir)
+    assert (event["decision"], event["reason"], event["status"]) == ("deny", reason, 500)
+    assert gw.metric("pdgw_denials_total", {"route": "hr-employees", "reason": reason}) == 1
+
+
+async def test_a_fault_inside_the_audit_step_refuses_the_request_and_counts_it(
+    gw: Gw, upstream: Upstream, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection in the audit step itself: the request is refused (503) and never
+    forwarded. The denial cannot be in the spool that just failed; the metric and the error
+    log are its record (and `pdgw_denials_total{reason="audit_unavailable"}` is alerted on)."""
+    from gateway.audit.spool import Spool
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(Spool, "append", broken)
+    resp = await gw.client.get("/hr/employees/1001", headers=auth(keys))
+    assert resp.status == 503
+    assert (await resp.json())["error"] == "audit_unavailable"
+    assert upstream.seen == []
+    labels = {"route": "hr-employees", "reason": "audit_unavailable"}
+    assert gw.metric("pdgw_denials_total", labels) == 1
+
+
+async def test_a_declared_body_over_the_limit_is_413_audited_and_never_sent(
+    make_gateway: GatewayFactory, upstream: Upstream, keys: Keys
+) -> None:
+    gw = await make_gateway(upstream.url, proxy={"max_body_bytes": 1000})
+    resp = await gw.client.post("/hr/employees", data=b"x" * 1001, headers=auth(keys))
+    assert resp.status == 413
+    assert (await resp.json())["error"] == "too_large"
+    assert upstream.seen == []
+    (event,) = spool_events(gw.spool_dir)
+    assert (event["decision"], event["status"], event["outcome"]) == (
+        "allow",
+        413,
+        "body_too_large",
+    )
+
+
+async def test_a_streamed_body_growing_past_the_limit_is_cut_and_413(
+    make_gateway: GatewayFactory, upstream: Upstream, keys: Keys
+) -> None:
+    gw = await make_gateway(upstream.url, proxy={"max_body_bytes": 100_000})
+
+    async def chunked():  # type: ignore[no-untyped-def]
+        for _ in range(50):
+            yield b"y" * 10_000
+
+    resp = await gw.client.post("/hr/employees", data=chunked(), headers=auth(keys))
+    assert resp.status == 413
+    assert upstream.seen == []  # the upstream never got a complete request
+    (event,) = spool_events(gw.spool_dir)
+    assert (event["status"], event["outcome"]) == (413, "body_too_large")
+    assert event["bytes_in"] > 100_000
+
+
+async def test_an_upstream_response_over_the_size_limit_is_cut_and_audited(
+    make_gateway: GatewayFactory, keys: Keys, upstream_serving: HandlerUpstream
+) -> None:
+    async def big(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/declared"):
+            return web.Response(body=b"d" * 5000)
+        resp = web.StreamResponse()  # chunked: the size shows only while streaming
+        await resp.prepare(request)
+        for _ in range(5):
+            await resp.write(b"c" * 1000)
+        await resp.write_eof()
+        return resp
+
+    url = await upstream_serving(big)
+    gw = await make_gateway(url, proxy={"upstream_max_response_bytes": 2500})
+    resp = await gw.client.get("/hr/employees/1/declared", headers=auth(keys))
+    assert resp.status == 502  # refused before any of it reached the client
+    resp = await gw.client.get("/hr/employees/1/chunked", headers=auth(keys))
+    assert resp.status == 200  # headers were out; the body is cut short
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    declared, chunked = spool_events(gw.spool_dir)
+    assert (declared["status"], declared["outcome"]) == (502, "upstream_response_too_large")
+    assert chunked["outcome"] == "upstream_response_too_large"
+    assert chunked["bytes_out"] <= 2500
+
+
+async def test_an_upstream_that_trickles_past_the_total_time_limit_is_cut_and_audited(
+    make_gateway: GatewayFactory, keys: Keys, upstream_serving: HandlerUpstream
+) -> None:
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for _ in range(40):  # never silent long enough for read_timeout_seconds
+            await resp.write(b"t")
+            await asyncio.sleep(0.1)
+        return resp
+
+    url = await upstream_serving(trickle)
+    gw = await make_gateway(url, proxy={"upstream_timeout_seconds": 0.5})
+    resp = await gw.client.get("/hr/employees/1", headers=auth(keys))
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    (event,) = spool_events(gw.spool_dir)
+    assert (event["decision"], event["outcome"]) == ("allow", "upstream_timeout")
+    assert event["upstream_us"] < 3_000_000
