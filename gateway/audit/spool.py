@@ -122,6 +122,10 @@ class Spool:
         self._retired: list[int] = []  # full or broken segments: fsync, then close
         self._new_segment = False  # a segment was created: fsync the directory too
         self._dirty = False
+        # Monotonic time of the oldest record written but not yet covered by a finished fsync:
+        # written since the last sync began, and the one under way (batch mode's loss window).
+        self._unsynced_since: float | None = None
+        self._syncing_since: float | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._inflight: list[asyncio.Future[None]] = []  # waiters of the fsync under way
@@ -318,17 +322,18 @@ class Spool:
         self._segment_bytes += len(data)
         self._written_bytes += len(data)
         self._hooks.written(len(waiters), len(data))
-        if self.durability == "fsync":
-            with self._cond:
+        with self._cond:
+            if self.durability == "fsync":
                 self._sync_waiters.extend(waiters)
-                self._dirty = True
-                self._cond.notify()
+            self._mark_dirty()
+        if self.durability == "fsync":
             # A sync thread that died or a disk that stopped answering must not hang requests:
             # one timer per write (not per record) refuses whatever is still waiting then.
             assert self._loop is not None
             self._loop.call_later(self._sync_timeout, self._expire, waiters)
         else:
-            self._dirty = True
+            # batch: written to the operating system; the sync thread makes it durable within
+            # batch_interval_ms (it was told above, so it wakes for it).
             _settle(waiters, None)
         if self._segment_bytes >= self._segment_max:
             self._retire_segment()
@@ -362,8 +367,24 @@ class Spool:
             if self._fd >= 0:
                 self._retired.append(self._fd)
             self._fd = -1
-            self._dirty = True
-            self._cond.notify()
+            self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        """Under ``_cond``: something awaits an fsync; wake the sync thread (its wait is bounded
+        by batch_interval_ms only while it knows there is something to sync)."""
+        self._dirty = True
+        if self._unsynced_since is None:
+            self._unsynced_since = time.monotonic()
+        self._cond.notify()
+
+    @property
+    def unsynced_age_seconds(self) -> float:
+        """How long the oldest record not yet fsynced has waited (0: everything is durable) —
+        in batch mode what a power loss now would take; bounded by batch_interval_ms plus one
+        fsync while the disk answers."""
+        with self._cond:
+            oldest = [t for t in (self._syncing_since, self._unsynced_since) if t is not None]
+        return time.monotonic() - min(oldest) if oldest else 0.0
 
     def _fail(self, e: OSError) -> None:
         # After a failed write or fsync the file's state is unknown (a later fsync may report
@@ -448,10 +469,16 @@ class Spool:
                 retired, self._retired = self._retired, []
                 new_segment, self._new_segment = self._new_segment, False
                 self._dirty = False
+                # A failed sync leaves its records unsynced: the oldest stays the oldest.
+                pending = [s for s in (self._syncing_since, self._unsynced_since) if s is not None]
+                self._syncing_since, self._unsynced_since = min(pending, default=None), None
                 stopping = self._stopping
                 fd = self._fd
             error = self._sync(retired, fd, new_segment)
             last_sync = time.monotonic()
+            if error is None:
+                with self._cond:
+                    self._syncing_since = None
             if waiters and self._loop is not None:
                 # A closed loop raises RuntimeError: nobody is waiting there any more.
                 with contextlib.suppress(RuntimeError):

@@ -80,6 +80,12 @@ class Metrics:
             buckets=_FSYNC,
             registry=registry,
         )
+        self.spool_unsynced_age = Gauge(
+            "pdgw_spool_unsynced_age_seconds",
+            "Age of the oldest audit record written but not yet fsynced (0: all durable); in "
+            "durability batch, what a power loss would take.",
+            registry=registry,
+        )
         self.spool_errors = Counter(
             "pdgw_spool_errors",
             "Spool failures by reason (write_failed, backlog_full).",

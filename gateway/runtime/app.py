@@ -218,6 +218,7 @@ def _export_gauges(gw: Gateway) -> None:
     m.spool_bytes.set_function(lambda: spool.size_bytes)
     m.spool_backlog.set_function(lambda: spool.backlog_bytes)
     m.spool_over_limit.set_function(lambda: 1 if spool.over_limit else 0)
+    m.spool_unsynced_age.set_function(lambda: spool.unsynced_age_seconds)
     m.blocks_view_age.set_function(lambda: gw.blocks.view_age_seconds)
     m.break_glass_active.set_function(lambda: gw.break_glass.active)
     m.chain_seq.set_function(lambda: spool.head.seq)

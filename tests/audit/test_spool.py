@@ -71,6 +71,29 @@ async def test_concurrent_appends_share_fsyncs_and_all_land_in_order(
     assert 1 <= hooks.fsyncs <= 25
 
 
+async def test_batch_durability_fsyncs_within_its_interval_while_records_wait(
+    tmp_path: Path,
+) -> None:
+    """durability: batch promises an fsync every batch_interval_ms while records are pending:
+    without closing the spool (which syncs anyway), written records are fsynced and the age of
+    the oldest unsynced record (pdgw_spool_unsynced_age_seconds) falls back to 0."""
+    hooks = Counting()
+    spool = Spool(tmp_path, durability="batch", batch_interval_ms=20, hooks=hooks)  # type: ignore[arg-type]
+    spool.open()
+    try:
+        synced_at_open = hooks.fsyncs  # the first segment's header
+        await asyncio.gather(*(spool.append(rec(i)) for i in range(1, 51)))
+        assert spool.unsynced_age_seconds > 0  # written, not yet durable
+        for _ in range(200):  # 5 s at most; the promise is 20 ms
+            if hooks.fsyncs > synced_at_open and spool.unsynced_age_seconds == 0:
+                break
+            await asyncio.sleep(0.025)
+        assert hooks.fsyncs > synced_at_open, "no fsync while records waited"
+        assert spool.unsynced_age_seconds == 0
+    finally:
+        spool.close()
+
+
 async def test_append_after_close_is_refused(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     spool.open()
