@@ -21,7 +21,7 @@ from gateway.audit.events import COMPLETE, Outcome
 from gateway.audit.spool import Spool
 from gateway.config.model import IPNetwork
 from gateway.core.errors import SpoolUnavailable
-from gateway.governance.blocks import SubjectBlocks
+from gateway.governance.blocks import BlockRecord, SubjectBlocks
 from gateway.governance.subject_hash import SubjectHasher
 from gateway.policy.engine import PolicyStore
 from gateway.web.admin import AdminRefused, Verify
@@ -31,6 +31,49 @@ from gateway.web.trail import Ask, TrailAccess, elapsed_us
 LIST = Ask("blocks", "read", "admin:subject-blocks", query.MAX_ROWS)
 CHANGE = Ask("blocks", "block", "admin:subject-blocks", 0)
 MAX_BODY = 16 * 1024
+OnBlock = Callable[[str, str], Awaitable[None]]
+
+
+def change_problem(subject: str | None, action: object, reason: object) -> str | None:
+    """What is wrong with a block or unblock as asked (a message naming the field), or None."""
+    if subject is None:
+        return "subject: the data subject's id is required"
+    if action not in ("block", "unblock"):
+        return "action: block or unblock"
+    if not isinstance(reason, str) or len(reason.strip()) < 3:
+        return "reason: say why (the subject's request, a ticket)"
+    return None
+
+
+async def change_block(
+    blocks: SubjectBlocks,
+    *,
+    actor: str,
+    subject: str,
+    given: str,
+    action: str,
+    reason: str,
+    request_id: str,
+    on_block: OnBlock | None,
+) -> BlockRecord:
+    """Record a block or unblock of ``subject`` (as stored; ``given``: the id as entered) and put
+    it in force (6.5, 6.6); refused with 503 if it cannot be recorded. The admin API and the
+    console both change blocks through here."""
+    try:
+        rec = await blocks.change(
+            actor=actor, action=action, subject=subject, reason=reason, request_id=request_id
+        )
+    except SpoolUnavailable:
+        raise AdminRefused(
+            503,
+            "audit_unavailable",
+            "the block cannot be recorded; not applied",
+            "audit",
+            recorded=True,
+        ) from None
+    if rec.action == "block" and on_block is not None:
+        await on_block(given, reason)
+    return rec
 
 
 class BlocksAPI:
@@ -43,7 +86,7 @@ class BlocksAPI:
         trusted: Sequence[IPNetwork],
         blocks: SubjectBlocks,
         hasher: SubjectHasher | None = None,
-        on_block: Callable[[str, str], Awaitable[None]] | None = None,
+        on_block: OnBlock | None = None,
     ) -> None:
         self._trail = TrailAccess(verify=verify, policies=policies, spool=spool, trusted=trusted)
         self._spool = spool
@@ -103,36 +146,20 @@ class BlocksAPI:
         event = await trail.authorise(
             request, principal, CHANGE, t0, subjects=[subject] if subject else []
         )
-        problem = (
-            "subject: the data subject's id is required"
-            if subject is None
-            else "action: block or unblock"
-            if action not in ("block", "unblock")
-            else "reason: say why (the subject's request, a ticket)"
-            if not isinstance(reason, str) or len(reason.strip()) < 3
-            else None
-        )
+        problem = change_problem(subject, action, reason)
         if problem is not None:
             await trail.deny(event, 400, "bad_request", problem, t0, "bad_request")
-        assert subject is not None and isinstance(reason, str)
-        try:
-            rec = await self._blocks.change(
-                actor=principal.user,
-                action=str(action),
-                subject=subject,
-                reason=reason.strip(),
-                request_id=request[REQUEST_ID],
-            )
-        except SpoolUnavailable:
-            raise AdminRefused(
-                503,
-                "audit_unavailable",
-                "the block cannot be recorded; not applied",
-                "audit",
-                recorded=True,
-            ) from None
-        if rec.action == "block" and self._on_block is not None and isinstance(raw, str):
-            await self._on_block(raw.strip(), reason.strip())
+        assert subject is not None and isinstance(reason, str) and isinstance(raw, str)
+        rec = await change_block(
+            self._blocks,
+            actor=principal.user,
+            subject=subject,
+            given=raw.strip(),
+            action=str(action),
+            reason=reason.strip(),
+            request_id=request[REQUEST_ID],
+            on_block=self._on_block,
+        )
         return web.json_response(
             {
                 "result": "blocked" if rec.action == "block" else "unblocked",

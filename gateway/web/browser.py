@@ -77,10 +77,11 @@ class LoginRefused(Refused):
     """A login, logout or return path refused; ``reason`` for the trail only."""
 
 
-def safe_return_to(value: str | None) -> str | None:
+def safe_return_to(value: str | None, pages: tuple[str, ...] = ()) -> str | None:
     """A same-origin path to return to after login, or None (open redirects refused): an
     absolute path, not `//host` or `/\\host` (browsers read both as another host), no scheme,
-    no control characters, bounded."""
+    no control characters, bounded; under the gateway's own prefix only the ``pages`` given
+    (the console's path, decision 025)."""
     if value is None or not value.startswith("/") or len(value) > MAX_RETURN_TO:
         return None
     if value.startswith(("//", "/\\")) or "\\" in value:
@@ -90,7 +91,7 @@ def safe_return_to(value: str | None) -> str | None:
     parts = urlsplit(value)
     if parts.scheme or parts.netloc:
         return None
-    if value.startswith(GATEWAY_PATH_PREFIX):
+    if value.startswith(GATEWAY_PATH_PREFIX) and not (pages and value.startswith(pages)):
         return None  # never back into the login machinery
     return value
 
@@ -107,8 +108,11 @@ class BrowserLogin:
         metrics: Metrics,
         client_address: Callable[[web.BaseRequest], str],
         clock: Callable[[], float] = time.time,
+        pages: tuple[str, ...] = (),
     ) -> None:
+        """``pages``: paths under the gateway's own prefix a login may return to (the console)."""
         self._cfg = cfg
+        self._pages = pages
         self._client = client
         self._codec = codec
         self._revocations = revocations
@@ -217,7 +221,7 @@ class BrowserLogin:
             state=new_secret(),
             nonce=new_secret(),
             code_verifier=new_secret(),
-            return_to=safe_return_to(return_to) or "/",
+            return_to=safe_return_to(return_to, self._pages) or "/",
             started_at=self._clock(),
         )
         self._set_logins(request, [*self._pending_logins(request), login])
@@ -239,7 +243,7 @@ class BrowserLogin:
         return await handler(request)
 
     async def login_handler(self, request: web.Request) -> web.StreamResponse:
-        return_to = safe_return_to(request.query.get("return_to", "/"))
+        return_to = safe_return_to(request.query.get("return_to", "/"), self._pages)
         if return_to is None:
             await self._event(request, "login_failed", "open_redirect", None)
             raise LoginRefused(
