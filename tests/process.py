@@ -63,11 +63,14 @@ def run_gateway(
     *,
     preexec: Callable[[], None] | None = None,
     args: Sequence[str] = (),
+    proxy_port: int | None = None,
     **overrides: Any,
 ) -> Iterator[GatewayProcess]:
-    """``args``: more `serve` arguments (e.g. ``--workers 2``)."""
+    """``args``: more `serve` arguments (e.g. ``--workers 2``); ``proxy_port``: this one (a
+    config naming the gateway's own origin, e.g. the browser login's, needs it beforehand)."""
+    fixed = proxy_port
     for attempt in range(3):  # ports chosen free can be taken before the gateway binds them
-        proxy_port, admin_port = free_port(), free_port()
+        proxy_port, admin_port = fixed or free_port(), free_port()
         data = config_dict(tmp_path, upstream_url, **overrides)
         listen = data.setdefault("listen", {})
         listen.setdefault("proxy", {})["port"] = proxy_port
