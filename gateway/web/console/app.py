@@ -97,7 +97,9 @@ def _middleware(deps: ConsoleDeps) -> Callable[..., Awaitable[web.StreamResponse
                 title=_TITLES.get(e.status, "Refused"),
                 message=e.public_message,
                 request_id=request[REQUEST_ID],
-                signed_in=CALLER in request,
+                # Refused by the policy: the pages are closed to this job function, every one.
+                signed_in=CALLER in request and e.status != 403,
+                show_nav=e.status != 403,
             )
         deps.renderer.decorate(request, resp)
         return resp

@@ -5,7 +5,7 @@ Contract:
 - ``Renderer.page(request, ui, name, status=200, **context)`` renders ``templates/<name>`` with
   every value escaped (autoescape, undefined names are errors) and returns a response with
   ``SECURITY_HEADERS``: no inline script or style can run (``Content-Security-Policy``), nothing is
-  cached (``no-store``), no referrer leaves the page, and it cannot be framed.
+  cached (``no-store``), no referrer leaves for another origin, and it cannot be framed.
 - ``UI`` is one request's language and time zone: ``_`` translates a message (English text is
   the key; ``catalogs/<lang>.json`` the translations, a test checks every message of every
   template has one), ``when`` formats µs since the epoch in the zone. The language is the
@@ -47,7 +47,9 @@ def security_headers(form_targets: str = "") -> dict[str, str]:
     return {
         "Content-Security-Policy": csp,
         "Cache-Control": "no-store",
-        "Referrer-Policy": "no-referrer",
+        # Never to another origin (a page's address holds a subject's token); and not
+        # `no-referrer`, with which browsers send `Origin: null` on the console's own forms.
+        "Referrer-Policy": "same-origin",
         "X-Content-Type-Options": "nosniff",
         "Cross-Origin-Opener-Policy": "same-origin",
     }
@@ -105,7 +107,7 @@ class UI:
         if us is None:
             return ""
         t = dt.datetime.fromtimestamp(us / 1e6, dt.UTC).astimezone(self.tz)
-        return t.strftime("%Y-%m-%dT%H:%M")
+        return t.strftime("%Y-%m-%dT%H:%M:%S")
 
     def from_input(self, value: str) -> int:
         """A `datetime-local` value (or a date) in this zone → µs; ValueError if malformed."""
@@ -156,7 +158,7 @@ class Renderer:
             request_path=request.path,
             caller=request.get(CALLER),
             lang_links=other,
-            **context,
+            **{"show_nav": True, **context},
         )
         resp = web.Response(status=status, text=html, content_type="text/html", charset="utf-8")
         self.decorate(request, resp)

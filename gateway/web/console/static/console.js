@@ -7,10 +7,8 @@
     if (typeof uPlot === "undefined") return;
     var data = JSON.parse(el.getAttribute("data-chart"));
     var labels = JSON.parse(el.getAttribute("data-labels") || "[]");
-    if (!data.x.length || !data.kinds.length) {
-      el.textContent = el.getAttribute("aria-label") ? "" : "";
-      return;
-    }
+    var zone = el.getAttribute("data-tz") || "UTC";
+    if (!data.x.length || !data.kinds.length) return; // the table below says "no detections"
     var palette = ["#0b4f8a", "#a40000", "#d17a00", "#3a7d44", "#6a3d9a", "#b15928", "#1f78b4"];
     var series = [{}];
     data.kinds.forEach(function (kind, i) {
@@ -23,7 +21,15 @@
     });
     var width = Math.max(320, Math.min(el.parentElement.clientWidth || 900, 1400));
     new uPlot(
-      { width: width, height: 260, series: series, scales: { x: { time: true } }, axes: [{}, { label: "n" }] },
+      {
+        width: width,
+        height: 260,
+        series: series,
+        scales: { x: { time: true } },
+        axes: [{}, { label: "n" }],
+        // The page's zone, not the browser's: the axis agrees with every time on the page.
+        tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), zone); },
+      },
       [data.x].concat(data.y),
       el
     );
