@@ -212,7 +212,7 @@ class SubjectBlock:
 class AnomalyReview:
     """An investigator's review of an anomaly detection (9.1.6, 9.1.9): who looked at it, when,
     and what they concluded. The detection itself is never changed; the latest review of an
-    anomaly is its state (decision 026)."""
+    anomaly is its state (decision 025)."""
 
     KIND: ClassVar[str] = "anomaly_review"
 

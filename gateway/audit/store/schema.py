@@ -339,7 +339,7 @@ ANOMALIES = Table(
     engine="ReplacingMergeTree",
 )
 
-# Reviews of anomaly detections (9.1.6, 9.1.9; decision 026): chained records, one per review,
+# Reviews of anomaly detections (9.1.6, 9.1.9; decision 025): chained records, one per review,
 # the latest per anomaly its state. Never dropped by retention.
 ANOMALY_REVIEWS = Table(
     "anomaly_reviews",

@@ -1,6 +1,6 @@
 """Anomalies (9.1.6, 9.1.9, 10.2): the detectors' findings by kind and job function over time (a
 chart, and the same figures as a table), each linked to the accesses behind it, each markable as
-reviewed with a comment — a review is a record of the trail (``AnomalyReview``, decision 026).
+reviewed with a comment — a review is a record of the trail (``AnomalyReview``, decision 025).
 
   GET  anomalies                        a period (default 7 days), kind, job function; pages
   POST anomalies/{anomaly_id}/review    ``comment``: the review, then back to the list
