@@ -103,6 +103,23 @@ def _line(ev: dict[str, Any]) -> str:
             f"{_ts(ev['ts_us'])} #{ev['seq']} CHANGE {ev['change_kind']} by {ev['actor']} "
             f"({ev['source']}): -[{ev['rule_before']}] +[{ev['rule_after']}] reason={ev['reason']}"
         )
+    if kind == "auth_event":
+        return (
+            f"{_ts(ev['ts_us'])} #{ev['seq']} SESSION {ev['event']} user={ev['user'] or '-'} "
+            f"reason={ev['reason'] or '-'} from={ev['client_ip']} req={ev['request_id']}"
+        )
+    if kind == "subject_block":
+        return (
+            f"{_ts(ev['ts_us'])} #{ev['seq']} {ev['action'].upper()} subject={ev['subject']} "
+            f"by {ev['actor']} reason={ev['reason']} req={ev['request_id']}"
+        )
+    if kind == "anomaly_review":
+        return (
+            f"{_ts(ev['ts_us'])} #{ev['seq']} REVIEW anomaly={ev['anomaly_id']} {ev['state']} "
+            f"by {ev['actor']}: {ev['comment']} req={ev['request_id']}"
+        )
+    if kind != "access":  # a kind this version does not know how to print
+        return json.dumps(ev, ensure_ascii=False)
     ts = _ts(ev["ts_us"])
     subjects = ",".join(ev.get("subject_ids") or []) or "-"
     return (

@@ -32,6 +32,7 @@ def test_token_refuses_a_config_not_marked_demo(tmp_path: Path) -> None:
     data = demo_config_dict()
     data["demo"] = False
     data.pop("oidc")  # browser login's files are relative to deploy/local; not what this is about
+    data.pop("console")  # it needs the browser login
     data["identity"].pop("demo_signing_key_file")
     path = tmp_path / "prod.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -61,6 +62,31 @@ async def test_audit_tail_shows_the_joined_events(gw: Gw, keys: Keys) -> None:
     first, second = text.stdout.splitlines()
     assert "DENY" in first and "user=bob" in first and "no_matching_rule" in first
     assert "1 refused" in second and "missing_token" in second
+
+
+async def test_audit_tail_prints_sessions_blocks_and_anomaly_reviews(gw: Gw) -> None:
+    """Every record kind the spool holds is printed (a browser login, a block, a review)."""
+    from gateway.audit.events import AnomalyReview, AuthEvent, SubjectBlock
+    from gateway.runtime.app import GATEWAY
+
+    spool = gw.client.app[GATEWAY].spool
+    await spool.append(
+        AuthEvent("a1", 1_796_000_000_000_000, "r1", "grace", ["dpo"], "10.0.0.1", "login", "", "h")
+    )
+    await spool.append(
+        SubjectBlock("b1", 1_796_000_001_000_000, "grace", "block", "1001", "request #5", "r2")
+    )
+    await spool.append(
+        AnomalyReview(
+            "v1", 1_796_000_002_000_000, "an-1", "frank", "reviewed", "a late shift", "r3"
+        )
+    )
+    out = run_cli("audit", "tail", "--spool", str(gw.spool_dir))
+    assert out.returncode == 0, out.stderr
+    login, block, review = out.stdout.splitlines()[-3:]
+    assert "SESSION login user=grace" in login
+    assert "BLOCK subject=1001 by grace reason=request #5" in block
+    assert "REVIEW anomaly=an-1 reviewed by frank: a late shift" in review
 
 
 def test_audit_tail_reports_a_missing_spool() -> None:
