@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.audit import query
 from gateway.audit.store.base import AuditStore, Row
+from gateway.config.vocabulary import AUDIT_CATEGORY, AUDIT_PURPOSE
 from gateway.web.console.forms import EVENT_FIELDS, EventForm, cursor, event_filters, next_cursor
 from gateway.web.console.kit import ConsoleDeps, caller_of, link, now_us, ui_of
 
@@ -53,8 +54,16 @@ async def events_page(
 
     rows = await deps.read(run)
     for row in rows:
-        row["purpose"] = deps.purposes_of.get(str(row["route"]), "")
+        row["purpose"] = purpose_of(deps, row)
     return rows, next_cursor(page), page.timed_out
+
+
+def purpose_of(deps: ConsoleDeps, row: Row) -> str:
+    """The purpose an access served: its route's (3.2); reading the trail is always for
+    `audit_control` (9.2.6), whatever page or API did it."""
+    if row.get("category") == AUDIT_CATEGORY:
+        return AUDIT_PURPOSE
+    return deps.purposes_of.get(str(row["route"]), "")
 
 
 def _params(request: web.Request) -> Mapping[str, str]:
@@ -153,7 +162,7 @@ def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
                     signed_in=True,
                 )
             v.rows = 1
-            record["purpose"] = deps.purposes_of.get(str(record["route"]), "")
+            record["purpose"] = purpose_of(deps, record)
             return deps.renderer.page(request, ui, "event.html", record=record)
 
     router.add_get("/search", search, name="console:search")
