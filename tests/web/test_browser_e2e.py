@@ -19,24 +19,16 @@ from aiohttp.test_utils import TestServer
 
 from gateway.identity.sessions import append_revocation
 from gateway.testing.chserver import free_port
+from tests.browser import chromium, chromium_available, local_only
 from tests.conftest import ROOT, ROUTES, ServeFactory, spool_records
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "var" / "screenshots" / "browser-e2e"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not provider_available() or not Path(CHROMIUM).exists(),
+        not provider_available() or not chromium_available(),
         reason="needs chromium and deploy/oidc-demo's npm install (scripts/system-deps.sh)",
     ),
 ]
@@ -70,14 +62,8 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with chromium() as b:
+        yield b
 
 
 @pytest.fixture
@@ -128,12 +114,6 @@ async def test_a_staff_member_logs_in_works_and_logs_out_in_a_real_browser(
     )
     gw_url = served.proxy_url
     context = await browser.new_context()
-
-    async def local_only(route: Any) -> None:  # the provider's page @imports a web font
-        if route.request.url.startswith("http://127.0.0.1:"):
-            await route.continue_()
-        else:
-            await route.abort()
 
     await context.route("**/*", local_only)
     page = await context.new_page()

@@ -28,6 +28,7 @@ from gateway.web.console.render import UI
 
 HOUR_US = 3600 * 1_000_000
 DAY_US = 24 * HOUR_US
+WEEK_US = 7 * DAY_US
 MAX_COMMENT = 2000
 _ID = re.compile(r"^[0-9a-f]{8,64}$")
 _NAME = re.compile(r"^[\w.:-]{1,64}$")
@@ -105,7 +106,10 @@ def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
         filters = query.AnomalyFilters(
             since_us=since, until_us=until, kind=kind, job_function=function
         )
-        bucket = HOUR_US if until - since <= 2 * DAY_US else DAY_US
+        span_us = until - since
+        bucket = (
+            HOUR_US if span_us <= 2 * DAY_US else DAY_US if span_us <= 400 * DAY_US else WEEK_US
+        )
         page = query.Page(after=after)
 
         def run(store: AuditStore) -> tuple[list[Row], list[Row], dict[str, Row]]:
@@ -141,7 +145,7 @@ def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
                 behind=lambda row: accesses_behind(deps, ui, row),
                 chart=drawn,
                 kind_labels=[ui._(k) for k in drawn["kinds"]],
-                bucket="hour" if bucket == HOUR_US else "day",
+                bucket={HOUR_US: "hour", DAY_US: "day"}.get(bucket, "week"),
                 functions=by_function(counts),
                 may_review=deps.trail.allowed(caller, "create"),
                 back=request.path_qs,

@@ -20,15 +20,14 @@ import aiohttp
 import pytest
 
 from gateway.testing.chserver import ClickHouseServer, free_port
+from tests.browser import chromium, chromium_available, local_only
 from tests.conftest import ROOT, Keys, Upstream, run_cli, spool_records
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
 from tests.process import GatewayProcess, run_gateway
 from tests.stores import ENGINES, fresh_database, store_section
 from tests.web.console.helpers import CONSOLE, console_records
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "var" / "screenshots" / "console"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 STAFF = {
     "grace": ["dpo"],
     "frank": ["security_officer"],
@@ -42,7 +41,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(400),
     pytest.mark.skipif(
-        not provider_available() or not Path(CHROMIUM).exists(),
+        not provider_available() or not chromium_available(),
         reason="needs chromium and deploy/oidc-demo's npm install (scripts/system-deps.sh)",
     ),
 ]
@@ -56,14 +55,8 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with chromium() as b:
+        yield b
 
 
 class Screens:
@@ -99,13 +92,6 @@ class Recorder:
 
 async def login(browser: Any, gw: str, provider: Provider, user: str, rec: Recorder) -> Any:
     context = await browser.new_context(accept_downloads=True, locale="en-GB")
-
-    async def local_only(route: Any) -> None:  # the provider's page @imports a web font
-        if route.request.url.startswith("http://127.0.0.1:"):
-            await route.continue_()
-        else:
-            await route.abort()
-
     await context.route("**/*", local_only)
     page = await context.new_page()
     rec.watch(page, user)
