@@ -27,9 +27,9 @@ from gateway.web.console.identity import CallerSource
 from gateway.web.console.render import CALLER, UI, Renderer
 from gateway.web.trail import Ask, Caller
 
+__all__ = ["CALLER", "UI_OF", "ConsoleDeps", "InstanceHealth", "caller_of", "link", "ui_of"]
 T = TypeVar("T")
 StoreOpener = Callable[[], contextlib.AbstractContextManager[AuditStore]]
-__all__ = ["CALLER", "UI_OF", "ConsoleDeps", "InstanceHealth", "caller_of", "link", "ui_of"]
 UI_OF = web.RequestKey("pdgw_console_ui", UI)
 
 
