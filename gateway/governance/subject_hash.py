@@ -22,6 +22,23 @@ from gateway.config.model import Route
 
 PREFIX = "h:"
 MIN_KEY_BYTES = 32
+# An id an investigator or the DPO gives (`audit who-accessed ID`, `subject block ID`): business
+# systems' ids are short; a longer one is a mistake (or a paste of something else).
+MAX_SUBJECT_CHARS = 256
+
+
+def subject_problem(subject: str) -> str | None:
+    """Why ``subject`` cannot be a data subject's id given to the audit or blocks API (a message
+    naming the rule, never echoing the value), or None."""
+    if not subject.strip():
+        return "subject: the id is required"
+    if len(subject) > MAX_SUBJECT_CHARS:
+        return f"subject: at most {MAX_SUBJECT_CHARS} characters (this one has {len(subject)})"
+    if subject != subject.strip():
+        return "subject: no spaces before or after the id"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in subject):
+        return "subject: printable characters only (no control characters)"
+    return None
 
 
 def key_id(key: bytes) -> str:
