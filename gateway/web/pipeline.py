@@ -440,7 +440,7 @@ class Pipeline:
             session=ctx.session,
             method=ctx.method,
             # 5.3: the subject's id, where it appears, as a keyed hash (decision 015).
-            path=self._hasher.path(r, ctx.path, ctx.subjects),
+            path=self._hasher.path(r, ctx.path),
             query=self._hasher.query(r, ctx.query),
             route=ctx.route_name,
             system=r.system if r else "",
