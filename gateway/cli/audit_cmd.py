@@ -113,6 +113,18 @@ def _line(ev: dict[str, Any]) -> str:
             f"{_ts(ev['ts_us'])} #{ev['seq']} CHANGE {ev['change_kind']} by {ev['actor']} "
             f"({ev['source']}): -[{ev['rule_before']}] +[{ev['rule_after']}] reason={ev['reason']}"
         )
+    if kind == "auth_event":
+        return (
+            f"{_ts(ev['ts_us'])} #{ev['seq']} SESSION {ev['event']} user={ev['user'] or '-'} "
+            f"roles={','.join(ev['roles']) or '-'} reason={ev['reason'] or '-'} "
+            f"session={ev['session'] or '-'} req={ev['request_id']}"
+        )
+    if kind == "subject_block":
+        return (
+            f"{_ts(ev['ts_us'])} #{ev['seq']} SUBJECT {ev['action']} {ev['subject']} "
+            f"label={ev.get('label') or '-'} by {ev['actor']} reason={ev['reason']} "
+            f"req={ev['request_id']}"
+        )
     ts = _ts(ev["ts_us"])
     subjects = ",".join(ev.get("subject_ids") or []) or "-"
     return (

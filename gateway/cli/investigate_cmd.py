@@ -50,6 +50,7 @@ SUBJECT_TABLE = (
     ("action", "action"),
     ("decision", "decision"),
     ("status", "status"),
+    ("reason", "reason"),
     ("listed", "response_count"),
     ("request id", "request_id"),
 )
@@ -266,4 +267,10 @@ def run_report(args: argparse.Namespace) -> int:
     except (ApiError, OSError) as e:
         print(f"pd-gateway: {e}", file=sys.stderr)
         return 1
+    until = dt.datetime.fromtimestamp(answer["period"]["until_us"] / 1e6, dt.UTC)
+    print(
+        f"pd-gateway: the trail up to {times.for_api(until)}; the same --until gives the same "
+        "numbers",
+        file=sys.stderr,
+    )
     return 0

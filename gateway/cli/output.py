@@ -45,9 +45,8 @@ def table(rows: list[dict[str, Any]], columns: Columns, out: TextIO, tz: dt.tzin
         min(MAX_WIDTH, max([len(h), *(len(c[i]) for c in cells)]))
         for i, (h, _) in enumerate(columns)
     ]
-    print(
-        "  ".join(h.upper().ljust(w) for (h, _), w in zip(columns, widths, strict=True)), file=out
-    )
+    head = "  ".join(h.upper().ljust(w) for (h, _), w in zip(columns, widths, strict=True))
+    print(head.rstrip(), file=out)
     for c in cells:
         print("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip(), file=out)
 

@@ -10,8 +10,9 @@ Endpoints (GET, bearer token of the same IdP; answers are NDJSON, one row a line
 Filters: user, role, system, category, action, decision, status, reason, route, request_id,
 break_glass (true|false), since, until (ISO 8601 or µs since the epoch), limit. A subject's
 events leave out consultations of the trail about them (category ``audit_log``) unless
-``category=audit_log`` asks for exactly those. The report takes ``since`` and ``until`` (default:
-the moment it was asked for, so it never counts itself) and is the same for the same period.
+``category=audit_log`` asks for exactly those. The report takes ``since`` and ``until`` (at most,
+and by default, the moment it was asked for, so it never counts itself) and is the same for the
+same period; it names the period it covers.
 
 Authorisation is the policy's (``gateway.web.trail``), so the shipped policy names who may read
 the trail, and `policy test` covers it.
@@ -140,7 +141,8 @@ class AuditAPI:
             await trail.deny(event, 400, "bad_request", problem, t0, "bad_filter")
         if self._open_store is None or self._public_keys is None:
             await trail.deny(event, 503, "no_store", "no audit store is configured", t0, "no_store")
-        until = event.ts_us if until is None else until
+        # Never past this moment: what comes later (this report's own record first) is not in it.
+        until = event.ts_us if until is None else min(until, event.ts_us)
         event.query = f"report&since_us={since or 0}&until_us={until}"
         pending = await self._recorder.begin(event)  # 9.2.6: on record before anything is read
         opener, keys, live = self._open_store, self._public_keys(), self._live()

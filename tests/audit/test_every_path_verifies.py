@@ -604,7 +604,9 @@ async def test_every_path_leaves_a_verifiable_trail_with_no_subject_id_in_clear(
         assert hasher.stored(sid) in texts["store"], sid
     found = {(sid, where) for sid in IDS for where, text in texts.items() if sid in text}
     assert found == set(), "clear subject ids at rest"
-    print(f"{engine}: no clear subject id in {len(texts)} places ({sum(map(len, texts.values()))} characters)")
+    print(
+        f"{engine}: no clear subject id in {len(texts)} places ({sum(map(len, texts.values()))} characters)"
+    )
     # Each kind of record the scenario meant to write is in the store.
     kinds = {
         "access_events": ("allow", "deny"),

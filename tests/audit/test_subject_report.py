@@ -106,6 +106,14 @@ async def test_the_subject_report_shows_a_reader_what_was_done_with_the_data(
         ("dana", "admin:audit/subject-report", "allow"),
     ]
     assert data["by"]["purpose"] == {"hr_records": data["by"]["purpose"]["hr_records"]}
+    # A period into the future ends when the report is asked for: it never counts itself.
+    wait_for(lambda: count(store, where=consulted) >= 4, 30, "the two JSON reports shipped")
+    out = await asyncio.to_thread(
+        cli, "--gateway", gw.admin_url, "--format", "json", "--until", "2099-01-01"
+    )
+    later = json.loads(out.stdout)
+    assert later["period"]["until_us"] < dt.datetime(2099, 1, 1, tzinfo=dt.UTC).timestamp() * 1e6
+    assert later["consultations"] == 4 and "the same --until gives the same numbers" in out.stderr
 
     shown = await asyncio.to_thread(
         subprocess.run,
@@ -131,5 +139,5 @@ async def test_the_subject_report_shows_a_reader_what_was_done_with_the_data(
     ]
     assert [(r["kind"], r["user"], r["purpose"]) for r in asked] == [
         ("access", "dana", "audit_control")
-    ] * 3
+    ] * 4
     store.close()
