@@ -138,8 +138,13 @@ def run_status(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     try:
         tz = times.zone(args.tz)
-        answer = client.request(_url(args, "/admin/subject-blocks"), client.read_token(args))
+        token = client.read_token(args)
     except (ApiError, times.TimeError) as e:
+        print(f"pd-gateway: {e}", file=sys.stderr)
+        return 2
+    try:
+        answer = client.request(_url(args, "/admin/subject-blocks"), token)
+    except ApiError as e:
         print(f"pd-gateway: {e}", file=sys.stderr)
         return 1
     if args.format == "json":
