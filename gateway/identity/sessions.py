@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -233,6 +234,14 @@ class RevocationList:
         self._before: dict[str, float] = {}
         self._checked = float("-inf")
         self._stamp: tuple[int, int] | None = None
+
+    @classmethod
+    def shared(
+        cls, path: Path, *, session_key_file: Path, poll: float, actor: str
+    ) -> RevocationList:
+        """The list every replica shares, its users hashed under their common session key."""
+        key = revocation_key(session_key_file.read_bytes().strip())
+        return cls(path, key=key, poll=poll, clock=time.time, actor=actor)
 
     def user_hash(self, user: str) -> str:
         return "u:" + hmac.new(self._key, user.encode(), hashlib.sha256).hexdigest()[:32]

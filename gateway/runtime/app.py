@@ -42,7 +42,7 @@ from gateway.governance.access_rights import AccessRights
 from gateway.governance.blocks import StoreOpener, SubjectBlocks
 from gateway.governance.subject_hash import SubjectHasher
 from gateway.identity.oidc import OidcClient
-from gateway.identity.sessions import RevocationList, SessionCodec, revocation_key
+from gateway.identity.sessions import RevocationList, SessionCodec
 from gateway.identity.tokens import KeySet, Principal, TokenVerifier, file_fetcher, url_fetcher
 from gateway.policy.break_glass import BreakGlass, load_allowances
 from gateway.policy.engine import PolicyStore
@@ -217,24 +217,17 @@ def build(
             on_count=metrics.blocked_subjects.set,
         ),
         shipper=build_shipper(cfg.store, spool, metrics) if ship and cfg.store else None,
-        revocations=_revocations(cfg),
+        revocations=RevocationList.shared(
+            cfg.oidc.session.revocation_file,
+            session_key_file=cfg.oidc.session.key_file,
+            poll=cfg.oidc.session.revocation_poll_seconds,
+            actor=f"gateway:{cfg.instance_id}",
+        )
+        if cfg.oidc is not None
+        else None,
     )
     _export_gauges(gw)
     return _proxy_app(gw, ship), _admin_app(gw)
-
-
-def _revocations(cfg: Config) -> RevocationList | None:
-    """The shared revocation list (decision 014), its users hashed under the session key."""
-    if cfg.oidc is None:
-        return None
-    s = cfg.oidc.session
-    return RevocationList(
-        s.revocation_file,
-        key=revocation_key(s.key_file.read_bytes().strip()),
-        poll=s.revocation_poll_seconds,
-        clock=time.time,
-        actor=f"gateway:{cfg.instance_id}",
-    )
 
 
 def _export_gauges(gw: Gateway) -> None:
