@@ -1,36 +1,56 @@
-"""The subject-blocks API on the admin port (6.5, 6.6): list the blocked data subjects, block or
-unblock one. Authorised by the policy like reading the trail (``gateway.web.trail``: listing is
-``audit_log`` read, a change is ``audit_log`` block); the subject travels in the body, never in
-the URL, and is kept as a keyed hash where subject hashing is on (5.3, decision 015).
+"""The subject-blocks API on the admin port (6.5, 6.6): list the blocked data subjects, look one up,
+block or unblock one. Authorised by the policy like reading the trail (``gateway.web.trail``:
+listing and looking up are ``audit_log`` read, a change is ``audit_log`` block); the subject
+travels in the body, never in the URL, and is kept as a keyed hash where subject hashing is on
+(5.3, decision 015).
 
-  GET  /admin/subject-blocks   every subject blocked now, as this replica sees it
-  POST /admin/subject-blocks   ``{"subject": ID, "action": "block"|"unblock", "reason": "…"}``
+  GET  /admin/subject-blocks          every subject blocked now, as this replica sees it
+  POST /admin/subject-blocks/status   ``{"subject": ID}``: blocked? since when, by whom, why
+  POST /admin/subject-blocks          ``{"subject": ID, "action": "block"|"unblock",
+                                        "reason": "…", "label": "…"}``
+
+A change is, in the trail: the request's access record (action ``block``, found by
+`audit search --action block`), the ``subject_block`` record that puts it in force, and a
+permission change (``subject_blocked``/``subject_unblocked``, found by `audit permissions`,
+9.2.7) — the last two in one write, before the answer. Unblocking a subject that is not blocked,
+or blocking one that is, is refused (409): the DPO's command did not do what they meant.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from dataclasses import asdict
+from typing import Any, NoReturn
 
 from aiohttp import web
 
 from gateway.audit import query
-from gateway.audit.events import COMPLETE, Outcome
-from gateway.audit.spool import Spool
+from gateway.audit.events import AccessEvent
+from gateway.audit.recorder import Recorder
 from gateway.config.model import IPNetwork
 from gateway.core.errors import SpoolUnavailable
-from gateway.governance.blocks import SubjectBlocks
-from gateway.governance.subject_hash import SubjectHasher
+from gateway.governance.access_rights import AccessRights
+from gateway.governance.blocks import BlockRecord, SubjectBlocks
+from gateway.governance.subject_hash import SubjectHasher, subject_problem
+from gateway.identity.tokens import Principal
 from gateway.policy.engine import PolicyStore
 from gateway.web.admin import AdminRefused, Verify
 from gateway.web.boundary import REQUEST_ID
 from gateway.web.trail import Ask, TrailAccess, elapsed_us
 
 LIST = Ask("blocks", "read", "admin:subject-blocks", query.MAX_ROWS)
+STATUS = Ask("blocks", "read", "admin:subject-blocks/status", query.MAX_ROWS)
 CHANGE = Ask("blocks", "block", "admin:subject-blocks", 0)
 MAX_BODY = 16 * 1024
+MAX_LABEL_CHARS = 200
+
+
+def _answer(request: web.Request, **body: Any) -> web.Response:
+    rid = request[REQUEST_ID]
+    return web.json_response({**body, "request_id": rid}, headers={"X-Request-Id": rid})
 
 
 class BlocksAPI:
@@ -39,82 +59,134 @@ class BlocksAPI:
         *,
         verify: Verify,
         policies: PolicyStore,
-        spool: Spool,
+        recorder: Recorder,
         trusted: Sequence[IPNetwork],
         blocks: SubjectBlocks,
+        rights: AccessRights,
         hasher: SubjectHasher | None = None,
-        on_block: Callable[[str, str], Awaitable[None]] | None = None,
+        on_block: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
-        self._trail = TrailAccess(verify=verify, policies=policies, spool=spool, trusted=trusted)
-        self._spool = spool
+        self._trail = TrailAccess(
+            verify=verify, policies=policies, recorder=recorder, trusted=trusted
+        )
+        self._recorder = recorder
         self._blocks = blocks
+        self._rights = rights
         self._hasher = hasher if hasher is not None else SubjectHasher([])
-        # Called after a block is recorded, with the subject's id as given and the reason: the
-        # gateway ends that person's browser sessions when they are also a user (decision 014).
+        # Called after a block is recorded, with the subject's id as given: the gateway ends
+        # that person's browser sessions when they are also a user (decision 014).
         self._on_block = on_block
 
     def register(self, app: web.Application) -> None:
         app.router.add_get("/admin/subject-blocks", self._list)
         app.router.add_post("/admin/subject-blocks", self._change)
+        app.router.add_post("/admin/subject-blocks/status", self._status)
 
     async def _list(self, request: web.Request) -> web.Response:
-        """Every subject blocked now, as this replica sees it (ids as stored in the trail)."""
+        """Every subject blocked now, as this replica sees it: the stored form in full (a keyed
+        hash with subject hashing) and the label the DPO gave the block."""
         t0 = time.perf_counter()
         principal = await self._trail.principal(request)
         event = await self._trail.authorise(request, principal, LIST, t0)
         rows = self._blocks.as_json()
-        event.status = 200
-        event.outcome = COMPLETE
-        event.duration_us = elapsed_us(t0)
-        await self._spool.append(event)  # one record: decision and count together
-        await self._spool.append(
-            Outcome(
-                event_id=event.event_id,
-                status=200,
-                bytes_in=0,
-                bytes_out=0,
-                duration_us=event.duration_us,
-                upstream_us=0,
-                outcome=COMPLETE,
-                response_count=len(rows),
-            ),
-            admission=False,
+        await self._recorder.complete(
+            event, status=200, duration_us=elapsed_us(t0), response_count=len(rows)
         )
-        return web.json_response(
-            {
-                "blocks": rows,
-                "view_age_seconds": round(self._blocks.view_age_seconds, 3),
-                "request_id": request[REQUEST_ID],
-            }
+        return _answer(
+            request, blocks=rows, view_age_seconds=round(self._blocks.view_age_seconds, 3)
         )
 
-    async def _change(self, request: web.Request) -> web.Response:
-        """`{"subject": ID, "action": "block"|"unblock", "reason": "…"}` (6.5, 6.6)."""
-        t0 = time.perf_counter()
-        trail = self._trail
-        principal = await trail.principal(request)
+    async def _body(self, request: web.Request) -> dict[str, Any]:
         body: Any = None
         if (request.content_length or 0) <= MAX_BODY:
             with contextlib.suppress(ValueError):
                 body = await request.json()
-        body = body if isinstance(body, dict) else {}
-        raw, action, reason = body.get("subject"), body.get("action"), body.get("reason")
-        subject = self._hasher.stored(raw) if isinstance(raw, str) and raw.strip() else None
-        event = await trail.authorise(
-            request, principal, CHANGE, t0, subjects=[subject] if subject else []
-        )
-        problem = (
-            "subject: the data subject's id is required"
-            if subject is None
-            else "action: block or unblock"
-            if action not in ("block", "unblock")
-            else "reason: say why (the subject's request, a ticket)"
-            if not isinstance(reason, str) or len(reason.strip()) < 3
-            else None
+        return body if isinstance(body, dict) else {}
+
+    async def _asked(
+        self, request: web.Request, principal: Principal, ask: Ask, t0: float
+    ) -> tuple[str, list[str], AccessEvent, dict[str, Any]]:
+        """The subject of a lookup or a change (as given, and its stored forms) and the access
+        record of the request, authorised; a missing or unusable id is a recorded 400."""
+        body = await self._body(request)
+        raw = body.get("subject")
+        problem = subject_problem(raw) if isinstance(raw, str) else "subject: the id is required"
+        forms = self._hasher.candidates(raw) if problem is None and isinstance(raw, str) else []
+        event = await self._trail.authorise(
+            request,
+            principal,
+            ask,
+            t0,
+            filters=_filters(ask, body.get("action")),
+            subjects=forms[:1],
         )
         if problem is not None:
-            await trail.deny(event, 400, "bad_request", problem, t0, "bad_request")
-        assert subject is not None and isinstance(reason, str)
+            await self._trail.deny(event, 400, "bad_request", problem, t0, "bad_subject")
+        assert isinstance(raw, str)
+        return raw, forms, event, body
+
+    async def _status(self, request: web.Request) -> web.Response:
+        """Is this subject blocked, since when, by whom, why; and every block and unblock of it
+        this replica knows of (the DPO gives the id, never reads a hash)."""
+        t0 = time.perf_counter()
+        principal = await self._trail.principal(request)
+        _, forms, event, _ = await self._asked(request, principal, STATUS, t0)
+        current = self._blocks.current(forms)
+        history = self._blocks.history(forms)
+        await self._recorder.complete(
+            event, status=200, duration_us=elapsed_us(t0), response_count=len(history)
+        )
+        return _answer(
+            request,
+            stored=forms[0],
+            blocked=current is not None,
+            block=asdict(current) if current is not None else None,
+            history=[asdict(r) for r in history],
+            view_age_seconds=round(self._blocks.view_age_seconds, 3),
+        )
+
+    async def _change(self, request: web.Request) -> web.Response:
+        """Block or unblock (6.5, 6.6), recorded before it is in force or answered."""
+        t0 = time.perf_counter()
+        trail = self._trail
+        principal = await trail.principal(request)
+        raw, forms, event, body = await self._asked(request, principal, CHANGE, t0)
+        action, reason, label = body.get("action"), body.get("reason"), body.get("label", "")
+
+        def refuse(status: int, code: str, message: str, why: str) -> Awaitable[NoReturn]:
+            return trail.deny(event, status, code, message, t0, why)
+
+        if action not in ("block", "unblock"):
+            await refuse(400, "bad_request", "action: block or unblock", "bad_request")
+        if not isinstance(reason, str) or len(reason.strip()) < 3:
+            await refuse(
+                400, "bad_request", "reason: say why (the subject's request, a ticket)", "no_reason"
+            )
+        problem = _label_problem(label, raw)
+        if problem is not None:
+            await refuse(400, "bad_request", problem, "bad_label")
+        assert isinstance(reason, str) and isinstance(label, str)
+        current = self._blocks.current(forms)
+        if action == "unblock" and current is None:
+            await refuse(
+                409,
+                "not_blocked",
+                "this data subject is not blocked: nothing to unblock",
+                "not_blocked",
+            )
+        if action == "block" and current is not None:
+            await refuse(409, "already_blocked", _already(current), "already_blocked")
+        # An unblock lifts the block in force, made under whichever subject key was current then.
+        subject = current.subject if current is not None else forms[0]
+        label = label.strip() or (current.label if current is not None else "")
+        pending = await self._recorder.begin(event)
+        change = self._rights.subject_block_change(
+            actor=principal.user,
+            action=str(action),
+            subject=subject,
+            label=label,
+            reason=reason.strip(),
+        )
         try:
             rec = await self._blocks.change(
                 actor=principal.user,
@@ -122,6 +194,8 @@ class BlocksAPI:
                 subject=subject,
                 reason=reason.strip(),
                 request_id=request[REQUEST_ID],
+                label=label,
+                also=[change],
             )
         except SpoolUnavailable:
             raise AdminRefused(
@@ -131,12 +205,37 @@ class BlocksAPI:
                 "audit",
                 recorded=True,
             ) from None
-        if rec.action == "block" and self._on_block is not None and isinstance(raw, str):
-            await self._on_block(raw.strip(), reason.strip())
-        return web.json_response(
-            {
-                "result": "blocked" if rec.action == "block" else "unblocked",
-                "block_id": rec.block_id,
-                "request_id": request[REQUEST_ID],
-            }
+        await pending.finish(status=200, duration_us=elapsed_us(t0), response_count=1)
+        if rec.action == "block" and self._on_block is not None:
+            await self._on_block(raw)
+        return _answer(
+            request,
+            result="blocked" if rec.action == "block" else "unblocked",
+            block_id=rec.block_id,
+            change_id=change.change_id,
+            stored=subject,
         )
+
+
+def _filters(ask: Ask, action: Any) -> str:
+    """What was asked, for the access record's ``query`` (never a value the caller typed in)."""
+    if ask is not CHANGE:
+        return "status"
+    return f"action={action}" if action in ("block", "unblock") else "action=-"
+
+
+def _already(current: BlockRecord) -> str:
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(current.ts_us / 1e6))
+    return f"this data subject is already blocked (since {since}, by {current.actor})"
+
+
+def _label_problem(label: Any, subject: str) -> str | None:
+    """A label names the case for the DPO (a ticket, "request of 3 Dec"), never the person: it
+    is kept as written, so it must not hold the id the trail keeps only as a hash (5.3)."""
+    if not isinstance(label, str):
+        return "label: a short text"
+    if len(label) > MAX_LABEL_CHARS or any(ord(c) < 0x20 or ord(c) == 0x7F for c in label):
+        return f"label: at most {MAX_LABEL_CHARS} printable characters"
+    if re.search(rf"(?<![0-9A-Za-z]){re.escape(subject)}(?![0-9A-Za-z])", label):
+        return "label: must not contain the subject's id (5.3): name the case, e.g. a ticket"
+    return None

@@ -27,14 +27,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
 
-from gateway.audit.events import COMPLETE, AccessEvent, Outcome, access
+from gateway.audit.events import COMPLETE, AccessEvent, access
+from gateway.audit.recorder import Pending, Recorder
 from gateway.audit.refusals import AnonymousRefusals
-from gateway.audit.spool import Spool
 from gateway.config.model import Config, Route
 from gateway.core.errors import AuthenticationError, BadRequest, Refused, SpoolUnavailable
 from gateway.core.ids import new_id
@@ -62,6 +63,7 @@ from gateway.web.boundary import REQUEST_ID, error_response
 from gateway.web.browser import BrowserLogin
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class _BlockedInResponse(Exception):
@@ -115,7 +117,7 @@ class Pipeline:
         routes: RouteTable,
         verifier: TokenVerifier,
         policies: PolicyStore,
-        spool: Spool,
+        recorder: Recorder,
         forwarder: Forwarder,
         metrics: Metrics,
         access_rights: AccessRights | None = None,
@@ -129,7 +131,7 @@ class Pipeline:
         self._routes = routes
         self._verifier = verifier
         self._policies = policies
-        self._spool = spool
+        self._recorder = recorder
         self._forwarder = forwarder
         self._metrics = metrics
         self._rights = access_rights
@@ -255,9 +257,10 @@ class Pipeline:
             )
 
         event = self._event(ctx, "allow", reason)
+        pending = None
         if route.carries_personal_data:
-            await self._record(ctx, event, "access")
-        return await self._forward(request, ctx, event)
+            pending = await self._recording(ctx, "access", self._recorder.begin(event))
+        return await self._forward(request, ctx, pending)
 
     async def _identify(self, request: web.Request, ctx: _Context) -> Principal:
         """One rule: an Authorization header decides alone (bearer); without one, the session
@@ -293,7 +296,7 @@ class Pipeline:
             self._anonymous.count(ctx.route_name, reason, status, ctx.client_ip, ctx.request_id)
 
     async def _forward(
-        self, request: web.Request, ctx: _Context, event: AccessEvent
+        self, request: web.Request, ctx: _Context, pending: Pending | None
     ) -> web.StreamResponse:
         assert ctx.principal is not None
         route = ctx.route
@@ -313,18 +316,18 @@ class Pipeline:
 
         async def record_outcome(outcome: str) -> None:
             nonlocal recorded
-            if recorded or not route.carries_personal_data:
+            if recorded or pending is None:  # pending is None: a route without personal data
                 return
             recorded = True
-            rec = self._outcome(ctx, event, exchange, outcome)
+            values = self._outcome(ctx, exchange, outcome)
             # 6.5: a list response naming a blocked subject loses its last chunk (headers and
             # status are gone already): recorded as such, then the connection is cut.
             listed = exchange.copy.found if exchange.copy is not None else None
             blocked = listed is not None and self._blocked_for(ctx, listed.subjects)
             if blocked:
-                rec.outcome = "subject_blocked"
+                values["outcome"] = "subject_blocked"
                 self._metrics.child(self._metrics.denials, route.name, "subject_blocked").inc()
-            await self._record(ctx, rec, "outcome")
+            await self._recording(ctx, "outcome", pending.finish(**values))
             if blocked:
                 raise _BlockedInResponse
 
@@ -400,14 +403,15 @@ class Pipeline:
         self._count_route(ctx.route_name, "deny", status)
         self._metrics.child(self._metrics.denials, ctx.route_name, reason).inc()
         event = self._event(ctx, "deny", reason)
-        event.refuse(status, reason, int((time.perf_counter() - ctx.t0) * 1e6))
-        await self._record(ctx, event, "access")
+        duration = int((time.perf_counter() - ctx.t0) * 1e6)
+        await self._recording(ctx, "access", self._recorder.refuse(event, status, reason, duration))
         raise Denied(status, code, message, reason)
 
-    async def _record(self, ctx: _Context, event: AccessEvent | Outcome, kind: str) -> None:
-        """Append to the spool; any failure is SpoolUnavailable (503): no audit, no access."""
+    async def _recording(self, ctx: _Context, kind: str, write: Awaitable[T]) -> T:
+        """Await one write of the recorder; any failure is SpoolUnavailable (503): no audit, no
+        access."""
         try:
-            await self._spool.append(event, admission=kind == "access")
+            result = await write
         except SpoolUnavailable as e:
             self._metrics.child(self._metrics.denials, ctx.route_name, "audit_unavailable").inc()
             log.error(
@@ -420,6 +424,7 @@ class Pipeline:
             log.exception("audit record failed; request refused")
             raise SpoolUnavailable("audit_error") from e
         self._metrics.audit_record(kind)
+        return result
 
     def _event(self, ctx: _Context, decision: str, reason: str) -> AccessEvent:
         p = ctx.principal
@@ -435,11 +440,12 @@ class Pipeline:
             session=ctx.session,
             method=ctx.method,
             # 5.3: the subject's id, where it appears, as a keyed hash (decision 015).
-            path=self._hasher.path(r, ctx.path, ctx.subjects),
+            path=self._hasher.path(r, ctx.path),
             query=self._hasher.query(r, ctx.query),
             route=ctx.route_name,
             system=r.system if r else "",
             category=r.category if r else "",
+            purpose=r.purpose if r else "",
             action=ctx.action,
             subject_ids=[self._hasher.stored(s) for s in ctx.subjects],
             decision=decision,
@@ -448,17 +454,15 @@ class Pipeline:
             policy_version=d.policy_version if d else self._policies.engine.version,
         )
 
-    def _outcome(
-        self, ctx: _Context, event: AccessEvent, exchange: Exchange, outcome: str
-    ) -> Outcome:
+    def _outcome(self, ctx: _Context, exchange: Exchange, outcome: str) -> dict[str, Any]:
+        """The outcome record's values (``Pending.finish``)."""
         listed: list[str] = []
         count = capped = 0
         if exchange.copy is not None and outcome == COMPLETE and 200 <= exchange.status < 300:
             found = extract(exchange.copy)
             listed = [self._hasher.stored(s) for s in found.subjects]  # 5.3
             count, capped = found.count, int(found.capped)
-        return Outcome(
-            event_id=event.event_id,
+        return dict(
             status=exchange.status,
             bytes_in=exchange.bytes_in,
             bytes_out=exchange.bytes_out,

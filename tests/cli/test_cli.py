@@ -63,6 +63,24 @@ async def test_audit_tail_shows_the_joined_events(gw: Gw, keys: Keys) -> None:
     assert "1 refused" in second and "missing_token" in second
 
 
+async def test_audit_tail_shows_session_and_block_records_too(tmp_path: Path) -> None:
+    from gateway.audit.events import AuthEvent, SubjectBlock
+    from gateway.audit.recorder import Recorder
+    from gateway.audit.spool import Spool
+
+    spool = Spool(tmp_path, instance="gw-1")
+    spool.open()
+    recorder = Recorder(spool)
+    await recorder.note(AuthEvent("e1", 1, "r1", "alice", ["hr_officer"], "::1", "login", "", "s"))
+    await recorder.note(SubjectBlock("b1", 2, "grace", "block", "h:k:x", "request", "r2", "DPO-1"))
+    spool.close()
+    out = run_cli("audit", "tail", "--spool", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    login, block = out.stdout.splitlines()
+    assert "SESSION login user=alice" in login
+    assert "SUBJECT block h:k:x label=DPO-1 by grace" in block
+
+
 def test_audit_tail_reports_a_missing_spool() -> None:
     out = run_cli("audit", "tail", "--spool", "/nonexistent/spool")
     assert out.returncode == 2 and "/nonexistent/spool" in out.stderr

@@ -8,18 +8,17 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import shutil
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.identity.sessions import append_revocation
 from gateway.testing.chserver import free_port
-from tests.conftest import ROOT, ROUTES, ServeFactory, spool_records
+from tests.conftest import ROOT, ROUTES, Keys, ServeFactory, spool_records
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
 
 CHROMIUM = "/usr/bin/chromium"
@@ -100,6 +99,7 @@ async def test_a_staff_member_logs_in_works_and_logs_out_in_a_real_browser(
     browser: Any,
     shots: Callable[[str], Path],
     tmp_path: Path,
+    keys: Keys,
 ) -> None:
     app_server: TestServer = await aiohttp_server(_demo_upstream().build_app())
     app_url = str(app_server.make_url("")).rstrip("/")
@@ -125,6 +125,7 @@ async def test_a_staff_member_logs_in_works_and_logs_out_in_a_real_browser(
         listen={"proxy": {"port": GATEWAY_PORT}},
         routes=[*ROUTES, HR_APP],
         oidc=oidc_section(tmp_path, provider, GATEWAY_PORT),
+        authz={"policy_admin_roles": ["security_officer"]},
     )
     gw_url = served.proxy_url
     context = await browser.new_context()
@@ -199,7 +200,16 @@ async def test_a_staff_member_logs_in_works_and_logs_out_in_a_real_browser(
     # 8. The app's own fetch (XHR) with a revoked session gets 401, not a redirect.
     await page.goto(gw_url + "/hr/")  # the refusal page's CSP forbids scripts' requests
     assert await page.evaluate("fetch('/hr/').then(r => r.status)") == 200
-    append_revocation(tmp_path / "revoked.jsonl", "alice", time.time(), "test")
+    frank = {"Authorization": f"Bearer {keys.token('frank', ['security_officer'])}"}
+    async with (  # an operator revokes her sessions (9.2.7)
+        aiohttp.ClientSession() as http,
+        http.post(
+            served.admin_url + "/admin/sessions/revoke",
+            json={"user": "alice", "reason": "incident 12"},
+            headers=frank,
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
     await asyncio.sleep(0.4)  # the revocation list's poll interval here: 0.2 s
     assert await page.evaluate("fetch('/hr/').then(r => r.status)") == 401
     await page.goto(gw_url + "/hr/")  # a navigation logs in again (the provider remembers alice)

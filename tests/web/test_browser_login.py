@@ -292,20 +292,43 @@ async def test_a_revoked_session_is_refused_by_a_second_gateway_process(
     other_home.mkdir()
     port = PORTS[-1]
     oidc = oidc_section(tmp_path, provider, port)
+    token_file = tmp_path / "frank.token"
+    token_file.write_text(keys.token("frank", ["security_officer"]))
     with run_gateway(
-        other_home, keys, upstream.url, oidc=oidc, audit={"spool_dir": str(other_home / "spool")}
+        other_home,
+        keys,
+        upstream.url,
+        oidc=oidc,
+        audit={"spool_dir": str(other_home / "spool")},
+        authz={"policy_admin_roles": ["security_officer"]},
     ) as second:
         async with aiohttp.ClientSession() as http:
             url = second.url + "/hr/employees/1001"
             h = {**XHR, "Cookie": f"pdgw-session={cookie}"}
             async with http.get(url, headers=h) as resp:
                 assert resp.status == 200  # one key, any replica: the session works there
-            cfg_path = other_home / "gateway.yaml"
-            done = run_cli("session", "revoke", "alice", "--config", str(cfg_path))
+            done = await asyncio.to_thread(
+                run_cli,
+                *("session", "revoke", "alice", "--reason", "incident 7"),
+                *("--gateway", second.admin, "--token-file", str(token_file)),
+            )
             assert done.returncode == 0, done.stderr
+            # 9.2.7: on record at once, not when the cookie next comes back.
+            (change,) = [
+                r for r in spool_records(other_home / "spool") if r["kind"] == "permission_change"
+            ]
+            assert (change["change_kind"], change["user"], change["actor"]) == (
+                "sessions_revoked",
+                "alice",
+                "frank",
+            )
+            assert change["change_id"] in done.stdout
             await asyncio.sleep(0.5)  # the poll bound of this config (0.2 s)
             async with http.get(url, headers=h) as resp:
                 assert resp.status == 401
+            # ... and on the first gateway, which reads the same revocation list.
+            resp, _ = await gw.get("/hr/employees/1001", {"pdgw-session": cookie}, headers=XHR)
+            assert resp.status == 401
         second.kill(15)
     revoked = [
         r
@@ -313,6 +336,7 @@ async def test_a_revoked_session_is_refused_by_a_second_gateway_process(
         if r["kind"] == "auth_event" and r["event"] == "revoked"
     ]
     assert [(r["user"], r["reason"]) for r in revoked] == [("alice", "session_revoked")]
+    assert "alice" not in (tmp_path / "revoked.jsonl").read_text()  # hashed at rest
 
 
 async def test_revoke_user_ends_the_users_sessions_at_once_on_this_replica(
@@ -441,12 +465,10 @@ async def test_a_role_change_seen_at_refresh_ends_every_session_of_the_user(
         provider.set_roles("mallory", ["support_agent"])
     events = [(e["event"], e["reason"], e["user"]) for e in gw.auth_events()]
     assert events == [("login", "", "mallory"), ("revoked", "role_change", "mallory")]
-    (line,) = [json.loads(x) for x in (gw.shared / "revoked.jsonl").read_text().splitlines()]
-    assert (line["user"], line["reason"], line["actor"]) == (
-        "mallory",
-        "role_change",
-        "gateway:gw-test",
-    )
+    text = (gw.shared / "revoked.jsonl").read_text()
+    (line,) = [json.loads(x) for x in text.splitlines()]
+    assert (line["reason"], line["actor"]) == ("role_change", "gateway:gw-test")
+    assert line["user_hash"].startswith("u:") and "mallory" not in text
 
 
 async def test_with_tls_the_cookies_are_host_prefixed_and_secure(
