@@ -437,6 +437,7 @@ def _pipeline(
                 for name, t in cfg.upstream_tls.items()
             },
             gateway_cookies=browser.cookie_names if browser is not None else frozenset(),
+            upstream_urls=tuple(cfg.upstreams.values()),
         ),
         metrics=gw.metrics,
         access_rights=gw.rights,

@@ -39,6 +39,7 @@ from gateway.config.model import Config, Route
 from gateway.core.errors import AuthenticationError, BadRequest, Refused, SpoolUnavailable
 from gateway.core.ids import new_id
 from gateway.core.metrics import Metrics
+from gateway.forwarding.addresses import public_hosts
 from gateway.forwarding.forwarder import (
     ClientAborted,
     Exchange,
@@ -46,7 +47,7 @@ from gateway.forwarding.forwarder import (
     Forwarder,
     UpstreamError,
 )
-from gateway.forwarding.headers import check_request_headers, client_address
+from gateway.forwarding.headers import check_request_headers, client_address, public_origin
 from gateway.forwarding.method_override import effective_method
 from gateway.forwarding.response_subjects import ResponseCopy, extract
 from gateway.forwarding.routing import RouteTable, canonical_path, subject_ids
@@ -138,6 +139,7 @@ class Pipeline:
         self._browser = browser
         self._blocks = blocks
         self._hasher = hasher if hasher is not None else SubjectHasher([])
+        self._public_hosts = public_hosts(cfg.proxy.public_hosts)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path, _, raw_query = request.raw_path.partition("?")
@@ -154,6 +156,10 @@ class Pipeline:
         try:
             ctx.path = canonical_path(request.raw_path)
             check_request_headers(request.headers, self._cfg.proxy.strip_headers)
+            if self._public_hosts is not None:
+                origin = public_origin(request, self._cfg.proxy.trusted_proxies)
+                if not self._public_hosts & {origin.host, f"{origin.host}:{origin.port}"}:
+                    raise BadRequest("unknown_host")  # decision 022
             ctx.route = self._routes.match(ctx.path, request.method)
         except BadRequest as e:
             refused = e  # answered after identity (step 4)

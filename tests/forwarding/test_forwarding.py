@@ -200,6 +200,7 @@ def test_the_forwarder_drops_owned_names_in_any_spelling() -> None:
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",
+        "x-forwarded-port",
     }
     assert out["X-PD-User"] == "alice"
 
@@ -385,6 +386,7 @@ async def test_rewrite_and_identity_headers_never_reach_the_upstream(
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",
+        "x-forwarded-port",
     }
     assert "HTTP_PROXY" not in seen["http"]  # httpoxy
 
