@@ -51,11 +51,18 @@ def run_provider(
     gateway_ports: list[int],
     users: dict[str, list[str]] | None = None,
     ttl: dict[str, int] | None = None,
+    *,
+    refresh_tokens: str = "always",
+    end_session: bool = True,
+    host: str = "127.0.0.1",
 ) -> Iterator[Provider]:
     """A provider whose one confidential client may return to ``/_pdgw/callback`` on each of
-    ``gateway_ports`` (the gateways the test will start there)."""
+    ``gateway_ports`` (the gateways the test will start there). ``refresh_tokens="spec"``: only
+    for `offline_access` with `prompt=consent` (oidc-provider's own rule); ``end_session``:
+    RP-initiated logout offered; ``host``: the issuer's host name (`localhost` keeps its cookies
+    apart from gateways on 127.0.0.1, as another site's would be)."""
     port = free_port()
-    issuer = f"http://127.0.0.1:{port}"
+    issuer = f"http://{host}:{port}"
     secret = secrets.token_urlsafe(24)
     origins = [f"{scheme}://127.0.0.1:{p}" for p in gateway_ports for scheme in ("http", "https")]
     cfg = {
@@ -63,6 +70,8 @@ def run_provider(
         "port": port,
         "users": dict(users or USERS),
         "ttl": ttl or {},
+        "refresh_tokens": refresh_tokens,
+        "end_session": end_session,
         "clients": [
             {
                 "client_id": CLIENT_ID,

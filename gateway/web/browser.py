@@ -32,7 +32,7 @@ from gateway.core.errors import AuthenticationError, Refused
 from gateway.core.ids import new_id
 from gateway.core.metrics import Metrics
 from gateway.identity.csrf import cross_site_reason, is_navigation
-from gateway.identity.oidc import OidcClient
+from gateway.identity.oidc import OidcClient, TokenSet
 from gateway.identity.sessions import (
     LoginState,
     RevocationList,
@@ -42,7 +42,7 @@ from gateway.identity.sessions import (
     new_secret,
 )
 from gateway.identity.tokens import Principal
-from gateway.web.boundary import REQUEST_ID, html_page
+from gateway.web.boundary import REQUEST_ID, html_page, wants_html
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,15 @@ CALLBACK = GATEWAY_PATH_PREFIX + "callback"
 LOGIN = GATEWAY_PATH_PREFIX + "login"
 LOGOUT = GATEWAY_PATH_PREFIX + "logout"
 LOGGED_OUT = GATEWAY_PATH_PREFIX + "logged-out"
+RENEWED = GATEWAY_PATH_PREFIX + "renewed"
+# What a provider answers a `prompt=none` login it cannot complete silently (OIDC Core §3.1.2.6):
+# then the person is asked to log in.
+SILENT_REFUSALS = frozenset(
+    {"login_required", "interaction_required", "consent_required", "account_selection_required"}
+)
+# Logout clears what this site left in the browser: its cache (Back shows nothing), its cookies
+# (the apps' own sessions too) and its storage (W3C Clear Site Data).
+CLEAR_SITE_DATA = '"cache", "cookies", "storage"'
 MAX_RETURN_TO = 2048
 TOUCH_EVERY = 60.0  # the idle timer is renewed (a new cookie) at most once a minute
 
@@ -77,6 +86,32 @@ class LoginRefused(Refused):
     """A login, logout or return path refused; ``reason`` for the trail only."""
 
 
+class RenewalDue(AuthenticationError):
+    """The session is due for renewal and has no refresh token: a navigation renews it with a
+    silent login (decision 023); any other request is refused until then."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__("session_renewal_due")
+        self.session = session
+
+
+class LoginRequired(Refused):
+    """A browser request without a usable session that cannot be sent to log in (not a GET
+    navigation): a page, or JSON, that says so and links to the login (decision 023)."""
+
+    def __init__(self, reason: str, *, resend: bool) -> None:
+        message = (
+            "your session at this gateway has ended, so what you sent has not been saved. "
+            "Log in again in a new tab with the link below, then come back to this tab and "
+            "reload it: your browser will offer to send the form again"
+            if resend
+            else "your session at this gateway has ended: log in again"
+        )
+        super().__init__(401, "login_required", message, reason)
+        self.public_link = ("Log in again (opens a new tab)", LOGIN + "?return_to=" + RENEWED, True)
+        self.public_details = {"login_url": LOGIN}
+
+
 def safe_return_to(value: str | None) -> str | None:
     """A same-origin path to return to after login, or None (open redirects refused): an
     absolute path, not `//host` or `/\\host` (browsers read both as another host), no scheme,
@@ -90,7 +125,7 @@ def safe_return_to(value: str | None) -> str | None:
     parts = urlsplit(value)
     if parts.scheme or parts.netloc:
         return None
-    if value.startswith(GATEWAY_PATH_PREFIX):
+    if value.startswith(GATEWAY_PATH_PREFIX) and value != RENEWED:
         return None  # never back into the login machinery
     return value
 
@@ -138,11 +173,6 @@ class BrowserLogin:
             self._metrics.csrf_refusals.labels(reason).inc()
         return reason
 
-    def wants_login_redirect(self, request: web.Request) -> bool:
-        return "Authorization" not in request.headers and is_navigation(
-            request.method, request.headers
-        )
-
     async def authenticate(self, request: web.Request) -> tuple[Principal, str]:
         value = request.cookies.get(self.session_cookie)
         if not value:
@@ -160,6 +190,8 @@ class BrowserLogin:
             await self._event(request, "revoked", "session_revoked", session)
             raise AuthenticationError("session_revoked")
         now = self._clock()
+        if now >= session.refresh_at and not session.refresh_token:
+            raise RenewalDue(session)  # the cookie stays: a silent login renews it
         if now >= session.refresh_at:
             session = await self._refresh(request, session)
         elif now - session.last_seen >= TOUCH_EVERY:
@@ -209,9 +241,25 @@ class BrowserLogin:
     def _refresh_at(self, now: float, p: Principal) -> float:
         return min(now + self._cfg.session.refresh_interval_seconds, p.expires_at)
 
-    async def login_redirect(self, request: web.Request, return_to: str) -> web.HTTPFound:
+    async def unauthenticated(
+        self, request: web.Request, error: AuthenticationError
+    ) -> web.HTTPFound | LoginRequired:
+        """What a browser without a usable session gets (decision 023): a GET navigation is sent
+        to log in — silently (`prompt=none`) when its session is only due for renewal — and
+        comes back to the same URL; anything else a readable refusal that never speaks of
+        bearer tokens, with a link to log in again in a new tab, so a form this tab sent can
+        be sent again from the browser's history."""
+        if is_navigation(request.method, request.headers):
+            renew = error.session if isinstance(error, RenewalDue) else None
+            return await self.login_redirect(request, request.raw_path, renew=renew)
+        return LoginRequired(error.reason, resend=wants_html(request))
+
+    async def login_redirect(
+        self, request: web.Request, return_to: str, *, renew: Session | None = None
+    ) -> web.HTTPFound:
         """Start a login: the login state sealed in its own cookie, the browser sent to the
-        provider with `state`, `nonce` and a PKCE challenge."""
+        provider with `state`, `nonce` and a PKCE challenge. ``renew``: a silent login that
+        keeps this session if the same person comes back."""
         await self._client.ensure_ready()
         login = LoginState(
             state=new_secret(),
@@ -219,9 +267,14 @@ class BrowserLogin:
             code_verifier=new_secret(),
             return_to=safe_return_to(return_to) or "/",
             started_at=self._clock(),
+            renews=renew.sid if renew else "",
+            renews_user=renew.user if renew else "",
+            created_at=renew.created_at if renew else 0.0,
         )
         self._set_logins(request, [*self._pending_logins(request), login])
-        url = self._client.authorize_url(login.state, login.nonce, login.code_verifier)
+        url = self._client.authorize_url(
+            login.state, login.nonce, login.code_verifier, silent=renew is not None
+        )
         return web.HTTPFound(url, headers={"Cache-Control": "no-store"})
 
     # -- the gateway's own pages -------------------------------------------------------------
@@ -232,6 +285,7 @@ class BrowserLogin:
             ("GET", CALLBACK): self.callback_handler,
             ("POST", LOGOUT): self.logout_handler,
             ("GET", LOGGED_OUT): self.logged_out_handler,
+            ("GET", RENEWED): self.renewed_handler,
         }
         handler = handlers.get((request.method, request.path))
         if handler is None:
@@ -273,6 +327,11 @@ class BrowserLogin:
         if self._state_used(login):
             await self._fail(request, "state_replayed")
         if "error" in request.query:
+            if login.renews and request.query["error"] in SILENT_REFUSALS:
+                # The provider cannot renew silently (its own session ended): ask the person.
+                await self._event(request, "expired", "silent_login_refused", None)
+                self._clear(request, self.session_cookie)
+                raise await self.login_redirect(request, login.return_to)
             await self._fail(request, "provider_refused")  # its error text is not kept
         code = request.query.get("code")
         if not code:
@@ -281,20 +340,39 @@ class BrowserLogin:
             tokens = await self._client.exchange(code, login.code_verifier, login.nonce)
         except AuthenticationError as e:
             await self._fail(request, e.reason)
+        session, event, reason = await self._session_from_login(request, login, tokens)
+        self._set(request, self.session_cookie, self._codec.seal(session))
+        await self._event(request, event, reason, session)
+        raise web.HTTPFound(login.return_to, headers={"Cache-Control": "no-store"})
+
+    async def _session_from_login(
+        self, request: web.Request, login: LoginState, tokens: TokenSet
+    ) -> tuple[Session, str, str]:
+        """A new session, or — a silent re-login of the same person with the same job
+        functions — the renewed one, its id and login time kept (so its absolute timeout and
+        any revocation still apply: decision 023). A different job-function set ends every
+        session of the user, as a refresh does, and starts a new one."""
         now = self._clock()
         p = tokens.principal
+        created, sid, event, reason = now, new_secret(), "login", ""
+        if login.renews and p.user == login.renews_user:
+            old = self._codec.open_unchecked(request.cookies.get(self.session_cookie, ""))
+            if old is not None and old.sid == login.renews and old.roles == p.roles:
+                created, sid, event, reason = login.created_at, old.sid, "refresh", "silent_login"
+            elif old is not None and old.sid == login.renews:
+                at = await self._revocations.revoke(p.user, "role_change")
+                await self._event(request, "revoked", "role_change", old)
+                created = max(now, at + 0.001)  # after the revocation it just wrote
         session = Session(
-            sid=new_secret(),
+            sid=sid,
             user=p.user,
             roles=p.roles,
-            created_at=now,
+            created_at=created,
             last_seen=now,
             refresh_at=self._refresh_at(now, p),
             refresh_token=tokens.refresh_token,
         )
-        self._set(request, self.session_cookie, self._codec.seal(session))
-        await self._event(request, "login", "", session)
-        raise web.HTTPFound(login.return_to, headers={"Cache-Control": "no-store"})
+        return session, event, reason
 
     def _pending_logins(self, request: web.Request) -> list[LoginState]:
         value = request.cookies.get(self.login_cookie)
@@ -346,16 +424,37 @@ class BrowserLogin:
             # Every session of the user ends, on every replica within the poll bound.
             await self._revocations.revoke(session.user, "logout")
             await self._event(request, "logout", "", session)
-        target = self._client.end_session_url(self._cfg.origin + LOGGED_OUT) or LOGGED_OUT
-        raise web.HTTPSeeOther(target, headers={"Cache-Control": "no-store"})
+        # Logged out at the provider too where it offers RP-initiated logout, back to a
+        # post_logout_redirect_uri registered with it; otherwise the page says what remains.
+        target = self._client.end_session_url(self._cfg.origin + LOGGED_OUT)
+        raise web.HTTPSeeOther(
+            target or LOGGED_OUT + "?provider=kept",
+            headers={"Cache-Control": "no-store", "Clear-Site-Data": CLEAR_SITE_DATA},
+        )
 
     async def logged_out_handler(self, request: web.Request) -> web.StreamResponse:
+        message = "You have logged out. Every session of yours at this gateway has ended."
+        if request.query.get("provider") == "kept":
+            message += (
+                " Your organisation's sign-in service offers no logout to this gateway, so you"
+                " may still be signed in there: close every browser window before you leave a"
+                " shared computer."
+            )
         return html_page(
             200,
             "Logged out",
-            "You have logged out. Every session of yours at this gateway has ended.",
+            message,
             request[REQUEST_ID],
             link=("Log in again", self._cfg.home_path),
+        )
+
+    async def renewed_handler(self, request: web.Request) -> web.StreamResponse:
+        return html_page(
+            200,
+            "Logged in again",
+            "You are logged in again. Go back to the tab you were working in and reload it: your"
+            " browser will offer to send the form again. You can close this tab.",
+            request[REQUEST_ID],
         )
 
     # -- helpers --------------------------------------------------------------------------------

@@ -172,9 +172,9 @@ class Pipeline:
             if (
                 browser is not None
                 and browser.accepts(ctx.route)
-                and browser.wants_login_redirect(request)
+                and "Authorization" not in request.headers
             ):
-                raise await browser.login_redirect(request, request.raw_path) from None
+                raise await browser.unauthenticated(request, e) from None
             raise Denied(401, "unauthenticated", e.public_message, e.reason) from None
         except SpoolUnavailable:
             raise
