@@ -159,21 +159,7 @@ class Forwarder:
         strip: frozenset[str] = frozenset(),
     ) -> web.StreamResponse:
         """``strip``: more header names never forwarded (proxy.strip_headers, normalised)."""
-        headers = upstream_headers(
-            request,
-            trusted=self._trusted,
-            forward_authorization=self._forward_authorization,
-            injected=injected,
-            strip=strip,
-            keep_override="header" in route.method_override,
-            preserve_host=route.host == "preserve",
-        )
-        if self._own_cookies and "Cookie" in headers:
-            kept = [without_cookies(c, self._own_cookies) for c in headers.getall("Cookie")]
-            del headers["Cookie"]
-            for value in kept:
-                if value is not None:
-                    headers.add("Cookie", value)
+        headers = self.request_headers(request, route, injected, strip)
         # The raw path and query, byte for byte: what was authorised is what is forwarded.
         url = URL(route.upstream_url + request.raw_path, encoded=True)
 
@@ -225,7 +211,7 @@ class Forwarder:
                 timeout=self._timeout,
                 auto_decompress=False,
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-                ssl=self._ssl.get(route.upstream, True),
+                ssl=self.ssl_for(route),
             )
         except (TimeoutError, aiohttp.ClientError) as e:
             exchange.upstream_seconds = time.perf_counter() - t0
@@ -241,6 +227,31 @@ class Forwarder:
             return await self._relay(request, upstream, head, exchange, before_last_chunk, t0)
         finally:
             upstream.release()
+
+    def request_headers(
+        self, request: web.Request, route: Route, injected: dict[str, str], strip: frozenset[str]
+    ) -> CIMultiDict[str]:
+        """The headers the upstream receives (gateway.forwarding.headers), the gateway's own
+        cookies taken out."""
+        headers = upstream_headers(
+            request,
+            trusted=self._trusted,
+            forward_authorization=self._forward_authorization,
+            injected=injected,
+            strip=strip,
+            keep_override="header" in route.method_override,
+            preserve_host=route.host == "preserve",
+        )
+        if self._own_cookies and "Cookie" in headers:
+            kept = [without_cookies(c, self._own_cookies) for c in headers.getall("Cookie")]
+            del headers["Cookie"]
+            for value in kept:
+                if value is not None:
+                    headers.add("Cookie", value)
+        return headers
+
+    def ssl_for(self, route: Route) -> ssl.SSLContext | bool:
+        return self._ssl.get(route.upstream, True)
 
     @staticmethod
     def _failure(e: BaseException, exchange: Exchange) -> ExchangeError:

@@ -31,7 +31,7 @@ from gateway.config.vocabulary import GATEWAY_PATH_PREFIX
 from gateway.core.errors import AuthenticationError, Refused
 from gateway.core.ids import new_id
 from gateway.core.metrics import Metrics
-from gateway.identity.csrf import cross_site_reason, is_navigation
+from gateway.identity.csrf import cross_site_reason, is_navigation, websocket_origin_reason
 from gateway.identity.oidc import OidcClient, TokenSet
 from gateway.identity.sessions import (
     LoginState,
@@ -166,12 +166,25 @@ class BrowserLogin:
             route is not None and route.name in self._cfg.session_routes
         )
 
-    def cross_site(self, request: web.Request) -> str | None:
-        """CSRF: None, or why a cookie-authenticated request must be refused."""
-        reason = cross_site_reason(request.method, request.headers, self._cfg.origin)
+    def cross_site(self, request: web.Request, *, upgrade: bool = False) -> str | None:
+        """CSRF: None, or why a cookie-authenticated request (``upgrade``: a WebSocket
+        upgrade) must be refused."""
+        reason = (
+            websocket_origin_reason(request.headers, self._cfg.origin)
+            if upgrade
+            else cross_site_reason(request.method, request.headers, self._cfg.origin)
+        )
         if reason is not None:
             self._metrics.csrf_refusals.labels(reason).inc()
         return reason
+
+    def still_valid(self, principal: Principal) -> bool:
+        """Whether a session-authenticated principal's session is neither revoked nor past its
+        absolute timeout (asked by live WebSockets, decision 024)."""
+        created = principal.issued_at
+        if self._clock() >= created + self._cfg.session.absolute_timeout_seconds:
+            return False
+        return not self._revocations.is_revoked(principal.user, created)
 
     async def authenticate(self, request: web.Request) -> tuple[Principal, str]:
         value = request.cookies.get(self.session_cookie)

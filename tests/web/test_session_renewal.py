@@ -8,15 +8,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import pytest
+from aiohttp import WSMsgType, web
 
+from gateway.identity.sessions import append_revocation
 from gateway.testing.chserver import free_port
-from tests.conftest import ServeFactory, Upstream
+from tests.conftest import ROUTES, HandlerUpstream, ServeFactory, Upstream
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
 from tests.web.browserish import NAV, XHR, Browserish
 
@@ -28,6 +32,15 @@ pytestmark = [
 ]
 PORTS = [free_port() for _ in range(6)]
 _ports = itertools.cycle(PORTS)
+LIVE_ROUTE = {
+    "name": "hr-live",
+    "prefix": "/hr/live",
+    "upstream": "hr",
+    "system": "hr",
+    "purpose": "hr_records",
+    "category": "employee",
+    "websocket": True,
+}
 FORM_POST = {
     "Accept": "text/html",
     "Sec-Fetch-Mode": "navigate",
@@ -50,12 +63,18 @@ async def browser_gw(
 ) -> AsyncIterator[Any]:
     made: list[Browserish] = []
 
-    async def make(oidc: dict[str, Any] | None = None, **session: Any) -> Browserish:
+    async def make(
+        oidc: dict[str, Any] | None = None,
+        gateway: dict[str, Any] | None = None,
+        upstream_url: str | None = None,
+        **session: Any,
+    ) -> Browserish:
         port = next(_ports)
         served = await serve_gateway(
-            upstream.url,
+            upstream_url or upstream.url,
             listen={"proxy": {"port": port}},
             oidc={**oidc_section(tmp_path, provider, port, **session), **(oidc or {})},
+            **(gateway or {}),
         )
         b = Browserish(served, provider, tmp_path)
         made.append(b)
@@ -197,3 +216,41 @@ async def test_logout_without_end_session_clears_the_site_and_says_the_provider_
     resp, body = await gw.get("/_pdgw/logged-out?provider=kept")
     assert b"may still be signed in there" in body
     assert [e["event"] for e in gw.auth_events()] == ["login", "logout"]
+
+
+async def test_a_revoked_session_closes_its_live_websockets_and_a_cross_site_page_opens_none(
+    browser_gw: Any, upstream_serving: HandlerUpstream
+) -> None:
+    """Decision 024: a session's sockets close within 2 × revocation_poll_seconds (0.2 s here)
+    of a revocation; an upgrade with the session cookie from another origin is refused (CSWSH)."""
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            await ws.send_str(msg.data)
+        return ws
+
+    live = {**LIVE_ROUTE}
+    gw = await browser_gw(
+        upstream_url=await upstream_serving(echo), gateway={"routes": [live, *ROUTES]}
+    )
+    cookie = await gw.login("alice", "/hr/live/1")
+    headers = {"Cookie": f"pdgw-session={cookie}"}
+    with pytest.raises(aiohttp.WSServerHandshakeError) as cross:
+        await gw.gateway.ws_connect(
+            gw.url + "/hr/live/1", headers={**headers, "Origin": "http://evil.example"}
+        )
+    assert cross.value.status == 403
+    async with gw.gateway.ws_connect(
+        gw.url + "/hr/live/1", headers={**headers, "Origin": gw.url}
+    ) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive()).data == "hi"
+        append_revocation(gw.shared / "revoked.jsonl", "alice", time.time(), "test")
+        msg = await ws.receive(timeout=2)  # bound: 2 × 0.2 s, and then some for the test
+        assert msg.type == WSMsgType.CLOSE and msg.data == 1008
+    await asyncio.sleep(0.1)
+    denied = [r["reason"] for r in gw.records("access") if r["decision"] == "deny"]
+    assert denied == ["csrf_websocket_origin"]
+    assert [r["outcome"] for r in gw.records("outcome")] == ["session_revoked"]
