@@ -84,6 +84,7 @@ def run_provider(
             }
         ],
     }
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "provider.json"
     path.write_text(json.dumps(cfg))
     log = (tmp / "provider.log").open("wb")

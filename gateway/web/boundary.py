@@ -78,15 +78,22 @@ def html_page(
     *,
     link: tuple[str, str] | None = None,
     new_tab: bool = False,
+    form: tuple[str, str] | None = None,
 ) -> web.Response:
     """A small readable HTML page; every value escaped, no script, not cached. ``new_tab``: the
-    link opens in a new tab, so this tab keeps its history (a form the browser can resend)."""
+    link opens in a new tab, so this tab keeps its history (a form the browser can resend);
+    ``form``: a button that POSTs to a same-origin path."""
     target = ' target="_blank" rel="noopener"' if new_tab else ""
     more = (
         f'<p><a id="next" href="{html.escape(link[1])}"{target}>{html.escape(link[0])}</a></p>'
         if link
         else ""
     )
+    if form is not None:  # one button that POSTs to a same-origin path
+        more += (
+            f'<form method="post" action="{html.escape(form[1])}">'
+            f'<button id="submit" type="submit">{html.escape(form[0])}</button></form>'
+        )
     body = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title></head><body>"

@@ -296,6 +296,7 @@ class BrowserLogin:
         handlers: dict[tuple[str, str], Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
             ("GET", LOGIN): self.login_handler,
             ("GET", CALLBACK): self.callback_handler,
+            ("GET", LOGOUT): self.logout_page,
             ("POST", LOGOUT): self.logout_handler,
             ("GET", LOGGED_OUT): self.logged_out_handler,
             ("GET", RENEWED): self.renewed_handler,
@@ -443,6 +444,17 @@ class BrowserLogin:
         raise web.HTTPSeeOther(
             target or LOGGED_OUT + "?provider=kept",
             headers={"Cache-Control": "no-store", "Clear-Site-Data": CLEAR_SITE_DATA},
+        )
+
+    async def logout_page(self, request: web.Request) -> web.StreamResponse:
+        """A page with the logout button, for apps and portals to link to: logout itself is a
+        same-origin POST, so a cross-site link or image cannot log anyone out."""
+        return html_page(
+            200,
+            "Log out",
+            "Log out of every application behind this gateway.",
+            request[REQUEST_ID],
+            form=("Log out", LOGOUT),
         )
 
     async def logged_out_handler(self, request: web.Request) -> web.StreamResponse:
