@@ -105,7 +105,7 @@ class DjangoSite:
 
 def _startproject(tmp: Path, name: str) -> Path:
     root = tmp / name
-    root.mkdir()
+    root.mkdir(parents=True)
     _run([str(BIN / "django-admin"), "startproject", name, str(root)], cwd=tmp)
     return root
 
@@ -228,7 +228,8 @@ def dot_provider(
     cookies apart from gateways on 127.0.0.1, as another site's would be). Provider-side
     configuration only: an RSA key, OIDC on, http redirect URIs (loopback), the `roles` claim
     from the user's groups and `sub` as the username (a validator subclass, DOT's documented
-    way), RP-initiated logout on or off; one confidential client; users with groups."""
+    way), RP-initiated logout on or off, Django's LoginView as the login page; one confidential
+    client; users with groups."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -248,6 +249,8 @@ def dot_provider(
 
 
             class RolesValidator(OAuth2Validator):
+                oidc_claim_scope = {**OAuth2Validator.oidc_claim_scope, "roles": "openid"}
+
                 def get_additional_claims(self, request):
                     user = request.user
                     return {"sub": user.username, "roles": [g.name for g in user.groups.all()]}
@@ -258,7 +261,7 @@ def dot_provider(
         "from .settings import *  # noqa: F403 - the generated settings, unchanged\n\n"
         'INSTALLED_APPS = [*INSTALLED_APPS, "oauth2_provider"]  # noqa: F405\n'
         'ROOT_URLCONF = "idp.with_oidc_urls"\n'
-        'LOGIN_URL = "/admin/login/"\n'
+        'LOGIN_URL = "/accounts/login/"\n'
         "OAUTH2_PROVIDER = "
         + repr(
             {
@@ -275,9 +278,21 @@ def dot_provider(
         + "\n"
     )
     (root / "idp" / "with_oidc_urls.py").write_text(
-        "from django.urls import include, path\n\nfrom .urls import urlpatterns as generated\n\n"
-        'urlpatterns = [*generated, path("o/", include("oauth2_provider.urls", '
-        'namespace="oauth2_provider"))]\n'
+        textwrap.dedent(
+            """
+            from django.contrib.auth.views import LoginView
+            from django.urls import include, path
+
+            from .urls import urlpatterns as generated
+
+            urlpatterns = [
+                *generated,
+                path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
+                # Django's own login view, dressed in the admin's login template.
+                path("accounts/login/", LoginView.as_view(template_name="admin/login.html")),
+            ]
+            """
+        )
     )
     env = {"DJANGO_SETTINGS_MODULE": "idp.with_oidc", "PYTHONPATH": str(root)}
     origins = [f"http://127.0.0.1:{p}" for p in gateway_ports]
@@ -325,7 +340,7 @@ def dot_provider(
     with running(
         [sys.executable, str(root / "manage.py"), "runserver", f"127.0.0.1:{port}", "--noreload"],
         ready_url=issuer + "/.well-known/openid-configuration",
-        log=tmp / "dot.log",
+        log=tmp.parent / "dot.log",
         cwd=root,
         env=env,
     ):

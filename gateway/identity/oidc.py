@@ -121,18 +121,29 @@ class OidcClient:
         return self.metadata
 
     def authorize_url(
-        self, state: str, nonce: str, code_verifier: str, *, silent: bool = False
+        self,
+        state: str,
+        nonce: str,
+        code_verifier: str,
+        *,
+        silent: bool = False,
+        reauthenticate: bool = False,
     ) -> str:
-        """The provider's authorization URL. ``silent``: `prompt=none` (OIDC Core §3.1.2.1), a
-        re-login that shows nothing or fails; otherwise `prompt=consent` when `offline_access`
-        is asked for and oidc.consent_for_offline_access is on (§11: the only way such
-        providers issue a refresh token)."""
+        """The provider's authorization URL (OIDC Core §3.1.2.1). ``silent``: `prompt=none`, a
+        re-login that shows nothing or fails; ``reauthenticate``: `prompt=login`, the person
+        proves who they are again even if the provider has a session; `prompt=consent` when
+        `offline_access` is asked for and oidc.consent_for_offline_access is on (§11: the only
+        way such providers issue a refresh token)."""
         assert self.metadata is not None
-        prompt = {}
+        prompts = []
         if silent:
-            prompt = {"prompt": "none"}
-        elif self._cfg.consent_for_offline_access and "offline_access" in self._cfg.scopes:
-            prompt = {"prompt": "consent"}
+            prompts = ["none"]
+        else:
+            if reauthenticate:
+                prompts.append("login")
+            if self._cfg.consent_for_offline_access and "offline_access" in self._cfg.scopes:
+                prompts.append("consent")
+        prompt = {"prompt": " ".join(prompts)} if prompts else {}
         query = urlencode(
             {
                 "response_type": "code",

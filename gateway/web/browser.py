@@ -157,7 +157,10 @@ class BrowserLogin:
         # sibling host or path can plant or shadow it. Without TLS (the demo) a plain name.
         self.session_cookie = "__Host-pdgw-session" if secure else "pdgw-session"
         self.login_cookie = "__Host-pdgw-login" if secure else "pdgw-login"
-        self.cookie_names = frozenset({self.session_cookie, self.login_cookie})
+        # Set after a logout the provider could not share: the next login asks the provider to
+        # re-authenticate (`prompt=login`), so Back on a shared computer logs nobody in.
+        self.reauth_cookie = "__Host-pdgw-reauth" if secure else "pdgw-reauth"
+        self.cookie_names = frozenset({self.session_cookie, self.login_cookie, self.reauth_cookie})
 
     # -- the pipeline's side -------------------------------------------------------------
 
@@ -286,7 +289,11 @@ class BrowserLogin:
         )
         self._set_logins(request, [*self._pending_logins(request), login])
         url = self._client.authorize_url(
-            login.state, login.nonce, login.code_verifier, silent=renew is not None
+            login.state,
+            login.nonce,
+            login.code_verifier,
+            silent=renew is not None,
+            reauthenticate=self.reauth_cookie in request.cookies,
         )
         return web.HTTPFound(url, headers={"Cache-Control": "no-store"})
 
@@ -356,6 +363,7 @@ class BrowserLogin:
             await self._fail(request, e.reason)
         session, event, reason = await self._session_from_login(request, login, tokens)
         self._set(request, self.session_cookie, self._codec.seal(session))
+        self._clear(request, self.reauth_cookie)
         await self._event(request, event, reason, session)
         raise web.HTTPFound(login.return_to, headers={"Cache-Control": "no-store"})
 
@@ -460,10 +468,11 @@ class BrowserLogin:
     async def logged_out_handler(self, request: web.Request) -> web.StreamResponse:
         message = "You have logged out. Every session of yours at this gateway has ended."
         if request.query.get("provider") == "kept":
+            self._set(request, self.reauth_cookie, "1")  # the next login: prompt=login
             message += (
                 " Your organisation's sign-in service offers no logout to this gateway, so you"
-                " may still be signed in there: close every browser window before you leave a"
-                " shared computer."
+                " may still be signed in there. The next login here asks for your password again;"
+                " still, close every browser window before you leave a shared computer."
             )
         return html_page(
             200,

@@ -215,7 +215,17 @@ async def test_logout_without_end_session_clears_the_site_and_says_the_provider_
     assert resp.headers["Clear-Site-Data"] == '"cache", "cookies", "storage"'
     resp, body = await gw.get("/_pdgw/logged-out?provider=kept")
     assert b"may still be signed in there" in body
-    assert [e["event"] for e in gw.auth_events()] == ["login", "logout"]
+    # The provider's session outlived the logout: the next login must not ride on it.
+    reauth = resp.cookies["pdgw-reauth"].value
+    resp, _ = await gw.get("/hr/employees/1001", {"pdgw-reauth": reauth})
+    assert _query(resp.headers["Location"])["prompt"] == ["login"]
+    callback = await gw.at_provider(resp.headers["Location"], "alice")
+    resp, _ = await gw.get(
+        callback.removeprefix(gw.url),
+        {"pdgw-login": resp.cookies["pdgw-login"].value, "pdgw-reauth": reauth},
+    )
+    assert resp.status == 302 and resp.cookies["pdgw-reauth"]["max-age"] == "0"
+    assert [e["event"] for e in gw.auth_events()] == ["login", "logout", "login"]
 
 
 async def test_a_revoked_session_closes_its_live_websockets_and_a_cross_site_page_opens_none(
