@@ -151,8 +151,15 @@ def django_site(tmp: Path) -> Iterator[DjangoSite]:
     _run([*manage, "migrate", "--noinput"], root, env)
     site = DjangoSite(url="", root=root)
     _run(
-        [*manage, "createsuperuser", "--noinput", "--username", site.admin_user]
-        + ["--email", "admin@example.org"],
+        [
+            *manage,
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            site.admin_user,
+            "--email",
+            "a@b.c",
+        ],
         root,
         {**env, "DJANGO_SUPERUSER_PASSWORD": site.admin_password},
     )

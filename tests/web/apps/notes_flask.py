@@ -16,7 +16,6 @@ from flask import Flask, abort, redirect, render_template_string, send_from_dire
 from flask_login import (
     LoginManager,
     UserMixin,
-    current_user,
     login_required,
     login_user,
     logout_user,
