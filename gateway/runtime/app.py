@@ -52,7 +52,8 @@ from gateway.web.admin import build_admin_app, latest_checkpoint_handler
 from gateway.web.audit_api import AuditAPI
 from gateway.web.blocks_api import BlocksAPI
 from gateway.web.boundary import error_middleware
-from gateway.web.browser import BrowserLogin, add_pending_cookies
+from gateway.web.browser import BrowserLogin
+from gateway.web.login import add_pending_cookies
 from gateway.web.pipeline import Pipeline, expect_handler
 from gateway.web.policy_api import break_glass_handler, policy_put_handler
 

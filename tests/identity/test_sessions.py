@@ -20,7 +20,7 @@ from gateway.identity.sessions import (
     SessionCodec,
     SessionInvalid,
 )
-from gateway.web.browser import safe_return_to
+from gateway.web.login import safe_return_to
 
 ORIGIN = "https://gw.example"
 
