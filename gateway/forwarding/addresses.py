@@ -216,7 +216,7 @@ class AddressGuard:
         if (host, port) == (public.host, public.port):
             return value
         if upstream is not None and (host, port) == (upstream.host, upstream.port):
-            return f"{public}{tail or '/'}"
+            return f"{public}{tail if tail.startswith('/') else '/' + tail}"
         if self.internal(host):
             raise InternalAddress(host)
         return value

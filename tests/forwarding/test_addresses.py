@@ -53,6 +53,12 @@ def test_a_url_naming_the_upstream_in_any_spelling_is_rewritten_to_the_public_or
     assert _url(value) == "https://gw.example.org/admin/?next=/x#top"
 
 
+def test_a_rewritten_url_without_a_path_gets_the_root_path() -> None:
+    assert _url("http://10.0.0.5:8000") == "https://gw.example.org/"
+    assert _url("http://10.0.0.5:8000?a=1") == "https://gw.example.org/?a=1"
+    assert _url("//10.0.0.5:8000#x") == "https://gw.example.org/#x"
+
+
 @pytest.mark.parametrize(
     "value",
     [
