@@ -59,6 +59,7 @@ from gateway.web.login import (
 log = logging.getLogger(__name__)
 
 TOUCH_EVERY = 60.0  # the idle timer is renewed (a new cookie) at most once a minute
+MIN_RENEWAL_SECONDS = 30.0  # the soonest a session is renewed again after a login or renewal
 
 
 class BrowserLogin:
@@ -186,7 +187,11 @@ class BrowserLogin:
         await self._revocations.revoke(user, reason)
 
     def _refresh_at(self, now: float, p: Principal) -> float:
-        return min(now + self._cfg.session.refresh_interval_seconds, p.expires_at)
+        """The next renewal: the refresh interval or the ID token's expiry, whichever is first —
+        but not sooner than MIN_RENEWAL_SECONDS, so a provider whose ID tokens expire at once
+        cannot bounce every navigation through a silent login (decision 023)."""
+        due = min(now + self._cfg.session.refresh_interval_seconds, p.expires_at)
+        return max(due, now + min(MIN_RENEWAL_SECONDS, self._cfg.session.refresh_interval_seconds))
 
     async def unauthenticated(
         self, request: web.Request, error: AuthenticationError
