@@ -5,6 +5,9 @@ Order, and why:
   2. canonical path, route — routing and authorisation see exactly what is forwarded; a refusal
                              (400, 404) is decided here but answered only after identity, so
                              routes are not enumerable anonymously and the refusal is attributed.
+                             Here too: a Host outside proxy.public_hosts (decision 022), an
+                             upgrade other than WebSocket, or one on a route that does not
+                             declare it (decision 024).
   3. identity              — bearer JWT → Principal, or the browser session cookie when the
                              request has no Authorization header (gateway/web/browser.py). Without
                              either: 401 (a browser navigation: redirect to login), counted in
@@ -18,6 +21,8 @@ Order, and why:
   8. audit the decision    — durable in the spool *before* the upstream sees anything (9.1.8);
                              if it cannot be recorded the request is refused (503).
   9. forward               — streaming; the outcome is recorded before the last chunk goes out.
+                             A WebSocket is relayed instead (web/sockets.py); its outcome is
+                             recorded when it closes.
 Every failure inside 3-8 is a deny that is itself recorded; nothing in that span fails open.
 Every refusal with a valid token is an event of its own, on any route.
 """
