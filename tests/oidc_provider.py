@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from gateway.testing.chserver import free_port
 from tests.conftest import ROOT
@@ -116,8 +117,16 @@ def run_provider(
         log.close()
 
 
+class ProviderLike(Protocol):
+    """What the gateway's `oidc` section needs of a provider (this one or tests/realapps.py's)."""
+
+    issuer: str
+    client_id: str
+    client_secret: str
+
+
 def oidc_section(
-    tmp: Path, provider: Provider, gateway_port: int, scheme: str = "http", **session: object
+    tmp: Path, provider: ProviderLike, gateway_port: int, scheme: str = "http", **session: object
 ) -> dict[str, object]:
     """The gateway config's `oidc` section for a gateway on ``gateway_port``; the session key
     and revocation list live in ``tmp`` (shared by every gateway given the same ``tmp``)."""

@@ -239,7 +239,7 @@ async def test_flask_app_behind_the_gateway_with_django_oauth_toolkit_without_en
             notes,
             listen={"proxy": {"port": gw_port}},
             routes=[route("notes", "/")],
-            oidc=oidc_section(tmp_path, provider, gw_port, refresh_interval_seconds=3),  # type: ignore[arg-type]
+            oidc=oidc_section(tmp_path, provider, gw_port, refresh_interval_seconds=3),
         )
         gw = served.proxy_url
         async with chromium() as browser:
@@ -395,7 +395,7 @@ async def test_django_oauth_toolkit_end_session_logs_out_at_the_provider_too(
             str(app.make_url("")).rstrip("/"),
             listen={"proxy": {"port": gw_port}},
             routes=[route("live", "/live", websocket=True)],
-            oidc=oidc_section(tmp_path, provider, gw_port),  # type: ignore[arg-type]
+            oidc=oidc_section(tmp_path, provider, gw_port),
         )
         gw = served.proxy_url
         async with chromium() as browser:
