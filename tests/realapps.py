@@ -158,7 +158,7 @@ def django_site(tmp: Path) -> Iterator[DjangoSite]:
             "--username",
             site.admin_user,
             "--email",
-            "a@b.c",
+            "admin@example.org",
         ],
         root,
         {**env, "DJANGO_SUPERUSER_PASSWORD": site.admin_password},
