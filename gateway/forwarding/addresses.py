@@ -96,31 +96,36 @@ def normalise_host(raw: str) -> str | None:
         host = host.encode("idna").decode("ascii") if not host.isascii() else host
     except UnicodeError:
         return None
-    v4 = _whatwg_ipv4(host)
+    try:
+        v4 = _whatwg_ipv4(host)
+    except ValueError:
+        return None
     return v4 if v4 is not None else host
 
 
 def _whatwg_ipv4(host: str) -> str | None:
-    """WHATWG's IPv4 parser: 1-4 parts, each decimal, 0x-hex or 0-octal; the last fills the rest."""
+    """WHATWG's IPv4 parser: None when the last label is not a number (a name); ValueError when
+    it is but the whole is no IPv4 address (a browser refuses such a host). 1-4 parts, each
+    decimal, 0x-hex or 0-octal; the last fills the rest."""
     parts = host.split(".")
-    if not parts[-1] or not re.fullmatch(r"[0-9]+|0[xX][0-9A-Fa-f]*", parts[-1]):
+    if not re.fullmatch(r"[0-9]+|0[xX][0-9A-Fa-f]*", parts[-1]):
         return None
     if len(parts) > 4:
-        return None
+        raise ValueError("too many parts")
     numbers = []
     for part in parts:
-        try:
-            if part.lower().startswith("0x"):
-                numbers.append(int(part[2:] or "0", 16))
-            elif len(part) > 1 and part.startswith("0"):
-                numbers.append(int(part, 8))
-            else:
-                numbers.append(int(part, 10))
-        except ValueError:
-            return None
+        # Digits only: Python's int() would also take signs, spaces and underscores.
+        if re.fullmatch(r"0[xX][0-9A-Fa-f]*", part):
+            numbers.append(int(part[2:] or "0", 16))
+        elif re.fullmatch(r"0[0-7]+", part):
+            numbers.append(int(part, 8))
+        elif re.fullmatch(r"0|[1-9][0-9]*", part):
+            numbers.append(int(part, 10))
+        else:
+            raise ValueError("not a number")
     *head, last = numbers
     if any(n > 255 for n in head) or last >= 256 ** (5 - len(numbers)):
-        return None
+        raise ValueError("out of range")
     value = last
     for i, n in enumerate(head):
         value += n * 256 ** (3 - i)

@@ -19,7 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config.model import IPNetwork
 from gateway.core.errors import BadRequest
-from gateway.forwarding.addresses import Origin, parse_origin
+from gateway.forwarding.addresses import Origin, normalise_host, parse_origin
 from gateway.forwarding.method_override import OVERRIDE_HEADERS
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies still meet.
@@ -162,7 +162,8 @@ def valid_host(value: str) -> bool:
         host, _, port = value.rpartition(":")
         if not _PORT.match(port) or int(port) > 65535:
             return False
-    return bool(_REG_NAME_OR_IPV4.match(host))
+    # …and a name a browser could have used: not `.`, not a numeric name that is no IPv4.
+    return bool(_REG_NAME_OR_IPV4.match(host)) and normalise_host(host) is not None
 
 
 def check_request_headers(

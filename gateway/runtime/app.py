@@ -239,9 +239,11 @@ def _proxy_app(gw: Gateway, ship: bool) -> web.Application:
     app.cleanup_ctx.append(_blocks_ctx)
     app.cleanup_ctx.append(_serving_ctx)
     if cfg.oidc is not None:
-        app.router.add_route("*", "/_pdgw/{tail:.*}", _browser_pages)
+        app.router.add_route("*", r"/_pdgw/{tail:[\s\S]*}", _browser_pages)
         app.on_response_prepare.append(add_pending_cookies)
-    app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=expect_handler)
+    # Every path reaches the pipeline, a decoded newline (`%0a`) too (`.` would not match it,
+    # and the router's own 404 would go unrecorded): the pipeline refuses it and records that.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", _handle, expect_handler=expect_handler)
     return app
 
 

@@ -130,6 +130,16 @@ def test_cookie_domains_naming_an_internal_address_are_removed_others_kept() -> 
     ]
 
 
+@pytest.mark.parametrize("host", ["1_0.0.0.1", "09", "1..2", "1.2.3.4.5", "256.1", "0x1.08"])
+def test_a_host_ending_in_a_number_that_is_no_ipv4_address_is_no_host(host: str) -> None:
+    assert normalise_host(host) is None  # a browser refuses it (found by fuzz_addresses)
+
+
+@pytest.mark.parametrize("host", ["-167772155", "1.-1", "+1"])
+def test_a_name_is_not_read_as_a_number(host: str) -> None:
+    assert normalise_host(host) == host  # int() would have taken the sign
+
+
 @given(st.integers(min_value=0, max_value=2**32 - 1))
 def test_every_numeric_spelling_of_an_ipv4_address_normalises_to_the_address(n: int) -> None:
     dotted = ".".join(str((n >> s) & 255) for s in (24, 16, 8, 0))
