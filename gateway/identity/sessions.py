@@ -64,6 +64,11 @@ class LoginState:
     code_verifier: str  # PKCE (RFC 7636)
     return_to: str  # a same-origin path, checked when the login began
     started_at: float
+    # A silent re-login (`prompt=none`) of a session due for renewal without a refresh token
+    # (decision 023): the session kept if the same user comes back, its bounds unchanged.
+    renews: str = ""  # the session's id
+    renews_user: str = ""
+    created_at: float = 0.0  # the session's login time: the absolute timeout still counts from it
 
 
 def new_secret() -> str:
@@ -142,6 +147,13 @@ class SessionCodec:
             raise SessionInvalid("session_idle", session)
         return session
 
+    def open_unchecked(self, value: str) -> Session | None:
+        """The session in ``value`` if it opens and is within its timeouts, else None."""
+        try:
+            return self.open(value) if value else None
+        except SessionInvalid:
+            return None
+
     def seal_logins(self, logins: Sequence[LoginState]) -> str:
         """The logins under way in this browser (several tabs may each start one), newest last;
         at most MAX_PENDING_LOGINS are kept."""
@@ -163,6 +175,9 @@ class SessionCodec:
                         code_verifier=str(item["code_verifier"]),
                         return_to=str(item["return_to"]),
                         started_at=float(item["started_at"]),
+                        renews=str(item.get("renews", "")),
+                        renews_user=str(item.get("renews_user", "")),
+                        created_at=float(item.get("created_at", 0.0)),
                     )
                 )
         except (KeyError, TypeError, ValueError) as e:

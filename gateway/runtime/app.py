@@ -52,7 +52,8 @@ from gateway.web.admin import build_admin_app, latest_checkpoint_handler
 from gateway.web.audit_api import AuditAPI
 from gateway.web.blocks_api import BlocksAPI
 from gateway.web.boundary import error_middleware
-from gateway.web.browser import BrowserLogin, add_pending_cookies
+from gateway.web.browser import BrowserLogin
+from gateway.web.login import add_pending_cookies
 from gateway.web.pipeline import Pipeline, expect_handler
 from gateway.web.policy_api import (
     break_glass_handler,
@@ -257,9 +258,11 @@ def _proxy_app(gw: Gateway, ship: bool) -> web.Application:
     app.cleanup_ctx.append(_blocks_ctx)
     app.cleanup_ctx.append(_serving_ctx)
     if cfg.oidc is not None:
-        app.router.add_route("*", "/_pdgw/{tail:.*}", _browser_pages)
+        app.router.add_route("*", r"/_pdgw/{tail:[\s\S]*}", _browser_pages)
         app.on_response_prepare.append(add_pending_cookies)
-    app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=expect_handler)
+    # Every path reaches the pipeline, a decoded newline (`%0a`) too (`.` would not match it,
+    # and the router's own 404 would go unrecorded): the pipeline refuses it and records that.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", _handle, expect_handler=expect_handler)
     return app
 
 
@@ -469,6 +472,7 @@ def _pipeline(
                 for name, t in cfg.upstream_tls.items()
             },
             gateway_cookies=browser.cookie_names if browser is not None else frozenset(),
+            upstream_urls=tuple(cfg.upstreams.values()),
         ),
         metrics=gw.metrics,
         access_rights=gw.rights,

@@ -5,6 +5,9 @@ Order, and why:
   2. canonical path, route — routing and authorisation see exactly what is forwarded; a refusal
                              (400, 404) is decided here but answered only after identity, so
                              routes are not enumerable anonymously and the refusal is attributed.
+                             Here too: a Host outside proxy.public_hosts (decision 022), an
+                             upgrade other than WebSocket, or one on a route that does not
+                             declare it (decision 024).
   3. identity              — bearer JWT → Principal, or the browser session cookie when the
                              request has no Authorization header (gateway/web/browser.py). Without
                              either: 401 (a browser navigation: redirect to login), counted in
@@ -18,6 +21,8 @@ Order, and why:
   8. audit the decision    — durable in the spool *before* the upstream sees anything (9.1.8);
                              if it cannot be recorded the request is refused (503).
   9. forward               — streaming; the outcome is recorded before the last chunk goes out.
+                             A WebSocket is relayed instead (web/sockets.py); its outcome is
+                             recorded when it closes.
 Every failure inside 3-8 is a deny that is itself recorded; nothing in that span fails open.
 Every refusal with a valid token is an event of its own, on any route.
 """
@@ -40,6 +45,7 @@ from gateway.config.model import Config, Route
 from gateway.core.errors import AuthenticationError, BadRequest, Refused, SpoolUnavailable
 from gateway.core.ids import new_id
 from gateway.core.metrics import Metrics
+from gateway.forwarding.addresses import public_hosts
 from gateway.forwarding.forwarder import (
     ClientAborted,
     Exchange,
@@ -47,10 +53,11 @@ from gateway.forwarding.forwarder import (
     Forwarder,
     UpstreamError,
 )
-from gateway.forwarding.headers import check_request_headers, client_address
+from gateway.forwarding.headers import check_request_headers, client_address, public_origin
 from gateway.forwarding.method_override import effective_method
 from gateway.forwarding.response_subjects import ResponseCopy, extract
 from gateway.forwarding.routing import RouteTable, canonical_path, subject_ids
+from gateway.forwarding.websocket import Closed, WebSocketRelay, upgrade_kind
 from gateway.governance.access_rights import AccessRights
 from gateway.governance.blocks import SubjectBlocks
 from gateway.governance.subject_hash import SubjectHasher
@@ -61,6 +68,7 @@ from gateway.policy.engine import Decision, PolicyStore
 # Moved to errors_http (the admin app uses it too); re-exported for existing imports.
 from gateway.web.boundary import REQUEST_ID, error_response
 from gateway.web.browser import BrowserLogin
+from gateway.web.sockets import serve_socket
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -102,6 +110,7 @@ class _Context:
     principal: Principal | None = None
     decision: Decision | None = None
     auth: str = ""  # bearer | session
+    upgrade: str | None = None  # "websocket" when the request asks for one (decision 024)
     session: str = ""  # the browser session, as a keyed hash
 
     @property
@@ -140,6 +149,13 @@ class Pipeline:
         self._browser = browser
         self._blocks = blocks
         self._hasher = hasher if hasher is not None else SubjectHasher([])
+        self._public_hosts = public_hosts(cfg.proxy.public_hosts)
+        self._sockets = WebSocketRelay(
+            forwarder,
+            idle_timeout=cfg.proxy.websocket_idle_timeout_seconds,
+            max_duration=cfg.proxy.websocket_max_duration_seconds,
+            max_message_bytes=cfg.proxy.websocket_max_message_bytes,
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path, _, raw_query = request.raw_path.partition("?")
@@ -156,6 +172,13 @@ class Pipeline:
         try:
             ctx.path = canonical_path(request.raw_path)
             check_request_headers(request.headers, self._cfg.proxy.strip_headers)
+            if self._public_hosts is not None:
+                origin = public_origin(request, self._cfg.proxy.trusted_proxies)
+                if not self._public_hosts & {origin.host, f"{origin.host}:{origin.port}"}:
+                    raise BadRequest("unknown_host")  # decision 022
+            ctx.upgrade = upgrade_kind(request.headers)
+            if ctx.upgrade == "other":  # h2c, TLS/1.0, …: never forwarded (decision 024)
+                raise BadRequest("upgrade_not_supported")
             ctx.route = self._routes.match(ctx.path, request.method)
         except BadRequest as e:
             refused = e  # answered after identity (step 4)
@@ -168,9 +191,9 @@ class Pipeline:
             if (
                 browser is not None
                 and browser.accepts(ctx.route)
-                and browser.wants_login_redirect(request)
+                and "Authorization" not in request.headers
             ):
-                raise await browser.login_redirect(request, request.raw_path) from None
+                raise await browser.unauthenticated(request, e) from None
             raise Denied(401, "unauthenticated", e.public_message, e.reason) from None
         except SpoolUnavailable:
             raise
@@ -178,7 +201,7 @@ class Pipeline:
             log.exception("identity check failed")
             await self._deny(ctx, 500, "internal_error", "internal error", "identity_error")
         if ctx.auth == "session" and self._browser is not None:
-            csrf = self._browser.cross_site(request)
+            csrf = self._browser.cross_site(request, upgrade=ctx.upgrade is not None)
             if csrf is not None:
                 await self._deny(ctx, 403, "cross_site_request", "cross-site request refused", csrf)
 
@@ -187,6 +210,9 @@ class Pipeline:
         route = ctx.route
         if route is None:
             await self._deny(ctx, 404, "not_found", "no route for this path", "no_route")
+        if ctx.upgrade is not None and not (route.websocket and self._sockets.can_upgrade(request)):
+            reason = "websocket_not_allowed" if not route.websocket else "bad_websocket_handshake"
+            await self._deny(ctx, 400, reason, "this path takes no WebSocket connection", reason)
         try:  # what the upstream will do is what is authorised and recorded (9.1.8)
             ctx.method = effective_method(request.method, request.headers.items(), ctx.query, route)
             ctx.action = route.actions.get(ctx.method, "")
@@ -260,6 +286,8 @@ class Pipeline:
         pending = None
         if route.carries_personal_data:
             pending = await self._recording(ctx, "access", self._recorder.begin(event))
+        if ctx.upgrade is not None:
+            return await self._websocket(request, ctx, pending)
         return await self._forward(request, ctx, pending)
 
     async def _identify(self, request: web.Request, ctx: _Context) -> Principal:
@@ -307,11 +335,7 @@ class Pipeline:
         self._metrics.child(self._metrics.overhead, route.name).observe(
             time.perf_counter() - ctx.t0
         )
-        injected = {
-            "X-PD-User": ctx.principal.user,
-            "X-PD-Roles": ",".join(ctx.principal.roles),
-            "X-Request-Id": ctx.request_id,
-        }
+        injected = self._injected(ctx)
         recorded = False
 
         async def record_outcome(outcome: str) -> None:
@@ -382,6 +406,57 @@ class Pipeline:
         self._metrics.child(self._metrics.upstream, route.name).observe(exchange.upstream_seconds)
         self._count(route, "allow", exchange.status)
         return resp
+
+    @staticmethod
+    def _injected(ctx: _Context) -> dict[str, str]:
+        assert ctx.principal is not None
+        return {
+            "X-PD-User": ctx.principal.user,
+            "X-PD-Roles": ",".join(ctx.principal.roles),
+            "X-Request-Id": ctx.request_id,
+        }
+
+    async def _websocket(
+        self, request: web.Request, ctx: _Context, pending: Pending | None
+    ) -> web.StreamResponse:
+        """A WebSocket whose access is on record: relayed, then its outcome recorded."""
+        assert ctx.route is not None and ctx.principal is not None
+
+        async def record(status: int, closed: Closed, outcome: str) -> None:
+            await self._socket_outcome(ctx, pending, status, closed, outcome)
+
+        browser = self._browser if ctx.auth == "session" else None
+        resp, status = await serve_socket(
+            self._sockets,
+            request,
+            ctx.route,
+            ctx.principal,
+            injected=self._injected(ctx),
+            cfg=self._cfg,
+            browser=browser,
+            metrics=self._metrics,
+            record=record,
+        )
+        self._count(ctx.route, "allow", status)
+        return resp
+
+    async def _socket_outcome(
+        self, ctx: _Context, pending: Pending | None, status: int, closed: Closed, outcome: str
+    ) -> None:
+        """The one place a WebSocket's outcome is recorded (decision 024)."""
+        if pending is None or pending.finished:  # a route without personal data
+            return
+        exchange = Exchange(status=status, bytes_in=closed.bytes_in, bytes_out=closed.bytes_out)
+        exchange.upstream_seconds = closed.seconds
+        try:
+            await self._recording(
+                ctx, "outcome", pending.finish(**self._outcome(ctx, exchange, outcome))
+            )
+        except SpoolUnavailable:
+            # The socket is over: nothing is left to refuse. The access is on record; the
+            # outcome's loss is logged and counted (audit_unavailable) by _recording.
+            if status != 101:
+                raise
 
     @staticmethod
     def _abort(request: web.Request, resp: web.StreamResponse | None) -> web.StreamResponse:

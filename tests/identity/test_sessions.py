@@ -21,7 +21,7 @@ from gateway.identity.sessions import (
     SessionInvalid,
     revocation_key,
 )
-from gateway.web.browser import safe_return_to
+from gateway.web.login import safe_return_to
 
 ORIGIN = "https://gw.example"
 

@@ -63,7 +63,9 @@ def _demo_upstream() -> Any:
 
 @pytest.fixture(scope="module")
 def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
-    with run_provider(tmp_path_factory.mktemp("provider"), [GATEWAY_PORT]) as p:
+    # On `localhost`: its cookies apart from the gateway's on 127.0.0.1, as a provider on its own
+    # host would be (the logout's Clear-Site-Data clears every cookie of the gateway's host).
+    with run_provider(tmp_path_factory.mktemp("provider"), [GATEWAY_PORT], host="localhost") as p:
         yield p
 
 
@@ -131,7 +133,7 @@ async def test_a_staff_member_logs_in_works_and_logs_out_in_a_real_browser(
     context = await browser.new_context()
 
     async def local_only(route: Any) -> None:  # the provider's page @imports a web font
-        if route.request.url.startswith("http://127.0.0.1:"):
+        if route.request.url.startswith(("http://127.0.0.1:", "http://localhost:")):
             await route.continue_()
         else:
             await route.abort()

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
@@ -19,8 +19,9 @@ from aiohttp import web
 
 from gateway.identity.sessions import LoginState, Session, SessionCodec
 from gateway.testing.chserver import free_port
-from tests.conftest import Keys, Served, ServeFactory, Upstream, run_cli, spool_records
+from tests.conftest import Keys, ServeFactory, Upstream, run_cli, spool_records
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
+from tests.web.browserish import NAV, XHR, Browserish
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,8 +30,6 @@ pytestmark = [
     ),
 ]
 
-NAV = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Site": "none"}
-XHR = {"Accept": "application/json", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "same-origin"}
 PORTS = [free_port() for _ in range(8)]  # gateways the provider's client may return to
 
 
@@ -41,101 +40,6 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
 
 
 _ports = itertools.cycle(PORTS[:-1])  # the last: the second gateway process
-
-
-class Browserish:
-    """A gateway with login, and a client that follows the provider's pages like a person."""
-
-    def __init__(self, served: Served, provider: Provider, shared: Path) -> None:
-        self.served = served
-        self.url = served.proxy_url
-        self.provider = provider
-        self.shared = shared
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-        self.gateway = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-
-    @property
-    def codec(self) -> SessionCodec:
-        key = (self.shared / "session.key").read_bytes()
-        return SessionCodec(
-            key, idle_timeout=900, absolute_timeout=8 * 3600, login_timeout=600, clock=time.time
-        )
-
-    async def get(
-        self,
-        path: str,
-        cookies: dict[str, str] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[aiohttp.ClientResponse, bytes]:
-        return await self.request("GET", path, cookies, headers if headers is not None else NAV)
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        cookies: dict[str, str] | None = None,
-        headers: dict[str, str] | None = None,
-        data: Any = None,
-    ) -> tuple[aiohttp.ClientResponse, bytes]:
-        h = dict(headers or {})
-        if cookies:
-            h["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
-        async with self.gateway.request(
-            method, self.url + path, headers=h, allow_redirects=False, data=data
-        ) as resp:
-            body = await resp.read()
-        return resp, body
-
-    async def start_login(self, path: str) -> tuple[str, str]:
-        """The authorize URL and the login cookie a navigation to ``path`` gets."""
-        resp, _ = await self.get(path)
-        assert resp.status == 302, resp.status
-        return resp.headers["Location"], resp.cookies["pdgw-login"].value
-
-    async def at_provider(self, authorize_url: str, user: str) -> str:
-        """Sign in at the provider's development login page and consent; the callback URL the
-        provider sends the browser back to (not followed)."""
-        url = authorize_url
-        for _ in range(12):
-            async with self.http.get(url, allow_redirects=False) as resp:
-                body = await resp.text()
-                if resp.status in (302, 303):
-                    url = urljoin(url, resp.headers["Location"])
-                    if url.startswith(self.url):
-                        return url
-                    continue
-            assert resp.status == 200, (resp.status, body[:300])
-            action = urljoin(url, re.search(r'action="([^"]+)"', body).group(1))  # type: ignore[union-attr]
-            form = (
-                {"prompt": "login", "login": user, "password": "demo"}
-                if 'name="login"' in body
-                else {"prompt": "consent"}
-            )
-            async with self.http.post(action, data=form, allow_redirects=False) as resp:
-                assert resp.status in (302, 303), resp.status
-                url = urljoin(action, resp.headers["Location"])
-                if url.startswith(self.url):
-                    return url
-        raise AssertionError("the provider never sent the browser back")
-
-    async def login(self, user: str, path: str = "/hr/employees/1001") -> str:
-        """A full login; the session cookie."""
-        authorize, login_cookie = await self.start_login(path)
-        callback = await self.at_provider(authorize, user)
-        resp, _ = await self.get(callback.removeprefix(self.url), {"pdgw-login": login_cookie})
-        assert resp.status == 302, resp.status
-        assert resp.headers["Location"] == path
-        return resp.cookies["pdgw-session"].value
-
-    def records(self, kind: str) -> list[dict[str, Any]]:
-        return [r for r in spool_records(self.served.spool_dir) if r["kind"] == kind]
-
-    def auth_events(self) -> list[dict[str, Any]]:
-        return self.records("auth_event")
-
-    async def close(self) -> None:
-        await self.http.close()
-        await self.gateway.close()
 
 
 @pytest.fixture
@@ -194,7 +98,7 @@ async def test_a_fetch_without_a_session_gets_401_and_a_navigation_a_redirect(
 ) -> None:
     gw = await browser_gw()
     resp, body = await gw.get("/hr/employees/1001", headers=XHR)
-    assert resp.status == 401 and json.loads(body)["error"] == "unauthenticated"
+    assert resp.status == 401 and json.loads(body)["error"] == "login_required"
     resp, _ = await gw.get("/hr/employees/1001")
     assert resp.status == 302
     query = parse_qs(urlsplit(resp.headers["Location"]).query)
