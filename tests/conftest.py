@@ -500,7 +500,7 @@ DEMO_CONFIG = ROOT / "deploy" / "local" / "gateway.yaml"
 _DEMO_FILES = {
     "identity": ("jwks_file", "demo_signing_key_file"),
     "authz": ("model", "policy"),
-    "audit": ("checkpoint_key_file",),
+    "audit": ("checkpoint_key_file", "subject_key_file"),
 }
 
 

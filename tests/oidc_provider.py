@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from gateway.testing.chserver import free_port
 from tests.conftest import ROOT
@@ -51,11 +52,18 @@ def run_provider(
     gateway_ports: list[int],
     users: dict[str, list[str]] | None = None,
     ttl: dict[str, int] | None = None,
+    *,
+    refresh_tokens: str = "always",
+    end_session: bool = True,
+    host: str = "127.0.0.1",
 ) -> Iterator[Provider]:
     """A provider whose one confidential client may return to ``/_pdgw/callback`` on each of
-    ``gateway_ports`` (the gateways the test will start there)."""
+    ``gateway_ports`` (the gateways the test will start there). ``refresh_tokens="spec"``: only
+    for `offline_access` with `prompt=consent` (oidc-provider's own rule); ``end_session``:
+    RP-initiated logout offered; ``host``: the issuer's host name (`localhost` keeps its cookies
+    apart from gateways on 127.0.0.1, as another site's would be)."""
     port = free_port()
-    issuer = f"http://127.0.0.1:{port}"
+    issuer = f"http://{host}:{port}"
     secret = secrets.token_urlsafe(24)
     origins = [f"{scheme}://127.0.0.1:{p}" for p in gateway_ports for scheme in ("http", "https")]
     cfg = {
@@ -63,6 +71,8 @@ def run_provider(
         "port": port,
         "users": dict(users or USERS),
         "ttl": ttl or {},
+        "refresh_tokens": refresh_tokens,
+        "end_session": end_session,
         "clients": [
             {
                 "client_id": CLIENT_ID,
@@ -75,6 +85,7 @@ def run_provider(
             }
         ],
     }
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "provider.json"
     path.write_text(json.dumps(cfg))
     log = (tmp / "provider.log").open("wb")
@@ -106,8 +117,16 @@ def run_provider(
         log.close()
 
 
+class ProviderLike(Protocol):
+    """What the gateway's `oidc` section needs of a provider (this one or tests/realapps.py's)."""
+
+    issuer: str
+    client_id: str
+    client_secret: str
+
+
 def oidc_section(
-    tmp: Path, provider: Provider, gateway_port: int, scheme: str = "http", **session: object
+    tmp: Path, provider: ProviderLike, gateway_port: int, scheme: str = "http", **session: object
 ) -> dict[str, object]:
     """The gateway config's `oidc` section for a gateway on ``gateway_port``; the session key
     and revocation list live in ``tmp`` (shared by every gateway given the same ``tmp``)."""

@@ -64,10 +64,11 @@ def run_gateway(
     preexec: Callable[[], None] | None = None,
     args: Sequence[str] = (),
     proxy_port: int | None = None,
+    env: dict[str, str] | None = None,
     **overrides: Any,
 ) -> Iterator[GatewayProcess]:
-    """``args``: more `serve` arguments (e.g. ``--workers 2``); ``proxy_port``: this one (a
-    config naming the gateway's own origin, e.g. the browser login's, needs it beforehand)."""
+    """``args``: more `serve` arguments (e.g. ``--workers 2``); ``proxy_port``: the port an OpenID
+    provider's client was registered for; ``env``: more environment for the process."""
     fixed = proxy_port
     for attempt in range(3):  # ports chosen free can be taken before the gateway binds them
         proxy_port, admin_port = fixed or free_port(), free_port()
@@ -82,7 +83,7 @@ def run_gateway(
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=preexec,
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
         )
         gp = GatewayProcess(proc, proxy_port, admin_port, Path(data["audit"]["spool_dir"]))
         if "tls" in listen["proxy"]:

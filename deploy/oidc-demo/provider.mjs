@@ -3,7 +3,10 @@
 // password is accepted for the users listed in the config; keys are generated at each start;
 // sessions and grants live in memory. Usage: node provider.mjs CONFIG.json
 // CONFIG: {"issuer", "port", "clients": [client metadata], "users": {"alice": ["hr_officer"]},
-//          "roles_claim": "roles", "ttl": {"IdToken": 3600, ...}}
+//          "roles_claim": "roles", "ttl": {"IdToken": 3600, ...},
+//          "refresh_tokens": "always" (default: to every client allowed the grant) or "spec"
+//          (oidc-provider's own rule, OIDC Core §11: only for offline_access with prompt=consent),
+//          "end_session": false (no RP-initiated logout, none advertised; default true)}
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import Provider from 'oidc-provider';
@@ -26,11 +29,13 @@ const provider = new Provider(config.issuer, {
   conformIdTokenClaims: false, // the job functions go into the ID token, as the gateway expects
   features: {
     devInteractions: { enabled: true }, // the development login page: DEMO ONLY
-    rpInitiatedLogout: { enabled: true },
+    rpInitiatedLogout: { enabled: config.end_session !== false },
     revocation: { enabled: true },
   },
   ttl: { IdToken: 3600, AccessToken: 3600, RefreshToken: 86400, ...(config.ttl || {}) },
-  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  ...(config.refresh_tokens === 'spec'
+    ? {}
+    : { issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token') }),
   async findAccount(ctx, id) {
     if (!Object.hasOwn(users(), id)) return undefined; // unknown users cannot sign in
     return {

@@ -27,8 +27,10 @@ from typing import Any, ClassVar, Protocol
 
 from gateway.core.ids import new_id
 
-# The version of the chained record layout. 1: the unchained JSON objects of the first releases.
-RECORD_VERSION = 2
+# The version of the chained record layout. 1: the unchained JSON objects of the first releases;
+# 2: chained; 3: an access names the purpose it was decided for (4.2, 9.2.6), a block the label
+# the DPO gave it. A record is verified with the field list of its own version (``FIELDS``).
+RECORD_VERSION = 3
 
 # Outcome values. `pending` is only ever written by the gateway itself; readers turn a pending
 # access that never got its outcome record into `unknown`.
@@ -75,14 +77,15 @@ class AccessEvent:
     duration_us: int = 0
     upstream_us: int = 0
     outcome: str = PENDING
+    purpose: str = ""  # the purpose of processing the decision was taken for (3.2, 4.2, 9.2.6)
 
     def values(self) -> tuple[Any, ...]:
         return _values(self)
 
     def refuse(self, status: int, reason: str, duration_us: int) -> AccessEvent:
-        """This access as a refusal, the one form every refusal takes (the proxy's, the admin
-        APIs', the audit API's): denied for ``reason``, answered ``status``, and complete in
-        this one record — no outcome record follows."""
+        """This access as a refusal (``gateway.audit.recorder.Recorder.refuse`` writes it):
+        denied for ``reason``, answered ``status``, and complete in this one record — no
+        outcome record follows."""
         self.decision = "deny"
         self.reason = reason
         self.status = status
@@ -203,6 +206,7 @@ class SubjectBlock:
     subject: str  # as stored in the trail (a keyed hash where subject hashing is on)
     reason: str
     request_id: str
+    label: str = ""  # the DPO's own name for the case (never the id: 5.3), shown by `subject list`
 
     def values(self) -> tuple[Any, ...]:
         return _values(self)
@@ -240,9 +244,15 @@ _CLASSES: tuple[type[Any], ...] = (
 _NAMES = {cls: tuple(f.name for f in fields(cls)) for cls in _CLASSES}
 _GETTERS = {cls: attrgetter(*names) for cls, names in _NAMES.items()}
 
+# Fields a record of version 2 does not have (added at the end of the canonical form in 3).
+_ADDED_IN_3 = {"access": ("purpose",), "subject_block": ("label",)}
+
 # (kind, record version) → the names of a record's values, in canonical order.
 FIELDS: dict[tuple[str, int], tuple[str, ...]] = {
     (cls.KIND, RECORD_VERSION): names for cls, names in _NAMES.items()
+} | {
+    (cls.KIND, 2): tuple(n for n in names if n not in _ADDED_IN_3.get(cls.KIND, ()))
+    for cls, names in _NAMES.items()
 }
 CHAINED_KINDS = frozenset(cls.KIND for cls in _CLASSES)
 OUTCOME_FIELDS = (
@@ -256,6 +266,51 @@ OUTCOME_FIELDS = (
     "response_count",
     "response_capped",
 )
+
+
+class UnpairedRecord(ValueError):
+    """An access or outcome record the trail's readers could not pair. Written, it would make
+    `audit verify` report an edited and a missing record where nothing was tampered with, so it
+    is refused (the request fails closed): it is a bug in the code that made it."""
+
+
+class Pairing:
+    """The rule every access and outcome record the spool writes must keep, so that the store's
+    one row per access (``join``, the shipper's ``Assembler``) gives back both records exactly
+    (``gateway.audit.verify.records_of_access_row``):
+
+    - an access written ``pending`` is allowed and holds no outcome values yet;
+    - an access written complete is a refusal (denied), and no outcome record follows it;
+    - an outcome record completes an access this writer accepted as pending, once.
+
+    ``admit`` raises ``UnpairedRecord`` otherwise. ``gateway.audit.recorder.Recorder`` is the
+    API that keeps the rule by construction; this check makes any other path fail loudly."""
+
+    # Accesses begun and not yet completed: bounded by the requests in flight; an access whose
+    # outcome never comes (its request died with an error) is forgotten past this many.
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self._open: dict[str, None] = {}
+
+    def admit(self, record: object) -> None:
+        if isinstance(record, AccessEvent):
+            if record.outcome == PENDING:
+                if record.decision != "allow" or any(_outcome_values(record)):
+                    raise UnpairedRecord("a pending access must be allowed, with no outcome yet")
+                if len(self._open) >= self.LIMIT:
+                    del self._open[next(iter(self._open))]
+                self._open[record.event_id] = None
+            elif record.decision != "deny" or record.outcome != COMPLETE:
+                raise UnpairedRecord("an access complete in one record must be a refusal")
+        elif isinstance(record, Outcome):
+            if record.event_id not in self._open:
+                raise UnpairedRecord("an outcome record must complete an access begun as pending")
+            del self._open[record.event_id]
+
+
+def _outcome_values(event: AccessEvent) -> tuple[int, ...]:
+    return (event.status, event.bytes_in, event.bytes_out, event.duration_us, event.upstream_us)
 
 
 def _values(obj: Any) -> tuple[Any, ...]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway.audit import query
 from gateway.audit.store.base import AuditStore, Row
+from gateway.config.vocabulary import AUDIT_CATEGORY
 
 PAGE_ROWS = 1000
 MAX_ROWS = 10_000  # a query answered on screen
@@ -43,6 +44,7 @@ EVENT_COLUMNS = (
     "route",
     "system",
     "category",
+    "purpose",
     "action",
     "subject_ids",
     "decision",
@@ -69,7 +71,7 @@ PERMISSION_COLUMNS = (
     "reason",
     "source",
 )
-BLOCK_COLUMNS = ("ts_us", "block_id", "instance", "actor", "action", "subject", "reason")
+BLOCK_COLUMNS = ("ts_us", "block_id", "instance", "actor", "action", "subject", "reason", "label")
 # One event's whole record: the columns above and what places it in its instance's chain.
 RECORD_COLUMNS = (
     *EVENT_COLUMNS,
@@ -118,7 +120,8 @@ class QueryRefused(ValueError):
 class Filters:
     """What an investigator asked for; ``since``/``until`` are µs since the epoch (inclusive,
     exclusive). ``subject`` is the id as stored in the trail: every form it may have (one per
-    subject key still configured, docs/decisions/015)."""
+    subject key still configured, docs/decisions/015). ``not_category``: rows of this category
+    left out (who accessed a subject's data leaves out who consulted the trail about them)."""
 
     equals: Mapping[str, str] = field(default_factory=dict)
     role: str | None = None
@@ -127,11 +130,13 @@ class Filters:
     since_us: int | None = None
     until_us: int | None = None
     subject: tuple[str, ...] | None = None
+    not_category: str | None = None
 
     def as_record(self) -> str:
         """The filters as one stable string for the trail (the query's own record, 9.2.6)."""
         parts = [f"{k}={v}" for k, v in sorted(self.equals.items())]
-        for name in ("role", "status", "break_glass", "since_us", "until_us", "subject"):
+        names = ("role", "status", "break_glass", "since_us", "until_us", "subject", "not_category")
+        for name in names:
             value = getattr(self, name)
             if isinstance(value, tuple):
                 parts.append(f"{name}={','.join(value)}")
@@ -173,6 +178,9 @@ def event_where(f: Filters, db: str) -> tuple[list[str], dict[str, Any]]:
         params["f_status"] = f.status
     if f.break_glass is not None:
         where.append("reason = 'break_glass'" if f.break_glass else "reason != 'break_glass'")
+    if f.not_category is not None:
+        where.append("category != %(f_not_category)s")
+        params["f_not_category"] = f.not_category
     _time_filters(f, params, where)
     if f.subject is not None:
         # The subject index (ordered by subject_id) narrows first; the events table answers.
@@ -428,14 +436,35 @@ def blocks(store: AuditStore, subject: str | None = None) -> list[Row]:
     )
 
 
+# µs since the epoch have 16 digits from 2001-09-09 on: a shorter number is seconds or ms, which
+# read as µs would mean a moment of January 1970 and silently match everything.
+MIN_US = 10**15
+
+
 def parse_time(value: str) -> int:
-    """ISO 8601 (naive = UTC) or µs since the epoch → µs since the epoch."""
+    """ISO 8601 (naive = UTC) or µs since the epoch → µs since the epoch. ValueError for a
+    number that is not plausibly µs (seconds, ms)."""
     if value.isdigit():
+        if int(value) < MIN_US:
+            raise ValueError("a bare number is µs since the epoch (16 digits)")
         return int(value)
     t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
     return int(t.timestamp() * 1_000_000)
+
+
+def parse_period(params: Any) -> tuple[int | None, int | None]:
+    """``since``/``until`` of query-string parameters; ValueError names the parameter."""
+    out: list[int | None] = []
+    for name in ("since", "until"):
+        try:
+            out.append(parse_time(params[name]) if name in params else None)
+        except ValueError:
+            raise ValueError(
+                f"{name}: ISO 8601 (UTC unless zoned) or µs since the epoch (16 digits)"
+            ) from None
+    return out[0], out[1]
 
 
 def parse_filters(params: Any, subject: list[str] | None) -> tuple[query.Filters, int | None]:
@@ -448,11 +477,7 @@ def parse_filters(params: Any, subject: list[str] | None) -> tuple[query.Filters
     bg = params.get("break_glass")
     if bg is not None and bg not in ("true", "false"):
         raise ValueError("break_glass: true or false")
-    try:
-        since = parse_time(params["since"]) if "since" in params else None
-        until = parse_time(params["until"]) if "until" in params else None
-    except ValueError:
-        raise ValueError("since/until: ISO 8601 or µs since the epoch") from None
+    since, until = parse_period(params)
     if status is not None and not status.isdigit():
         raise ValueError("status: a number")
     limit = params.get("limit")
@@ -467,6 +492,11 @@ def parse_filters(params: Any, subject: list[str] | None) -> tuple[query.Filters
             since_us=since,
             until_us=until,
             subject=tuple(subject) if subject is not None else None,
+            # Who accessed a subject's data: consultations of the trail about them are not
+            # accesses (9.2.6); asked for with category=audit_log.
+            not_category=AUDIT_CATEGORY
+            if subject is not None and "category" not in equals
+            else None,
         ),
         int(limit) if limit is not None else None,
     )

@@ -1,9 +1,15 @@
 """A data subject's report (6.1.1, 6.3): what was done with one person's data, from the trail.
 
-Built from the subject's access events read page by page (never whole in memory: only the
-aggregates and at most ``MAX_LISTED`` refusals are kept), the subject's blocks, and the chain
-verification (gateway.audit.verify) of every instance for the range the report covers. Purposes
-come from the routes' declarations (the trail records the route, the route names its purpose).
+Built from the subject's access events of one period read page by page (never whole in memory:
+only the aggregates and at most ``MAX_LISTED`` refusals and consultations are kept), the
+subject's blocks, and the chain verification (gateway.audit.verify) of every instance for the
+range the report covers. Purposes are the ones each access was decided for (records of version 3
+name it; older ones get their route's declared purpose).
+
+Consultations of the trail about the person (investigators' queries, reports, block look-ups:
+category ``audit_log``, 9.2.6) are not accesses to their data: they are listed in a section of
+their own ("the trail was consulted about you on …, by job function …") and counted apart. The
+same period gives the same numbers: nothing outside it is read.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from gateway.audit import query
 from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.store.base import AuditStore, Row
 from gateway.audit.verify import verify_store
+from gateway.config.vocabulary import AUDIT_CATEGORY
 
 MAX_LISTED = 200  # refusals listed one by one; all are counted
 
@@ -46,11 +53,21 @@ class SubjectReport:
     last_us: int = 0
     groups: dict[str, dict[str, _Group]] = field(default_factory=dict)
     refusals: list[dict[str, Any]] = field(default_factory=list)
+    consulted: int = 0
+    consultations: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, row: Row) -> None:
         ts = int(row["ts_us"])
         self.first_us = ts if not self.first_us else min(self.first_us, ts)
         self.last_us = max(self.last_us, ts)
+        if row["category"] == AUDIT_CATEGORY:  # 9.2.6: the trail read about the person
+            self.consulted += 1
+            if len(self.consultations) < MAX_LISTED:
+                self.consultations.append(
+                    {k: row[k] for k in ("ts_us", "user", "roles", "action", "route", "decision")}
+                    | {"rows": row["response_count"]}
+                )
+            return
         if row["decision"] != "allow":
             self.refused += 1
             if len(self.refusals) < MAX_LISTED:
@@ -60,7 +77,7 @@ class SubjectReport:
                 )
             return
         self.accesses += 1
-        purpose = self.purposes_of.get(str(row["route"]), "")
+        purpose = str(row.get("purpose") or "") or self.purposes_of.get(str(row["route"]), "")
         keys = {
             "category": [str(row["category"])],
             "purpose": [purpose or "-"],
@@ -77,22 +94,34 @@ def build(
     store: AuditStore,
     forms: tuple[str, ...],
     *,
+    since_us: int | None,
+    until_us: int | None,
     purposes_of: Mapping[str, str],
     public_keys: Mapping[str, Ed25519PublicKey],
     live: Iterable[Checkpoint] = (),
 ) -> dict[str, Any]:
-    """The report's content; ``forms``: the subject as stored (one per subject key)."""
+    """The report's content for [``since_us``, ``until_us``); ``forms``: the subject as stored
+    (one per subject key)."""
     rep = SubjectReport(purposes_of)
     page = query.Page()
-    filters = query.Filters(subject=forms)
+    filters = query.Filters(subject=forms, since_us=since_us, until_us=until_us)
     for row in query.events(store, filters, limit=query.MAX_EXPORT_ROWS, page=page):
         rep.add(row)
-    blocks = [b for f in forms for b in query.blocks(store, f)]
+    blocks = [
+        b
+        for f in forms
+        for b in query.blocks(store, f)
+        if (since_us is None or int(b["ts_us"]) >= since_us)
+        and (until_us is None or int(b["ts_us"]) < until_us)
+    ]
     since = rep.first_us or None
     verdict = verify_store(store, public_keys, since_us=since, live=live)
     return {
+        "period": {"since_us": since_us or 0, "until_us": until_us or 0},
+        "rows": page.returned,
         "accesses": rep.accesses,
         "refused": rep.refused,
+        "consultations": rep.consulted,
         "range": {"first_us": rep.first_us, "last_us": rep.last_us},
         "complete": not page.truncated and not page.timed_out,
         "by": {
@@ -100,8 +129,9 @@ def build(
             for dim, groups in sorted(rep.groups.items())
         },
         "refusals": rep.refusals,
+        "consulted": rep.consultations,
         "blocks": [
-            {k: b[k] for k in ("ts_us", "action", "actor", "reason")}
+            {k: b[k] for k in ("ts_us", "action", "actor", "reason", "label")}
             for b in sorted(blocks, key=lambda b: int(b["ts_us"]))
         ],
         "verify": {

@@ -2,7 +2,9 @@
 
 Contract: ``await spool.append(record)`` returns only when the record is durable in the configured
 sense, and raises SpoolUnavailable when it cannot be recorded — the caller then refuses the
-request (no audit, no access; 9.1.8). It never waits longer than ``sync_timeout``.
+request (no audit, no access; 9.1.8). It never waits longer than ``sync_timeout``. An access or
+outcome record that could not be paired by the trail's readers is refused with
+``UnpairedRecord`` (``events.Pairing``); ``gateway.audit.recorder`` is how they are written.
 
 - ``fsync``: durable on disk (survives power loss). Group commit: the records of one loop
   iteration go out in one write(2); one fsync in the sync thread covers every record written
@@ -46,7 +48,7 @@ from typing import Any, Literal
 
 from gateway.audit import chain
 from gateway.audit.chain import ChainHead
-from gateway.audit.events import RECORD_VERSION, Chained
+from gateway.audit.events import RECORD_VERSION, Chained, Pairing
 from gateway.audit.segments import SUFFIX, encode_record, last_head, list_segments
 from gateway.core.errors import SpoolUnavailable
 from gateway.core.fsutil import LockHeld, exclusive_lock, lock_held
@@ -133,6 +135,7 @@ class Spool:
         self.last_error: str | None = None
         self._seq = 0
         self._head = chain.GENESIS
+        self._pairing = Pairing()  # every access and outcome written can be paired (verify)
 
     # -- lifecycle --
 
@@ -249,6 +252,8 @@ class Spool:
         if len(self._buf) >= self._max_pending:
             self._hooks.error("backlog_full")
             raise SpoolUnavailable("spool_backlog_full")
+        if not isinstance(record, bytes):
+            self._pairing.admit(record)  # UnpairedRecord: a bug, refused before it is written
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ from gateway.cli import (
     serve_cmd,
     session_cmd,
     store_cmd,
+    subject_cmd,
     token_cmd,
     verify_cmd,
 )
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_cmd.register(sub, audit_sub)
     verify_cmd.register(audit_sub)
     investigate_cmd.register(audit_sub)
-    investigate_cmd.register_subject(sub)
+    subject_cmd.register(sub)
     investigate_cmd.register_report(audit_sub)
     token_cmd.register(sub)
     policy_cmd.register(sub)

@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.audit.events import join
 from gateway.audit.segments import BadLine, read_records
+from gateway.cli import times
 
 
 def register(sub: Any) -> Any:
@@ -28,8 +29,11 @@ def register(sub: Any) -> Any:
             f"--{name.replace('_', '-')}", dest=name, help=f"only events with this {name}"
         )
     t.add_argument("--role", help="only events by an employee holding this job function")
-    t.add_argument("--since", help="only events at or after this time (ISO 8601, UTC)")
-    t.add_argument("--until", help="only events before this time (ISO 8601, UTC)")
+    t.add_argument("--since", help=f"only events at or after this time: {times.FORMS}")
+    t.add_argument("--until", help="only events before this time; the same forms as --since")
+    t.add_argument(
+        "--tz", help="the zone of --since/--until given without one (default: this machine's)"
+    )
     t.set_defaults(run=run_tail)
     return asub
 
@@ -37,15 +41,16 @@ def register(sub: Any) -> Any:
 TAIL_FILTERS = ("user", "system", "category", "action", "decision", "status", "reason")
 
 
-def _us(value: str) -> int:
-    t = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() * 1_000_000)
+def _us(value: str, tz: Any) -> int:
+    t = times.parse_when(value, tz, datetime.now(UTC))
+    return int(t.timestamp() * 1_000_000)
 
 
 def _matches(args: argparse.Namespace) -> Any:
     equals = {n: getattr(args, n) for n in TAIL_FILTERS if getattr(args, n, None) is not None}
-    since = _us(args.since) if getattr(args, "since", None) else None
-    until = _us(args.until) if getattr(args, "until", None) else None
+    tz = times.zone(args.tz)
+    since = _us(args.since, tz) if getattr(args, "since", None) else None
+    until = _us(args.until, tz) if getattr(args, "until", None) else None
     role = getattr(args, "role", None)
 
     def keep(ev: dict[str, Any]) -> bool:
@@ -72,7 +77,12 @@ def run_tail(args: argparse.Namespace) -> int:
     def bad(b: BadLine) -> None:
         print(f"pd-gateway: {b.segment}:{b.line}: {b.problem}", file=sys.stderr)
 
-    events = filter(_matches(args), join(read_records(directory, on_bad=bad)))
+    try:
+        keep = _matches(args)
+    except times.TimeError as e:
+        print(f"pd-gateway: {e}", file=sys.stderr)
+        return 2
+    events = filter(keep, join(read_records(directory, on_bad=bad)))
     shown = collections.deque(events, maxlen=args.n) if args.n > 0 else list(events)
     for ev in shown:
         if args.json:
@@ -106,12 +116,14 @@ def _line(ev: dict[str, Any]) -> str:
     if kind == "auth_event":
         return (
             f"{_ts(ev['ts_us'])} #{ev['seq']} SESSION {ev['event']} user={ev['user'] or '-'} "
-            f"reason={ev['reason'] or '-'} from={ev['client_ip']} req={ev['request_id']}"
+            f"roles={','.join(ev['roles']) or '-'} reason={ev['reason'] or '-'} "
+            f"session={ev['session'] or '-'} req={ev['request_id']}"
         )
     if kind == "subject_block":
         return (
-            f"{_ts(ev['ts_us'])} #{ev['seq']} {ev['action'].upper()} subject={ev['subject']} "
-            f"by {ev['actor']} reason={ev['reason']} req={ev['request_id']}"
+            f"{_ts(ev['ts_us'])} #{ev['seq']} SUBJECT {ev['action']} {ev['subject']} "
+            f"label={ev.get('label') or '-'} by {ev['actor']} reason={ev['reason']} "
+            f"req={ev['request_id']}"
         )
     if kind == "anomaly_review":
         return (

@@ -1,30 +1,26 @@
-"""`pd-gateway audit who-accessed | activity | search | export | permissions`: clients of the admin
-port's audit query API (gateway.web.audit_api), so they work while the gateway owns the
-embedded store.
+"""`pd-gateway audit who-accessed | activity | search | export | permissions | subject-report`:
+clients of the admin port's audit query API (gateway.web.audit_api), so they work while the
+gateway owns the embedded store.
 
-SECURITY: the bearer token comes from a file (``--token-file``) or the environment
-(``PDGW_TOKEN``), never from a flag's value, so it never lands in shell history or in a process
-list; it is sent to the admin URL only and never printed.
+Times: `--since`/`--until` take ISO 8601 (a zone, or read in `--tz`), dates and times ago
+(`7d`, `24h`), never a bare number (gateway.cli.times); tables show times in `--tz` (default:
+this machine's zone), named in the line above the table. Output: `--format table|json|ndjson|csv`
+(`json` is one array; `ndjson` one object a line, for streams); `-o FILE` is written whole or not
+at all (gateway.cli.output).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import datetime as dt
 import json
-import os
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-TOKEN_ENV = "PDGW_TOKEN"
-URL_ENV = "PDGW_ADMIN_URL"
-DEFAULT_URL = "http://127.0.0.1:9470"
+from gateway.cli import client, output, times
+from gateway.cli.client import ApiError
+from gateway.governance.subject_hash import subject_problem
 
 EVENT_TABLE = (
     ("time", "ts_us"),
@@ -32,12 +28,29 @@ EVENT_TABLE = (
     ("job functions", "roles"),
     ("system", "system"),
     ("category", "category"),
+    ("purpose", "purpose"),
     ("action", "action"),
     ("decision", "decision"),
     ("status", "status"),
     ("reason", "reason"),
     ("rule", "rule"),
     ("subjects", "subject_ids"),
+    ("listed", "response_count"),
+    ("request id", "request_id"),
+)
+# One subject's events: the subject is the one asked about; what matters is who, where, why.
+SUBJECT_TABLE = (
+    ("time", "ts_us"),
+    ("user", "user"),
+    ("job functions", "roles"),
+    ("system", "system"),
+    ("route", "route"),
+    ("category", "category"),
+    ("purpose", "purpose"),
+    ("action", "action"),
+    ("decision", "decision"),
+    ("status", "status"),
+    ("reason", "reason"),
     ("listed", "response_count"),
     ("request id", "request_id"),
 )
@@ -52,19 +65,31 @@ PERMISSION_TABLE = (
     ("reason", "reason"),
     ("source", "source"),
 )
+FILTERS = ("user", "role", "system", "category", "action", "decision", "status", "reason")
 
 
-class ApiError(Exception):
-    pass
+def period(p: argparse.ArgumentParser) -> None:
+    """`--since`, `--until` and `--tz` (also the report's)."""
+    p.add_argument("--since", help=f"from this time: {times.FORMS}")
+    p.add_argument("--until", help="up to this time (exclusive); the same forms as --since")
+    p.add_argument(
+        "--tz",
+        help="the time zone of times shown and of times given without one (an IANA name such "
+        "as Europe/Moscow; default: this machine's zone)",
+    )
 
 
 def _common(
-    p: argparse.ArgumentParser, *, formats: tuple[str, ...] = ("table", "json", "csv")
+    p: argparse.ArgumentParser, *, formats: tuple[str, ...] = ("table", "json", "ndjson", "csv")
 ) -> None:
-    _connection(p)
-    p.add_argument("--format", choices=formats, default=formats[0], help="output format")
-    p.add_argument("--since", help="from this time (ISO 8601, UTC unless a zone is given)")
-    p.add_argument("--until", help="up to this time (exclusive)")
+    client.connection(p)
+    p.add_argument(
+        "--format",
+        choices=formats,
+        default=formats[0],
+        help="output: a table, one JSON array, NDJSON (one object a line) or CSV",
+    )
+    period(p)
     p.add_argument("--limit", type=int, help="at most this many rows (the server caps it too)")
 
 
@@ -72,7 +97,7 @@ def _filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user", help="the employee (token subject)")
     p.add_argument("--role", help="a job function the employee held")
     p.add_argument("--system", help="hr, crm, site, audit, …")
-    p.add_argument("--category", help="personal-data category")
+    p.add_argument("--category", help="personal-data category (audit_log: reads of the trail)")
     p.add_argument("--action", help="read, create, update, delete, export, block")
     p.add_argument("--decision", choices=("allow", "deny"), help="allowed or refused")
     p.add_argument("--status", type=int, help="HTTP status")
@@ -88,8 +113,13 @@ def _filters(p: argparse.ArgumentParser) -> None:
 def register(audit_sub: Any) -> None:
     w = audit_sub.add_parser("who-accessed", help="every access to one data subject (6.1.1)")
     w.add_argument("subject", help="the data subject's id, as the business system knows it")
+    w.add_argument(
+        "--consultations",
+        action="store_true",
+        help="instead: who consulted the audit trail about this subject (9.2.6)",
+    )
     _common(w)
-    w.set_defaults(run=run_query, endpoint="subject", table=EVENT_TABLE)
+    w.set_defaults(run=run_query, endpoint="subject", table=SUBJECT_TABLE)
     a = audit_sub.add_parser("activity", help="everything one employee did, refusals included")
     a.add_argument("user", help="the employee (token subject)")
     _common(a)
@@ -99,9 +129,11 @@ def register(audit_sub: Any) -> None:
     _filters(s)
     s.set_defaults(run=run_query, endpoint="events", table=EVENT_TABLE)
     e = audit_sub.add_parser("export", help="access events by filters, streamed (for a regulator)")
-    _common(e, formats=("csv", "json"))
+    _common(e, formats=("csv", "json", "ndjson"))
     _filters(e)
-    e.add_argument("--output", "-o", help="write here instead of standard output")
+    e.add_argument(
+        "--output", "-o", help="write here (whole, or not at all) instead of standard output"
+    )
     e.set_defaults(run=run_query, endpoint="export", table=EVENT_TABLE)
     pm = audit_sub.add_parser("permissions", help="changes of access rights (9.2.7)")
     _common(pm)
@@ -109,209 +141,89 @@ def register(audit_sub: Any) -> None:
     pm.set_defaults(run=run_query, endpoint="permissions", table=PERMISSION_TABLE)
 
 
-def read_token(args: argparse.Namespace) -> str:
-    if args.token_file:
-        token = Path(args.token_file).read_text().strip()
-    else:
-        token = os.environ.get(TOKEN_ENV, "").strip()
-    if not token:
-        raise ApiError(f"no token: use --token-file FILE or set {TOKEN_ENV}")
-    return token
+def when(args: argparse.Namespace, tz: dt.tzinfo) -> dict[str, str]:
+    """``since``/``until`` for the API (UTC ISO 8601); TimeError names the option."""
+    now = dt.datetime.now(dt.UTC)
+    out: dict[str, str] = {}
+    for name in ("since", "until"):
+        value = getattr(args, name, None)
+        if value is not None:
+            try:
+                out[name] = times.for_api(times.parse_when(value, tz, now))
+            except times.TimeError as e:
+                raise times.TimeError(f"--{name} {e}") from None
+    return out
 
 
-def _params(args: argparse.Namespace) -> dict[str, str]:
-    names = (
-        "user",
-        "role",
-        "system",
-        "category",
-        "action",
-        "decision",
-        "status",
-        "reason",
-        "break_glass",
-        "since",
-        "until",
-        "limit",
-    )
-    return {n: str(getattr(args, n)) for n in names if getattr(args, n, None) is not None}
+def _params(args: argparse.Namespace, tz: dt.tzinfo) -> dict[str, str]:
+    params = {n: str(getattr(args, n)) for n in FILTERS if getattr(args, n, None) is not None}
+    if getattr(args, "break_glass", None) is not None:
+        params["break_glass"] = args.break_glass
+    if args.limit is not None:
+        params["limit"] = str(args.limit)
+    if getattr(args, "consultations", False):
+        params["category"] = "audit_log"
+    return {**params, **when(args, tz)}
+
+
+def checked_subject(subject: str) -> str:
+    """The id as given, or ApiError before anything is sent (a 10 kB id would otherwise be
+    refused by the HTTP layer with no words and no record)."""
+    problem = subject_problem(subject)
+    if problem is not None:
+        raise ApiError(problem)
+    return urllib.parse.quote(subject, safe="")
 
 
 def _path(args: argparse.Namespace) -> str:
     if args.endpoint == "subject":
-        return "/admin/audit/subjects/" + urllib.parse.quote(args.subject, safe="") + "/events"
+        return "/admin/audit/subjects/" + checked_subject(args.subject) + "/events"
     return "/admin/audit/" + str(args.endpoint)
-
-
-def stream(url: str, token: str) -> Iterator[dict[str, Any]]:
-    """The API's NDJSON lines, one at a time (the answer is never whole in memory)."""
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    try:
-        resp = urllib.request.urlopen(req, timeout=120)
-    except urllib.error.HTTPError as e:
-        try:
-            body = json.loads(e.read())
-            raise ApiError(f"{e.code} {body.get('error')}: {body.get('message')}") from None
-        except ValueError:
-            raise ApiError(f"HTTP {e.code}") from None
-    except urllib.error.URLError as e:
-        raise ApiError(f"cannot reach the gateway's admin port: {e.reason}") from None
-    with resp:
-        for line in resp:
-            if line.strip():
-                yield json.loads(line)
-
-
-def _cell(key: str, value: Any) -> str:
-    if key == "ts_us":
-        return datetime.fromtimestamp(int(value) / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value) or "-"
-    return str(value) if value not in ("", None) else "-"
-
-
-def _table(rows: list[dict[str, Any]], columns: tuple[tuple[str, str], ...], out: TextIO) -> None:
-    cells = [[_cell(k, r.get(k, "")) for _, k in columns] for r in rows]
-    widths = [
-        min(40, max([len(h), *(len(c[i]) for c in cells)])) for i, (h, _) in enumerate(columns)
-    ]
-    print(
-        "  ".join(h.upper().ljust(w) for (h, _), w in zip(columns, widths, strict=True)), file=out
-    )
-    for c in cells:
-        print("  ".join(v[:w].ljust(w) for v, w in zip(c, widths, strict=True)).rstrip(), file=out)
 
 
 def run_query(args: argparse.Namespace) -> int:
     try:
-        token = read_token(args)
-    except (ApiError, OSError) as e:
+        tz = times.zone(args.tz)
+        params = _params(args, tz)  # activity's USER is the `user` filter
+        url = args.gateway.rstrip("/") + _path(args)
+        token = client.read_token(args)
+    except (ApiError, times.TimeError) as e:
         print(f"pd-gateway: {e}", file=sys.stderr)
         return 2
-    params = _params(args)  # activity's USER is the `user` filter
-    url = args.gateway.rstrip("/") + _path(args)
     if params:
         url += "?" + urllib.parse.urlencode(params)
-    out: TextIO = sys.stdout
-    output = getattr(args, "output", None)
-    if output:
-        out = open(output, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed below)
     progress = args.endpoint == "export" and sys.stderr.isatty()
     end: dict[str, Any] = {}
-    buffered: list[dict[str, Any]] = []
-    writer = None
-    n = 0
     try:
-        for item in stream(url, token):
-            if "_end" in item:
-                end = item["_end"]
-                continue
-            n += 1
-            if args.format == "json":
-                out.write(json.dumps(item, ensure_ascii=False) + "\n")
-            elif args.format == "csv":
-                if writer is None:
-                    writer = csv.DictWriter(out, fieldnames=list(item), extrasaction="ignore")
-                    writer.writeheader()
-                writer.writerow(
-                    {k: _cell(k, v) if isinstance(v, list) else v for k, v in item.items()}
+        with output.destination(getattr(args, "output", None)) as out:
+            rows = output.Rows(out, args.format, args.table, tz)
+            if args.format == "table":
+                print(f"times in {times.describe(tz)}", file=out)
+            for item in client.stream(url, token):
+                if "_end" in item:
+                    end = item["_end"]
+                    continue
+                rows.add(item)
+                if progress and rows.count % 1000 == 0:
+                    print(f"\r{rows.count} rows…", end="", file=sys.stderr, flush=True)
+            rows.close()
+            if not end or end.get("error"):
+                rid = end.get("request_id", "-")
+                raise ApiError(
+                    f"the answer is incomplete: the store failed mid-way (request {rid})"
                 )
-            else:
-                buffered.append(item)  # a table needs its widths: at most the API's MAX_ROWS
-            if progress and n % 1000 == 0:
-                print(f"\r{n} rows…", end="", file=sys.stderr, flush=True)
-    except ApiError as e:
-        print(f"pd-gateway: {e}", file=sys.stderr)
+    except (ApiError, OSError) as e:
+        print(f"\npd-gateway: {e}" if progress else f"pd-gateway: {e}", file=sys.stderr)
         return 1
-    finally:
-        if output:
-            out.close()
     if progress:
-        print(f"\r{n} rows", file=sys.stderr)
-    if args.format == "table":
-        _table(buffered, args.table, out)
+        print(f"\r{rows.count} rows", file=sys.stderr)
     if end.get("truncated"):
-        print(f"pd-gateway: stopped at {n} rows (the limit); narrow the filters", file=sys.stderr)
+        print(
+            f"pd-gateway: stopped at {rows.count} rows (the limit); narrow the filters",
+            file=sys.stderr,
+        )
     if end.get("timed_out"):
         print("pd-gateway: stopped at the time limit; narrow the filters", file=sys.stderr)
-    if not end or end.get("error"):
-        print("pd-gateway: the answer is incomplete (the store failed mid-way)", file=sys.stderr)
-        return 1
-    return 0
-
-
-def register_subject(sub: Any) -> None:
-    """`pd-gateway subject block ID --reason R | unblock ID --reason R | list` (6.5, 6.6)."""
-    s = sub.add_parser("subject", help="block and unblock data subjects (6.5, 6.6)")
-    ssub = s.add_subparsers(dest="subject_command", required=True)
-    for action, text in (("block", "block a data subject"), ("unblock", "lift a block")):
-        p = ssub.add_parser(action, help=text)
-        p.add_argument("subject", help="the data subject's id, as the business system knows it")
-        p.add_argument("--reason", required=True, help="why: the subject's request, a ticket")
-        _connection(p)
-        p.set_defaults(run=run_block, action=action)
-    ls = ssub.add_parser("list", help="subjects blocked now")
-    _connection(ls)
-    ls.add_argument("--format", choices=("table", "json"), default="table", help="output format")
-    ls.set_defaults(run=run_block_list)
-
-
-def _connection(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--gateway",
-        default=os.environ.get(URL_ENV, DEFAULT_URL),
-        help=f"the gateway's admin URL (env {URL_ENV}; default {DEFAULT_URL})",
-    )
-    p.add_argument(
-        "--token-file",
-        help=f"a file holding your bearer token (or set {TOKEN_ENV}; never pass a token itself)",
-    )
-
-
-def _request(url: str, token: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Authorization": f"Bearer {token}"}
-    if data is not None:
-        headers["Content-Type"] = "application/json"
-    req = urllib.request.Request(url, data=data, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            answer: dict[str, Any] = json.loads(resp.read())
-            return answer
-    except urllib.error.HTTPError as e:
-        try:
-            err = json.loads(e.read())
-        except ValueError:
-            raise ApiError(f"HTTP {e.code}") from None
-        raise ApiError(f"{e.code} {err.get('error')}: {err.get('message')}") from None
-    except urllib.error.URLError as e:
-        raise ApiError(f"cannot reach the gateway's admin port: {e.reason}") from None
-
-
-def run_block(args: argparse.Namespace) -> int:
-    try:
-        token = read_token(args)
-        body = {"subject": args.subject, "action": args.action, "reason": args.reason}
-        answer = _request(args.gateway.rstrip("/") + "/admin/subject-blocks", token, body)
-    except (ApiError, OSError) as e:
-        print(f"pd-gateway: {e}", file=sys.stderr)
-        return 1
-    print(f"{answer['result']} (record {answer['block_id']}, request {answer['request_id']})")
-    return 0
-
-
-def run_block_list(args: argparse.Namespace) -> int:
-    try:
-        answer = _request(args.gateway.rstrip("/") + "/admin/subject-blocks", read_token(args))
-    except (ApiError, OSError) as e:
-        print(f"pd-gateway: {e}", file=sys.stderr)
-        return 1
-    if args.format == "json":
-        print(json.dumps(answer, ensure_ascii=False))
-        return 0
-    columns = (("since", "ts_us"), ("subject", "subject"), ("by", "actor"), ("reason", "reason"))
-    _table(answer["blocks"], columns, sys.stdout)
-    print(f"(this gateway's view is {answer['view_age_seconds']:.1f} s old)", file=sys.stderr)
     return 0
 
 
@@ -320,28 +232,45 @@ def register_report(audit_sub: Any) -> None:
         "subject-report", help="a data subject's report: printable HTML or JSON (6.1.1, 6.3)"
     )
     r.add_argument("subject", help="the data subject's id, as the business system knows it")
-    _connection(r)
+    client.connection(r)
     r.add_argument("--format", choices=("html", "json"), default="html", help="output format")
-    r.add_argument("--output", "-o", help="write here instead of standard output")
+    r.add_argument(
+        "--output", "-o", help="write here (whole, or not at all) instead of standard output"
+    )
+    period(r)
     r.set_defaults(run=run_report)
 
 
 def run_report(args: argparse.Namespace) -> int:
+    """The same period (`--until` given, or in the past) gives the same report."""
     from gateway.cli.report_html import render
 
-    path = "/admin/audit/subjects/" + urllib.parse.quote(args.subject, safe="") + "/report"
     try:
-        answer = _request(args.gateway.rstrip("/") + path, read_token(args))
+        tz = times.zone(args.tz)
+        params = when(args, tz)
+        path = "/admin/audit/subjects/" + checked_subject(args.subject) + "/report"
+        token = client.read_token(args)
+    except (ApiError, times.TimeError) as e:
+        print(f"pd-gateway: {e}", file=sys.stderr)
+        return 2
+    if params:
+        path += "?" + urllib.parse.urlencode(params)
+    try:
+        answer = client.request(args.gateway.rstrip("/") + path, token)
+        text = (
+            json.dumps({"subject": args.subject, **answer}, ensure_ascii=False, indent=2)
+            if args.format == "json"
+            else render(args.subject, answer, tz)
+        )
+        with output.destination(args.output) as out:
+            out.write(text + "\n")
     except (ApiError, OSError) as e:
         print(f"pd-gateway: {e}", file=sys.stderr)
         return 1
-    text = (
-        json.dumps({"subject": args.subject, **answer}, ensure_ascii=False, indent=2)
-        if args.format == "json"
-        else render(args.subject, answer)
+    until = dt.datetime.fromtimestamp(answer["period"]["until_us"] / 1e6, dt.UTC)
+    print(
+        f"pd-gateway: the trail up to {times.for_api(until)}; the same --until gives the same "
+        "numbers",
+        file=sys.stderr,
     )
-    if args.output:
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
-    else:
-        print(text)
     return 0

@@ -1,25 +1,25 @@
-"""`pd-gateway session revoke USER --config FILE`, `pd-gateway session keygen --out FILE`.
+"""`pd-gateway session revoke USER --reason R`, `pd-gateway session keygen --out FILE`.
 
-`revoke` ends every browser session of a user on every replica that shares
-`oidc.session.revocation_file`, within `oidc.session.revocation_poll_seconds`
-(docs/decisions/014-browser-sessions.md). The gateway records the ending (an `auth_event`
-`revoked`) when the user's next request arrives with the old cookie.
+`revoke` asks a running gateway (the admin API, `POST /admin/sessions/revoke`) to end every
+browser session of a user: the change of access rights is recorded in the trail at once
+(`sessions_revoked`, 9.2.7) and written to the shared revocation list, which every replica
+reads within `oidc.session.revocation_poll_seconds` (docs/decisions/014-browser-sessions.md).
+Allowed to the job functions in `authz.policy_admin_roles`. When the user's next request comes
+with the old cookie, the refusal is an `auth_event` `revoked` too.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet
 
-from gateway.config.load import load_config
-from gateway.identity.sessions import append_revocation
+from gateway.cli import client
+from gateway.cli.client import ApiError
 
 
 def register(sub: Any) -> None:
@@ -27,8 +27,8 @@ def register(sub: Any) -> None:
     ssub = s.add_subparsers(dest="session_command", required=True)
     r = ssub.add_parser("revoke", help="end every browser session of a user, on every replica")
     r.add_argument("user", help="the employee's user id (the identity's user claim)")
-    r.add_argument("--config", required=True, help="the gateway config (its oidc section)")
-    r.add_argument("--reason", default="operator", help="why, for the revocation list")
+    r.add_argument("--reason", required=True, help="why (a ticket, an incident): in the trail")
+    client.connection(r)
     r.set_defaults(run=run_revoke)
     k = ssub.add_parser("keygen", help="write a new session cookie key (Fernet), mode 0600")
     k.add_argument("--out", required=True, help="the key file to create (must not exist)")
@@ -36,24 +36,23 @@ def register(sub: Any) -> None:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
-    if cfg.oidc is None:
-        print(f"pd-gateway: {args.config}: no oidc section: no browser sessions", file=sys.stderr)
+    try:
+        token = client.read_token(args)
+    except ApiError as e:
+        print(f"pd-gateway: {e}", file=sys.stderr)
         return 2
-    path = cfg.oidc.session.revocation_file
-    append_revocation(path, args.user, time.time(), args.reason, actor=f"cli:{_operator()}")
+    body = {"user": args.user, "reason": args.reason}
+    try:
+        answer = client.request(args.gateway.rstrip("/") + "/admin/sessions/revoke", token, body)
+    except ApiError as e:
+        print(f"pd-gateway: {e}; the sessions were not revoked", file=sys.stderr)
+        return 1
     print(
-        f"revoked every session of {args.user} begun before now; every gateway sharing {path} "
-        f"refuses them within {cfg.oidc.session.revocation_poll_seconds:g} s"
+        f"revoked every session of {args.user} begun before now: here at once, on every other "
+        f"gateway within {answer['bound_seconds']:g} s (recorded as change "
+        f"{answer['change_id']}, request {answer['request_id']})"
     )
     return 0
-
-
-def _operator() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (a container)
-        return str(os.getuid())
 
 
 def run_keygen(args: argparse.Namespace) -> int:

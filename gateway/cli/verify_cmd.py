@@ -16,6 +16,7 @@ from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.store.base import StoreError
 from gateway.audit.store.factory import open_store
 from gateway.audit.verify import Report, verify_store
+from gateway.cli import times
 from gateway.cli.store_cmd import store_config
 
 
@@ -35,8 +36,9 @@ def register(audit_sub: Any) -> None:
     v.add_argument("--instance", action="append", help="only this gateway instance (repeatable)")
     v.add_argument(
         "--since",
-        help="start at the newest signed checkpoint before this time (ISO 8601, UTC)",
+        help=f"start at the newest signed checkpoint before this time: {times.FORMS}",
     )
+    v.add_argument("--tz", help="the zone of a --since given without one (default: this machine's)")
     v.add_argument(
         "--gateway",
         action="append",
@@ -76,8 +78,12 @@ def run_verify(args: argparse.Namespace) -> int:
         return 2
     since_us = None
     if args.since:
-        when = dt.datetime.fromisoformat(args.since.replace("Z", "+00:00"))
-        since_us = int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp() * 1e6)
+        try:
+            when = times.parse_when(args.since, times.zone(args.tz), dt.datetime.now(dt.UTC))
+        except times.TimeError as e:
+            print(f"pd-gateway: --since {e}", file=sys.stderr)
+            return 2
+        since_us = int(when.timestamp() * 1e6)
     try:
         live = [_live(url) for url in args.gateway]
     except (OSError, ValueError, KeyError) as e:

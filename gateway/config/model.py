@@ -219,6 +219,17 @@ class ProxyConfig:
     upstream_timeout_seconds: float = 300.0  # the whole exchange, body included
     # Request headers never forwarded, beyond proxy.STRIPPED (lower case, `_` read as `-`).
     strip_headers: frozenset[str] = frozenset()
+    # WebSockets on routes that declare `websocket: true` (decision 024): a socket with no
+    # message either way for the idle limit, or open for the absolute limit, is closed by the
+    # gateway; a message larger than the size limit closes it too (1009).
+    websocket_idle_timeout_seconds: float = 300.0
+    websocket_max_duration_seconds: float = 8 * 3600.0
+    websocket_max_message_bytes: int = 4 * 1024 * 1024
+    # The host names (`host` or `host:port`, as clients write them) this gateway answers for.
+    # Routes pass the client's Host to upstreams by default (decision 022): a request naming any
+    # other host is refused (400), so no client can make an upstream build links to its host.
+    # Empty: any well-formed Host is accepted (and reaches `host: preserve` upstreams).
+    public_hosts: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -253,6 +264,10 @@ class OidcConfig:
     session_routes: frozenset[str] = frozenset()
     secure_cookies: bool = True  # False only without TLS (the demo): cookies lose `Secure`
     home_path: str = "/"  # where "log in again" leads after a logout
+    # Ask for `prompt=consent` with `offline_access`: providers that follow OIDC Core §11 issue a
+    # refresh token only then. Off: no consent screen at each login; without a refresh token a
+    # session is renewed by a silent `prompt=none` login on the next navigation (decision 023).
+    consent_for_offline_access: bool = False
 
     @property
     def origin(self) -> str:
@@ -311,10 +326,24 @@ class Route:
     # then what is authorised and recorded (method_override.effective_method, decision 011).
     method_override: frozenset[str] = frozenset()
     response_subjects: ResponseSubjects | None = None
+    # The Host the upstream receives: `preserve` the client's (the public name), or `upstream`
+    # (its own, from its URL). X-Forwarded-Host/Proto/Port are sent either way (decision 022).
+    host: Literal["preserve", "upstream"] = "preserve"
+    # WebSocket upgrades are refused unless the route declares them (decision 024).
+    websocket: bool = False
+    # `Cache-Control: no-store` on the responses of a route with a personal-data category, so a
+    # shared computer's cache and Back button keep nothing after logout; `false` leaves the
+    # upstream's caching headers as they are (a route of static files, say).
+    no_store: bool = True
 
     @property
     def carries_personal_data(self) -> bool:
         return self.category != "none"
+
+    @property
+    def stores_nothing(self) -> bool:
+        """Whether the gateway sets `Cache-Control: no-store` on this route's responses."""
+        return self.no_store and self.carries_personal_data
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,9 @@ def parse_oidc(top: Section, tls_on: bool, routes: tuple[Route, ...]) -> OidcCon
         session_routes=session_routes,
         secure_cookies=tls_on,
         home_path=home_path,
+        consent_for_offline_access=o.get(
+            "consent_for_offline_access", bool, OidcConfig.consent_for_offline_access
+        ),
     )
     o.finish()
     return cfg

@@ -40,6 +40,10 @@ def parse_proxy(top: Section) -> ProxyConfig:
         upstream_max_response_bytes=count("upstream_max_response_bytes", at_least(1)),
         upstream_timeout_seconds=seconds("upstream_timeout_seconds"),
         strip_headers=_header_names(px, "strip_headers"),
+        websocket_idle_timeout_seconds=seconds("websocket_idle_timeout_seconds"),
+        websocket_max_duration_seconds=seconds("websocket_max_duration_seconds"),
+        websocket_max_message_bytes=count("websocket_max_message_bytes", at_least(1024)),
+        public_hosts=_hosts(px, "public_hosts"),
     )
     px.finish()
     return proxy
@@ -56,4 +60,17 @@ def _header_names(sec: Section, key: str) -> frozenset[str]:
             sec.problems.add(f"{sec.key(key)}.{i}", "must be a header name")
             continue
         out.add(name.lower().replace("_", "-"))
+    return frozenset(out)
+
+
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(:[0-9]{1,5})?$")  # RFC 9110 §7.2
+
+
+def _hosts(sec: Section, key: str) -> frozenset[str]:
+    out = set()
+    for i, value in enumerate(sec.get(key, list, [])):
+        if not isinstance(value, str) or not _HOST.match(value):
+            sec.problems.add(f"{sec.key(key)}.{i}", "must be a host name, optionally with :port")
+            continue
+        out.add(value.lower())
     return frozenset(out)

@@ -58,6 +58,11 @@ def parse_routes(top: Section, upstreams: Mapping[str, str]) -> tuple[Route, ...
                 )
             elif carrier not in ("header", "query"):
                 problems.add(r.key("method_override"), "must list 'header' and/or 'query'")
+        host = r.get("host", str, Route.host, one_of(("preserve", "upstream")))
+        websocket = r.get("websocket", bool, Route.websocket)
+        if websocket and actions.get("GET") is None:
+            problems.add(r.key("websocket"), "an upgrade is a GET: the route must allow GET")
+        no_store = r.get("no_store", bool, Route.no_store)
         r.finish()
         routes.append(
             Route(
@@ -73,6 +78,9 @@ def parse_routes(top: Section, upstreams: Mapping[str, str]) -> tuple[Route, ...
                 subject=subject,
                 method_override=frozenset(str(c) for c in override) & {"header", "query"},
                 response_subjects=listed,
+                host="upstream" if host == "upstream" else "preserve",
+                websocket=websocket,
+                no_store=no_store,
             )
         )
     _check_overlapping_prefixes(routes, top)

@@ -16,6 +16,8 @@ class GatewayError(Exception):
     close_connection: bool = False
     # Extra fields of the client's JSON body (e.g. a refused policy's problems): public too.
     public_details: dict[str, object] | None = None
+    # A way on for a person reading the HTML page: (text, same-origin path, opens a new tab).
+    public_link: tuple[str, str, bool] | None = None
 
 
 class Refused(GatewayError):

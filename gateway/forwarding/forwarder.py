@@ -19,11 +19,13 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config.model import IPNetwork, Route
 from gateway.core.errors import GatewayError
-from gateway.forwarding.headers import response_headers, upstream_headers
+from gateway.forwarding.addresses import AddressGuard, InternalAddress
+from gateway.forwarding.headers import public_origin, response_headers, upstream_headers
 from gateway.forwarding.method_override import BodyOverrideScanner
 from gateway.forwarding.response_subjects import ResponseCopy
 from gateway.identity.cookies import sets_cookie, without_cookies
@@ -127,6 +129,7 @@ class Forwarder:
         total_timeout: float | None = None,
         ssl_contexts: Mapping[str, ssl.SSLContext] | None = None,
         gateway_cookies: frozenset[str] = frozenset(),
+        upstream_urls: Sequence[str] = (),
     ) -> None:
         # SECURITY: the gateway's session and login cookies never reach an upstream, and an
         # upstream cannot set or clear them (THREAT_MODEL.md, browser sessions).
@@ -141,6 +144,8 @@ class Forwarder:
             total=total_timeout, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._ssl = dict(ssl_contexts or {})  # by upstream name; others verify with system CAs
+        self._addresses = AddressGuard(upstream_urls)  # decision 022
+        self.session = session  # the WebSocket relay connects through the same pool
 
     async def forward(
         self,
@@ -154,20 +159,7 @@ class Forwarder:
         strip: frozenset[str] = frozenset(),
     ) -> web.StreamResponse:
         """``strip``: more header names never forwarded (proxy.strip_headers, normalised)."""
-        headers = upstream_headers(
-            request,
-            trusted=self._trusted,
-            forward_authorization=self._forward_authorization,
-            injected=injected,
-            strip=strip,
-            keep_override="header" in route.method_override,
-        )
-        if self._own_cookies and "Cookie" in headers:
-            kept = [without_cookies(c, self._own_cookies) for c in headers.getall("Cookie")]
-            del headers["Cookie"]
-            for value in kept:
-                if value is not None:
-                    headers.add("Cookie", value)
+        headers = self.request_headers(request, route, injected, strip)
         # The raw path and query, byte for byte: what was authorised is what is forwarded.
         url = URL(route.upstream_url + request.raw_path, encoded=True)
 
@@ -219,7 +211,7 @@ class Forwarder:
                 timeout=self._timeout,
                 auto_decompress=False,
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-                ssl=self._ssl.get(route.upstream, True),
+                ssl=self.ssl_for(route),
             )
         except (TimeoutError, aiohttp.ClientError) as e:
             exchange.upstream_seconds = time.perf_counter() - t0
@@ -229,9 +221,37 @@ class Forwarder:
                 upstream.headers.getall("Set-Cookie", ()), self._own_cookies
             ):
                 raise UpstreamError(502, "upstream_set_gateway_cookie")
-            return await self._relay(request, upstream, request_id, exchange, before_last_chunk, t0)
+            if upstream.status == 101:  # no upgrade was asked for: never a tunnel (decision 024)
+                raise UpstreamError(502, "upstream_unexpected_upgrade")
+            head = self.response_head(request, route, upstream, request_id)
+            return await self._relay(request, upstream, head, exchange, before_last_chunk, t0)
         finally:
             upstream.release()
+
+    def request_headers(
+        self, request: web.Request, route: Route, injected: dict[str, str], strip: frozenset[str]
+    ) -> CIMultiDict[str]:
+        """The headers the upstream receives (gateway.forwarding.headers), the gateway's own
+        cookies taken out."""
+        headers = upstream_headers(
+            request,
+            trusted=self._trusted,
+            forward_authorization=self._forward_authorization,
+            injected=injected,
+            strip=strip,
+            keep_override="header" in route.method_override,
+            preserve_host=route.host == "preserve",
+        )
+        if self._own_cookies and "Cookie" in headers:
+            kept = [without_cookies(c, self._own_cookies) for c in headers.getall("Cookie")]
+            del headers["Cookie"]
+            for value in kept:
+                if value is not None:
+                    headers.add("Cookie", value)
+        return headers
+
+    def ssl_for(self, route: Route) -> ssl.SSLContext | bool:
+        return self._ssl.get(route.upstream, True)
 
     @staticmethod
     def _failure(e: BaseException, exchange: Exchange) -> ExchangeError:
@@ -246,11 +266,32 @@ class Forwarder:
             return UpstreamError(502, "upstream_unreachable")
         return UpstreamError(502, "upstream_error")
 
+    def response_head(
+        self,
+        request: web.Request,
+        route: Route,
+        upstream: aiohttp.ClientResponse,
+        request_id: str,
+    ) -> CIMultiDict[str]:
+        """The response's headers for the client: hygiene, the upstream's internal address
+        rewritten or refused (decision 022), `no-store` where the route holds personal data."""
+        headers = response_headers(upstream, request_id)
+        try:
+            self._addresses.rewrite(
+                headers, route.upstream_url, public_origin(request, self._trusted)
+            )
+        except InternalAddress:
+            raise UpstreamError(502, "upstream_internal_address") from None
+        if route.stores_nothing:  # a shared computer keeps no copy (decision 023)
+            headers["Cache-Control"] = "no-store"
+            headers.popall("Expires", None)
+        return headers
+
     async def _relay(
         self,
         request: web.Request,
         upstream: aiohttp.ClientResponse,
-        request_id: str,
+        headers: CIMultiDict[str],
         exchange: Exchange,
         before_last_chunk: Callable[[], Awaitable[None]],
         t0: float,
@@ -261,7 +302,7 @@ class Forwarder:
         resp = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason,
-            headers=response_headers(upstream, request_id),
+            headers=headers,
         )
         if (
             upstream.content_length is None

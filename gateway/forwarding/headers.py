@@ -19,6 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config.model import IPNetwork
 from gateway.core.errors import BadRequest
+from gateway.forwarding.addresses import Origin, normalise_host, parse_origin
 from gateway.forwarding.method_override import OVERRIDE_HEADERS
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies still meet.
@@ -36,10 +37,17 @@ HOP_BY_HOP = frozenset(
     }
 )
 FORWARDING = frozenset(
-    {"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"}
+    {
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-real-ip",
+    }
 )
 INJECTED_PREFIX = "x-pd-"
-# X-Forwarded-* is the gateway's to write: it sets For, Proto and Host itself (from trusted
+# X-Forwarded-* is the gateway's to write: it sets For, Proto, Host and Port itself (from trusted
 # proxies it extends them); every other one a client sends (Prefix, Path, User, Client-Cert, …)
 # would tell the upstream about a URL, user or certificate nobody checked.
 FORWARDED_PREFIX = "x-forwarded-"
@@ -56,7 +64,6 @@ STRIPPED = frozenset(
         "x-forwarded-path",
         "x-forwarded-uri",
         "x-forwarded-server",
-        "x-forwarded-port",
         "x-forwarded-scheme",
         "x-forwarded-ssl",
         "x-scheme",
@@ -155,7 +162,8 @@ def valid_host(value: str) -> bool:
         host, _, port = value.rpartition(":")
         if not _PORT.match(port) or int(port) > 65535:
             return False
-    return bool(_REG_NAME_OR_IPV4.match(host))
+    # …and a name a browser could have used: not `.`, not a numeric name that is no IPv4.
+    return bool(_REG_NAME_OR_IPV4.match(host)) and normalise_host(host) is not None
 
 
 def check_request_headers(
@@ -203,6 +211,30 @@ def client_address(request: web.BaseRequest, trusted: Sequence[IPNetwork]) -> st
     return peer
 
 
+def public_origin(request: web.BaseRequest, trusted: Sequence[IPNetwork]) -> Origin:
+    """The scheme, host and port the client used: the request's own, or — from a peer in
+    ``trusted`` — its `X-Forwarded-Proto/Host/Port` where they are well formed (decision 022)."""
+    scheme, host = request.scheme, request.host
+    port = ""
+    if trusted and is_trusted(request.remote or "", trusted):
+        fproto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        fhost = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+        fport = request.headers.get("X-Forwarded-Port", "").split(",")[0].strip()
+        if fproto in ("http", "https"):
+            scheme = fproto
+        if fhost and valid_host(fhost):
+            host = fhost
+        if _PORT.match(fport) and 0 < int(fport) <= 65535:
+            port = fport
+    origin = parse_origin(host, scheme)
+    if origin is None:  # check_request_headers refused such a Host before anything was forwarded
+        raise BadRequest("bad_host")
+    explicit = "]:" in host if host.startswith("[") else ":" in host
+    if port and not explicit:
+        origin = Origin(scheme, origin.host, int(port))
+    return origin
+
+
 def upstream_headers(
     request: web.BaseRequest,
     *,
@@ -211,6 +243,7 @@ def upstream_headers(
     injected: dict[str, str],
     strip: frozenset[str] = frozenset(),
     keep_override: bool = False,
+    preserve_host: bool = False,
 ) -> CIMultiDict[str]:
     """Request headers for the upstream.
 
@@ -218,7 +251,8 @@ def upstream_headers(
     `_` read as `-`) before the gateway injects its own, so no client can assert an identity the
     upstream would trust; so are STRIPPED, ``strip`` and, unless ``keep_override`` (the route
     declares its upstream honours them), method-override headers. `X-Forwarded-*` from a peer
-    outside ``trusted`` are replaced, not extended.
+    outside ``trusted`` are replaced, not extended. ``preserve_host``: the upstream receives the
+    public Host (``public_origin``) instead of its own (decision 022).
     """
     listed = {header_key(n) for n in connection_listed(request.headers)}
     out: CIMultiDict[str] = CIMultiDict()
@@ -241,12 +275,12 @@ def upstream_headers(
     from_trusted = bool(trusted) and is_trusted(peer, trusted)
     prior_for = ", ".join(request.headers.getall("X-Forwarded-For", ())) if from_trusted else ""
     out["X-Forwarded-For"] = f"{prior_for}, {peer}" if prior_for else peer
-    out["X-Forwarded-Proto"] = (
-        request.headers.get("X-Forwarded-Proto", request.scheme) if from_trusted else request.scheme
-    )
-    out["X-Forwarded-Host"] = (
-        request.headers.get("X-Forwarded-Host", request.host) if from_trusted else request.host
-    )
+    public = public_origin(request, trusted)
+    out["X-Forwarded-Proto"] = public.scheme
+    out["X-Forwarded-Host"] = public.authority
+    out["X-Forwarded-Port"] = str(public.port)
+    if preserve_host:
+        out["Host"] = public.authority
     out.update(injected)
     return out
 

@@ -1,8 +1,11 @@
 """Changes of who may access what (9.2.7), in one place: policy reloads (file change, SIGHUP,
-the admin API), time-bound grants that lapse, break-glass sessions, and role sets the IdP
-changed. Every change is built here as a ``PermissionChange`` and written to the audit spool
-*before* it takes effect; a change that cannot be recorded does not happen
-(docs/decisions/006-permission-changes.md).
+the admin API), time-bound grants that lapse, break-glass sessions, role sets the IdP changed,
+blocks of a data subject's data (6.5, 6.6) and browser sessions ended by an operator. Every
+change is built here as a ``PermissionChange`` and written to the audit spool *before* it takes
+effect; a change that cannot be recorded does not happen
+(docs/decisions/006-permission-changes.md). The last two are built here and written by the API
+that makes them, with the record of what they change (``subject_block_change``,
+``sessions_revoked``).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.audit.events import PermissionChange
-from gateway.audit.spool import Spool
+from gateway.audit.recorder import Recorder
 from gateway.config.model import Config
 from gateway.core.errors import PolicyError, SpoolUnavailable
+from gateway.core.ids import new_id
 from gateway.core.metrics import Metrics
 from gateway.identity.tokens import Principal
 from gateway.policy import tools as policy_tools
@@ -35,7 +39,7 @@ log = logging.getLogger(__name__)
 class AccessRights:
     cfg: Config
     metrics: Metrics
-    spool: Spool
+    recorder: Recorder
     policies: PolicyStore
     break_glass: BreakGlass
     roles: RoleTracker
@@ -111,8 +115,7 @@ class AccessRights:
         ]
         if records:
             try:
-                # Appended in one loop iteration: one write, all of them or none.
-                await asyncio.gather(*(self.spool.append(r) for r in records))
+                await self.recorder.note_all(records)  # one write: all of them or none
             except SpoolUnavailable as e:
                 self.metrics.policy_reloads.labels("refused").inc()
                 log.error(
@@ -167,7 +170,7 @@ class AccessRights:
             reason=reason,
             source="break_glass",
         )
-        await self.spool.append(change)
+        await self.recorder.note(change)
 
     async def end_break_glass_sessions(self, interval: float = 0.5) -> None:
         """Record the end of every session that reached it (the access ended by itself)."""
@@ -216,7 +219,7 @@ class AccessRights:
             # same token record the same change, which the store counts once.
             iat = int(principal.issued_at)
             key = f"{principal.user}|{','.join(before)}|{','.join(after)}|{iat}"
-            await self.spool.append(
+            await self.recorder.note(
                 PermissionChange(
                     change_id=hashlib.sha256(key.encode()).hexdigest()[:32],
                     ts_us=time.time_ns() // 1000,
@@ -234,3 +237,50 @@ class AccessRights:
             )
 
         await self.roles.track(principal.user, principal.roles, record)
+
+    def subject_block_change(
+        self, *, actor: str, action: str, subject: str, label: str, reason: str
+    ) -> PermissionChange:
+        """A block (6.5, 6.6) takes every job function's access to one subject's data away
+        (except the verification's), an unblock gives it back: a change of access rights of its
+        own, found by `audit permissions`. ``subject`` as stored (a keyed hash, 5.3); the label is
+        the DPO's name for the case."""
+        named = f"subject {subject}" + (f" ({label})" if label else "")
+        rule = f"{named}: blocked, every access refused but the verification's"
+        version = self.policies.engine.version
+        return PermissionChange(
+            change_id=new_id(),
+            ts_us=time.time_ns() // 1000,
+            actor=actor,
+            change_kind="subject_blocked" if action == "block" else "subject_unblocked",
+            role="",
+            user="",
+            rule_before="" if action == "block" else rule,
+            rule_after=rule if action == "block" else "",
+            policy_version_before=version,
+            policy_version_after=version,
+            reason=reason,
+            source="admin_api",
+        )
+
+    def sessions_revoked(
+        self, *, actor: str, user: str, before: float, reason: str
+    ) -> PermissionChange:
+        """An operator ended every browser session of ``user`` begun before ``before`` (decision
+        014): recorded when it is asked for, not when a revoked cookie next comes back."""
+        at = dt.datetime.fromtimestamp(before, dt.UTC).isoformat(timespec="seconds")
+        version = self.policies.engine.version
+        return PermissionChange(
+            change_id=new_id(),
+            ts_us=time.time_ns() // 1000,
+            actor=actor,
+            change_kind="sessions_revoked",
+            role="",
+            user=user,
+            rule_before=f"browser sessions begun before {at}",
+            rule_after="",
+            policy_version_before=version,
+            policy_version_after=version,
+            reason=reason,
+            source="admin_api",
+        )

@@ -11,7 +11,9 @@ Contract:
   until the store has them, and every block when no store is configured.
 - The latest record of a subject decides (by time, then block id); a failed poll keeps the last
   view (blocks are never lifted because the store is down) and the age metric grows.
-- Subjects are compared as stored in the trail (the caller maps a real id first, 5.3).
+- Subjects are compared as stored in the trail (the caller maps a real id first, 5.3). A block
+  carries the label the DPO chose for it (never the id itself), which is what `subject list`
+  shows beside the stored form.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.audit.events import SubjectBlock
-from gateway.audit.spool import Spool
+from gateway.audit.recorder import Note, Recorder
 from gateway.audit.store.base import AuditStore, StoreError
 from gateway.core.fsutil import atomic_write
 from gateway.core.ids import new_id
@@ -46,6 +48,7 @@ class BlockRecord:
     subject: str
     actor: str
     reason: str
+    label: str = ""
 
 
 def fold(records: Iterable[BlockRecord]) -> dict[str, BlockRecord]:
@@ -59,14 +62,14 @@ def fold(records: Iterable[BlockRecord]) -> dict[str, BlockRecord]:
 class SubjectBlocks:
     def __init__(
         self,
-        spool: Spool,
+        recorder: Recorder,
         directory: Path,
         open_store: StoreOpener | None,
         *,
         poll_seconds: float,
         on_count: Callable[[int], None] = lambda n: None,
     ) -> None:
-        self._spool = spool
+        self._recorder = recorder
         self._file = directory / STATE_FILE
         self._open_store = open_store
         self._poll_seconds = poll_seconds
@@ -91,6 +94,19 @@ class SubjectBlocks:
 
     def active(self) -> list[BlockRecord]:
         return sorted(self._active.values(), key=lambda r: (r.ts_us, r.block_id))
+
+    def history(self, subjects: Iterable[str]) -> list[BlockRecord]:
+        """Every block and unblock of ``subjects`` this replica knows of, oldest first."""
+        wanted = set(subjects)
+        records = {**self._stored, **self._local}.values()
+        return sorted(
+            (r for r in records if r.subject in wanted), key=lambda r: (r.ts_us, r.block_id)
+        )
+
+    def current(self, subjects: Iterable[str]) -> BlockRecord | None:
+        """The block in force on one of ``subjects`` (the forms of one id), or None."""
+        found = self.blocked(subjects)
+        return self._active[found] if found is not None else None
 
     def _refold(self) -> None:
         self._active = fold({**self._stored, **self._local}.values())
@@ -128,7 +144,7 @@ class SubjectBlocks:
         assert self._open_store is not None
         with self._open_store() as store:
             rows = store.select(
-                "SELECT ts_us, block_id, action, subject, actor, reason "
+                "SELECT ts_us, block_id, action, subject, actor, reason, label "
                 f"FROM {store.database}.subject_blocks",
                 settings={"max_execution_time": max(1, int(self._poll_seconds * 5))},
             )
@@ -140,6 +156,7 @@ class SubjectBlocks:
                 str(r["subject"]),
                 str(r["actor"]),
                 str(r["reason"]),
+                str(r["label"]),
             )
             for r in rows
         ]
@@ -153,9 +170,18 @@ class SubjectBlocks:
                 log.exception("subject blocks: poll failed")
 
     async def change(
-        self, *, actor: str, action: str, subject: str, reason: str, request_id: str
+        self,
+        *,
+        actor: str,
+        action: str,
+        subject: str,
+        reason: str,
+        request_id: str,
+        label: str = "",
+        also: Sequence[Note] = (),
     ) -> BlockRecord:
-        """Record a block or unblock (SpoolUnavailable if it cannot be), then enforce it."""
+        """Record a block or unblock, with ``also`` (its permission change, 9.2.7) in the same
+        write (SpoolUnavailable if they cannot be), then enforce it."""
         record = SubjectBlock(
             block_id=new_id(),
             ts_us=time.time_ns() // 1000,
@@ -164,9 +190,11 @@ class SubjectBlocks:
             subject=subject,
             reason=reason,
             request_id=request_id,
+            label=label,
         )
-        await self._spool.append(record)  # durable before it is in force or answered
-        rec = BlockRecord(record.ts_us, record.block_id, action, subject, actor, reason)
+        # Durable before it is in force or answered.
+        await self._recorder.note_all([record, *also])
+        rec = BlockRecord(record.ts_us, record.block_id, action, subject, actor, reason, label)
         self._local[rec.block_id] = rec
         self._refold()
         await asyncio.to_thread(self._save)

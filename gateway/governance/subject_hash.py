@@ -6,7 +6,7 @@ Contract:
   subject is still found with one indexed look-up; without the key the value says nothing.
 - ``candidates(id)`` is the id under every configured key (current first): what a search or a
   block check compares with, so a key rotation loses neither history nor blocks.
-- ``path``/``query`` replace the subject where the route's declaration found it (a path segment,
+- ``path``/``query`` replace the subject where the route's declaration puts it (a path segment,
   a query value), so the recorded path and query are not a second copy of the id either.
 - No key configured: ids are kept as they are (``enabled`` is False).
 """
@@ -22,6 +22,23 @@ from gateway.config.model import Route
 
 PREFIX = "h:"
 MIN_KEY_BYTES = 32
+# An id an investigator or the DPO gives (`audit who-accessed ID`, `subject block ID`): business
+# systems' ids are short; a longer one is a mistake (or a paste of something else).
+MAX_SUBJECT_CHARS = 256
+
+
+def subject_problem(subject: str) -> str | None:
+    """Why ``subject`` cannot be a data subject's id given to the audit or blocks API (a message
+    naming the rule, never echoing the value), or None."""
+    if not subject.strip():
+        return "subject: the id is required"
+    if len(subject) > MAX_SUBJECT_CHARS:
+        return f"subject: at most {MAX_SUBJECT_CHARS} characters (this one has {len(subject)})"
+    if subject != subject.strip():
+        return "subject: no spaces before or after the id"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in subject):
+        return "subject: printable characters only (no control characters)"
+    return None
 
 
 def key_id(key: bytes) -> str:
@@ -68,13 +85,16 @@ class SubjectHasher:
             return [subject]
         return [self._mac(kid, key, subject) for kid, key in self._keys]
 
-    def path(self, route: Route | None, path: str, subjects: list[str]) -> str:
+    def path(self, route: Route | None, path: str) -> str:
         rule = route.subject if route is not None else None
         if not self._keys or rule is None or rule.path_index is None:
             return path
         segments = path.split("/")
-        if len(segments) > rule.path_index and segments[rule.path_index] in subjects:
-            segments[rule.path_index] = self.stored(segments[rule.path_index])
+        i = rule.path_index
+        # The declared position is hashed whether or not the subject was extracted yet: a refusal
+        # before extraction (405, a role change that could not be recorded) keeps no id in clear.
+        if len(segments) > i and segments[i]:
+            segments[i] = self.stored(segments[i])
         return "/".join(segments)
 
     def query(self, route: Route | None, query: str) -> str:

@@ -37,3 +37,13 @@ def is_navigation(method: str, headers: Mapping[str, str]) -> bool:
     if mode is not None:
         return mode == "navigate"
     return "text/html" in headers.get("Accept", "")
+
+
+def websocket_origin_reason(headers: Mapping[str, str], origin: str) -> str | None:
+    """A cookie-authenticated WebSocket upgrade is a GET that opens a two-way channel with the
+    employee's authority: a cross-site page must not open one (cross-site WebSocket hijacking).
+    Browsers always send `Origin` on an upgrade; it must be the gateway's."""
+    sent = headers.get("Origin")
+    if sent is None:
+        return "csrf_no_origin"
+    return None if sent == origin else "csrf_websocket_origin"

@@ -120,8 +120,30 @@ class OidcClient:
         assert self.metadata is not None
         return self.metadata
 
-    def authorize_url(self, state: str, nonce: str, code_verifier: str) -> str:
+    def authorize_url(
+        self,
+        state: str,
+        nonce: str,
+        code_verifier: str,
+        *,
+        silent: bool = False,
+        reauthenticate: bool = False,
+    ) -> str:
+        """The provider's authorization URL (OIDC Core §3.1.2.1). ``silent``: `prompt=none`, a
+        re-login that shows nothing or fails; ``reauthenticate``: `prompt=login`, the person
+        proves who they are again even if the provider has a session; `prompt=consent` when
+        `offline_access` is asked for and oidc.consent_for_offline_access is on (§11: the only
+        way such providers issue a refresh token)."""
         assert self.metadata is not None
+        prompts = []
+        if silent:
+            prompts = ["none"]
+        else:
+            if reauthenticate:
+                prompts.append("login")
+            if self._cfg.consent_for_offline_access and "offline_access" in self._cfg.scopes:
+                prompts.append("consent")
+        prompt = {"prompt": " ".join(prompts)} if prompts else {}
         query = urlencode(
             {
                 "response_type": "code",
@@ -132,6 +154,7 @@ class OidcClient:
                 "nonce": nonce,
                 "code_challenge": pkce_challenge(code_verifier),
                 "code_challenge_method": "S256",
+                **prompt,
             }
         )
         return f"{self.metadata.authorization_endpoint}?{query}"

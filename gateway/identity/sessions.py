@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -63,6 +64,11 @@ class LoginState:
     code_verifier: str  # PKCE (RFC 7636)
     return_to: str  # a same-origin path, checked when the login began
     started_at: float
+    # A silent re-login (`prompt=none`) of a session due for renewal without a refresh token
+    # (decision 023): the session kept if the same user comes back, its bounds unchanged.
+    renews: str = ""  # the session's id
+    renews_user: str = ""
+    created_at: float = 0.0  # the session's login time: the absolute timeout still counts from it
 
 
 def new_secret() -> str:
@@ -141,6 +147,13 @@ class SessionCodec:
             raise SessionInvalid("session_idle", session)
         return session
 
+    def open_unchecked(self, value: str) -> Session | None:
+        """The session in ``value`` if it opens and is within its timeouts, else None."""
+        try:
+            return self.open(value) if value else None
+        except SessionInvalid:
+            return None
+
     def seal_logins(self, logins: Sequence[LoginState]) -> str:
         """The logins under way in this browser (several tabs may each start one), newest last;
         at most MAX_PENDING_LOGINS are kept."""
@@ -162,6 +175,9 @@ class SessionCodec:
                         code_verifier=str(item["code_verifier"]),
                         return_to=str(item["return_to"]),
                         started_at=float(item["started_at"]),
+                        renews=str(item.get("renews", "")),
+                        renews_user=str(item.get("renews_user", "")),
+                        created_at=float(item.get("created_at", 0.0)),
                     )
                 )
         except (KeyError, TypeError, ValueError) as e:
@@ -195,19 +211,38 @@ class SessionCodec:
         return data
 
 
+def revocation_key(session_key: bytes) -> bytes:
+    """The key of the revocation list's user hashes, derived from the session cookie key that
+    every replica shares (so each can hash a user the same way, and nobody without it can)."""
+    return hmac.new(session_key, b"pd-gateway revocation list", hashlib.sha256).digest()
+
+
 class RevocationList:
     """Users whose sessions that began before a time are over, on every replica (9.2.7).
 
-    One JSON line per revocation, appended (O_APPEND, fsync) by a gateway at logout or a role
-    change and by `pd-gateway session revoke`; every replica re-reads the file when it changed,
-    at most every ``poll`` seconds: that is the bound on how long a revoked cookie still works
-    on another replica (docs/decisions/014-browser-sessions.md).
+    One JSON line per revocation, appended (O_APPEND, fsync) by a gateway at logout, at a role
+    change, for a subject block and for `pd-gateway session revoke` (the admin API); every
+    replica re-reads the file when it changed, at most every ``poll`` seconds: that is the bound
+    on how long a revoked cookie still works on another replica
+    (docs/decisions/014-browser-sessions.md).
+
+    The file names users by a keyed hash (``user_hash``, under ``revocation_key``), never in
+    clear: a user may also be a data subject (a blocked employee), whose id is kept only as a
+    keyed hash at rest (5.3, decision 015). Lines of earlier releases (``user`` in clear) still
+    count.
     """
 
     def __init__(
-        self, path: Path, *, poll: float, clock: Callable[[], float], actor: str = ""
+        self,
+        path: Path,
+        *,
+        key: bytes,
+        poll: float,
+        clock: Callable[[], float],
+        actor: str = "",
     ) -> None:
         self._path = path
+        self._key = key
         self._actor = actor
         self._poll = poll
         self._clock = clock
@@ -215,13 +250,26 @@ class RevocationList:
         self._checked = float("-inf")
         self._stamp: tuple[int, int] | None = None
 
+    @classmethod
+    def shared(
+        cls, path: Path, *, session_key_file: Path, poll: float, actor: str
+    ) -> RevocationList:
+        """The list every replica shares, its users hashed under their common session key."""
+        key = revocation_key(session_key_file.read_bytes().strip())
+        return cls(path, key=key, poll=poll, clock=time.time, actor=actor)
+
+    def user_hash(self, user: str) -> str:
+        return "u:" + hmac.new(self._key, user.encode(), hashlib.sha256).hexdigest()[:32]
+
     def revoked_before(self, user: str) -> float:
         """Sessions of ``user`` created at or before this time are revoked (-inf: none)."""
         now = self._clock()
         if now - self._checked >= self._poll:
             self._checked = now
             self._reload()
-        return self._before.get(user, float("-inf"))
+        if not self._before:
+            return float("-inf")
+        return self._before.get(self.user_hash(user), float("-inf"))
 
     def is_revoked(self, user: str, created_at: float) -> bool:
         return created_at <= self.revoked_before(user)
@@ -240,23 +288,32 @@ class RevocationList:
             for line in f:
                 try:
                     item = json.loads(line)
-                    user, at = str(item["user"]), float(item["before"])
+                    at = float(item["before"])
+                    if "user_hash" in item:
+                        user = str(item["user_hash"])
+                    else:  # a line of an earlier release, the user in clear
+                        user = self.user_hash(str(item["user"]))
                 except (ValueError, KeyError, TypeError):
                     continue  # a torn last line of a crashed writer: the rest still counts
                 before[user] = max(before.get(user, float("-inf")), at)
         self._before, self._stamp = before, stamp
 
-    async def revoke(self, user: str, reason: str) -> float:
+    async def revoke(self, user: str, reason: str, actor: str | None = None) -> float:
+        """End every session of ``user`` begun until now; ``reason`` a short code (the trail
+        holds the words), ``actor`` who asked (default: this gateway)."""
         at = self._clock()
-        await asyncio.to_thread(append_revocation, self._path, user, at, reason, self._actor)
-        self._before[user] = max(self._before.get(user, float("-inf")), at)
+        key = self.user_hash(user)
+        who = self._actor if actor is None else actor
+        await asyncio.to_thread(append_revocation, self._path, key, at, reason, who)
+        self._before[key] = max(self._before.get(key, float("-inf")), at)
         return at
 
 
-def append_revocation(path: Path, user: str, at: float, reason: str, actor: str = "") -> None:
+def append_revocation(path: Path, user_hash: str, at: float, reason: str, actor: str = "") -> None:
     """Append one revocation durably; one write of one line, so concurrent writers interleave
-    whole lines. ``actor``: who asked (an operator's login name, or the gateway instance)."""
-    record = {"user": user, "before": at, "reason": reason, "actor": actor}
+    whole lines. ``user_hash``: ``RevocationList.user_hash`` of the user; ``actor``: who asked
+    (an operator, or the gateway instance)."""
+    record = {"user_hash": user_hash, "before": at, "reason": reason, "actor": actor}
     line = json.dumps(record) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

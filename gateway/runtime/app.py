@@ -24,7 +24,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.audit.checkpoint import Checkpointer, Signer, load_public_keys
-from gateway.audit.events import AuthEvent
+from gateway.audit.recorder import Recorder
 from gateway.audit.refusals import AnonymousRefusals
 from gateway.audit.shipping.shipper import Shipper, ShipperMetrics
 from gateway.audit.spool import Spool, SpoolHooks
@@ -53,9 +53,14 @@ from gateway.web.admin import build_admin_app, latest_checkpoint_handler
 from gateway.web.audit_api import AuditAPI
 from gateway.web.blocks_api import BlocksAPI
 from gateway.web.boundary import error_middleware
-from gateway.web.browser import BrowserLogin, add_pending_cookies
+from gateway.web.browser import BrowserLogin
+from gateway.web.login import add_pending_cookies
 from gateway.web.pipeline import Pipeline, expect_handler
-from gateway.web.policy_api import break_glass_handler, policy_put_handler
+from gateway.web.policy_api import (
+    break_glass_handler,
+    policy_put_handler,
+    session_revoke_handler,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,7 @@ class Gateway:
     cfg: Config
     metrics: Metrics
     spool: Spool
+    recorder: Recorder  # the one way records reach the spool (gateway.audit.recorder)
     policies: PolicyStore
     rights: AccessRights
     checkpointer: Checkpointer
@@ -86,6 +92,7 @@ class Gateway:
     hasher: SubjectHasher
     blocks: SubjectBlocks
     shipper: Shipper | None  # None: no store, or another process ships this spool
+    revocations: RevocationList | None  # browser sessions ended (decision 014); None: no oidc
     serving: Serving | None = None  # set while the proxy app runs
 
     @property
@@ -182,6 +189,7 @@ def build(
         instance=cfg.instance_id,
         hooks=spool_hooks(metrics),
     )
+    recorder = Recorder(spool)
     policies = PolicyStore(
         cfg.authz.model,
         cfg.authz.policy,
@@ -191,7 +199,7 @@ def build(
     rights = AccessRights(
         cfg,
         metrics,
-        spool,
+        recorder,
         policies,
         break_glass=BreakGlass(load_allowances(cfg.authz.policy.parent)),
         roles=RoleTracker(a.spool_dir),  # 9.2.7: role sets seen in tokens
@@ -201,6 +209,7 @@ def build(
         cfg,
         metrics,
         spool,
+        recorder,
         policies,
         rights,
         checkpointer=Checkpointer(
@@ -210,17 +219,27 @@ def build(
             on_checkpoint=metrics.set_checkpoint,
         ),
         anonymous=AnonymousRefusals(
-            spool.append, window_seconds=a.anonymous_window_seconds, max_keys=a.anonymous_max_keys
+            recorder.note,
+            window_seconds=a.anonymous_window_seconds,
+            max_keys=a.anonymous_max_keys,
         ),
         hasher=SubjectHasher.from_files(a.subject_key_file, a.subject_previous_key_files),
         blocks=SubjectBlocks(  # 6.5, 6.6
-            spool,
+            recorder,
             a.spool_dir,
             blocks_from or reader(cfg.store),
             poll_seconds=a.blocks_poll_seconds,
             on_count=metrics.blocked_subjects.set,
         ),
         shipper=build_shipper(cfg.store, spool, metrics) if ship and cfg.store else None,
+        revocations=RevocationList.shared(
+            cfg.oidc.session.revocation_file,
+            session_key_file=cfg.oidc.session.key_file,
+            poll=cfg.oidc.session.revocation_poll_seconds,
+            actor=f"gateway:{cfg.instance_id}",
+        )
+        if cfg.oidc is not None
+        else None,
     )
     _export_gauges(gw)
     return _proxy_app(gw, ship, console_via, console_here), _admin_app(gw)
@@ -257,9 +276,11 @@ def _proxy_app(
     if cfg.console is not None and (console_here or console_via is not None):
         console.mount(app, gw, via=console_via, on_block=end_sessions_of_blocked(gw))
     if cfg.oidc is not None:
-        app.router.add_route("*", "/_pdgw/{tail:.*}", _browser_pages)
+        app.router.add_route("*", r"/_pdgw/{tail:[\s\S]*}", _browser_pages)
         app.on_response_prepare.append(add_pending_cookies)
-    app.router.add_route("*", "/{tail:.*}", _handle, expect_handler=expect_handler)
+    # Every path reaches the pipeline, a decoded newline (`%0a`) too (`.` would not match it,
+    # and the router's own 404 would go unrecorded): the pipeline refuses it and records that.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", _handle, expect_handler=expect_handler)
     return app
 
 
@@ -268,7 +289,7 @@ def _admin_app(gw: Gateway) -> web.Application:
     app = build_admin_app(
         gw.metrics,
         gw.readiness,
-        spool=gw.spool,
+        recorder=gw.recorder,
         anonymous=gw.anonymous,
         policy_version=lambda: gw.policies.engine.version,
         trusted=cfg.proxy.trusted_proxies,
@@ -287,11 +308,22 @@ def _admin_app(gw: Gateway) -> web.Application:
     app.router.add_post(
         "/admin/break-glass", break_glass_handler(verify=gw.verify, start=rights.start_break_glass)
     )
+    app.router.add_post(  # decision 014, 9.2.7
+        "/admin/sessions/revoke",
+        session_revoke_handler(
+            verify=gw.verify,
+            admin_roles=cfg.authz.policy_admin_roles,
+            revocations=gw.revocations,
+            poll_seconds=cfg.oidc.session.revocation_poll_seconds if cfg.oidc else 0.0,
+            rights=rights,
+            recorder=gw.recorder,
+        ),
+    )
     app.router.add_get("/checkpoint", latest_checkpoint_handler(lambda: gw.checkpointer.latest))
     AuditAPI(  # 9.2.6: the trail read through this process's store, every query recorded
         verify=gw.verify,
         policies=gw.policies,
-        spool=gw.spool,
+        recorder=gw.recorder,
         open_store=reader(cfg.store),
         trusted=cfg.proxy.trusted_proxies,
         hasher=gw.hasher,
@@ -301,9 +333,10 @@ def _admin_app(gw: Gateway) -> web.Application:
     BlocksAPI(  # 6.5, 6.6
         verify=gw.verify,
         policies=gw.policies,
-        spool=gw.spool,
+        recorder=gw.recorder,
         trusted=cfg.proxy.trusted_proxies,
         blocks=gw.blocks,
+        rights=rights,
         hasher=gw.hasher,
         on_block=end_sessions_of_blocked(gw),
     ).register(app)
@@ -311,13 +344,14 @@ def _admin_app(gw: Gateway) -> web.Application:
     return app
 
 
-def end_sessions_of_blocked(gw: Gateway) -> Callable[[str, str], Awaitable[None]]:
+def end_sessions_of_blocked(gw: Gateway) -> Callable[[str], Awaitable[None]]:
     """A block on a data subject who is also a user (their id is the token's `sub`) ends every
-    browser session of theirs, on every replica within the revocation bound (decision 014, 6.5)."""
+    browser session of theirs, on every replica within the revocation bound (decision 014, 6.5).
+    The revocation list holds the id as a keyed hash only; the why is in the trail."""
 
-    async def end(subject: str, reason: str) -> None:
-        if gw.serving is not None and gw.serving.browser is not None:
-            await gw.serving.browser.revoke_user(subject, f"subject blocked: {reason}")
+    async def end(subject: str) -> None:
+        if gw.revocations is not None:
+            await gw.revocations.revoke(subject, "subject_blocked")
 
     return end
 
@@ -444,7 +478,7 @@ def _pipeline(
         routes=RouteTable(cfg.routes),
         verifier=verifier,
         policies=gw.policies,
-        spool=gw.spool,
+        recorder=gw.recorder,
         forwarder=Forwarder(
             http,
             trusted=px.trusted_proxies,
@@ -460,6 +494,7 @@ def _pipeline(
                 for name, t in cfg.upstream_tls.items()
             },
             gateway_cookies=browser.cookie_names if browser is not None else frozenset(),
+            upstream_urls=tuple(cfg.upstreams.values()),
         ),
         metrics=gw.metrics,
         access_rights=gw.rights,
@@ -499,21 +534,13 @@ async def _browser_login(gw: Gateway, http: aiohttp.ClientSession) -> BrowserLog
         clock=time.time,
     )
     trusted = cfg.proxy.trusted_proxies
-
-    async def record(event: AuthEvent) -> None:
-        await gw.spool.append(event)
-
+    assert gw.revocations is not None  # built with the oidc section
     return BrowserLogin(
         oidc,
         client,
         codec,
-        RevocationList(
-            s.revocation_file,
-            poll=s.revocation_poll_seconds,
-            clock=time.time,
-            actor=f"gateway:{cfg.instance_id}",
-        ),
-        record=record,
+        gw.revocations,
+        record=gw.recorder.note,
         metrics=gw.metrics,
         client_address=lambda request: client_address(request, trusted),
         pages=(cfg.console.path,) if cfg.console is not None else (),

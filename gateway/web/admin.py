@@ -6,9 +6,11 @@ error boundary is the proxy's (``gateway.web.boundary``): every error, the route
 unexpected exception's 500 included, is JSON with the request id and no exception text.
 
 Every refusal of an admin API is recorded like the proxy's: with a valid token, an access event
-naming the employee (``AccessEvent.refuse``); without one, counted in the anonymous refusal
+naming the employee (``Recorder.refuse``); without one, counted in the anonymous refusal
 summaries (decision 013). An API that records its own refusals raises ``AdminRefused`` with
-``recorded=True`` (the audit API: its refusal names what was asked for).
+``recorded=True`` (the audit API: its refusal names what was asked for). Both record the route's
+template (``/admin/audit/subjects/{subject}/events``), never the path as sent: a path may hold a
+data subject's id, which the trail keeps only as a keyed hash (5.3, decision 015).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.events import AccessEvent, access
+from gateway.audit.recorder import Recorder
 from gateway.audit.refusals import AnonymousRefusals
-from gateway.audit.spool import Spool
 from gateway.config.model import IPNetwork
 from gateway.core.errors import AuthenticationError, Refused
 from gateway.core.metrics import Metrics
@@ -77,6 +79,7 @@ def admin_event(
     route: str,
     system: str,
     category: str,
+    purpose: str,
     action: str,
     path: str,
     query: str,
@@ -105,6 +108,7 @@ def admin_event(
         route=route,
         system=system,
         category=category,
+        purpose=purpose,
         action=action,
         subject_ids=subject_ids,
         decision=decision,
@@ -114,9 +118,22 @@ def admin_event(
     )
 
 
+def template(request: web.Request) -> str:
+    """The path of the admin route that matched, as declared (its variables unfilled), or "-"
+    when none did: what the trail and the refusal summaries record instead of the path sent."""
+    route = request.match_info.route
+    resource = route.resource if route is not None else None
+    return resource.canonical if resource is not None and resource.canonical else "-"
+
+
+def route_label(request: web.Request) -> str:
+    """``admin:<template without /admin/>``, the route name of an admin request in the trail."""
+    return "admin:" + template(request).removeprefix("/admin/")
+
+
 def _record_refusals(
     *,
-    spool: Spool,
+    recorder: Recorder,
     anonymous: AnonymousRefusals,
     policy_version: Callable[[], str],
     trusted: Sequence[IPNetwork],
@@ -132,12 +149,11 @@ def _record_refusals(
         except AdminRefused as e:
             if e.recorded:
                 raise
-            route = "admin:" + request.path.removeprefix("/admin/")
+            route = route_label(request)  # 5.3: the template, never the path as sent
             if e.principal is None:
                 client = client_address(request, trusted)
                 anonymous.count(route, e.reason, e.status, client, request[REQUEST_ID])
                 raise
-            raw_path, _, query = request.raw_path.partition("?")
             event = admin_event(
                 request,
                 e.principal,
@@ -145,18 +161,17 @@ def _record_refusals(
                 route=route,
                 system="pd-gateway",
                 category="none",
+                purpose="",
                 action=_ACTIONS.get(request.method, "read"),
-                path=raw_path,
-                query=query,
+                path=template(request),
+                query="",
                 subject_ids=[],
                 decision="deny",
                 reason=e.reason,
                 rule="",
                 policy_version=policy_version(),
             )
-            await spool.append(
-                event.refuse(e.status, e.reason, int((time.perf_counter() - t0) * 1e6))
-            )
+            await recorder.refuse(event, e.status, e.reason, int((time.perf_counter() - t0) * 1e6))
             raise
 
     return record
@@ -166,7 +181,7 @@ def build_admin_app(
     metrics: Metrics,
     readiness: ReadinessCheck,
     *,
-    spool: Spool,
+    recorder: Recorder,
     anonymous: AnonymousRefusals,
     policy_version: Callable[[], str],
     trusted: Sequence[IPNetwork],
@@ -191,10 +206,10 @@ def build_admin_app(
         )
 
     boundary = error_middleware(metrics=metrics, realm="pd-gateway-admin", route_label="admin")
-    recorder = _record_refusals(
-        spool=spool, anonymous=anonymous, policy_version=policy_version, trusted=trusted
+    refusals = _record_refusals(
+        recorder=recorder, anonymous=anonymous, policy_version=policy_version, trusted=trusted
     )
-    app = web.Application(middlewares=[boundary, recorder])
+    app = web.Application(middlewares=[boundary, refusals])
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -8,15 +8,21 @@ Endpoints (GET, bearer token of the same IdP; answers are NDJSON, one row a line
   /admin/audit/permissions               changes of access rights (9.2.7)      audit_log read
   /admin/audit/subjects/{subject}/report a data subject's report (JSON)        audit_log read
 Filters: user, role, system, category, action, decision, status, reason, route, request_id,
-break_glass (true|false), since, until (ISO 8601 or µs since the epoch), limit.
+break_glass (true|false), since, until (ISO 8601 or µs since the epoch), limit. A subject's
+events leave out consultations of the trail about them (category ``audit_log``) unless
+``category=audit_log`` asks for exactly those. The report takes ``since`` and ``until`` (at most,
+and by default, the moment it was asked for, so it never counts itself) and is the same for the
+same period; it names the period it covers.
 
 Authorisation is the policy's (``gateway.web.trail``), so the shipped policy names who may read
 the trail, and `policy test` covers it.
 
-9.2.6: every query is itself an event in the trail — an access record (who, which filters in
-``query``, the subject asked about in ``subject_ids``) written *before* the store is read, and an
-outcome record with the number of rows returned (``response_count``; ``response_capped`` when
-the row limit or the time bound cut the answer). A refusal is one record, like the proxy's.
+9.2.6: every query is itself an event in the trail — an access record (who, purpose
+``audit_control``, which filters in ``query``, the subject asked about in ``subject_ids``)
+written *before* the store is read (``Recorder.begin``), and an outcome record with the number of
+rows returned (``response_count``; ``response_capped`` when the row limit or the time bound cut
+the answer). A refusal is one record, like the proxy's. A subject id that is empty, too long or
+holds control characters is refused (400, recorded) with a message naming the rule.
 
 Reads run off the event loop in one thread per query, page by page (``gateway.audit.query``), so
 the answer streams with one page in memory; on the embedded store they go through the process's
@@ -39,12 +45,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.audit import query, report
 from gateway.audit.checkpoint import Checkpoint
-from gateway.audit.events import COMPLETE, AccessEvent, Outcome
-from gateway.audit.spool import Spool
+from gateway.audit.events import COMPLETE
+from gateway.audit.recorder import Pending, Recorder
 from gateway.audit.store.base import AuditStore, Row, StoreError
 from gateway.config.model import IPNetwork
 from gateway.core.errors import SpoolUnavailable
-from gateway.governance.subject_hash import SubjectHasher
+from gateway.governance.subject_hash import SubjectHasher, subject_problem
 from gateway.policy.engine import PolicyStore
 from gateway.web.admin import AdminRefused, Verify
 from gateway.web.boundary import REQUEST_ID
@@ -76,7 +82,7 @@ class AuditAPI:
         *,
         verify: Verify,
         policies: PolicyStore,
-        spool: Spool,
+        recorder: Recorder,
         open_store: StoreOpener | None,
         trusted: Sequence[IPNetwork],
         hasher: SubjectHasher | None = None,
@@ -84,8 +90,10 @@ class AuditAPI:
         public_keys: Callable[[], Mapping[str, Ed25519PublicKey]] | None = None,
         live: Callable[[], list[Checkpoint]] = list,
     ) -> None:
-        self._trail = TrailAccess(verify=verify, policies=policies, spool=spool, trusted=trusted)
-        self._spool = spool
+        self._trail = TrailAccess(
+            verify=verify, policies=policies, recorder=recorder, trusted=trusted
+        )
+        self._recorder = recorder
         self._open_store = open_store
         self._purposes_of = purposes_of or {}
         self._public_keys = public_keys
@@ -109,23 +117,46 @@ class AuditAPI:
         return handler
 
     async def _report(self, request: web.Request) -> web.Response:
-        """6.1.1, 6.3: one subject's report, aggregated here so the answer is small."""
+        """6.1.1, 6.3: one subject's report for a period, aggregated here so the answer is small.
+        The period ends by default when the report is asked for: its own consultation (and any
+        later one) is outside it, so the same period always gives the same numbers."""
         t0 = time.perf_counter()
         trail = self._trail
         principal = await trail.principal(request)
-        forms = self._hasher.candidates(request.match_info["subject"])
+        raw = request.match_info["subject"]
+        problem = subject_problem(raw)
+        forms = self._hasher.candidates(raw) if problem is None else []
+        since = until = None
+        if problem is None:
+            try:
+                if set(request.query) - {"since", "until"}:
+                    raise ValueError("only since and until may be given")
+                since, until = query.parse_period(request.query)
+            except ValueError as e:
+                problem = str(e)
         event = await trail.authorise(
             request, principal, _ASKS["report"], t0, filters="report", subjects=forms[:1]
         )
+        if problem is not None:
+            await trail.deny(event, 400, "bad_request", problem, t0, "bad_filter")
         if self._open_store is None or self._public_keys is None:
             await trail.deny(event, 503, "no_store", "no audit store is configured", t0, "no_store")
-        await self._spool.append(event)  # 9.2.6: on record before anything is read
+        # Never past this moment: what comes later (this report's own record first) is not in it.
+        until = event.ts_us if until is None else min(until, event.ts_us)
+        event.query = f"report&since_us={since or 0}&until_us={until}"
+        pending = await self._recorder.begin(event)  # 9.2.6: on record before anything is read
         opener, keys, live = self._open_store, self._public_keys(), self._live()
 
         def run() -> dict[str, Any]:
             with opener() as store:
                 return report.build(
-                    store, tuple(forms), purposes_of=self._purposes_of, public_keys=keys, live=live
+                    store,
+                    tuple(forms),
+                    since_us=since,
+                    until_us=until,
+                    purposes_of=self._purposes_of,
+                    public_keys=keys,
+                    live=live,
                 )
 
         outcome, body, status = COMPLETE, None, 200
@@ -133,18 +164,11 @@ class AuditAPI:
             body = await asyncio.to_thread(run)
         except StoreError:
             outcome, status = "store_error", 503
-        await self._spool.append(
-            Outcome(
-                event_id=event.event_id,
-                status=status,
-                bytes_in=0,
-                bytes_out=0,
-                duration_us=elapsed_us(t0),
-                upstream_us=0,
-                outcome=outcome,
-                response_count=(body["accesses"] + body["refused"]) if body else 0,
-            ),
-            admission=False,
+        await pending.finish(
+            status=status,
+            duration_us=elapsed_us(t0),
+            outcome=outcome,
+            response_count=body["rows"] if body else 0,
         )
         if body is None:
             raise _store_unavailable()
@@ -162,9 +186,16 @@ class AuditAPI:
         trail = self._trail
         principal = await trail.principal(request)
         raw_subject = request.match_info.get("subject")
-        subject = self._hasher.candidates(raw_subject) if raw_subject is not None else None
+        problem = subject_problem(raw_subject) if raw_subject is not None else None
+        subject = (
+            self._hasher.candidates(raw_subject)
+            if raw_subject is not None and problem is None
+            else None
+        )
         subjects = subject[:1] if subject is not None else []
         try:
+            if problem is not None:
+                raise ValueError(problem)
             filters, asked = query.parse_filters(request.query, subject)
         except ValueError as e:
             event = trail.event(
@@ -191,14 +222,14 @@ class AuditAPI:
         if self._open_store is None:
             await trail.deny(event, 503, "no_store", "no audit store is configured", t0, "no_store")
         limit = min(asked or ask.max_rows, ask.max_rows)
-        await self._spool.append(event)  # 9.2.6: on record before anything is read
-        return await self._stream(request, ask, event, filters, limit, t0)
+        pending = await self._recorder.begin(event)  # 9.2.6: on record before anything is read
+        return await self._stream(request, ask, pending, filters, limit, t0)
 
     async def _stream(
         self,
         request: web.Request,
         ask: Ask,
-        event: AccessEvent,
+        pending: Pending,
         filters: query.Filters,
         limit: int,
         t0: float,
@@ -265,19 +296,13 @@ class AuditAPI:
             await loop.run_in_executor(executor, stack.close)
             executor.shutdown(wait=False)
             with contextlib.suppress(SpoolUnavailable):
-                await self._spool.append(
-                    Outcome(
-                        event_id=event.event_id,
-                        status=status,
-                        bytes_in=0,
-                        bytes_out=resp.body_length if resp.prepared else 0,
-                        duration_us=elapsed_us(t0),
-                        upstream_us=0,
-                        outcome=outcome,
-                        response_count=sent,
-                        response_capped=1 if page.truncated or page.timed_out else 0,
-                    ),
-                    admission=False,
+                await pending.finish(
+                    status=status,
+                    bytes_out=resp.body_length if resp.prepared else 0,
+                    duration_us=elapsed_us(t0),
+                    outcome=outcome,
+                    response_count=sent,
+                    response_capped=1 if page.truncated or page.timed_out else 0,
                 )
         await resp.write_eof()
         return resp

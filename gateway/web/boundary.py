@@ -77,9 +77,23 @@ def html_page(
     request_id: str,
     *,
     link: tuple[str, str] | None = None,
+    new_tab: bool = False,
+    form: tuple[str, str] | None = None,
 ) -> web.Response:
-    """A small readable HTML page; every value escaped, no script, not cached."""
-    more = f'<p><a href="{html.escape(link[1])}">{html.escape(link[0])}</a></p>' if link else ""
+    """A small readable HTML page; every value escaped, no script, not cached. ``new_tab``: the
+    link opens in a new tab, so this tab keeps its history (a form the browser can resend);
+    ``form``: a button that POSTs to a same-origin path."""
+    target = ' target="_blank" rel="noopener"' if new_tab else ""
+    more = (
+        f'<p><a id="next" href="{html.escape(link[1])}"{target}>{html.escape(link[0])}</a></p>'
+        if link
+        else ""
+    )
+    if form is not None:  # one button that POSTs to a same-origin path
+        more += (
+            f'<form method="post" action="{html.escape(form[1])}">'
+            f'<button id="submit" type="submit">{html.escape(form[0])}</button></form>'
+        )
     body = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title></head><body>"
@@ -108,10 +122,18 @@ def _render(
     *,
     realm: str,
     details: Mapping[str, Any] | None = None,
+    link: tuple[str, str, bool] | None = None,
 ) -> web.Response:
     if wants_html(request):
         title = f"{status} {_phrase(status).capitalize()}"
-        return html_page(status, title, message.capitalize() + ".", request_id)
+        return html_page(
+            status,
+            title,
+            message[:1].upper() + message[1:] + ".",
+            request_id,
+            link=link[:2] if link else None,
+            new_tab=bool(link and link[2]),
+        )
     return error_response(status, code, message, request_id, realm=realm, details=details)
 
 
@@ -140,6 +162,7 @@ def error_middleware(
                 request_id,
                 realm=realm,
                 details=e.public_details,
+                link=e.public_link,
             )
             if e.close_connection:
                 resp.force_close()

@@ -19,20 +19,17 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import NoReturn
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from gateway.audit.events import AuthEvent
 from gateway.config.model import OidcConfig, Route
-from gateway.config.vocabulary import GATEWAY_PATH_PREFIX
-from gateway.core.errors import AuthenticationError, Refused
+from gateway.core.errors import AuthenticationError
 from gateway.core.ids import new_id
 from gateway.core.metrics import Metrics
-from gateway.identity.csrf import cross_site_reason, is_navigation
-from gateway.identity.oidc import OidcClient
+from gateway.identity.csrf import cross_site_reason, is_navigation, websocket_origin_reason
+from gateway.identity.oidc import OidcClient, TokenSet
 from gateway.identity.sessions import (
     LoginState,
     RevocationList,
@@ -42,58 +39,27 @@ from gateway.identity.sessions import (
     new_secret,
 )
 from gateway.identity.tokens import Principal
-from gateway.web.boundary import REQUEST_ID, html_page
+from gateway.web.boundary import REQUEST_ID, html_page, wants_html
+from gateway.web.login import (
+    CALLBACK,
+    CLEAR_SITE_DATA,
+    LOGGED_OUT,
+    LOGIN,
+    LOGOUT,
+    PENDING_COOKIES,
+    RENEWED,
+    SILENT_REFUSALS,
+    LoginRefused,
+    LoginRequired,
+    PendingCookies,
+    RenewalDue,
+    safe_return_to,
+)
 
 log = logging.getLogger(__name__)
 
-CALLBACK = GATEWAY_PATH_PREFIX + "callback"
-LOGIN = GATEWAY_PATH_PREFIX + "login"
-LOGOUT = GATEWAY_PATH_PREFIX + "logout"
-LOGGED_OUT = GATEWAY_PATH_PREFIX + "logged-out"
-MAX_RETURN_TO = 2048
 TOUCH_EVERY = 60.0  # the idle timer is renewed (a new cookie) at most once a minute
-
-
-@dataclass(slots=True)
-class PendingCookies:
-    """Set-Cookie values for this request's response, added by ``on_response_prepare`` so they
-    reach streamed upstream responses and error pages alike."""
-
-    values: list[str] = field(default_factory=list)
-
-
-PENDING_COOKIES = web.RequestKey("pdgw_pending_cookies", PendingCookies)
-
-
-async def add_pending_cookies(request: web.Request, resp: web.StreamResponse) -> None:
-    """``on_response_prepare`` of the proxy app: this request's cookies on whatever answers it."""
-    pending = request.get(PENDING_COOKIES)
-    if pending is not None:
-        for value in pending.values:
-            resp.headers.add("Set-Cookie", value)
-
-
-class LoginRefused(Refused):
-    """A login, logout or return path refused; ``reason`` for the trail only."""
-
-
-def safe_return_to(value: str | None, pages: tuple[str, ...] = ()) -> str | None:
-    """A same-origin path to return to after login, or None (open redirects refused): an
-    absolute path, not `//host` or `/\\host` (browsers read both as another host), no scheme,
-    no control characters, bounded; under the gateway's own prefix only the ``pages`` given
-    (the console's path, decision 025)."""
-    if value is None or not value.startswith("/") or len(value) > MAX_RETURN_TO:
-        return None
-    if value.startswith(("//", "/\\")) or "\\" in value:
-        return None
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
-        return None
-    parts = urlsplit(value)
-    if parts.scheme or parts.netloc:
-        return None
-    if value.startswith(GATEWAY_PATH_PREFIX) and not (pages and value.startswith(pages)):
-        return None  # never back into the login machinery
-    return value
+MIN_RENEWAL_SECONDS = 30.0  # the soonest a session is renewed again after a login or renewal
 
 
 class BrowserLogin:
@@ -126,7 +92,10 @@ class BrowserLogin:
         # sibling host or path can plant or shadow it. Without TLS (the demo) a plain name.
         self.session_cookie = "__Host-pdgw-session" if secure else "pdgw-session"
         self.login_cookie = "__Host-pdgw-login" if secure else "pdgw-login"
-        self.cookie_names = frozenset({self.session_cookie, self.login_cookie})
+        # Set after a logout the provider could not share: the next login asks the provider to
+        # re-authenticate (`prompt=login`), so Back on a shared computer logs nobody in.
+        self.reauth_cookie = "__Host-pdgw-reauth" if secure else "pdgw-reauth"
+        self.cookie_names = frozenset({self.session_cookie, self.login_cookie, self.reauth_cookie})
 
     # -- the pipeline's side -------------------------------------------------------------
 
@@ -135,17 +104,25 @@ class BrowserLogin:
             route is not None and route.name in self._cfg.session_routes
         )
 
-    def cross_site(self, request: web.Request) -> str | None:
-        """CSRF: None, or why a cookie-authenticated request must be refused."""
-        reason = cross_site_reason(request.method, request.headers, self._cfg.origin)
+    def cross_site(self, request: web.Request, *, upgrade: bool = False) -> str | None:
+        """CSRF: None, or why a cookie-authenticated request (``upgrade``: a WebSocket
+        upgrade) must be refused."""
+        reason = (
+            websocket_origin_reason(request.headers, self._cfg.origin)
+            if upgrade
+            else cross_site_reason(request.method, request.headers, self._cfg.origin)
+        )
         if reason is not None:
             self._metrics.csrf_refusals.labels(reason).inc()
         return reason
 
-    def wants_login_redirect(self, request: web.Request) -> bool:
-        return "Authorization" not in request.headers and is_navigation(
-            request.method, request.headers
-        )
+    def still_valid(self, principal: Principal) -> bool:
+        """Whether a session-authenticated principal's session is neither revoked nor past its
+        absolute timeout (asked by live WebSockets, decision 024)."""
+        created = principal.issued_at
+        if self._clock() >= created + self._cfg.session.absolute_timeout_seconds:
+            return False
+        return not self._revocations.is_revoked(principal.user, created)
 
     async def authenticate(self, request: web.Request) -> tuple[Principal, str]:
         value = request.cookies.get(self.session_cookie)
@@ -164,6 +141,8 @@ class BrowserLogin:
             await self._event(request, "revoked", "session_revoked", session)
             raise AuthenticationError("session_revoked")
         now = self._clock()
+        if now >= session.refresh_at and not session.refresh_token:
+            raise RenewalDue(session)  # the cookie stays: a silent login renews it
         if now >= session.refresh_at:
             session = await self._refresh(request, session)
         elif now - session.last_seen >= TOUCH_EVERY:
@@ -211,11 +190,31 @@ class BrowserLogin:
         await self._revocations.revoke(user, reason)
 
     def _refresh_at(self, now: float, p: Principal) -> float:
-        return min(now + self._cfg.session.refresh_interval_seconds, p.expires_at)
+        """The next renewal: the refresh interval or the ID token's expiry, whichever is first —
+        but not sooner than MIN_RENEWAL_SECONDS, so a provider whose ID tokens expire at once
+        cannot bounce every navigation through a silent login (decision 023)."""
+        due = min(now + self._cfg.session.refresh_interval_seconds, p.expires_at)
+        return max(due, now + min(MIN_RENEWAL_SECONDS, self._cfg.session.refresh_interval_seconds))
 
-    async def login_redirect(self, request: web.Request, return_to: str) -> web.HTTPFound:
+    async def unauthenticated(
+        self, request: web.Request, error: AuthenticationError
+    ) -> web.HTTPFound | LoginRequired:
+        """What a browser without a usable session gets (decision 023): a GET navigation is sent
+        to log in — silently (`prompt=none`) when its session is only due for renewal — and
+        comes back to the same URL; anything else a readable refusal that never speaks of
+        bearer tokens, with a link to log in again in a new tab, so a form this tab sent can
+        be sent again from the browser's history."""
+        if is_navigation(request.method, request.headers):
+            renew = error.session if isinstance(error, RenewalDue) else None
+            return await self.login_redirect(request, request.raw_path, renew=renew)
+        return LoginRequired(error.reason, resend=wants_html(request))
+
+    async def login_redirect(
+        self, request: web.Request, return_to: str, *, renew: Session | None = None
+    ) -> web.HTTPFound:
         """Start a login: the login state sealed in its own cookie, the browser sent to the
-        provider with `state`, `nonce` and a PKCE challenge."""
+        provider with `state`, `nonce` and a PKCE challenge. ``renew``: a silent login that
+        keeps this session if the same person comes back."""
         await self._client.ensure_ready()
         login = LoginState(
             state=new_secret(),
@@ -223,9 +222,18 @@ class BrowserLogin:
             code_verifier=new_secret(),
             return_to=safe_return_to(return_to, self._pages) or "/",
             started_at=self._clock(),
+            renews=renew.sid if renew else "",
+            renews_user=renew.user if renew else "",
+            created_at=renew.created_at if renew else 0.0,
         )
         self._set_logins(request, [*self._pending_logins(request), login])
-        url = self._client.authorize_url(login.state, login.nonce, login.code_verifier)
+        url = self._client.authorize_url(
+            login.state,
+            login.nonce,
+            login.code_verifier,
+            silent=renew is not None,
+            reauthenticate=self.reauth_cookie in request.cookies,
+        )
         return web.HTTPFound(url, headers={"Cache-Control": "no-store"})
 
     # -- the gateway's own pages -------------------------------------------------------------
@@ -234,8 +242,10 @@ class BrowserLogin:
         handlers: dict[tuple[str, str], Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
             ("GET", LOGIN): self.login_handler,
             ("GET", CALLBACK): self.callback_handler,
+            ("GET", LOGOUT): self.logout_page,
             ("POST", LOGOUT): self.logout_handler,
             ("GET", LOGGED_OUT): self.logged_out_handler,
+            ("GET", RENEWED): self.renewed_handler,
         }
         handler = handlers.get((request.method, request.path))
         if handler is None:
@@ -277,6 +287,11 @@ class BrowserLogin:
         if self._state_used(login):
             await self._fail(request, "state_replayed")
         if "error" in request.query:
+            if login.renews and request.query["error"] in SILENT_REFUSALS:
+                # The provider cannot renew silently (its own session ended): ask the person.
+                await self._event(request, "expired", "silent_login_refused", None)
+                self._clear(request, self.session_cookie)
+                raise await self.login_redirect(request, login.return_to)
             await self._fail(request, "provider_refused")  # its error text is not kept
         code = request.query.get("code")
         if not code:
@@ -285,20 +300,40 @@ class BrowserLogin:
             tokens = await self._client.exchange(code, login.code_verifier, login.nonce)
         except AuthenticationError as e:
             await self._fail(request, e.reason)
+        session, event, reason = await self._session_from_login(request, login, tokens)
+        self._set(request, self.session_cookie, self._codec.seal(session))
+        self._clear(request, self.reauth_cookie)
+        await self._event(request, event, reason, session)
+        raise web.HTTPFound(login.return_to, headers={"Cache-Control": "no-store"})
+
+    async def _session_from_login(
+        self, request: web.Request, login: LoginState, tokens: TokenSet
+    ) -> tuple[Session, str, str]:
+        """A new session, or — a silent re-login of the same person with the same job
+        functions — the renewed one, its id and login time kept (so its absolute timeout and
+        any revocation still apply: decision 023). A different job-function set ends every
+        session of the user, as a refresh does, and starts a new one."""
         now = self._clock()
         p = tokens.principal
+        created, sid, event, reason = now, new_secret(), "login", ""
+        if login.renews and p.user == login.renews_user:
+            old = self._codec.open_unchecked(request.cookies.get(self.session_cookie, ""))
+            if old is not None and old.sid == login.renews and old.roles == p.roles:
+                created, sid, event, reason = login.created_at, old.sid, "refresh", "silent_login"
+            elif old is not None and old.sid == login.renews:
+                at = await self._revocations.revoke(p.user, "role_change")
+                await self._event(request, "revoked", "role_change", old)
+                created = max(now, at + 0.001)  # after the revocation it just wrote
         session = Session(
-            sid=new_secret(),
+            sid=sid,
             user=p.user,
             roles=p.roles,
-            created_at=now,
+            created_at=created,
             last_seen=now,
             refresh_at=self._refresh_at(now, p),
             refresh_token=tokens.refresh_token,
         )
-        self._set(request, self.session_cookie, self._codec.seal(session))
-        await self._event(request, "login", "", session)
-        raise web.HTTPFound(login.return_to, headers={"Cache-Control": "no-store"})
+        return session, event, reason
 
     def _pending_logins(self, request: web.Request) -> list[LoginState]:
         value = request.cookies.get(self.login_cookie)
@@ -350,16 +385,49 @@ class BrowserLogin:
             # Every session of the user ends, on every replica within the poll bound.
             await self._revocations.revoke(session.user, "logout")
             await self._event(request, "logout", "", session)
-        target = self._client.end_session_url(self._cfg.origin + LOGGED_OUT) or LOGGED_OUT
-        raise web.HTTPSeeOther(target, headers={"Cache-Control": "no-store"})
+        # Logged out at the provider too where it offers RP-initiated logout, back to a
+        # post_logout_redirect_uri registered with it; otherwise the page says what remains.
+        target = self._client.end_session_url(self._cfg.origin + LOGGED_OUT)
+        raise web.HTTPSeeOther(
+            target or LOGGED_OUT + "?provider=kept",
+            headers={"Cache-Control": "no-store", "Clear-Site-Data": CLEAR_SITE_DATA},
+        )
+
+    async def logout_page(self, request: web.Request) -> web.StreamResponse:
+        """A page with the logout button, for apps and portals to link to: logout itself is a
+        same-origin POST, so a cross-site link or image cannot log anyone out."""
+        return html_page(
+            200,
+            "Log out",
+            "Log out of every application behind this gateway.",
+            request[REQUEST_ID],
+            form=("Log out", LOGOUT),
+        )
 
     async def logged_out_handler(self, request: web.Request) -> web.StreamResponse:
+        message = "You have logged out. Every session of yours at this gateway has ended."
+        if request.query.get("provider") == "kept":
+            self._set(request, self.reauth_cookie, "1")  # the next login: prompt=login
+            message += (
+                " Your organisation's sign-in service offers no logout to this gateway, so you"
+                " may still be signed in there. The next login here asks for your password again;"
+                " still, close every browser window before you leave a shared computer."
+            )
         return html_page(
             200,
             "Logged out",
-            "You have logged out. Every session of yours at this gateway has ended.",
+            message,
             request[REQUEST_ID],
             link=("Log in again", self._cfg.home_path),
+        )
+
+    async def renewed_handler(self, request: web.Request) -> web.StreamResponse:
+        return html_page(
+            200,
+            "Logged in again",
+            "You are logged in again. Go back to the tab you were working in and reload it: your"
+            " browser will offer to send the form again. You can close this tab.",
+            request[REQUEST_ID],
         )
 
     # -- helpers --------------------------------------------------------------------------------

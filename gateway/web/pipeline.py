@@ -5,6 +5,9 @@ Order, and why:
   2. canonical path, route — routing and authorisation see exactly what is forwarded; a refusal
                              (400, 404) is decided here but answered only after identity, so
                              routes are not enumerable anonymously and the refusal is attributed.
+                             Here too: a Host outside proxy.public_hosts (decision 022), an
+                             upgrade other than WebSocket, or one on a route that does not
+                             declare it (decision 024).
   3. identity              — bearer JWT → Principal, or the browser session cookie when the
                              request has no Authorization header (gateway/web/browser.py). Without
                              either: 401 (a browser navigation: redirect to login), counted in
@@ -18,6 +21,8 @@ Order, and why:
   8. audit the decision    — durable in the spool *before* the upstream sees anything (9.1.8);
                              if it cannot be recorded the request is refused (503).
   9. forward               — streaming; the outcome is recorded before the last chunk goes out.
+                             A WebSocket is relayed instead (web/sockets.py); its outcome is
+                             recorded when it closes.
 Every failure inside 3-8 is a deny that is itself recorded; nothing in that span fails open.
 Every refusal with a valid token is an event of its own, on any route.
 """
@@ -27,18 +32,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
 
-from gateway.audit.events import COMPLETE, AccessEvent, Outcome, access
+from gateway.audit.events import COMPLETE, AccessEvent, access
+from gateway.audit.recorder import Pending, Recorder
 from gateway.audit.refusals import AnonymousRefusals
-from gateway.audit.spool import Spool
 from gateway.config.model import Config, Route
 from gateway.core.errors import AuthenticationError, BadRequest, Refused, SpoolUnavailable
 from gateway.core.ids import new_id
 from gateway.core.metrics import Metrics
+from gateway.forwarding.addresses import public_hosts
 from gateway.forwarding.forwarder import (
     ClientAborted,
     Exchange,
@@ -46,10 +53,11 @@ from gateway.forwarding.forwarder import (
     Forwarder,
     UpstreamError,
 )
-from gateway.forwarding.headers import check_request_headers, client_address
+from gateway.forwarding.headers import check_request_headers, client_address, public_origin
 from gateway.forwarding.method_override import effective_method
 from gateway.forwarding.response_subjects import ResponseCopy, extract
 from gateway.forwarding.routing import RouteTable, canonical_path, subject_ids
+from gateway.forwarding.websocket import Closed, WebSocketRelay, upgrade_kind
 from gateway.governance.access_rights import AccessRights
 from gateway.governance.blocks import SubjectBlocks
 from gateway.governance.subject_hash import SubjectHasher
@@ -60,8 +68,10 @@ from gateway.policy.engine import Decision, PolicyStore
 # Moved to errors_http (the admin app uses it too); re-exported for existing imports.
 from gateway.web.boundary import REQUEST_ID, error_response
 from gateway.web.browser import BrowserLogin
+from gateway.web.sockets import serve_socket
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class _BlockedInResponse(Exception):
@@ -100,6 +110,7 @@ class _Context:
     principal: Principal | None = None
     decision: Decision | None = None
     auth: str = ""  # bearer | session
+    upgrade: str | None = None  # "websocket" when the request asks for one (decision 024)
     session: str = ""  # the browser session, as a keyed hash
 
     @property
@@ -115,7 +126,7 @@ class Pipeline:
         routes: RouteTable,
         verifier: TokenVerifier,
         policies: PolicyStore,
-        spool: Spool,
+        recorder: Recorder,
         forwarder: Forwarder,
         metrics: Metrics,
         access_rights: AccessRights | None = None,
@@ -129,7 +140,7 @@ class Pipeline:
         self._routes = routes
         self._verifier = verifier
         self._policies = policies
-        self._spool = spool
+        self._recorder = recorder
         self._forwarder = forwarder
         self._metrics = metrics
         self._rights = access_rights
@@ -138,6 +149,13 @@ class Pipeline:
         self._browser = browser
         self._blocks = blocks
         self._hasher = hasher if hasher is not None else SubjectHasher([])
+        self._public_hosts = public_hosts(cfg.proxy.public_hosts)
+        self._sockets = WebSocketRelay(
+            forwarder,
+            idle_timeout=cfg.proxy.websocket_idle_timeout_seconds,
+            max_duration=cfg.proxy.websocket_max_duration_seconds,
+            max_message_bytes=cfg.proxy.websocket_max_message_bytes,
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path, _, raw_query = request.raw_path.partition("?")
@@ -154,6 +172,13 @@ class Pipeline:
         try:
             ctx.path = canonical_path(request.raw_path)
             check_request_headers(request.headers, self._cfg.proxy.strip_headers)
+            if self._public_hosts is not None:
+                origin = public_origin(request, self._cfg.proxy.trusted_proxies)
+                if not self._public_hosts & {origin.host, f"{origin.host}:{origin.port}"}:
+                    raise BadRequest("unknown_host")  # decision 022
+            ctx.upgrade = upgrade_kind(request.headers)
+            if ctx.upgrade == "other":  # h2c, TLS/1.0, …: never forwarded (decision 024)
+                raise BadRequest("upgrade_not_supported")
             ctx.route = self._routes.match(ctx.path, request.method)
         except BadRequest as e:
             refused = e  # answered after identity (step 4)
@@ -166,9 +191,9 @@ class Pipeline:
             if (
                 browser is not None
                 and browser.accepts(ctx.route)
-                and browser.wants_login_redirect(request)
+                and "Authorization" not in request.headers
             ):
-                raise await browser.login_redirect(request, request.raw_path) from None
+                raise await browser.unauthenticated(request, e) from None
             raise Denied(401, "unauthenticated", e.public_message, e.reason) from None
         except SpoolUnavailable:
             raise
@@ -176,7 +201,7 @@ class Pipeline:
             log.exception("identity check failed")
             await self._deny(ctx, 500, "internal_error", "internal error", "identity_error")
         if ctx.auth == "session" and self._browser is not None:
-            csrf = self._browser.cross_site(request)
+            csrf = self._browser.cross_site(request, upgrade=ctx.upgrade is not None)
             if csrf is not None:
                 await self._deny(ctx, 403, "cross_site_request", "cross-site request refused", csrf)
 
@@ -185,6 +210,9 @@ class Pipeline:
         route = ctx.route
         if route is None:
             await self._deny(ctx, 404, "not_found", "no route for this path", "no_route")
+        if ctx.upgrade is not None and not (route.websocket and self._sockets.can_upgrade(request)):
+            reason = "websocket_not_allowed" if not route.websocket else "bad_websocket_handshake"
+            await self._deny(ctx, 400, reason, "this path takes no WebSocket connection", reason)
         try:  # what the upstream will do is what is authorised and recorded (9.1.8)
             ctx.method = effective_method(request.method, request.headers.items(), ctx.query, route)
             ctx.action = route.actions.get(ctx.method, "")
@@ -255,9 +283,12 @@ class Pipeline:
             )
 
         event = self._event(ctx, "allow", reason)
+        pending = None
         if route.carries_personal_data:
-            await self._record(ctx, event, "access")
-        return await self._forward(request, ctx, event)
+            pending = await self._recording(ctx, "access", self._recorder.begin(event))
+        if ctx.upgrade is not None:
+            return await self._websocket(request, ctx, pending)
+        return await self._forward(request, ctx, pending)
 
     async def _identify(self, request: web.Request, ctx: _Context) -> Principal:
         """One rule: an Authorization header decides alone (bearer); without one, the session
@@ -293,7 +324,7 @@ class Pipeline:
             self._anonymous.count(ctx.route_name, reason, status, ctx.client_ip, ctx.request_id)
 
     async def _forward(
-        self, request: web.Request, ctx: _Context, event: AccessEvent
+        self, request: web.Request, ctx: _Context, pending: Pending | None
     ) -> web.StreamResponse:
         assert ctx.principal is not None
         route = ctx.route
@@ -304,27 +335,23 @@ class Pipeline:
         self._metrics.child(self._metrics.overhead, route.name).observe(
             time.perf_counter() - ctx.t0
         )
-        injected = {
-            "X-PD-User": ctx.principal.user,
-            "X-PD-Roles": ",".join(ctx.principal.roles),
-            "X-Request-Id": ctx.request_id,
-        }
+        injected = self._injected(ctx)
         recorded = False
 
         async def record_outcome(outcome: str) -> None:
             nonlocal recorded
-            if recorded or not route.carries_personal_data:
+            if recorded or pending is None:  # pending is None: a route without personal data
                 return
             recorded = True
-            rec = self._outcome(ctx, event, exchange, outcome)
+            values = self._outcome(ctx, exchange, outcome)
             # 6.5: a list response naming a blocked subject loses its last chunk (headers and
             # status are gone already): recorded as such, then the connection is cut.
             listed = exchange.copy.found if exchange.copy is not None else None
             blocked = listed is not None and self._blocked_for(ctx, listed.subjects)
             if blocked:
-                rec.outcome = "subject_blocked"
+                values["outcome"] = "subject_blocked"
                 self._metrics.child(self._metrics.denials, route.name, "subject_blocked").inc()
-            await self._record(ctx, rec, "outcome")
+            await self._recording(ctx, "outcome", pending.finish(**values))
             if blocked:
                 raise _BlockedInResponse
 
@@ -381,6 +408,57 @@ class Pipeline:
         return resp
 
     @staticmethod
+    def _injected(ctx: _Context) -> dict[str, str]:
+        assert ctx.principal is not None
+        return {
+            "X-PD-User": ctx.principal.user,
+            "X-PD-Roles": ",".join(ctx.principal.roles),
+            "X-Request-Id": ctx.request_id,
+        }
+
+    async def _websocket(
+        self, request: web.Request, ctx: _Context, pending: Pending | None
+    ) -> web.StreamResponse:
+        """A WebSocket whose access is on record: relayed, then its outcome recorded."""
+        assert ctx.route is not None and ctx.principal is not None
+
+        async def record(status: int, closed: Closed, outcome: str) -> None:
+            await self._socket_outcome(ctx, pending, status, closed, outcome)
+
+        browser = self._browser if ctx.auth == "session" else None
+        resp, status = await serve_socket(
+            self._sockets,
+            request,
+            ctx.route,
+            ctx.principal,
+            injected=self._injected(ctx),
+            cfg=self._cfg,
+            browser=browser,
+            metrics=self._metrics,
+            record=record,
+        )
+        self._count(ctx.route, "allow", status)
+        return resp
+
+    async def _socket_outcome(
+        self, ctx: _Context, pending: Pending | None, status: int, closed: Closed, outcome: str
+    ) -> None:
+        """The one place a WebSocket's outcome is recorded (decision 024)."""
+        if pending is None or pending.finished:  # a route without personal data
+            return
+        exchange = Exchange(status=status, bytes_in=closed.bytes_in, bytes_out=closed.bytes_out)
+        exchange.upstream_seconds = closed.seconds
+        try:
+            await self._recording(
+                ctx, "outcome", pending.finish(**self._outcome(ctx, exchange, outcome))
+            )
+        except SpoolUnavailable:
+            # The socket is over: nothing is left to refuse. The access is on record; the
+            # outcome's loss is logged and counted (audit_unavailable) by _recording.
+            if status != 101:
+                raise
+
+    @staticmethod
     def _abort(request: web.Request, resp: web.StreamResponse | None) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.close()
@@ -400,14 +478,15 @@ class Pipeline:
         self._count_route(ctx.route_name, "deny", status)
         self._metrics.child(self._metrics.denials, ctx.route_name, reason).inc()
         event = self._event(ctx, "deny", reason)
-        event.refuse(status, reason, int((time.perf_counter() - ctx.t0) * 1e6))
-        await self._record(ctx, event, "access")
+        duration = int((time.perf_counter() - ctx.t0) * 1e6)
+        await self._recording(ctx, "access", self._recorder.refuse(event, status, reason, duration))
         raise Denied(status, code, message, reason)
 
-    async def _record(self, ctx: _Context, event: AccessEvent | Outcome, kind: str) -> None:
-        """Append to the spool; any failure is SpoolUnavailable (503): no audit, no access."""
+    async def _recording(self, ctx: _Context, kind: str, write: Awaitable[T]) -> T:
+        """Await one write of the recorder; any failure is SpoolUnavailable (503): no audit, no
+        access."""
         try:
-            await self._spool.append(event, admission=kind == "access")
+            result = await write
         except SpoolUnavailable as e:
             self._metrics.child(self._metrics.denials, ctx.route_name, "audit_unavailable").inc()
             log.error(
@@ -420,6 +499,7 @@ class Pipeline:
             log.exception("audit record failed; request refused")
             raise SpoolUnavailable("audit_error") from e
         self._metrics.audit_record(kind)
+        return result
 
     def _event(self, ctx: _Context, decision: str, reason: str) -> AccessEvent:
         p = ctx.principal
@@ -435,11 +515,12 @@ class Pipeline:
             session=ctx.session,
             method=ctx.method,
             # 5.3: the subject's id, where it appears, as a keyed hash (decision 015).
-            path=self._hasher.path(r, ctx.path, ctx.subjects),
+            path=self._hasher.path(r, ctx.path),
             query=self._hasher.query(r, ctx.query),
             route=ctx.route_name,
             system=r.system if r else "",
             category=r.category if r else "",
+            purpose=r.purpose if r else "",
             action=ctx.action,
             subject_ids=[self._hasher.stored(s) for s in ctx.subjects],
             decision=decision,
@@ -448,17 +529,15 @@ class Pipeline:
             policy_version=d.policy_version if d else self._policies.engine.version,
         )
 
-    def _outcome(
-        self, ctx: _Context, event: AccessEvent, exchange: Exchange, outcome: str
-    ) -> Outcome:
+    def _outcome(self, ctx: _Context, exchange: Exchange, outcome: str) -> dict[str, Any]:
+        """The outcome record's values (``Pending.finish``)."""
         listed: list[str] = []
         count = capped = 0
         if exchange.copy is not None and outcome == COMPLETE and 200 <= exchange.status < 300:
             found = extract(exchange.copy)
             listed = [self._hasher.stored(s) for s in found.subjects]  # 5.3
             count, capped = found.count, int(found.capped)
-        return Outcome(
-            event_id=event.event_id,
+        return dict(
             status=exchange.status,
             bytes_in=exchange.bytes_in,
             bytes_out=exchange.bytes_out,

@@ -1,5 +1,6 @@
-"""Admin API: `PUT /admin/policy` — a security engineer applies a new policy (9.2.7) — and
-`POST /admin/break-glass`.
+"""Admin API for changes of access rights (9.2.7): `PUT /admin/policy` — a security engineer
+applies a new policy —, `POST /admin/break-glass`, and `POST /admin/sessions/revoke` — end every
+browser session of a user on every replica (decision 014).
 
 Contract: the caller authenticates with a bearer token from the same IdP and must hold one of
 `authz.policy_admin_roles`; the body is JSON `{"policy": "<policy.csv text>", "reason": "…"}`
@@ -15,14 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
 from aiohttp import web
 
+from gateway.audit.recorder import Recorder
 from gateway.core.errors import PolicyError, SpoolUnavailable
 from gateway.core.fsutil import stage
+from gateway.governance.access_rights import AccessRights
+from gateway.identity.sessions import RevocationList
 from gateway.identity.tokens import Principal
 from gateway.policy import tools as policy_tools
 from gateway.policy.break_glass import DurationOutOfBounds
@@ -219,6 +224,82 @@ def break_glass_handler(
             session=session.session_id,
             ends_at=session.ends_at,
             grants=[list(g) for g in sorted(session.grants)],
+        )
+
+    return handler
+
+
+MAX_USER_CHARS = 256
+
+
+def session_revoke_handler(
+    *,
+    verify: Verify,
+    admin_roles: Iterable[str],
+    revocations: RevocationList | None,
+    poll_seconds: float,
+    rights: AccessRights,
+    recorder: Recorder,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """`POST /admin/sessions/revoke` `{"user": "…", "reason": "…"}`: every browser session of the
+    user begun until now ends — here at once, on every replica within `revocation_poll_seconds`.
+    Allowed to `authz.policy_admin_roles` (who change access rights); the change is recorded
+    (``sessions_revoked``, 9.2.7) before the revocation list is written."""
+    allowed_roles = frozenset(admin_roles)
+
+    async def handler(request: web.Request) -> web.Response:
+        if not allowed_roles:
+            _refuse(
+                request, 404, "not_found", "the access-rights API is not enabled", reason="disabled"
+            )
+        principal = await _caller(
+            request,
+            verify,
+            roles=allowed_roles,
+            forbidden="your job function may not end other people's sessions",
+        )
+        if revocations is None:
+            _refuse(
+                request,
+                404,
+                "not_found",
+                "no browser sessions here (no oidc section)",
+                reason="no_oidc",
+                principal=principal,
+            )
+        body = await _json_object(request, principal)
+        user, reason = body.get("user"), body.get("reason")
+
+        def bad(message: str, why: str) -> NoReturn:
+            _refuse(request, 400, "bad_request", message, reason=why, principal=principal)
+
+        if not isinstance(user, str) or not user.strip():
+            bad("user: the employee's user id is required", "no_user")
+        if len(user) > MAX_USER_CHARS or any(ord(c) < 0x20 or ord(c) == 0x7F for c in user):
+            bad(f"user: at most {MAX_USER_CHARS} printable characters", "bad_user")
+        if not isinstance(reason, str) or len(reason.strip()) < 3:
+            bad("reason: say why (a ticket, an incident)", "no_reason")
+        now = time.time()
+        change = rights.sessions_revoked(
+            actor=principal.user, user=user, before=now, reason=reason.strip()
+        )
+        try:
+            await recorder.note(change)  # 9.2.7: on record before it takes effect
+        except SpoolUnavailable:
+            _refuse(
+                request,
+                503,
+                "audit_unavailable",
+                "the revocation cannot be recorded; not made",
+                reason="audit_unavailable",
+                principal=principal,
+            )
+        await revocations.revoke(user, "operator", actor=f"admin:{principal.user}")
+        return ok(
+            request,
+            result="revoked",
+            change_id=change.change_id,
+            bound_seconds=poll_seconds,
         )
 
     return handler

@@ -1,7 +1,11 @@
 """The trail's own data through the admin port (9.2.6): who may read it, or block a subject,
 is the policy's — the category ``audit_log`` of the system ``audit`` for the purpose
-``audit_control`` — and each such request is an access record of its own, written before
-anything is read or changed. Shared by the audit query API and the subject-blocks API.
+``audit_control`` — and each such request is an access record of its own with that purpose,
+written (``Recorder.begin``) before anything is read or changed, completed by an outcome with
+the rows returned. Shared by the audit query API and the subject-blocks API.
+
+Such a record is a consultation of the trail, not an access to a data subject's data: a subject
+report lists consultations about the person in a section of their own (6.1.1, 9.2.6).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import NoReturn
 from aiohttp import web
 
 from gateway.audit.events import AccessEvent
-from gateway.audit.spool import Spool
+from gateway.audit.recorder import Recorder
 from gateway.config.model import IPNetwork
 from gateway.config.vocabulary import AUDIT_CATEGORY, AUDIT_PURPOSE, AUDIT_SYSTEM
 from gateway.identity.tokens import Principal
@@ -53,12 +57,12 @@ class TrailAccess:
         *,
         verify: Verify,
         policies: PolicyStore,
-        spool: Spool,
+        recorder: Recorder,
         trusted: Sequence[IPNetwork],
     ) -> None:
         self._verify = verify
         self._policies = policies
-        self.spool = spool
+        self.recorder = recorder
         self._trusted = trusted
 
     async def principal(self, request: web.Request) -> Principal:
@@ -86,6 +90,7 @@ class TrailAccess:
             route=ask.route,
             system=AUDIT_SYSTEM,
             category=AUDIT_CATEGORY,
+            purpose=AUDIT_PURPOSE,
             action=ask.action,
             # The subject's id never goes into the path of the record (5.3): it is in subject_ids.
             path=resource.canonical if resource is not None else request.path,
@@ -149,6 +154,5 @@ class TrailAccess:
         reason: str | None = None,
     ) -> NoReturn:
         """Record ``event`` as a refusal (for ``reason``, else the decision's) and raise it."""
-        event.refuse(status, reason or event.reason, elapsed_us(t0))
-        await self.spool.append(event)
+        await self.recorder.refuse(event, status, reason or event.reason, elapsed_us(t0))
         raise AdminRefused(status, code, message, event.reason, recorded=True)

@@ -281,17 +281,21 @@ async def test_gateway_ships_to_the_cluster_exactly_once_through_a_replica_kille
     assert seen["before_restart"] > seen["at_kill"], seen
     await gw.client.close()  # final checkpoint signed and shipped
     nodes = [_node(ch_cluster, i, db) for i in range(2)]
-    for i, node in enumerate(nodes):
-        await asyncio.to_thread(
-            wait_for, lambda s=node: count(s, "access_events_local") >= n, 90, f"replica {i}"
-        )
-    await asyncio.sleep(0.5)
-    for node in nodes:
-        assert count(node, "access_events_local") == n
-        assert count(node, "access_event_subjects_local") == n
-        numbers = chain_numbers(node)
-        assert numbers == list(range(1, len(numbers) + 1))  # nothing lost, nothing doubled
-        node.close()
+    try:
+        for i, node in enumerate(nodes):  # each replicated table catches up on its own queue
+            for table in ("access_events_local", "access_event_subjects_local"):
+                await asyncio.to_thread(
+                    wait_for, lambda s=node, t=table: count(s, t) >= n, 90, f"{table} on {i}"
+                )
+        await asyncio.sleep(0.5)
+        for node in nodes:
+            assert count(node, "access_events_local") == n
+            assert count(node, "access_event_subjects_local") == n
+            numbers = chain_numbers(node)
+            assert numbers == list(range(1, len(numbers) + 1))  # nothing lost, nothing doubled
+    finally:
+        for node in nodes:  # a failure above must not leak connections into later tests
+            node.close()
     verify = run_cli(
         "audit",
         "verify",

@@ -64,29 +64,40 @@ async def test_audit_tail_shows_the_joined_events(gw: Gw, keys: Keys) -> None:
     assert "1 refused" in second and "missing_token" in second
 
 
-async def test_audit_tail_prints_sessions_blocks_and_anomaly_reviews(gw: Gw) -> None:
-    """Every record kind the spool holds is printed (a browser login, a block, a review)."""
-    from gateway.audit.events import AnomalyReview, AuthEvent, SubjectBlock
-    from gateway.runtime.app import GATEWAY
+async def test_audit_tail_shows_session_and_block_records_too(tmp_path: Path) -> None:
+    from gateway.audit.events import AuthEvent, SubjectBlock
+    from gateway.audit.recorder import Recorder
+    from gateway.audit.spool import Spool
 
-    spool = gw.client.app[GATEWAY].spool
-    await spool.append(
-        AuthEvent("a1", 1_796_000_000_000_000, "r1", "grace", ["dpo"], "10.0.0.1", "login", "", "h")
-    )
-    await spool.append(
-        SubjectBlock("b1", 1_796_000_001_000_000, "grace", "block", "1001", "request #5", "r2")
-    )
-    await spool.append(
-        AnomalyReview(
-            "v1", 1_796_000_002_000_000, "an-1", "frank", "reviewed", "a late shift", "r3"
-        )
-    )
-    out = run_cli("audit", "tail", "--spool", str(gw.spool_dir))
+    spool = Spool(tmp_path, instance="gw-1")
+    spool.open()
+    recorder = Recorder(spool)
+    await recorder.note(AuthEvent("e1", 1, "r1", "alice", ["hr_officer"], "::1", "login", "", "s"))
+    await recorder.note(SubjectBlock("b1", 2, "grace", "block", "h:k:x", "request", "r2", "DPO-1"))
+    spool.close()
+    out = run_cli("audit", "tail", "--spool", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    login, block, review = out.stdout.splitlines()[-3:]
-    assert "SESSION login user=grace" in login
-    assert "BLOCK subject=1001 by grace reason=request #5" in block
-    assert "REVIEW anomaly=an-1 reviewed by frank: a late shift" in review
+    login, block = out.stdout.splitlines()
+    assert "SESSION login user=alice" in login
+    assert "SUBJECT block h:k:x label=DPO-1 by grace" in block
+
+
+async def test_audit_tail_shows_anomaly_reviews(tmp_path: Path) -> None:
+    from gateway.audit.events import AnomalyReview
+    from gateway.audit.recorder import Recorder
+    from gateway.audit.spool import Spool
+
+    spool = Spool(tmp_path, instance="gw-1")
+    spool.open()
+    recorder = Recorder(spool)
+    await recorder.note(
+        AnomalyReview("v1", 3, "an-1", "frank", "reviewed", "a late shift", "r3")
+    )
+    spool.close()
+    out = run_cli("audit", "tail", "--spool", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    (review,) = out.stdout.splitlines()
+    assert "REVIEW anomaly=an-1 reviewed by frank: a late shift req=r3" in review
 
 
 def test_audit_tail_reports_a_missing_spool() -> None:

@@ -83,7 +83,7 @@ def _restart(tmp_path: Path, keys: Keys, upstream: Upstream) -> None:
 
         deadline = time.monotonic() + 30
         while True:
-            out = _cli(gw.admin, token_file, "activity", "harriet", "--format", "json")
+            out = _cli(gw.admin, token_file, "activity", "harriet", "--format", "ndjson")
             rows = [json.loads(line) for line in out.stdout.splitlines()]
             if len(rows) >= 5 or time.monotonic() > deadline:
                 break
@@ -97,7 +97,7 @@ def _restart(tmp_path: Path, keys: Keys, upstream: Upstream) -> None:
             ("/hr/employees/emp-9", "allow"),
         ]
         out = _cli(gw.admin, token_file, "activity", "harriet")  # readable table
-        assert "no_matching_rule" in out.stdout and out.stdout.startswith("TIME")
+        assert "no_matching_rule" in out.stdout and out.stdout.splitlines()[1].startswith("TIME")
         gw.kill(signal.SIGTERM)
     logged = (tmp_path / "gateway.log").read_text()
     assert token not in logged and hr not in logged

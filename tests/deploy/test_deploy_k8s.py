@@ -5,6 +5,7 @@ config they mount: the pod's files exist for `config check`, ports, probes and t
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import shutil
 import subprocess
@@ -142,6 +143,7 @@ def _pod_files(tmp_path: Path, root: Path, docs: list[dict[str, Any]]) -> None:
         "tls.key": pair.key.read_text(),
         "org-ca.pem": ca.cert_file.read_text(),
         "checkpoint.pem": (tmp_path / "checkpoint.pem").read_text(),
+        "subject.key": os.urandom(32).hex(),
     }
     for mount in pod["containers"][0]["volumeMounts"]:
         source = sources.get(mount["name"])
@@ -228,8 +230,9 @@ def test_the_production_example_passes_config_check_where_its_files_exist(tmp_pa
     ca = CA(tmp_path, "org")
     pair = ca.issue("pd-gateway", server=True)
     etc = root / "etc/pd-gateway"
-    for sub in ("tls", "ca", "policies", "secrets", "checkpoint"):
+    for sub in ("tls", "ca", "policies", "secrets", "checkpoint", "subject"):
         (etc / sub).mkdir(parents=True)
+    (etc / "subject/subject.key").write_text(os.urandom(32).hex())
     generate_checkpoint_key(etc / "checkpoint/checkpoint.pem", tmp_path / "checkpoint.pub")
     shutil.copy(pair.cert, etc / "tls/tls.crt")
     shutil.copy(pair.key, etc / "tls/tls.key")
@@ -246,6 +249,7 @@ def test_the_production_example_passes_config_check_where_its_files_exist(tmp_pa
     assert data["identity"]["roles_claim"] == "realm_access.roles"
     assert data["store"]["kind"] == "clickhouse" and len(data["store"]["hosts"]) >= 2
     assert "tls" in data["listen"]["proxy"] and not data["demo"]
+    assert data["audit"]["subject_key_file"]  # subject ids as keyed hashes at rest (5.3)
 
 
 def test_every_alert_has_a_runbook_entry_in_the_operator_guide() -> None:

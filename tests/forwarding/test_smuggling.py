@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from tests.conftest import Gw, Keys, Upstream, exchange
+from tests.conftest import ROUTES, GatewayFactory, Gw, Keys, Upstream, exchange, spool_events
 
 CASES = {
     "content-length and transfer-encoding": b"POST /hr/employees HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -101,22 +101,38 @@ async def test_expect_100_continue_is_answered_only_after_the_request_is_allowed
     assert reply.startswith(b"HTTP/1.1 417") and b"request_id" in reply
 
 
-async def test_absolute_form_targets_are_refused_and_the_clients_host_never_reaches_the_upstream(
-    gw: Gw, upstream: Upstream, keys: Keys
+async def test_absolute_form_targets_are_refused_and_a_host_outside_public_hosts_never_reaches_the_upstream(
+    make_gateway: GatewayFactory, upstream: Upstream, keys: Keys
 ) -> None:
+    """Decision 022: the client's Host reaches `host: preserve` upstreams, so `public_hosts`
+    bounds it; a route with `host: upstream` gets the upstream's own Host whatever the client
+    wrote."""
+    routes = [{**r, "host": "upstream"} if r["name"] == "hr-medical" else r for r in ROUTES]
+    gw = await make_gateway(upstream.url, proxy={"public_hosts": ["gw.example.org"]}, routes=routes)
     auth = b"Authorization: Bearer " + keys.token("alice", ["hr_officer"]).encode() + b"\r\n"
     for target in (b"http://evil.example/hr/employees/1", b"//evil.example/hr/employees/1"):
         raw = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + auth + b"\r\n"
         reply = await asyncio.to_thread(exchange, _port(gw), raw)
         assert reply.startswith(b"HTTP/1.1 400"), (target, reply[:60])
+    for host in (b"evil.example", b"gw.example.org.evil.example", b"gw.example.org@evil"):
+        raw = b"GET /hr/employees/1 HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n"
+        reply = await asyncio.to_thread(exchange, _port(gw), raw + auth + b"\r\n")
+        assert reply.startswith(b"HTTP/1.1 400"), (host, reply[:60])
     assert upstream.seen == []
+    reasons = [e["reason"] for e in spool_events(gw.cfg.audit.spool_dir)]
+    assert reasons[2:] == ["unknown_host", "unknown_host", "bad_host"]  # `@` is no Host
 
-    raw = b"GET /hr/employees/1 HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n" + auth
-    reply = await asyncio.to_thread(exchange, _port(gw), raw + b"\r\n")
-    assert reply.startswith(b"HTTP/1.1 200")
-    (seen,) = upstream.seen
-    assert seen.headers["host"] == [upstream.url.removeprefix("http://")]  # the upstream's own
-    assert seen.headers["x-forwarded-host"] == ["evil.example"]  # what the client claimed, as such
+    for path in (b"/hr/employees/1", b"/hr/medical/1"):
+        raw = b"GET " + path + b" HTTP/1.1\r\nHost: GW.example.org.\r\nConnection: close\r\n"
+        reply = await asyncio.to_thread(exchange, _port(gw), raw + auth + b"\r\n")
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:60]
+    preserved, own = upstream.seen
+    assert preserved.headers["host"] == ["gw.example.org"]  # the public name, normalised
+    assert own.headers["host"] == [upstream.url.removeprefix("http://")]  # the upstream's own
+    for seen in (preserved, own):
+        assert seen.headers["x-forwarded-host"] == ["gw.example.org"]
+        assert seen.headers["x-forwarded-proto"] == ["http"]
+        assert seen.headers["x-forwarded-port"] == ["80"]
 
 
 async def test_a_refused_request_line_or_header_is_not_quoted_in_operational_logs(

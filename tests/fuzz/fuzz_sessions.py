@@ -16,7 +16,7 @@ import atheris
 with atheris.instrument_imports():
     from gateway.identity.cookies import sets_cookie, without_cookies
     from gateway.identity.sessions import SessionCodec, SessionInvalid
-    from gateway.web.browser import safe_return_to
+    from gateway.web.login import safe_return_to
 
 KEY = b"1yXy7p3Vj3b2v2sN7pN8eYk0Wm2wC9q2C6gO7h3b1ZQ="
 CODEC = SessionCodec(

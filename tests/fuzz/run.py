@@ -14,7 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-TARGETS = ("fuzz_paths", "fuzz_headers", "fuzz_tokens", "fuzz_sessions")
+TARGETS = ("fuzz_paths", "fuzz_headers", "fuzz_tokens", "fuzz_sessions", "fuzz_addresses")
 
 
 def main() -> int:

@@ -76,6 +76,11 @@ async def test_a_block_refuses_the_next_request_except_for_verification_and_is_r
     )
     assert body["result"] == "unblocked"
     assert (await _call("GET", gw.proxy_url + "/hr/employees/emp-9", hr))[0] == 200
+    # Lifting a block that is not there is an error, not "unblocked" (the DPO mistyped the id).
+    status, body = await _call(
+        "POST", blocks, dpo, {"subject": "emp-9", "action": "unblock", "reason": "verified, 17"}
+    )
+    assert (status, body["error"]) == (409, "not_blocked") and body["request_id"]
 
     records = spool_records(gw.spool_dir)
     changes = [r for r in records if r["kind"] == "subject_block"]
@@ -88,10 +93,26 @@ async def test_a_block_refuses_the_next_request_except_for_verification_and_is_r
     assert [(r["user"], r["status"], r["subject_ids"]) for r in refused] == [
         ("harriet", 423, ["emp-9"])
     ]
-    denied = [r for r in records if r["kind"] == "access" and r["route"] == "admin:subject-blocks"]
-    assert [(r["user"], r["status"], r["reason"]) for r in denied][:2] == [
-        ("sam", 403, "no_matching_rule"),
-        ("dana", 400, "bad_request"),
+    asked = [r for r in records if r["kind"] == "access" and r["route"] == "admin:subject-blocks"]
+    assert [(r["user"], r["decision"], r["status"], r["reason"]) for r in asked] == [
+        ("sam", "deny", 403, "no_matching_rule"),
+        ("dana", "deny", 400, "no_reason"),
+        ("dana", "allow", 0, "rule"),  # the block: pending, then its outcome
+        ("dana", "allow", 0, "rule"),  # GET: the list
+        ("dana", "allow", 0, "rule"),  # the unblock
+        ("dana", "deny", 409, "not_blocked"),
+    ]
+    # Each change is an access of action `block` (`audit search --action block`) and a change of
+    # access rights (`audit permissions`, 9.2.7), with who, why and when.
+    assert {r["action"] for r in asked} == {"block", "read"}
+    outcomes = {r["event_id"]: r for r in records if r["kind"] == "outcome"}
+    assert [outcomes[r["event_id"]]["status"] for r in asked if r["decision"] == "allow"] == [
+        200
+    ] * 3
+    rights = [r for r in records if r["kind"] == "permission_change"]
+    assert [(r["change_kind"], r["actor"], r["reason"]) for r in rights] == [
+        ("subject_blocked", "dana", "subject's request 17"),
+        ("subject_unblocked", "dana", "verified, 17"),
     ]
 
 
@@ -168,8 +189,14 @@ def _metric(admin: str, name: str) -> float:
     raise AssertionError(f"no {name}")
 
 
-async def test_cli_blocks_lists_and_unblocks_with_a_token_from_the_environment(
-    serve_gateway: ServeFactory, upstream: Upstream, keys: Keys
+def subject_hasher(gw: Any) -> Any:
+    from gateway.governance.subject_hash import SubjectHasher
+
+    return SubjectHasher.from_files(gw.cfg.audit.subject_key_file)
+
+
+async def test_cli_blocks_looks_up_lists_and_unblocks_without_the_dpo_reading_a_hash(
+    serve_gateway: ServeFactory, upstream: Upstream, keys: Keys, tmp_path: Path
 ) -> None:
     import os
     import subprocess
@@ -177,7 +204,9 @@ async def test_cli_blocks_lists_and_unblocks_with_a_token_from_the_environment(
 
     from tests.conftest import ROOT
 
-    gw = await serve_gateway(upstream.url)
+    key = tmp_path / "subject.key"
+    key.write_bytes(os.urandom(32).hex().encode())
+    gw = await serve_gateway(upstream.url, audit={"subject_key_file": str(key)})
     token = keys.token("dana", ["dpo"])
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -189,12 +218,37 @@ async def test_cli_blocks_lists_and_unblocks_with_a_token_from_the_environment(
             env={**os.environ, "PDGW_TOKEN": token},
         )
 
-    out = await asyncio.to_thread(cli, "block", "emp-3", "--reason", "subject's request 19")
-    assert out.returncode == 0 and out.stdout.startswith("blocked"), out.stderr
-    out = await asyncio.to_thread(cli, "list")
-    assert "emp-3" in out.stdout and "subject's request 19" in out.stdout
+    out = await asyncio.to_thread(
+        cli, "block", "emp-3", "--reason", "subject's request 19", "--label", "DPO-19"
+    )
+    assert out.returncode == 0 and out.stdout.startswith("emp-3: blocked"), out.stderr
+    out = await asyncio.to_thread(cli, "block", "emp-3", "--reason", "again", "--label", "x")
+    assert out.returncode == 1 and "already blocked" in out.stderr and "(request " in out.stderr
+    out = await asyncio.to_thread(cli, "list", "--tz", "UTC")
+    assert out.stdout.splitlines()[0] == "times in UTC, UTC+00:00"
+    assert "DPO-19" in out.stdout and "subject's request 19" in out.stdout
+    stored = subject_hasher(gw).stored("emp-3")
+    assert stored.startswith("h:") and len(stored) == 43 and stored in out.stdout  # whole
+    assert "emp-3" not in out.stdout  # the trail keeps only the hash; the label names the case
+    out = await asyncio.to_thread(cli, "status", "emp-3", "--tz", "UTC")
+    first, *rest = out.stdout.splitlines()
+    assert first.startswith("emp-3: BLOCKED since ") and first.endswith("(UTC, UTC+00:00) by dana")
+    assert "  reason: subject's request 19" in rest and "  label:  DPO-19" in rest
     out = await asyncio.to_thread(cli, "unblock", "emp-3", "--reason", "verified")
-    assert out.stdout.startswith("unblocked")
+    assert out.stdout.startswith("emp-3: unblocked")
+    out = await asyncio.to_thread(cli, "unblock", "emp-3", "--reason", "verified")
+    assert out.returncode == 1 and "409 not_blocked" in out.stderr and "(request " in out.stderr
+    out = await asyncio.to_thread(cli, "status", "emp-3")
+    assert out.stdout.startswith("emp-3: not blocked")
+    assert "block" in out.stdout and "unblock" in out.stdout  # the history
+    # A label that names the person is refused: it is kept as written (5.3).
+    out = await asyncio.to_thread(
+        cli, "block", "emp-3", "--reason", "request 20", "--label", "emp-3's request"
+    )
+    assert out.returncode == 1 and "must not contain the subject's id" in out.stderr
+    # An id no business system has (10 kB) is refused with words, before anything is sent.
+    out = await asyncio.to_thread(cli, "status", "x" * 10_000)
+    assert out.returncode == 2 and "at most 256 characters" in out.stderr
     assert token not in out.stdout + out.stderr
 
 

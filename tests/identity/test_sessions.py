@@ -19,8 +19,9 @@ from gateway.identity.sessions import (
     Session,
     SessionCodec,
     SessionInvalid,
+    revocation_key,
 )
-from gateway.web.browser import safe_return_to
+from gateway.web.login import safe_return_to
 
 ORIGIN = "https://gw.example"
 
@@ -117,8 +118,9 @@ async def test_a_revocation_reaches_another_replica_within_its_poll_interval(
 ) -> None:
     clock = Clock()
     path = tmp_path / "shared" / "revoked.jsonl"
-    here = RevocationList(path, poll=5, clock=clock)
-    there = RevocationList(path, poll=5, clock=clock)
+    key = revocation_key(Fernet.generate_key())
+    here = RevocationList(path, key=key, poll=5, clock=clock)
+    there = RevocationList(path, key=key, poll=5, clock=clock)
     created = clock.now - 10
     assert not there.is_revoked("alice", created)
     await here.revoke("alice", "logout")
@@ -132,7 +134,24 @@ async def test_a_revocation_reaches_another_replica_within_its_poll_interval(
         f.write('{"user": "bob", "befo')  # a torn line of a crashed writer
     clock.now += 5
     assert there.is_revoked("alice", created)
-    assert json.loads(path.read_text().splitlines()[0])["reason"] == "logout"
+    first = json.loads(path.read_text().splitlines()[0])
+    assert first["reason"] == "logout"
+    # The file names nobody in clear (a user may be a blocked data subject too: 5.3).
+    assert "alice" not in path.read_text() and first["user_hash"].startswith("u:")
+    # A gateway with another session key cannot tell whom a line is about.
+    other = RevocationList(path, key=revocation_key(Fernet.generate_key()), poll=5, clock=clock)
+    assert not other.is_revoked("alice", created)
+
+
+async def test_a_revocation_file_of_an_earlier_release_still_counts(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "revoked.jsonl"
+    path.write_text(json.dumps({"user": "alice", "before": clock.now, "reason": "logout"}) + "\n")
+    revocations = RevocationList(
+        path, key=revocation_key(Fernet.generate_key()), poll=5, clock=clock
+    )
+    assert revocations.is_revoked("alice", clock.now - 1)
+    assert not revocations.is_revoked("bob", clock.now - 1)
 
 
 @pytest.mark.parametrize(

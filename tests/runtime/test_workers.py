@@ -123,7 +123,7 @@ async def test_two_workers_share_the_port_keep_a_chain_each_and_the_supervisor_s
         token_file.chmod(0o600)
         deadline = time.monotonic() + 30
         while True:
-            out = _cli(gp.admin, token_file, "activity", "alice", "--format", "json")
+            out = _cli(gp.admin, token_file, "activity", "alice", "--format", "ndjson")
             assert out.returncode == 0, out.stderr
             rows = [json.loads(line) for line in out.stdout.splitlines()]
             if len(rows) == n or time.monotonic() > deadline:
@@ -334,7 +334,8 @@ async def test_a_block_and_a_break_glass_session_made_on_the_admin_port_hold_in_
     ]
     assert len(allowed) == 40
     started = [r for r in spool_records(gp.spool) if r["kind"] == "permission_change"]
-    assert [c["change_kind"] for c in started] == ["break_glass_started"]  # once, by the supervisor
+    # Once each, by the supervisor: the block is a change of access rights too (9.2.7).
+    assert [c["change_kind"] for c in started] == ["break_glass_started", "subject_blocked"]
 
 
 @pytest.mark.timeout(180)

@@ -183,3 +183,40 @@ async def test_admin_refusals_are_recorded_like_the_proxys(
     assert event["request_id"] == forbidden.headers["X-Request-Id"]
     (summary,) = [r for r in spool_records(cfg.audit.spool_dir) if r["kind"] == "refusal_summary"]
     assert (summary["route"], summary["status"], summary["count"]) == ("admin:policy", 401, 1)
+
+
+async def test_an_admin_refusal_records_the_routes_template_never_the_subject_in_the_path(
+    tmp_path: Any,
+    keys: Keys,
+    upstream: Upstream,
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+) -> None:
+    """5.3, decision 015: a path of the audit API names a data subject; a refusal of it — counted
+    anonymously or recorded with the employee — keeps the route's template, and the subject only
+    as a keyed hash."""
+    from tests.conftest import spool_records
+
+    key = tmp_path / "subject.key"
+    key.write_text("k" * 40)
+    data = config_dict(tmp_path, upstream.url, audit={"subject_key_file": str(key)})
+    cfg = load_config(write_config(tmp_path, data, keys))
+    proxy_app, admin_app = build(cfg, CollectorRegistry())
+    proxy = await aiohttp_client(proxy_app)  # opens the spool
+    admin = await aiohttp_client(admin_app)
+    hr = {"Authorization": f"Bearer {keys.token('alice', ['hr_officer'])}"}
+    path = "/admin/audit/subjects/subj-Q7Z1/events"
+    assert (await admin.get(path)).status == 401
+    assert (await admin.get(path, headers=hr)).status == 403
+    assert (await admin.get(path.replace("/events", "/report"), headers=hr)).status == 403
+    await proxy.app[GATEWAY].anonymous.flush()
+    records = spool_records(cfg.audit.spool_dir)
+    (summary,) = [r for r in records if r["kind"] == "refusal_summary"]
+    assert summary["route"] == "admin:audit/subjects/{subject}/events"
+    denied = [r for r in records if r["kind"] == "access"]
+    assert [r["path"] for r in denied] == [
+        "/admin/audit/subjects/{subject}/events",
+        "/admin/audit/subjects/{subject}/report",
+    ]
+    assert all(r["subject_ids"][0].startswith("h:") for r in denied)
+    segments = list((tmp_path / "spool").glob("*.jsonl"))
+    assert segments and all("subj-Q7Z1" not in p.read_text() for p in segments)

@@ -178,14 +178,20 @@ async def test_each_query_is_allowed_or_refused_by_job_function_and_recorded(
     status, lines = await get(
         gw, "/admin/audit/events", keys.token("sam", ["security_officer"]), since="yesterday"
     )
-    assert status == 400 and lines[0]["message"].startswith("since/until")
+    assert status == 400 and lines[0]["message"].startswith("since: ISO 8601")
+    # Unix seconds read as µs would be January 1970 and match everything: refused, unit named.
+    status, lines = await get(
+        gw, "/admin/audit/events", keys.token("sam", ["security_officer"]), since="1764800000"
+    )
+    assert status == 400 and "µs since the epoch (16 digits)" in lines[0]["message"]
 
     records = spool_records(gw.spool_dir)
     access = [r for r in records if r["kind"] == "access" and r["category"] == "audit_log"]
     outcomes = {r["event_id"]: r for r in records if r["kind"] == "outcome"}
-    assert len(access) == len(calls) + 1  # the bad filter too; the anonymous one is counted
+    assert len(access) == len(calls) + 2  # the bad filters too; the anonymous one is counted
     for rec, (user, role, path, status, rows) in zip(access, calls, strict=False):
         assert (rec["user"], rec["roles"], rec["system"]) == (user, [role], "audit")
+        assert rec["purpose"] == "audit_control"  # 9.2.6: the trail is read for control only
         assert "decision=allow" in rec["query"]
         assert "emp-1" not in rec["path"]  # the subject is in subject_ids, not in the path
         if path.startswith("/admin/audit/subjects/"):
@@ -229,7 +235,8 @@ async def test_cli_answers_who_accessed_activity_and_export_with_a_token_from_fi
             capture_output=True,
             text=True,
             cwd=ROOT,
-            env={**os.environ, **(env or {})},
+            # The machine's zone is set here: a naive time is read in it (no wall-clock guess).
+            env={**os.environ, "TZ": "UTC", **(env or {})},
         )
 
     out = await asyncio.to_thread(
@@ -237,23 +244,31 @@ async def test_cli_answers_who_accessed_activity_and_export_with_a_token_from_fi
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split()[:3] == ["TIME", "USER", "JOB"]
-    assert len(lines) == 1 + len(expected)
+    assert lines[0] == "times in UTC, UTC+00:00"
+    assert lines[1].split()[:3] == ["TIME", "USER", "JOB"]
+    assert len(lines) == 2 + len(expected)
     out = await asyncio.to_thread(
         cli, "activity", "u3", "--format", "json", env={"PDGW_TOKEN": token}
     )
-    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    rows = json.loads(out.stdout)  # one JSON array
     assert rows and {r["user"] for r in rows} == {"u3"} and len(rows) == 3000 // 50
     out = await asyncio.to_thread(
         cli, "export", "--system", "hr", "--since", "2026-11-01T00:00:01", env={"PDGW_TOKEN": token}
     )
     exported = list(csv.DictReader(io.StringIO(out.stdout)))
     assert len(exported) == 2000  # 1 s after the first of 3000 events 1 ms apart
+    # The same moment as Moscow wall-clock time, with --tz; and as a zoned ISO time.
+    for since in (("2026-11-01T03:00:01", "--tz", "Europe/Moscow"), ("2026-11-01T03:00:01+03:00",)):
+        out = await asyncio.to_thread(
+            cli, "export", "--system", "hr", "--format", "ndjson", "--since", *since,
+            env={"PDGW_TOKEN": token},
+        )  # fmt: skip
+        assert len(out.stdout.splitlines()) == 2000, (since, out.stderr)
     out = await asyncio.to_thread(cli, "search", "--decision", "allow")  # no token
     assert out.returncode == 2 and "PDGW_TOKEN" in out.stderr
     # 9.2.6: each command is in the trail; the token itself is nowhere in it, nor in any output.
     records = [r for r in spool_records(gw.spool_dir) if r.get("category") == "audit_log"]
-    assert [r["action"] for r in records] == ["read", "read", "export"]
+    assert [r["action"] for r in records] == ["read", "read", "export", "export", "export"]
     assert all(token not in json.dumps(r) for r in spool_records(gw.spool_dir))
     assert token not in out.stdout + out.stderr
     store.close()

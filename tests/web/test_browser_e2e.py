@@ -8,19 +8,18 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import shutil
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.identity.sessions import append_revocation
 from gateway.testing.chserver import free_port
-from tests.browser import chromium, chromium_available, local_only
-from tests.conftest import ROOT, ROUTES, ServeFactory, spool_records
+from tests.conftest import ROOT, ROUTES, Keys, ServeFactory, spool_records
+from tests.web.chromium import chromium, chromium_available, loopback_context
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
 
 SHOTS = ROOT / "var" / "screenshots" / "browser-e2e"
@@ -56,7 +55,9 @@ def _demo_upstream() -> Any:
 
 @pytest.fixture(scope="module")
 def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
-    with run_provider(tmp_path_factory.mktemp("provider"), [GATEWAY_PORT]) as p:
+    # On `localhost`: its cookies apart from the gateway's on 127.0.0.1, as a provider on its own
+    # host would be (the logout's Clear-Site-Data clears every cookie of the gateway's host).
+    with run_provider(tmp_path_factory.mktemp("provider"), [GATEWAY_PORT], host="localhost") as p:
         yield p
 
 
@@ -86,6 +87,7 @@ async def test_a_staff_member_logs_in_works_and_logs_out_in_a_real_browser(
     browser: Any,
     shots: Callable[[str], Path],
     tmp_path: Path,
+    keys: Keys,
 ) -> None:
     app_server: TestServer = await aiohttp_server(_demo_upstream().build_app())
     app_url = str(app_server.make_url("")).rstrip("/")
@@ -111,11 +113,10 @@ async def test_a_staff_member_logs_in_works_and_logs_out_in_a_real_browser(
         listen={"proxy": {"port": GATEWAY_PORT}},
         routes=[*ROUTES, HR_APP],
         oidc=oidc_section(tmp_path, provider, GATEWAY_PORT),
+        authz={"policy_admin_roles": ["security_officer"]},
     )
     gw_url = served.proxy_url
-    context = await browser.new_context()
-
-    await context.route("**/*", local_only)
+    context = await loopback_context(browser)  # the provider's page @imports a web font
     page = await context.new_page()
 
     # 1. The page first asked for → the provider's login page → back to that page, logged in.
@@ -161,8 +162,7 @@ async def test_a_staff_member_logs_in_works_and_logs_out_in_a_real_browser(
     cookies = await context.cookies(gw_url)
     session = next(c for c in cookies if c["name"] == "pdgw-session")
     tampered = {**session, "value": session["value"][:-6] + "AAAAAA"}
-    other = await browser.new_context()
-    await other.route("**/*", local_only)
+    other = await loopback_context(browser)
     await other.add_cookies([tampered])
     p2 = await other.new_page()
     await p2.goto(gw_url + "/hr/")
@@ -179,7 +179,16 @@ async def test_a_staff_member_logs_in_works_and_logs_out_in_a_real_browser(
     # 8. The app's own fetch (XHR) with a revoked session gets 401, not a redirect.
     await page.goto(gw_url + "/hr/")  # the refusal page's CSP forbids scripts' requests
     assert await page.evaluate("fetch('/hr/').then(r => r.status)") == 200
-    append_revocation(tmp_path / "revoked.jsonl", "alice", time.time(), "test")
+    frank = {"Authorization": f"Bearer {keys.token('frank', ['security_officer'])}"}
+    async with (  # an operator revokes her sessions (9.2.7)
+        aiohttp.ClientSession() as http,
+        http.post(
+            served.admin_url + "/admin/sessions/revoke",
+            json={"user": "alice", "reason": "incident 12"},
+            headers=frank,
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
     await asyncio.sleep(0.4)  # the revocation list's poll interval here: 0.2 s
     assert await page.evaluate("fetch('/hr/').then(r => r.status)") == 401
     await page.goto(gw_url + "/hr/")  # a navigation logs in again (the provider remembers alice)

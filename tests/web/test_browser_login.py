@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
@@ -19,8 +19,9 @@ from aiohttp import web
 
 from gateway.identity.sessions import LoginState, Session, SessionCodec
 from gateway.testing.chserver import free_port
-from tests.conftest import Keys, Served, ServeFactory, Upstream, run_cli, spool_records
+from tests.conftest import Keys, ServeFactory, Upstream, run_cli, spool_records
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
+from tests.web.browserish import NAV, XHR, Browserish
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,8 +30,6 @@ pytestmark = [
     ),
 ]
 
-NAV = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Site": "none"}
-XHR = {"Accept": "application/json", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "same-origin"}
 PORTS = [free_port() for _ in range(8)]  # gateways the provider's client may return to
 
 
@@ -41,101 +40,6 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
 
 
 _ports = itertools.cycle(PORTS[:-1])  # the last: the second gateway process
-
-
-class Browserish:
-    """A gateway with login, and a client that follows the provider's pages like a person."""
-
-    def __init__(self, served: Served, provider: Provider, shared: Path) -> None:
-        self.served = served
-        self.url = served.proxy_url
-        self.provider = provider
-        self.shared = shared
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-        self.gateway = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-
-    @property
-    def codec(self) -> SessionCodec:
-        key = (self.shared / "session.key").read_bytes()
-        return SessionCodec(
-            key, idle_timeout=900, absolute_timeout=8 * 3600, login_timeout=600, clock=time.time
-        )
-
-    async def get(
-        self,
-        path: str,
-        cookies: dict[str, str] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> tuple[aiohttp.ClientResponse, bytes]:
-        return await self.request("GET", path, cookies, headers if headers is not None else NAV)
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        cookies: dict[str, str] | None = None,
-        headers: dict[str, str] | None = None,
-        data: Any = None,
-    ) -> tuple[aiohttp.ClientResponse, bytes]:
-        h = dict(headers or {})
-        if cookies:
-            h["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
-        async with self.gateway.request(
-            method, self.url + path, headers=h, allow_redirects=False, data=data
-        ) as resp:
-            body = await resp.read()
-        return resp, body
-
-    async def start_login(self, path: str) -> tuple[str, str]:
-        """The authorize URL and the login cookie a navigation to ``path`` gets."""
-        resp, _ = await self.get(path)
-        assert resp.status == 302, resp.status
-        return resp.headers["Location"], resp.cookies["pdgw-login"].value
-
-    async def at_provider(self, authorize_url: str, user: str) -> str:
-        """Sign in at the provider's development login page and consent; the callback URL the
-        provider sends the browser back to (not followed)."""
-        url = authorize_url
-        for _ in range(12):
-            async with self.http.get(url, allow_redirects=False) as resp:
-                body = await resp.text()
-                if resp.status in (302, 303):
-                    url = urljoin(url, resp.headers["Location"])
-                    if url.startswith(self.url):
-                        return url
-                    continue
-            assert resp.status == 200, (resp.status, body[:300])
-            action = urljoin(url, re.search(r'action="([^"]+)"', body).group(1))  # type: ignore[union-attr]
-            form = (
-                {"prompt": "login", "login": user, "password": "demo"}
-                if 'name="login"' in body
-                else {"prompt": "consent"}
-            )
-            async with self.http.post(action, data=form, allow_redirects=False) as resp:
-                assert resp.status in (302, 303), resp.status
-                url = urljoin(action, resp.headers["Location"])
-                if url.startswith(self.url):
-                    return url
-        raise AssertionError("the provider never sent the browser back")
-
-    async def login(self, user: str, path: str = "/hr/employees/1001") -> str:
-        """A full login; the session cookie."""
-        authorize, login_cookie = await self.start_login(path)
-        callback = await self.at_provider(authorize, user)
-        resp, _ = await self.get(callback.removeprefix(self.url), {"pdgw-login": login_cookie})
-        assert resp.status == 302, resp.status
-        assert resp.headers["Location"] == path
-        return resp.cookies["pdgw-session"].value
-
-    def records(self, kind: str) -> list[dict[str, Any]]:
-        return [r for r in spool_records(self.served.spool_dir) if r["kind"] == kind]
-
-    def auth_events(self) -> list[dict[str, Any]]:
-        return self.records("auth_event")
-
-    async def close(self) -> None:
-        await self.http.close()
-        await self.gateway.close()
 
 
 @pytest.fixture
@@ -194,7 +98,7 @@ async def test_a_fetch_without_a_session_gets_401_and_a_navigation_a_redirect(
 ) -> None:
     gw = await browser_gw()
     resp, body = await gw.get("/hr/employees/1001", headers=XHR)
-    assert resp.status == 401 and json.loads(body)["error"] == "unauthenticated"
+    assert resp.status == 401 and json.loads(body)["error"] == "login_required"
     resp, _ = await gw.get("/hr/employees/1001")
     assert resp.status == 302
     query = parse_qs(urlsplit(resp.headers["Location"]).query)
@@ -292,20 +196,43 @@ async def test_a_revoked_session_is_refused_by_a_second_gateway_process(
     other_home.mkdir()
     port = PORTS[-1]
     oidc = oidc_section(tmp_path, provider, port)
+    token_file = tmp_path / "frank.token"
+    token_file.write_text(keys.token("frank", ["security_officer"]))
     with run_gateway(
-        other_home, keys, upstream.url, oidc=oidc, audit={"spool_dir": str(other_home / "spool")}
+        other_home,
+        keys,
+        upstream.url,
+        oidc=oidc,
+        audit={"spool_dir": str(other_home / "spool")},
+        authz={"policy_admin_roles": ["security_officer"]},
     ) as second:
         async with aiohttp.ClientSession() as http:
             url = second.url + "/hr/employees/1001"
             h = {**XHR, "Cookie": f"pdgw-session={cookie}"}
             async with http.get(url, headers=h) as resp:
                 assert resp.status == 200  # one key, any replica: the session works there
-            cfg_path = other_home / "gateway.yaml"
-            done = run_cli("session", "revoke", "alice", "--config", str(cfg_path))
+            done = await asyncio.to_thread(
+                run_cli,
+                *("session", "revoke", "alice", "--reason", "incident 7"),
+                *("--gateway", second.admin, "--token-file", str(token_file)),
+            )
             assert done.returncode == 0, done.stderr
+            # 9.2.7: on record at once, not when the cookie next comes back.
+            (change,) = [
+                r for r in spool_records(other_home / "spool") if r["kind"] == "permission_change"
+            ]
+            assert (change["change_kind"], change["user"], change["actor"]) == (
+                "sessions_revoked",
+                "alice",
+                "frank",
+            )
+            assert change["change_id"] in done.stdout
             await asyncio.sleep(0.5)  # the poll bound of this config (0.2 s)
             async with http.get(url, headers=h) as resp:
                 assert resp.status == 401
+            # ... and on the first gateway, which reads the same revocation list.
+            resp, _ = await gw.get("/hr/employees/1001", {"pdgw-session": cookie}, headers=XHR)
+            assert resp.status == 401
         second.kill(15)
     revoked = [
         r
@@ -313,6 +240,7 @@ async def test_a_revoked_session_is_refused_by_a_second_gateway_process(
         if r["kind"] == "auth_event" and r["event"] == "revoked"
     ]
     assert [(r["user"], r["reason"]) for r in revoked] == [("alice", "session_revoked")]
+    assert "alice" not in (tmp_path / "revoked.jsonl").read_text()  # hashed at rest
 
 
 async def test_revoke_user_ends_the_users_sessions_at_once_on_this_replica(
@@ -441,12 +369,10 @@ async def test_a_role_change_seen_at_refresh_ends_every_session_of_the_user(
         provider.set_roles("mallory", ["support_agent"])
     events = [(e["event"], e["reason"], e["user"]) for e in gw.auth_events()]
     assert events == [("login", "", "mallory"), ("revoked", "role_change", "mallory")]
-    (line,) = [json.loads(x) for x in (gw.shared / "revoked.jsonl").read_text().splitlines()]
-    assert (line["user"], line["reason"], line["actor"]) == (
-        "mallory",
-        "role_change",
-        "gateway:gw-test",
-    )
+    text = (gw.shared / "revoked.jsonl").read_text()
+    (line,) = [json.loads(x) for x in text.splitlines()]
+    assert (line["reason"], line["actor"]) == ("role_change", "gateway:gw-test")
+    assert line["user_hash"].startswith("u:") and "mallory" not in text
 
 
 async def test_with_tls_the_cookies_are_host_prefixed_and_secure(

@@ -54,6 +54,7 @@ ACCESS_EVENTS = Table(
         ("route", LC),
         ("system", LC),
         ("category", LC),
+        ("purpose", LC),  # record version 3 (migration 4): the purpose decided for (4.2, 9.2.6)
         ("action", LC),
         ("subject_ids", "Array(String)"),
         ("decision", LC),
@@ -250,6 +251,7 @@ SUBJECT_BLOCKS = Table(
         ("action", LC),
         ("subject", "String"),
         ("reason", "String"),
+        ("label", "String"),  # record version 3 (migration 4): the DPO's name for the case
         ("request_id", "String"),
         ("batch_id", "String"),
         ("record_v", "UInt8"),
@@ -530,7 +532,12 @@ MIGRATIONS = (
         "reads, exports and break-glass use (9.1.6, 9.1.9, 10.2)",
         tables=(ANOMALIES,),
     ),
-    # 4 and 6: reserved for work in parallel (a gap is fine: migrate() applies what is missing).
+    Migration(
+        4,
+        "record version 3: the purpose each access was decided for (4.2, 9.2.6); the label the "
+        "DPO gives a subject block",
+        add_columns=(ACCESS_EVENTS, SUBJECT_BLOCKS),
+    ),
     Migration(
         5,
         "anomaly reviews (9.1.6, 9.1.9); aggregates for dashboards in <database>_dashboards, "

@@ -21,7 +21,7 @@ from gateway.audit.events import AnomalyReview
 from gateway.audit.store.base import AuditStore, Row
 from gateway.core.ids import new_id
 from gateway.governance.anomalies import KINDS
-from gateway.web.browser import safe_return_to
+from gateway.web.login import safe_return_to
 from gateway.web.console.forms import cursor, next_cursor, time_range
 from gateway.web.console.kit import ConsoleDeps, caller_of, link, now_us, ui_of
 from gateway.web.console.render import UI

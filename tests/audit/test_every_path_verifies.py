@@ -1,0 +1,646 @@
+"""Every record the gateway writes is verifiable, and holds no data subject's id in clear.
+
+A real `pd-gateway serve` on the demo's config (its DEMO subject key, decision 015) is driven
+through every admin endpoint (enumerated from the admin app's router: a new endpoint without a
+driver fails this test), every CLI command that talks to the gateway or the store (enumerated
+from the argparse parser: a new command must be classified here), every proxy outcome (allowed,
+403, 400, 404, 405, 413, 423, 499, 502, 503, 504, cut by the upstream or the client, a list
+naming a blocked subject, break-glass, an IdP role change, a cross-site POST), browser login,
+refresh, revocation and logout (Chromium and the real oidc-provider), blocks, policy changes and
+audit queries. Then, with the gateway stopped, `pd-gateway audit verify` (the real CLI) finds
+every chain intact (9.1.8, 9.2.7, decision 012) — on chdb and on Debian's clickhouse-server —
+and none of the clear subject ids used is in the spool, the store's tables, the revocation
+file, the block list, the operational log or the metrics (5.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from yarl import URL
+
+from gateway.cli import build_parser
+from gateway.config.load import load_config
+from gateway.governance.subject_hash import SubjectHasher
+from gateway.runtime.app import build
+from gateway.testing.chserver import ClickHouseServer, free_port
+from tests.conftest import ROOT, Keys, demo_config_dict
+from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
+from tests.process import GatewayProcess, run_gateway
+from tests.stores import ENGINES, fresh_database, store_section
+from tests.web.test_browser_e2e import ARGS, CHROMIUM, _demo_upstream
+
+pytestmark = pytest.mark.slow
+PORTS = {engine: free_port() for engine in ENGINES}  # the provider's client may return to each
+
+# Clear subject ids the scenario uses; none may be found at rest (distinct enough that no hash,
+# time or request id contains one by chance).
+A, M, B, L, C, P, R, N = (f"subj-{c}7Qz" for c in "amblcprn")
+IDS = (A, M, B, L, C, P, R, N)
+
+# CLI commands by what they talk to. Every leaf of `pd-gateway`'s parser is in exactly one.
+GATEWAY_COMMANDS = {
+    "audit who-accessed",
+    "audit activity",
+    "audit search",
+    "audit export",
+    "audit permissions",
+    "audit subject-report",
+    "subject block",
+    "subject unblock",
+    "subject status",
+    "subject list",
+    "session revoke",
+}
+STORE_COMMANDS = {"audit verify", "audit replay", "clickhouse init", "clickhouse retention"}
+THE_GATEWAY = {"serve"}
+LOCAL_COMMANDS = {  # neither the gateway nor the store: nothing they do reaches the trail
+    "config check",
+    "routes",
+    "audit tail",
+    "audit keygen",
+    "token",
+    "policy check",
+    "policy test",
+    "policy explain",
+    "policy diff",
+    "policy roster",
+    "session keygen",
+    "clickhouse ddl",
+}
+
+
+def cli_leaves() -> set[str]:
+    leaves: set[str] = set()
+
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            leaves.add(path.strip())
+        for a in subs:
+            for name, child in a.choices.items():
+                walk(child, f"{path} {name}")
+
+    walk(build_parser(), "")
+    return leaves
+
+
+def test_every_cli_command_is_classified_by_what_it_talks_to() -> None:
+    groups = [GATEWAY_COMMANDS, STORE_COMMANDS, THE_GATEWAY, LOCAL_COMMANDS]
+    assert sum(len(g) for g in groups) == len(set().union(*groups))  # none in two groups
+    assert set().union(*groups) == cli_leaves(), "classify the new command above and drive it"
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    if not provider_available() or not Path(CHROMIUM).exists():
+        pytest.fail("needs chromium and deploy/oidc-demo's npm packages: scripts/system-deps.sh")
+    with run_provider(tmp_path_factory.mktemp("provider"), list(PORTS.values())) as p:
+        yield p
+
+
+@dataclass
+class Run:
+    """One gateway process under test and what the scenario did to it."""
+
+    gw: GatewayProcess
+    keys: Keys
+    home: Path
+    config: Path
+    tokens: dict[str, Path] = field(default_factory=dict)
+    ran: set[str] = field(default_factory=set)  # CLI commands driven
+
+    async def cli(self, *args: str, as_user: str | None = None, code: int = 0) -> str:
+        """`pd-gateway ARGS` as a user runs it (the token from a file); its stdout. Asserts the
+        exit code; a command that talks to the gateway gets --gateway."""
+        leaf = " ".join(a for a in args[:2] if not a.startswith("-"))
+        if leaf not in cli_leaves():
+            leaf = args[0]
+        self.ran.add(leaf)
+        extra: list[str] = []
+        if leaf in GATEWAY_COMMANDS:
+            extra = ["--gateway", self.gw.admin]
+        if as_user is not None:
+            extra += ["--token-file", str(self.tokens[as_user])]
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "gateway", *args, *extra],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "TZ": "Europe/Moscow"},
+            timeout=120,
+        )
+        assert out.returncode == code, (args, out.returncode, out.stdout, out.stderr)
+        return out.stdout + out.stderr
+
+
+def _headers(token: str | None, **more: str) -> dict[str, str]:
+    return {**({"Authorization": f"Bearer {token}"} if token else {}), **more}
+
+
+async def _call(
+    s: aiohttp.ClientSession, method: str, url: str, token: str | None = None, **kw: Any
+) -> tuple[int, Any]:
+    async with s.request(method, URL(url, encoded=True), headers=_headers(token), **kw) as r:
+        body = await r.read()
+        try:
+            return r.status, json.loads(body)
+        except ValueError:
+            return r.status, body
+
+
+# -- the upstreams -------------------------------------------------------------------------------
+
+
+async def crm_app(request: web.Request) -> web.StreamResponse:
+    """Counterparties that answer the way upstreams do when things go wrong."""
+    tail = request.path.rstrip("/").rsplit("/", 1)[-1]
+    if request.path.startswith("/crm/list"):
+        return web.json_response({"items": [{"id": A}, {"id": B}]})
+    if tail == "status503":
+        return web.json_response({"busy": True}, status=503)
+    if tail == "slow":
+        await asyncio.sleep(3)  # past proxy.read_timeout_seconds: 504
+        return web.json_response({})
+    if tail in ("cut", "big"):
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        resp.content_length = 4 << 20
+        await resp.prepare(request)
+        for _ in range(64):
+            await resp.write(b"x" * 65536)
+            await asyncio.sleep(0.02)
+            if tail == "cut":  # the upstream dies mid-body
+                assert request.transport is not None
+                request.transport.close()
+                return resp
+        return resp
+    await request.read()
+    return web.json_response({"ok": True})
+
+
+# -- the scenario ----------------------------------------------------------------------------
+
+
+async def drive_browser(run: Run, browser: Any, cookie_out: dict[str, str]) -> Any:
+    """Login (the provider's page), a page, a refresh, then the context for later."""
+    context = await browser.new_context()
+
+    async def local_only(route: Any) -> None:
+        if route.request.url.startswith("http://127.0.0.1:"):
+            await route.continue_()
+        else:
+            await route.abort()
+
+    await context.route("**/*", local_only)
+    page = await context.new_page()
+    await page.goto(run.gw.url + f"/hr/people/{P}")
+    await page.fill('input[name="login"]', "alice")
+    await page.fill('input[name="password"]', "any")
+    await page.click("button[type=submit]")
+    if await page.locator('input[name="prompt"][value="consent"]').count():
+        await page.click("button[type=submit]")
+    await page.wait_for_url(run.gw.url + f"/hr/people/{P}")
+    assert await page.text_content("#user") == "alice"
+    await asyncio.sleep(1.3)  # oidc.session.refresh_interval_seconds: 1
+    await page.goto(run.gw.url + "/hr/")
+    assert await page.text_content("#user") == "alice"
+    cookie = next(c for c in await context.cookies(run.gw.url) if c["name"] == "pdgw-session")
+    cookie_out["value"] = cookie["value"]
+    return context, page
+
+
+async def drive_proxy(run: Run, s: aiohttp.ClientSession, session_cookie: str) -> None:
+    k, url = run.keys, run.gw.url
+    alice = k.token("alice", ["hr_officer"])
+    bob = k.token("bob", ["accountant"])
+    carol = k.token("carol", ["sales_manager"])
+    dave = k.token("dave", ["support_agent"])
+    expected = [
+        ("GET", f"/hr/employees/{A}", alice, {404}),  # allowed; the demo app has no such id
+        ("GET", "/hr/employees/1001", alice, {200}),
+        ("GET", f"/hr/medical/{M}", bob, {403}),
+        ("GET", f"/hr/medical/{M}", alice, {404}),
+        ("GET", "/hr/employees/x%2Fy", alice, {400}),
+        ("GET", "/nowhere", alice, {404}),
+        ("OPTIONS", f"/hr/employees/{A}", alice, {405}),  # the subject's position is hashed
+        ("GET", f"/crm/down/{C}", carol, {502}),
+        ("GET", "/crm/counterparties/status503", carol, {503}),
+        ("GET", "/crm/counterparties/slow", carol, {504}),
+        ("GET", f"/site/leads?lead_id={L}", dave, {200}),
+        ("GET", f"/hr/employees/{A}", None, {401}),  # counted in the refusal summaries
+        ("GET", f"/hr/employees/{A}", k.token("alice", ["hr_officer", "accountant"]), {404}),
+        ("GET", "/crm/catalog", carol, {200}),  # no personal data: not recorded
+    ]
+    for method, path, token, statuses in expected:
+        status, _ = await _call(s, method, url + path, token)
+        assert status in statuses, (method, path, status)
+    big = b"x" * 8192  # proxy.max_body_bytes: 4096
+    status, _ = await _call(s, "POST", url + f"/crm/counterparties/{C}", carol, data=big)
+    assert status == 413
+    # A cross-site POST with the session cookie (CSRF): refused, recorded with the employee.
+    async with s.post(
+        url + "/hr/notes",
+        data={"text": "planted"},
+        headers={"Cookie": f"pdgw-session={session_cookie}", "Origin": "http://evil.invalid"},
+    ) as r:
+        assert r.status == 403
+    # 499: a body that stops half-way and a client that hangs up.
+    host = URL(url)
+    with socket.create_connection((host.host or "", host.port or 80), timeout=5) as raw:
+        raw.sendall(
+            f"POST /crm/counterparties/{C} HTTP/1.1\r\nHost: {host.host}\r\n"
+            f"Authorization: Bearer {carol}\r\nContent-Length: 3000\r\n\r\n".encode()
+            + b"y" * 100
+        )
+        await asyncio.sleep(0.3)
+    # The upstream cuts its response, and a client hangs up mid-response.
+    with contextlib.suppress(aiohttp.ClientPayloadError):
+        async with s.get(url + "/crm/counterparties/cut", headers=_headers(carol)) as r:
+            assert r.status == 200
+            await r.read()
+    async with aiohttp.ClientSession() as once:
+        r = await once.get(url + "/crm/counterparties/big", headers=_headers(carol))
+        assert r.status == 200
+        await r.content.read(65536)
+        r.close()  # gone before the end
+    await asyncio.sleep(0.5)
+
+
+async def drive_admin(run: Run, s: aiohttp.ClientSession, routes: set[tuple[str, str]]) -> None:
+    """A driver for each admin route that succeeds; then every /admin/ route refused once with a
+    token (recorded) and once without (counted)."""
+    k, admin = run.keys, run.gw.admin
+    frank, grace = k.token("frank", ["security_officer"]), k.token("grace", ["dpo"])
+    alice = k.token("alice", ["hr_officer"])
+    policy = Path(load_config(run.config).authz.policy)
+    original = policy.read_text()
+
+    async def get_plain(path: str) -> None:
+        status, _ = await _call(s, "GET", admin + path)
+        assert status in (200, 404), path  # /checkpoint: 404 until the first one
+
+    async def put_policy() -> None:
+        added = original + "p, support_agent, hr, employee, read\n"
+        body = {"policy": "p, nobody", "reason": "TICKET-9"}
+        assert (await _call(s, "PUT", admin + "/admin/policy", frank, json=body))[0] == 400
+        for text in (added, original):  # a rule added, then taken away again
+            body = {"policy": text, "reason": "TICKET-9"}
+            status, answer = await _call(s, "PUT", admin + "/admin/policy", frank, json=body)
+            assert status == 200, answer
+        run.gw.proc.send_signal(signal.SIGHUP)  # a reload from the files: nothing changed
+        await asyncio.sleep(0.3)
+
+    async def break_glass() -> None:
+        body = {"minutes": 5, "justification": "incident 42: read the affected records"}
+        status, _ = await _call(s, "POST", admin + "/admin/break-glass", frank, json=body)
+        assert status == 200
+        status, _ = await _call(s, "GET", run.gw.url + f"/hr/employees/{A}", frank)
+        assert status == 404  # allowed by the break-glass session, recorded as such
+
+    async def audit_queries() -> None:
+        await run.cli("audit", "who-accessed", A, "--since", "1d", as_user="frank")
+        out = await run.cli("audit", "who-accessed", R, "--consultations", as_user="grace")
+        assert out.startswith("times in Europe/Moscow")
+        await run.cli("audit", "activity", "alice", "--format", "ndjson", as_user="frank")
+        out = await run.cli(
+            "audit", "search", "--action", "block", "--format", "json", as_user="grace"
+        )
+        assert {r["action"] for r in json.loads(out)} == {"block"}
+        export = run.home / "export.json"
+        await run.cli(
+            "audit",
+            "export",
+            "--system",
+            "hr",
+            "--format",
+            "json",
+            "-o",
+            str(export),
+            as_user="grace",
+        )
+        assert json.loads(export.read_text())
+        await run.cli("audit", "permissions", as_user="frank")
+        await run.cli("audit", "subject-report", R, "-o", str(run.home / "r.html"), as_user="grace")
+        await run.cli("audit", "subject-report", A, "--format", "json", as_user="grace")
+        # Refusals with words and a request id; an unusable id is refused before it is sent.
+        out = await run.cli("audit", "who-accessed", A, as_user="alice", code=1)
+        assert "403 forbidden" in out and "(request " in out
+        out = await run.cli("audit", "who-accessed", "x" * 10_000, as_user="grace", code=2)
+        assert "at most 256 characters" in out
+        out = await run.cli("audit", "search", "--since", "1764800000", as_user="grace", code=2)
+        assert "a bare number has no unit" in out
+        status, body = await _call(s, "GET", admin + "/admin/audit/subjects/a%01b/events", grace)
+        assert status == 400 and body["message"].startswith("subject: printable")
+
+    async def blocks() -> None:
+        await run.cli(
+            "subject",
+            "block",
+            B,
+            "--reason",
+            "subject's request",
+            "--label",
+            "DPO-7",
+            as_user="grace",
+        )
+        assert (await _call(s, "GET", run.gw.url + f"/hr/employees/{B}", alice))[0] == 423
+        carol = k.token("carol", ["sales_manager"])
+        with contextlib.suppress(aiohttp.ClientPayloadError):  # cut: it names B
+            async with s.get(run.gw.url + "/crm/list", headers=_headers(carol)) as r:
+                await r.read()
+        out = await run.cli("subject", "block", B, "--reason", "again", as_user="grace", code=1)
+        assert "already blocked" in out
+        await run.cli("subject", "list", as_user="grace")
+
+    async def block_status() -> None:
+        out = await run.cli("subject", "status", B, as_user="grace")
+        assert out.startswith(f"{B}: BLOCKED since")
+        out = await run.cli(
+            "subject", "unblock", N, "--reason", "mistyped", as_user="grace", code=1
+        )
+        assert "409 not_blocked" in out
+        await run.cli("subject", "unblock", B, "--reason", "verified", as_user="grace")
+
+    async def revoke() -> None:
+        await run.cli("session", "revoke", "alice", "--reason", "incident 42", as_user="frank")
+
+    async def list_blocks() -> None:
+        await run.cli("subject", "list", as_user="frank")
+
+    # In the order they run (a block before its lookup; the revocation before the browser's end).
+    drivers: list[tuple[tuple[str, str], Callable[[], Awaitable[None]]]] = [
+        (("GET", "/metrics"), lambda: get_plain("/metrics")),
+        (("GET", "/healthz"), lambda: get_plain("/healthz")),
+        (("GET", "/readyz"), lambda: get_plain("/readyz")),
+        (("GET", "/checkpoint"), lambda: get_plain("/checkpoint")),
+        (("PUT", "/admin/policy"), put_policy),
+        (("POST", "/admin/break-glass"), break_glass),
+        (("POST", "/admin/subject-blocks"), blocks),
+        (("GET", "/admin/subject-blocks"), list_blocks),
+        (("POST", "/admin/subject-blocks/status"), block_status),
+        (("POST", "/admin/sessions/revoke"), revoke),
+        (("GET", "/admin/audit/events"), audit_queries),
+        (("GET", "/admin/audit/subjects/{subject}/events"), audit_queries),
+        (("GET", "/admin/audit/export"), audit_queries),
+        (("GET", "/admin/audit/permissions"), audit_queries),
+        (("GET", "/admin/audit/subjects/{subject}/report"), audit_queries),
+    ]
+    assert {route for route, _ in drivers} == routes, "a new admin endpoint needs a driver here"
+    done: list[Callable[[], Awaitable[None]]] = []
+    for _, driver in drivers:
+        if driver not in done:  # one driver may serve several routes
+            done.append(driver)
+            await driver()
+    for method, template in sorted(routes):
+        if not template.startswith("/admin/"):
+            continue
+        path = admin + template.replace("{subject}", R)
+        status, _ = await _call(s, method, path, alice, json={})
+        assert status in (400, 403), (method, template, status)  # recorded with alice
+        status, _ = await _call(s, method, path, None, json={})
+        assert status == 401, (method, template)  # counted (decision 013)
+
+
+async def end_browser(run: Run, context: Any, page: Any) -> None:
+    """After `session revoke`: the old session is refused (recorded), a new login follows (the
+    provider remembers alice), and a logout ends it."""
+    await asyncio.sleep(0.5)  # the revocation list's poll interval here: 0.2 s
+    await page.goto(run.gw.url + "/hr/")
+    await page.wait_for_url(run.gw.url + "/hr/")
+    await page.click("#logout")
+    await page.wait_for_url(run_provider_issuer(run) + "/**")
+    await page.click("button[name=logout]")
+    await page.wait_for_url(run.gw.url + "/_pdgw/logged-out")
+    await context.close()
+
+
+def run_provider_issuer(run: Run) -> str:
+    oidc = load_config(run.config).oidc
+    assert oidc is not None
+    return oidc.issuer
+
+
+def _config(
+    home: Path, engine: str, upstreams: dict[str, str], provider: Provider, server: Any
+) -> dict[str, Any]:
+    """The demo's config (its routes, policy admin roles and DEMO subject key), with this test's
+    identity (its signing keys), ports, stores, upstreams, provider, a copy of the policies (the
+    policy API writes its file) and a few routes for the outcomes upstreams produce."""
+    data = demo_config_dict()
+    del data["identity"], data["listen"]  # the test's token keys; the ports of run_gateway
+    del data["audit"]["checkpoint_key_file"]  # a key made for this test (its .pub verifies)
+    policies = home / "policies"
+    shutil.copytree(ROOT / "policies", policies)
+    data["authz"].update(model=str(policies / "model.conf"), policy=str(policies / "policy.csv"))
+    data["instance_id"] = f"gw-{engine}"
+    data["audit"].update(
+        spool_dir=str(home / "spool"),
+        checkpoint_interval_seconds=1,
+        anonymous_window_seconds=1,
+        blocks_poll_seconds=0.5,
+    )
+    section = store_section(engine, fresh_database(), chdb_dir=home / "chdb", server=server)
+    data["store"] = section
+    data["proxy"].update(max_body_bytes=4096, read_timeout_seconds=1)
+    data["upstreams"] = upstreams
+    data["oidc"] = oidc_section(home, provider, PORTS[engine], refresh_interval_seconds=1)
+    data["routes"] += [
+        {
+            "name": "crm-list",
+            "prefix": "/crm/list",
+            "upstream": "crm",
+            "system": "crm",
+            "purpose": "contracts",
+            "category": "counterparty",
+            "response_subjects": {"pointer": "/items/*/id"},
+        },
+        {
+            "name": "crm-down",
+            "prefix": "/crm/down",
+            "upstream": "down",
+            "system": "crm",
+            "purpose": "contracts",
+            "category": "counterparty",
+            "subject": {"path": "/crm/down/{id}"},
+        },
+    ]
+    return data
+
+
+def _at_rest(run: Run, store_dump: str, metrics: str) -> dict[str, str]:
+    """Everything the run left on disk and in the store, as text by where it came from."""
+    texts = {"store": store_dump, "metrics": metrics}
+    for f in sorted((run.home / "spool").rglob("*")):
+        if f.is_file():
+            texts[f"spool/{f.relative_to(run.home / 'spool')}"] = f.read_bytes().decode(
+                "utf-8", "replace"
+            )
+    texts["revocation file"] = (run.home / "revoked.jsonl").read_text()
+    texts["operational log"] = (run.home / "gateway.log").read_text()
+    return texts
+
+
+DUMP = """
+import json, sys
+from gateway.config.load import load_config
+from gateway.audit.store.factory import open_store
+store = open_store(load_config(sys.argv[1]).store, apply_schema=False)
+db = store.database
+for t in store.select("SELECT name FROM system.tables WHERE database = %(d)s", {"d": db}):
+    for row in store.select(f"SELECT * FROM {db}.`{t['name']}`"):
+        print(t["name"], json.dumps(row, default=str, ensure_ascii=False))
+store.close()
+"""
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_every_path_leaves_a_verifiable_trail_with_no_subject_id_in_clear(
+    engine: str,
+    tmp_path: Path,
+    keys: Keys,
+    provider: Provider,
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    ch_server: ClickHouseServer,
+) -> None:
+    from playwright.async_api import async_playwright
+
+    demo = _demo_upstream()
+    demo.EMPLOYEES[P] = {"id": P, "name": "Synthetic Person", "position": "Tester", "phone": "-"}
+    hr = await aiohttp_server(demo.build_app())
+    crm_web = web.Application()
+    crm_web.router.add_route("*", "/{tail:.*}", crm_app)
+    crm = await aiohttp_server(crm_web)
+    upstreams = {
+        "hr": str(hr.make_url("")).rstrip("/"),
+        "crm": str(crm.make_url("")).rstrip("/"),
+        "site": str(crm.make_url("")).rstrip("/"),
+        "down": f"http://127.0.0.1:{free_port()}",  # nothing listens there: 502
+    }
+    data = _config(tmp_path, engine, upstreams, provider, ch_server)
+    tokens: dict[str, Path] = {}
+    for user, role in (("frank", "security_officer"), ("grace", "dpo"), ("alice", "hr_officer")):
+        tokens[user] = tmp_path / f"{user}.token"
+        tokens[user].write_text(keys.token(user, [role], ttl=3600))
+    with run_gateway(
+        tmp_path, keys, upstreams["hr"], proxy_port=PORTS[engine], env={"TZ": "UTC"}, **data
+    ) as gw:
+        run = Run(gw, keys, tmp_path, tmp_path / "gateway.yaml", tokens)
+        _, admin_app = build(load_config(run.config))
+        routes = {
+            (r.method, r.resource.canonical)
+            for r in admin_app.router.routes()
+            if r.resource and r.method != "HEAD"
+        }
+        cookie: dict[str, str] = {}
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                context, page = await drive_browser(run, browser, cookie)
+                async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+                    await drive_proxy(run, s, cookie["value"])
+                    await drive_admin(run, s, routes)
+                    await end_browser(run, context, page)
+                    async with s.get(gw.admin + "/metrics") as r:
+                        metrics = await r.text()
+            finally:
+                await browser.close()
+        await asyncio.sleep(2)  # the last batches shipped, a checkpoint past the last record
+        assert gw.kill(signal.SIGTERM) == 0  # drains, flushes, ships, signs the last head
+
+    # The store's own commands, the gateway stopped (chdb: one process per data directory).
+    cfg = str(run.config)
+    await run.cli("clickhouse", "init", "--config", cfg)
+    await run.cli("clickhouse", "retention", "--config", cfg, "--keep-days", "3650")
+    await run.cli("audit", "replay", "--spool", str(tmp_path / "spool"), "--config", cfg)
+    verified = await run.cli(
+        "audit",
+        "verify",
+        "--config",
+        cfg,
+        "--public-key",
+        str(tmp_path / "checkpoint-key.pub"),
+        "--json",
+    )
+    report = json.loads(verified[: verified.rindex("}") + 1])
+    assert report["ok"], report["problems"]
+    (instance,) = report["instances"]
+    assert instance["first_seq"] == 1 and instance["records"] == instance["last_seq"] > 100
+    assert run.ran >= GATEWAY_COMMANDS | STORE_COMMANDS, "every such command driven"
+    print(f"\n{engine}: audit verify: records #1-#{instance['last_seq']}, chain intact")
+
+    log = (tmp_path / "gateway.log").read_text()
+    assert "outcome record without its access" not in log and "UnpairedRecord" not in log
+    dump = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", DUMP, cfg],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    texts = _at_rest(run, dump.stdout, metrics)
+    # What the trail holds of each id instead: its keyed hash (the scenario did record them).
+    hasher = SubjectHasher.from_files(load_config(run.config).audit.subject_key_file)
+    for sid in (A, M, B, L, C, P, R):
+        assert hasher.stored(sid) in texts["store"], sid
+    found = {(sid, where) for sid in IDS for where, text in texts.items() if sid in text}
+    assert found == set(), "clear subject ids at rest"
+    print(
+        f"{engine}: no clear subject id in {len(texts)} places ({sum(map(len, texts.values()))} characters)"
+    )
+    # Each kind of record the scenario meant to write is in the store.
+    kinds = {
+        "access_events": ("allow", "deny"),
+        "refusal_summaries": ("admin:audit/subjects/{subject}/events",),
+        "auth_events": ("login", "refresh", "revoked", "logout"),
+        "subject_blocks": ("DPO-7",),
+        "permission_change_records": (
+            "subject_blocked",
+            "sessions_revoked",
+            "break_glass_started",
+            "idp_roles_changed",
+            "rule_added",
+        ),
+    }
+    for table, words in kinds.items():
+        lines = [x for x in dump.stdout.splitlines() if x.startswith(table + " ")]
+        for word in words:
+            assert any(word in x for x in lines), (table, word)
+    outcomes = {
+        json.loads(x.split(" ", 1)[1])["outcome"]
+        for x in dump.stdout.splitlines()
+        if x.startswith("access_events ")
+    }
+    assert {
+        "complete",
+        "client_aborted",
+        "subject_blocked",
+        "upstream_unreachable",
+        "upstream_timeout",
+        "upstream_aborted",
+    } <= outcomes, outcomes
+    statuses = {
+        int(json.loads(x.split(" ", 1)[1])["status"])
+        for x in dump.stdout.splitlines()
+        if x.startswith("access_events ")
+    }
+    assert {200, 400, 403, 404, 405, 409, 413, 423, 499, 502, 503, 504} <= statuses, statuses
