@@ -22,11 +22,12 @@ import aiohttp
 from aiohttp import web
 
 from gateway.audit.checkpoint import Checkpointer, load_public_keys
+from gateway.audit.recorder import Recorder
 from gateway.audit.refusals import AnonymousRefusals
-from gateway.audit.spool import Spool
 from gateway.audit.store.factory import reader
 from gateway.config.model import Config
 from gateway.core.metrics import Metrics
+from gateway.governance.access_rights import AccessRights
 from gateway.governance.blocks import SubjectBlocks
 from gateway.governance.subject_hash import SubjectHasher
 from gateway.identity.tokens import Principal
@@ -55,8 +56,9 @@ class Parts(Protocol):
 
     cfg: Config
     metrics: Metrics
-    spool: Spool
+    recorder: Recorder
     policies: PolicyStore
+    rights: AccessRights
     hasher: SubjectHasher
     blocks: SubjectBlocks
     anonymous: AnonymousRefusals
@@ -91,10 +93,10 @@ def _trail(gw: Parts) -> ConsoleTrail:
     access = TrailAccess(
         verify=gw.verify,
         policies=gw.policies,
-        spool=gw.spool,
+        recorder=gw.recorder,
         trusted=gw.cfg.proxy.trusted_proxies,
     )
-    return ConsoleTrail(access, gw.spool)
+    return ConsoleTrail(access, gw.recorder)
 
 
 def _form_targets(cfg: Config) -> str:
@@ -152,10 +154,10 @@ def console_deps(
         ),
         trail=_trail(gw),
         callers=callers,
-        spool=gw.spool,
         open_store=reader(cfg.store),
         hasher=gw.hasher,
         blocks=gw.blocks,
+        rights=gw.rights,
         tokens=SubjectTokens(),
         purposes_of={r.name: r.purpose for r in cfg.routes},
         public_keys=lambda: load_public_keys([key_file]),  # the gateway's own (report, verify)

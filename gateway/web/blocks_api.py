@@ -225,9 +225,8 @@ def plan_change(
     assert isinstance(label, str)
     current = blocks.current(forms)
     if action == "unblock" and current is None:
-        return ChangeRefused(
-            409, "not_blocked", "this data subject is not blocked: nothing to unblock", "not_blocked"
-        )
+        nothing = "this data subject is not blocked: nothing to unblock"
+        return ChangeRefused(409, "not_blocked", nothing, "not_blocked")
     if action == "block" and current is not None:
         return ChangeRefused(409, "already_blocked", _already(current), "already_blocked")
     return PlannedChange(

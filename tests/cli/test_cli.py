@@ -90,9 +90,7 @@ async def test_audit_tail_shows_anomaly_reviews(tmp_path: Path) -> None:
     spool = Spool(tmp_path, instance="gw-1")
     spool.open()
     recorder = Recorder(spool)
-    await recorder.note(
-        AnomalyReview("v1", 3, "an-1", "frank", "reviewed", "a late shift", "r3")
-    )
+    await recorder.note(AnomalyReview("v1", 3, "an-1", "frank", "reviewed", "a late shift", "r3"))
     spool.close()
     out = run_cli("audit", "tail", "--spool", str(tmp_path))
     assert out.returncode == 0, out.stderr

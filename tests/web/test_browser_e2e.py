@@ -19,8 +19,8 @@ from aiohttp.test_utils import TestServer
 
 from gateway.testing.chserver import free_port
 from tests.conftest import ROOT, ROUTES, Keys, ServeFactory, spool_records
-from tests.web.chromium import chromium, chromium_available, loopback_context
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
+from tests.web.chromium import chromium, chromium_available, loopback_context
 
 SHOTS = ROOT / "var" / "screenshots" / "browser-e2e"
 

@@ -21,10 +21,11 @@ from gateway.audit.events import AnomalyReview
 from gateway.audit.store.base import AuditStore, Row
 from gateway.core.ids import new_id
 from gateway.governance.anomalies import KINDS
-from gateway.web.login import safe_return_to
+from gateway.web.boundary import REQUEST_ID
 from gateway.web.console.forms import cursor, next_cursor, time_range
 from gateway.web.console.kit import ConsoleDeps, caller_of, link, now_us, ui_of
 from gateway.web.console.render import UI
+from gateway.web.login import safe_return_to
 
 HOUR_US = 3600 * 1_000_000
 DAY_US = 24 * HOUR_US
@@ -155,7 +156,7 @@ def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
             )
 
     async def review(request: web.Request) -> web.StreamResponse:
-        caller, ui = caller_of(request), ui_of(request)
+        caller = caller_of(request)
         anomaly_id = request.match_info["anomaly_id"]
         ask = deps.ask("anomaly-review", "create")
         if not _ID.match(anomaly_id):
@@ -167,36 +168,27 @@ def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
             back = base + "anomalies"
         kept = URL(back)
         back = str(kept.with_query([(k, v) for k, v in kept.query.items() if k != "done"]))
-        async with deps.trail.viewing(
+        event, t0 = await deps.trail.decide(
             request,
             caller,
             ask,
             filters=f"anomaly_id={anomaly_id}",
             refusal="your job function may not review anomalies",
-        ) as view:
-            problem = (
-                "comment: say what you found (at least 3 characters)"
-                if len(comment) < 3
-                else f"comment: at most {MAX_COMMENT} characters"
-                if len(comment) > MAX_COMMENT
-                else None
-            )
-            if problem is None and not await deps.read(
-                lambda store: query.anomaly_known(store, anomaly_id)
-            ):
-                problem = "no such anomaly"
-            if problem is not None:
-                view.status, view.outcome = 400, "bad_request"
-                return deps.renderer.page(
-                    request,
-                    ui,
-                    "error.html",
-                    status=400,
-                    title="The request could not be used",
-                    message=problem,
-                    request_id=view.event.request_id,
-                    signed_in=True,
-                )
+        )
+        problem = (
+            "comment: say what you found (at least 3 characters)"
+            if len(comment) < 3
+            else f"comment: at most {MAX_COMMENT} characters"
+            if len(comment) > MAX_COMMENT
+            else None
+        )
+        if problem is not None:  # what was sent cannot be used: one refusal record
+            await deps.trail.deny(event, 400, "bad_comment", t0)
+            return _problem(deps, request, 400, "The request could not be used", problem)
+        async with deps.trail.recording(request, event, t0) as view:
+            if not await deps.read(lambda store: query.anomaly_known(store, anomaly_id)):
+                view.status = 404  # the store was read to know it: an access that found nothing
+                return _problem(deps, request, 404, "Not found", "no such anomaly")
             record = AnomalyReview(
                 review_id=new_id(),
                 ts_us=time.time_ns() // 1000,
@@ -206,7 +198,7 @@ def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
                 comment=comment,
                 request_id=view.event.request_id,
             )
-            await deps.spool.append(record)  # 9.1.9: the review is a record of the trail
+            await deps.trail.recorder.note(record)  # 9.1.9: the review is a record of the trail
             recent[anomaly_id] = {
                 "anomaly_id": anomaly_id,
                 "reviewed_us": record.ts_us,
@@ -220,3 +212,18 @@ def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
 
     router.add_get("/anomalies", anomalies, name="console:anomalies")
     router.add_post("/anomalies/{anomaly_id}/review", review, name="console:anomaly-review")
+
+
+def _problem(
+    deps: ConsoleDeps, request: web.Request, status: int, title: str, message: str
+) -> web.Response:
+    return deps.renderer.page(
+        request,
+        ui_of(request),
+        "error.html",
+        status=status,
+        title=title,
+        message=message,
+        request_id=request[REQUEST_ID],
+        signed_in=True,
+    )

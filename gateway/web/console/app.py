@@ -26,6 +26,7 @@ from gateway.web.boundary import REQUEST_ID
 from gateway.web.console import anomaly, health, people, search, subject
 from gateway.web.console.identity import MAX_FORM_BYTES
 from gateway.web.console.kit import CALLER, UI_OF, ConsoleDeps, caller_of, ui_of
+from gateway.web.login import LoginRequired
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STATIC = "console:static"
@@ -88,6 +89,8 @@ def _middleware(deps: ConsoleDeps) -> Callable[..., Awaitable[web.StreamResponse
             deps.renderer.decorate(request, e)  # a redirect: to log in, or after a form
             e.headers["X-Request-Id"] = request[REQUEST_ID]
             raise
+        except LoginRequired:
+            raise  # the gateway's own page, with its link to log in in a new tab (decision 023)
         except GatewayError as e:
             return deps.renderer.page(
                 request,

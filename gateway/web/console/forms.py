@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from cryptography.fernet import Fernet, InvalidToken
 
 from gateway.audit import query
+from gateway.governance.subject_hash import subject_problem
 from gateway.web.console.render import UI
 
 TOKEN_SECONDS = 8 * 3600
-MAX_SUBJECT = 256
 PERIODS = ("today", "week", "7d", "30d")
 # The search form's fields, in its order (the filters of `audit search`).
 EVENT_FIELDS = (
@@ -145,10 +145,10 @@ class SubjectTokens:
 
 
 def subject_id(value: str | None) -> str:
-    """A subject id as typed: trimmed, non-empty, bounded, printable."""
+    """A subject id as typed: trimmed (a form's stray spaces), then held to the audit API's rule
+    (``subject_problem``: present, bounded, printable). ValueError names the rule."""
     text = (value or "").strip()
-    if not text:
-        raise ValueError("subject: the data subject's id is required")
-    if len(text) > MAX_SUBJECT or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise ValueError(f"subject: at most {MAX_SUBJECT} printable characters")
+    problem = subject_problem(text)
+    if problem is not None:
+        raise ValueError(problem)
     return text

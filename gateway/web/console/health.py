@@ -63,35 +63,42 @@ def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
         except ValueError as e:
             await deps.trail.refused(request, caller, ask, 400, "bad_filter", str(e))
         record = f"since_us={span.since_us or ''}&until_us={span.until_us or ''}"
-        async with deps.trail.viewing(request, caller, ask, filters=record) as view:
-            job = jobs.start(
-                started_by=caller.principal.user, since_us=span.since_us, until_us=span.until_us
-            )
-            if job is None:
-                view.status, view.outcome = 409, "busy"
-                raise web.HTTPSeeOther(link(base, "health", {"error": "busy"}))
-            raise web.HTTPSeeOther(link(base, f"health/verify/{job.job_id}"))
+        event, t0 = await deps.trail.decide(request, caller, ask, filters=record)
+        if jobs.running() is not None:  # one at a time: refused (one record), said on the page
+            await deps.trail.deny(event, 409, "busy", t0)
+            raise web.HTTPSeeOther(link(base, "health", {"error": "busy"}))
+        async with deps.trail.recording(request, event, t0) as view:
+            view.status = 303  # answered with the job's page (or, if one began meanwhile, busy)
+        # Started once this request's own record is complete: a verification never finds the
+        # request that started it in flight (begun, its row not yet shipped).
+        job = jobs.start(
+            started_by=caller.principal.user, since_us=span.since_us, until_us=span.until_us
+        )
+        if job is None:  # another began while this one's record was written
+            raise web.HTTPSeeOther(link(base, "health", {"error": "busy"}))
+        raise web.HTTPSeeOther(link(base, f"health/verify/{job.job_id}"))
 
     async def status(request: web.Request) -> web.StreamResponse:
         caller, ui = caller_of(request), ui_of(request)
         job = jobs.get(request.match_info["job_id"])
         part = request.query.get("part") == "progress"
         ask = deps.ask("verify-status")
-        async with deps.trail.viewing(
+        event, t0 = await deps.trail.decide(
             request, caller, ask, filters=f"job={request.match_info['job_id']}"
-        ) as view:
-            if job is None:
-                view.status, view.outcome = 404, "no_such_job"
-                return deps.renderer.page(
-                    request,
-                    ui,
-                    "error.html",
-                    status=404,
-                    title="Not found",
-                    message="no such verification (they are kept while the gateway runs)",
-                    request_id=view.event.request_id,
-                    signed_in=True,
-                )
+        )
+        if job is None:
+            await deps.trail.deny(event, 404, "no_such_job", t0)
+            return deps.renderer.page(
+                request,
+                ui,
+                "error.html",
+                status=404,
+                title="Not found",
+                message="no such verification (they are kept while the gateway runs)",
+                request_id=event.request_id,
+                signed_in=True,
+            )
+        async with deps.trail.recording(request, event, t0) as view:
             view.rows = job.problem_count
             return deps.renderer.page(
                 request, ui, "verify_progress.html" if part else "verify.html", job=job

@@ -5,7 +5,8 @@ Contract:
 - ``SessionCallers`` (a single process, and a worker's front): the gateway's browser session
   (decision 014) is the only credential; a request with an ``Authorization`` header is refused
   (the console is for browsers; the audit API takes tokens). Without a valid session a
-  navigation is sent to log in and comes back to the page it asked for; anything else gets 401.
+  navigation is sent to log in (a session due for renewal: silently, decision 023) and comes
+  back to the page it asked for; anything else gets 401 ``login_required``.
   Either is counted with the anonymous refusals (decision 013). ``cross_site`` is the CSRF rule
   of proxied apps (gateway.identity.csrf).
 - ``seal``/``unseal``: the caller a worker authenticated, in the ``X-PD-Console-Caller`` header
@@ -79,9 +80,10 @@ class SessionCallers:
             principal, session = await browser.authenticate(request)
         except AuthenticationError as e:
             self._anonymous.count("console", e.reason, 401, client, request[REQUEST_ID])
-            if browser.wants_login_redirect(request):
-                raise await browser.login_redirect(request, request.raw_path) from None
-            raise _unauthenticated(e.reason) from None
+            # As on the proxied apps (decision 023): a navigation goes to log in (silently when
+            # the session is only due for renewal) and comes back; anything else is 401
+            # `login_required`, a page with a link to log in again in a new tab.
+            raise await browser.unauthenticated(request, e) from None
         return Caller(principal, "session", session, client)
 
     def cross_site(self, request: web.Request) -> str | None:

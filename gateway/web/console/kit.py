@@ -14,9 +14,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.audit.checkpoint import Checkpoint
-from gateway.audit.spool import Spool
 from gateway.audit.store.base import AuditStore
 from gateway.config.model import AnomaliesConfig, ConsoleConfig
+from gateway.governance.access_rights import AccessRights
 from gateway.governance.blocks import SubjectBlocks
 from gateway.governance.subject_hash import SubjectHasher
 from gateway.web.admin import AdminRefused
@@ -52,10 +52,10 @@ class ConsoleDeps:
     renderer: Renderer
     trail: ConsoleTrail
     callers: CallerSource
-    spool: Spool
     open_store: StoreOpener | None
     hasher: SubjectHasher
     blocks: SubjectBlocks
+    rights: AccessRights  # a block's permission change (9.2.7) is made by it
     tokens: SubjectTokens
     purposes_of: Mapping[str, str]
     public_keys: Callable[[], Mapping[str, Ed25519PublicKey]]

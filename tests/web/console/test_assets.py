@@ -15,6 +15,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from gateway.audit import report
 from gateway.web.console.render import catalog
 from tests.conftest import ROOT
 
@@ -63,7 +64,11 @@ PYTHON_MESSAGES = {
     "comment: say what you found (at least 3 characters)",
     "reason: say why (the subject's request, a ticket)",
     "confirm: tick the box to confirm",
-    "subject: the data subject's id is required",
+    "subject: the id is required",
+    "subject: printable characters only (no control characters)",
+    "label: must not contain the subject's id (5.3): name the case, e.g. a ticket",
+    "this data subject is not blocked: nothing to unblock",
+    *report.LOOKED_UP.values(),
     "Categories of personal data processed",
     "Purposes of processing",
     "intact",

@@ -155,6 +155,18 @@ async def test_the_dpo_and_the_security_officer_do_every_task_and_every_request_
     assert body.count('<tr class="allow">') == 1 and body.count('<tr class="deny">') == 1
     assert "hr_records" in body  # the purpose of each access
     assert "Not blocked." in body and 'id="block"' in body  # the dpo may block
+    # Consultations of the trail about the person are not accesses to their data (9.2.6): the
+    # accesses table leaves them out, a section of their own lists them (once shipped).
+    wait_for(
+        lambda: count(console.store, "access_events", "route = 'console:subject-lookup'") >= 1,
+        what="the look-up in the store",
+    )
+    status, body, _ = await c(grace, "GET", page + "?period=week")
+    assert body.count('<tr class="allow">') == 2 and body.count('<tr class="deny">') == 1
+    assert '<tr class="consultation allow">' in body
+    assert "the person&#39;s page opened (console)" in body
+    status, body, _ = await c(grace, "GET", page + "?period=week&category=audit_log")
+    assert '<tr class="allow">' in body and 'id="consulted"' not in body  # exactly those
     status, body, _ = await c(frank, "GET", page)
     assert status == 200 and 'id="block"' not in body  # a security officer may not
     # Block: a form, a confirmation, then in force; a security officer is refused.
@@ -168,27 +180,54 @@ async def test_the_dpo_and_the_security_officer_do_every_task_and_every_request_
         frank, "POST", page + "/block", {"action": "block", "reason": "x-17", "confirm": "yes"}
     )
     assert status == 403
+    status, body, _ = await c(
+        grace,
+        "POST",
+        page + "/block",
+        {"action": "block", "reason": "request #17", "label": f"case {SUBJECT}", "confirm": "yes"},
+    )
+    assert status == 400 and "must not contain the subject" in body  # 5.3: a label names a case
+    status, body, _ = await c(
+        grace, "POST", page + "/block", {"action": "unblock", "reason": "oops", "confirm": "yes"}
+    )
+    assert status == 409 and "not blocked" in body  # nothing to unblock
     status, _, resp = await c(
         grace,
         "POST",
         page + "/block",
-        {"action": "block", "reason": "subject's request #17", "confirm": "yes"},
+        {
+            "action": "block",
+            "reason": "subject's request #17",
+            "label": "DPO-17",
+            "confirm": "yes",
+        },
     )
     assert status == 303 and "done=blocked" in resp.headers["Location"]
+    status, body, _ = await c(
+        grace, "POST", page + "/block", {"action": "block", "reason": "again", "confirm": "yes"}
+    )
+    assert status == 409 and "already blocked" in body
     async with aiohttp.ClientSession() as s:
         token = keys.token("alice", ["hr_officer"])
         headers = {"Authorization": f"Bearer {token}"}
         async with s.get(f"{console.served.proxy_url}/hr/medical/{SUBJECT}", headers=headers) as r:
             assert r.status == 423  # 6.5: in force at once
     status, body, _ = await c(grace, "GET", resp.headers["Location"])
-    assert "Blocked" in body and "subject&#39;s request #17" in body
-    # The printable report, verified (from the store, once the block is shipped there).
+    assert "Blocked" in body and "subject&#39;s request #17" in body and "DPO-17" in body
+    # The printable report, verified (from the store, once the block is shipped there): the
+    # accesses to the person's data counted apart from the consultations of the trail.
     wait_for(lambda: count(console.store, "subject_blocks") == 1, what="the block in the store")
+    wait_for(lambda: count(console.store, where="status = 423") == 1, what="the 423 in the store")
     status, body, _ = await c(grace, "GET", page + "/report?tz=Europe/Moscow")
     assert status == 200 and "verified: the chain is intact" in body, re.findall(
         r"<li><code>(.*?)</code>", body
     )
-    assert "MSK" in body and "subject&#39;s request #17" in body
+    assert "MSK" in body and "subject&#39;s request #17" in body and "DPO-17" in body
+    # Alice's two reads, and the accountant's refusal and hers while blocked (423).
+    assert '<td id="accesses">2</td>' in body and '<td id="refused">2</td>' in body
+    consulted = int(re.findall(r'<td id="consultations">(\d+)</td>', body)[0])
+    assert consulted >= 5 and "block or unblock (console)" in body
+    assert "the beginning" in body  # the period: from the beginning to when it was asked
     status, _, resp = await c(
         grace,
         "POST",
@@ -238,16 +277,45 @@ async def test_the_dpo_and_the_security_officer_do_every_task_and_every_request_
     assert set(console.ids) <= set(by_id)
     assert {by_id[i]["user"] for i in console.ids} == {"grace", "frank"}
     assert all(r["category"] == "audit_log" and r["auth"] == "session" for r in records)
-    refused = [r for r in records if r["decision"] == "deny"]
-    assert [(r["user"], r["action"], r["status"]) for r in refused] == [("frank", "block", 403)]
+    refused = [
+        (r["user"], r["action"], r["status"], r["reason"])
+        for r in records
+        if r["decision"] == "deny"
+    ]
+    assert refused == [
+        ("grace", "block", 400, "not_confirmed"),
+        ("frank", "block", 403, "no_matching_rule"),
+        ("grace", "block", 400, "bad_label"),
+        ("grace", "block", 409, "not_blocked"),
+        ("grace", "block", 409, "already_blocked"),
+    ]
+    assert all(r["purpose"] == "audit_control" for r in records)  # consultations (9.2.6)
     exports = [r for r in records if r["action"] == "export"]
     assert len(exports) == 2 and all("format=" in r["query"] for r in exports)
     blocks = [r for r in records if r["action"] == "block"]
-    assert [r["subject_ids"] for r in blocks] == [[SUBJECT]] * 4
+    assert [r["subject_ids"] for r in blocks] == [[SUBJECT]] * 7
     _no_subject_in(grace.seen + frank.seen)
     assert all(SUBJECT not in r["path"] for r in records)
-    kinds = [r["kind"] for r in spool_records(console.served.spool_dir)]
+    # A block or unblock leaves what `subject block` leaves: its access (action block, begun and
+    # completed), the subject_block record with the label, and a change of access rights.
+    trail = spool_records(console.served.spool_dir)
+    kinds = [r["kind"] for r in trail]
     assert kinds.count("anomaly_review") == 1 and kinds.count("subject_block") == 2
+    made = [r for r in trail if r["kind"] == "subject_block"]
+    assert [(b["action"], b["label"], b["actor"]) for b in made] == [
+        ("block", "DPO-17", "grace"),
+        ("unblock", "DPO-17", "grace"),
+    ]
+    changes = [r["change_kind"] for r in trail if r["kind"] == "permission_change"]
+    assert [k for k in changes if k.startswith("subject_")] == [
+        "subject_blocked",
+        "subject_unblocked",
+    ]
+    done = {b["request_id"] for b in made}
+    begun = [r for r in blocks if r["request_id"] in done]
+    assert [(r["outcome"], r["decision"]) for r in begun] == [("pending", "allow")] * 2
+    outcomes = {r["event_id"]: r for r in trail if r["kind"] == "outcome"}
+    assert all(outcomes[r["event_id"]]["status"] == 303 for r in begun)
 
     # Shipped, the store's chains verify: the console's own records included.
     wait_for(lambda: count(console.store, "anomaly_reviews") == 1, what="the review in the store")

@@ -20,11 +20,11 @@ import aiohttp
 import pytest
 
 from gateway.testing.chserver import ClickHouseServer, free_port
-from tests.browser import chromium, chromium_available, local_only
 from tests.conftest import ROOT, Keys, Upstream, run_cli, spool_records
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
 from tests.process import GatewayProcess, run_gateway
 from tests.stores import ENGINES, fresh_database, store_section
+from tests.web.chromium import chromium, chromium_available, loopback_context
 from tests.web.console.helpers import CONSOLE, console_records
 
 SHOTS = ROOT / "var" / "screenshots" / "console"
@@ -91,8 +91,7 @@ class Recorder:
 
 
 async def login(browser: Any, gw: str, provider: Provider, user: str, rec: Recorder) -> Any:
-    context = await browser.new_context(accept_downloads=True, locale="en-GB")
-    await context.route("**/*", local_only)
+    context = await loopback_context(browser, accept_downloads=True, locale="en-GB")
     page = await context.new_page()
     rec.watch(page, user)
     await page.goto(gw + CONSOLE)
