@@ -112,7 +112,11 @@ def test_every_cli_command_is_classified_by_what_it_talks_to() -> None:
 def provider(tmp_path_factory: pytest.TempPathFactory) -> Any:
     if not provider_available() or not Path(CHROMIUM).exists():
         pytest.fail("needs chromium and deploy/oidc-demo's npm packages: scripts/system-deps.sh")
-    with run_provider(tmp_path_factory.mktemp("provider"), list(PORTS.values())) as p:
+    # On `localhost`: its cookies apart from the gateway's on 127.0.0.1 (the logout's
+    # Clear-Site-Data clears every cookie of the gateway's host, whatever the port).
+    with run_provider(
+        tmp_path_factory.mktemp("provider"), list(PORTS.values()), host="localhost"
+    ) as p:
         yield p
 
 
@@ -204,7 +208,7 @@ async def drive_browser(run: Run, browser: Any, cookie_out: dict[str, str]) -> A
     context = await browser.new_context()
 
     async def local_only(route: Any) -> None:
-        if route.request.url.startswith("http://127.0.0.1:"):
+        if route.request.url.startswith(("http://127.0.0.1:", "http://localhost:")):
             await route.continue_()
         else:
             await route.abort()
