@@ -149,3 +149,16 @@ def oidc_section(
             **session,
         },
     }
+
+
+def revoke_sessions(tmp: Path, user: str) -> None:
+    """End ``user``'s sessions on every gateway whose `oidc` section ``oidc_section(tmp, …)``
+    made, as `pd-gateway session revoke` does: a line in the shared revocation list, the user
+    named by their keyed hash (decision 021), never in clear."""
+    import time
+
+    from gateway.identity.sessions import RevocationList, append_revocation
+
+    path = tmp / "revoked.jsonl"
+    shared = RevocationList.shared(path, session_key_file=tmp / "session.key", poll=0, actor="")
+    append_revocation(path, shared.user_hash(user), time.time(), "test", "test")

@@ -87,8 +87,10 @@ class Pending:
             response_count=response_count,
             response_capped=response_capped,
         )
-        # The size limit refuses new accesses, never the record of one in flight.
-        await self._spool.append(record, admission=False)
+        # The size limit refuses new accesses, never the record of one in flight. Written to
+        # the operating system before it returns; made durable by the next group commit, not
+        # waited for (decision 027: one durable wait per request).
+        await self._spool.append(record, admission=False, durable=False)
         return record
 
 

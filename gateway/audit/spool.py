@@ -110,7 +110,8 @@ class Spool:
         # Loop side: records of the current loop iteration, written by one _flush. Chained
         # records are numbered there; bytes are unchained lines (checkpoints) written as they are.
         self._buf: list[Chained | bytes] = []
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[None]] = []  # answered when durable (the mode's)
+        self._written: list[asyncio.Future[None]] = []  # answered when written (durable=False)
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd = -1
@@ -234,11 +235,16 @@ class Spool:
         self._deleted_bytes += deleted_bytes
         self._consumed_bytes = consumed_bytes
 
-    async def append(self, record: Chained | bytes, *, admission: bool = True) -> None:
+    async def append(
+        self, record: Chained | bytes, *, admission: bool = True, durable: bool = True
+    ) -> None:
         """Record ``record`` (a chained record, or the bytes of an unchained line).
 
         ``admission=False`` for a record that completes an access already admitted (its
-        outcome): the size limit refuses new accesses, never the record of one in flight."""
+        outcome): the size limit refuses new accesses, never the record of one in flight.
+        ``durable=False``: return once the record is written to the operating system, without
+        waiting for the fsync that the next group commit gives it (an outcome record, decision
+        027); in ``batch`` mode every record is answered so."""
         if self._closed:
             raise SpoolUnavailable("spool_closed")
         if not self.healthy:
@@ -259,7 +265,7 @@ class Spool:
             loop = self._loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._buf.append(record)
-        self._waiters.append(fut)
+        (self._waiters if durable else self._written).append(fut)
         if not self._flush_scheduled:
             # Group commit: every record appended in this loop iteration goes out in one write.
             self._flush_scheduled = True
@@ -294,10 +300,12 @@ class Spool:
         self._flush_scheduled = False
         if not self._buf:
             return
-        records, waiters, self._buf, self._waiters = self._buf, self._waiters, [], []
-        self._hooks.pending(len(waiters))
+        records, self._buf = self._buf, []
+        waiters, self._waiters = self._waiters, []
+        written_only, self._written = self._written, []
+        self._hooks.pending(len(waiters) + len(written_only))
         if not self.healthy:
-            _settle(waiters, "spool_unhealthy")
+            _settle(waiters + written_only, "spool_unhealthy")
             return
         written = 0
         marks: list[tuple[int, int, str]] = []
@@ -319,14 +327,15 @@ class Spool:
                     self._seq, self._head = seq, digest
             self._written_bytes += written
             self._fail(e)
-            _settle(waiters, f"spool_write_failed:{e.errno}")
+            _settle(waiters + written_only, f"spool_write_failed:{e.errno}")
             return
         self._header_due = False
         if marks:
             self._seq, self._head = marks[-1][1], marks[-1][2]
         self._segment_bytes += len(data)
         self._written_bytes += len(data)
-        self._hooks.written(len(waiters), len(data))
+        self._hooks.written(len(records), len(data))
+        _settle(written_only, None)  # in the operating system now; the next fsync covers them
         with self._cond:
             if self.durability == "fsync":
                 self._sync_waiters.extend(waiters)

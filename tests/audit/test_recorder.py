@@ -5,6 +5,7 @@ engines (chdb in process, Debian's clickhouse-server)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,6 +30,7 @@ from gateway.audit.store import schema
 from gateway.audit.store.base import migrate
 from gateway.audit.store.factory import open_store
 from gateway.audit.verify import verify_store
+from gateway.core.errors import SpoolUnavailable
 from gateway.testing.chserver import ClickHouseServer
 from tests.stores import ENGINES, fresh_database, store_config, store_section
 
@@ -60,6 +62,41 @@ def _access(n: int, decision: str = "allow", **values: Any) -> AccessEvent:
 
 def _seqs(directory: Path) -> list[int]:
     return [r["seq"] for r in read_records(directory) if "hash" in r]
+
+
+async def test_in_fsync_mode_the_outcome_rides_the_next_group_commit_without_its_own_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision 027: one durable wait per request. The access waits for its fsync (9.1.8: on
+    disk before the upstream sees the request); its outcome returns once it is written to the
+    operating system, and the next fsync makes it durable. A disk that stops answering holds
+    the access back (refused at the sync timeout), never the outcome of one already admitted."""
+    import os
+    import threading
+
+    spool = Spool(tmp_path, durability="fsync", sync_timeout=1.0)
+    spool.open()
+    recorder = Recorder(spool)
+    try:
+        pending = await recorder.begin(_access(1))
+        release = threading.Event()
+        real_fsync = os.fsync
+
+        def stuck(fd: int) -> None:
+            release.wait(10)
+            real_fsync(fd)
+
+        monkeypatch.setattr("gateway.audit.spool.os.fsync", stuck)
+        await asyncio.wait_for(pending.finish(status=200, duration_us=5), 0.5)
+        assert spool.unsynced_age_seconds > 0  # written, its fsync still to come
+        with pytest.raises(SpoolUnavailable, match="sync_timeout"):
+            await recorder.begin(_access(2))  # a new access waits for the disk, and is refused
+        release.set()
+        monkeypatch.setattr("gateway.audit.spool.os.fsync", real_fsync)
+    finally:
+        spool.close()
+    kinds = [(r["kind"], r.get("event_id")) for r in read_records(tmp_path) if "seq" in r]
+    assert kinds[:2] == [("access", pending.event.event_id), ("outcome", pending.event.event_id)]
 
 
 async def test_an_outcome_is_written_only_for_an_access_begun_as_pending(tmp_path: Path) -> None:

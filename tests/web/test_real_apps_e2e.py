@@ -8,7 +8,6 @@ step under var/screenshots/real-apps/."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,9 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 
-from gateway.identity.sessions import append_revocation
 from gateway.testing.chserver import free_port
 from tests.conftest import ServeFactory, spool_records
-from tests.oidc_provider import oidc_section, provider_available, run_provider
+from tests.oidc_provider import oidc_section, provider_available, revoke_sessions, run_provider
 from tests.realapps import django_site, dot_provider, flask_notes
 from tests.web.chromium import chromium, chromium_available, loopback_context, screenshot_folder
 
@@ -194,7 +192,7 @@ async def test_stock_django_admin_behind_the_gateway_with_oidc_provider_without_
             assert change_url.endswith("/change/")
 
             # 5. Revoked (an operator's `pd-gateway session revoke`): asked to log in again.
-            append_revocation(tmp_path / "revoked.jsonl", "alice", time.time(), "test")
+            revoke_sessions(tmp_path, "alice")
             await asyncio.sleep(0.4)
             await page.goto(gw + "/admin/")
             await page.wait_for_url(gw + "/admin/")  # the provider still knows alice
@@ -367,7 +365,7 @@ async def test_a_websocket_app_driven_from_the_page_with_oidc_provider_refresh_t
             assert await page.evaluate("fetch('/live/').then(r => r.status)") == 200
             assert ("refresh", "") in auth_events(served.spool_dir)
 
-            append_revocation(tmp_path / "revoked.jsonl", "alice", time.time(), "test")
+            revoke_sessions(tmp_path, "alice")
             await page.wait_for_function(
                 "document.getElementById('state').textContent == 'closed 1008'", timeout=3000
             )

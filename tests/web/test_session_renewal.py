@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,15 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
-from gateway.identity.sessions import append_revocation
 from gateway.testing.chserver import free_port
 from tests.conftest import ROUTES, HandlerUpstream, ServeFactory, Upstream
-from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
+from tests.oidc_provider import (
+    Provider,
+    oidc_section,
+    provider_available,
+    revoke_sessions,
+    run_provider,
+)
 from tests.web.browserish import NAV, XHR, Browserish
 
 pytestmark = [
@@ -257,7 +261,7 @@ async def test_a_revoked_session_closes_its_live_websockets_and_a_cross_site_pag
     ) as ws:
         await ws.send_str("hi")
         assert (await ws.receive()).data == "hi"
-        append_revocation(gw.shared / "revoked.jsonl", "alice", time.time(), "test")
+        revoke_sessions(gw.shared, "alice")
         msg = await ws.receive(timeout=2)  # bound: 2 × 0.2 s, and then some for the test
         assert msg.type == WSMsgType.CLOSE and msg.data == 1008
     await asyncio.sleep(0.1)
