@@ -21,9 +21,8 @@ from gateway.audit.events import AnomalyReview
 from gateway.audit.store.base import AuditStore, Row
 from gateway.core.ids import new_id
 from gateway.governance.anomalies import KINDS
-from gateway.web.boundary import REQUEST_ID
 from gateway.web.console.forms import cursor, next_cursor, time_range
-from gateway.web.console.kit import ConsoleDeps, caller_of, link, now_us, ui_of
+from gateway.web.console.kit import ConsoleDeps, caller_of, link, now_us, problem_page, ui_of
 from gateway.web.console.render import UI
 from gateway.web.login import safe_return_to
 
@@ -184,11 +183,11 @@ def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
         )
         if problem is not None:  # what was sent cannot be used: one refusal record
             await deps.trail.deny(event, 400, "bad_comment", t0)
-            return _problem(deps, request, 400, "The request could not be used", problem)
+            return problem_page(deps, request, 400, "The request could not be used", problem)
         async with deps.trail.recording(request, event, t0) as view:
             if not await deps.read(lambda store: query.anomaly_known(store, anomaly_id)):
                 view.status = 404  # the store was read to know it: an access that found nothing
-                return _problem(deps, request, 404, "Not found", "no such anomaly")
+                return problem_page(deps, request, 404, "Not found", "no such anomaly")
             record = AnomalyReview(
                 review_id=new_id(),
                 ts_us=time.time_ns() // 1000,
@@ -212,18 +211,3 @@ def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
 
     router.add_get("/anomalies", anomalies, name="console:anomalies")
     router.add_post("/anomalies/{anomaly_id}/review", review, name="console:anomaly-review")
-
-
-def _problem(
-    deps: ConsoleDeps, request: web.Request, status: int, title: str, message: str
-) -> web.Response:
-    return deps.renderer.page(
-        request,
-        ui_of(request),
-        "error.html",
-        status=status,
-        title=title,
-        message=message,
-        request_id=request[REQUEST_ID],
-        signed_in=True,
-    )

@@ -18,7 +18,7 @@ from gateway.audit import query
 from gateway.audit.store.base import AuditStore, Row, StoreError
 from gateway.web.console.forms import time_range
 from gateway.web.console.jobs import VerifyJobs
-from gateway.web.console.kit import ConsoleDeps, caller_of, link, now_us, ui_of
+from gateway.web.console.kit import ConsoleDeps, caller_of, link, now_us, problem_page, ui_of
 
 
 def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
@@ -88,15 +88,12 @@ def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
         )
         if job is None:
             await deps.trail.deny(event, 404, "no_such_job", t0)
-            return deps.renderer.page(
+            return problem_page(
+                deps,
                 request,
-                ui,
-                "error.html",
-                status=404,
-                title="Not found",
-                message="no such verification (they are kept while the gateway runs)",
-                request_id=event.request_id,
-                signed_in=True,
+                404,
+                "Not found",
+                "no such verification (they are kept while the gateway runs)",
             )
         async with deps.trail.recording(request, event, t0) as view:
             view.rows = job.problem_count

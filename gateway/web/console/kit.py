@@ -21,13 +21,23 @@ from gateway.governance.blocks import SubjectBlocks
 from gateway.governance.subject_hash import SubjectHasher
 from gateway.web.admin import AdminRefused
 from gateway.web.blocks_api import OnBlock
+from gateway.web.boundary import REQUEST_ID
 from gateway.web.console.access import ConsoleTrail
 from gateway.web.console.forms import SubjectTokens
 from gateway.web.console.identity import CallerSource
 from gateway.web.console.render import CALLER, UI, Renderer
 from gateway.web.trail import Ask, Caller
 
-__all__ = ["CALLER", "UI_OF", "ConsoleDeps", "InstanceHealth", "caller_of", "link", "ui_of"]
+__all__ = [
+    "CALLER",
+    "UI_OF",
+    "ConsoleDeps",
+    "InstanceHealth",
+    "caller_of",
+    "link",
+    "problem_page",
+    "ui_of",
+]
 T = TypeVar("T")
 StoreOpener = Callable[[], contextlib.AbstractContextManager[AuditStore]]
 UI_OF = web.RequestKey("pdgw_console_ui", UI)
@@ -84,6 +94,22 @@ class ConsoleDeps:
                 return run(store)
 
         return await asyncio.to_thread(call)
+
+
+def problem_page(
+    deps: ConsoleDeps, request: web.Request, status: int, title: str, message: str
+) -> web.Response:
+    """A page that says what could not be done (the request is recorded by its handler)."""
+    return deps.renderer.page(
+        request,
+        ui_of(request),
+        "error.html",
+        status=status,
+        title=title,
+        message=message,
+        request_id=request[REQUEST_ID],
+        signed_in=True,
+    )
 
 
 def caller_of(request: web.Request) -> Caller:

@@ -20,7 +20,7 @@ from gateway.audit import query
 from gateway.audit.store.base import AuditStore, Row
 from gateway.config.vocabulary import AUDIT_CATEGORY, AUDIT_PURPOSE
 from gateway.web.console.forms import EVENT_FIELDS, EventForm, cursor, event_filters, next_cursor
-from gateway.web.console.kit import ConsoleDeps, caller_of, link, now_us, ui_of
+from gateway.web.console.kit import ConsoleDeps, caller_of, link, now_us, problem_page, ui_of
 
 EXPORT_COLUMNS = (
     "ts_us",
@@ -151,15 +151,12 @@ def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
             record = await deps.read(lambda store: query.event_record(store, event_id))
             if record is None:
                 v.status = 404
-                return deps.renderer.page(
+                return problem_page(
+                    deps,
                     request,
-                    ui,
-                    "error.html",
-                    status=404,
-                    title="Not found",
-                    message="no such event in the trail (or not shipped yet)",
-                    request_id=v.event.request_id,
-                    signed_in=True,
+                    404,
+                    "Not found",
+                    "no such event in the trail (or not shipped yet)",
                 )
             v.rows = 1
             record["purpose"] = purpose_of(deps, record)
