@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha1sum | cut -c1-12)
 FUZZ_SECONDS ?= 20
 
-.PHONY: install system-deps run test lint format fuzz bench profile soak lock audit-deps clean
+.PHONY: install system-deps run test lint format fuzz bench profile soak lock vendor audit-deps clean
 
 # The locked versions (requirements.lock) are constraints: every machine gets the same ones.
 $(STAMP): pyproject.toml requirements.lock
@@ -60,6 +60,10 @@ soak: install
 ## Re-resolve requirements.lock after a change of pyproject.toml.
 lock: install
 	$(BIN)/python scripts/lock.py
+
+## The console's browser libraries (htmx, uPlot) from assets/console/package-lock.json into the package.
+vendor:
+	$(PYTHON) scripts/vendor_console.py
 
 ## Known vulnerabilities in the locked versions (pip-audit; needs PyPI's per-release JSON API).
 audit-deps: install

@@ -6,12 +6,15 @@ columns its panel expects, and that every PromQL expression parses and names onl
 gateway exports.
 
 Two data sources, as provisioned in deploy/compose/grafana/provisioning: `prometheus` (health)
-and `clickhouse-audit` (the grafana-clickhouse-datasource plugin, read-only user, database
-`pd_audit`). The SDK has no ClickHouse query type; `ClickHouseQuery` below is one.
+and `clickhouse-audit` (the grafana-clickhouse-datasource plugin, the read-only user `grafana`,
+database `pd_audit_dashboards`). The SDK has no ClickHouse query type; `ClickHouseQuery` below
+is one.
 
-ClickHouse queries use only `$__timeFilter(ts)` of the plugin's macros and functions that
-ClickHouse 18.16 has (the dashboards work on an old server as on a modern one). Subjects are
-shown hashed (cityHash64), never as the raw id; users are shown as the trail records them.
+9.2.6 (decision 026): the dashboards read counts from the aggregates database only — the
+trail's own tables (who accessed whose data) are closed to Grafana's user, and per-person
+questions are answered by the gateway's console, where each is authorised and recorded.
+ClickHouse queries use only `$__timeFilter(time)` of the plugin's macros and functions that
+ClickHouse 18.16 has (the dashboards work on an old server as on a modern one).
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from grafana_foundation_sdk.models.dashboard import DataSourceRef
 HERE = Path(__file__).resolve().parent
 PROMETHEUS = DataSourceRef(type_val="prometheus", uid="prometheus")
 CLICKHOUSE = DataSourceRef(type_val="grafana-clickhouse-datasource", uid="clickhouse-audit")
-DB = "pd_audit"
+# The aggregates database (decision 026): counts only, never a user, a subject or an address.
+# Grafana's ClickHouse user may read this database and no other (9.2.6).
+DB = "pd_audit_dashboards"
 
 
 class _ClickHouse(variants.Dataquery):
@@ -142,7 +147,7 @@ def _dashboard(uid: str, title: str, description: str) -> db.Dashboard:
     )
 
 
-WINDOW = "$__timeFilter(ts)"
+WINDOW = "$__timeFilter(time)"
 
 
 def access_overview() -> db.Dashboard:
@@ -150,16 +155,16 @@ def access_overview() -> db.Dashboard:
     d = _dashboard(
         uid,
         "pd-gateway: personal-data access",
-        "Who accessed which personal data, by system, category, action, decision and job "
-        "function (9.1.6).",
+        "How much personal data is accessed, by system, category, action, decision and job "
+        "function (9.1.6). Counts only; who and whose: the gateway's console (9.2.6).",
     )
     return (
         d.with_panel(
             sql_series(
                 uid,
                 "Accesses by decision",
-                f"SELECT toStartOfFiveMinute(ts) AS time, decision, count() AS accesses "
-                f"FROM {DB}.access_events WHERE {WINDOW} GROUP BY time, decision ORDER BY time",
+                f"SELECT time, decision, sum(accesses) AS accesses FROM {DB}.access_counts "
+                f"WHERE {WINDOW} GROUP BY time, decision ORDER BY time",
                 ["time", "decision", "accesses"],
                 w=24,
             )
@@ -168,49 +173,21 @@ def access_overview() -> db.Dashboard:
             sql_table(
                 uid,
                 "By system, category, action and decision",
-                f"SELECT system, category, action, decision, count() AS accesses, "
-                f"uniqExact(user) AS users FROM {DB}.access_events WHERE {WINDOW} "
+                f"SELECT system, category, action, decision, sum(accesses) AS accesses "
+                f"FROM {DB}.access_counts WHERE {WINDOW} "
                 f"GROUP BY system, category, action, decision ORDER BY accesses DESC",
-                ["system", "category", "action", "decision", "accesses", "users"],
+                ["system", "category", "action", "decision", "accesses"],
             )
         )
         .with_panel(
             sql_table(
                 uid,
                 "By job function",
-                f"SELECT arrayJoin(if(empty(roles), ['(none)'], roles)) AS job_function, "
-                f"decision, count() AS accesses FROM {DB}.access_events WHERE {WINDOW} "
+                f"SELECT job_function, decision, sum(accesses) AS accesses "
+                f"FROM {DB}.job_function_counts WHERE {WINDOW} "
                 f"GROUP BY job_function, decision ORDER BY accesses DESC",
                 ["job_function", "decision", "accesses"],
             )
-        )
-    )
-
-
-def top_users_subjects() -> db.Dashboard:
-    uid = "pdgw-top"
-    d = _dashboard(
-        uid,
-        "pd-gateway: top users and subjects",
-        "The users with the most accesses and the data subjects accessed most (hashed).",
-    )
-    return d.with_panel(
-        sql_table(
-            uid,
-            "Top users",
-            f"SELECT user, count() AS accesses, uniqExact(system) AS systems, "
-            f"countIf(decision = 'deny') AS refused FROM {DB}.access_events "
-            f"WHERE {WINDOW} AND user != '' GROUP BY user ORDER BY accesses DESC LIMIT 20",
-            ["user", "accesses", "systems", "refused"],
-        )
-    ).with_panel(
-        sql_table(
-            uid,
-            "Top subjects (hashed)",
-            f"SELECT hex(cityHash64(subject_id)) AS subject_hash, category, count() AS accesses, "
-            f"uniqExact(user) AS users FROM {DB}.access_event_subjects WHERE {WINDOW} "
-            f"GROUP BY subject_hash, category ORDER BY accesses DESC LIMIT 20",
-            ["subject_hash", "category", "accesses", "users"],
         )
     )
 
@@ -220,7 +197,8 @@ def refusals() -> db.Dashboard:
     d = _dashboard(
         uid,
         "pd-gateway: refusals and probes",
-        "Refused requests: by reason, by user, and anonymous refusals (no valid token).",
+        "Refused requests: by reason, by system and category, and anonymous refusals (no valid "
+        "token). Who was refused: the gateway's console.",
     )
     return (
         d.with_panel(
@@ -235,21 +213,21 @@ def refusals() -> db.Dashboard:
         .with_panel(
             sql_table(
                 uid,
-                "Users refused most",
-                f"SELECT user, reason, count() AS refusals, uniqExact(path) AS paths "
-                f"FROM {DB}.access_events WHERE {WINDOW} AND decision = 'deny' AND user != '' "
-                f"GROUP BY user, reason ORDER BY refusals DESC LIMIT 20",
-                ["user", "reason", "refusals", "paths"],
+                "Refusals by system, category and reason",
+                f"SELECT system, category, reason, sum(accesses) AS refusals "
+                f"FROM {DB}.access_counts WHERE {WINDOW} AND decision = 'deny' "
+                f"GROUP BY system, category, reason ORDER BY refusals DESC LIMIT 50",
+                ["system", "category", "reason", "refusals"],
             )
         )
         .with_panel(
             sql_table(
                 uid,
                 "Anonymous refusals (no valid token)",
-                f"SELECT route, reason, client_ip, sum(count) AS refusals FROM "
-                f"{DB}.refusal_summaries WHERE {WINDOW} GROUP BY route, reason, client_ip "
-                f"ORDER BY refusals DESC LIMIT 20",
-                ["route", "reason", "client_ip", "refusals"],
+                f"SELECT route, reason, status, sum(refusals) AS refusals FROM "
+                f"{DB}.anonymous_refusal_counts WHERE {WINDOW} GROUP BY route, reason, status "
+                f"ORDER BY refusals DESC LIMIT 50",
+                ["route", "reason", "status", "refusals"],
             )
         )
     )
@@ -260,25 +238,26 @@ def permission_changes() -> db.Dashboard:
     d = _dashboard(
         uid,
         "pd-gateway: permission changes and break-glass",
-        "Every change of access rights, counted once (9.2.7), and every break-glass access.",
+        "How many changes of access rights, each counted once (9.2.7), and break-glass accesses. "
+        "Every change with its actor, reason and delta: the gateway's console.",
     )
     return d.with_panel(
-        sql_table(
+        sql_series(
             uid,
-            "Permission changes",
-            f"SELECT ts, actor, kind, role, user, reason, source, length(instances) AS replicas "
-            f"FROM {DB}.permission_changes WHERE {WINDOW} ORDER BY ts DESC LIMIT 200",
-            ["ts", "actor", "kind", "role", "user", "reason", "source", "replicas"],
+            "Permission changes by kind",
+            f"SELECT time, kind, uniqExactMerge(changes) AS changes "
+            f"FROM {DB}.permission_change_counts WHERE {WINDOW} GROUP BY time, kind ORDER BY time",
+            ["time", "kind", "changes"],
             w=24,
         )
     ).with_panel(
         sql_table(
             uid,
-            "Break-glass accesses",
-            f"SELECT ts, user, rule, system, category, action, path, status "
-            f"FROM {DB}.access_events WHERE {WINDOW} AND reason = 'break_glass' "
-            f"ORDER BY ts DESC LIMIT 200",
-            ["ts", "user", "rule", "system", "category", "action", "path", "status"],
+            "Break-glass accesses by system and category",
+            f"SELECT system, category, action, sum(accesses) AS accesses "
+            f"FROM {DB}.access_counts WHERE {WINDOW} AND reason = 'break_glass' "
+            f"GROUP BY system, category, action ORDER BY accesses DESC",
+            ["system", "category", "action", "accesses"],
             w=24,
         )
     )
@@ -290,51 +269,27 @@ def anomalies() -> db.Dashboard:
         uid,
         "pd-gateway: anomalies",
         "Detections over the whole trail (9.1.6, 9.1.9, 10.2): bulk access, off-hours, "
-        "probing, special-category reads, exports, break-glass, permission changes.",
+        "probing, special-category reads, exports, break-glass, permission changes. Each "
+        "detection, the accesses behind it and its review: the gateway's console.",
     )
-    return (
-        d.with_panel(
-            prom(
-                uid,
-                "Detections by kind",
-                [
-                    (
-                        "sum by (kind) (increase(pdgw_anomalies_total[$__rate_interval]))",
-                        "{{kind}}",
-                    )
-                ],
-                w=24,
-            )
+    return d.with_panel(
+        prom(
+            uid,
+            "Detections by kind",
+            [("sum by (kind) (increase(pdgw_anomalies_total[$__rate_interval]))", "{{kind}}")],
+            w=24,
         )
-        .with_panel(
-            sql_table(
-                uid,
-                "Detections",
-                f"SELECT ts, kind, user, job_function, count, distinct_subjects, threshold, "
-                f"sample_request_ids FROM {DB}.anomalies FINAL WHERE {WINDOW} "
-                f"ORDER BY ts DESC LIMIT 200",
-                [
-                    "ts",
-                    "kind",
-                    "user",
-                    "job_function",
-                    "count",
-                    "distinct_subjects",
-                    "threshold",
-                    "sample_request_ids",
-                ],
-                w=24,
-            )
-        )
-        .with_panel(
-            sql_table(
-                uid,
-                "Users with most detections",
-                f"SELECT user, groupUniqArray(kind) AS kinds, count() AS detections "
-                f"FROM {DB}.anomalies FINAL WHERE {WINDOW} GROUP BY user "
-                f"ORDER BY detections DESC LIMIT 20",
-                ["user", "kinds", "detections"],
-            )
+    ).with_panel(
+        prom(
+            uid,
+            "Detections by job function",
+            [
+                (
+                    "sum by (job_function) (increase(pdgw_anomalies_total[$__rate_interval]))",
+                    "{{job_function}}",
+                )
+            ],
+            w=24,
         )
     )
 
@@ -409,7 +364,7 @@ def health() -> db.Dashboard:
     )
 
 
-DASHBOARDS = (access_overview, top_users_subjects, refusals, permission_changes, anomalies, health)
+DASHBOARDS = (access_overview, refusals, permission_changes, anomalies, health)
 
 
 def render() -> dict[str, str]:

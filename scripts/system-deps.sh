@@ -4,7 +4,8 @@
 # loopback), docker-compose (`docker-compose config` validates deploy/compose; no engine needed),
 # chromium (the browser-login tests drive it with Playwright) and nodejs/npm, then the demo
 # OpenID provider's locked npm packages (deploy/oidc-demo: `npm ci`, used by `make run` and the
-# browser-login tests), zookeeper (the keeper of the two-replica ClickHouse cluster
+# browser-login tests) and the console's (assets/console, checked against their vendored copies),
+# zookeeper (the keeper of the two-replica ClickHouse cluster
 # tests/audit/test_cluster.py starts on loopback; the package has no service of its own — that is
 # `zookeeperd`, never installed here). Idempotent; a no-op when they are present.
 #
@@ -29,6 +30,12 @@ oidc_demo() {  # the demo OpenID provider's packages, exactly as package-lock.js
   if [ ! -d "$dir/node_modules/oidc-provider" ]; then
     echo "installing the demo OpenID provider (npm ci in deploy/oidc-demo)" >&2
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  # The console's vendored libraries as their lockfile pins them: the tests compare the copies
+  # in gateway/web/console/static/vendor/ with these (`make vendor` makes the copies).
+  if [ ! -d "$ROOT/assets/console/node_modules/htmx.org" ]; then
+    echo "installing the console's browser libraries (npm ci in assets/console)" >&2
+    (cd "$ROOT/assets/console" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }
 [ -e /usr/share/java/zookeeper.jar ] || need+=(zookeeper)

@@ -520,6 +520,7 @@ def replay_config(tmp_path: Path, store: dict[str, Any]) -> Path:
     cfg = demo_config_dict()
     cfg["store"] = store
     cfg.pop("oidc", None)  # browser login: not what replay is about
+    cfg.pop("console", None)  # it needs the browser login
     path = tmp_path / "replay.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

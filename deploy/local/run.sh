@@ -51,6 +51,7 @@ cat <<INFO
   ───────────────
   proxy    http://127.0.0.1:8080   (staff apps talk to this)
   admin    http://127.0.0.1:9470   /metrics /healthz /readyz
+  console  http://127.0.0.1:8080/_pdgw/console/   the trail in a browser (grace: dpo, frank: security_officer)
   upstream http://127.0.0.1:$UPSTREAM_PORT   demo HR / CRM / website back office, synthetic data
   spool    var/spool                audit trail: $BIN/pd-gateway audit tail --spool var/spool
   login    http://127.0.0.1:8082   DEMO ONLY OpenID provider (any password for the demo users)

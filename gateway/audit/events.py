@@ -1,5 +1,6 @@
 """The audit records: one access event per audited request (9.1.8), its outcome, every change of
-access rights (9.2.7), and aggregate records of anonymous refusals.
+access rights (9.2.7), aggregate records of anonymous refusals, browser sessions' lives, subject
+blocks and reviews of anomaly detections.
 
 An access is written to the spool in two records when it is forwarded: the ``access`` record (the
 decision) before the upstream sees the request, and an ``outcome`` record (status, bytes,
@@ -211,6 +212,26 @@ class SubjectBlock:
         return _values(self)
 
 
+@dataclass(slots=True)
+class AnomalyReview:
+    """An investigator's review of an anomaly detection (9.1.6, 9.1.9): who looked at it, when,
+    and what they concluded. The detection itself is never changed; the latest review of an
+    anomaly is its state (decision 025)."""
+
+    KIND: ClassVar[str] = "anomaly_review"
+
+    review_id: str
+    ts_us: int
+    anomaly_id: str
+    actor: str
+    state: str  # reviewed
+    comment: str
+    request_id: str
+
+    def values(self) -> tuple[Any, ...]:
+        return _values(self)
+
+
 _CLASSES: tuple[type[Any], ...] = (
     AccessEvent,
     Outcome,
@@ -218,6 +239,7 @@ _CLASSES: tuple[type[Any], ...] = (
     RefusalSummary,
     AuthEvent,
     SubjectBlock,
+    AnomalyReview,
 )
 _NAMES = {cls: tuple(f.name for f in fields(cls)) for cls in _CLASSES}
 _GETTERS = {cls: attrgetter(*names) for cls, names in _NAMES.items()}

@@ -72,6 +72,31 @@ PERMISSION_COLUMNS = (
     "source",
 )
 BLOCK_COLUMNS = ("ts_us", "block_id", "instance", "actor", "action", "subject", "reason", "label")
+# One event's whole record: the columns above and what places it in its instance's chain.
+RECORD_COLUMNS = (
+    *EVENT_COLUMNS,
+    "session",
+    "bytes_in",
+    "upstream_us",
+    "record_v",
+    "hash",
+    "outcome_seq",
+    "outcome_hash",
+)
+ANOMALY_COLUMNS = (
+    "anomaly_id",
+    "ts_us",
+    "detected_us",
+    "kind",
+    "user",
+    "job_function",
+    "window_start_us",
+    "window_end_us",
+    "count",
+    "distinct_subjects",
+    "threshold",
+    "sample_request_ids",
+)
 
 # Filter name → the access_events column it compares for equality.
 _EQUALS = {
@@ -250,6 +275,153 @@ def permissions(
     select = f"SELECT * FROM ({inner})"
     deadline = time.monotonic() + time_limit
     return _paged(store, select, where, params, "change_id", page, limit, deadline)
+
+
+def _bounded(store: AuditStore, sql: str, params: dict[str, Any], max_rows: int) -> list[Row]:
+    """One query of at most ``max_rows`` rows and ``TIME_LIMIT_SECONDS`` (both engines honour
+    the settings); a larger answer is an error, never a silent cut."""
+    settings = {
+        "max_execution_time": int(TIME_LIMIT_SECONDS),
+        "max_result_rows": max_rows,
+        "result_overflow_mode": "throw",
+    }
+    return store.select(sql, params, settings=settings)
+
+
+def event_record(store: AuditStore, event_id: str) -> Row | None:
+    """One access event's whole record (``RECORD_COLUMNS``), or None."""
+    cols = ", ".join(f"`{c}`" for c in RECORD_COLUMNS)
+    rows = _bounded(
+        store,
+        f"SELECT {cols} FROM {store.database}.access_events WHERE event_id = %(e)s LIMIT 2",
+        {"e": event_id},
+        2,
+    )
+    return rows[0] if rows else None
+
+
+@dataclass(frozen=True)
+class AnomalyFilters:
+    """Anomaly detections by window start (µs, inclusive/exclusive), kind, job function, user."""
+
+    since_us: int | None = None
+    until_us: int | None = None
+    kind: str | None = None
+    job_function: str | None = None
+    user: str | None = None
+
+    def where(self) -> tuple[list[str], dict[str, Any]]:
+        where: list[str] = []
+        params: dict[str, Any] = {}
+        _time_filters(
+            Filters(since_us=self.since_us, until_us=self.until_us), params, where, prefix=""
+        )
+        for name in ("kind", "job_function", "user"):
+            value = getattr(self, name)
+            if value is not None:
+                where.append(f"`{name}` = %(a_{name})s")
+                params[f"a_{name}"] = value
+        return where, params
+
+    def as_record(self) -> str:
+        return "&".join(
+            f"{k}={getattr(self, k)}"
+            for k in ("kind", "job_function", "user", "since_us", "until_us")
+            if getattr(self, k) is not None
+        )
+
+
+def anomalies(
+    store: AuditStore,
+    f: AnomalyFilters,
+    *,
+    limit: int,
+    page: Page,
+    time_limit: float = TIME_LIMIT_SECONDS,
+) -> Iterator[Row]:
+    """Detections (9.1.6) oldest window first, each once (the table collapses replicas' copies:
+    read with FINAL). ``ts_us`` is the window's start."""
+    where, params = f.where()
+    cols = ", ".join(f"`{c}`" for c in ANOMALY_COLUMNS)
+    select = f"SELECT * FROM (SELECT {cols} FROM {store.database}.anomalies FINAL)"
+    deadline = time.monotonic() + time_limit
+    return _paged(store, select, where, params, "anomaly_id", page, limit, deadline)
+
+
+MAX_BUCKETS = 20_000  # rows of (bucket, kind, job function): small, but bounded
+
+
+def anomaly_counts(store: AuditStore, f: AnomalyFilters, bucket_us: int) -> list[Row]:
+    """Detections per time bucket, kind and job function (each anomaly once)."""
+    where, params = f.where()
+    params["bucket"] = bucket_us
+    return _bounded(
+        store,
+        "SELECT intDiv(ts_us, %(bucket)s) * %(bucket)s AS bucket, kind, job_function, "
+        f"uniqExact(anomaly_id) AS n FROM {store.database}.anomalies "
+        f"WHERE {' AND '.join(where) or '1'} GROUP BY bucket, kind, job_function "
+        "ORDER BY bucket, kind, job_function",
+        params,
+        MAX_BUCKETS,
+    )
+
+
+def anomaly_known(store: AuditStore, anomaly_id: str) -> bool:
+    rows = _bounded(
+        store,
+        f"SELECT count() AS n FROM {store.database}.anomalies WHERE anomaly_id = %(a)s",
+        {"a": anomaly_id},
+        1,
+    )
+    return int(rows[0]["n"]) > 0
+
+
+def anomaly_reviews(store: AuditStore, anomaly_ids: list[str]) -> dict[str, Row]:
+    """The latest review of each of ``anomaly_ids`` (at most one page of them) and how many."""
+    if not anomaly_ids:
+        return {}
+    params = {f"i{n}": a for n, a in enumerate(anomaly_ids[:PAGE_ROWS])}
+    ids = ", ".join(f"%({k})s" for k in params)
+    rows = _bounded(
+        store,
+        "SELECT anomaly_id, max(ts_us) AS reviewed_us, argMax(state, ts_us) AS state, "
+        "argMax(actor, ts_us) AS actor, argMax(comment, ts_us) AS comment, count() AS reviews "
+        f"FROM {store.database}.anomaly_reviews WHERE anomaly_id IN ({ids}) GROUP BY anomaly_id",
+        params,
+        PAGE_ROWS,
+    )
+    return {str(r["anomaly_id"]): r for r in rows}
+
+
+def latest_checkpoints(store: AuditStore) -> list[Row]:
+    """Per instance, the newest signed checkpoint the store holds (``head_seq``, ``signed_us``)."""
+    return _bounded(
+        store,
+        "SELECT instance, max(seq) AS head_seq, argMax(ts_us, seq) AS signed_us, "
+        "argMax(key_id, seq) AS key_id, argMax(head, seq) AS head "
+        f"FROM {store.database}.chain_checkpoints GROUP BY instance ORDER BY instance",
+        {},
+        PAGE_ROWS,
+    )
+
+
+def store_state(store: AuditStore) -> dict[str, Any]:
+    """What the store is: engine, server version, schema migrations applied, rows per table."""
+    db = store.database
+    migrations = _bounded(
+        store, f"SELECT version, name FROM {db}.schema_migrations ORDER BY version", {}, 100
+    )
+    counts = {
+        table: int(_bounded(store, f"SELECT count() AS n FROM {db}.{table}", {}, 1)[0]["n"])
+        for table in ("access_events", "auth_events", "permission_change_records", "anomalies")
+    }
+    return {
+        "engine": store.engine,
+        "version": store.server_version(),
+        "database": db,
+        "migrations": sorted({int(m["version"]) for m in migrations}),
+        "rows": counts,
+    }
 
 
 def blocks(store: AuditStore, subject: str | None = None) -> list[Row]:

@@ -28,6 +28,31 @@ from gateway.config.vocabulary import AUDIT_CATEGORY
 
 MAX_LISTED = 200  # refusals listed one by one; all are counted
 
+# The report's dimensions of allowed accesses, and their titles (the CLI's page and the
+# console's show the same sections).
+TITLES = {
+    "category": "Categories of personal data processed",
+    "purpose": "Purposes of processing",
+    "job_function": "Job functions that processed the data",
+    "action": "Operations",
+    "system": "Systems",
+}
+
+# What a consultation looked up, by the route its record names (the admin API's, the CLI's and
+# the console's, decision 025), in the words of the report's reader; other routes are shown as
+# they are.
+LOOKED_UP = {
+    "admin:audit/subject": "who accessed the data",
+    "admin:audit/subject-report": "a report like this one",
+    "admin:subject-blocks": "block or unblock",
+    "admin:subject-blocks/status": "whether the data is blocked",
+    "console:subject-lookup": "the person's page opened (console)",
+    "console:subject": "who accessed the data (console)",
+    "console:subject-report": "a report like this one (console)",
+    "console:subject-block-form": "whether the data is blocked (console)",
+    "console:subject-block": "block or unblock (console)",
+}
+
 
 @dataclass
 class _Group:

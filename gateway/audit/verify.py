@@ -18,7 +18,7 @@ Rows are read in windows of sequence numbers, so a long range is streamed, not h
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,8 @@ from gateway.audit.store import schema
 from gateway.audit.store.base import AuditStore
 
 WINDOW = 20_000  # sequence numbers per query
+# Told after each window: the instance, the sequence number checked up to, and the last one.
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ CHAINED_TABLES = {
     "refusal_summary": "refusal_summaries",
     "auth_event": "auth_events",
     "subject_block": "subject_blocks",
+    "anomaly_review": "anomaly_reviews",
 }
 
 _INT_COLUMNS = {"n", "lo", "hi"} | {
@@ -84,6 +87,7 @@ _INT_COLUMNS = {"n", "lo", "hi"} | {
         schema.REFUSAL_SUMMARIES,
         schema.AUTH_EVENTS,
         schema.SUBJECT_BLOCKS,
+        schema.ANOMALY_REVIEWS,
     )
     for name, kind in t.columns
     if kind.startswith(("UInt", "Int"))
@@ -201,15 +205,29 @@ def verify_store(
     *,
     only: Iterable[str] | None = None,
     since_us: int | None = None,
+    until_us: int | None = None,
     live: Iterable[Checkpoint] = (),
     window: int = WINDOW,
+    progress: Progress | None = None,
 ) -> Report:
+    """Verify every instance (or ``only`` those). ``since_us``: start at the newest signed
+    checkpoint at or before it; ``until_us``: stop at the first signed checkpoint at or after it
+    (the period is covered up to a signed head; the live head is then not compared)."""
     report = Report()
     live_by_instance = {cp.instance: cp for cp in live}
     names = sorted(set(only)) if only else instances(store)
     for name in names:
         source = StoreChain(store, name)
-        verify_instance(source, public_keys, report, since_us, live_by_instance.get(name), window)
+        verify_instance(
+            source,
+            public_keys,
+            report,
+            since_us,
+            None if until_us is not None else live_by_instance.get(name),
+            window,
+            until_us=until_us,
+            progress=progress,
+        )
     return report
 
 
@@ -220,6 +238,9 @@ def verify_instance(
     since_us: int | None,
     live: Checkpoint | None,
     window: int,
+    *,
+    until_us: int | None = None,
+    progress: Progress | None = None,
 ) -> None:
     name = source.instance
     result = InstanceResult(name)
@@ -241,6 +262,12 @@ def verify_instance(
         by_seq.setdefault(cp.seq, []).append(cp)
 
     lo, hi = source.bounds()
+    if until_us is not None:
+        later = [cp for cp in checkpoints if cp.ts_us >= until_us]
+        if later:
+            stop = min(cp.seq for cp in later)
+            hi = min(hi, stop)
+            checkpoints = [cp for cp in checkpoints if cp.seq <= stop]
     start, prev = lo, None
     if since_us is not None:
         earlier = [cp for cp in checkpoints if cp.ts_us <= since_us]
@@ -294,6 +321,8 @@ def verify_instance(
             expected = n + 1
             result.last_seq = n
         seq = last + 1
+        if progress is not None:
+            progress(name, last, hi)
     newest = max((cp.seq for cp in checkpoints), default=0)
     if newest > result.last_seq and (newest >= start or not hi):
         problem(

@@ -125,6 +125,13 @@ def _line(ev: dict[str, Any]) -> str:
             f"label={ev.get('label') or '-'} by {ev['actor']} reason={ev['reason']} "
             f"req={ev['request_id']}"
         )
+    if kind == "anomaly_review":
+        return (
+            f"{_ts(ev['ts_us'])} #{ev['seq']} REVIEW anomaly={ev['anomaly_id']} {ev['state']} "
+            f"by {ev['actor']}: {ev['comment']} req={ev['request_id']}"
+        )
+    if kind != "access":  # a kind this version does not know how to print
+        return json.dumps(ev, ensure_ascii=False)
     ts = _ts(ev["ts_us"])
     subjects = ",".join(ev.get("subject_ids") or []) or "-"
     return (

@@ -10,6 +10,7 @@ import datetime as dt
 from html import escape
 from typing import Any
 
+from gateway.audit.report import LOOKED_UP, TITLES
 from gateway.cli.times import describe, show
 
 _CSS = """
@@ -24,14 +25,6 @@ th { background: #eee; } .ok { color: #060; } .bad { color: #a00; font-weight: b
 }
 """
 
-_TITLES = {
-    "category": "Categories of personal data processed",
-    "purpose": "Purposes of processing",
-    "job_function": "Job functions that processed the data",
-    "action": "Operations",
-    "system": "Systems",
-}
-
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
@@ -39,14 +32,6 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
         return f"<table><tr>{head}</tr><tr><td colspan={len(headers)}>none</td></tr></table>"
     body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
-
-
-_WHAT = {
-    "admin:audit/subject": "who accessed the data",
-    "admin:audit/subject-report": "this report",
-    "admin:subject-blocks": "block or unblock",
-    "admin:subject-blocks/status": "whether the data is blocked",
-}
 
 
 def render(subject: str, r: dict[str, Any], tz: dt.tzinfo = dt.UTC) -> str:
@@ -86,7 +71,7 @@ def render(subject: str, r: dict[str, Any], tz: dt.tzinfo = dt.UTC) -> str:
     ]
     if not r.get("complete", True):
         parts.append('<p class="bad">The trail held more events than one report covers.</p>')
-    for dim, title in _TITLES.items():
+    for dim, title in TITLES.items():
         groups = r["by"].get(dim, {})
         rows = [
             [k, str(g["count"]), _t(g["first_us"]), _t(g["last_us"])] for k, g in groups.items()
@@ -124,7 +109,7 @@ def render(subject: str, r: dict[str, Any], tz: dt.tzinfo = dt.UTC) -> str:
                     _t(int(x["ts_us"])),
                     x["user"],
                     ", ".join(x["roles"]),
-                    _WHAT.get(x["route"], x["route"]),
+                    LOOKED_UP.get(x["route"], x["route"]),
                     x["decision"],
                     str(x["rows"]),
                 ]

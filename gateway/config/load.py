@@ -19,6 +19,7 @@ import yaml
 from gateway.config.anomalies import parse_anomalies
 from gateway.config.audit import parse_audit
 from gateway.config.authz import parse_authz
+from gateway.config.console import parse_console
 from gateway.config.identity import parse_identity
 from gateway.config.listen import parse_listeners
 from gateway.config.model import Config
@@ -66,6 +67,7 @@ def parse_config(data: Any, source: Path, lines: Mapping[str, int] | None = None
     upstreams, upstream_tls = parse_upstreams(top)
     routes = parse_routes(top, upstreams)
     oidc = parse_oidc(top, proxy_listen.tls is not None, routes)
+    console = parse_console(top, oidc, store)
     top.finish()
     if problems.items:
         raise ConfigError(problems.items, str(source))
@@ -85,4 +87,5 @@ def parse_config(data: Any, source: Path, lines: Mapping[str, int] | None = None
         upstream_tls=upstream_tls,
         oidc=oidc,
         anomalies=anomalies,
+        console=console,
     )

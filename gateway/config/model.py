@@ -276,6 +276,17 @@ class OidcConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    """The console for the DPO and investigators (decision 025): server-rendered pages under
+    ``path`` on the proxy listener, behind the gateway's browser login, each page view authorised
+    by the policy and recorded (9.2.6)."""
+
+    path: str = "/_pdgw/console/"  # under the gateway's own prefix: never an upstream's path
+    timezone: str = "UTC"  # times shown and entered, unless the user picks another zone
+    page_rows: int = 100  # rows of a table per page (every query is bounded: gateway.audit.query)
+
+
+@dataclass(frozen=True)
 class SubjectRule:
     """Where a route's data subject id comes from: a `{param}` segment of a path template and/or a
     query parameter. Recorded in every event so a subject's accesses can be reported (6.1.1)."""
@@ -352,6 +363,7 @@ class Config:
     upstream_tls: Mapping[str, UpstreamTLS] = field(default_factory=dict)
     oidc: OidcConfig | None = None  # browser login and sessions (decision 014); None: bearer only
     anomalies: AnomaliesConfig | None = None
+    console: ConsoleConfig | None = None  # None: no console
 
     def to_json(self) -> str:
         """The effective configuration, defaults filled in (like `nginx -T`)."""

@@ -96,6 +96,8 @@ def queries(cfg: AnomaliesConfig, db: str) -> dict[str, tuple[str, str]]:
     minute = f"(toHour({local}) * 60 + toMinute({local}))"
 
     def within(days: tuple[int, ...], start: int, end: int) -> str:
+        if not days:  # no working days at all (`days: []`); `IN ()` is a syntax error on 18.16
+            return "0"
         return (
             f"(toDayOfWeek({local}) IN ({_sql_list(days)}) "
             f"AND {minute} >= {start} AND {minute} < {end})"

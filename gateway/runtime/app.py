@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -47,6 +47,7 @@ from gateway.identity.tokens import KeySet, Principal, TokenVerifier, file_fetch
 from gateway.policy.break_glass import BreakGlass, load_allowances
 from gateway.policy.engine import PolicyStore
 from gateway.policy.role_changes import RoleTracker
+from gateway.runtime import console
 from gateway.runtime.heap import resettle_heap
 from gateway.web.admin import build_admin_app, latest_checkpoint_handler
 from gateway.web.audit_api import AuditAPI
@@ -111,6 +112,15 @@ class Gateway:
             raise AuthenticationError("not_ready")
         return await self.serving.verifier.verify(token)
 
+    def browser(self) -> BrowserLogin:
+        """The browser login (an `oidc` section), once serving."""
+        assert self.serving is not None and self.serving.browser is not None, "oidc, serving"
+        return self.serving.browser
+
+    def http(self) -> aiohttp.ClientSession:
+        assert self.serving is not None, "built before the site starts"
+        return self.serving.http
+
 
 GATEWAY = web.AppKey("gateway", Gateway)
 
@@ -155,13 +165,17 @@ def build(
     *,
     ship: bool = True,
     blocks_from: StoreOpener | None = None,
+    console_via: console.ConsoleLink | None = None,
+    console_here: bool = True,
 ) -> tuple[web.Application, web.Application]:
     """The proxy app and the admin app. Loads the policy now (PolicyError if it is invalid) and
     the IdP role baseline (RoleBaselineError if it cannot be read: nothing is opened then).
 
     ``ship=False``: no shipper in this process; another one ships its spool. ``blocks_from``:
     where subject blocks are read, if not from the configured store. (A worker's spool is shipped
-    by its supervisor, and its blocks are the supervisor's: gateway.runtime.worker.)"""
+    by its supervisor, and its blocks are the supervisor's: gateway.runtime.worker.)
+    ``console_via``: the console is forwarded there (a worker); ``console_here=False``: the proxy
+    app has no console (a supervisor serves it on its internal listener, decision 025)."""
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     a = cfg.audit
     spool = Spool(
@@ -228,7 +242,7 @@ def build(
         else None,
     )
     _export_gauges(gw)
-    return _proxy_app(gw, ship), _admin_app(gw)
+    return _proxy_app(gw, ship, console_via, console_here), _admin_app(gw)
 
 
 def _export_gauges(gw: Gateway) -> None:
@@ -244,7 +258,9 @@ def _export_gauges(gw: Gateway) -> None:
     m.ready.set_function(lambda: 1 if all(gw.readiness().values()) else 0)
 
 
-def _proxy_app(gw: Gateway, ship: bool) -> web.Application:
+def _proxy_app(
+    gw: Gateway, ship: bool, console_via: console.ConsoleLink | None, console_here: bool
+) -> web.Application:
     cfg = gw.cfg
     app = web.Application(middlewares=[error_middleware(metrics=gw.metrics)])
     app[GATEWAY] = gw
@@ -257,6 +273,8 @@ def _proxy_app(gw: Gateway, ship: bool) -> web.Application:
     app.cleanup_ctx.append(_spool_ctx)
     app.cleanup_ctx.append(_blocks_ctx)
     app.cleanup_ctx.append(_serving_ctx)
+    if cfg.console is not None and (console_here or console_via is not None):
+        console.mount(app, gw, via=console_via, on_block=end_sessions_of_blocked(gw))
     if cfg.oidc is not None:
         app.router.add_route("*", r"/_pdgw/{tail:[\s\S]*}", _browser_pages)
         app.on_response_prepare.append(add_pending_cookies)
@@ -320,18 +338,22 @@ def _admin_app(gw: Gateway) -> web.Application:
         blocks=gw.blocks,
         rights=rights,
         hasher=gw.hasher,
-        on_block=lambda subject: _end_sessions_of_blocked(gw, subject),
+        on_block=end_sessions_of_blocked(gw),
     ).register(app)
     app[GATEWAY] = gw
     return app
 
 
-async def _end_sessions_of_blocked(gw: Gateway, subject: str) -> None:
+def end_sessions_of_blocked(gw: Gateway) -> Callable[[str], Awaitable[None]]:
     """A block on a data subject who is also a user (their id is the token's `sub`) ends every
     browser session of theirs, on every replica within the revocation bound (decision 014, 6.5).
     The revocation list holds the id as a keyed hash only; the why is in the trail."""
-    if gw.revocations is not None:
-        await gw.revocations.revoke(subject, "subject_blocked")
+
+    async def end(subject: str) -> None:
+        if gw.revocations is not None:
+            await gw.revocations.revoke(subject, "subject_blocked")
+
+    return end
 
 
 def _serving(request: web.Request) -> Serving:
@@ -521,4 +543,5 @@ async def _browser_login(gw: Gateway, http: aiohttp.ClientSession) -> BrowserLog
         record=gw.recorder.note,
         metrics=gw.metrics,
         client_address=lambda request: client_address(request, trusted),
+        pages=(cfg.console.path,) if cfg.console is not None else (),
     )

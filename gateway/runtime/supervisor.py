@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.shipping.shipper import Shipper
 from gateway.audit.store.base import AuditStore
 from gateway.audit.store.factory import open_store
@@ -44,7 +46,14 @@ from gateway.config.model import Config, Listen, StoreConfig
 from gateway.core.fsutil import atomic_write
 from gateway.core.metrics import Metrics
 from gateway.core.tasks import spawn
-from gateway.runtime.app import GATEWAY, Gateway, build, shipper_metrics
+from gateway.runtime import console
+from gateway.runtime.app import (
+    GATEWAY,
+    Gateway,
+    build,
+    end_sessions_of_blocked,
+    shipper_metrics,
+)
 from gateway.runtime.process import lifetime
 from gateway.runtime.worker import REPORT_FILE, VIEW_FILE, VIEW_POLL_SECONDS, worker_name
 from gateway.web import listeners
@@ -98,6 +107,7 @@ class Supervisor:
         self._http: aiohttp.ClientSession | None = None
         self._view = b""
         self._view_lock = asyncio.Lock()
+        self._worker_env: dict[str, str] = {}  # the console's address and secret (decision 025)
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
         cfg = self.cfg
@@ -109,7 +119,7 @@ class Supervisor:
 
     async def _run(self, proxy_port: int, ready: asyncio.Event | None) -> None:
         cfg = self.cfg
-        proxy_app, admin_app = build(cfg)
+        proxy_app, admin_app = build(cfg, console_here=False)
         gw = proxy_app[GATEWAY]
         # Inside the error boundary (gateway.web.admin puts it first), before the admin routes.
         admin_app.middlewares.insert(1, self._merged_views(gw))
@@ -129,6 +139,7 @@ class Supervisor:
                 ) as life,
                 self._shippers(),
                 aiohttp.ClientSession() as self._http,
+                self._console(gw),
             ):
                 try:
                     # Before any worker serves: the blocks in force are in force there from its
@@ -193,6 +204,7 @@ class Supervisor:
             str(proxy_port),
             "--supervisor-pid",
             str(os.getpid()),
+            env={**os.environ, **self._worker_env},
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
@@ -292,6 +304,50 @@ class Supervisor:
                 path = self.cfg.audit.spool_dir / VIEW_FILE
                 await asyncio.to_thread(atomic_write, path, data, durable=False)
                 self._view = data
+
+    # -- the console (decision 025): served here, where the store is; workers forward to it --
+
+    @contextlib.asynccontextmanager
+    async def _console(self, gw: Gateway) -> AsyncIterator[None]:
+        if self.cfg.console is None:
+            yield
+            return
+        secret = os.urandom(32)
+        app = console.internal_app(
+            gw,
+            secret,
+            health=lambda: self._health(gw),
+            on_block=end_sessions_of_blocked(gw),
+            after_block=lambda: self._hand_over(gw),
+        )
+        runner, url = await console.start_internal(app)
+        self._worker_env = console.ConsoleLink(url, secret).environment()
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+    async def _hand_over(self, gw: Gateway) -> None:
+        """A block changed here is in force in every worker before the page answers (6.5)."""
+        await self._publish_view(gw)
+        await asyncio.sleep(2 * VIEW_POLL_SECONDS + 0.05)
+
+    async def _health(self, gw: Gateway) -> list[console.InstanceHealth]:
+        """The supervisor and each worker, for the console's trail-health page."""
+        out = [
+            console.process_health(self.cfg.instance_id, "supervisor", gw.metrics, gw.checkpointer)
+        ]
+        answers = await asyncio.gather(*(self._get(w, "/checkpoint") for w in self.workers))
+        for w, (status, body) in zip(self.workers, answers, strict=True):
+            live = None
+            if status == 200:
+                with contextlib.suppress(ValueError, KeyError):
+                    live = Checkpoint.from_mapping(json.loads(body))
+            shipped = console.process_health(
+                f"{self.cfg.instance_id}-{w.name}", "worker", w.metrics, None
+            )
+            out.append(dataclasses.replace(shipped, live=live))
+        return out
 
     # -- shippers (the store is this process's) --
 

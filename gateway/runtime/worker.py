@@ -35,6 +35,7 @@ from gateway.core.fsutil import atomic_write
 from gateway.core.tasks import spawn
 from gateway.policy.break_glass import Session
 from gateway.runtime.app import GATEWAY, Gateway, build
+from gateway.runtime.console import ConsoleLink
 from gateway.runtime.process import lifetime, reload_policy
 from gateway.web import listeners
 
@@ -76,7 +77,12 @@ async def serve_worker(cfg: Config, index: int, proxy_port: int, supervisor_pid:
     wcfg = worker_config(cfg, index, proxy_port)
     view = cfg.audit.spool_dir / VIEW_FILE
     proxy_app, admin_app = build(
-        wcfg, ship=False, blocks_from=lambda: contextlib.closing(BlocksView(view))
+        wcfg,
+        ship=False,
+        blocks_from=lambda: contextlib.closing(BlocksView(view)),
+        # The console is the supervisor's (it owns the store): forwarded there (decision 025).
+        console_via=ConsoleLink.from_environment(),
+        console_here=False,
     )
     gw = proxy_app[GATEWAY]
     admin_app.middlewares.insert(1, _internal_only)  # inside the error boundary

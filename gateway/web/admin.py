@@ -88,15 +88,20 @@ def admin_event(
     reason: str,
     rule: str,
     policy_version: str,
+    auth: str = "bearer",
+    session: str = "",
+    client_ip: str | None = None,
 ) -> AccessEvent:
-    """The access record of one admin API request, by a caller with a valid bearer token."""
+    """The access record of one admin API request, by a caller with a valid bearer token (or,
+    for the console, a browser session: ``auth``, ``session`` as a keyed hash, and the client's
+    address as the process that authenticated it saw it)."""
     return access(
         request_id=request[REQUEST_ID],
         user=principal.user,
         roles=list(principal.roles),
-        client_ip=client_address(request, trusted),
-        auth="bearer",
-        session="",
+        client_ip=client_ip if client_ip is not None else client_address(request, trusted),
+        auth=auth,
+        session=session,
         method=request.method,
         path=path,
         query=query,

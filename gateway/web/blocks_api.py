@@ -13,7 +13,9 @@ A change is, in the trail: the request's access record (action ``block``, found 
 `audit search --action block`), the ``subject_block`` record that puts it in force, and a
 permission change (``subject_blocked``/``subject_unblocked``, found by `audit permissions`,
 9.2.7) — the last two in one write, before the answer. Unblocking a subject that is not blocked,
-or blocking one that is, is refused (409): the DPO's command did not do what they meant.
+or blocking one that is, is refused (409): the DPO's command did not do what they meant. The
+console's block and unblock (decision 025) go through ``plan_change`` and ``make_change`` too, so
+both leave the same records.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict
-from typing import Any, NoReturn
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from aiohttp import web
 
 from gateway.audit import query
-from gateway.audit.events import AccessEvent
+from gateway.audit.events import AccessEvent, PermissionChange
 from gateway.audit.recorder import Recorder
 from gateway.config.model import IPNetwork
 from gateway.core.errors import SpoolUnavailable
@@ -46,6 +48,9 @@ STATUS = Ask("blocks", "read", "admin:subject-blocks/status", query.MAX_ROWS)
 CHANGE = Ask("blocks", "block", "admin:subject-blocks", 0)
 MAX_BODY = 16 * 1024
 MAX_LABEL_CHARS = 200
+# Told the subject's id as given after a block is in force: the gateway ends that person's
+# browser sessions when they are also a user (decision 014).
+OnBlock = Callable[[str], Awaitable[None]]
 
 
 def _answer(request: web.Request, **body: Any) -> web.Response:
@@ -64,7 +69,7 @@ class BlocksAPI:
         blocks: SubjectBlocks,
         rights: AccessRights,
         hasher: SubjectHasher | None = None,
-        on_block: Callable[[str], Awaitable[None]] | None = None,
+        on_block: OnBlock | None = None,
     ) -> None:
         self._trail = TrailAccess(
             verify=verify, policies=policies, recorder=recorder, trusted=trusted
@@ -151,70 +156,134 @@ class BlocksAPI:
         trail = self._trail
         principal = await trail.principal(request)
         raw, forms, event, body = await self._asked(request, principal, CHANGE, t0)
-        action, reason, label = body.get("action"), body.get("reason"), body.get("label", "")
-
-        def refuse(status: int, code: str, message: str, why: str) -> Awaitable[NoReturn]:
-            return trail.deny(event, status, code, message, t0, why)
-
-        if action not in ("block", "unblock"):
-            await refuse(400, "bad_request", "action: block or unblock", "bad_request")
-        if not isinstance(reason, str) or len(reason.strip()) < 3:
-            await refuse(
-                400, "bad_request", "reason: say why (the subject's request, a ticket)", "no_reason"
-            )
-        problem = _label_problem(label, raw)
-        if problem is not None:
-            await refuse(400, "bad_request", problem, "bad_label")
-        assert isinstance(reason, str) and isinstance(label, str)
-        current = self._blocks.current(forms)
-        if action == "unblock" and current is None:
-            await refuse(
-                409,
-                "not_blocked",
-                "this data subject is not blocked: nothing to unblock",
-                "not_blocked",
-            )
-        if action == "block" and current is not None:
-            await refuse(409, "already_blocked", _already(current), "already_blocked")
-        # An unblock lifts the block in force, made under whichever subject key was current then.
-        subject = current.subject if current is not None else forms[0]
-        label = label.strip() or (current.label if current is not None else "")
-        pending = await self._recorder.begin(event)
-        change = self._rights.subject_block_change(
-            actor=principal.user,
-            action=str(action),
-            subject=subject,
-            label=label,
-            reason=reason.strip(),
+        plan = plan_change(
+            self._blocks, forms, raw, body.get("action"), body.get("reason"), body.get("label", "")
         )
-        try:
-            rec = await self._blocks.change(
-                actor=principal.user,
-                action=str(action),
-                subject=subject,
-                reason=reason.strip(),
-                request_id=request[REQUEST_ID],
-                label=label,
-                also=[change],
-            )
-        except SpoolUnavailable:
-            raise AdminRefused(
-                503,
-                "audit_unavailable",
-                "the block cannot be recorded; not applied",
-                "audit",
-                recorded=True,
-            ) from None
-        await pending.finish(status=200, duration_us=elapsed_us(t0), response_count=1)
-        if rec.action == "block" and self._on_block is not None:
-            await self._on_block(raw)
+        if isinstance(plan, ChangeRefused):
+            await trail.deny(event, plan.status, plan.code, plan.message, t0, plan.reason)
+        done = await make_change(
+            plan,
+            event,
+            recorder=self._recorder,
+            blocks=self._blocks,
+            rights=self._rights,
+            given=raw,
+            t0=t0,
+            on_block=self._on_block,
+        )
         return _answer(
             request,
-            result="blocked" if rec.action == "block" else "unblocked",
-            block_id=rec.block_id,
-            change_id=change.change_id,
-            stored=subject,
+            result="blocked" if done.record.action == "block" else "unblocked",
+            block_id=done.record.block_id,
+            change_id=done.change.change_id,
+            stored=plan.subject,
         )
+
+
+@dataclass(frozen=True)
+class ChangeRefused:
+    """Why a block or unblock cannot be made as asked: the answer's status and code, a message
+    naming the field, and the reason the trail records."""
+
+    status: int
+    code: str
+    message: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PlannedChange:
+    """A block or unblock that may be made: the subject as stored (for an unblock, the form the
+    block in force was made under, whichever subject key was current then) and the label."""
+
+    action: str
+    subject: str
+    reason: str
+    label: str
+
+
+@dataclass(frozen=True)
+class ChangeMade:
+    record: BlockRecord
+    change: PermissionChange
+
+
+def plan_change(
+    blocks: SubjectBlocks, forms: Sequence[str], raw: str, action: Any, reason: Any, label: Any
+) -> PlannedChange | ChangeRefused:
+    """A change as asked, or why it is refused (400 for a bad field, 409 for a needless one: the
+    DPO's command would not do what they meant). The admin API and the console both ask here."""
+    if action not in ("block", "unblock"):
+        return ChangeRefused(400, "bad_request", "action: block or unblock", "bad_request")
+    if not isinstance(reason, str) or len(reason.strip()) < 3:
+        return ChangeRefused(
+            400, "bad_request", "reason: say why (the subject's request, a ticket)", "no_reason"
+        )
+    problem = _label_problem(label, raw)
+    if problem is not None:
+        return ChangeRefused(400, "bad_request", problem, "bad_label")
+    assert isinstance(label, str)
+    current = blocks.current(forms)
+    if action == "unblock" and current is None:
+        nothing = "this data subject is not blocked: nothing to unblock"
+        return ChangeRefused(409, "not_blocked", nothing, "not_blocked")
+    if action == "block" and current is not None:
+        return ChangeRefused(409, "already_blocked", _already(current), "already_blocked")
+    return PlannedChange(
+        action=str(action),
+        subject=current.subject if current is not None else forms[0],
+        reason=reason.strip(),
+        label=label.strip() or (current.label if current is not None else ""),
+    )
+
+
+async def make_change(
+    plan: PlannedChange,
+    event: AccessEvent,
+    *,
+    recorder: Recorder,
+    blocks: SubjectBlocks,
+    rights: AccessRights,
+    given: str,
+    t0: float,
+    status: int = 200,
+    on_block: OnBlock | None = None,
+) -> ChangeMade:
+    """The change, as the trail holds every one (the admin API's and the console's alike):
+    ``event`` (the request's access, action ``block``, allowed by the policy) begun, then the
+    ``subject_block`` record and its permission change in one write, then the access's outcome
+    (``status``); the block in force on this replica before that. ``on_block`` is then told the
+    id as ``given`` (the person's browser sessions end, decision 014)."""
+    pending = await recorder.begin(event)
+    change = rights.subject_block_change(
+        actor=event.user,
+        action=plan.action,
+        subject=plan.subject,
+        label=plan.label,
+        reason=plan.reason,
+    )
+    try:
+        rec = await blocks.change(
+            actor=event.user,
+            action=plan.action,
+            subject=plan.subject,
+            reason=plan.reason,
+            request_id=event.request_id,
+            label=plan.label,
+            also=[change],
+        )
+    except SpoolUnavailable:
+        raise AdminRefused(
+            503,
+            "audit_unavailable",
+            "the block cannot be recorded; not applied",
+            "audit",
+            recorded=True,
+        ) from None
+    await pending.finish(status=status, duration_us=elapsed_us(t0), response_count=1)
+    if rec.action == "block" and on_block is not None:
+        await on_block(given)
+    return ChangeMade(rec, change)
 
 
 def _filters(ask: Ask, action: Any) -> str:

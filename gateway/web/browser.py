@@ -74,8 +74,11 @@ class BrowserLogin:
         metrics: Metrics,
         client_address: Callable[[web.BaseRequest], str],
         clock: Callable[[], float] = time.time,
+        pages: tuple[str, ...] = (),
     ) -> None:
+        """``pages``: paths under the gateway's own prefix a login may return to (the console)."""
         self._cfg = cfg
+        self._pages = pages
         self._client = client
         self._codec = codec
         self._revocations = revocations
@@ -217,7 +220,7 @@ class BrowserLogin:
             state=new_secret(),
             nonce=new_secret(),
             code_verifier=new_secret(),
-            return_to=safe_return_to(return_to) or "/",
+            return_to=safe_return_to(return_to, self._pages) or "/",
             started_at=self._clock(),
             renews=renew.sid if renew else "",
             renews_user=renew.user if renew else "",
@@ -250,7 +253,7 @@ class BrowserLogin:
         return await handler(request)
 
     async def login_handler(self, request: web.Request) -> web.StreamResponse:
-        return_to = safe_return_to(request.query.get("return_to", "/"))
+        return_to = safe_return_to(request.query.get("return_to", "/"), self._pages)
         if return_to is None:
             await self._event(request, "login_failed", "open_redirect", None)
             raise LoginRefused(

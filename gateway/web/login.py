@@ -78,10 +78,11 @@ class LoginRequired(Refused):
         self.public_details = {"login_url": LOGIN}
 
 
-def safe_return_to(value: str | None) -> str | None:
+def safe_return_to(value: str | None, pages: tuple[str, ...] = ()) -> str | None:
     """A same-origin path to return to after login, or None (open redirects refused): an
     absolute path, not `//host` or `/\\host` (browsers read both as another host), no scheme,
-    no control characters, bounded."""
+    no control characters, bounded; under the gateway's own prefix only the renewal page and
+    the ``pages`` given (the console's path, decision 025)."""
     if value is None or not value.startswith("/") or len(value) > MAX_RETURN_TO:
         return None
     if value.startswith(("//", "/\\")) or "\\" in value:
@@ -91,6 +92,8 @@ def safe_return_to(value: str | None) -> str | None:
     parts = urlsplit(value)
     if parts.scheme or parts.netloc:
         return None
-    if value.startswith(GATEWAY_PATH_PREFIX) and value != RENEWED:
+    if value.startswith(GATEWAY_PATH_PREFIX) and not (
+        value == RENEWED or (pages and value.startswith(pages))
+    ):
         return None  # never back into the login machinery
     return value

@@ -30,7 +30,7 @@ from gateway.web.admin import AdminRefused, Verify, admin_event, caller
 class Ask:
     """One kind of request for the trail: what it reads, the policy action, its route label."""
 
-    kind: str  # events | permissions | blocks | report
+    kind: str  # events | permissions | blocks | report | console
     action: str  # read | export | block
     route: str
     max_rows: int
@@ -38,6 +38,17 @@ class Ask:
 
 def elapsed_us(t0: float) -> int:
     return int((time.perf_counter() - t0) * 1e6)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks, when not by a bearer token on this request: a browser session (the console),
+    authenticated by this process or by the worker that forwarded the request (decision 025)."""
+
+    principal: Principal
+    auth: str  # session
+    session: str  # keyed hash of the session id
+    client_ip: str
 
 
 class TrailAccess:
@@ -69,6 +80,7 @@ class TrailAccess:
         decision: str,
         reason: str,
         rule: str,
+        caller: Caller | None = None,
     ) -> AccessEvent:
         resource = request.match_info.route.resource
         return admin_event(
@@ -88,7 +100,17 @@ class TrailAccess:
             reason=reason,
             rule=rule,
             policy_version=self._policies.engine.version,
+            auth=caller.auth if caller is not None else "bearer",
+            session=caller.session if caller is not None else "",
+            client_ip=caller.client_ip if caller is not None else None,
         )
+
+    def allows(self, principal: Principal, action: str) -> bool:
+        """The policy's answer for ``action`` on the trail, without a record (what a page may
+        offer; the request that uses it is decided and recorded by ``authorise``)."""
+        return self._policies.engine.decide(
+            principal.user, principal.roles, AUDIT_SYSTEM, AUDIT_CATEGORY, action, AUDIT_PURPOSE
+        ).allowed
 
     async def authorise(
         self,
@@ -100,6 +122,7 @@ class TrailAccess:
         filters: str = "",
         subjects: list[str] | None = None,
         refusal: str = "your job function does not permit this",
+        caller: Caller | None = None,
     ) -> AccessEvent:
         """The decision, as an access record: refused → recorded and raised (403, ``refusal``);
         allowed → returned, for the caller to record before it reads or changes anything."""
@@ -115,6 +138,7 @@ class TrailAccess:
             decision="allow" if decision.allowed else "deny",
             reason="rule" if decision.allowed else "no_matching_rule",
             rule=decision.rule,
+            caller=caller,
         )
         if not decision.allowed:
             await self.deny(event, 403, "forbidden", refusal, t0)

@@ -70,9 +70,10 @@ def _local_rows(cluster: ClickHouseCluster, i: int, database: str) -> int:
         node.close()
 
 
-def _tables(store: AuditStore) -> dict[str, str]:
+def _tables(store: AuditStore, database: str | None = None) -> dict[str, str]:
     rows = store.select(
-        "SELECT name, engine FROM system.tables WHERE database = %(db)s", {"db": store.database}
+        "SELECT name, engine FROM system.tables WHERE database = %(db)s",
+        {"db": database or store.database},
     )
     return {str(r["name"]): str(r["engine"]) for r in rows}
 
@@ -110,6 +111,13 @@ def test_clickhouse_init_on_cluster_makes_replicated_tables_and_views_on_every_n
         assert tables["anomalies_local"] == "ReplicatedReplacingMergeTree"
         assert tables["permission_changes"] == "View"
         assert tables["permission_changes_v1_local"] == "ReplicatedReplacingMergeTree"
+        # The dashboards' aggregates (decision 026): replicated, fed on every node.
+        dashboards = _tables(node, f"{db}_dashboards")
+        for agg in schema.AGGREGATES:
+            engine = agg.table.engine
+            assert dashboards[f"{agg.table.name}_local"] == f"Replicated{engine}"
+            assert dashboards[agg.table.name] == "Distributed"
+            assert dashboards[f"{agg.table.name}_mv"] == "MaterializedView"
         node.close()
     # Check-before-retry reads what it wrote: an insert through the Distributed table
     # (insert_distributed_sync=1) is counted by the very next query, on either node.
@@ -124,6 +132,16 @@ def test_clickhouse_init_on_cluster_makes_replicated_tables_and_views_on_every_n
     store.insert(schema.ACCESS_EVENTS, rows, "batch-x")
     assert store.batch_rows(schema.ACCESS_EVENTS, "batch-x") == 50
     store.close()
+    # The replica that took the insert aggregated it; replication gives every node the counts.
+    sql = f"SELECT sum(accesses) AS n FROM {db}_dashboards.access_counts_local"
+    for i in range(2):
+        node = _node(ch_cluster, i, db)
+
+        def counted(node: AuditStore = node) -> bool:
+            return int(node.select(sql)[0]["n"] or 0) == 50
+
+        wait_for(counted, what=f"node {i}'s aggregates")
+        node.close()
 
 
 def _hosts(cluster: ClickHouseCluster) -> list[tuple[str, int]]:

@@ -2,7 +2,9 @@
 
 A real `pd-gateway serve` on the demo's config (its DEMO subject key, decision 015) is driven
 through every admin endpoint (enumerated from the admin app's router: a new endpoint without a
-driver fails this test), every CLI command that talks to the gateway or the store (enumerated
+driver fails this test), every page and form of the console (enumerated from its router the same
+way; allowed, refused by the policy, refused for what was sent, cross-site, without a session),
+every CLI command that talks to the gateway or the store (enumerated
 from the argparse parser: a new command must be classified here), every proxy outcome (allowed,
 403, 400, 404, 405, 413, 423, 499, 502, 503, 504, cut by the upstream or the client, a list
 naming a blocked subject, break-glass, an IdP role change, a cross-site POST), browser login,
@@ -10,7 +12,8 @@ refresh, revocation and logout (Chromium and the real oidc-provider), blocks, po
 audit queries. Then, with the gateway stopped, `pd-gateway audit verify` (the real CLI) finds
 every chain intact (9.1.8, 9.2.7, decision 012) — on chdb and on Debian's clickhouse-server —
 and none of the clear subject ids used is in the spool, the store's tables, the revocation
-file, the block list, the operational log or the metrics (5.3).
+file, the block list, the operational log, the metrics or any address the console made or was
+asked for (5.3); and the dashboards' aggregates (decision 026) count exactly what the trail holds.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import shutil
@@ -41,19 +45,22 @@ from gateway.config.load import load_config
 from gateway.governance.subject_hash import SubjectHasher
 from gateway.runtime.app import build
 from gateway.testing.chserver import ClickHouseServer, free_port
+from gateway.web.console.app import STATIC
 from tests.conftest import ROOT, Keys, demo_config_dict
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
 from tests.process import GatewayProcess, run_gateway
 from tests.stores import ENGINES, fresh_database, store_section
-from tests.web.test_browser_e2e import ARGS, CHROMIUM, _demo_upstream
+from tests.web.chromium import CHROMIUM, chromium, loopback_context
+from tests.web.console.helpers import CONSOLE, Staff, links, session_cookie
+from tests.web.test_browser_e2e import _demo_upstream
 
 pytestmark = pytest.mark.slow
 PORTS = {engine: free_port() for engine in ENGINES}  # the provider's client may return to each
 
 # Clear subject ids the scenario uses; none may be found at rest (distinct enough that no hash,
 # time or request id contains one by chance).
-A, M, B, L, C, P, R, N = (f"subj-{c}7Qz" for c in "amblcprn")
-IDS = (A, M, B, L, C, P, R, N)
+A, M, B, L, C, P, R, N, K = (f"subj-{c}7Qz" for c in "amblcprnk")
+IDS = (A, M, B, L, C, P, R, N, K)
 
 # CLI commands by what they talk to. Every leaf of `pd-gateway`'s parser is in exactly one.
 GATEWAY_COMMANDS = {
@@ -205,15 +212,7 @@ async def crm_app(request: web.Request) -> web.StreamResponse:
 
 async def drive_browser(run: Run, browser: Any, cookie_out: dict[str, str]) -> Any:
     """Login (the provider's page), a page, a refresh, then the context for later."""
-    context = await browser.new_context()
-
-    async def local_only(route: Any) -> None:
-        if route.request.url.startswith(("http://127.0.0.1:", "http://localhost:")):
-            await route.continue_()
-        else:
-            await route.abort()
-
-    await context.route("**/*", local_only)
+    context = await loopback_context(browser)
     page = await context.new_page()
     await page.goto(run.gw.url + f"/hr/people/{P}")
     await page.fill('input[name="login"]', "alice")
@@ -423,6 +422,170 @@ async def drive_admin(run: Run, s: aiohttp.ClientSession, routes: set[tuple[str,
         assert status == 401, (method, template)  # counted (decision 013)
 
 
+async def drive_console(run: Run, routes: set[tuple[str, str]]) -> list[str]:
+    """A driver for each console page and form (decision 025), by the DPO and the security
+    officer with their browser sessions (cookies sealed by the gateway's codec, as its login
+    makes them); then every page refused by the policy (a sales manager: recorded), without a
+    session (counted) and, for forms, cross-site (recorded). Returns every address asked for or
+    answered: none may hold a subject id (5.3)."""
+    home, url = run.home, run.gw.url
+    before = dt.datetime.now(dt.UTC)
+    await asyncio.sleep(1.5)  # a signed checkpoint past `before` (audit.checkpoint_interval: 1 s)
+    jar = aiohttp.DummyCookieJar()
+    async with aiohttp.ClientSession(cookie_jar=jar) as http:
+        grace, frank, carol = (
+            Staff(url, url, session_cookie(home, who), http) for who in ("grace", "frank", "carol")
+        )
+        found: dict[str, str] = {}  # what later drivers need: a token, an event id, a job
+
+        async def ok(who: Staff, method: str, path: str, data: dict[str, str] | None = None,
+                     expect: int = 200) -> tuple[str, Any]:  # fmt: skip
+            if method == "POST":
+                status, body, resp = await who.post(CONSOLE + path, data or {})
+            else:
+                status, body, resp = await who.get(CONSOLE + path)
+            assert status == expect, (method, path, status, body[:300])
+            return body, resp
+
+        async def home_page() -> None:
+            await ok(grace, "GET", "")
+
+        async def search() -> None:
+            body, _ = await ok(frank, "GET", "search?user=alice&period=today&go=1&tz=UTC")
+            found["event"] = next(
+                u.split("/events/")[1].split("?")[0] for u in links(body) if "/events/" in u
+            )
+
+        async def export() -> None:
+            await ok(grace, "GET", "search/export?system=hr&go=1&format=csv")
+            await ok(grace, "GET", "search/export?system=hr&go=1&format=json")
+
+        async def event() -> None:
+            await ok(frank, "GET", f"events/{found['event']}")
+            await ok(frank, "GET", "events/0123456789abcdef0123456789abcdef", expect=404)
+
+        async def subject_form() -> None:
+            await ok(grace, "GET", "subject")
+
+        async def lookup() -> None:
+            for sid in (A, K):
+                _, resp = await ok(grace, "POST", "subject", {"subject": sid}, expect=303)
+                found[sid] = resp.headers["Location"].removeprefix(CONSOLE).split("?")[0]
+            body, _ = await ok(grace, "POST", "subject", {"subject": "a\x01b"}, expect=400)
+            assert "printable characters only" in body
+
+        async def subject_page() -> None:
+            body, _ = await ok(grace, "GET", found[A] + "?tz=UTC")
+            assert 'id="consulted"' in body  # consultations apart from accesses (9.2.6)
+            await ok(frank, "GET", found[A] + "?category=audit_log")
+            await ok(grace, "GET", found[A] + "?since=yesterday", expect=400)
+
+        async def block_form() -> None:
+            await ok(grace, "GET", found[K] + "/block?action=block")
+
+        async def block() -> None:
+            change = {"action": "block", "reason": "subject's request", "confirm": "yes"}
+            body, _ = await ok(
+                grace, "POST", found[K] + "/block", {**change, "label": f"case {K}"}, expect=400
+            )
+            assert "must not contain the subject" in body  # the label is refused, not recorded
+            await ok(grace, "POST", found[K] + "/block", {**change, "label": "DPO-K"}, expect=303)
+            status, _ = await _call(
+                http, "GET", url + f"/hr/employees/{K}", run.keys.token("alice", ["hr_officer"])
+            )
+            assert status == 423  # in force, as a block from the CLI is (6.5)
+            body, _ = await ok(grace, "POST", found[K] + "/block", change, expect=409)
+            assert "already blocked" in body
+            unblock = {"action": "unblock", "reason": "verified", "confirm": "yes"}
+            await ok(grace, "POST", found[K] + "/block", unblock, expect=303)
+            await ok(grace, "POST", found[K] + "/block", unblock, expect=409)
+            unconfirmed = {"action": "block", "reason": "subject's request"}
+            await ok(grace, "POST", found[K] + "/block", unconfirmed, expect=400)
+            await ok(frank, "POST", found[K] + "/block", change, expect=403)
+
+        async def report() -> None:
+            body, _ = await ok(grace, "GET", found[A] + "/report?tz=Europe/Moscow")
+            assert 'id="consultations"' in body
+
+        async def activity() -> None:
+            await ok(frank, "GET", "activity?user=alice&period=30d")
+
+        async def permissions() -> None:
+            await ok(grace, "GET", "permissions?period=30d")
+
+        async def anomalies() -> None:
+            await ok(frank, "GET", "anomalies?tz=UTC")
+
+        async def review() -> None:
+            path = "anomalies/0123456789abcdef0123456789abcdef/review"
+            await ok(frank, "POST", path, {"comment": "seen"}, expect=404)  # none detected
+            await ok(frank, "POST", path, {"comment": "-"}, expect=400)
+
+        async def health() -> None:
+            await ok(grace, "GET", "health")
+
+        async def verify() -> None:
+            # Up to a moment before the console was used: every record of it is shipped by now
+            # (a live trail's newest records may be in flight: begun, their rows not yet shipped).
+            period = {"until": before.isoformat(timespec="seconds")}
+            _, resp = await ok(grace, "POST", "health/verify", period, expect=303)
+            found["job"] = resp.headers["Location"].removeprefix(CONSOLE)
+            for _ in range(300):
+                body, _ = await ok(grace, "GET", found["job"] + "?part=progress")
+                if "hx-get" not in body:
+                    break
+                await asyncio.sleep(0.1)
+            assert "The chain is intact" in body, body
+
+        async def verify_status() -> None:
+            await ok(grace, "GET", found["job"])
+            await ok(grace, "GET", "health/verify/0123456789abcdef", expect=404)
+
+        drivers: list[tuple[tuple[str, str], Callable[[], Awaitable[None]]]] = [
+            (("GET", ""), home_page),
+            (("GET", "search"), search),
+            (("GET", "search/export"), export),
+            (("GET", "events/{event_id}"), event),
+            (("GET", "subject"), subject_form),
+            (("POST", "subject"), lookup),
+            (("GET", "subject/{token}"), subject_page),
+            (("GET", "subject/{token}/block"), block_form),
+            (("POST", "subject/{token}/block"), block),
+            (("GET", "subject/{token}/report"), report),
+            (("GET", "activity"), activity),
+            (("GET", "permissions"), permissions),
+            (("GET", "anomalies"), anomalies),
+            (("POST", "anomalies/{anomaly_id}/review"), review),
+            (("GET", "health"), health),
+            (("POST", "health/verify"), verify),
+            (("GET", "health/verify/{job_id}"), verify_status),
+        ]
+        driven = {(m, CONSOLE + p) for (m, p), _ in drivers}
+        assert driven == routes, "a new console page needs a driver here"
+        for _, driver in drivers:
+            await driver()
+        await ok(grace, "GET", "static/console.css")  # package data: no caller, no record
+        await ok(grace, "GET", "nowhere", expect=404)  # recorded: the path as sent (no id in it)
+        # Every page refused: by the policy for a sales manager (recorded), without a session
+        # (counted with the anonymous refusals), and a cross-site form (recorded).
+        for method, template in sorted(routes):
+            path = (
+                template.removeprefix(CONSOLE)
+                .replace("{token}", found[A].removeprefix("subject/"))
+                .replace("{event_id}", found["event"])
+                .replace("{anomaly_id}", "0123456789abcdef0123456789abcdef")
+                .replace("{job_id}", found["job"].rsplit("/", 1)[1])
+            )
+            data = {"subject": A, "comment": "seen", "action": "block", "reason": "x-y-z"}
+            await ok(carol, method, path, data, expect=403)
+            status, _ = await _call(http, method, url + CONSOLE + path, data=data)
+            assert status == 401, (method, path, status)
+            if method == "POST":
+                status, _, _ = await grace.post(CONSOLE + path, data, Origin="http://evil.invalid")
+                assert status == 403, (method, path, status)
+        return grace.seen + frank.seen + carol.seen
+
+
 async def end_browser(run: Run, context: Any, page: Any) -> None:
     """After `session revoke`: the old session is refused (recorded), a new login follows (the
     provider remembers alice), and a logout ends it."""
@@ -515,6 +678,54 @@ store.close()
 """
 
 
+# The dashboards' aggregates (decision 026) against the trail they count, by the same keys: every
+# access once (an allowed one is a row of two records), consultations under `audit_log`, each
+# change of access rights once, every anonymous refusal.
+AGGREGATES = """
+import json, sys
+from gateway.config.load import load_config
+from gateway.audit.store.factory import open_store
+store = open_store(load_config(sys.argv[1]).store, apply_schema=False)
+db = store.database
+dash = db + "_dashboards"
+pairs = {
+    "accesses": (
+        f"SELECT system, category, action, decision, reason, status, count() AS n "
+        f"FROM {db}.access_events GROUP BY system, category, action, decision, reason, status",
+        f"SELECT system, category, action, decision, reason, status, sum(accesses) AS n "
+        f"FROM {dash}.access_counts GROUP BY system, category, action, decision, reason, status",
+    ),
+    "job functions": (
+        f"SELECT arrayJoin(if(empty(roles), ['-'], roles)) AS job_function, system, category, "
+        f"decision, count() AS n FROM {db}.access_events "
+        f"GROUP BY job_function, system, category, decision",
+        f"SELECT job_function, system, category, decision, sum(accesses) AS n "
+        f"FROM {dash}.job_function_counts GROUP BY job_function, system, category, decision",
+    ),
+    "anonymous refusals": (
+        f"SELECT route, reason, status, sum(count) AS n FROM {db}.refusal_summaries "
+        f"GROUP BY route, reason, status",
+        f"SELECT route, reason, status, sum(refusals) AS n FROM {dash}.anonymous_refusal_counts "
+        f"GROUP BY route, reason, status",
+    ),
+    "permission changes": (
+        f"SELECT kind, source, uniqExact(change_id) AS n FROM {db}.permission_change_records "
+        f"GROUP BY kind, source",
+        f"SELECT kind, source, uniqExactMerge(changes) AS n "
+        f"FROM {dash}.permission_change_counts GROUP BY kind, source",
+    ),
+}
+out = {}
+for name, (trail, counted) in pairs.items():
+    out[name] = [
+        sorted(json.dumps(r, default=str, sort_keys=True) for r in store.select(sql))
+        for sql in (trail, counted)
+    ]
+print(json.dumps(out))
+store.close()
+"""
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_every_path_leaves_a_verifiable_trail_with_no_subject_id_in_clear(
@@ -525,8 +736,6 @@ async def test_every_path_leaves_a_verifiable_trail_with_no_subject_id_in_clear(
     aiohttp_server: Callable[..., Awaitable[TestServer]],
     ch_server: ClickHouseServer,
 ) -> None:
-    from playwright.async_api import async_playwright
-
     demo = _demo_upstream()
     demo.EMPLOYEES[P] = {"id": P, "name": "Synthetic Person", "position": "Tester", "phone": "-"}
     hr = await aiohttp_server(demo.build_app())
@@ -548,25 +757,33 @@ async def test_every_path_leaves_a_verifiable_trail_with_no_subject_id_in_clear(
         tmp_path, keys, upstreams["hr"], proxy_port=PORTS[engine], env={"TZ": "UTC"}, **data
     ) as gw:
         run = Run(gw, keys, tmp_path, tmp_path / "gateway.yaml", tokens)
-        _, admin_app = build(load_config(run.config))
+        proxy_app, admin_app = build(load_config(run.config))
         routes = {
             (r.method, r.resource.canonical)
             for r in admin_app.router.routes()
             if r.resource and r.method != "HEAD"
         }
+        # The console's pages, from its router as mounted on the proxy app (its static files
+        # excepted: package data, served without a caller and never recorded).
+        console_routes = {
+            (r.method, r.resource.canonical)
+            for r in proxy_app.router.routes()
+            if r.resource
+            and r.method != "HEAD"
+            and r.resource.canonical.startswith(CONSOLE)
+            and r.resource.name != STATIC
+        }
+        assert len(console_routes) >= 17
         cookie: dict[str, str] = {}
-        async with async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            try:
-                context, page = await drive_browser(run, browser, cookie)
-                async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
-                    await drive_proxy(run, s, cookie["value"])
-                    await drive_admin(run, s, routes)
-                    await end_browser(run, context, page)
-                    async with s.get(gw.admin + "/metrics") as r:
-                        metrics = await r.text()
-            finally:
-                await browser.close()
+        async with chromium() as browser:
+            context, page = await drive_browser(run, browser, cookie)
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+                await drive_proxy(run, s, cookie["value"])
+                await drive_admin(run, s, routes)
+                addresses = await drive_console(run, console_routes)
+                await end_browser(run, context, page)
+                async with s.get(gw.admin + "/metrics") as r:
+                    metrics = await r.text()
         await asyncio.sleep(2)  # the last batches shipped, a checkpoint past the last record
         assert gw.kill(signal.SIGTERM) == 0  # drains, flushes, ships, signs the last head
 
@@ -602,21 +819,33 @@ async def test_every_path_leaves_a_verifiable_trail_with_no_subject_id_in_clear(
         check=True,
     )
     texts = _at_rest(run, dump.stdout, metrics)
+    texts["the console's addresses"] = "\n".join(addresses)
     # What the trail holds of each id instead: its keyed hash (the scenario did record them).
     hasher = SubjectHasher.from_files(load_config(run.config).audit.subject_key_file)
-    for sid in (A, M, B, L, C, P, R):
+    for sid in (A, M, B, L, C, P, R, K):
         assert hasher.stored(sid) in texts["store"], sid
     found = {(sid, where) for sid in IDS for where, text in texts.items() if sid in text}
     assert found == set(), "clear subject ids at rest"
     print(
         f"{engine}: no clear subject id in {len(texts)} places ({sum(map(len, texts.values()))} characters)"
     )
+    # The dashboards count what the trail holds, row for row (decision 026).
+    counted = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", AGGREGATES, cfg],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    for name, (trail, aggregated) in json.loads(counted.stdout).items():
+        assert trail and aggregated == trail, name
     # Each kind of record the scenario meant to write is in the store.
     kinds = {
         "access_events": ("allow", "deny"),
         "refusal_summaries": ("admin:audit/subjects/{subject}/events",),
         "auth_events": ("login", "refresh", "revoked", "logout"),
-        "subject_blocks": ("DPO-7",),
+        "subject_blocks": ("DPO-7", "DPO-K"),
         "permission_change_records": (
             "subject_blocked",
             "sessions_revoked",
@@ -625,6 +854,15 @@ async def test_every_path_leaves_a_verifiable_trail_with_no_subject_id_in_clear(
             "rule_added",
         ),
     }
+    for method, template in console_routes:  # each page recorded, allowed and refused
+        name = next(
+            r.name
+            for r in proxy_app.router.routes()
+            if r.method == method and r.resource and r.resource.canonical == template
+        )
+        rows = [x for x in dump.stdout.splitlines() if f'"route": "{name}"' in x]
+        assert any('"decision": "allow"' in x for x in rows), name
+        assert any('"decision": "deny"' in x for x in rows), name
     for table, words in kinds.items():
         lines = [x for x in dump.stdout.splitlines() if x.startswith(table + " ")]
         for word in words:

@@ -226,29 +226,37 @@ async def test_a_trail_begun_in_record_version_2_verifies_after_the_upgrade(
 
 
 @pytest.mark.parametrize("kind", ENGINES)
-def test_migration_4_adds_the_purpose_and_the_label_to_a_store_of_version_3(
+def test_a_store_of_version_3_gets_migration_4_then_5_and_its_rows_are_counted(
     kind: str, chdb_dir: Path, ch_server: ClickHouseServer
 ) -> None:
     section = store_section(kind, fresh_database(), chdb_dir=chdb_dir, server=ch_server)
     store = open_store(store_config(section), apply_schema=False)
     db = store.database
-    # The schema as migrations 1-3 left it: the two tables without the new columns.
+    # The schema as migrations 1-3 left it: their tables, two of them without the new columns.
     for sql in schema.bootstrap_ddl(db, modern=store.modern):
         store.execute(sql)
-    for table in (schema.ACCESS_EVENTS, schema.SUBJECT_BLOCKS):
-        older = schema.Table(
-            table.name,
-            tuple(c for c in table.columns if c[0] not in ("purpose", "label")),
-            table.order_by,
-            table.partition_by,
-            table.shard_key,
-        )
-        for sql in schema.create_table(older, db, modern=store.modern):
-            store.execute(sql)
+    for m in schema.MIGRATIONS[:3]:
+        for table in m.tables:
+            older = schema.Table(
+                table.name,
+                tuple(c for c in table.columns if c[0] not in ("purpose", "label")),
+                table.order_by,
+                table.partition_by,
+                table.shard_key,
+                table.engine,
+            )
+            for sql in schema.create_table(older, db, modern=store.modern):
+                store.execute(sql)
+    # A version-2 access already in the store (no purpose column yet).
+    store.execute(
+        f"INSERT INTO {db}.access_events (event_id, ts_us, system, category, action, decision, "
+        "reason, status, record_v) SELECT 'e1', toUInt64(1796000000000000), 'hr', 'employee', "
+        "'read', 'allow', 'rule', toUInt16(200), toUInt8(2)"
+    )
     when = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     rows = [{"version": v, "name": "", "applied_at": when, "variant": ""} for v in (1, 2, 3)]
     store.insert(schema.MIGRATIONS_TABLE, rows, "old")
-    assert migrate(store) == [4]
+    assert migrate(store) == [4, 5]  # 4 (record version 3) first: 5's views read its columns
     for table, column in (("access_events", "purpose"), ("subject_blocks", "label")):
         names = {
             r["name"]
@@ -258,6 +266,17 @@ def test_migration_4_adds_the_purpose_and_the_label_to_a_store_of_version_3(
             )
         }
         assert column in names
+    # Migration 5 counted the row the store held; a version-3 row inserted now is counted too.
+    store.execute(
+        f"INSERT INTO {db}.access_events (event_id, ts_us, system, category, purpose, action, "
+        "decision, reason, status, record_v) SELECT 'e2', toUInt64(1796000000000001), 'audit', "
+        "'audit_log', 'audit_control', 'read', 'allow', 'rule', toUInt16(200), toUInt8(3)"
+    )
+    counted = store.select(
+        f"SELECT category, sum(accesses) AS n FROM {db}_dashboards.access_counts "
+        "GROUP BY category ORDER BY category"
+    )
+    assert [(r["category"], int(r["n"])) for r in counted] == [("audit_log", 1), ("employee", 1)]
     store.close()
 
 

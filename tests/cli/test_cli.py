@@ -32,6 +32,7 @@ def test_token_refuses_a_config_not_marked_demo(tmp_path: Path) -> None:
     data = demo_config_dict()
     data["demo"] = False
     data.pop("oidc")  # browser login's files are relative to deploy/local; not what this is about
+    data.pop("console")  # it needs the browser login
     data["identity"].pop("demo_signing_key_file")
     path = tmp_path / "prod.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -79,6 +80,22 @@ async def test_audit_tail_shows_session_and_block_records_too(tmp_path: Path) ->
     login, block = out.stdout.splitlines()
     assert "SESSION login user=alice" in login
     assert "SUBJECT block h:k:x label=DPO-1 by grace" in block
+
+
+async def test_audit_tail_shows_anomaly_reviews(tmp_path: Path) -> None:
+    from gateway.audit.events import AnomalyReview
+    from gateway.audit.recorder import Recorder
+    from gateway.audit.spool import Spool
+
+    spool = Spool(tmp_path, instance="gw-1")
+    spool.open()
+    recorder = Recorder(spool)
+    await recorder.note(AnomalyReview("v1", 3, "an-1", "frank", "reviewed", "a late shift", "r3"))
+    spool.close()
+    out = run_cli("audit", "tail", "--spool", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    (review,) = out.stdout.splitlines()
+    assert "REVIEW anomaly=an-1 reviewed by frank: a late shift req=r3" in review
 
 
 def test_audit_tail_reports_a_missing_spool() -> None:

@@ -267,3 +267,29 @@ def test_the_demo_config_has_browser_login_with_timeouts_for_personal_data() -> 
     assert json.loads(cfg.to_json())["oidc"]["client_secret"] == "**********"
     s = cfg.oidc.session
     assert s.idle_timeout_seconds <= 900 and s.absolute_timeout_seconds <= 8 * 3600
+
+
+def test_the_console_section_is_validated_with_every_problem(tmp_path: Path, keys: Keys) -> None:
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    data["console"] = {"path": "/console/", "timezone": "Mars/Olympus", "page_rows": 5, "x": 1}
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, data, keys))
+    text = str(info.value)
+    for problem in (
+        "console.path: must be a path under /_pdgw/",
+        "console.timezone: unknown time zone",
+        "console.page_rows: must be at least 10",
+        "console.x: unknown key",
+        "console: needs the oidc section",
+        "console: needs a store section",
+    ):
+        assert problem in text, (problem, text)
+    data["console"] = {"path": "/_pdgw/logout/"}
+    with pytest.raises(ConfigError, match=r"console\.path: is a page of the browser login"):
+        load_config(write_config(tmp_path, data, keys))
+
+
+def test_the_demo_config_has_the_console_at_its_default_path_in_moscow_time() -> None:
+    cfg = load_config(DEMO)
+    assert cfg.console is not None and cfg.console.path == "/_pdgw/console/"
+    assert cfg.console.timezone == "Europe/Moscow" and cfg.oidc is not None

@@ -1,7 +1,9 @@
 """The Grafana dashboards (dashboards/): the committed JSON is what dashboards/build.py builds;
-every ClickHouse panel query runs on the real schema with sample data, on chdb and on
+every ClickHouse panel query runs on the real schema with sample data shipped into the trail's
+tables (the aggregates database is filled by the store itself), on chdb and on
 clickhouse-server 18.16, and returns the columns its panel expects; every PromQL expression
-parses (promtool) and names only metrics the gateway exports."""
+parses (promtool) and names only metrics the gateway exports. What Grafana's user may read is
+tests/deploy/test_grafana_access.py."""
 
 from __future__ import annotations
 
@@ -46,13 +48,24 @@ def _builder() -> ModuleType:
 
 
 BUILD = _builder()
+
+
+def grafana_sql(sql: str, database: str) -> str:
+    """A panel's query as the plugin sends it: its time macro expanded, the trail's database
+    (``database``) in place of the provisioned name."""
+    return sql.replace(
+        "$__timeFilter(time)",
+        "time >= toDateTime('2026-11-29 00:00:00') AND time <= toDateTime('2026-12-01 00:00:00')",
+    ).replace("pd_audit_dashboards.", f"{database}_dashboards.")
+
+
 RENDERED: dict[str, str] = BUILD.render()
 
 
 def test_the_committed_dashboards_are_what_the_builder_makes() -> None:
     on_disk = {p.name: p.read_text() for p in (ROOT / "dashboards").glob("*.json")}
     assert on_disk == RENDERED, "run `python dashboards/build.py` and commit the result"
-    assert len(RENDERED) == 6
+    assert len(RENDERED) == 5
 
 
 @pytest.fixture(params=ENGINES, scope="module")
@@ -110,10 +123,7 @@ def test_every_clickhouse_panel_query_returns_its_columns(
     panel: Any, sample_store: AuditStore
 ) -> None:
     # What the plugin makes of the one macro the dashboards use, and the provisioned database.
-    sql = panel.sql.replace(
-        "$__timeFilter(ts)",
-        "ts >= toDateTime('2026-11-29 00:00:00') AND ts <= toDateTime('2026-12-01 00:00:00')",
-    ).replace("pd_audit.", f"{sample_store.database}.")
+    sql = grafana_sql(panel.sql, sample_store.database)
     rows = sample_store.select(sql)
     assert rows, "sample data should give rows"
     assert tuple(rows[0]) == panel.columns

@@ -180,5 +180,11 @@ def test_grafana_is_provisioned_with_clickhouse_and_prometheus_and_a_dashboards_
     providers = yaml.safe_load((provisioning / "dashboards" / "dashboards.yml").read_text())
     (provider,) = providers["providers"]
     assert mounts[provider["options"]["path"]] == ROOT / "dashboards"
-    users = (COMPOSE / "clickhouse" / "users.d" / "pd-gateway.xml").read_text()
-    assert "<grafana>" in users and "GRANT SELECT ON pd_audit.*" in users
+    assert ch["jsonData"]["defaultDatabase"] == "pd_audit_dashboards"
+    # 9.2.6: Grafana's user is its own file, limited to the aggregates database; what it may and
+    # may not read on a real server is tests/deploy/test_grafana_access.py.
+    ch_mounts = _mounts(stack["services"]["clickhouse"])
+    grafana_user = ch_mounts["/etc/clickhouse-server/users.d/grafana.xml"]
+    assert grafana_user == COMPOSE / "clickhouse" / "users.d" / "grafana.xml"
+    gateway_user = (COMPOSE / "clickhouse" / "users.d" / "pd-gateway.xml").read_text()
+    assert "<grafana>" not in gateway_user

@@ -213,6 +213,20 @@ def test_off_hours_probing_special_category_exports_and_break_glass_are_found(
     assert _found(detector.judge_window(saturday)) == {("off_hours", "erin", "hr_officer")}
 
 
+def test_with_no_working_days_every_access_is_off_hours(store: AuditStore) -> None:
+    """`working_hours: {days: []}`: the text the detector sends is valid on 18.16 too."""
+    cfg = dataclasses.replace(CFG, work_days=(), change_days=())
+    w = MONDAY_10_MSK
+    _ship(store, [_event("ivan", ["accountant"], w + US)])
+    store.insert(
+        schema.PERMISSION_CHANGE_RECORDS, [_change("c-1", "admin", w + 2 * US, "gw-a")], "c"
+    )
+    assert _found(Detector(cfg, store, "gw-a").judge_window(w)) == {
+        ("off_hours", "ivan", "default"),
+        ("permission_change", "admin", "default"),
+    }
+
+
 def test_due_windows_follow_the_clock_and_catch_up_after_a_pause() -> None:
     cfg = AnomaliesConfig(window_seconds=60, delay_seconds=30, catch_up_windows=3)
 

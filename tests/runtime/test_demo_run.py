@@ -82,6 +82,7 @@ def test_a_signal_to_the_demo_stops_the_gateway_and_the_upstream(
     data["audit"]["spool_dir"] = str(tmp_path / "spool")
     del data["store"]  # chdb is not what this is about, and it is slow to load
     del data["oidc"]  # browser login: tests/test_browser_*.py; here only the demo provider runs
+    del data["console"]  # it needs the browser login (tests/web/console/)
     data["listen"]["proxy"]["port"] = proxy_port
     data["listen"]["admin"]["port"] = admin_port
     data["upstreams"] = {k: f"http://127.0.0.1:{upstream_port}" for k in data["upstreams"]}

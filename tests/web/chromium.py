@@ -39,16 +39,18 @@ async def chromium() -> AsyncIterator[Any]:
             await browser.close()
 
 
-async def loopback_context(browser: Any) -> Any:
-    """A fresh browser profile that reaches only loopback (pages that @import web fonts)."""
-    context = await browser.new_context()
+async def local_only(route: Any) -> None:
+    """Requests to loopback go on; anything else (a web font, a CDN) is aborted."""
+    if route.request.url.startswith(LOOPBACK):
+        await route.continue_()
+    else:
+        await route.abort()
 
-    async def local_only(route: Any) -> None:
-        if route.request.url.startswith(LOOPBACK):
-            await route.continue_()
-        else:
-            await route.abort()
 
+async def loopback_context(browser: Any, **options: Any) -> Any:
+    """A fresh browser profile that reaches only loopback (pages that @import web fonts);
+    ``options`` are Playwright's (``accept_downloads``, ``locale``)."""
+    context = await browser.new_context(**options)
     await context.route("**/*", local_only)
     return context
 

@@ -28,8 +28,13 @@ async def test_metrics_health_and_readiness(
     proxy = await aiohttp_client(proxy_app)
     admin = await aiohttp_client(admin_app)
     token = keys.token("alice", ["hr_officer"])
-    await proxy.get("/hr/employees/1", headers={"Authorization": f"Bearer {token}"})
-    await proxy.get("/hr/medical/1")
+    # Read to the end: the request is counted when its response has been streamed, not before.
+    allowed = await proxy.get("/hr/employees/1", headers={"Authorization": f"Bearer {token}"})
+    assert allowed.status == 200
+    await allowed.read()
+    refused = await proxy.get("/hr/medical/1")
+    assert refused.status == 401
+    await refused.read()
 
     assert (await admin.get("/healthz")).status == 200
     ready = await admin.get("/readyz")

@@ -20,22 +20,14 @@ from aiohttp.test_utils import TestServer
 from gateway.testing.chserver import free_port
 from tests.conftest import ROOT, ROUTES, Keys, ServeFactory, spool_records
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
+from tests.web.chromium import chromium, chromium_available, loopback_context
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "var" / "screenshots" / "browser-e2e"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not provider_available() or not Path(CHROMIUM).exists(),
+        not provider_available() or not chromium_available(),
         reason="needs chromium and deploy/oidc-demo's npm install (scripts/system-deps.sh)",
     ),
 ]
@@ -71,14 +63,8 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with chromium() as b:
+        yield b
 
 
 @pytest.fixture
@@ -130,15 +116,7 @@ async def test_a_staff_member_logs_in_works_and_logs_out_in_a_real_browser(
         authz={"policy_admin_roles": ["security_officer"]},
     )
     gw_url = served.proxy_url
-    context = await browser.new_context()
-
-    async def local_only(route: Any) -> None:  # the provider's page @imports a web font
-        if route.request.url.startswith(("http://127.0.0.1:", "http://localhost:")):
-            await route.continue_()
-        else:
-            await route.abort()
-
-    await context.route("**/*", local_only)
+    context = await loopback_context(browser)  # the provider's page @imports a web font
     page = await context.new_page()
 
     # 1. The page first asked for → the provider's login page → back to that page, logged in.
@@ -184,8 +162,7 @@ async def test_a_staff_member_logs_in_works_and_logs_out_in_a_real_browser(
     cookies = await context.cookies(gw_url)
     session = next(c for c in cookies if c["name"] == "pdgw-session")
     tampered = {**session, "value": session["value"][:-6] + "AAAAAA"}
-    other = await browser.new_context()
-    await other.route("**/*", local_only)
+    other = await loopback_context(browser)
     await other.add_cookies([tampered])
     p2 = await other.new_page()
     await p2.goto(gw_url + "/hr/")

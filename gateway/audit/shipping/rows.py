@@ -73,6 +73,7 @@ KIND_TABLES = {
     "checkpoint": schema.CHAIN_CHECKPOINTS,
     "auth_event": schema.AUTH_EVENTS,
     "subject_block": schema.SUBJECT_BLOCKS,
+    "anomaly_review": schema.ANOMALY_REVIEWS,
 }
 
 

@@ -181,6 +181,8 @@ def migrate(store: AuditStore, *, cluster: str | None = None) -> list[int]:
             if sql.startswith("INSERT") and _engines(store).get("permission_changes") == "View":
                 continue  # already copied: the view is made last
             store.execute(sql)
+        for agg in m.aggregates:
+            _make_aggregate(store, agg, cluster=cluster)
         row = {
             "version": m.version,
             "name": m.name,
@@ -193,6 +195,24 @@ def migrate(store: AuditStore, *, cluster: str | None = None) -> list[int]:
     return applied
 
 
+def _make_aggregate(store: AuditStore, agg: schema.Aggregate, *, cluster: str | None) -> None:
+    """A dashboards table (decision 026): made, filled from the rows the trail holds, then fed by
+    its materialized view. A run cut short is completed by the next: the rows are copied only
+    while the view does not exist and the table is empty. Rows another replica ships between
+    the copy and the view's creation are not counted (dashboards only; the trail is exact)."""
+    dash = schema.dashboards_database(store.database)
+    for sql in schema.aggregate_tables_ddl(
+        agg, store.database, modern=store.modern, cluster=cluster
+    ):
+        store.execute(sql)
+    if schema.aggregate_view_name(agg) in _engines(store, dash):
+        return
+    held = store.select(f"SELECT count() AS n FROM {dash}.{agg.table.name}")
+    if not int(held[0]["n"]):
+        store.execute(schema.aggregate_fill_sql(agg, store.database))
+    store.execute(schema.aggregate_view_ddl(agg, store.database, cluster=cluster))
+
+
 def _columns(store: AuditStore, table: str) -> set[str]:
     rows = store.select(
         "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(t)s",
@@ -201,8 +221,9 @@ def _columns(store: AuditStore, table: str) -> set[str]:
     return {str(r["name"]) for r in rows}
 
 
-def _engines(store: AuditStore) -> dict[str, str]:
+def _engines(store: AuditStore, database: str | None = None) -> dict[str, str]:
     rows = store.select(
-        "SELECT name, engine FROM system.tables WHERE database = %(db)s", {"db": store.database}
+        "SELECT name, engine FROM system.tables WHERE database = %(db)s",
+        {"db": database or store.database},
     )
     return {str(r["name"]): str(r["engine"]) for r in rows}

@@ -341,6 +341,140 @@ ANOMALIES = Table(
     engine="ReplacingMergeTree",
 )
 
+# Reviews of anomaly detections (9.1.6, 9.1.9; decision 025): chained records, one per review,
+# the latest per anomaly its state. Never dropped by retention.
+ANOMALY_REVIEWS = Table(
+    "anomaly_reviews",
+    (
+        ("ts", TS),
+        ("ts_us", "UInt64"),
+        ("instance", LC),
+        ("seq", "UInt64"),
+        ("review_id", "String"),
+        ("anomaly_id", "String"),
+        ("actor", "String"),
+        ("state", LC),
+        ("comment", "String"),
+        ("request_id", "String"),
+        ("batch_id", "String"),
+        ("record_v", "UInt8"),
+        ("hash", "String"),
+    ),
+    order_by="(anomaly_id, ts_us)",
+    partition_by=None,
+    shard_key="cityHash64(anomaly_id)",
+)
+
+# Aggregates for dashboards (decision 026), in a database of their own (``<database>_dashboards``)
+# that a dashboard user may read when the trail's database is closed to it (9.2.6): counts per
+# five minutes by system, category, action, decision, reason, job function; never a user, a
+# subject, a path, a query or a client address. Filled by materialized views as the trail is
+# inserted (in the inserting user's context), from the existing rows when first made.
+DASHBOARDS_SUFFIX = "_dashboards"
+_FIVE_MINUTES = "toStartOfFiveMinute(toDateTime(intDiv({ts}, 1000000), 'UTC'))"
+
+ACCESS_COUNTS = Table(
+    "access_counts",
+    (
+        ("time", "DateTime('UTC')"),
+        ("system", LC),
+        ("category", LC),
+        ("action", LC),
+        ("decision", LC),
+        ("reason", LC),
+        ("status", "UInt16"),
+        ("accesses", "UInt64"),
+    ),
+    order_by="(time, system, category, action, decision, reason, status)",
+    partition_by=None,
+    shard_key="rand()",
+    engine="SummingMergeTree",
+)
+JOB_FUNCTION_COUNTS = Table(
+    "job_function_counts",
+    (
+        ("time", "DateTime('UTC')"),
+        ("job_function", LC),
+        ("system", LC),
+        ("category", LC),
+        ("decision", LC),
+        ("accesses", "UInt64"),
+    ),
+    order_by="(time, job_function, system, category, decision)",
+    partition_by=None,
+    shard_key="rand()",
+    engine="SummingMergeTree",
+)
+REFUSAL_COUNTS = Table(
+    "anonymous_refusal_counts",
+    (
+        ("time", "DateTime('UTC')"),
+        ("route", LC),
+        ("reason", LC),
+        ("status", "UInt16"),
+        ("refusals", "UInt64"),
+    ),
+    order_by="(time, route, reason, status)",
+    partition_by=None,
+    shard_key="rand()",
+    engine="SummingMergeTree",
+)
+# Each change of access rights once, however many replicas recorded it: a uniqExact state,
+# read with uniqExactMerge(changes).
+PERMISSION_CHANGE_COUNTS = Table(
+    "permission_change_counts",
+    (
+        ("time", "DateTime('UTC')"),
+        ("kind", LC),
+        ("source", LC),
+        ("changes", "AggregateFunction(uniqExact, String)"),
+    ),
+    order_by="(time, kind, source)",
+    partition_by=None,
+    shard_key="rand()",
+    engine="AggregatingMergeTree",
+)
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A dashboards table and the SELECT that fills it from a trail table (``{source}``)."""
+
+    table: Table
+    source: Table
+    select: str
+
+
+AGGREGATES = (
+    Aggregate(
+        ACCESS_COUNTS,
+        ACCESS_EVENTS,
+        f"SELECT {_FIVE_MINUTES.format(ts='ts_us')} AS time, system, category, action, decision, "
+        "reason, status, count() AS accesses FROM {source} "
+        "GROUP BY time, system, category, action, decision, reason, status",
+    ),
+    Aggregate(
+        JOB_FUNCTION_COUNTS,
+        ACCESS_EVENTS,
+        f"SELECT {_FIVE_MINUTES.format(ts='ts_us')} AS time, "
+        "arrayJoin(if(empty(roles), ['-'], roles)) AS job_function, system, category, decision, "
+        "count() AS accesses FROM {source} GROUP BY time, job_function, system, category, decision",
+    ),
+    Aggregate(
+        REFUSAL_COUNTS,
+        REFUSAL_SUMMARIES,
+        f"SELECT {_FIVE_MINUTES.format(ts='window_start_us')} AS time, route, reason, status, "
+        "sum(count) AS refusals FROM {source} GROUP BY time, route, reason, status",
+    ),
+    Aggregate(
+        PERMISSION_CHANGE_COUNTS,
+        PERMISSION_CHANGE_RECORDS,
+        f"SELECT {_FIVE_MINUTES.format(ts='ts_us')} AS time, kind, source, "
+        "uniqExactState(change_id) AS changes FROM {source} GROUP BY time, kind, source",
+    ),
+)
+
+
 RETAINED_TABLES = (
     ACCESS_EVENTS,
     ACCESS_EVENT_SUBJECTS,
@@ -358,6 +492,8 @@ class Migration:
     # (table, new name): renamed if it exists and is not yet renamed (a table replaced by a view)
     retire: tuple[tuple[Table, str], ...] = ()
     after: tuple[str, ...] = ()  # statements run last; `{db}` is the database
+    # dashboards tables made in `<db>_dashboards`, filled from the trail (decision 026)
+    aggregates: tuple[Aggregate, ...] = ()
 
 
 MIGRATIONS = (
@@ -401,6 +537,13 @@ MIGRATIONS = (
         "record version 3: the purpose each access was decided for (4.2, 9.2.6); the label the "
         "DPO gives a subject block",
         add_columns=(ACCESS_EVENTS, SUBJECT_BLOCKS),
+    ),
+    Migration(
+        5,
+        "anomaly reviews (9.1.6, 9.1.9); aggregates for dashboards in <database>_dashboards, "
+        "so that dashboards need no access to the trail itself (9.2.6)",
+        tables=(ANOMALY_REVIEWS,),
+        aggregates=AGGREGATES,
     ),
 )
 
@@ -523,6 +666,48 @@ def retire_ddl(
     ]
 
 
+def dashboards_database(database: str) -> str:
+    return database + DASHBOARDS_SUFFIX
+
+
+def aggregate_view_name(agg: Aggregate) -> str:
+    return f"{agg.table.name}_mv"
+
+
+def aggregate_tables_ddl(
+    agg: Aggregate, database: str, *, modern: bool, cluster: str | None = None
+) -> list[str]:
+    """The dashboards database (once per call, IF NOT EXISTS) and the aggregate's table."""
+    dash = dashboards_database(database)
+    on = f" ON CLUSTER {cluster}" if cluster else ""
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {dash}{on}",
+        *create_table(agg.table, dash, modern=modern, cluster=cluster),
+    ]
+
+
+def aggregate_fill_sql(agg: Aggregate, database: str) -> str:
+    """The aggregate of the rows the trail holds already (run once, before its view exists)."""
+    dash = dashboards_database(database)
+    cols = ", ".join(f"`{n}`" for n in agg.table.column_names)
+    select = agg.select.format(source=f"{database}.{agg.source.name}")
+    return f"INSERT INTO {dash}.{agg.table.name} ({cols}) {select}"
+
+
+def aggregate_view_ddl(agg: Aggregate, database: str, *, cluster: str | None = None) -> str:
+    """The materialized view that aggregates each insert into the trail table. On a cluster it
+    is on every node, from the replicated local table into the local aggregate table (the
+    replica that takes an insert aggregates it; replication copies the aggregate)."""
+    dash = dashboards_database(database)
+    local = "_local" if cluster else ""
+    on = f" ON CLUSTER {cluster}" if cluster else ""
+    select = agg.select.format(source=f"{database}.{agg.source.name}{local}")
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {dash}.{aggregate_view_name(agg)}{on} "
+        f"TO {dash}.{agg.table.name}{local} AS {select}"
+    )
+
+
 def bootstrap_ddl(database: str, *, modern: bool, cluster: str | None = None) -> list[str]:
     """The database and the migrations table: what must exist before migrations are read."""
     on = f" ON CLUSTER {cluster}" if cluster else ""
@@ -540,4 +725,7 @@ def schema_ddl(database: str, *, modern: bool, cluster: str | None = None) -> li
         for table, new_name in m.retire:
             stmts += retire_ddl(table, new_name, database, modern=modern, cluster=cluster)
         stmts += after_ddl(m, database, cluster=cluster)
+        for agg in m.aggregates:
+            stmts += aggregate_tables_ddl(agg, database, modern=modern, cluster=cluster)
+            stmts.append(aggregate_view_ddl(agg, database, cluster=cluster))
     return stmts
