@@ -2,6 +2,13 @@
 
 Tokens are signed with a key generated for this test session (not the demo key). The upstream is
 a real aiohttp server on a loopback port that records what it received.
+
+``make_gateway`` and ``serve_gateway`` build a whole gateway inside the test process with
+``gateway.runtime.app.build`` — the pipeline, spool, shipper and store, admin APIs and console
+in one process, driven by aiohttp's test client or on real listeners. That is a test harness,
+not the product's shape: `pd-gateway serve` always runs a supervisor (store, shipping, detectors,
+admin port) and workers that serve requests and open no store (decision 030). Tests about that
+shape start the real command (``tests/process.py``: ``run_gateway``).
 """
 
 from __future__ import annotations
@@ -461,6 +468,23 @@ def spool_records(spool_dir: Path) -> list[dict[str, Any]]:
     from gateway.audit.segments import read_records
 
     return list(read_records(spool_dir))
+
+
+def gateway_spools(spool_dir: Path) -> list[Path]:
+    """Every chain a `pd-gateway serve` keeps under its ``audit.spool_dir``: the supervisor's
+    (the directory itself) and each worker's (``w<i>``), decision 030."""
+    workers = [p for p in spool_dir.glob("w*") if p.is_dir() and p.name[1:].isdigit()]
+    return [spool_dir, *sorted(workers, key=lambda p: int(p.name[1:]))]
+
+
+def gateway_events(spool_dir: Path) -> list[dict[str, Any]]:
+    """The access events (each joined with its outcome) of every chain under ``spool_dir``."""
+    return [e for spool in gateway_spools(spool_dir) for e in spool_events(spool)]
+
+
+def gateway_records(spool_dir: Path) -> list[dict[str, Any]]:
+    """The records of every chain under ``spool_dir``, chain by chain."""
+    return [r for spool in gateway_spools(spool_dir) for r in spool_records(spool)]
 
 
 async def raw_request(

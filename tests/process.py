@@ -1,7 +1,15 @@
-"""Run the real `pd-gateway serve` in a subprocess, for tests about signals, crashes and memory."""
+"""Run the real `pd-gateway serve` in a subprocess, for tests about signals, crashes and memory.
+
+`pd-gateway serve` is a supervisor and its workers (decision 030): the process started here is
+the supervisor (the admin port, the store, its own chain in ``spool``); requests are answered by
+worker ``w0`` (and more with ``--workers N``), each with its chain in ``spool/w<i>``. Read every
+chain with ``tests.conftest.gateway_events``/``gateway_records``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -26,16 +34,77 @@ class GatewayProcess:
         self.admin = f"http://127.0.0.1:{admin_port}"
         self.spool = spool
 
-    def rss_peak_kib(self) -> int:
-        """VmHWM: the highest resident set size the process has had."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        self._workers: set[int] = set()  # every worker pid seen: waited for at the end
+
+    def serving_spool(self, index: int = 0) -> Path:
+        """The spool of worker ``index``: the chain of the requests it answered."""
+        return self.spool / f"w{index}"
+
+    def worker_pid(self, index: int = 0) -> int:
+        """The pid of worker ``index`` (the process that serves requests), as it reported it."""
+        pid = int(json.loads((self.serving_spool(index) / "worker.json").read_text())["pid"])
+        self._workers.add(pid)
+        return pid
+
+    def rss_peak_kib(self, pid: int | None = None) -> int:
+        """VmHWM: the highest resident set size the process (default: worker w0) has had."""
+        pid = pid or self.worker_pid()
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
         raise AssertionError("no VmHWM")
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
+        """Signal the supervisor and wait for it and for its workers (a SIGKILLed supervisor's
+        workers are ended by the kernel's parent-death signal, SIGTERM: they drain)."""
+        self._see_workers()
         self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
+        code = self.proc.wait(timeout=30)
+        self.wait_workers()
+        return code
+
+    def crash(self) -> None:
+        """SIGKILL the serving process (worker w0) and the supervisor at once: nothing drains,
+        nothing is flushed by a handler."""
+        pid = self.worker_pid()
+        self._see_workers()
+        os.kill(pid, signal.SIGKILL)
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.wait_workers()
+
+    def crash_worker(self, index: int = 0) -> None:
+        """SIGKILL worker ``index`` and wait until it is gone (its supervisor starts it again)."""
+        pid = self.worker_pid(index)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"worker {pid} did not die"
+            time.sleep(0.01)
+
+    def _see_workers(self) -> None:
+        for report in self.spool.glob("w*/worker.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                self._workers.add(int(json.loads(report.read_text())["pid"]))
+
+    def wait_workers(self, timeout: float = 30) -> None:
+        """Until no worker of this gateway is alive (so its spool may be opened again)."""
+        self._see_workers()
+        deadline = time.monotonic() + timeout
+        for pid in self._workers:
+            while _alive(pid):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie is not: the supervisor is gone and it waits for no one to reap it)."""
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
 
 
 def _wait_ready(gp: GatewayProcess, timeout: float = 30) -> bool:
@@ -52,6 +121,7 @@ def _wait_ready(gp: GatewayProcess, timeout: float = 30) -> bool:
         time.sleep(0.05)
     gp.proc.kill()
     gp.proc.wait()
+    gp.wait_workers()
     return False
 
 
@@ -97,7 +167,9 @@ def run_gateway(
     try:
         yield gp
     finally:
+        gp._see_workers()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        gp.wait_workers()
         log.close()

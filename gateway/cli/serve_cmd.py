@@ -1,4 +1,4 @@
-"""`pd-gateway serve --config FILE [--workers N]`."""
+"""`pd-gateway serve --config FILE [--workers N]`: a supervisor and its workers (decision 030)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from gateway.audit.shipping.shipper import ShipperBusy
 from gateway.config.load import load_config
 from gateway.core import logs
 from gateway.core.errors import SpoolUnavailable
-from gateway.runtime.process import serve
 from gateway.runtime.supervisor import Supervisor, WorkerFailed
 from gateway.runtime.worker import serve_worker, worker_name
 
@@ -39,13 +38,13 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--workers",
         type=_positive,
-        default=1,
-        help="worker processes sharing the proxy port, under one supervisor that owns the store "
-        "and the admin port (default 1: one process; docs/decisions/016-workers.md)",
+        help="worker processes that serve requests on the proxy port, under the supervisor that "
+        "owns the store and the admin port (default: the config's `workers`, 1; "
+        "docs/decisions/030-one-shape.md)",
     )
-    internal = "internal, set by the supervisor of --workers"
+    internal = "internal, set by the supervisor"
     p.add_argument("--worker", type=int, help=f"{internal}: run as worker I")
-    p.add_argument("--worker-port", type=int, help=f"{internal}: the proxy port to share")
+    p.add_argument("--worker-fd", type=int, help=f"{internal}: the proxy port's socket")
     p.add_argument("--supervisor-pid", type=int, help=f"{internal}: exit when it is gone")
     p.set_defaults(run=run)
 
@@ -57,12 +56,10 @@ def run(args: argparse.Namespace) -> int:
     main: Coroutine[Any, Any, None]
     if args.worker is not None:
         spool_dir = spool_dir / worker_name(args.worker)
-        main = serve_worker(cfg, args.worker, args.worker_port, args.supervisor_pid)
-    elif args.workers > 1:
+        main = serve_worker(cfg, args.worker, args.worker_fd, args.supervisor_pid)
+    else:  # one shape, whatever the number of workers: the store never where requests are served
         passed_on = ["--config", args.config, "--log-level", args.log_level]
-        main = Supervisor(cfg, args.workers, passed_on).run()
-    else:
-        main = serve(cfg)  # today's single process, unchanged
+        main = Supervisor(cfg, args.workers or cfg.workers, passed_on).run()
     try:
         _run_loop(main)
     except (ShipperBusy, SpoolUnavailable):

@@ -25,7 +25,7 @@ from gateway.config.listen import parse_listeners
 from gateway.config.model import Config
 from gateway.config.oidc import parse_oidc
 from gateway.config.proxy import parse_proxy
-from gateway.config.reader import Problems, Section, line_index, name
+from gateway.config.reader import Problems, Section, at_least, line_index, name
 from gateway.config.routes import parse_routes
 from gateway.config.store import parse_store
 from gateway.config.upstreams import parse_upstreams
@@ -57,6 +57,8 @@ def parse_config(data: Any, source: Path, lines: Mapping[str, int] | None = None
     top = Section(data, "", problems)
     demo = top.get("demo", bool, False)
     instance_id = top.get("instance_id", str, socket.gethostname(), name)
+    # The processes that serve requests under the supervisor (decision 030); --workers overrides.
+    workers = top.get("workers", int, Config.workers, at_least(1))
     proxy_listen, admin_listen = parse_listeners(top)
     identity = parse_identity(top, demo)
     authz = parse_authz(top)
@@ -88,4 +90,5 @@ def parse_config(data: Any, source: Path, lines: Mapping[str, int] | None = None
         oidc=oidc,
         anomalies=anomalies,
         console=console,
+        workers=workers,
     )

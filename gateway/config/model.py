@@ -364,6 +364,8 @@ class Config:
     oidc: OidcConfig | None = None  # browser login and sessions (decision 014); None: bearer only
     anomalies: AnomaliesConfig | None = None
     console: ConsoleConfig | None = None  # None: no console
+    # Worker processes that serve requests; a supervisor owns the store (decisions 016, 030).
+    workers: int = 1
 
     def to_json(self) -> str:
         """The effective configuration, defaults filled in (like `nginx -T`)."""

@@ -1,5 +1,5 @@
-"""One runtime for every gateway process: the single process of `pd-gateway serve`, and the
-supervisor and the workers of `serve --workers N` (decision 016).
+"""One runtime for every gateway process: the supervisor and the workers of `pd-gateway serve`
+(decisions 016, 030).
 
 What they share is here, once: SIGTERM and SIGINT stop serving, SIGHUP reloads the policy; the
 listeners start, then the heap is settled (decision 019); the process says it serves (a log line,
@@ -18,9 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config.model import Config
 from gateway.core.tasks import spawn
-from gateway.runtime.app import GATEWAY, Gateway, build
+from gateway.runtime.app import Gateway
 from gateway.runtime.heap import settle_heap
 from gateway.web import listeners
 
@@ -38,8 +37,8 @@ def handle_signals(reload: Callable[[], None]) -> asyncio.Event:
 
 
 def reload_policy(gw: Gateway) -> Callable[[], None]:
-    """What SIGHUP does in a process that serves alone: reload the policy files (9.2.7: every
-    change they make is recorded before it is in force)."""
+    """What SIGHUP does in a worker: reload the policy files (9.2.7: every change they make is
+    recorded before it is in force). The supervisor does the same and passes the signal on."""
 
     def reload() -> None:
         spawn(
@@ -80,28 +79,3 @@ async def lifetime(
         yield Lifetime(sites, stop)
     finally:
         await sites.close()
-
-
-async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
-    """Run both listeners of one process until SIGTERM/SIGINT; SIGHUP reloads the policy.
-
-    Shutdown drains in-flight requests (up to proxy.shutdown_timeout_seconds), then flushes and
-    closes the spool.
-    """
-    proxy_app, admin_app = build(cfg)
-    gw = proxy_app[GATEWAY]
-    try:
-        async with lifetime(
-            lambda: listeners.start(cfg, proxy_app, admin_app, gw.metrics), reload_policy(gw)
-        ) as life:
-            life.serving(
-                ready,
-                "pd-gateway serving",
-                proxy=life.sites.proxy.name if life.sites.proxy else None,
-                admin=life.sites.admin.name,
-                policy_version=gw.policies.engine.version,
-                durability=cfg.audit.durability,
-            )
-            await life.until_stopped("draining in-flight requests")
-    finally:
-        log.info("stopped; audit spool flushed")

@@ -1,10 +1,15 @@
-"""The supervisor of `pd-gateway serve --workers N` (decision 016).
+"""The supervisor of `pd-gateway serve`: every gateway runs as a supervisor and its workers
+(decisions 016, 030); one worker by default, ``--workers N`` (or the ``workers`` key) N.
 
 Contract:
 - The supervisor is the instance ``<instance_id>`` on ``<spool_dir>`` (the chain a single-process
-  gateway had), listening on the admin port only. It owns the store: one Shipper per worker spool
-  beside its own, and the anomaly detectors. On the admin port it answers the admin APIs itself
-  and /metrics, /readyz and ``/workers/w<i>/checkpoint`` for every process.
+  gateway of an earlier release had: it continues there), listening on the admin port only. It
+  owns the store: one Shipper per worker spool beside its own, and the anomaly detectors (and any
+  periodic job over the store). On the admin port it answers the admin APIs itself and /metrics,
+  /readyz and ``/workers/w<i>/checkpoint`` for every process.
+- The proxy port: one listening socket per worker, made here (SO_REUSEPORT) and passed to the
+  worker; the supervisor keeps its own copy open, so while a worker starts again its connections
+  wait in the socket's queue instead of being refused.
 - What the admin APIs change reaches the workers (gateway.runtime.worker): a policy put in force
   here (the admin API, the file watcher, SIGHUP) is reloaded by every worker (SIGHUP; each records
   its own permission changes, counted once as replicas' are); subject blocks and break-glass
@@ -55,7 +60,13 @@ from gateway.runtime.app import (
     shipper_metrics,
 )
 from gateway.runtime.process import lifetime
-from gateway.runtime.worker import REPORT_FILE, VIEW_FILE, VIEW_POLL_SECONDS, worker_name
+from gateway.runtime.worker import (
+    REPORT_FILE,
+    VIEW_FILE,
+    VIEW_POLL_SECONDS,
+    seed_role_baseline,
+    worker_name,
+)
 from gateway.web import listeners
 
 log = logging.getLogger(__name__)
@@ -64,6 +75,7 @@ VIEW_WRITE_SECONDS = 0.1
 START_TIMEOUT_SECONDS = 60.0
 RESTART_BACKOFF_MAX_SECONDS = 30.0
 SCRAPE_TIMEOUT_SECONDS = 2.0
+PROXY_BACKLOG = 1024  # as the listeners' (gateway.web.listeners)
 # Admin API calls that change what the view file holds.
 _VIEW_CHANGES = frozenset({"/admin/subject-blocks", "/admin/break-glass"})
 # Families the supervisor's shippers report for a worker's spool (its own process has none).
@@ -78,6 +90,7 @@ class _Worker:
     metrics: Metrics = field(default_factory=lambda: Metrics(CollectorRegistry()))
     proc: asyncio.subprocess.Process | None = None
     admin_port: int | None = None
+    sock: socket.socket | None = None  # its listening socket on the proxy port, kept here
 
     @property
     def name(self) -> str:
@@ -110,12 +123,16 @@ class Supervisor:
         self._worker_env: dict[str, str] = {}  # the console's address and secret (decision 025)
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
-        cfg = self.cfg
-        reservation = _reserve(cfg.proxy_listen)  # EADDRINUSE here, as a single process says it
+        # Bound now, listening once the workers may start: EADDRINUSE here if another program
+        # holds the port, and a port 0 is chosen once for every worker.
+        sockets = _proxy_sockets(self.cfg.proxy_listen, len(self.workers))
+        for w, sock in zip(self.workers, sockets, strict=True):
+            w.sock = sock
         try:
-            await self._run(reservation.getsockname()[1], ready)
+            await self._run(sockets[0].getsockname()[1], ready)
         finally:
-            reservation.close()
+            for sock in sockets:
+                sock.close()
 
     async def _run(self, proxy_port: int, ready: asyncio.Event | None) -> None:
         cfg = self.cfg
@@ -145,18 +162,19 @@ class Supervisor:
                     # Before any worker serves: the blocks in force are in force there from its
                     # first request (6.5).
                     await self._publish_view(gw)
+                    for w in self.workers:
+                        seed_role_baseline(cfg.audit.spool_dir, w.spool)  # 9.2.7
+                        assert w.sock is not None
+                        w.sock.listen(PROXY_BACKLOG)  # connections wait until the worker serves
                     started = await asyncio.gather(
-                        *(self._start(w, proxy_port, version) for w in self.workers),
+                        *(self._start(w, version) for w in self.workers),
                         return_exceptions=True,
                     )
                     for result in started:
                         if isinstance(result, BaseException):
                             raise result
                     keepers = [
-                        spawn(
-                            self._keep(w, proxy_port, version, restarts.labels(w.name).inc),
-                            name=w.name,
-                        )
+                        spawn(self._keep(w, version, restarts.labels(w.name).inc), name=w.name)
                         for w in self.workers
                     ]
                     keepers += [
@@ -165,11 +183,12 @@ class Supervisor:
                     ]
                     life.serving(
                         ready,
-                        "pd-gateway serving with workers",
+                        "pd-gateway serving",
                         proxy=f"{cfg.proxy_listen.host}:{proxy_port}",
                         admin=life.sites.admin.name,
                         workers=len(self.workers),
                         policy_version=gw.policies.engine.version,
+                        durability=cfg.audit.durability,
                     )
                     await life.until_stopped("draining every worker")
                 finally:
@@ -177,6 +196,9 @@ class Supervisor:
                     self.stopping = True
                     for task in keepers:
                         task.cancel()
+                    for w in self.workers:  # new connections: no longer queued for a restart
+                        if w.sock is not None:
+                            w.sock.close()
                     await asyncio.gather(*(self._stop(w) for w in self.workers))
                     log.info("workers stopped; shipping what they wrote")
             # Leaving the lifetime closed the supervisor's own listeners and spool last (its
@@ -186,12 +208,14 @@ class Supervisor:
 
     # -- workers --
 
-    async def _start(self, w: _Worker, proxy_port: int, version: Callable[[], str]) -> None:
+    async def _start(self, w: _Worker, version: Callable[[], str]) -> None:
         """Start ``w`` and wait until it serves; ``version``: the policy in force here."""
         report = w.spool / REPORT_FILE
         loaded = version()
         report.unlink(missing_ok=True)
         w.admin_port = None
+        assert w.sock is not None
+        fd = w.sock.fileno()
         w.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -200,11 +224,12 @@ class Supervisor:
             *self.argv,
             "--worker",
             str(w.index),
-            "--worker-port",
-            str(proxy_port),
+            "--worker-fd",
+            str(fd),
             "--supervisor-pid",
             str(os.getpid()),
             env={**os.environ, **self._worker_env},
+            pass_fds=(fd,),
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
@@ -223,11 +248,7 @@ class Supervisor:
         raise WorkerFailed(f"worker {w.name} did not start within {START_TIMEOUT_SECONDS:g} s")
 
     async def _keep(
-        self,
-        w: _Worker,
-        proxy_port: int,
-        version: Callable[[], str],
-        restarted: Callable[[], None],
+        self, w: _Worker, version: Callable[[], str], restarted: Callable[[], None]
     ) -> None:
         """Start ``w`` again whenever it exits, until shutdown (back-off after quick failures)."""
         backoff = 0.5
@@ -245,7 +266,7 @@ class Supervisor:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RESTART_BACKOFF_MAX_SECONDS)
             try:
-                await self._start(w, proxy_port, version)
+                await self._start(w, version)
             except WorkerFailed as e:
                 log.error("worker did not start again", extra={"worker": w.name, "error": str(e)})
 
@@ -484,19 +505,26 @@ class _Families:
         return iter(self._families.values())
 
 
-def _reserve(listen: Listen) -> socket.socket:
-    """Bind (not listen on) the proxy port with SO_REUSEPORT for the supervisor's lifetime: a
-    port another program holds fails here, with the single process's message, and a port 0 is
-    chosen once for every worker. A bound socket that does not listen receives no connection."""
+def _proxy_sockets(listen: Listen, n: int) -> list[socket.socket]:
+    """``n`` sockets bound (not yet listening) to the proxy port with SO_REUSEPORT, one per
+    worker, held for the supervisor's lifetime: a port another program holds fails here, with
+    the port's message, and a port 0 is chosen once for every worker. A bound socket that does
+    not listen receives no connection; once listening, each keeps its queue of connections while
+    its worker starts again (the supervisor's copy keeps it open)."""
     family, _, _, _, address = socket.getaddrinfo(
         listen.host or None, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sockets: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
+        for _ in range(n):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            address = sock.getsockname()  # port 0: the port the first one was given
     except BaseException:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise
-    return sock
+    return sockets

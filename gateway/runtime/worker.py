@@ -1,11 +1,14 @@
-"""A worker of `pd-gateway serve --workers N` (decision 016): a gateway instance that only serves.
+"""A worker of `pd-gateway serve` (decisions 016, 030): a gateway instance that only serves.
 
-Worker ``i`` is the instance ``<instance_id>-w<i>`` with its spool and chain in
-``<spool_dir>/w<i>``; it listens on the proxy port shared with the other workers (SO_REUSEPORT:
-the kernel spreads connections) and on a loopback admin port of its own for its supervisor
-(gateway.runtime.supervisor). It runs no shipper, no anomaly detection and opens no store: the
-data path does only the data path. Subject blocks and break-glass sessions in force come from the
-supervisor's view file; the backlog of its spool follows the shipper's state file on disk.
+Every request is answered by a worker; `serve` runs one (``w0``) by default, ``--workers N``
+(or the ``workers`` key) N of them. Worker ``i`` is the instance ``<instance_id>-w<i>`` with its
+spool and chain in ``<spool_dir>/w<i>``; it accepts on a listening socket its supervisor made and
+keeps open across the worker's restarts (one per worker, all on the proxy port with SO_REUSEPORT:
+the kernel spreads connections) and listens on a loopback admin port of its own for its
+supervisor (gateway.runtime.supervisor). It runs no shipper, no anomaly detection and opens no
+store, nor loads a store's library (chdb, pyarrow, clickhouse-driver): the data path does only
+the data path. Subject blocks and break-glass sessions in force come from the supervisor's view
+file; the backlog of its spool follows the shipper's state file on disk.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
@@ -34,6 +38,7 @@ from gateway.config.model import LOOPBACK, Config, Listen
 from gateway.core.fsutil import atomic_write
 from gateway.core.tasks import spawn
 from gateway.policy.break_glass import Session
+from gateway.policy.role_changes import STATE_FILE as ROLES_FILE
 from gateway.runtime.app import GATEWAY, Gateway, build
 from gateway.runtime.console import ConsoleLink
 from gateway.runtime.process import lifetime, reload_policy
@@ -69,12 +74,14 @@ def worker_config(cfg: Config, index: int, proxy_port: int) -> Config:
     )
 
 
-async def serve_worker(cfg: Config, index: int, proxy_port: int, supervisor_pid: int) -> None:
-    """Run worker ``index`` (``cfg`` is the supervisor's) until SIGTERM; SIGHUP reloads."""
+async def serve_worker(cfg: Config, index: int, listen_fd: int, supervisor_pid: int) -> None:
+    """Run worker ``index`` (``cfg`` is the supervisor's) until SIGTERM; SIGHUP reloads.
+    ``listen_fd``: the proxy port's listening socket its supervisor passed on."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's handler below reloads
     _exit_with_parent(supervisor_pid)
     _label_logs(worker_name(index))
-    wcfg = worker_config(cfg, index, proxy_port)
+    sock = socket.socket(fileno=listen_fd)
+    wcfg = worker_config(cfg, index, sock.getsockname()[1])
     view = cfg.audit.spool_dir / VIEW_FILE
     proxy_app, admin_app = build(
         wcfg,
@@ -87,7 +94,7 @@ async def serve_worker(cfg: Config, index: int, proxy_port: int, supervisor_pid:
     gw = proxy_app[GATEWAY]
     admin_app.middlewares.insert(1, _internal_only)  # inside the error boundary
     async with lifetime(
-        lambda: listeners.start(wcfg, proxy_app, admin_app, gw.metrics, reuse_port=True),
+        lambda: listeners.start(wcfg, proxy_app, admin_app, gw.metrics, proxy_socket=sock),
         reload_policy(gw),
     ) as life:
         tasks = [
@@ -138,6 +145,17 @@ def _exit_with_parent(supervisor_pid: int) -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != supervisor_pid:  # it died before the line above
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def seed_role_baseline(root: Path, spool: Path) -> None:
+    """A worker without an IdP role baseline of its own starts from the supervisor's directory's
+    (9.2.7): the one a single-process gateway of an earlier release kept there, so a role change
+    made since its last run is still seen as a change, not as a first sight (decision 030)."""
+    mine, theirs = spool / ROLES_FILE, root / ROLES_FILE
+    if mine.exists() or not theirs.exists():
+        return
+    spool.mkdir(parents=True, exist_ok=True)
+    atomic_write(mine, theirs.read_bytes())
 
 
 def disk_progress(directory: Path) -> tuple[int, int]:

@@ -20,10 +20,11 @@ import asyncio
 import ipaddress
 import json
 import logging
+import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -172,7 +173,7 @@ class GatedSite(web.BaseSite):
         on_refused: Callable[[str], None],
         *,
         handshake_timeout: float = 15.0,
-        reuse_port: bool = False,
+        sock: socket.socket | None = None,
     ) -> None:
         ssl_context = (
             tls.server_context(listen.tls.cert_file, listen.tls.key_file, listen.tls.client_ca_file)
@@ -184,7 +185,7 @@ class GatedSite(web.BaseSite):
         self.gate = gate
         self._on_refused = on_refused
         self._handshake_timeout = handshake_timeout
-        self._reuse_port = reuse_port
+        self._sock = sock
         self.port = listen.port
 
     @property
@@ -197,18 +198,20 @@ class GatedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
+        # A worker (gateway.runtime.worker) is given its listening socket by the supervisor,
+        # which keeps it open while the worker restarts: connections wait, none is refused.
+        where: dict[str, Any] = (
+            {"sock": self._sock}
+            if self._sock is not None
+            else {"host": self._listen.host, "port": self._listen.port, "reuse_address": True}
+        )
         self._server = await loop.create_server(
             lambda: _GatedProtocol(server(), self.gate, self._on_refused),
-            self._listen.host,
-            self._listen.port,
             ssl=self._ssl_context,
             # A TLS handshake happens before the gate sees the connection: bound its time too.
             ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
             backlog=self._backlog,
-            reuse_address=True,
-            # Workers of one supervisor (gateway.runtime.worker) each listen on the proxy port; the
-            # kernel spreads new connections over them.
-            reuse_port=self._reuse_port or None,
+            **where,
         )
         if self._server.sockets:
             self.port = self._server.sockets[0].getsockname()[1]
@@ -233,11 +236,12 @@ async def start(
     metrics: Metrics,
     *,
     serve_proxy: bool = True,
-    reuse_port: bool = False,
+    proxy_socket: socket.socket | None = None,
 ) -> Listeners:
     """Both apps set up (their cleanup_ctx entered) and listening. ``serve_proxy=False``: the
-    proxy app is set up but not bound (a supervisor's admin-only instance); ``reuse_port``: the
-    proxy port is shared with other processes through SO_REUSEPORT (workers)."""
+    proxy app is set up but not bound (a supervisor's admin-only instance); ``proxy_socket``: the
+    proxy listener accepts on this socket, already bound to the proxy port (a worker's, from its
+    supervisor: gateway.runtime.supervisor)."""
     px = cfg.proxy
     proxy_runner = web.AppRunner(
         proxy_app,
@@ -275,7 +279,7 @@ async def start(
             proxy_gate,
             refused("proxy"),
             handshake_timeout=timeout,
-            reuse_port=reuse_port,
+            sock=proxy_socket,
         )
         if serve_proxy
         else None

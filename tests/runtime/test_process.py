@@ -1,4 +1,8 @@
-"""The real `pd-gateway serve` process: crash safety, shutdown, streaming memory, spool faults."""
+"""The real `pd-gateway serve`: crash safety, shutdown, streaming memory, spool faults.
+
+`serve` is a supervisor and one worker by default (decision 030); the worker answers requests
+and writes its chain in ``<spool_dir>/w0``, so "the process" below is the one that serves.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,16 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import HandlerUpstream, Keys, Upstream, chained_seqs, spool_events
+from tests.conftest import (
+    HandlerUpstream,
+    Keys,
+    Upstream,
+    chained_seqs,
+    gateway_events,
+    gateway_spools,
+)
 from tests.process import run_gateway
 
 pytestmark = pytest.mark.slow
@@ -40,11 +52,12 @@ async def test_sigkill_right_after_responses_loses_no_event(
                     return r.status
 
             statuses = await asyncio.gather(*(one(i) for i in range(n)))
-        gp.kill(signal.SIGKILL)  # immediately after the last response
-    events = spool_events(gp.spool)
+        gp.crash()  # SIGKILL, the serving process and its supervisor, right after the last response
+    events = gateway_events(gp.spool)
     assert len(events) == n
-    numbers = chained_seqs(gp.spool)  # decisions and outcomes: every number once, in order
-    assert numbers == list(range(1, len(numbers) + 1))
+    for spool in gateway_spools(gp.spool):  # each chain: every number once, in order
+        numbers = chained_seqs(spool)
+        assert numbers == list(range(1, len(numbers) + 1))
     assert sorted(e["status"] for e in events) == sorted(statuses)
     assert all(e["outcome"] == "complete" for e in events)
     assert sum(1 for e in events if e["decision"] == "allow") == len(upstream.seen)
@@ -80,7 +93,7 @@ async def test_sigterm_drains_in_flight_requests_and_flushes_the_spool(
             code = await asyncio.to_thread(gp.proc.wait, 30)
     assert statuses == [200] * 5
     assert code == 0
-    events = spool_events(gp.spool)
+    events = gateway_events(gp.spool)
     assert [e["outcome"] for e in events] == ["complete"] * 5
 
 
@@ -127,8 +140,19 @@ async def test_large_bodies_stream_both_ways_without_buffering(
     assert received == size and got == size
     # 512 MiB went through; a buffering proxy would have grown by hundreds of MiB.
     assert growth_mib < 48, f"gateway peak RSS grew by {growth_mib:.0f} MiB"
-    (event,) = spool_events(gp.spool)
+    (event,) = gateway_events(gp.spool)
     assert event["bytes_in"] == size and event["bytes_out"] == size
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """A sample of the gateway's /metrics (every process's, each under its ``worker`` label)."""
+    (value,) = [
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == name and s.labels == labels
+    ]
+    return value
 
 
 def _limit_file_size() -> None:
@@ -162,11 +186,11 @@ async def test_spool_write_failure_refuses_requests_with_503_and_never_forwards_
                 metrics = await r.text()
         log = (tmp_path / "gateway.log").read_text()
     assert 503 in statuses
-    assert 'pdgw_spool_errors_total{reason="write_failed"}' in metrics
+    assert _sample(metrics, "pdgw_spool_errors_total", worker="w0", reason="write_failed") >= 1
     assert "audit spool write failed" in log
     # Nothing refused reached the upstream; every complete response is on record with its outcome.
     assert len(upstream.seen) == statuses.count(200) + cut
-    served = [e for e in spool_events(gp.spool) if e["outcome"] == "complete"]
+    served = [e for e in gateway_events(gp.spool) if e["outcome"] == "complete"]
     assert len(served) == statuses.count(200)
 
 
@@ -195,8 +219,11 @@ async def test_the_connection_gate_and_head_timeout_hold_in_the_real_process(
             metrics = await r.text()
         assert gp.proc.poll() is None  # still serving
     assert refused.startswith(b"HTTP/1.1 503") and b"X-Request-Id: " in refused
-    labels = 'listener="proxy",reason="too_many_connections_from_address"'
-    assert f"pdgw_connections_refused_total{{{labels}}} 1.0" in metrics
+    reason = "too_many_connections_from_address"
+    refusals = _sample(
+        metrics, "pdgw_connections_refused_total", worker="w0", listener="proxy", reason=reason
+    )
+    assert refusals == 1
 
 
 async def test_tls_on_the_proxy_listener_in_the_real_process(

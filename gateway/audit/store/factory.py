@@ -6,12 +6,15 @@ import contextlib
 from collections.abc import Callable
 
 from gateway.audit.store.base import AuditStore, migrate
-from gateway.audit.store.clickhouse import ClickHouseParams, ClickHouseStore
 from gateway.config.model import StoreConfig
 
 
 def open_store(cfg: StoreConfig, *, apply_schema: bool | None = None) -> AuditStore:
-    """Connect (lazily for a server) and, if ``apply_schema``, bring the schema up to date."""
+    """Connect (lazily for a server) and, if ``apply_schema``, bring the schema up to date.
+
+    The engines' libraries are imported here, on first use, never by importing this module: a
+    process that serves requests imports the factory (for its types and ``reader``) but opens no
+    store, and must not load chdb, pyarrow or clickhouse-driver (decision 030)."""
     store: AuditStore
     if cfg.kind == "embedded":
         from gateway.audit.store.embedded import EmbeddedStore  # optional dependency
@@ -19,6 +22,8 @@ def open_store(cfg: StoreConfig, *, apply_schema: bool | None = None) -> AuditSt
         assert cfg.path is not None  # validated by config
         store = EmbeddedStore(cfg.path, cfg.database)
     else:
+        from gateway.audit.store.clickhouse import ClickHouseParams, ClickHouseStore
+
         store = ClickHouseStore(
             ClickHouseParams(
                 hosts=cfg.hosts,
