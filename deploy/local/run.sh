@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # `make run`: the demo upstream and the gateway, with what a newcomer needs printed first.
 #
+# The gateway is what `pd-gateway serve` always runs (decision 030): a supervisor that owns the
+# embedded store, ships, runs the detectors and answers the admin port, and one worker that
+# serves the proxy port and writes its own spool (var/spool/w0).
 # Both run in the background and this script waits for them. SIGTERM (make forwards it to us)
-# or SIGINT (Ctrl-C) stops the gateway first — it drains in-flight requests and flushes its
-# spool — then the upstream, and waits for both: nothing outlives the demo, and the gateway
+# or SIGINT (Ctrl-C) stops the gateway first — its worker drains in-flight requests and flushes
+# its spool, the supervisor ships what was written — then the upstream, and waits for both:
+# nothing outlives the demo (the worker ends with its supervisor), and the gateway
 # never runs on answering 502 for an upstream that is gone. If either child exits on its own,
 # the other is stopped too and the script exits with the first one's status.
 # PD_GATEWAY_CONFIG, DEMO_UPSTREAM_PORT and DEMO_OIDC_CONFIG override the defaults (the tests
@@ -49,11 +53,12 @@ cat <<INFO
 
   pd-gateway demo  (DEMO keys — never use them outside this machine)
   ───────────────
-  proxy    http://127.0.0.1:8080   (staff apps talk to this)
-  admin    http://127.0.0.1:9470   /metrics /healthz /readyz
+  proxy    http://127.0.0.1:8080   (staff apps talk to this: the worker that serves)
+  admin    http://127.0.0.1:9470   /metrics /healthz /readyz, the audit API (the supervisor)
   console  http://127.0.0.1:8080/_pdgw/console/   the trail in a browser (grace: dpo, frank: security_officer)
   upstream http://127.0.0.1:$UPSTREAM_PORT   demo HR / CRM / website back office, synthetic data
-  spool    var/spool                audit trail: $BIN/pd-gateway audit tail --spool var/spool
+  spool    var/spool                audit trail (every chain: w0#… requests, supervisor#… admin):
+                                    $BIN/pd-gateway audit tail --spool var/spool
   login    http://127.0.0.1:8082   DEMO ONLY OpenID provider (any password for the demo users)
 
   In a browser: $LOGIN
@@ -66,7 +71,8 @@ cat <<INFO
   Try it (alice is an HR officer; this token is valid for 8 hours):
     curl -s -H "Authorization: Bearer $ALICE" http://127.0.0.1:8080/hr/medical/1001
 
-  Stop with Ctrl-C (or SIGTERM): the gateway drains and flushes its spool, then the upstream stops.
+  Stop with Ctrl-C (or SIGTERM): the gateway drains, flushes and ships its spools, then the upstream
+  stops.
 
 INFO
 $BIN/pd-gateway serve --config "$CONFIG" &

@@ -2,7 +2,8 @@
 ``NNNNNNNNNNNN.jsonl``, one record a line; a line without its newline is a torn write, skipped.
 
 Used by the spool (its start: the chain's last head), the shipper, `audit tail`, `audit replay`
-and the tests. The writer is ``gateway.audit.spool``."""
+(both over every chain of a gateway's spool directory: ``gateway_chains``) and the tests. The
+writer is ``gateway.audit.spool``."""
 
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ SUFFIX = ".jsonl"
 
 def list_segments(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob(f"*{SUFFIX}") if p.stem.isdigit())
+
+
+def gateway_chains(directory: Path) -> list[tuple[str, Path]]:
+    """Every chain of a gateway's ``audit.spool_dir``, named: its supervisor's in the directory
+    itself (``""``), then each worker's in ``w<i>`` (``"w<i>"``) in order (decisions 016, 030).
+    A spool directory without workers' chains is the one chain it holds."""
+    workers = [p for p in directory.glob("w*") if p.name[1:].isdigit() and p.is_dir()]
+    return [("", directory), *((p.name, p) for p in sorted(workers, key=lambda p: int(p.name[1:])))]
 
 
 @dataclass(frozen=True)

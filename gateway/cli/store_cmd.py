@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.audit.segments import gateway_chains
 from gateway.audit.shipping.shipper import Shipper, ShipperBusy
 from gateway.audit.spool import writer_active
 from gateway.audit.store import schema
@@ -49,7 +50,12 @@ def register(sub: Any, audit_sub: Any) -> None:
     rp = audit_sub.add_parser(
         "replay", help="ship a spool directory to the store (e.g. a dead instance's)"
     )
-    rp.add_argument("--spool", required=True, help="the spool directory to ship")
+    rp.add_argument(
+        "--spool",
+        required=True,
+        help="the spool directory to ship: a gateway's audit.spool_dir ships every chain in it "
+        "(the supervisor's and each worker's w<i>)",
+    )
     rp.add_argument("--config", required=True, help="config whose `store` section is used")
     rp.set_defaults(run=run_replay)
 
@@ -110,10 +116,17 @@ def run_retention(args: argparse.Namespace) -> int:
 
 def run_replay(args: argparse.Namespace) -> int:
     store_cfg = store_config(args.config)
-    directory = Path(args.spool)
-    if not directory.is_dir():
-        print(f"pd-gateway: {directory}: no such spool directory", file=sys.stderr)
+    top = Path(args.spool)
+    if not top.is_dir():
+        print(f"pd-gateway: {top}: no such spool directory", file=sys.stderr)
         return 2
+    worst = 0
+    for _, directory in gateway_chains(top):  # decision 030: one chain per process
+        worst = max(worst, _replay(store_cfg, directory))
+    return worst
+
+
+def _replay(store_cfg: StoreConfig, directory: Path) -> int:
     if writer_active(directory):
         print(
             f"pd-gateway: {directory}: a running gateway is writing this spool; "

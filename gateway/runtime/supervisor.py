@@ -44,6 +44,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.audit.checkpoint import Checkpoint
+from gateway.audit.segments import gateway_chains
 from gateway.audit.shipping.shipper import Shipper
 from gateway.audit.store.base import AuditStore
 from gateway.audit.store.factory import open_store
@@ -110,10 +111,10 @@ class Supervisor:
         self.cfg = cfg
         self.argv = list(argv)  # `serve` arguments passed on to every worker
         self.workers = [_Worker(i, cfg.audit.spool_dir / worker_name(i)) for i in range(workers)]
-        self.leftover = [
+        self.leftover = [  # spools of workers a run with more of them left behind
             _Worker(i, p)
-            for p in sorted(cfg.audit.spool_dir.glob("w*"))
-            if p.is_dir() and p.name[1:].isdigit() and (i := int(p.name[1:])) >= workers
+            for name, p in gateway_chains(cfg.audit.spool_dir)[1:]
+            if (i := int(name[1:])) >= workers
         ]
         self.stopping = False
         self._open_lock = threading.Lock()

@@ -82,6 +82,41 @@ async def test_audit_tail_shows_session_and_block_records_too(tmp_path: Path) ->
     assert "SUBJECT block h:k:x label=DPO-1 by grace" in block
 
 
+async def test_audit_tail_reads_every_chain_of_a_gateways_spool_in_the_order_of_time(
+    tmp_path: Path,
+) -> None:
+    """`serve` keeps the supervisor's chain in audit.spool_dir and each worker's in w<i>
+    (decision 030): tail on the spool_dir shows them all, each record numbered in its chain."""
+    from gateway.audit.events import AuthEvent, SubjectBlock
+    from gateway.audit.recorder import Recorder
+    from gateway.audit.spool import Spool
+
+    supervisor = Spool(tmp_path, instance="gw-1")
+    worker = Spool(tmp_path / "w0", instance="gw-1-w0")
+    for spool in (supervisor, worker):
+        spool.open()
+    await Recorder(worker).note(
+        AuthEvent("e1", 1, "r1", "alice", ["hr_officer"], "::1", "login", "", "s")
+    )
+    await Recorder(supervisor).note(
+        SubjectBlock("b1", 2, "grace", "block", "h:k:x", "request", "r2", "DPO-1")
+    )
+    await Recorder(worker).note(
+        AuthEvent("e2", 3, "r3", "alice", ["hr_officer"], "::1", "logout", "", "s")
+    )
+    for spool in (supervisor, worker):
+        spool.close()
+    out = run_cli("audit", "tail", "--spool", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    login, block, logout = out.stdout.splitlines()
+    assert " w0#1 SESSION login user=alice" in login
+    assert " supervisor#1 SUBJECT block h:k:x" in block
+    assert " w0#2 SESSION logout user=alice" in logout
+    out = run_cli("audit", "tail", "--spool", str(tmp_path), "--json", "-n", "1")
+    (last,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert (last["chain"], last["seq"], last["event"]) == ("w0", 2, "logout")
+
+
 async def test_audit_tail_shows_anomaly_reviews(tmp_path: Path) -> None:
     from gateway.audit.events import AnomalyReview
     from gateway.audit.recorder import Recorder

@@ -125,11 +125,11 @@ def _export(tmp_path: Path, keys: Keys, upstream: Upstream) -> None:
         # A first, smaller export warms the engine (caches, arenas, the query path) ...
         small = _cli(gw.admin, token_file, "export", "--system", "hr", "--limit", "20000")
         assert small.returncode == 0, small.stderr
-        warm = gw.rss_peak_kib()
+        warm = gw.rss_peak_kib(gw.proc.pid)  # the supervisor: it owns the store, answers the API
         out_file = tmp_path / "export.csv"
         out = _cli(gw.admin, token_file, "export", "--system", "hr", "-o", str(out_file))
         assert out.returncode == 0, out.stderr
-        peak = gw.rss_peak_kib()
+        peak = gw.rss_peak_kib(gw.proc.pid)
     size = out_file.stat().st_size
     with out_file.open() as f:
         rows = sum(1 for _ in f) - 1

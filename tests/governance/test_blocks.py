@@ -181,12 +181,18 @@ def _two_replicas(
         assert _status(c.url + "/hr/employees/emp-6", hr) == 200
 
 
-def _metric(admin: str, name: str) -> float:
+def _metric(admin: str, name: str, worker: str = "w0") -> float:
+    """A gauge of one process of the gateway (default: the worker that serves, which enforces
+    the blocks it reads from its supervisor's view)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(admin + "/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"no {name}")
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == {"worker": worker}:
+                return float(sample.value)
+    raise AssertionError(f"no {name} of {worker}")
 
 
 def subject_hasher(gw: Any) -> Any:

@@ -169,11 +169,12 @@ async def test_replicas_reloading_the_same_change_record_it_once(
             else:
                 raise AssertionError(f"{gp.url} never applied the change")
         await asyncio.to_thread(
-            wait_for, lambda: count(store, "permission_change_records") >= 6, 30, "all shipped"
+            wait_for, lambda: count(store, "permission_change_records") >= 12, 30, "all shipped"
         )
         await asyncio.sleep(1.0)  # anything extra would show up now
-    # Every replica's record is kept (each is part of its instance's chain) ...
-    assert count(store, "permission_change_records") == 6
+    # Every process's record is kept (each is part of its instance's chain: each replica's
+    # supervisor and the worker that serves, decision 030) ...
+    assert count(store, "permission_change_records") == 12
     # ... and an auditor's plain count() over permission_changes counts each change once.
     assert count(store, "permission_changes") == 2
     rows = store.select(
@@ -183,7 +184,7 @@ async def test_replicas_reloading_the_same_change_record_it_once(
         ("role_assigned", "carol", "accountant", "", "g, user:carol, accountant"),
         ("rule_removed", "", "web_editor", "p, web_editor, site, site_visitor, delete", ""),
     ]
-    assert all(len(r["instances"]) == 3 for r in rows)
+    assert all(len(r["instances"]) == 6 for r in rows)
     # Each replica's chain is whole, and consistent with what it signed.
     from gateway.audit.checkpoint import load_public_keys
     from gateway.audit.verify import verify_store
@@ -191,13 +192,15 @@ async def test_replicas_reloading_the_same_change_record_it_once(
     keyring = load_public_keys(d / "checkpoint-key.pub" for d in dirs)
     await asyncio.to_thread(
         wait_for,
-        lambda: count(store, "chain_checkpoints") >= 3,
+        lambda: count(store, "chain_checkpoints") >= 6,
         30,
         "start-up checkpoints shipped",
     )
     report = verify_store(store, keyring)
     assert report.ok, report.problems
-    assert sorted(i.instance for i in report.instances) == ["gw-a", "gw-b", "gw-c"]
+    assert sorted(i.instance for i in report.instances) == [
+        f"gw-{r}{w}" for r in "abc" for w in ("", "-w0")
+    ]
     store.close()
 
 
@@ -402,7 +405,10 @@ async def test_sighup_reloads_the_policy_in_a_running_gateway(
                 await asyncio.sleep(0.1)
             else:
                 raise AssertionError("SIGHUP did not reload the policy")
-    changes = [c for c in spool_records(gp.spool) if c["kind"] == "permission_change"]
-    assert [(c["actor"], c["rule_after"]) for c in changes] == [
-        ("signal:SIGHUP", "g, user:carol, accountant")
-    ]
+    # The supervisor and the worker that serves each record the change (one change id: the
+    # store keeps it once), before it is in force in each (9.2.7).
+    for spool in (gp.spool, gp.serving_spool()):
+        changes = [c for c in spool_records(spool) if c["kind"] == "permission_change"]
+        assert [(c["actor"], c["rule_after"]) for c in changes] == [
+            ("signal:SIGHUP", "g, user:carol, accountant")
+        ]

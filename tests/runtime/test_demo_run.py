@@ -1,5 +1,5 @@
-"""`make run` (deploy/local/run.sh) as a process: a signal stops every child (gateway, upstream, demo
-OpenID provider), none is orphaned."""
+"""`make run` (deploy/local/run.sh) as a process: a signal stops every child (gateway — its
+supervisor and worker —, upstream, demo OpenID provider), none is orphaned."""
 
 from __future__ import annotations
 
@@ -118,10 +118,13 @@ def test_a_signal_to_the_demo_stops_the_gateway_and_the_upstream(
             _ready(f"http://127.0.0.1:{provider_port}/.well-known/openid-configuration", proc)
         children = _children(proc.pid)
         assert len(children) == (3 if with_provider else 2), children
+        # The gateway's worker (decision 030), the grandchild that serves the requests.
+        workers = {w for pid in children for w in _children(pid)} - children
+        assert len(workers) >= 1
         proc.send_signal(sig)
         code = proc.wait(timeout=30)
         assert code == 128 + sig
-        assert not [pid for pid in children if _alive(pid)]
+        assert not [pid for pid in children | workers if _alive(pid)]
     finally:
         # Whatever happened: nothing of the demo outlives the test (a leftover would hold its
         # ports and fail later tests, or leak sockets into them).

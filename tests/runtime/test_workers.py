@@ -1,5 +1,5 @@
 """`pd-gateway serve --workers N` as real processes: a supervisor that owns the store and the admin
-port, workers sharing the proxy port (docs/decisions/016-workers.md)."""
+port, workers sharing the proxy port (decisions 016, 030; one worker: tests/runtime/test_shape.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -267,26 +268,34 @@ async def _same_policy_everywhere(gp: GatewayProcess, other_than: str = "") -> s
         await asyncio.sleep(0.2)
 
 
-async def test_start_up_failures_give_the_single_process_messages(
+async def test_start_up_failures_name_the_port_or_the_spool_in_one_line(
     tmp_path: Path, keys: Keys, upstream: Upstream
 ) -> None:
-    """Ports or spool held by another gateway: one line naming them, exit 1, nothing left running."""
-    with run_gateway(tmp_path, keys, upstream.url) as gp:  # one process holds ports and spool
+    """Ports held by another program or a spool held by another gateway: one line naming them,
+    exit 1, nothing left running."""
+    with run_gateway(tmp_path, keys, upstream.url) as gp:  # holds its spool
         config = tmp_path / "gateway.yaml"
-        ports = run_cli("serve", "--config", str(config), *WORKERS, timeout=60)
         data = yaml.safe_load(config.read_text())
         data["listen"] = {"proxy": {"port": 0}, "admin": {"port": 0}}
         other = tmp_path / "other.yaml"
         other.write_text(yaml.safe_dump(data))
         spool = run_cli("serve", "--config", str(other), *WORKERS, timeout=60)
         assert gp.proc.poll() is None
+    # The proxy port held by a program that does not share it (no SO_REUSEPORT).
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        data = yaml.safe_load(config.read_text())
+        data["listen"]["proxy"]["port"] = held.getsockname()[1]
+        config.write_text(yaml.safe_dump(data))
+        ports = run_cli("serve", "--config", str(config), *WORKERS, timeout=60)
     for out in (ports, spool):
         assert out.returncode == 1
         assert "Traceback" not in out.stderr
-    proxy = yaml.safe_load(config.read_text())["listen"]
+    listen = data["listen"]
     assert [line for line in ports.stderr.splitlines() if not line.startswith("{")] == [
-        f"pd-gateway: {config}: port {proxy['proxy']['port']} (listen.proxy) or "
-        f"{proxy['admin']['port']} (listen.admin) is already in use"
+        f"pd-gateway: {config}: port {listen['proxy']['port']} (listen.proxy) or "
+        f"{listen['admin']['port']} (listen.admin) is already in use"
     ]
     assert [line for line in spool.stderr.splitlines() if not line.startswith("{")] == [
         f"pd-gateway: {other}: audit.spool_dir {gp.spool} is in use by "

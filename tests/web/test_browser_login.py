@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway.identity.sessions import LoginState, Session, SessionCodec
 from gateway.testing.chserver import free_port
-from tests.conftest import Keys, ServeFactory, Upstream, run_cli, spool_records
+from tests.conftest import Keys, ServeFactory, Upstream, gateway_records, run_cli, spool_records
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
 from tests.web.browserish import NAV, XHR, Browserish
 
@@ -234,9 +234,9 @@ async def test_a_revoked_session_is_refused_by_a_second_gateway_process(
             resp, _ = await gw.get("/hr/employees/1001", {"pdgw-session": cookie}, headers=XHR)
             assert resp.status == 401
         second.kill(15)
-    revoked = [
+    revoked = [  # by the worker that served the cookie (decision 030)
         r
-        for r in spool_records(other_home / "spool")
+        for r in gateway_records(other_home / "spool")
         if r["kind"] == "auth_event" and r["event"] == "revoked"
     ]
     assert [(r["user"], r["reason"]) for r in revoked] == [("alice", "session_revoked")]

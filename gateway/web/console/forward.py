@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from gateway.identity.csrf import SAFE_METHODS
 from gateway.web.admin import AdminRefused
@@ -86,7 +87,9 @@ class ConsoleFront:
         try:
             async with self._http().request(
                 request.method,
-                self._target + request.raw_path,
+                # As received, not re-encoded by yarl (which would decode a query's `%2F`): the
+                # seal binds the target the supervisor sees byte for byte.
+                URL(self._target + request.raw_path, encoded=True),
                 data=body or None,
                 headers=headers,
                 allow_redirects=False,

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from gateway.testing.chserver import ClickHouseServer, free_port
-from tests.conftest import ROOT, Keys, Upstream, run_cli, spool_records
+from tests.conftest import ROOT, Keys, Upstream, gateway_records, run_cli
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
 from tests.process import GatewayProcess, run_gateway
 from tests.stores import ENGINES, fresh_database, store_section
@@ -301,7 +301,7 @@ async def test_the_dpo_and_the_security_officer_work_in_the_console_in_a_real_br
         assert gw.kill(signal.SIGTERM) == 0  # drains, ships, signs the last checkpoint
 
     # 9.2.6: every page view and fragment the browsers got is an access record of the trail.
-    records = {r["request_id"]: r for r in console_records(spool_records(spool))}
+    records = {r["request_id"]: r for r in console_records(gateway_records(spool))}
     assert len(rec.ids) > 30
     for user, rid in rec.ids:
         assert records[rid]["user"] == user, (user, rid)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from gateway.identity.tokens import Principal
 from gateway.testing.chserver import free_port
@@ -90,6 +91,12 @@ async def test_workers_forward_the_console_to_the_supervisor_which_records_every
         assert status == 200 and "Заблокировано" in body
         assert "pdgw-console-lang=ru" in resp.headers["Set-Cookie"]  # relayed by the worker
         ids.append(resp.headers["X-Request-Id"])
+        # A query as a browser encodes it (`%2F` in the zone): the seal holds the target as the
+        # supervisor receives it, byte for byte.
+        search = URL(f"{gp.url}{CONSOLE}search?go=1&user=alice&tz=Europe%2FMoscow", encoded=True)
+        async with http.get(search, headers={"Cookie": f"pdgw-session={grace.cookie}"}) as r:
+            assert r.status == 200 and "Europe/Moscow" in await r.text()
+            ids.append(r.headers["X-Request-Id"])
         status, _, resp = await alice.get(CONSOLE + "search")
         assert status == 403
         refused = resp.headers["X-Request-Id"]
