@@ -1,8 +1,9 @@
 """`make profile`: where the gateway's CPU goes under load, sampled with py-spy
 (docs/benchmarks.md).
 
-The gateway runs the same pipeline as `make bench` (bench/run.py's gateway_config) pinned to
-CPU 0; wrk -c32 and the nginx upstream run on CPU 1. py-spy samples every thread of the gateway for
+The gateway runs the same pipeline as `make bench` (bench/run.py's gateway_config): its worker,
+the process that serves (decision 030), pinned to CPU 0; its supervisor (the store, shipping),
+wrk -c32 and the nginx upstream run on CPU 1. py-spy samples every thread of the worker for
 PROFILE_SECONDS (default 15) at 250 Hz, without idle frames, and this prints, per thread, its share
 of the samples and the functions with the most samples at the top of the stack (self time), then
 the functions with the most samples anywhere on the stack (inclusive time). The raw samples

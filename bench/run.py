@@ -2,11 +2,15 @@
 
 1. Proxy throughput and latency, side by side (docs/benchmarks.md): the nginx upstream directly,
    nginx proxy_pass (1 worker), a protocol-level uvloop + httptools proxy (bench/h1proxy.py), a bare
-   aiohttp proxy and pd-gateway (durability batch and fsync; token, authorisation, subjects, chained
-   audit, shipping into the embedded store; fsync shipping into clickhouse-server), same 1 KiB
-   response, interleaved rounds, proxies pinned to CPU 0 and wrk + upstream to CPU 1; req/s and
-   p50/p99 at 32 connections, p50 at 1, CPU µs per request and resident memory of the proxy process,
-   and the ratios gateway/bare and gateway/nginx.
+   aiohttp proxy and pd-gateway (durability batch and fsync, each without a store and shipping into
+   the embedded store; token, authorisation, subjects, chained audit; fsync shipping into
+   clickhouse-server), same 1 KiB response, interleaved rounds, proxies pinned to CPU 0 and wrk +
+   upstream to CPU 1; req/s and p50/p99 at 32 connections, p50 at 1, CPU µs per request and
+   resident memory of the proxy process, and the ratios gateway/bare and gateway/nginx.
+   pd-gateway is what `serve` runs (decision 030): its worker — the process that serves — is the
+   proxy process on CPU 0; its supervisor, which owns the store and ships, runs on CPU 1 beside
+   the load generator and the upstream (as clickhouse-server does), and its CPU per request and
+   memory are printed apart (`store µs/req`, `store MiB`).
 2. Authorisation cost: a decision with 10 users / 10 rules beside 10,000 users / 3,000 rules,
    uncached (pycasbin's linear scan) and through the PolicyEngine's decision cache.
 3. Token verification: first sight (RS256 verify) beside a cached repeat.
@@ -115,20 +119,20 @@ def _family(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, *, children: bool = True) -> float:
     """User + system CPU of a process (all its threads) and its children, in seconds."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
-    for p in _family(pid):
+    for p in _family(pid) if children else [pid]:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / ticks
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, *, children: bool = True) -> float:
     kib = 0
-    for p in _family(pid):
+    for p in _family(pid) if children else [pid]:
         with contextlib.suppress(OSError, StopIteration):
             line = next(
                 x
@@ -166,8 +170,8 @@ def gateway_config(
     label: str = "",
 ) -> dict[str, object]:
     """The whole pipeline as `make bench` measures it: bearer token, Casbin decision, subject from
-    the path, the chained audit record made durable before forwarding, shipping into the embedded
-    store in the same process, metrics."""
+    the path, the chained audit record made durable before forwarding, metrics in the worker;
+    shipping into the embedded store by the supervisor."""
     return {
         "instance_id": f"bench-{label}{durability}",
         "listen": {"proxy": {"port": port}, "admin": {"port": admin}},
@@ -186,7 +190,8 @@ def gateway_config(
             "durability": durability,
             "checkpoint_key_file": str(checkpoint_key),
         },
-        # The full pipeline: the trail shipped into the embedded store as it comes.
+        # The full pipeline: the trail shipped into the embedded store as it comes (by the
+        # supervisor, decision 030).
         "store": {"kind": "embedded", "path": str(tmp / f"chdb-{label}{durability}")},
         "proxy": {"trusted_proxies": []},
         "upstreams": {"hr": upstream},
@@ -225,7 +230,20 @@ class Single:
     token: str
     url: str  # a route of the bench config, through the proxy
     admin: int  # the gateway's admin port (0 for the bare proxy)
-    pid: int
+    pid: int  # the process that serves: the gateway's worker w0, or the bare proxy
+    store_pid: int = 0  # the gateway's supervisor (the store, shipping); 0 for the bare proxy
+
+
+def gateway_processes(spool_dir: Path, supervisor: int) -> tuple[int, int]:
+    """A started `pd-gateway serve`'s worker w0 (the process that serves) and its supervisor,
+    the latter moved to CPU 1 with every thread (the load generator's core, as a ClickHouse
+    server's): what ships and owns the store is not the serving core's cost."""
+    worker = int(json.loads((spool_dir / "w0" / "worker.json").read_text())["pid"])
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        subprocess.run(
+            ["taskset", "-a", "-p", "-c", "1", str(supervisor)], check=True, capture_output=True
+        )
+    return worker, supervisor
 
 
 def single(
@@ -262,9 +280,27 @@ def single(
     procs.append(
         subprocess.Popen(pinned("0", [sys.executable, *cmd]), cwd=ROOT, stderr=subprocess.DEVNULL)
     )
-    wait_http(f"http://127.0.0.1:{port}/" if bare else f"http://127.0.0.1:{admin}/readyz")
+    if bare:
+        wait_http(f"http://127.0.0.1:{port}/")
+        return Single(token, f"http://127.0.0.1:{port}/hr/employees/1001", 0, procs[-1].pid)
+    wait_ready(f"http://127.0.0.1:{admin}/readyz")
+    worker, supervisor = gateway_processes(tmp / f"spool-{durability}", procs[-1].pid)
     url = f"http://127.0.0.1:{port}/hr/employees/1001"
-    return Single(token, url, 0 if bare else admin, procs[-1].pid)
+    return Single(token, url, admin, worker, supervisor)
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    """Until /readyz answers 200 (wait_http takes a 503 for "up"; the worker may still start)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} never ready")
 
 
 def proxy_bench(tmp: Path) -> None:
@@ -326,12 +362,18 @@ def proxy_bench(tmp: Path) -> None:
         targets[H1] = f"http://127.0.0.1:{h1_port}/hr/employees/1001"
         targets["bare aiohttp proxy"] = f"http://127.0.0.1:{bare_port}/hr/employees/1001"
         gateways = [(f"pd-gateway durability={d}", "", d) for d in ("batch", "fsync")]
+        gateways += [
+            (f"pd-gateway durability={d}, no store", "none-", d) for d in ("batch", "fsync")
+        ]
         gateways += [(CH, "ch-", "fsync")]
+        store_pids: dict[str, int] = {}
         for name, label, durability in gateways:
             port, admin = free_port(), free_port()
             cfg = gateway_config(
                 tmp, durability, upstream, port, admin, checkpoint_key, label=label
             )
+            if label == "none-":
+                del cfg["store"]
             if label == "ch-":
                 cfg["store"] = {
                     "kind": "clickhouse",
@@ -341,8 +383,9 @@ def proxy_bench(tmp: Path) -> None:
             path = tmp / f"gw-{label}{durability}.json"  # JSON is YAML
             path.write_text(json.dumps(cfg))
             start("0", "-m", "gateway", "serve", "--config", str(path), "--log-level", "WARNING")
-            pids[name] = procs[-1].pid
-            wait_http(f"http://127.0.0.1:{admin}/readyz")
+            wait_ready(f"http://127.0.0.1:{admin}/readyz")
+            spool = tmp / f"spool-{label}{durability}"  # gateway_config's
+            pids[name], store_pids[name] = gateway_processes(spool, procs[-1].pid)
             targets[name] = f"http://127.0.0.1:{port}/hr/employees/1001"
         wait_http(upstream + "/")
         wait_http(f"http://127.0.0.1:{bare_port}/")
@@ -355,28 +398,39 @@ def proxy_bench(tmp: Path) -> None:
                 capture_output=True,
                 check=True,
             )
+        load = os.getloadavg()[0]
         results: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
         single: dict[str, list[float]] = {name: [] for name in targets}
         cpu: dict[str, list[float]] = {name: [] for name in targets}
+        store_cpu: dict[str, list[float]] = {name: [] for name in targets}
         rss: dict[str, float] = {}
+        store_rss: dict[str, float] = {}
         for _ in range(ROUNDS):
             for name, url in targets.items():
-                pid = pids.get(name)
+                pid, sup = pids.get(name), store_pids.get(name)
                 before = cpu_seconds(pid) if pid else 0.0
+                sup_before = cpu_seconds(sup, children=False) if sup else 0.0
                 r = wrk(url, token)
-                if pid:
+                if pid:  # measured under load, at the end of the run
                     cpu[name].append((cpu_seconds(pid) - before) / r["requests"] * 1e6)
                     rss[name] = max(rss.get(name, 0.0), rss_mib(pid))
+                if sup:
+                    used = cpu_seconds(sup, children=False) - sup_before
+                    store_cpu[name].append(used / r["requests"] * 1e6)
+                    store_rss[name] = max(store_rss.get(name, 0.0), rss_mib(sup, children=False))
                 results[name].append(r)
                 single[name].append(wrk(url, token, connections=1)["p50"])
         print(
             f"\n## Proxy: wrk -t1 -d{DURATION}s, 1 KiB responses from nginx; proxies pinned to "
-            f"CPU 0, wrk and the upstream to CPU 1; median of {ROUNDS} interleaved rounds"
+            f"CPU 0, wrk and the upstream to CPU 1 (and pd-gateway's supervisor: the store, "
+            f"shipping); median of {ROUNDS} interleaved rounds; load average before: "
+            f"{load:.2f}"
         )
         w = max(len(name) for name in targets)
         print(
             f"{'target':<{w}} {'c=32 req/s':>10} {'p50 ms':>7} {'p99 ms':>7} "
-            f"{'CPU µs/req':>10} {'c=1 p50 µs':>10} {'RSS MiB':>8}"
+            f"{'CPU µs/req':>10} {'c=1 p50 µs':>10} {'RSS MiB':>8} "
+            f"{'store µs/req':>12} {'store MiB':>9}"
         )
         rps_of: dict[str, float] = {}
         p50_1: dict[str, float] = {}
@@ -387,9 +441,11 @@ def proxy_bench(tmp: Path) -> None:
             one = p50_1[name] = statistics.median(single[name]) * 1000
             cpu_us = f"{statistics.median(cpu[name]):.0f}" if cpu[name] else "-"
             mem = f"{rss[name]:.0f}" if name in rss else "-"
+            sup_us = f"{statistics.median(store_cpu[name]):.0f}" if store_cpu[name] else "-"
+            sup_mem = f"{store_rss[name]:.0f}" if name in store_rss else "-"
             print(
                 f"{name:<{w}} {rps:>10.0f} {p50:>7.2f} {p99:>7.2f} {cpu_us:>10} {one:>10.0f} "
-                f"{mem:>8}"
+                f"{mem:>8} {sup_us:>12} {sup_mem:>9}"
             )
         bare, ngx = rps_of["bare aiohttp proxy"], rps_of["nginx proxy_pass (1 worker)"]
         direct = p50_1["upstream direct (nginx)"]
@@ -402,6 +458,13 @@ def proxy_bench(tmp: Path) -> None:
             )
         batch, fsync = rps_of["pd-gateway durability=batch"], rps_of["pd-gateway durability=fsync"]
         print(f"  fsync costs {1 - fsync / batch:.0%} of batch's throughput")
+        for d in ("batch", "fsync"):
+            with_store = rps_of[f"pd-gateway durability={d}"]
+            without = rps_of[f"pd-gateway durability={d}, no store"]
+            print(
+                f"  the embedded store costs the serving process {1 - with_store / without:+.0%} "
+                f"of its req/s ({d})"
+            )
         print(
             f"  {CH}: {rps_of[CH] / bare:.0%} of the bare aiohttp proxy, "
             f"{rps_of[CH] / fsync:.2f}x the embedded store's; "

@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 VIEW_WRITE_SECONDS = 0.1
 START_TIMEOUT_SECONDS = 60.0
 RESTART_BACKOFF_MAX_SECONDS = 30.0
+RESTART_QUIET_SECONDS = 60.0  # a worker that ran this long is started again at once
 SCRAPE_TIMEOUT_SECONDS = 2.0
 PROXY_BACKLOG = 1024  # as the listeners' (gateway.web.listeners)
 # Admin API calls that change what the view file holds.
@@ -251,8 +252,10 @@ class Supervisor:
     async def _keep(
         self, w: _Worker, version: Callable[[], str], restarted: Callable[[], None]
     ) -> None:
-        """Start ``w`` again whenever it exits, until shutdown (back-off after quick failures)."""
-        backoff = 0.5
+        """Start ``w`` again whenever it exits, until shutdown: at once after a worker that ran
+        a while (its connections wait in the socket held here meanwhile), with a back-off
+        (0.5 s doubling to 30 s) after quick failures."""
+        backoff = 0.0
         while not self.stopping:
             assert w.proc is not None
             started = time.monotonic()
@@ -262,10 +265,10 @@ class Supervisor:
             w.admin_port = None
             log.error("worker exited; starting it again", extra={"worker": w.name, "code": code})
             restarted()
-            if time.monotonic() - started > 60:
-                backoff = 0.5
+            if time.monotonic() - started > RESTART_QUIET_SECONDS:
+                backoff = 0.0
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RESTART_BACKOFF_MAX_SECONDS)
+            backoff = min(max(backoff * 2, 0.5), RESTART_BACKOFF_MAX_SECONDS)
             try:
                 await self._start(w, version)
             except WorkerFailed as e:
