@@ -33,26 +33,24 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from gateway.audit.checkpoint import Checkpoint
 from gateway.audit.segments import gateway_chains
 from gateway.audit.shipping.shipper import Shipper
 from gateway.audit.store.base import AuditStore
 from gateway.audit.store.factory import open_store
-from gateway.config.model import Config, Listen, StoreConfig
+from gateway.config.model import Config, StoreConfig
 from gateway.core.fsutil import atomic_write
 from gateway.core.metrics import Metrics
 from gateway.core.tasks import spawn
-from gateway.runtime import console
+from gateway.runtime import console, views
 from gateway.runtime.app import (
     GATEWAY,
     Gateway,
@@ -76,12 +74,11 @@ VIEW_WRITE_SECONDS = 0.1
 START_TIMEOUT_SECONDS = 60.0
 RESTART_BACKOFF_MAX_SECONDS = 30.0
 RESTART_QUIET_SECONDS = 60.0  # a worker that ran this long is started again at once
+POLICY_WAIT_SECONDS = 5.0  # the policy API waits this long at most for the workers
 SCRAPE_TIMEOUT_SECONDS = 2.0
 PROXY_BACKLOG = 1024  # as the listeners' (gateway.web.listeners)
 # Admin API calls that change what the view file holds.
 _VIEW_CHANGES = frozenset({"/admin/subject-blocks", "/admin/break-glass"})
-# Families the supervisor's shippers report for a worker's spool (its own process has none).
-_SHIPPER_FAMILIES = ("pdgw_shipper_", "pdgw_store_up")
 
 
 @dataclass
@@ -127,7 +124,7 @@ class Supervisor:
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
         # Bound now, listening once the workers may start: EADDRINUSE here if another program
         # holds the port, and a port 0 is chosen once for every worker.
-        sockets = _proxy_sockets(self.cfg.proxy_listen, len(self.workers))
+        sockets = listeners.proxy_sockets(self.cfg.proxy_listen, len(self.workers))
         for w, sock in zip(self.workers, sockets, strict=True):
             w.sock = sock
         try:
@@ -424,6 +421,12 @@ class Supervisor:
         async def views(
             request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
         ) -> web.StreamResponse:
+            if request.method == "PUT" and request.path == "/admin/policy":
+                response = await handler(request)
+                if response.status == 200:
+                    # 9.2.7, 4.4: answered once every worker enforces what the API put in force.
+                    await self._policy_in_workers(gw.policies.engine.version)
+                return response
             if request.method == "POST" and request.path in _VIEW_CHANGES:
                 response = await handler(request)
                 if response.status == 200:
@@ -459,6 +462,23 @@ class Supervisor:
 
         return views
 
+    async def _policy_in_workers(self, version: str) -> None:
+        """Until every serving worker reports ``version`` in force (_follow_policy signals them),
+        at most POLICY_WAIT_SECONDS; a worker being started again loads the files as they are."""
+        deadline = time.monotonic() + POLICY_WAIT_SECONDS
+        waiting = [w for w in self.workers if w.admin is not None]
+        while waiting and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            answers = await asyncio.gather(*(self._get(w, "/metrics") for w in waiting))
+            waiting = [
+                w
+                for w, (status, body) in zip(waiting, answers, strict=True)
+                if w.admin is not None and (status != 200 or views.policy_version(body) != version)
+            ]
+        if waiting:
+            names = [w.name for w in waiting]
+            log.error("policy not yet in force in every worker", extra={"workers": names})
+
     async def _get(self, w: _Worker, path: str) -> tuple[int, bytes]:
         """A worker's internal admin answer; (0, b"{}") if it is not serving."""
         if w.admin is None or self._http is None:
@@ -474,61 +494,12 @@ class Supervisor:
         """Every process's metrics, each sample labelled with its ``worker`` (``supervisor`` for
         this process); a worker's shipper families come from its shipper, here."""
         scraped = await asyncio.gather(*(self._get(w, "/metrics") for w in self.workers))
-        merged = _Families()
-        merged.add(gw.metrics.registry.collect(), "supervisor")
-        for w, (status, body) in zip(self.workers, scraped, strict=True):
-            if status == 200:
-                families = text_string_to_metric_families(body.decode())
-                merged.add((f for f in families if not _shipper_family(f.name)), w.name)
-        for w in self._shipped():
-            shipper = w.metrics.registry.collect()
-            merged.add((f for f in shipper if _shipper_family(f.name)), w.name)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(merged)
-        return generate_latest(registry)
-
-
-def _shipper_family(name: str) -> bool:
-    return name.startswith(_SHIPPER_FAMILIES)
-
-
-class _Families:
-    """Metric families merged from several processes (a prometheus_client collector)."""
-
-    def __init__(self) -> None:
-        self._families: dict[str, Metric] = {}
-
-    def add(self, families: Iterable[Metric], worker: str) -> None:
-        for f in families:
-            m = self._families.get(f.name)
-            if m is None:
-                m = self._families[f.name] = Metric(f.name, f.documentation, f.type, f.unit)
-            m.samples.extend(s._replace(labels={"worker": worker, **s.labels}) for s in f.samples)
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self._families.values())
-
-
-def _proxy_sockets(listen: Listen, n: int) -> list[socket.socket]:
-    """``n`` sockets bound (not yet listening) to the proxy port with SO_REUSEPORT, one per
-    worker, held for the supervisor's lifetime: a port another program holds fails here, with
-    the port's message, and a port 0 is chosen once for every worker. A bound socket that does
-    not listen receives no connection; once listening, each keeps its queue of connections while
-    its worker starts again (the supervisor's copy keeps it open)."""
-    family, _, _, _, address = socket.getaddrinfo(
-        listen.host or None, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(address)
-            address = sock.getsockname()  # port 0: the port the first one was given
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
+        return views.merged_metrics(
+            gw.metrics.registry,
+            {
+                w.name: body
+                for w, (status, body) in zip(self.workers, scraped, strict=True)
+                if status == 200
+            },
+            {w.name: w.metrics.registry for w in self._shipped()},
+        )

@@ -296,3 +296,28 @@ async def start(
         await proxy_runner.cleanup()
         raise
     return Listeners(proxy, admin, (proxy_runner, admin_runner))
+
+
+def proxy_sockets(listen: Listen, n: int) -> list[socket.socket]:
+    """``n`` sockets bound (not yet listening) to the proxy port with SO_REUSEPORT, one per
+    worker, held for the supervisor's lifetime: a port another program holds fails here, with
+    the port's message, and a port 0 is chosen once for every worker. A bound socket that does
+    not listen receives no connection; once listening, each keeps its queue of connections while
+    its worker starts again (the supervisor's copy keeps it open)."""
+    family, _, _, _, address = socket.getaddrinfo(
+        listen.host or None, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            address = sock.getsockname()  # port 0: the port the first one was given
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
