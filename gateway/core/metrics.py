@@ -280,6 +280,30 @@ class Metrics:
             "Data subjects currently blocked, as this gateway sees them.",
             registry=registry,
         )
+        # The register of data subjects' requests (6.3, 6.5, 6.6, 7.3): computed where the store
+        # is owned (gateway.governance.requests), never per subject or per request.
+        self.requests_overdue = Gauge(
+            "pdgw_subject_requests_overdue",
+            "Open data subjects' requests past their legal deadline (30 calendar days for an "
+            "answer, 7 working days for correction or destruction).",
+            registry=registry,
+        )
+        self.requests_due_soon = Gauge(
+            "pdgw_subject_requests_due_soon",
+            "Open data subjects' requests whose deadline is today or within the configured "
+            "warning days (subject_requests.due_soon_days), not yet overdue.",
+            registry=registry,
+        )
+        self.requests_open = Gauge(
+            "pdgw_subject_requests_open",
+            "Open data subjects' requests in the register.",
+            registry=registry,
+        )
+        self.requests_evaluated = Gauge(
+            "pdgw_subject_requests_evaluated_timestamp_seconds",
+            "When the register's deadlines were last evaluated (0 before the first).",
+            registry=registry,
+        )
         # serve --workers N (gateway.runtime.supervisor): the supervisor's.
         self.worker_restarts = Counter(
             "pdgw_worker_restarts",
