@@ -314,6 +314,9 @@ class EvidenceConfig:
     key_file: Path | None = None
     # The zone a pack's days are counted in (records per day).
     timezone: str = "Europe/Moscow"
+    # The Prometheus alert rules deployed beside the gateway (deploy/prometheus/alerts.yml): a
+    # pack lists their definitions and the file's hash (9.1.6). Unset: "not configured".
+    alert_rules_file: Path | None = None
 
 
 @dataclass(frozen=True)

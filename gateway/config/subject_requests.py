@@ -99,6 +99,7 @@ def parse_evidence(top: Section) -> EvidenceConfig:
     cfg = EvidenceConfig(
         key_file=sec.file("key_file", sec.path_of("key_file", None)),
         timezone=_zone(sec, E.timezone),
+        alert_rules_file=sec.file("alert_rules_file", sec.path_of("alert_rules_file", None)),
     )
     sec.finish()
     return cfg

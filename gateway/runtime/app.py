@@ -55,6 +55,7 @@ from gateway.web.audit_api import AuditAPI
 from gateway.web.blocks_api import BlocksAPI
 from gateway.web.boundary import error_middleware
 from gateway.web.browser import BrowserLogin
+from gateway.web.evidence_api import EvidenceAPI, EvidenceMaker
 from gateway.web.login import add_pending_cookies
 from gateway.web.pipeline import Pipeline, expect_handler
 from gateway.web.policy_api import (
@@ -354,6 +355,13 @@ def _admin_app(gw: Gateway) -> web.Application:
         trusted=cfg.proxy.trusted_proxies,
         deps=register_deps(gw),
         hasher=gw.hasher,
+    ).register(app)
+    EvidenceAPI(  # 9.1.9
+        verify=gw.verify,
+        policies=gw.policies,
+        recorder=gw.recorder,
+        trusted=cfg.proxy.trusted_proxies,
+        maker=EvidenceMaker(cfg, gw.policies, reader(cfg.store)),
     ).register(app)
     app[GATEWAY] = gw
     return app
