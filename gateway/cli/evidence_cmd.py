@@ -195,22 +195,28 @@ def print_pdf(html: str, digest: str, path: Path) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    folder = args.pack if args.pack.is_dir() else args.pack.parent
+    given: Path = args.pack
+    folder = given if given.is_dir() else given.parent
     try:
         keys = checkpoint.load_public_keys(args.public_key)
     except (OSError, ValueError) as e:
         print(f"pd-gateway: public key: {e}", file=sys.stderr)
         return 2
-    try:
-        data = (folder / PACK).read_bytes()
-        signature = json.loads((folder / SIGNATURE).read_text())
-        pack = json.loads(data)
-    except (OSError, ValueError) as e:
-        print(f"pd-gateway: {folder}: not a readable pack: {e}", file=sys.stderr)
-        return 2
     problems: list[str] = []
-    if canonical(pack) != data:
-        problems.append(f"{PACK}: not in canonical form (edited)")
+    try:
+        if given.is_file() and given.name != PACK:  # the console's download: pack + signature
+            bundle = json.loads(given.read_text(encoding="utf-8"))
+            pack, signature = bundle["pack"], bundle["signature"]
+            data = canonical(pack)
+        else:
+            data = (folder / PACK).read_bytes()
+            signature = json.loads((folder / SIGNATURE).read_text())
+            pack = json.loads(data)
+            if canonical(pack) != data:
+                problems.append(f"{PACK}: not in canonical form (edited)")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"pd-gateway: {given}: not a readable pack: {e}", file=sys.stderr)
+        return 2
     if hashlib.sha256(data).hexdigest() != signature.get("sha256"):
         problems.append(f"{PACK}: its SHA-256 is not the one signed (edited)")
     bad = checkpoint.check_document(
@@ -220,7 +226,11 @@ def run_verify(args: argparse.Namespace) -> int:
         problems.append(f"{SIGNATURE}: {bad}")
     print(f"signature: {'valid' if not problems else 'INVALID'} (key {signature.get('key_id')})")
     html = folder / HTML
-    if html.exists() and html.read_text(encoding="utf-8") != render(pack, data):
+    if (
+        given.name in (PACK, folder.name)
+        and html.exists()
+        and html.read_text(encoding="utf-8") != render(pack, data)
+    ):
         problems.append(f"{HTML}: not the rendering of {PACK} (edited)")
     if not args.offline and not problems:
         problems += _recompute(args, pack)
