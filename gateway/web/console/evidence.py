@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 from typing import Any
 
 from aiohttp import web
 
 from gateway.governance.evidence import canonical
+from gateway.web.admin import AdminRefused
 from gateway.web.boundary import REQUEST_ID
 from gateway.web.console.kit import ConsoleDeps, caller_of, ui_of
 from gateway.web.console.render import UI
 from gateway.web.evidence_api import parse_period
+
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def _period(ui: UI, query: Any) -> tuple[int, int, str, str]:
@@ -43,20 +47,22 @@ def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
         """The pack of the days asked for, recorded as an export (or a refusal)."""
         caller = caller_of(request)
         maker = deps.evidence
-        ask = deps.ask(name, "export")
         if maker is None:
             raise web.HTTPNotFound()
-        try:
-            start, end, first, last = _period(ui_of(request), request.query)
-        except ValueError as e:
-            await deps.trail.refused(request, caller, ask, 400, "bad_filter", str(e))
+        first, last = (str(request.query.get(k, "")) for k in ("from", "to"))
+        shown = "&".join(f"{k}={v}" for k, v in (("from", first), ("to", last)) if _DAY.match(v))
         event, t0 = await deps.trail.decide(
             request,
             caller,
-            ask,
-            filters=f"evidence&from_us={start}&to_us={end}",
+            deps.ask(name, "export"),
+            filters=f"evidence&{shown}",
             refusal="your job function may not export the trail",
         )
+        try:
+            start, end, first, last = _period(ui_of(request), request.query)
+        except ValueError as e:  # what was sent cannot be used: one refusal record
+            await deps.trail.deny(event, 400, "bad_filter", t0)
+            raise AdminRefused(400, "bad_filter", str(e), "bad_filter", recorded=True) from None
         async with deps.trail.recording(request, event, t0) as view:
             inp = maker.inputs(start, end)
             figures = await maker.figures(inp)
