@@ -183,14 +183,19 @@ def render(pack: dict[str, Any], data: bytes) -> str:
         f"<p>Totals: {reg['totals']['accesses']} accesses ({reg['totals']['allowed']} allowed, "
         f"{reg['totals']['denied']} refused), {reg['totals']['records']} chained records.</p>",
         "<h3>audit verify for the period, and the signed checkpoints it rests on</h3>",
+        "<p>Each instance's chain is recomputed from the newest checkpoint signed at or before "
+        "the start (or from its first record) to its last record of the period, and checked "
+        "against every checkpoint signed up to the end; this pack's signature covers the head "
+        "at the end.</p>",
         _table(
             [
                 "instance",
                 "records checked",
                 "from #",
                 "to #",
-                "checkpoint at start",
-                "checkpoint at end",
+                "head at the period's end",
+                "signed checkpoint at start",
+                "signed checkpoints in the period",
             ],
             [
                 [
@@ -198,8 +203,9 @@ def render(pack: dict[str, Any], data: bytes) -> str:
                     i["records_checked"],
                     i["first_seq"],
                     i["last_seq"],
+                    i["head"],
                     _cp(i["checkpoint_at_start"], t),
-                    _cp(i["checkpoint_at_end"], t),
+                    i["checkpoints_in_period"],
                 ]
                 for i in ver["instances"]
             ],

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.audit.checkpoint import Checkpoint, check_signature
 from gateway.audit.store.base import AuditStore, Row
-from gateway.audit.verify import StoreChain, verify_store
+from gateway.audit.verify import WINDOW, Report, StoreChain, instances, verify_instance
 from gateway.config.model import Config
 from gateway.governance.deadlines import standing
 from gateway.governance.requests import change_from_row, fold
@@ -284,7 +284,7 @@ def _access(
 
 _RECORD_TABLES = (
     ("permission_change_records", "ts_us"),
-    ("refusal_summaries", "window_start_us"),
+    ("refusal_summaries", "window_end_us"),  # written when its window has ended
     ("auth_events", "ts_us"),
     ("subject_blocks", "ts_us"),
     ("anomaly_reviews", "ts_us"),
@@ -337,28 +337,64 @@ def _cp(cp: Checkpoint | None) -> dict[str, Any] | None:
     return {"seq": cp.seq, "ts_us": cp.ts_us, "head": cp.head, "key_id": cp.key_id}
 
 
+class _PeriodChain(StoreChain):
+    """An instance's chain as it stood at the period's end: up to its last record written in the
+    period, with the checkpoints signed before the end. What is written later — records, and the
+    checkpoints an idle instance signs only when it writes again — cannot change the result."""
+
+    def __init__(self, store: AuditStore, instance: str, to_us: int) -> None:
+        super().__init__(store, instance)
+        self.to_us = to_us
+
+    def bounds(self) -> tuple[int, int]:
+        lo, _ = super().bounds()
+        hi = 0
+        p = {"i": self.instance, "b": self.to_us}
+        for sql in (
+            "SELECT max(greatest(seq, outcome_seq)) AS hi, count() AS n FROM {db}.access_events "
+            "WHERE instance = %(i)s AND record_v >= 2 AND ts_us < %(b)s",
+            *(
+                f"SELECT max(seq) AS hi, count() AS n FROM {{db}}.{table} "
+                f"WHERE instance = %(i)s AND record_v >= 2 AND {ts} < %(b)s"
+                for table, ts in _RECORD_TABLES
+            ),
+        ):
+            row = _rows(self.store, sql, p)[0]
+            if _i(row["n"]):
+                hi = max(hi, _i(row["hi"]))
+        return (lo, hi) if hi else (0, 0)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        return [cp for cp in super().checkpoints() if cp.ts_us < self.to_us]
+
+
 def _verify(store: AuditStore, inp: Inputs) -> dict[str, Any]:
-    """`audit verify` for the period: from the newest signed checkpoint at or before its start
-    to the first at or after its end, per instance, and the checkpoints it rests on."""
-    report = verify_store(store, inp.public_keys, since_us=inp.from_us, until_us=inp.to_us)
-    instances = []
+    """`audit verify` for the period: each instance's chain from the newest signed checkpoint at
+    or before the start (or from its first record) to its last record of the period, checked
+    against every checkpoint signed up to the end. The pack's own signature then covers each
+    instance's head at the period's end (``head``), like a checkpoint."""
+    report = Report()
+    for name in instances(store):
+        chain = _PeriodChain(store, name, inp.to_us)
+        verify_instance(chain, inp.public_keys, report, inp.from_us, None, WINDOW)
+    out = []
     for res in sorted(report.instances, key=lambda r: r.instance):
-        valid = [
-            cp
-            for cp in StoreChain(store, res.instance).checkpoints()
-            if check_signature(cp, inp.public_keys) is None
-        ]
+        if not res.last_seq and not res.first_seq:
+            continue  # nothing of this instance up to the period's end
+        chain = _PeriodChain(store, res.instance, inp.to_us)
+        valid = [cp for cp in chain.checkpoints() if check_signature(cp, inp.public_keys) is None]
         before = [cp for cp in valid if cp.ts_us <= inp.from_us]
-        after = [cp for cp in valid if cp.ts_us >= inp.to_us]
-        instances.append(
+        head = chain.records(res.last_seq, res.last_seq) if res.last_seq else []
+        out.append(
             {
                 "instance": res.instance,
                 "first_seq": res.first_seq,
                 "last_seq": res.last_seq,
+                "head": str(head[0]["hash"]) if head else "",
                 "records_checked": res.records,
                 "anchored": res.anchored,
                 "checkpoint_at_start": _cp(max(before, key=lambda c: c.seq) if before else None),
-                "checkpoint_at_end": _cp(min(after, key=lambda c: c.seq) if after else None),
+                "checkpoints_in_period": sum(1 for cp in valid if cp.ts_us > inp.from_us),
             }
         )
     problems = [
@@ -367,7 +403,7 @@ def _verify(store: AuditStore, inp: Inputs) -> dict[str, Any]:
     ]
     return {
         "ok": report.ok,
-        "instances": instances,
+        "instances": out,
         "problems": problems[:MAX_LIST],
         "problems_count": len(problems),
         "gaps": [pr for pr in problems if pr["kind"] == "missing"][:MAX_LIST],
