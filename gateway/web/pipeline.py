@@ -65,7 +65,6 @@ from gateway.identity.tokens import Principal, TokenVerifier, bearer_token
 from gateway.policy.break_glass import BreakGlass
 from gateway.policy.engine import Decision, PolicyStore
 
-# Moved to errors_http (the admin app uses it too); re-exported for existing imports.
 from gateway.web.boundary import REQUEST_ID, error_response
 from gateway.web.browser import BrowserLogin
 from gateway.web.sockets import serve_socket
