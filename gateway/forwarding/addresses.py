@@ -29,7 +29,6 @@ from multidict import CIMultiDict
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
 URL_HEADERS = ("Location", "Content-Location")
-_ADDRESS_HEADERS = (*URL_HEADERS, "Refresh", "Set-Cookie")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _CONTROLS = "".join(chr(c) for c in range(0x21))  # C0 controls and space, stripped at the ends
 
@@ -197,11 +196,6 @@ class AddressGuard:
 
     def internal(self, host: str) -> bool:
         return host in self._hosts or _is_internal_literal(host)
-
-    @staticmethod
-    def concerns(headers: CIMultiDict[str]) -> bool:
-        """Whether ``headers`` hold anything ``rewrite`` reads (most responses do not)."""
-        return any(name in headers for name in _ADDRESS_HEADERS)
 
     def rewrite(self, headers: CIMultiDict[str], upstream_url: str, public: Origin) -> None:
         """Edit ``headers`` in place (module docstring); InternalAddress when one is refused."""

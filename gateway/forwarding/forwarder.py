@@ -275,8 +275,8 @@ class Forwarder:
     ) -> CIMultiDict[str]:
         """The response's headers for the client: hygiene, the upstream's internal address
         rewritten or refused (decision 022), `no-store` where the route holds personal data."""
-        headers = response_headers(upstream, request_id)
-        if self._addresses.concerns(headers):
+        headers, addresses = response_headers(upstream, request_id)
+        if addresses:
             try:
                 self._addresses.rewrite(
                     headers, route.upstream_url, public_origin(request, self._trusted)
