@@ -119,7 +119,7 @@ def run_open(args: argparse.Namespace) -> int:
     r = answer["register"]
     print(
         f"request {r['request']}: {r['request_type']} opened, due {r['due']} "
-        f"(request {answer['request_id']})"
+        f"(audit request id {answer['request_id']})"
     )
     if answer["block"] == "blocked":
         print(f"  {args.subject}: blocked at once (block {r['block_id']})")
@@ -191,7 +191,7 @@ def run_close(args: argparse.Namespace) -> int:
     met = "on time" if r["standing"] == "met" else "LATE (deadline missed)"
     print(
         f"request {r['request']}: closed, {r['outcome']}, {met}: due {r['due']} "
-        f"(request {answer['request_id']})"
+        f"(audit request id {answer['request_id']})"
     )
     if args.unblock:
         print("  the subject's block is ended")
