@@ -50,7 +50,7 @@ bench: install
 ## Where the gateway's CPU goes under load: py-spy samples, top functions per thread (docs/benchmarks.md).
 profile: install
 	WITH_BENCH=1 ./scripts/system-deps.sh
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/profile.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/pyspy.py
 
 ## Resident memory under 10 minutes of steady load (SOAK_SECONDS, SOAK_DURABILITY).
 soak: install

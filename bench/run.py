@@ -77,7 +77,9 @@ def to_ms(value: str) -> float:
     return n / 1000 if unit == "us" else n if unit == "ms" else n * 1000
 
 
-def wrk(url: str, token: str, connections: int = CONNECTIONS) -> dict[str, float]:
+def wrk(
+    url: str, token: str, connections: int = CONNECTIONS, seconds: int | None = None
+) -> dict[str, float]:
     out = subprocess.run(
         pinned(
             "1",
@@ -85,7 +87,7 @@ def wrk(url: str, token: str, connections: int = CONNECTIONS) -> dict[str, float
                 "wrk",
                 "-t1",
                 f"-c{connections}",
-                f"-d{DURATION}s",
+                f"-d{seconds or DURATION}s",
                 "--latency",
                 "-H",
                 f"Authorization: Bearer {token}",

@@ -525,6 +525,7 @@ _DEMO_FILES = {
     "identity": ("jwks_file", "demo_signing_key_file"),
     "authz": ("model", "policy"),
     "audit": ("checkpoint_key_file", "subject_key_file"),
+    "evidence": ("alert_rules_file",),
 }
 
 

@@ -104,6 +104,25 @@ class Signer:
             head.instance, head.seq, head.hash, ts, self.key_id, base64.b64encode(sig).decode()
         )
 
+    def sign_document(self, domain: bytes, data: bytes) -> str:
+        """A detached signature (base64) of ``data`` under ``domain``: another kind of document
+        than a checkpoint (an evidence pack, decision 028), so one can never pass for the other."""
+        return base64.b64encode(self._private.sign(domain + data)).decode()
+
+
+def check_document(
+    keys: Mapping[str, Ed25519PublicKey], kid: str, domain: bytes, data: bytes, signature: str
+) -> str | None:
+    """None if the key ``kid`` among ``keys`` signed ``data`` under ``domain``."""
+    key = keys.get(kid)
+    if key is None:
+        return f"signed by an unknown key {kid}"
+    try:
+        key.verify(base64.b64decode(signature), domain + data)
+    except (InvalidSignature, ValueError):
+        return "signature does not verify"
+    return None
+
 
 def load_public_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
     keys: dict[str, Ed25519PublicKey] = {}

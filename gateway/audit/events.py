@@ -1,6 +1,6 @@
 """The audit records: one access event per audited request (9.1.8), its outcome, every change of
 access rights (9.2.7), aggregate records of anonymous refusals, browser sessions' lives, subject
-blocks and reviews of anomaly detections.
+blocks, reviews of anomaly detections and the state changes of data subjects' requests.
 
 An access is written to the spool in two records when it is forwarded: the ``access`` record (the
 decision) before the upstream sees the request, and an ``outcome`` record (status, bytes,
@@ -232,6 +232,37 @@ class AnomalyReview:
         return _values(self)
 
 
+@dataclass(slots=True)
+class SubjectRequestChange:
+    """A state change of a data subject's request in the register (6.3, 6.5, 6.6, 7.3; decision
+    029): opened, its report issued, closed. Each record holds the request's whole state after
+    the change, so the latest record of a request is the request. ``subject`` as stored (a keyed
+    hash where subject hashing is on, 5.3); ``received`` and ``due`` are calendar dates (ISO) in
+    the register's zone; ``act`` is the act of destruction (7.3) as canonical JSON, or ''."""
+
+    KIND: ClassVar[str] = "subject_request"
+
+    change_id: str
+    ts_us: int
+    request: str  # the register's id of the request
+    state: str  # opened | report_issued | closed
+    request_type: str  # access | block | correct | destroy | withdraw-consent
+    subject: str
+    label: str  # the DPO's name for the case (never the id: 5.3)
+    ref: str  # the organisation's own reference (incoming letter's number)
+    received: str
+    due: str
+    block_id: str  # the block made (or found in force) at opening; '' for none
+    outcome: str  # on closing: what was done
+    act: str
+    actor: str
+    reason: str
+    request_id: str
+
+    def values(self) -> tuple[Any, ...]:
+        return _values(self)
+
+
 _CLASSES: tuple[type[Any], ...] = (
     AccessEvent,
     Outcome,
@@ -240,6 +271,7 @@ _CLASSES: tuple[type[Any], ...] = (
     AuthEvent,
     SubjectBlock,
     AnomalyReview,
+    SubjectRequestChange,
 )
 _NAMES = {cls: tuple(f.name for f in fields(cls)) for cls in _CLASSES}
 _GETTERS = {cls: attrgetter(*names) for cls, names in _NAMES.items()}

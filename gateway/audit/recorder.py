@@ -10,8 +10,8 @@ audit query and subject-block APIs, browser login, whatever a CLI command trigge
   the same two records a forwarded request gets.
 - ``refuse(access, status, reason, duration_us)`` is a refusal: one record, complete.
 - ``note(record)``: a record of another kind (permission change, subject block, auth event,
-  refusal summary, anomaly review), one record each; ``note_all`` writes several in one write,
-  all or none.
+  refusal summary, anomaly review, a subject request's change), one record each; ``note_all``
+  writes several in one write, all or none.
 
 Why two records for an allowed access even when it is answered at once: the store keeps one row
 per access, and `audit verify` gives back both records from it (an allowed access was written
@@ -37,10 +37,18 @@ from gateway.audit.events import (
     PermissionChange,
     RefusalSummary,
     SubjectBlock,
+    SubjectRequestChange,
 )
 from gateway.audit.spool import Spool
 
-Note = PermissionChange | RefusalSummary | AuthEvent | SubjectBlock | AnomalyReview
+Note = (
+    PermissionChange
+    | RefusalSummary
+    | AuthEvent
+    | SubjectBlock
+    | AnomalyReview
+    | SubjectRequestChange
+)
 
 
 class Pending:

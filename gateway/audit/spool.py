@@ -339,7 +339,7 @@ class Spool:
         with self._cond:
             if self.durability == "fsync":
                 self._sync_waiters.extend(waiters)
-            self._mark_dirty()
+            self._mark_dirty(now=bool(waiters) and self.durability == "fsync")
         if self.durability == "fsync":
             # A sync thread that died or a disk that stopped answering must not hang requests:
             # one timer per write (not per record) refuses whatever is still waiting then.
@@ -381,15 +381,19 @@ class Spool:
             if self._fd >= 0:
                 self._retired.append(self._fd)
             self._fd = -1
-            self._mark_dirty()
+            self._mark_dirty(now=True)
 
-    def _mark_dirty(self) -> None:
-        """Under ``_cond``: something awaits an fsync; wake the sync thread (its wait is bounded
-        by batch_interval_ms only while it knows there is something to sync)."""
+    def _mark_dirty(self, *, now: bool) -> None:
+        """Under ``_cond``: written data awaits an fsync. The sync thread is woken when it must
+        fsync ``now`` (a request waits for it, a segment was retired) or when it did not know of
+        anything to sync (it then waits at most batch_interval_ms); while it knows, waking it
+        for every write would only hand the GIL back and forth."""
+        was_dirty = self._dirty
         self._dirty = True
         if self._unsynced_since is None:
             self._unsynced_since = time.monotonic()
-        self._cond.notify()
+        if now or not was_dirty:
+            self._cond.notify()
 
     @property
     def unsynced_age_seconds(self) -> float:

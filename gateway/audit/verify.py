@@ -77,6 +77,7 @@ CHAINED_TABLES = {
     "auth_event": "auth_events",
     "subject_block": "subject_blocks",
     "anomaly_review": "anomaly_reviews",
+    "subject_request": "subject_requests",
 }
 
 _INT_COLUMNS = {"n", "lo", "hi"} | {
@@ -88,6 +89,7 @@ _INT_COLUMNS = {"n", "lo", "hi"} | {
         schema.AUTH_EVENTS,
         schema.SUBJECT_BLOCKS,
         schema.ANOMALY_REVIEWS,
+        schema.SUBJECT_REQUESTS,
     )
     for name, kind in t.columns
     if kind.startswith(("UInt", "Int"))

@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from gateway.cli import (
     audit_cmd,
     config_cmd,
+    evidence_cmd,
     investigate_cmd,
     policy_cmd,
     serve_cmd,
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_cmd.register(sub)
     policy_cmd.register(sub)
     session_cmd.register(sub)
+    evidence_cmd.register(sub)
     return parser
 
 

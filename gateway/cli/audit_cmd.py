@@ -159,6 +159,13 @@ def _line(ev: dict[str, Any]) -> str:
             f"{_ts(ev['ts_us'])} {_number(ev)} REVIEW anomaly={ev['anomaly_id']} {ev['state']} "
             f"by {ev['actor']}: {ev['comment']} req={ev['request_id']}"
         )
+    if kind == "subject_request":
+        return (
+            f"{_ts(ev['ts_us'])} #{ev['seq']} REQUEST {ev['request']} {ev['state']} "
+            f"{ev['request_type']} {ev['subject']} label={ev['label'] or '-'} "
+            f"received={ev['received']} due={ev['due']} outcome={ev['outcome'] or '-'} "
+            f"by {ev['actor']} req={ev['request_id']}"
+        )
     if kind != "access":  # a kind this version does not know how to print
         return json.dumps(ev, ensure_ascii=False)
     ts = _ts(ev["ts_us"])

@@ -238,6 +238,10 @@ def register_report(audit_sub: Any) -> None:
         "--output", "-o", help="write here (whole, or not at all) instead of standard output"
     )
     period(r)
+    r.add_argument(
+        "--request",
+        help="the register's request this report answers (6.3): the register notes it issued",
+    )
     r.set_defaults(run=run_report)
 
 
@@ -248,6 +252,8 @@ def run_report(args: argparse.Namespace) -> int:
     try:
         tz = times.zone(args.tz)
         params = when(args, tz)
+        if args.request:
+            params["request"] = args.request
         path = "/admin/audit/subjects/" + checked_subject(args.subject) + "/report"
         token = client.read_token(args)
     except (ApiError, times.TimeError) as e:

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from gateway.cli import client, output, times
+from gateway.cli import client, output, request_cmd, times
 from gateway.cli.client import ApiError
 from gateway.cli.investigate_cmd import checked_subject
 
@@ -41,7 +41,9 @@ def _tz(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any) -> None:
-    s = sub.add_parser("subject", help="block, unblock and look up data subjects (6.5, 6.6)")
+    s = sub.add_parser(
+        "subject", help="block, unblock and look up data subjects; their requests (6.3-7.3)"
+    )
     ssub = s.add_subparsers(dest="subject_command", required=True)
     for action, text in (("block", "block a data subject"), ("unblock", "lift a block")):
         p = ssub.add_parser(action, help=text)
@@ -66,6 +68,7 @@ def register(sub: Any) -> None:
     ls.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     _tz(ls)
     ls.set_defaults(run=run_list)
+    request_cmd.register(ssub)
 
 
 def _url(args: argparse.Namespace, path: str) -> str:

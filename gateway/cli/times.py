@@ -90,6 +90,11 @@ def parse_when(text: str, tz: dt.tzinfo, now: dt.datetime) -> dt.datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=tz)
 
 
+def is_date(text: str) -> bool:
+    """A day without a time (``2026-11-30``): as a period's end it means through that day."""
+    return bool(_DATE.match(text.strip()))
+
+
 def for_api(t: dt.datetime) -> str:
     """What the audit API is sent: ISO 8601 in UTC, to the microsecond."""
     return t.astimezone(dt.UTC).isoformat(timespec="microseconds")

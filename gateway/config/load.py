@@ -28,6 +28,7 @@ from gateway.config.proxy import parse_proxy
 from gateway.config.reader import Problems, Section, at_least, line_index, name
 from gateway.config.routes import parse_routes
 from gateway.config.store import parse_store
+from gateway.config.subject_requests import parse_evidence, parse_subject_requests
 from gateway.config.upstreams import parse_upstreams
 from gateway.core.errors import ConfigError
 
@@ -70,6 +71,8 @@ def parse_config(data: Any, source: Path, lines: Mapping[str, int] | None = None
     routes = parse_routes(top, upstreams)
     oidc = parse_oidc(top, proxy_listen.tls is not None, routes)
     console = parse_console(top, oidc, store)
+    subject_requests = parse_subject_requests(top)
+    evidence = parse_evidence(top)
     top.finish()
     if problems.items:
         raise ConfigError(problems.items, str(source))
@@ -90,5 +93,7 @@ def parse_config(data: Any, source: Path, lines: Mapping[str, int] | None = None
         oidc=oidc,
         anomalies=anomalies,
         console=console,
+        subject_requests=subject_requests,
+        evidence=evidence,
         workers=workers,
     )

@@ -7,6 +7,7 @@ none. Paths are absolute (resolved against the config file's directory when load
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import json
 from collections.abc import Mapping
@@ -287,6 +288,38 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class SubjectRequestsConfig:
+    """The register of data subjects' requests and their deadlines (6.3, 6.5, 6.6; decision 029).
+    The deadlines themselves are the policy's (30 calendar days, 7 working days), not settings."""
+
+    # The zone the organisation's calendar days are counted in: the date a request was received,
+    # its deadline, and whether it was met.
+    timezone: str = "Europe/Moscow"
+    # Days of the Russian production calendar the `holidays` library does not know yet (a new
+    # Government decree moving days off): a YAML file of `days_off:` and `working_days:` dates.
+    calendar_file: Path | None = None
+    calendar_days_off: frozenset[dt.date] = frozenset()  # read from calendar_file
+    calendar_working_days: frozenset[dt.date] = frozenset()  # read from calendar_file
+    # An open request counts as due soon from this many calendar days before its deadline.
+    due_soon_days: int = 2
+    # How often the register is re-read from the store and its deadlines evaluated (the gauges).
+    evaluate_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    """Evidence packs for inspections (9.1.9; decision 028)."""
+
+    # The Ed25519 key that signs packs; unset: the checkpoint key (audit.checkpoint_key_file).
+    key_file: Path | None = None
+    # The zone a pack's days are counted in (records per day).
+    timezone: str = "Europe/Moscow"
+    # The Prometheus alert rules deployed beside the gateway (deploy/prometheus/alerts.yml): a
+    # pack lists their definitions and the file's hash (9.1.6). Unset: "not configured".
+    alert_rules_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class SubjectRule:
     """Where a route's data subject id comes from: a `{param}` segment of a path template and/or a
     query parameter. Recorded in every event so a subject's accesses can be reported (6.1.1)."""
@@ -335,6 +368,9 @@ class Route:
     # shared computer's cache and Back button keep nothing after logout; `false` leaves the
     # upstream's caching headers as they are (a route of static files, say).
     no_store: bool = True
+    # Category `none` only: why the route carries no personal data, as declared by whoever wrote
+    # the route; an evidence pack lists it beside the route (9.1.9). Empty: none declared.
+    reason: str = ""
 
     @property
     def carries_personal_data(self) -> bool:
@@ -364,6 +400,8 @@ class Config:
     oidc: OidcConfig | None = None  # browser login and sessions (decision 014); None: bearer only
     anomalies: AnomaliesConfig | None = None
     console: ConsoleConfig | None = None  # None: no console
+    subject_requests: SubjectRequestsConfig = field(default_factory=SubjectRequestsConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     # Worker processes that serve requests; a supervisor owns the store (decisions 016, 030).
     workers: int = 1
 
@@ -385,4 +423,6 @@ def plain(value: Any) -> Any:
         return str(value)
     if isinstance(value, Secret):
         return "**********" if value.reveal() else ""
+    if isinstance(value, dt.date):
+        return value.isoformat()
     return value

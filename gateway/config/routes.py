@@ -63,6 +63,11 @@ def parse_routes(top: Section, upstreams: Mapping[str, str]) -> tuple[Route, ...
         if websocket and actions.get("GET") is None:
             problems.add(r.key("websocket"), "an upgrade is a GET: the route must allow GET")
         no_store = r.get("no_store", bool, Route.no_store)
+        # Why a route carries no personal data (an evidence pack lists it, 9.1.9); only a route
+        # of category `none` has one.
+        reason = r.get("reason", str, Route.reason)
+        if reason and category != "none":
+            problems.add(r.key("reason"), "only a route of category none declares a reason")
         r.finish()
         routes.append(
             Route(
@@ -81,6 +86,7 @@ def parse_routes(top: Section, upstreams: Mapping[str, str]) -> tuple[Route, ...
                 host="upstream" if host == "upstream" else "preserve",
                 websocket=websocket,
                 no_store=no_store,
+                reason=reason.strip(),
             )
         )
     _check_overlapping_prefixes(routes, top)

@@ -3,49 +3,174 @@
 Labels are bounded: route names, decisions, status codes, reasons from a fixed vocabulary.
 Never a per-user label (cardinality); per-user analysis lives in the audit store. These metrics
 feed the anomaly alerts of 9.1.6 (denial spikes, audit pipeline failure).
+
+The metrics every request touches (requests, refusals, latencies, audit records, cache results)
+are ``LoopCounter``/``LoopHistogram``: plain numbers changed by the event loop's thread alone and
+read by the same thread when /metrics is scraped, so they need none of prometheus-client's
+per-update locking and checks (about 60 Python calls a request, docs/benchmarks.md). The rest —
+updated from the spool's sync thread, the shipper's thread, or rarely — stay prometheus-client's
+thread-safe types. The exposition is the same (no ``_created`` series for the loop's counters).
 """
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
 
 _LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _FSYNC = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
 
 
+class _Count:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class LoopCounter(Collector):
+    """A labelled counter for the event loop's thread only (module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name, self._doc, self._labelnames = name, documentation, list(labelnames)
+        self._series: dict[tuple[str, ...], _Count] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> _Count:
+        series = self._series.get(values)
+        if series is None:
+            series = self._series[values] = _Count()
+        return series
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.labels().inc(amount)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._doc, labels=self._labelnames)
+        for values, series in list(self._series.items()):
+            family.add_metric(list(values), series.value)
+        yield family
+
+
+class LoopGauge(Collector):
+    """An unlabelled gauge set by the event loop's thread only (module docstring)."""
+
+    def __init__(self, name: str, documentation: str, *, registry: CollectorRegistry) -> None:
+        self._name, self._doc = name, documentation
+        self.value = 0.0
+        registry.register(self)
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self._name, self._doc, value=self.value)
+
+
+class _Buckets:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf only)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class LoopHistogram(Collector):
+    """A labelled histogram for the event loop's thread only (module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name, self._doc, self._labelnames = name, documentation, list(labelnames)
+        self._bounds = tuple(float(b) for b in buckets)
+        self._series: dict[tuple[str, ...], _Buckets] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> _Buckets:
+        series = self._series.get(values)
+        if series is None:
+            series = self._series[values] = _Buckets(self._bounds)
+        return series
+
+    def observe(self, value: float) -> None:
+        self.labels().observe(value)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
+        for values, series in list(self._series.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*self._bounds, float("inf")), series.counts, strict=True):
+                cumulative += count
+                buckets.append((_bound_text(bound), cumulative))
+            family.add_metric(list(values), buckets, series.sum)
+        yield family
+
+
+_LOOP_TYPES = (LoopCounter, LoopHistogram)
+
+
+def _bound_text(bound: float) -> str:
+    """``le`` as prometheus-client writes it (``0.005``, ``1.0``, ``+Inf``)."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "pdgw_requests",
             "Requests handled by the proxy, by route, decision and HTTP status.",
             ["route", "decision", "status"],
             registry=registry,
         )
-        self.denials = Counter(
+        self.denials = LoopCounter(
             "pdgw_denials",
             "Requests refused, by route and reason (unauthenticated, forbidden, audit failure, …).",
             ["route", "reason"],
             registry=registry,
         )
-        self.overhead = Histogram(
+        self.overhead = LoopHistogram(
             "pdgw_gateway_overhead_seconds",
             "Time spent in the gateway before the upstream was called (identity, authz, audit).",
             ["route"],
             buckets=_LATENCY,
             registry=registry,
         )
-        self.upstream = Histogram(
+        self.upstream = LoopHistogram(
             "pdgw_upstream_seconds",
             "Time from sending the request upstream to the end of its response.",
             ["route"],
             buckets=_LATENCY,
             registry=registry,
         )
-        self.upstream_errors = Counter(
+        self.upstream_errors = LoopCounter(
             "pdgw_upstream_errors",
             "Upstream failures by route and kind (connect, timeout, aborted).",
             ["route", "kind"],
@@ -53,25 +178,25 @@ class Metrics:
         )
         # The client's side of an authorised exchange: kept apart from the upstream's, so a
         # client's oversized or slow body does not raise the upstream-errors alert.
-        self.client_errors = Counter(
+        self.client_errors = LoopCounter(
             "pdgw_client_errors",
             "Authorised exchanges the client cut short, by route and kind (body too large, too "
             "slow, a method override in the body, hung up).",
             ["route", "kind"],
             registry=registry,
         )
-        self.audit_events = Counter(
+        self.audit_events = LoopCounter(
             "pdgw_audit_records",
             "Audit records appended to the spool, by kind (access, outcome).",
             ["kind"],
             registry=registry,
         )
-        self.spool_pending = Gauge(
+        self.spool_pending = LoopGauge(
             "pdgw_spool_pending_records",
             "Records taken by the spool writer in its last batch (queue depth).",
             registry=registry,
         )
-        self.spool_bytes_written = Counter(
+        self.spool_bytes_written = LoopCounter(
             "pdgw_spool_written_bytes", "Bytes written to spool segments.", registry=registry
         )
         self.spool_fsync = Histogram(
@@ -152,19 +277,19 @@ class Metrics:
         self.break_glass_invocations = Counter(
             "pdgw_break_glass_invocations", "Break-glass sessions started.", registry=registry
         )
-        self.break_glass_accesses = Counter(
+        self.break_glass_accesses = LoopCounter(
             "pdgw_break_glass_accesses",
             "Requests allowed only by a break-glass session, by route.",
             ["route"],
             registry=registry,
         )
-        self.token_cache = Counter(
+        self.token_cache = LoopCounter(
             "pdgw_token_cache",
             "Token verification cache lookups by result.",
             ["result"],
             registry=registry,
         )
-        self.decision_cache = Counter(
+        self.decision_cache = LoopCounter(
             "pdgw_decision_cache",
             "Policy decision cache lookups by result.",
             ["result"],
@@ -280,6 +405,30 @@ class Metrics:
             "Data subjects currently blocked, as this gateway sees them.",
             registry=registry,
         )
+        # The register of data subjects' requests (6.3, 6.5, 6.6, 7.3): computed where the store
+        # is owned (gateway.governance.requests), never per subject or per request.
+        self.requests_overdue = Gauge(
+            "pdgw_subject_requests_overdue",
+            "Open data subjects' requests past their legal deadline (30 calendar days for an "
+            "answer, 7 working days for correction or destruction).",
+            registry=registry,
+        )
+        self.requests_due_soon = Gauge(
+            "pdgw_subject_requests_due_soon",
+            "Open data subjects' requests whose deadline is today or within the configured "
+            "warning days (subject_requests.due_soon_days), not yet overdue.",
+            registry=registry,
+        )
+        self.requests_open = Gauge(
+            "pdgw_subject_requests_open",
+            "Open data subjects' requests in the register.",
+            registry=registry,
+        )
+        self.requests_evaluated = Gauge(
+            "pdgw_subject_requests_evaluated_timestamp_seconds",
+            "When the register's deadlines were last evaluated (0 before the first).",
+            registry=registry,
+        )
         # serve --workers N (gateway.runtime.supervisor): the supervisor's.
         self.worker_restarts = Counter(
             "pdgw_worker_restarts",
@@ -290,11 +439,13 @@ class Metrics:
 
         self._children: dict[tuple[str, ...], Any] = {}
 
-    def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+    def child(self, metric: MetricWrapperBase | LoopCounter | LoopHistogram, *labels: str) -> Any:
         """``metric.labels(*labels)``, bound once and then taken from a dict (docs/benchmarks.md:
         the per-request counters and histograms by route, decision and status cost ~1.5 µs a call
         through ``labels``). Label values are the bounded vocabulary of this module's docstring,
-        so the dict is bounded too."""
+        so the dict is bounded too. A loop metric's own ``labels`` is that dict already."""
+        if type(metric) in _LOOP_TYPES:
+            return metric.labels(*labels)
         key = (str(id(metric)), *labels)
         bound = self._children.get(key)
         if bound is None:

@@ -18,6 +18,7 @@ compared as addresses.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -76,7 +77,23 @@ def public_hosts(entries: frozenset[str]) -> frozenset[str] | None:
 
 
 def normalise_host(raw: str) -> str | None:
-    """A host name as a browser compares it, or None if a browser would not accept it."""
+    """A host name as a browser compares it, or None if a browser would not accept it.
+
+    Asked several times a request (the Host check, X-Forwarded-*, response addresses) for a
+    handful of distinct hosts: remembered, for names as long as a DNS name can be (a longer
+    one, sent to fill the memory, is worked out each time)."""
+    return _normalised(raw) if len(raw) <= _MAX_REMEMBERED else _normalise(raw)
+
+
+_MAX_REMEMBERED = 255
+
+
+@functools.lru_cache(maxsize=1024)
+def _normalised(raw: str) -> str | None:
+    return _normalise(raw)
+
+
+def _normalise(raw: str) -> str | None:
     try:
         host = unquote(raw, errors="strict").lower()
     except UnicodeDecodeError:
@@ -103,23 +120,29 @@ def normalise_host(raw: str) -> str | None:
     return v4 if v4 is not None else host
 
 
+_NUMBER = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]*")
+_HEX = re.compile(r"0[xX][0-9A-Fa-f]*")
+_OCTAL = re.compile(r"0[0-7]+")
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")
+
+
 def _whatwg_ipv4(host: str) -> str | None:
     """WHATWG's IPv4 parser: None when the last label is not a number (a name); ValueError when
     it is but the whole is no IPv4 address (a browser refuses such a host). 1-4 parts, each
     decimal, 0x-hex or 0-octal; the last fills the rest."""
     parts = host.split(".")
-    if not re.fullmatch(r"[0-9]+|0[xX][0-9A-Fa-f]*", parts[-1]):
+    if not _NUMBER.fullmatch(parts[-1]):
         return None
     if len(parts) > 4:
         raise ValueError("too many parts")
     numbers = []
     for part in parts:
         # Digits only: Python's int() would also take signs, spaces and underscores.
-        if re.fullmatch(r"0[xX][0-9A-Fa-f]*", part):
+        if _HEX.fullmatch(part):
             numbers.append(int(part[2:] or "0", 16))
-        elif re.fullmatch(r"0[0-7]+", part):
+        elif _OCTAL.fullmatch(part):
             numbers.append(int(part, 8))
-        elif re.fullmatch(r"0|[1-9][0-9]*", part):
+        elif _DECIMAL.fullmatch(part):
             numbers.append(int(part, 10))
         else:
             raise ValueError("not a number")
@@ -168,15 +191,19 @@ class AddressGuard:
     """Knows every upstream's address; rewrites or refuses response headers naming one."""
 
     def __init__(self, upstream_urls: Iterable[str]) -> None:
-        origins = [parse_origin(u) for u in upstream_urls]
-        self._hosts = frozenset(o.host for o in origins if o is not None)
+        self._origins = {u: parse_origin(u) for u in upstream_urls}
+        self._hosts = frozenset(o.host for o in self._origins.values() if o is not None)
 
     def internal(self, host: str) -> bool:
         return host in self._hosts or _is_internal_literal(host)
 
     def rewrite(self, headers: CIMultiDict[str], upstream_url: str, public: Origin) -> None:
         """Edit ``headers`` in place (module docstring); InternalAddress when one is refused."""
-        upstream = parse_origin(upstream_url)
+        upstream = (
+            self._origins[upstream_url]
+            if upstream_url in self._origins
+            else parse_origin(upstream_url)
+        )
         for name in URL_HEADERS:
             values = headers.getall(name, ())
             if values:

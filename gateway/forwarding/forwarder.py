@@ -275,13 +275,14 @@ class Forwarder:
     ) -> CIMultiDict[str]:
         """The response's headers for the client: hygiene, the upstream's internal address
         rewritten or refused (decision 022), `no-store` where the route holds personal data."""
-        headers = response_headers(upstream, request_id)
-        try:
-            self._addresses.rewrite(
-                headers, route.upstream_url, public_origin(request, self._trusted)
-            )
-        except InternalAddress:
-            raise UpstreamError(502, "upstream_internal_address") from None
+        headers, addresses = response_headers(upstream, request_id)
+        if addresses:
+            try:
+                self._addresses.rewrite(
+                    headers, route.upstream_url, public_origin(request, self._trusted)
+                )
+            except InternalAddress:
+                raise UpstreamError(502, "upstream_internal_address") from None
         if route.stores_nothing:  # a shared computer keeps no copy (decision 023)
             headers["Cache-Control"] = "no-store"
             headers.popall("Expires", None)

@@ -9,6 +9,7 @@ servers read it); a request spelling one with `_` is refused; inbound identity, 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -179,16 +180,15 @@ def check_request_headers(
         raise BadRequest("bad_host")
 
 
-def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
-    """Names a `Connection` header lists: hop-by-hop for this connection only (RFC 9110 §7.6.1)."""
-    names: set[str] = set()
-    for value in headers.getall("Connection", ()):
-        names.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return names
-
-
-def _strip(lower: str, listed: set[str]) -> bool:
-    return lower in HOP_BY_HOP or lower in listed
+def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
+    """Names a `Connection` header lists, normalised (case, `_` read as `-`): hop-by-hop for this
+    connection only (RFC 9110 §7.6.1)."""
+    values = headers.getall("Connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(
+        header_key(token.strip()) for value in values for token in value.split(",") if token.strip()
+    )
 
 
 def is_trusted(addr: str, networks: Sequence[IPNetwork]) -> bool:
@@ -254,21 +254,15 @@ def upstream_headers(
     outside ``trusted`` are replaced, not extended. ``preserve_host``: the upstream receives the
     public Host (``public_origin``) instead of its own (decision 022).
     """
-    listed = {header_key(n) for n in connection_listed(request.headers)}
+    listed = connection_listed(request.headers)
+    dropped = _dropped(strip, keep_override, forward_authorization)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
-        lower = header_key(name)
-        if (
-            _strip(lower, listed)
-            or lower.startswith(INJECTED_PREFIX)
-            or lower.startswith(FORWARDED_PREFIX)
-            or lower in FORWARDING
-            or lower in STRIPPED
-            or lower in strip
-            or (lower in OVERRIDE_HEADERS and not keep_override)
-            or lower in ("host", "x-request-id", "expect")  # the gateway answers Expect itself
-            or (lower == "authorization" and not forward_authorization)
-        ):
+        # One pass, one normalised name, one set look-up for everything a configuration drops.
+        lower = name.lower()
+        if "_" in lower:
+            lower = lower.replace("_", "-")
+        if lower in dropped or lower in listed or lower.startswith(_GATEWAY_PREFIXES):
             continue
         out.add(name, value)
     peer = request.remote or ""
@@ -285,13 +279,44 @@ def upstream_headers(
     return out
 
 
-def response_headers(upstream: aiohttp.ClientResponse, request_id: str) -> CIMultiDict[str]:
+def response_headers(
+    upstream: aiohttp.ClientResponse, request_id: str
+) -> tuple[CIMultiDict[str], bool]:
+    """The response's headers for the client, and whether one of them may name an address
+    (Location, Content-Location, Refresh, Set-Cookie: gateway.forwarding.addresses)."""
     listed = connection_listed(upstream.headers)
     out: CIMultiDict[str] = CIMultiDict()
+    addresses = False
     for name, value in upstream.headers.items():
         lower = name.lower()
-        if _strip(lower, listed) or lower == "x-request-id":
+        if lower in _RESPONSE_DROPPED or (
+            listed and (lower.replace("_", "-") if "_" in lower else lower) in listed
+        ):
             continue
+        if lower in ADDRESS_HEADERS:
+            addresses = True
         out.add(name, value)
     out["X-Request-Id"] = request_id
-    return out
+    return out, addresses
+
+
+_RESPONSE_DROPPED = HOP_BY_HOP | {"x-request-id"}
+ADDRESS_HEADERS = frozenset({"location", "content-location", "refresh", "set-cookie"})
+_GATEWAY_PREFIXES = (INJECTED_PREFIX, FORWARDED_PREFIX)
+
+
+@functools.lru_cache(maxsize=64)
+def _dropped(
+    strip: frozenset[str], keep_override: bool, forward_authorization: bool
+) -> frozenset[str]:
+    """Every request header name (normalised) never forwarded under one configuration: a few
+    configurations per gateway (the strip list and two per-route switches), so computed once."""
+    return (
+        HOP_BY_HOP
+        | FORWARDING
+        | STRIPPED
+        | strip
+        | (frozenset() if keep_override else OVERRIDE_HEADERS)
+        | {"host", "x-request-id", "expect"}  # the gateway answers Expect itself
+        | (frozenset() if forward_authorization else {"authorization"})
+    )

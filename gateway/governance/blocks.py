@@ -179,11 +179,12 @@ class SubjectBlocks:
         request_id: str,
         label: str = "",
         also: Sequence[Note] = (),
+        block_id: str | None = None,
     ) -> BlockRecord:
         """Record a block or unblock, with ``also`` (its permission change, 9.2.7) in the same
         write (SpoolUnavailable if they cannot be), then enforce it."""
         record = SubjectBlock(
-            block_id=new_id(),
+            block_id=block_id or new_id(),
             ts_us=time.time_ns() // 1000,
             actor=actor,
             action=action,

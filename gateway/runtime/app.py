@@ -37,9 +37,10 @@ from gateway.core.tasks import spawn
 from gateway.forwarding.forwarder import Forwarder
 from gateway.forwarding.headers import client_address
 from gateway.forwarding.routing import RouteTable
-from gateway.governance import anomalies
+from gateway.governance import anomalies, requests
 from gateway.governance.access_rights import AccessRights
 from gateway.governance.blocks import StoreOpener, SubjectBlocks
+from gateway.governance.requests import Register
 from gateway.governance.subject_hash import SubjectHasher
 from gateway.identity.oidc import OidcClient
 from gateway.identity.sessions import RevocationList, SessionCodec
@@ -54,6 +55,7 @@ from gateway.web.audit_api import AuditAPI
 from gateway.web.blocks_api import BlocksAPI
 from gateway.web.boundary import error_middleware
 from gateway.web.browser import BrowserLogin
+from gateway.web.evidence_api import EvidenceAPI, EvidenceMaker
 from gateway.web.login import add_pending_cookies
 from gateway.web.pipeline import Pipeline, expect_handler
 from gateway.web.policy_api import (
@@ -61,6 +63,7 @@ from gateway.web.policy_api import (
     policy_put_handler,
     session_revoke_handler,
 )
+from gateway.web.requests_api import Deps, RequestsAPI
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ class Gateway:
     anonymous: AnonymousRefusals
     hasher: SubjectHasher
     blocks: SubjectBlocks
+    register: Register  # data subjects' requests (6.3, 6.5, 6.6, 7.3; decision 029)
     shipper: Shipper | None  # None: no store, or another process ships this spool
     revocations: RevocationList | None  # browser sessions ended (decision 014); None: no oidc
     serving: Serving | None = None  # set while the proxy app runs
@@ -231,6 +235,7 @@ def build(
             poll_seconds=a.blocks_poll_seconds,
             on_count=metrics.blocked_subjects.set,
         ),
+        register=Register(cfg.subject_requests, a.spool_dir, reader(cfg.store)),
         shipper=build_shipper(cfg.store, spool, metrics) if ship and cfg.store else None,
         revocations=RevocationList.shared(
             cfg.oidc.session.revocation_file,
@@ -270,6 +275,8 @@ def _proxy_app(
         app.cleanup_ctx.append(
             anomalies.background(cfg.anomalies, cfg.store, cfg.instance_id, gw.metrics)
         )
+    if ship:  # the register and its deadlines' gauges where the store is owned (decision 029)
+        app.cleanup_ctx.append(requests.background(gw.register, gw.metrics))
     app.cleanup_ctx.append(_spool_ctx)
     app.cleanup_ctx.append(_blocks_ctx)
     app.cleanup_ctx.append(_serving_ctx)
@@ -329,6 +336,7 @@ def _admin_app(gw: Gateway) -> web.Application:
         hasher=gw.hasher,
         purposes_of={r.name: r.purpose for r in cfg.routes},
         public_keys=lambda: load_public_keys([cfg.audit.checkpoint_key_file]),  # its own
+        register=gw.register,
     ).register(app)
     BlocksAPI(  # 6.5, 6.6
         verify=gw.verify,
@@ -340,8 +348,28 @@ def _admin_app(gw: Gateway) -> web.Application:
         hasher=gw.hasher,
         on_block=end_sessions_of_blocked(gw),
     ).register(app)
+    RequestsAPI(  # 6.3, 6.5, 6.6, 7.3
+        verify=gw.verify,
+        policies=gw.policies,
+        recorder=gw.recorder,
+        trusted=cfg.proxy.trusted_proxies,
+        deps=register_deps(gw),
+        hasher=gw.hasher,
+    ).register(app)
+    EvidenceAPI(  # 9.1.9
+        verify=gw.verify,
+        policies=gw.policies,
+        recorder=gw.recorder,
+        trusted=cfg.proxy.trusted_proxies,
+        maker=EvidenceMaker(cfg, gw.policies, reader(cfg.store)),
+    ).register(app)
     app[GATEWAY] = gw
     return app
+
+
+def register_deps(gw: Gateway) -> Deps:
+    """What a step of the register needs (the admin API's and the console's alike)."""
+    return Deps(gw.recorder, gw.register, gw.blocks, gw.rights, end_sessions_of_blocked(gw))
 
 
 def end_sessions_of_blocked(gw: Gateway) -> Callable[[str], Awaitable[None]]:

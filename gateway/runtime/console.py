@@ -29,6 +29,7 @@ from gateway.config.model import Config
 from gateway.core.metrics import Metrics
 from gateway.governance.access_rights import AccessRights
 from gateway.governance.blocks import SubjectBlocks
+from gateway.governance.requests import Register
 from gateway.governance.subject_hash import SubjectHasher
 from gateway.identity.tokens import Principal
 from gateway.policy.engine import PolicyStore
@@ -43,6 +44,8 @@ from gateway.web.console.forward import ConsoleFront
 from gateway.web.console.identity import CallerSource, SessionCallers, SignedCallers
 from gateway.web.console.kit import ConsoleDeps, InstanceHealth
 from gateway.web.console.render import Renderer
+from gateway.web.evidence_api import EvidenceMaker
+from gateway.web.requests_api import Deps as RegisterDeps
 from gateway.web.trail import TrailAccess
 
 __all__ = ["ConsoleLink", "InstanceHealth", "internal_app", "mount", "process_health"]
@@ -61,6 +64,7 @@ class Parts(Protocol):
     rights: AccessRights
     hasher: SubjectHasher
     blocks: SubjectBlocks
+    register: Register
     anonymous: AnonymousRefusals
     checkpointer: Checkpointer
 
@@ -166,6 +170,8 @@ def console_deps(
         anomalies=cfg.anomalies,
         on_block=on_block,
         after_block=after_block,
+        register=RegisterDeps(gw.recorder, gw.register, gw.blocks, gw.rights, on_block),
+        evidence=EvidenceMaker(cfg, gw.policies, reader(cfg.store)),
     )
 
 

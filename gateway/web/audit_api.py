@@ -45,11 +45,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.audit import query, report
 from gateway.audit.checkpoint import Checkpoint
-from gateway.audit.events import COMPLETE
+from gateway.audit.events import COMPLETE, AccessEvent
 from gateway.audit.recorder import Pending, Recorder
 from gateway.audit.store.base import AuditStore, Row, StoreError
 from gateway.config.model import IPNetwork
 from gateway.core.errors import SpoolUnavailable
+from gateway.governance.requests import Register, SubjectRequest
 from gateway.governance.subject_hash import SubjectHasher, subject_problem
 from gateway.policy.engine import PolicyStore
 from gateway.web.admin import AdminRefused, Verify
@@ -89,6 +90,7 @@ class AuditAPI:
         purposes_of: Mapping[str, str] | None = None,
         public_keys: Callable[[], Mapping[str, Ed25519PublicKey]] | None = None,
         live: Callable[[], list[Checkpoint]] = list,
+        register: Register | None = None,
     ) -> None:
         self._trail = TrailAccess(
             verify=verify, policies=policies, recorder=recorder, trusted=trusted
@@ -98,6 +100,7 @@ class AuditAPI:
         self._purposes_of = purposes_of or {}
         self._public_keys = public_keys
         self._live = live
+        self._register = register  # a report issued against a request is noted there (6.3)
         # 5.3: investigators give the real id; the trail holds it as a keyed hash (decision 015).
         self._hasher = hasher if hasher is not None else SubjectHasher([])
 
@@ -127,11 +130,14 @@ class AuditAPI:
         problem = subject_problem(raw)
         forms = self._hasher.candidates(raw) if problem is None else []
         since = until = None
+        against: SubjectRequest | None = None
         if problem is None:
             try:
-                if set(request.query) - {"since", "until"}:
-                    raise ValueError("only since and until may be given")
+                if set(request.query) - {"since", "until", "request"}:
+                    raise ValueError("only since, until and request may be given")
                 since, until = query.parse_period(request.query)
+                if "request" in request.query:
+                    against = self._against(request.query["request"], forms)
             except ValueError as e:
                 problem = str(e)
         event = await trail.authorise(
@@ -172,14 +178,49 @@ class AuditAPI:
         )
         if body is None:
             raise _store_unavailable()
+        if against is not None:
+            await self._issued(against, event)
         return web.json_response(
             {
                 **body,
+                "subject_request": against.request if against is not None else None,
                 "generated_at_us": time.time_ns() // 1000,
                 "generated_by": principal.user,
                 "request_id": request[REQUEST_ID],
             }
         )
+
+    def _against(self, number: str, forms: list[str]) -> SubjectRequest:
+        """The open request of the register this report answers (6.3): it must be this
+        subject's (the id given hashes to the request's subject)."""
+        found = self._register.get(number) if self._register is not None else None
+        if found is None or found.subject not in forms:
+            raise ValueError("request: no such request of this subject in the register")
+        if not found.is_open:
+            raise ValueError("request: that request is closed")
+        return found
+
+    async def _issued(self, r: SubjectRequest, event: AccessEvent) -> None:
+        """The register notes when the report was issued (a state change, in the trail)."""
+        assert self._register is not None
+        record = self._register.change(
+            state="report_issued",
+            actor=event.user,
+            request_id=event.request_id,
+            request=r.request,
+            request_type=r.request_type,
+            subject=r.subject,
+            label=r.label,
+            ref=r.ref,
+            received=r.received,
+            due=r.due,
+            block_id=r.block_id,
+            outcome="",
+            act="",
+            reason=r.reason,
+        )
+        await self._recorder.note(record)
+        await self._register.keep(record)
 
     async def _serve(self, request: web.Request, ask: Ask) -> web.StreamResponse:
         t0 = time.perf_counter()

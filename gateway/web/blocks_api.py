@@ -31,7 +31,7 @@ from aiohttp import web
 
 from gateway.audit import query
 from gateway.audit.events import AccessEvent, PermissionChange
-from gateway.audit.recorder import Recorder
+from gateway.audit.recorder import Note, Recorder
 from gateway.config.model import IPNetwork
 from gateway.core.errors import SpoolUnavailable
 from gateway.governance.access_rights import AccessRights
@@ -219,7 +219,7 @@ def plan_change(
         return ChangeRefused(
             400, "bad_request", "reason: say why (the subject's request, a ticket)", "no_reason"
         )
-    problem = _label_problem(label, raw)
+    problem = label_problem(label, raw)
     if problem is not None:
         return ChangeRefused(400, "bad_request", problem, "bad_label")
     assert isinstance(label, str)
@@ -248,12 +248,16 @@ async def make_change(
     t0: float,
     status: int = 200,
     on_block: OnBlock | None = None,
+    also: Sequence[Note] = (),
+    block_id: str | None = None,
 ) -> ChangeMade:
     """The change, as the trail holds every one (the admin API's and the console's alike):
     ``event`` (the request's access, action ``block``, allowed by the policy) begun, then the
     ``subject_block`` record and its permission change in one write, then the access's outcome
     (``status``); the block in force on this replica before that. ``on_block`` is then told the
-    id as ``given`` (the person's browser sessions end, decision 014)."""
+    id as ``given`` (the person's browser sessions end, decision 014). ``also``: records written in
+    the same write (a subject request's state change that made the block, decision 029), which
+    names the block by ``block_id`` (drawn by the caller; a fresh one when None)."""
     pending = await recorder.begin(event)
     change = rights.subject_block_change(
         actor=event.user,
@@ -270,7 +274,8 @@ async def make_change(
             reason=plan.reason,
             request_id=event.request_id,
             label=plan.label,
-            also=[change],
+            also=[change, *also],
+            block_id=block_id,
         )
     except SpoolUnavailable:
         raise AdminRefused(
@@ -298,7 +303,7 @@ def _already(current: BlockRecord) -> str:
     return f"this data subject is already blocked (since {since}, by {current.actor})"
 
 
-def _label_problem(label: Any, subject: str) -> str | None:
+def label_problem(label: Any, subject: str) -> str | None:
     """A label names the case for the DPO (a ticket, "request of 3 Dec"), never the person: it
     is kept as written, so it must not hold the id the trail keeps only as a hash (5.3)."""
     if not isinstance(label, str):

@@ -64,8 +64,6 @@ from gateway.governance.subject_hash import SubjectHasher
 from gateway.identity.tokens import Principal, TokenVerifier, bearer_token
 from gateway.policy.break_glass import BreakGlass
 from gateway.policy.engine import Decision, PolicyStore
-
-# Moved to errors_http (the admin app uses it too); re-exported for existing imports.
 from gateway.web.boundary import REQUEST_ID, error_response
 from gateway.web.browser import BrowserLogin
 from gateway.web.sockets import serve_socket
@@ -143,6 +141,7 @@ class Pipeline:
         self._recorder = recorder
         self._forwarder = forwarder
         self._metrics = metrics
+        self._requests: dict[tuple[str, str, int], Any] = {}  # (route, decision, status) → series
         self._rights = access_rights
         self._break_glass = break_glass
         self._anonymous = anonymous
@@ -332,9 +331,7 @@ class Pipeline:
         exchange = Exchange()
         if route.response_subjects is not None and ctx.method != "HEAD":
             exchange.copy = ResponseCopy(route.response_subjects)  # 6.1.1: whom a list returned
-        self._metrics.child(self._metrics.overhead, route.name).observe(
-            time.perf_counter() - ctx.t0
-        )
+        self._metrics.overhead.labels(route.name).observe(time.perf_counter() - ctx.t0)
         injected = self._injected(ctx)
         recorded = False
 
@@ -374,9 +371,7 @@ class Pipeline:
         except ExchangeError as e:
             if isinstance(e, UpstreamError):
                 self._metrics.child(self._metrics.upstream_errors, route.name, e.reason).inc()
-                self._metrics.child(self._metrics.upstream, route.name).observe(
-                    exchange.upstream_seconds
-                )
+                self._metrics.upstream.labels(route.name).observe(exchange.upstream_seconds)
             else:  # the client's body: too large, too slow, a method override in it
                 self._metrics.child(self._metrics.client_errors, route.name, e.reason).inc()
             if exchange.response is None:
@@ -403,7 +398,7 @@ class Pipeline:
             with contextlib.suppress(SpoolUnavailable):
                 await record_outcome("gateway_error")
             raise
-        self._metrics.child(self._metrics.upstream, route.name).observe(exchange.upstream_seconds)
+        self._metrics.upstream.labels(route.name).observe(exchange.upstream_seconds)
         self._count(route, "allow", exchange.status)
         return resp
 
@@ -468,7 +463,13 @@ class Pipeline:
         self._count_route(route.name, decision, status)
 
     def _count_route(self, route: str, decision: str, status: int) -> None:
-        self._metrics.child(self._metrics.requests, route, decision, str(status)).inc()
+        # pdgw_requests_total's series, found by a plain key (the loop's counters: core/metrics)
+        series = self._requests.get((route, decision, status))
+        if series is None:
+            series = self._requests[route, decision, status] = self._metrics.requests.labels(
+                route, decision, str(status)
+            )
+        series.inc()
 
     async def _deny(
         self, ctx: _Context, status: int, code: str, message: str, reason: str
@@ -476,7 +477,7 @@ class Pipeline:
         """Record a refusal and raise it as the response. Every refusal reached here has a
         principal or happened inside identity: it is an event of its own, on any route."""
         self._count_route(ctx.route_name, "deny", status)
-        self._metrics.child(self._metrics.denials, ctx.route_name, reason).inc()
+        self._metrics.denials.labels(ctx.route_name, reason).inc()
         event = self._event(ctx, "deny", reason)
         duration = int((time.perf_counter() - ctx.t0) * 1e6)
         await self._recording(ctx, "access", self._recorder.refuse(event, status, reason, duration))

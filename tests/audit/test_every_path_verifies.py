@@ -59,8 +59,8 @@ PORTS = {engine: free_port() for engine in ENGINES}  # the provider's client may
 
 # Clear subject ids the scenario uses; none may be found at rest (distinct enough that no hash,
 # time or request id contains one by chance).
-A, M, B, L, C, P, R, N, K = (f"subj-{c}7Qz" for c in "amblcprnk")
-IDS = (A, M, B, L, C, P, R, N, K)
+A, M, B, L, C, P, R, N, K, Q = (f"subj-{c}7Qz" for c in "amblcprnkq")
+IDS = (A, M, B, L, C, P, R, N, K, Q)
 
 # CLI commands by what they talk to. Every leaf of `pd-gateway`'s parser is in exactly one.
 GATEWAY_COMMANDS = {
@@ -74,7 +74,12 @@ GATEWAY_COMMANDS = {
     "subject unblock",
     "subject status",
     "subject list",
+    "subject request open",
+    "subject request list",
+    "subject request close",
     "session revoke",
+    "evidence",
+    "evidence verify",
 }
 STORE_COMMANDS = {"audit verify", "audit replay", "clickhouse init", "clickhouse retention"}
 THE_GATEWAY = {"serve"}
@@ -99,7 +104,7 @@ def cli_leaves() -> set[str]:
 
     def walk(p: argparse.ArgumentParser, path: str) -> None:
         subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
-        if not subs:
+        if not subs or not all(a.required for a in subs):  # `evidence` runs on its own too
             leaves.add(path.strip())
         for a in subs:
             for name, child in a.choices.items():
@@ -141,9 +146,11 @@ class Run:
     async def cli(self, *args: str, as_user: str | None = None, code: int = 0) -> str:
         """`pd-gateway ARGS` as a user runs it (the token from a file); its stdout. Asserts the
         exit code; a command that talks to the gateway gets --gateway."""
-        leaf = " ".join(a for a in args[:2] if not a.startswith("-"))
-        if leaf not in cli_leaves():
-            leaf = args[0]
+        words = [a for a in args[:3] if not a.startswith("-")]
+        leaf = next(
+            (" ".join(words[:n]) for n in (3, 2, 1) if " ".join(words[:n]) in cli_leaves()),
+            args[0],
+        )
         self.ran.add(leaf)
         extra: list[str] = []
         if leaf in GATEWAY_COMMANDS:
@@ -388,6 +395,53 @@ async def drive_admin(run: Run, s: aiohttp.ClientSession, routes: set[tuple[str,
     async def list_blocks() -> None:
         await run.cli("subject", "list", as_user="frank")
 
+    async def subject_requests() -> None:
+        """The register (6.3, 6.5, 6.6, 7.3): a destroy request blocks Q at once, its report is
+        issued against it, it is closed with the act and the block ends; refusals in words."""
+        today = dt.datetime.now(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=3))).date()
+        opened = await run.cli(
+            "subject", "request", "open", "--type", "destroy", "--subject", Q,
+            "--received", str(today), "--label", "DPO-9", "--ref", "in-9", as_user="grace",
+        )  # fmt: skip
+        assert "blocked at once" in opened
+        number = opened.split("request ", 1)[1].split(":", 1)[0]
+        assert (await _call(s, "GET", run.gw.url + f"/hr/employees/{Q}", alice))[0] == 423
+        out = await run.cli(
+            "subject", "request", "open", "--type", "block", "--subject", Q,
+            "--received", str(today), as_user="frank", code=1,
+        )  # fmt: skip
+        assert "403 forbidden" in out  # a blocking request is a block: not the officer's
+        await run.cli(
+            "audit", "subject-report", Q, "--request", number, "--format", "json", as_user="grace"
+        )
+        act = run.home / "act.yaml"
+        act.write_text("what: personnel file\nwhere: hr\nby: commission\nwhen: 2026-12-01\n")
+        out = await run.cli(
+            "subject", "request", "close", number, "--outcome", "destroyed", as_user="grace", code=1
+        )
+        assert "act" in out and "(request " in out
+        out = await run.cli(
+            "subject", "request", "close", number, "--outcome", "destroyed", "--act", str(act),
+            "--unblock", as_user="grace",
+        )  # fmt: skip
+        assert "on time" in out
+        out = await run.cli("subject", "request", "list", as_user="grace")
+        assert "DPO-9" in out and Q not in out
+        await run.cli(
+            "subject", "request", "list", "--overdue", "--format", "json", as_user="frank"
+        )
+
+    async def evidence() -> None:
+        """A pack of yesterday (9.1.9), signed, printed to PDF, verified against the store."""
+        pack = run.home / "pack"
+        day = str(dt.date.today() - dt.timedelta(days=1))
+        await run.cli("evidence", "--from", day, "--to", day, "-o", str(pack), as_user="grace")
+        out = await run.cli(
+            "evidence", "verify", str(pack), "--public-key", str(run.home / "checkpoint-key.pub"),
+            as_user="grace",
+        )  # fmt: skip
+        assert "identical" in out
+
     # In the order they run (a block before its lookup; the revocation before the browser's end).
     drivers: list[tuple[tuple[str, str], Callable[[], Awaitable[None]]]] = [
         (("GET", "/metrics"), lambda: get_plain("/metrics")),
@@ -400,6 +454,10 @@ async def drive_admin(run: Run, s: aiohttp.ClientSession, routes: set[tuple[str,
         (("GET", "/admin/subject-blocks"), list_blocks),
         (("POST", "/admin/subject-blocks/status"), block_status),
         (("POST", "/admin/sessions/revoke"), revoke),
+        (("POST", "/admin/subject-requests"), subject_requests),
+        (("GET", "/admin/subject-requests"), subject_requests),
+        (("POST", "/admin/subject-requests/{request}/close"), subject_requests),
+        (("POST", "/admin/evidence"), evidence),
         (("GET", "/admin/audit/events"), audit_queries),
         (("GET", "/admin/audit/subjects/{subject}/events"), audit_queries),
         (("GET", "/admin/audit/export"), audit_queries),
@@ -415,7 +473,7 @@ async def drive_admin(run: Run, s: aiohttp.ClientSession, routes: set[tuple[str,
     for method, template in sorted(routes):
         if not template.startswith("/admin/"):
             continue
-        path = admin + template.replace("{subject}", R)
+        path = admin + template.replace("{subject}", R).replace("{request}", "0000000a")
         status, _ = await _call(s, method, path, alice, json={})
         assert status in (400, 403), (method, template, status)  # recorded with alice
         status, _ = await _call(s, method, path, None, json={})
@@ -541,6 +599,39 @@ async def drive_console(run: Run, routes: set[tuple[str, str]]) -> list[str]:
             await ok(grace, "GET", found["job"])
             await ok(grace, "GET", "health/verify/0123456789abcdef", expect=404)
 
+        async def requests_page() -> None:
+            await ok(grace, "GET", "requests")
+            await ok(frank, "GET", "requests?overdue=1")
+
+        async def request_open() -> None:
+            form = {"type": "access", "subject": Q, "received": str(dt.date.today()), "ref": "r-1"}
+            _, resp = await ok(grace, "POST", "requests", form, expect=303)
+            found["request"] = resp.headers["Location"].removeprefix(CONSOLE).split("?")[0]
+            await ok(grace, "POST", "requests", {**form, "received": "soon"}, expect=400)
+
+        async def request_page() -> None:
+            body, _ = await ok(grace, "GET", found["request"])
+            assert "r-1" in body and Q not in body
+            await ok(grace, "GET", "requests/0000000a", expect=404)
+
+        async def request_close() -> None:
+            close = found["request"] + "/close"
+            await ok(grace, "POST", close, {"outcome": "destroyed"}, expect=400)
+            await ok(grace, "POST", close, {"outcome": "answered"}, expect=303)
+            await ok(grace, "POST", close, {"outcome": "answered"}, expect=409)
+
+        async def evidence_page() -> None:
+            await ok(grace, "GET", "evidence")
+            day = str(dt.date.today() - dt.timedelta(days=1))
+            body, _ = await ok(grace, "GET", f"evidence?from={day}&to={day}")
+            assert 'id="verified"' in body
+            await ok(grace, "GET", "evidence?from=x&to=y", expect=400)
+
+        async def evidence_download() -> None:
+            day = str(dt.date.today() - dt.timedelta(days=1))
+            body, _ = await ok(grace, "GET", f"evidence/download?from={day}&to={day}")
+            assert set(json.loads(body)) == {"pack", "signature"}
+
         drivers: list[tuple[tuple[str, str], Callable[[], Awaitable[None]]]] = [
             (("GET", ""), home_page),
             (("GET", "search"), search),
@@ -559,6 +650,12 @@ async def drive_console(run: Run, routes: set[tuple[str, str]]) -> list[str]:
             (("GET", "health"), health),
             (("POST", "health/verify"), verify),
             (("GET", "health/verify/{job_id}"), verify_status),
+            (("GET", "requests"), requests_page),
+            (("POST", "requests"), request_open),
+            (("GET", "requests/{request}"), request_page),
+            (("POST", "requests/{request}/close"), request_close),
+            (("GET", "evidence"), evidence_page),
+            (("GET", "evidence/download"), evidence_download),
         ]
         driven = {(m, CONSOLE + p) for (m, p), _ in drivers}
         assert driven == routes, "a new console page needs a driver here"
@@ -575,6 +672,7 @@ async def drive_console(run: Run, routes: set[tuple[str, str]]) -> list[str]:
                 .replace("{event_id}", found["event"])
                 .replace("{anomaly_id}", "0123456789abcdef0123456789abcdef")
                 .replace("{job_id}", found["job"].rsplit("/", 1)[1])
+                .replace("{request}", found["request"].rsplit("/", 1)[1])
             )
             data = {"subject": A, "comment": "seen", "action": "block", "reason": "x-y-z"}
             await ok(carol, method, path, data, expect=403)
@@ -830,7 +928,7 @@ async def test_every_path_leaves_a_verifiable_trail_with_no_subject_id_in_clear(
     texts["the console's addresses"] = "\n".join(addresses)
     # What the trail holds of each id instead: its keyed hash (the scenario did record them).
     hasher = SubjectHasher.from_files(load_config(run.config).audit.subject_key_file)
-    for sid in (A, M, B, L, C, P, R, K):
+    for sid in (A, M, B, L, C, P, R, K, Q):
         assert hasher.stored(sid) in texts["store"], sid
     found = {(sid, where) for sid in IDS for where, text in texts.items() if sid in text}
     assert found == set(), "clear subject ids at rest"
@@ -853,7 +951,8 @@ async def test_every_path_leaves_a_verifiable_trail_with_no_subject_id_in_clear(
         "access_events": ("allow", "deny"),
         "refusal_summaries": ("admin:audit/subjects/{subject}/events",),
         "auth_events": ("login", "refresh", "revoked", "logout"),
-        "subject_blocks": ("DPO-7", "DPO-K"),
+        "subject_blocks": ("DPO-7", "DPO-K", "DPO-9"),
+        "subject_requests": ("opened", "report_issued", "closed", "DPO-9"),
         "permission_change_records": (
             "subject_blocked",
             "sessions_revoked",

@@ -41,7 +41,7 @@ def test_schema_init_is_idempotent_and_picks_types_by_engine_version(
     kind: str, chdb_dir: Path, ch_server: ClickHouseServer
 ) -> None:
     store = _store(kind, chdb_dir, ch_server, fresh_database())
-    assert migrate(store) == [1, 2, 3, 4, 5]  # 4 (record version 3) before 5 (the console's)
+    assert migrate(store) == [1, 2, 3, 4, 5, 6]  # 4 (record version 3) before 5 (the console's)
     assert migrate(store) == []  # run twice: nothing more
     versions = store.select(f"SELECT version, variant FROM {store.database}.schema_migrations")
     types = {
@@ -53,13 +53,13 @@ def test_schema_init_is_idempotent_and_picks_types_by_engine_version(
     }
     versions = sorted(versions, key=lambda v: int(v["version"]))
     if kind == "embedded":  # chdb 26.x: the modern branch
-        assert versions == [{"version": v, "variant": "modern"} for v in (1, 2, 3, 4, 5)]
+        assert versions == [{"version": v, "variant": "modern"} for v in (1, 2, 3, 4, 5, 6)]
         assert (
             types["ts"] == "DateTime64(6, 'UTC')" and types["category"] == "LowCardinality(String)"
         )
     else:  # clickhouse-server 18.16: the legacy branch
         assert store.server_version().startswith("18.16")
-        assert versions == [{"version": v, "variant": "legacy"} for v in (1, 2, 3, 4, 5)]
+        assert versions == [{"version": v, "variant": "legacy"} for v in (1, 2, 3, 4, 5, 6)]
         assert types["ts"] == "DateTime('UTC')" and types["category"] == "String"
     assert types["ts_us"] == "UInt64"
     tables = {
@@ -82,6 +82,7 @@ def test_schema_init_is_idempotent_and_picks_types_by_engine_version(
         "retention_actions",
         "anomalies",
         "anomaly_reviews",
+        "subject_requests",  # migration 6: the register of subjects' requests
     }
     dashboards = {
         r["name"]: r["engine"]

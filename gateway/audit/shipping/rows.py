@@ -74,6 +74,7 @@ KIND_TABLES = {
     "auth_event": schema.AUTH_EVENTS,
     "subject_block": schema.SUBJECT_BLOCKS,
     "anomaly_review": schema.ANOMALY_REVIEWS,
+    "subject_request": schema.SUBJECT_REQUESTS,
 }
 
 

@@ -365,6 +365,40 @@ ANOMALY_REVIEWS = Table(
     shard_key="cityHash64(anomaly_id)",
 )
 
+# The register of data subjects' requests (6.3, 6.5, 6.6, 7.3; decision 029): chained records,
+# one per state change, each with the request's whole state; the latest per request is the request.
+# Never dropped by retention.
+SUBJECT_REQUESTS = Table(
+    "subject_requests",
+    (
+        ("ts", TS),
+        ("ts_us", "UInt64"),
+        ("instance", LC),
+        ("seq", "UInt64"),
+        ("change_id", "String"),
+        ("request", "String"),
+        ("state", LC),
+        ("request_type", LC),
+        ("subject", "String"),
+        ("label", "String"),
+        ("ref", "String"),
+        ("received", "String"),
+        ("due", "String"),
+        ("block_id", "String"),
+        ("outcome", "String"),
+        ("act", "String"),
+        ("actor", "String"),
+        ("reason", "String"),
+        ("request_id", "String"),
+        ("batch_id", "String"),
+        ("record_v", "UInt8"),
+        ("hash", "String"),
+    ),
+    order_by="(request, ts_us)",
+    partition_by=None,
+    shard_key="cityHash64(request)",
+)
+
 # Aggregates for dashboards (decision 026), in a database of their own (``<database>_dashboards``)
 # that a dashboard user may read when the trail's database is closed to it (9.2.6): counts per
 # five minutes by system, category, action, decision, reason, job function; never a user, a
@@ -544,6 +578,11 @@ MIGRATIONS = (
         "so that dashboards need no access to the trail itself (9.2.6)",
         tables=(ANOMALY_REVIEWS,),
         aggregates=AGGREGATES,
+    ),
+    Migration(
+        6,
+        "the register of data subjects' requests and their deadlines (6.3, 6.5, 6.6, 7.3)",
+        tables=(SUBJECT_REQUESTS,),
     ),
 )
 

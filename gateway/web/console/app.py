@@ -23,7 +23,7 @@ from aiohttp import web
 from gateway.core.errors import GatewayError
 from gateway.identity.csrf import SAFE_METHODS
 from gateway.web.boundary import REQUEST_ID
-from gateway.web.console import anomaly, health, people, search, subject
+from gateway.web.console import anomaly, evidence, health, people, requests, search, subject
 from gateway.web.console.identity import MAX_FORM_BYTES
 from gateway.web.console.kit import CALLER, UI_OF, ConsoleDeps, caller_of, ui_of
 from gateway.web.login import LoginRequired
@@ -137,4 +137,6 @@ def build_console(deps: ConsoleDeps) -> web.Application:
     people.register(app.router, deps)
     anomaly.register(app.router, deps)
     health.register(app.router, deps)
+    requests.register(app.router, deps)
+    evidence.register(app.router, deps)
     return app

@@ -26,6 +26,8 @@ from gateway.web.console.access import ConsoleTrail
 from gateway.web.console.forms import SubjectTokens
 from gateway.web.console.identity import CallerSource
 from gateway.web.console.render import CALLER, UI, Renderer
+from gateway.web.evidence_api import EvidenceMaker
+from gateway.web.requests_api import Deps as RegisterDeps
 from gateway.web.trail import Ask, Caller
 
 __all__ = [
@@ -76,6 +78,9 @@ class ConsoleDeps:
     # Called after a block or unblock is in force here: the supervisor hands it to its workers
     # before the page answers (decision 016).
     after_block: Callable[[], Awaitable[None]] | None = None
+    # The register of subjects' requests (decision 029) and evidence packs (decision 028).
+    register: RegisterDeps | None = None
+    evidence: EvidenceMaker | None = None
 
     def ask(self, name: str, action: str = "read") -> Ask:
         return Ask("console", action, f"console:{name}", self.cfg.page_rows)

@@ -52,6 +52,16 @@ def _messages() -> set[str]:
 
 # Messages the code passes to the templates (titles, refusals, states, kinds).
 PYTHON_MESSAGES = {
+    # The register of subjects' requests: its states, types, outcomes, the act's fields.
+    *("open", "overdue", "met", "missed"),
+    *("access", "block", "correct", "destroy", "withdraw-consent"),
+    *("answered", "verified", "corrected", "destroyed", "processing_stopped", "refused"),
+    *("act:what", "act:where", "act:by", "act:when"),
+    "no such request",
+    "not a request id",
+    "your job function may not open this kind of request",
+    "your job function may not close this request",
+    "your job function may not export the trail",
     "Refused",
     "Not found",
     "The request could not be used",

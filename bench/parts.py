@@ -1,0 +1,370 @@
+"""`make bench`'s part table: what each part of the pipeline costs per request, measured by
+switching it off, one at a time, side by side in one run (docs/benchmarks.md).
+
+    python bench/parts.py               # the table (BENCH_SECONDS, BENCH_ROUNDS as make bench)
+    python bench/parts.py calls         # Python function calls per request on the event loop
+
+The gateway runs in a process of its own with no store (the pipeline and its spool; shipping is
+the store process's), built with the composition root and served on its real listeners, with the
+named parts replaced by stubs. Every variant serves the same request (a bearer token, a route with
+a subject in the path, an allowed decision, the access and outcome records, a 1 KiB answer from
+nginx), pinned to CPU 0 while wrk and nginx run on CPU 1; the figure is the server's CPU time per
+request (/proc), the median of interleaved rounds. The bare aiohttp proxy is measured beside them:
+gateway minus bare is the pipeline's cost over its data path.
+
+A stub answers as the part would for this request (an allowed decision, a valid principal); none
+of them is a configuration the product offers. `calls` counts every Python call on the event
+loop while 2,000 requests are served (cProfile), divided by the requests: exact and repeatable
+where CPU time is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import json
+import logging
+import os
+import pstats
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's gateway
+
+from run import (  # bench/ is a script directory
+    NGINX_UPSTREAM,
+    ROOT,
+    cpu_seconds,
+    gateway_config,
+    pinned,
+    processes,
+    wait_http,
+    wrk,
+)
+
+from gateway.audit.checkpoint import generate as generate_checkpoint_key
+from gateway.testing.chserver import free_port
+from tests.conftest import Keys, rsa_keypair
+
+DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+CALLS_REQUESTS = 2000
+
+
+class _Noop:
+    def inc(self, *_: Any) -> None:
+        pass
+
+    def observe(self, *_: Any) -> None:
+        pass
+
+    def set(self, *_: Any) -> None:
+        pass
+
+
+def _replace_everywhere(original: Any, replacement: Any) -> None:
+    """Every gateway module's global bound to ``original`` now names ``replacement``."""
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("gateway"):
+            continue
+        for attr, value in list(vars(module).items()):
+            if value is original:
+                setattr(module, attr, replacement)
+
+
+def _stub_metrics() -> None:
+    from gateway.core.metrics import Metrics
+
+    noop = _Noop()
+    Metrics.child = lambda self, metric, *labels: noop  # type: ignore[assignment,method-assign]
+    Metrics.audit_record = lambda self, kind: None  # type: ignore[method-assign]
+
+
+def _stub_ids() -> None:
+    import itertools
+
+    from gateway.core import ids
+
+    counter = itertools.count()
+    _replace_everywhere(ids.new_id, lambda: f"{next(counter):032x}")
+
+
+def _stub_chain() -> None:
+    from gateway.audit import chain
+
+    chain.link = lambda previous, canonical_form: previous  # type: ignore[assignment]
+
+
+def _stub_header_checks() -> None:
+    from gateway.forwarding import headers
+
+    _replace_everywhere(headers.check_request_headers, lambda *a, **k: None)
+
+
+def _stub_identity() -> None:
+    from gateway.identity.tokens import Principal, TokenVerifier
+
+    principal = Principal("alice", ("hr_officer",), expires_at=2.0**40, issued_at=time.time())
+
+    async def verify(self: Any, token: str) -> Principal:
+        return principal
+
+    TokenVerifier.verify = verify  # type: ignore[method-assign]
+
+
+def _stub_authz() -> None:
+    from gateway.policy.engine import Decision, PolicyEngine
+
+    def decide(self: Any, *args: Any) -> Decision:
+        return Decision(True, "p, hr_officer, hr, employee, read", self.version)
+
+    PolicyEngine.decide = decide  # type: ignore[method-assign]
+
+
+def _stub_blocks() -> None:
+    from gateway.governance.blocks import SubjectBlocks
+
+    SubjectBlocks.blocked = lambda self, subjects: None  # type: ignore[method-assign]
+
+
+def _stub_audit() -> None:
+    from gateway.audit.recorder import Pending, Recorder
+
+    class Done(Pending):
+        async def finish(self, **values: Any) -> Any:  # type: ignore[override]
+            return None
+
+    async def begin(self: Any, event: Any) -> Pending:
+        return Done(self.spool, event)
+
+    Recorder.begin = begin  # type: ignore[method-assign]
+
+
+def _stub_logging() -> None:
+    logging.disable(logging.CRITICAL)
+
+
+# Name → what switching it off does. `gc` is applied by the server itself (no settle_heap).
+PARTS: dict[str, Callable[[], None]] = {
+    "metrics": _stub_metrics,
+    "ids": _stub_ids,
+    "chain": _stub_chain,
+    "header-checks": _stub_header_checks,
+    "identity": _stub_identity,
+    "authz": _stub_authz,
+    "blocks": _stub_blocks,
+    "audit": _stub_audit,
+    "logging": _stub_logging,
+    "gc": lambda: None,
+}
+
+
+def serve(config: Path, without: list[str], calls_out: Path | None) -> None:
+    """The gateway without the parts named, until SIGTERM (bench-only: see the docstring)."""
+    import uvloop
+
+    from gateway.config.load import load_config
+    from gateway.runtime.app import GATEWAY, build
+    from gateway.runtime.heap import settle_heap
+    from gateway.web import listeners
+
+    for part in without:
+        PARTS[part]()
+
+    async def main() -> None:
+        cfg = load_config(config)
+        proxy_app, admin_app = build(cfg, ship=False)
+        gw = proxy_app[GATEWAY]
+        sites = await listeners.start(cfg, proxy_app, admin_app, gw.metrics)
+        if "gc" not in without:
+            settle_heap()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        profile = cProfile.Profile() if calls_out is not None else None
+        if profile is not None:
+            handled = 0
+            real = gw.serving.pipeline.handle  # type: ignore[union-attr]
+
+            async def counted(request: Any) -> Any:
+                nonlocal handled
+                handled += 1
+                if handled == 1:
+                    profile.enable()
+                try:
+                    return await real(request)
+                finally:
+                    if handled == CALLS_REQUESTS:
+                        profile.disable()
+                        profile.dump_stats(str(calls_out))
+
+            gw.serving.pipeline.handle = counted  # type: ignore[union-attr,method-assign]
+        await stop.wait()
+        await sites.close()
+
+    uvloop.run(main())
+
+
+@contextlib.contextmanager
+def _servers(
+    tmp: Path, variants: dict[str, list[str]]
+) -> Iterator[tuple[str, dict[str, int], dict[str, int]]]:
+    """nginx on CPU 1; the bare proxy and one gateway per variant on CPU 0. Yields the token,
+    each target's port and its pid (the bare aiohttp proxy first, then the variants)."""
+    keys = Keys(*rsa_keypair(), public_pem="")
+    (tmp / "jwks.json").write_text(json.dumps(keys.jwks()))
+    token = keys.token("alice", ["hr_officer"], ttl=3600)
+    key = tmp / "checkpoint.pem"
+    generate_checkpoint_key(key, tmp / "checkpoint.pub")
+    tmp.chmod(0o755)
+    (tmp / "body.json").write_bytes(b"x" * 1024)
+    up_port = free_port()
+    upstream = f"http://127.0.0.1:{up_port}"
+    (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
+    with processes() as procs:
+        procs.append(subprocess.Popen(pinned("1", ["nginx", "-c", str(tmp / "up.conf")])))
+        pids: dict[str, int] = {}
+        ports: dict[str, int] = {}
+        bare = free_port()
+        procs.append(
+            subprocess.Popen(
+                pinned(
+                    "0",
+                    [
+                        sys.executable,
+                        "bench/servers.py",
+                        "bare-proxy",
+                        "--port",
+                        str(bare),
+                        "--upstream",
+                        upstream,
+                    ],
+                ),
+                cwd=ROOT,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        pids["bare aiohttp proxy"], ports["bare aiohttp proxy"] = procs[-1].pid, bare
+        for name, without in variants.items():
+            port, admin = free_port(), free_port()
+            cfg = gateway_config(tmp, "batch", upstream, port, admin, key, label=f"{len(pids)}-")
+            del cfg["store"]
+            path = tmp / f"parts-{len(pids)}.json"
+            path.write_text(json.dumps(cfg))
+            cmd = [sys.executable, "bench/parts.py", "serve", "--config", str(path)]
+            if without:
+                cmd += ["--without", ",".join(without)]
+            procs.append(subprocess.Popen(pinned("0", cmd), cwd=ROOT, stderr=subprocess.DEVNULL))
+            pids[name], ports[name] = procs[-1].pid, port
+            wait_http(f"http://127.0.0.1:{admin}/readyz")
+        wait_http(f"http://127.0.0.1:{bare}/")
+        yield token, ports, pids
+
+
+def table() -> None:
+    variants: dict[str, list[str]] = {"gateway, every part": []}
+    variants.update({f"without {p}": [p] for p in PARTS})
+    variants["without all of them"] = list(PARTS)
+    with (
+        tempfile.TemporaryDirectory(prefix="pdgw-parts-") as d,
+        _servers(Path(d), variants) as (token, ports, pids),
+    ):
+        urls = {n: f"http://127.0.0.1:{p}/hr/employees/1001" for n, p in ports.items()}
+        for url in urls.values():  # warm up
+            wrk(url, token, seconds=1)
+        cpu: dict[str, list[float]] = {n: [] for n in urls}
+        rps: dict[str, list[float]] = {n: [] for n in urls}
+        for _ in range(ROUNDS):
+            for name, url in urls.items():
+                before = cpu_seconds(pids[name])
+                r = wrk(url, token)
+                cpu[name].append((cpu_seconds(pids[name]) - before) / r["requests"] * 1e6)
+                rps[name].append(r["rps"])
+    med = {n: statistics.median(v) for n, v in cpu.items()}
+    bare, full = med["bare aiohttp proxy"], med["gateway, every part"]
+    print(
+        f"\n## The pipeline's parts: CPU µs per request of the serving process, wrk -t1 -c32 "
+        f"-d{DURATION}s, median of {ROUNDS} interleaved rounds (no store: the pipeline and its "
+        "spool, durability batch)"
+    )
+    w = max(len(n) for n in med)
+    print(f"{'variant':<{w}} {'CPU µs/req':>10} {'saves':>7} {'req/s':>8}")
+    for name, value in med.items():
+        saves = "" if name == "bare aiohttp proxy" else f"{full - value:>7.0f}"
+        print(f"{name:<{w}} {value:>10.0f} {saves:>7} {statistics.median(rps[name]):>8.0f}")
+    print(
+        f"the pipeline over its data path (gateway − bare): {full - bare:.0f} µs; with every "
+        f"part stubbed: {med['without all of them'] - bare:.0f} µs (aiohttp's own floor for the "
+        "gateway's shape: the app, middleware, the client's request)"
+    )
+
+
+def calls() -> None:
+    with tempfile.TemporaryDirectory(prefix="pdgw-calls-") as d:
+        tmp = Path(d)
+        stats = tmp / "calls.prof"
+        keys = Keys(*rsa_keypair(), public_pem="")
+        (tmp / "jwks.json").write_text(json.dumps(keys.jwks()))
+        token = keys.token("alice", ["hr_officer"], ttl=3600)
+        key = tmp / "checkpoint.pem"
+        generate_checkpoint_key(key, tmp / "checkpoint.pub")
+        tmp.chmod(0o755)
+        (tmp / "body.json").write_bytes(b"x" * 1024)
+        up_port, port, admin = free_port(), free_port(), free_port()
+        (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
+        cfg = gateway_config(tmp, "batch", f"http://127.0.0.1:{up_port}", port, admin, key)
+        del cfg["store"]
+        (tmp / "gw.json").write_text(json.dumps(cfg))
+        with processes() as procs:
+            procs.append(subprocess.Popen(["nginx", "-c", str(tmp / "up.conf")]))
+            cmd = [sys.executable, "bench/parts.py", "serve", "--config", str(tmp / "gw.json")]
+            procs.append(
+                subprocess.Popen([*cmd, "--calls", str(stats)], cwd=ROOT, stderr=subprocess.DEVNULL)
+            )
+            wait_http(f"http://127.0.0.1:{admin}/readyz")
+            url = f"http://127.0.0.1:{port}/hr/employees/1001"
+            deadline = time.monotonic() + 120
+            while not stats.exists() and time.monotonic() < deadline:
+                wrk(url, token, connections=1, seconds=2)
+            procs[-1].send_signal(signal.SIGTERM)
+        import shutil
+
+        shutil.copy(stats, "/tmp/gw.prof")  # TEMP
+        s = pstats.Stats(str(stats))
+        total = sum(v[1] for v in s.stats.values())  # type: ignore[attr-defined]
+        print(
+            f"\n## Python calls per request on the event loop (cProfile over {CALLS_REQUESTS} "
+            f"requests, c=1, no store): {total / CALLS_REQUESTS:.0f}"
+        )
+        rows = sorted(s.stats.items(), key=lambda kv: -kv[1][1])[:25]  # type: ignore[attr-defined]
+        for (file, line, func), (_, ncalls, *_rest) in rows:
+            where = "/".join(Path(file).parts[-2:]) if file != "~" else "builtin"
+            print(f"  {ncalls / CALLS_REQUESTS:>6.1f}  {func} ({where}:{line})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("what", nargs="?", default="table", choices=["table", "calls", "serve"])
+    p.add_argument("--config", type=Path)
+    p.add_argument("--without", default="")
+    p.add_argument("--calls", type=Path)
+    args = p.parse_args()
+    if args.what == "serve":
+        serve(args.config, [w for w in args.without.split(",") if w], args.calls)
+    elif args.what == "calls":
+        calls()
+    else:
+        table()
+
+
+if __name__ == "__main__":
+    main()
