@@ -338,7 +338,6 @@ def calls() -> None:
             procs[-1].send_signal(signal.SIGTERM)
         import shutil
 
-        shutil.copy(stats, "/tmp/gw.prof")  # TEMP
         s = pstats.Stats(str(stats))
         total = sum(v[1] for v in s.stats.values())  # type: ignore[attr-defined]
         print(

@@ -77,8 +77,16 @@ RESTART_QUIET_SECONDS = 60.0  # a worker that ran this long is started again at 
 POLICY_WAIT_SECONDS = 5.0  # the policy API waits this long at most for the workers
 SCRAPE_TIMEOUT_SECONDS = 2.0
 PROXY_BACKLOG = 1024  # as the listeners' (gateway.web.listeners)
-# Admin API calls that change what the view file holds.
-_VIEW_CHANGES = frozenset({"/admin/subject-blocks", "/admin/break-glass"})
+# Admin API calls that change what the view file holds, by route (a request's id is in the path):
+# blocks, break-glass, and the register's steps that block or unblock (6.5, decision 029).
+_VIEW_CHANGES = frozenset(
+    {
+        "/admin/subject-blocks",
+        "/admin/break-glass",
+        "/admin/subject-requests",
+        "/admin/subject-requests/{request}/close",
+    }
+)
 
 
 @dataclass
@@ -427,7 +435,9 @@ class Supervisor:
                     # 9.2.7, 4.4: answered once every worker enforces what the API put in force.
                     await self._policy_in_workers(gw.policies.engine.version)
                 return response
-            if request.method == "POST" and request.path in _VIEW_CHANGES:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else request.path
+            if request.method == "POST" and route in _VIEW_CHANGES:
                 response = await handler(request)
                 if response.status == 200:
                     # 6.5: answered once the workers have read it (their poll interval; not an
