@@ -305,7 +305,8 @@ def wait_ready(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} never ready")
 
 
-def proxy_bench(tmp: Path) -> None:
+def proxy_bench(tmp: Path) -> dict[str, float]:
+    """Prints the side-by-side proxy table; returns the figures the targets are judged by."""
     keys = Keys(*rsa_keypair(), public_pem="")
     (tmp / "jwks.json").write_text(json.dumps(keys.jwks()))
     token = keys.token("alice", ["hr_officer"], ttl=3600)
@@ -472,6 +473,15 @@ def proxy_bench(tmp: Path) -> None:
             f"{rps_of[CH] / fsync:.2f}x the embedded store's; "
             f"+{p50_1[CH] - direct:.0f} µs p50 at c=1"
         )
+        fsync_name = "pd-gateway durability=fsync"
+        return {
+            "fsync_of_bare": fsync / bare,
+            "store_cost_batch": 1 - batch / rps_of["pd-gateway durability=batch, no store"],
+            "store_cost_fsync": 1 - fsync / rps_of["pd-gateway durability=fsync, no store"],
+            "c1_added_us": p50_1[fsync_name] - direct,
+            "serving_rss_mib": rss[fsync_name],
+            "fsync_of_nginx": fsync / ngx,
+        }
     finally:
         for p in procs:
             p.terminate()
@@ -594,6 +604,47 @@ def record_codec_bench() -> None:
     print(f"chain link (sha256 of one record): {sha / n * 1e6:.2f} µs")
 
 
+def targets(proxy: dict[str, float], workers: float | None) -> None:
+    """The performance targets (docs/benchmarks.md), judged from this run's figures."""
+    rows = [
+        (
+            "gateway, embedded store, fsync, req/s of the bare aiohttp proxy's",
+            ">= 80 %",
+            f"{proxy['fsync_of_bare']:.0%}",
+        ),
+        (
+            "the embedded store's cost against no store (batch / fsync)",
+            "<= 5 %",
+            f"{proxy['store_cost_batch']:+.0%} / {proxy['store_cost_fsync']:+.0%}",
+        ),
+        (
+            "c=1 p50 added over the upstream directly, fsync",
+            "<= 500 µs",
+            f"+{proxy['c1_added_us']:.0f} µs",
+        ),
+        (
+            "serving process RSS under load (fsync, embedded store)",
+            "<= 120 MiB",
+            f"{proxy['serving_rss_mib']:.0f} MiB (flat over 30 min: make soak)",
+        ),
+        (
+            "workers 1 -> 2, req/s",
+            ">= 1.8x",
+            f"{workers:.2f}x (2 cores shared with wrk and nginx)" if workers else "not run",
+        ),
+        (
+            "long range: req/s of nginx proxy_pass, per core",
+            ">= 50 %",
+            f"{proxy['fsync_of_nginx']:.1%}",
+        ),
+    ]
+    print("\n## Targets (this run)")
+    w = max(len(r[0]) for r in rows)
+    print(f"{'target':<{w}} {'goal':>10}  measured")
+    for name, goal, value in rows:
+        print(f"{name:<{w}} {goal:>10}  {value}")
+
+
 def main() -> None:
     print(
         f"# pd-gateway bench — {platform.node()}, {os.cpu_count()} CPUs, "
@@ -601,6 +652,8 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
     only_proxy = sys.argv[1:] == ["proxy"]  # `bench/run.py proxy`: the side-by-side table alone
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is required: make system-deps")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if only_proxy:
@@ -609,14 +662,15 @@ def main() -> None:
         decision_bench(tmp)
         token_bench(tmp)
         record_codec_bench()
-        if shutil.which("wrk") is None:
-            sys.exit("wrk is required: make system-deps")
-        proxy_bench(tmp)
-    import store_bench  # bench/ is on sys.path when run as a script
+        proxy = proxy_bench(tmp)
+    import parts  # bench/ is on sys.path when run as a script
+    import store_bench
     import workers_bench
 
-    workers_bench.main()
+    parts.table()
+    scaling = workers_bench.main()
     store_bench.main()
+    targets(proxy, scaling)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def wait_ready(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} never ready")
 
 
-def main() -> None:
+def main() -> float:
+    """Prints the workers table; returns req/s of the most workers over one worker's."""
     tmp = Path(tempfile.mkdtemp(prefix="pdgw-workers-bench-"))
     keys = Keys(*rsa_keypair(), public_pem="")
     (tmp / "jwks.json").write_text(json.dumps(keys.jwks()))
@@ -118,6 +119,7 @@ def main() -> None:
                 f"{statistics.median(cpu[n]):>27.0f}   ({r / base:.2f}x)   runs: "
                 + ", ".join(f"{x:.0f}" for x in rps[n])
             )
+        return statistics.median(rps[WORKERS[-1]]) / base
     finally:
         for p in procs:
             p.terminate()

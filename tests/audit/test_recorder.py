@@ -226,7 +226,7 @@ async def test_a_trail_begun_in_record_version_2_verifies_after_the_upgrade(
 
 
 @pytest.mark.parametrize("kind", ENGINES)
-def test_a_store_of_version_3_gets_migration_4_then_5_and_its_rows_are_counted(
+def test_a_store_of_version_3_gets_the_later_migrations_in_order_and_its_rows_are_counted(
     kind: str, chdb_dir: Path, ch_server: ClickHouseServer
 ) -> None:
     section = store_section(kind, fresh_database(), chdb_dir=chdb_dir, server=ch_server)
@@ -256,7 +256,8 @@ def test_a_store_of_version_3_gets_migration_4_then_5_and_its_rows_are_counted(
     when = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     rows = [{"version": v, "name": "", "applied_at": when, "variant": ""} for v in (1, 2, 3)]
     store.insert(schema.MIGRATIONS_TABLE, rows, "old")
-    assert migrate(store) == [4, 5]  # 4 (record version 3) first: 5's views read its columns
+    # 4 (record version 3) first: 5's views read its columns; then 6 (the register, decision 029).
+    assert migrate(store) == [4, 5, 6]
     for table, column in (("access_events", "purpose"), ("subject_blocks", "label")):
         names = {
             r["name"]

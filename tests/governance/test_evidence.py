@@ -58,6 +58,7 @@ def _iso(us: int) -> str:
 @pytest.mark.parametrize("kind", ENGINES)
 async def test_an_evidence_pack_equals_the_figures_of_the_raw_records_and_verify_catches_changes(
     kind: str,
+    request: pytest.FixtureRequest,
     serve_gateway: ServeFactory,
     upstream: Upstream,
     keys: Keys,
@@ -73,6 +74,7 @@ async def test_an_evidence_pack_equals_the_figures_of_the_raw_records_and_verify
         kind, fresh_database(), chdb_dir=chdb_dir, server=ch_server if kind != "embedded" else None
     )
     store = open_store(store_config(section), apply_schema=True)
+    request.addfinalizer(store.close)  # closed on failure too: no socket left for a later test
     gw = await serve_gateway(
         upstream.url,
         store=section,
@@ -146,8 +148,9 @@ async def test_an_evidence_pack_equals_the_figures_of_the_raw_records_and_verify
         ],
         "an-test",
     )
+    # Past the checkpoint interval: the period's last records under a checkpoint signed in it.
+    await asyncio.sleep(0.8)
     end_us = time.time_ns() // 1000 + 1
-    await asyncio.sleep(0.8)  # a signed checkpoint after the period's end
 
     def shipped() -> bool:
         chained = [r["seq"] for r in spool_records(gw.spool_dir) if r["kind"] in CHAINED_KINDS]
@@ -303,7 +306,6 @@ async def test_an_evidence_pack_equals_the_figures_of_the_raw_records_and_verify
     changed = await asyncio.to_thread(cli, "evidence", "verify", str(out_dir), "--public-key", pub)
     assert changed.returncode == 1, changed.stdout
     assert "figures.registration.totals.accesses" in changed.stdout
-    store.close()
 
 
 def _other_seqs(store: Any) -> list[int]:
