@@ -6,7 +6,8 @@ driver fails this test), every page and form of the console (enumerated from its
 way; allowed, refused by the policy, refused for what was sent, cross-site, without a session),
 every CLI command that talks to the gateway or the store (enumerated
 from the argparse parser: a new command must be classified here), every proxy outcome (allowed,
-403, 400, 404, 405, 413, 423, 499, 502, 503, 504, cut by the upstream or the client, a list
+403, 400, 404, 405, 413, 423, 499, 502, 503, 504, cut by the upstream or the client, a WebSocket
+opened and closed or refused, a list
 naming a blocked subject, break-glass, an IdP role change, a cross-site POST), browser login,
 refresh, revocation and logout (Chromium and the real oidc-provider), blocks, policy changes and
 audit queries. Then, with the gateway stopped, `pd-gateway audit verify` (the real CLI) finds
@@ -191,6 +192,13 @@ async def _call(
 async def crm_app(request: web.Request) -> web.StreamResponse:
     """Counterparties that answer the way upstreams do when things go wrong."""
     tail = request.path.rstrip("/").rsplit("/", 1)[-1]
+    if request.path.startswith("/crm/live/"):  # a live view over a WebSocket (decision 024)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await ws.send_str("echo:" + msg.data)
+        return ws
     if request.path.startswith("/crm/list"):
         return web.json_response({"items": [{"id": A}, {"id": B}]})
     if tail == "status503":
@@ -262,6 +270,14 @@ async def drive_proxy(run: Run, s: aiohttp.ClientSession, session_cookie: str) -
     for method, path, token, statuses in expected:
         status, _ = await _call(s, method, url + path, token)
         assert status in statuses, (method, path, status)
+    # A WebSocket: its access recorded before the upgrade, its outcome when it closes; and an
+    # upgrade the policy refuses (decision 024).
+    async with s.ws_connect(url + f"/crm/live/{C}", headers=_headers(carol)) as ws:
+        await ws.send_str("hello")
+        assert (await ws.receive(timeout=5)).data == "echo:hello"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await s.ws_connect(url + f"/crm/live/{C}", headers=_headers(alice))
+    assert refused.value.status == 403
     big = b"x" * 8192  # proxy.max_body_bytes: 4096
     status, _ = await _call(s, "POST", url + f"/crm/counterparties/{C}", carol, data=big)
     assert status == 413
@@ -736,6 +752,16 @@ def _config(
             "purpose": "contracts",
             "category": "counterparty",
             "response_subjects": {"pointer": "/items/*/id"},
+        },
+        {
+            "name": "crm-live",
+            "prefix": "/crm/live",
+            "upstream": "crm",
+            "system": "crm",
+            "purpose": "contracts",
+            "category": "counterparty",
+            "subject": {"path": "/crm/live/{id}"},
+            "websocket": True,
         },
         {
             "name": "crm-down",
