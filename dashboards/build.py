@@ -302,7 +302,7 @@ def health() -> db.Dashboard:
         "Throughput, latency, the audit spool and shipping, the store, upstream errors.",
     )
     return (
-        d.with_panel(prom_stat(uid, "Ready replicas", "sum(pdgw_ready)"))
+        d.with_panel(prom_stat(uid, "Ready pods", "count(min by (instance) (pdgw_ready) == 1)"))
         .with_panel(prom_stat(uid, "Store up", "min(pdgw_store_up)"))
         .with_panel(prom_stat(uid, "Shipping lag", "max(pdgw_shipper_lag_seconds)", unit="s"))
         .with_panel(prom_stat(uid, "Spool backlog", "sum(pdgw_spool_backlog_bytes)", unit="bytes"))

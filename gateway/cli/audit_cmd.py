@@ -161,7 +161,7 @@ def _line(ev: dict[str, Any]) -> str:
         )
     if kind == "subject_request":
         return (
-            f"{_ts(ev['ts_us'])} #{ev['seq']} REQUEST {ev['request']} {ev['state']} "
+            f"{_ts(ev['ts_us'])} {_number(ev)} REQUEST {ev['request']} {ev['state']} "
             f"{ev['request_type']} {ev['subject']} label={ev['label'] or '-'} "
             f"received={ev['received']} due={ev['due']} outcome={ev['outcome'] or '-'} "
             f"by {ev['actor']} req={ev['request_id']}"

@@ -7,6 +7,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ def register(audit_sub: Any) -> None:
         "--gateway",
         action="append",
         default=[],
-        help="a running gateway's admin URL: its live signed checkpoint detects truncation",
+        help="a running gateway's admin URL: the live signed heads of all its chains (the "
+        "supervisor's and each worker's) detect truncation",
     )
     v.add_argument("--json", action="store_true", help="the report as JSON")
     v.set_defaults(run=run_verify)
@@ -64,9 +66,19 @@ def run_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _live(url: str) -> Checkpoint:
-    with urllib.request.urlopen(url.rstrip("/") + "/checkpoint", timeout=10) as resp:
-        return Checkpoint.from_mapping(json.load(resp))
+def _live(url: str) -> list[Checkpoint]:
+    """A running gateway's live signed heads: every chain's from its admin URL (`/checkpoints`:
+    the supervisor's and each worker's, decision 030), or the one chain of a URL that names a
+    worker (`ADMIN/workers/w0`) or serves only `/checkpoint`."""
+    base = url.rstrip("/")
+    try:
+        with urllib.request.urlopen(base + "/checkpoints", timeout=10) as resp:
+            return [Checkpoint.from_mapping(m) for m in json.load(resp)]
+    except urllib.error.HTTPError as e:
+        if e.code != 404:
+            raise
+    with urllib.request.urlopen(base + "/checkpoint", timeout=10) as resp:
+        return [Checkpoint.from_mapping(json.load(resp))]
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -85,7 +97,7 @@ def run_verify(args: argparse.Namespace) -> int:
             return 2
         since_us = int(when.timestamp() * 1e6)
     try:
-        live = [_live(url) for url in args.gateway]
+        live = [cp for url in args.gateway for cp in _live(url)]
     except (OSError, ValueError, KeyError) as e:
         print(f"pd-gateway: cannot read a live checkpoint: {e}", file=sys.stderr)
         return 2

@@ -1,14 +1,14 @@
 """Where the console runs (decision 025): always in the process that owns the store and the
 trail's spool, reached by staff browsers through the proxy listener only.
 
-- One process (`serve`): the console app is mounted on the proxy app at ``console.path``, behind
-  the browser login; the caller is the session.
-- `serve --workers N`: the supervisor serves the console app on an internal listener of its own
-  (127.0.0.1, a port chosen at start) whose only credential is a caller sealed by a worker with a
-  secret of this run (``gateway.web.console.identity``); each worker's proxy app forwards the
-  console's path there after authenticating the browser itself (``ConsoleFront``). The secret
-  and the address reach the workers in their environment (``ENV_URL``, ``ENV_SECRET``), never on
-  a command line.
+- `serve` (always a supervisor and its workers, decision 030): the supervisor serves the console
+  app on an internal listener of its own (127.0.0.1, a port chosen at start) whose only
+  credential is a caller sealed by a worker with a secret of this run
+  (``gateway.web.console.identity``); each worker's proxy app forwards the console's path there
+  after authenticating the browser itself (``ConsoleFront``). The secret and the address reach
+  the workers in their environment (``ENV_URL``, ``ENV_SECRET``), never on a command line.
+- The tests' harness (one process built with ``runtime.app.build``): the console app is mounted
+  on the proxy app at ``console.path``, behind the browser login; the caller is the session.
 """
 
 from __future__ import annotations

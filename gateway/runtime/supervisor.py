@@ -6,7 +6,8 @@ Contract:
   gateway of an earlier release had: it continues there), listening on the admin port only. It
   owns the store: one Shipper per worker spool beside its own, and the anomaly detectors (and any
   periodic job over the store). On the admin port it answers the admin APIs itself and /metrics,
-  /readyz and ``/workers/w<i>/checkpoint`` for every process.
+  /readyz, ``/workers/w<i>/checkpoint`` and ``/checkpoints`` (every process's live signed head,
+  for `audit verify --gateway`) for every process.
 - The proxy port: one listening socket per worker, made here (SO_REUSEPORT) and passed to the
   worker; the supervisor keeps its own copy open, so while a worker starts again its connections
   wait in the socket's queue instead of being refused.
@@ -74,8 +75,16 @@ VIEW_WRITE_SECONDS = 0.1
 START_TIMEOUT_SECONDS = 60.0
 RESTART_BACKOFF_MAX_SECONDS = 30.0
 RESTART_QUIET_SECONDS = 60.0  # a worker that ran this long is started again at once
-POLICY_WAIT_SECONDS = 5.0  # the policy API waits this long at most for the workers
+POLICY_WAIT_SECONDS = 5.0
+# A stopping worker drains for proxy.shutdown_timeout_seconds; this much more for its spool's last
+# flush and exit, then it is killed (deploy/k8s: terminationGracePeriodSeconds allows for it).
+WORKER_STOP_MARGIN_SECONDS = 15  # the policy API waits this long at most for the workers
 SCRAPE_TIMEOUT_SECONDS = 2.0
+# A serving worker whose /healthz has not answered (SCRAPE_TIMEOUT_SECONDS each) for this long is
+# hung — its event loop stuck — and is killed, to be started again by _keep: the pod's liveness
+# probe asks the supervisor, which a hung worker does not stop from answering.
+HANG_CHECK_SECONDS = 5.0
+HANG_LIMIT_SECONDS = 30.0
 PROXY_BACKLOG = 1024  # as the listeners' (gateway.web.listeners)
 # Admin API calls that change what the view file holds, by route (a request's id is in the path):
 # blocks, break-glass, and the register's steps that block or unblock (6.5, decision 029).
@@ -184,6 +193,7 @@ class Supervisor:
                         spawn(self._keep(w, version, restarts.labels(w.name).inc), name=w.name)
                         for w in self.workers
                     ]
+                    keepers += [spawn(self._watch(w), name=f"{w.name}-watch") for w in self.workers]
                     keepers += [
                         spawn(self._write_view(gw), name="supervisor-view"),
                         spawn(self._follow_policy(gw), name="policy-to-workers"),
@@ -279,13 +289,38 @@ class Supervisor:
             except WorkerFailed as e:
                 log.error("worker did not start again", extra={"worker": w.name, "error": str(e)})
 
+    async def _watch(self, w: _Worker) -> None:
+        """Kill ``w`` when it serves but its /healthz has not answered for HANG_LIMIT_SECONDS
+        (a stuck event loop): _keep then starts it again, as after a crash."""
+        silent_since: float | None = None
+        while not self.stopping:
+            await asyncio.sleep(HANG_CHECK_SECONDS)
+            proc = w.proc
+            if w.admin is None or proc is None or proc.returncode is not None:
+                silent_since = None  # not serving (starting, or exited): _keep's business
+                continue
+            status, _ = await self._get(w, "/healthz")
+            if status == 200:
+                silent_since = None
+                continue
+            now = time.monotonic()
+            silent_since = silent_since or now
+            if now - silent_since >= HANG_LIMIT_SECONDS and not self.stopping:
+                log.error(
+                    "worker not answering; killed to be started again",
+                    extra={"worker": w.name, "pid": proc.pid, "seconds": round(now - silent_since)},
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                silent_since = None
+
     async def _stop(self, w: _Worker) -> None:
         proc = w.proc
         if proc is None or proc.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
-        grace = self.cfg.proxy.shutdown_timeout_seconds + 15
+        grace = self.cfg.proxy.shutdown_timeout_seconds + WORKER_STOP_MARGIN_SECONDS
         try:
             await asyncio.wait_for(proc.wait(), grace)
         except TimeoutError:
@@ -460,6 +495,8 @@ class Supervisor:
                     {"status": "ready" if ready else "not_ready", "checks": checks},
                     status=200 if ready else 503,
                 )
+            if request.path == "/checkpoints":  # `audit verify --gateway <admin>`: every chain
+                return web.json_response(await self._live_heads(gw))
             worker = checkpoint_paths.get(request.path)
             if worker is not None:  # `audit verify --gateway <admin>/workers/w<i>`
                 status, body = await self._get(worker, "/checkpoint")
@@ -471,6 +508,19 @@ class Supervisor:
             return await handler(request)
 
         return views
+
+    async def _live_heads(self, gw: Gateway) -> list[dict[str, object]]:
+        """The newest signed head of every chain this gateway writes: its own and each serving
+        worker's (a worker not answering is left out; `audit verify` then checks its chain up to
+        what the store holds, as for a stopped gateway)."""
+        own = gw.checkpointer.latest
+        heads: list[dict[str, object]] = [own.as_dict()] if own is not None else []
+        answers = await asyncio.gather(*(self._get(w, "/checkpoint") for w in self.workers))
+        for status, body in answers:
+            if status == 200:
+                with contextlib.suppress(ValueError, KeyError):
+                    heads.append(Checkpoint.from_mapping(json.loads(body)).as_dict())
+        return heads
 
     async def _policy_in_workers(self, version: str) -> None:
         """Until every serving worker reports ``version`` in force (_follow_policy signals them),

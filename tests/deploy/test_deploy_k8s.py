@@ -19,6 +19,7 @@ import yaml
 
 from gateway.audit.checkpoint import generate as generate_checkpoint_key
 from gateway.audit.shipping.shipper import Shipper
+from gateway.runtime.supervisor import WORKER_STOP_MARGIN_SECONDS
 from tests.certs import CA
 from tests.conftest import ROOT, run_cli
 
@@ -202,10 +203,12 @@ def test_ports_probes_paths_image_and_drain_agree_with_the_mounted_config() -> N
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["spool"] == data["audit"]["spool_dir"]
     assert container["image"] == f"registry.example.internal/pd-gateway:{VERSION}"
-    # Drain: preStop sleep, then proxy.shutdown_timeout_seconds, then the shipper's drain.
+    # Drain: preStop sleep, then the workers' drain (proxy.shutdown_timeout_seconds and the margin
+    # the supervisor gives a worker before killing it), then the shippers' drain.
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
     shipper_drain = inspect.signature(Shipper.stop).parameters["drain_seconds"].default
-    needed = pre_stop + proxy.get("shutdown_timeout_seconds", 30) + shipper_drain
+    worker_stop = proxy.get("shutdown_timeout_seconds", 30) + WORKER_STOP_MARGIN_SECONDS
+    needed = pre_stop + worker_stop + shipper_drain
     assert pod["terminationGracePeriodSeconds"] > needed
     service = _one(docs, "Service", "pd-gateway")
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["proxy"]

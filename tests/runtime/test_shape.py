@@ -7,14 +7,18 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.audit.store.factory import open_store
 from gateway.config.load import load_config
 from gateway.runtime.app import build
+from gateway.testing.chserver import ClickHouseServer
 from tests.audit.test_store import _read_embedded
 from tests.cli.test_investigate_process import _cli
 from tests.conftest import (
@@ -29,6 +33,7 @@ from tests.conftest import (
     write_config,
 )
 from tests.process import GatewayProcess, run_gateway
+from tests.stores import count, fresh_database, store_config, store_section, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -188,3 +193,71 @@ async def test_connections_made_while_the_worker_starts_again_wait_and_are_serve
         assert gp.kill(signal.SIGTERM) == 0
     served = spool_events(gp.serving_spool())
     assert [e["status"] for e in served] == [200]
+
+
+def _drop_rows(store: Any, table: str, where: str) -> None:
+    """What a store administrator can do: remove rows for good (a copy without them)."""
+    db = store.database
+    store.execute(f"CREATE TABLE {db}.kept AS {db}.{table}")
+    store.execute(f"INSERT INTO {db}.kept SELECT * FROM {db}.{table} WHERE NOT ({where})")
+    store.execute(f"TRUNCATE TABLE {db}.{table}")
+    store.execute(f"INSERT INTO {db}.{table} SELECT * FROM {db}.kept")
+    store.execute(f"DROP TABLE {db}.kept")
+
+
+@pytest.mark.timeout(180)
+async def test_verify_given_the_admin_url_checks_every_chains_live_head(
+    tmp_path: Path, keys: Keys, upstream: Upstream, ch_server: ClickHouseServer
+) -> None:
+    """9.1.8, decision 012: the newest accesses deleted from the store, with the checkpoints that
+    named them, are invisible to the store alone; the worker's live signed head, which the admin
+    URL serves beside the supervisor's (`/checkpoints`), shows the truncation."""
+    section = store_section("clickhouse", fresh_database(), chdb_dir=tmp_path, server=ch_server)
+    store = open_store(store_config(section), apply_schema=True)
+    try:
+        with run_gateway(
+            tmp_path,
+            keys,
+            upstream.url,
+            store=section,
+            audit={"durability": "batch", "checkpoint_interval_seconds": 0.2},
+        ) as gp:
+            token = keys.token("alice", ["hr_officer"])
+            for i in range(6):  # one after another: each access followed by its outcome
+                assert await _get(gp, token, [f"/hr/employees/{i}"]) == [200]
+            worker = "gw-test-w0"
+
+            def heads() -> dict[str, dict[str, Any]]:
+                with urllib.request.urlopen(gp.admin + "/checkpoints", timeout=5) as r:
+                    return {h["instance"]: h for h in json.load(r)}
+
+            def settled() -> bool:  # the worker's head covers its last record, and is shipped
+                last = max(chained_seqs(gp.serving_spool()))
+                head = heads().get(worker)
+                return (
+                    head is not None
+                    and head["seq"] == last
+                    and count(store, "chain_checkpoints", f"instance = '{worker}' AND seq = {last}")
+                    == 1
+                )
+
+            await asyncio.to_thread(wait_for, settled, 30, "the worker's head signed and shipped")
+            assert set(heads()) == {"gw-test", worker}
+            cfg = str(tmp_path / "gateway.yaml")
+            verify = ("audit", "verify", "--config", cfg, "--public-key")
+            verify += (str(tmp_path / "checkpoint-key.pub"),)
+            ok = run_cli(*verify, "--gateway", gp.admin)
+            assert ok.returncode == 0, ok.stdout + ok.stderr
+            assert f"{worker}: records #1-" in ok.stdout and "gw-test: records" in ok.stdout
+            # The last two requests' records and every checkpoint naming them, deleted.
+            last = max(chained_seqs(gp.serving_spool()))
+            cut = f"instance = '{worker}' AND greatest(seq, outcome_seq) > {last - 4}"
+            _drop_rows(store, "access_events", cut)
+            _drop_rows(store, "chain_checkpoints", f"instance = '{worker}' AND seq > {last - 4}")
+            alone = run_cli(*verify)
+            assert alone.returncode == 0, alone.stdout  # what the store alone cannot tell
+            caught = run_cli(*verify, "--gateway", gp.admin)
+            assert caught.returncode == 1, caught.stdout
+            assert f"{worker} #{last}: truncated" in caught.stdout
+    finally:
+        store.close()

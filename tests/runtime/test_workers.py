@@ -4,6 +4,7 @@ port, workers sharing the proxy port (decisions 016, 030; one worker: tests/runt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -202,6 +203,48 @@ async def test_a_killed_worker_is_started_again_and_its_chain_continues(
     assert seqs == list(range(1, len(seqs) + 1))  # one chain: no number twice, none missing
     starts = [r for r in spool_records(gp.spool / "w0") if r["kind"] == "start"]
     assert len(starts) == 2 and {r["instance"] for r in starts} == {"gw-test-w0"}
+
+
+@pytest.mark.timeout(180)
+async def test_a_hung_worker_is_killed_and_started_again(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    """A worker whose event loop is stuck (stopped here with SIGSTOP) still holds its share of the
+    proxy port and the pod's liveness probe asks the supervisor: the supervisor kills it after
+    HANG_LIMIT_SECONDS without an answer to /healthz, and starts it again."""
+    from gateway.runtime.supervisor import HANG_CHECK_SECONDS, HANG_LIMIT_SECONDS
+
+    with run_gateway(tmp_path, keys, upstream.url) as gp:
+        assert await _requests(gp, keys, 5) == [200] * 5
+        old = _worker(gp, "w0")["pid"]
+        os.kill(old, signal.SIGSTOP)
+        stopped = time.monotonic()
+        deadline = stopped + HANG_LIMIT_SECONDS + 3 * HANG_CHECK_SECONDS + 30
+        while True:
+            assert time.monotonic() < deadline, "the hung w0 was not started again"
+            try:
+                if _worker(gp, "w0")["pid"] != old:
+                    break
+            except (FileNotFoundError, ValueError):
+                pass
+            await asyncio.sleep(0.2)
+        assert time.monotonic() - stopped >= HANG_LIMIT_SECONDS  # not before the limit
+        assert not _alive(old)
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(gp.admin + "/readyz", timeout=5) as r,
+            ):
+                if r.status == 200:
+                    break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert await _requests(gp, keys, 10) == [200] * 10
+        assert _sum(_metrics(gp), "pdgw_worker_restarts_total", worker="w0") == 1
+        assert gp.kill(signal.SIGTERM) == 0
+    assert (
+        "worker not answering; killed to be started again" in (tmp_path / "gateway.log").read_text()
+    )
 
 
 @pytest.mark.timeout(120)
