@@ -69,14 +69,26 @@ def run_keygen(args: argparse.Namespace) -> int:
 def _live(url: str) -> list[Checkpoint]:
     """A running gateway's live signed heads: every chain's from its admin URL (`/checkpoints`:
     the supervisor's and each worker's, decision 030), or the one chain of a URL that names a
-    worker (`ADMIN/workers/w0`) or serves only `/checkpoint`."""
+    worker (`ADMIN/workers/w0`) or serves only `/checkpoint`. A chain the gateway has no head of
+    now is named on stderr: it is checked against the store alone."""
     base = url.rstrip("/")
     try:
         with urllib.request.urlopen(base + "/checkpoints", timeout=10) as resp:
-            return [Checkpoint.from_mapping(m) for m in json.load(resp)]
+            data = json.load(resp)
     except urllib.error.HTTPError as e:
+        e.close()
         if e.code != 404:
             raise
+    else:
+        if not isinstance(data, dict) or not isinstance(data.get("heads"), list):
+            raise ValueError(f"{base}/checkpoints: not a list of heads")
+        for name in data.get("unavailable") or []:
+            print(
+                f"pd-gateway: {base}: no live head of {name} now (starting, or not answering): "
+                "its chain is checked against the store alone",
+                file=sys.stderr,
+            )
+        return [Checkpoint.from_mapping(m) for m in data["heads"]]
     with urllib.request.urlopen(base + "/checkpoint", timeout=10) as resp:
         return [Checkpoint.from_mapping(json.load(resp))]
 
@@ -98,7 +110,7 @@ def run_verify(args: argparse.Namespace) -> int:
         since_us = int(when.timestamp() * 1e6)
     try:
         live = [cp for url in args.gateway for cp in _live(url)]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"pd-gateway: cannot read a live checkpoint: {e}", file=sys.stderr)
         return 2
     try:

@@ -6,8 +6,8 @@ Contract:
   gateway of an earlier release had: it continues there), listening on the admin port only. It
   owns the store: one Shipper per worker spool beside its own, and the anomaly detectors (and any
   periodic job over the store). On the admin port it answers the admin APIs itself and /metrics,
-  /readyz, ``/workers/w<i>/checkpoint`` and ``/checkpoints`` (every process's live signed head,
-  for `audit verify --gateway`) for every process.
+  /readyz of every process, each worker's live signed head at ``/workers/w<i>/checkpoint``, and
+  ``/checkpoints``: every process's, for `audit verify --gateway`.
 - The proxy port: one listening socket per worker, made here (SO_REUSEPORT) and passed to the
   worker; the supervisor keeps its own copy open, so while a worker starts again its connections
   wait in the socket's queue instead of being refused.
@@ -37,6 +37,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -75,10 +76,10 @@ VIEW_WRITE_SECONDS = 0.1
 START_TIMEOUT_SECONDS = 60.0
 RESTART_BACKOFF_MAX_SECONDS = 30.0
 RESTART_QUIET_SECONDS = 60.0  # a worker that ran this long is started again at once
-POLICY_WAIT_SECONDS = 5.0
+POLICY_WAIT_SECONDS = 5.0  # the policy API waits this long at most for the workers
 # A stopping worker drains for proxy.shutdown_timeout_seconds; this much more for its spool's last
 # flush and exit, then it is killed (deploy/k8s: terminationGracePeriodSeconds allows for it).
-WORKER_STOP_MARGIN_SECONDS = 15  # the policy API waits this long at most for the workers
+WORKER_STOP_MARGIN_SECONDS = 15
 SCRAPE_TIMEOUT_SECONDS = 2.0
 # A serving worker whose /healthz has not answered (SCRAPE_TIMEOUT_SECONDS each) for this long is
 # hung — its event loop stuck — and is killed, to be started again by _keep: the pod's liveness
@@ -288,11 +289,14 @@ class Supervisor:
                 await self._start(w, version)
             except WorkerFailed as e:
                 log.error("worker did not start again", extra={"worker": w.name, "error": str(e)})
+            except Exception:  # e.g. no process could be made (EAGAIN): try again, backing off
+                log.exception("worker could not be started again", extra={"worker": w.name})
 
     async def _watch(self, w: _Worker) -> None:
         """Kill ``w`` when it serves but its /healthz has not answered for HANG_LIMIT_SECONDS
         (a stuck event loop): _keep then starts it again, as after a crash."""
         silent_since: float | None = None
+        silent: asyncio.subprocess.Process | None = None  # the process the silence is of
         while not self.stopping:
             await asyncio.sleep(HANG_CHECK_SECONDS)
             proc = w.proc
@@ -300,11 +304,12 @@ class Supervisor:
                 silent_since = None  # not serving (starting, or exited): _keep's business
                 continue
             status, _ = await self._get(w, "/healthz")
-            if status == 200:
+            if status == 200 or proc is not w.proc:
                 silent_since = None
                 continue
             now = time.monotonic()
-            silent_since = silent_since or now
+            if silent_since is None or silent is not proc:  # a new process starts its own count
+                silent_since, silent = now, proc
             if now - silent_since >= HANG_LIMIT_SECONDS and not self.stopping:
                 log.error(
                     "worker not answering; killed to be started again",
@@ -509,18 +514,27 @@ class Supervisor:
 
         return views
 
-    async def _live_heads(self, gw: Gateway) -> list[dict[str, object]]:
-        """The newest signed head of every chain this gateway writes: its own and each serving
-        worker's (a worker not answering is left out; `audit verify` then checks its chain up to
-        what the store holds, as for a stopped gateway)."""
+    async def _live_heads(self, gw: Gateway) -> dict[str, list[Any]]:
+        """The newest signed head of every chain this gateway writes (``heads``: its own and
+        each serving worker's), and the chains it has none of now (``unavailable``: a worker
+        starting, hung, or with no head signed yet) — `audit verify` says those were checked
+        against the store alone."""
+        heads: list[Any] = []
+        unavailable: list[str] = []
         own = gw.checkpointer.latest
-        heads: list[dict[str, object]] = [own.as_dict()] if own is not None else []
+        if own is not None:
+            heads.append(own.as_dict())
+        else:
+            unavailable.append(self.cfg.instance_id)
         answers = await asyncio.gather(*(self._get(w, "/checkpoint") for w in self.workers))
-        for status, body in answers:
-            if status == 200:
-                with contextlib.suppress(ValueError, KeyError):
-                    heads.append(Checkpoint.from_mapping(json.loads(body)).as_dict())
-        return heads
+        for w, (status, body) in zip(self.workers, answers, strict=True):
+            try:
+                if status != 200:
+                    raise ValueError(status)
+                heads.append(Checkpoint.from_mapping(json.loads(body)).as_dict())
+            except (ValueError, KeyError, TypeError):
+                unavailable.append(f"{self.cfg.instance_id}-{w.name}")
+        return {"heads": heads, "unavailable": unavailable}
 
     async def _policy_in_workers(self, version: str) -> None:
         """Until every serving worker reports ``version`` in force (_follow_policy signals them),
@@ -533,7 +547,7 @@ class Supervisor:
             waiting = [
                 w
                 for w, (status, body) in zip(waiting, answers, strict=True)
-                if w.admin is not None and (status != 200 or views.policy_version(body) != version)
+                if w.admin is not None and (status != 200 or _version_of(body) != version)
             ]
         if waiting:
             names = [w.name for w in waiting]
@@ -563,3 +577,11 @@ class Supervisor:
             },
             {w.name: w.metrics.registry for w in self._shipped()},
         )
+
+
+def _version_of(metrics: bytes) -> str | None:
+    """The policy version a worker's /metrics shows; None if they cannot be read."""
+    try:
+        return views.policy_version(metrics)
+    except ValueError:
+        return None

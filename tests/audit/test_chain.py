@@ -400,3 +400,61 @@ def test_the_canonical_form_is_the_documented_json_and_reads_back(vals: list[Any
     assert form == stdlib.encode()
     line = chain.line(form, chain.link(chain.GENESIS, form))
     assert json.loads(line)["rec"][4:] == vals
+
+
+def test_a_live_head_is_compared_as_a_running_gateway_writes_past_it(
+    tmp_path: Path, keys: Keys, ch_server: ClickHouseServer
+) -> None:
+    """A running gateway signs its head every checkpoint interval and ships within a second, so
+    the store holds records past the live head `audit verify --gateway` read: those are not a
+    problem. An access numbered past the head but timed well before it was signed is one
+    (inserted); and a chain whose live head is known but which has nothing in the store is
+    reported whole as truncated (decisions 012, 030)."""
+    from dataclasses import replace
+
+    from tests.conftest import config_dict, write_config
+
+    section = store_section("clickhouse", fresh_database(), chdb_dir=tmp_path, server=ch_server)
+    data = config_dict(tmp_path, "http://127.0.0.1:1", store=section)
+    path = write_config(tmp_path, data, keys)
+    spool_dir = Path(data["audit"]["spool_dir"])
+    signer = checkpoint.Signer.load(tmp_path / CHECKPOINT_KEY)
+    now = time.time_ns() // 1000
+
+    async def write(directory: Path, instance: str, times: list[int]) -> checkpoint.Checkpoint:
+        """Records at ``times`` up to the head signed, then two more after it."""
+        spool = Spool(directory, instance=instance)
+        spool.open()
+        for i, ts in enumerate(times):
+            await spool.append(replace(access(i), ts_us=ts))
+        head = await checkpoint.Checkpointer(spool, signer, 60).checkpoint()
+        assert head is not None
+        for i in range(2):
+            await spool.append(replace(access(100 + i), ts_us=time.time_ns() // 1000))
+        spool.close()
+        return head
+
+    head = asyncio.run(write(spool_dir, "gw-test", [now + i for i in range(10)]))
+    gone = asyncio.run(write(tmp_path / "gone", "gw-gone", [now + i for i in range(3)]))
+    replay = run_cli("audit", "replay", "--spool", str(spool_dir), "--config", str(path))
+    assert replay.returncode == 0, replay.stderr
+    store = open_store(store_config(section), apply_schema=False)
+    keyring = checkpoint.load_public_keys([tmp_path / "checkpoint-key.pub"])
+    try:
+        assert verify_store(store, keyring, live=[head]).ok  # records past the head: fine
+        report = verify_store(store, keyring, live=[head, gone])
+        assert {(p.instance, p.kind) for p in report.problems} == {("gw-gone", "truncated")}
+
+        async def insert_old() -> None:  # numbered after the head, timed two minutes before it
+            spool = Spool(spool_dir, instance="gw-test")
+            spool.open()
+            await spool.append(replace(access(200), ts_us=head.ts_us - 120_000_000))
+            spool.close()
+
+        asyncio.run(insert_old())
+        replay = run_cli("audit", "replay", "--spool", str(spool_dir), "--config", str(path))
+        assert replay.returncode == 0, replay.stderr
+        report = verify_store(store, keyring, live=[head])
+        assert [p.kind for p in report.problems] == ["beyond_live_head"]
+    finally:
+        store.close()
