@@ -3,6 +3,8 @@ switching it off, one at a time, side by side in one run (docs/benchmarks.md).
 
     python bench/parts.py               # the table (BENCH_SECONDS, BENCH_ROUNDS as make bench)
     python bench/parts.py calls         # Python function calls per request on the event loop
+    python bench/parts.py calls --without all   # ... with every part stubbed: aiohttp's share
+    python bench/parts.py calls --keep FILE     # ... and the cProfile stats kept in FILE
 
 The gateway runs in a process of its own with no store (the pipeline and its spool; shipping is
 the store process's), built with the composition root and served on its real listeners, with the
@@ -304,13 +306,14 @@ def table() -> dict[str, float]:
         print(f"{name:<{w}} {value:>10.0f} {saves:>7} {statistics.median(rps[name]):>8.0f}")
     print(
         f"the pipeline over its data path (gateway − bare): {full - bare:.0f} µs; with every "
-        f"part stubbed: {med['without all of them'] - bare:.0f} µs (aiohttp's own floor for the "
-        "gateway's shape: the app, middleware, the client's request)"
+        f"part stubbed: {med['without all of them'] - bare:.0f} µs (what no switch removes: "
+        "the pipeline's own steps, routing, the forwarder's header copies and the aiohttp "
+        "client's handling of them; `parts.py calls --without all` shows where)"
     )
     return med
 
 
-def calls() -> None:
+def calls(without: list[str], keep: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="pdgw-calls-") as d:
         tmp = Path(d)
         stats = tmp / "calls.prof"
@@ -329,6 +332,8 @@ def calls() -> None:
         with processes() as procs:
             procs.append(subprocess.Popen(["nginx", "-c", str(tmp / "up.conf")]))
             cmd = [sys.executable, "bench/parts.py", "serve", "--config", str(tmp / "gw.json")]
+            if without:
+                cmd += ["--without", ",".join(without)]
             procs.append(
                 subprocess.Popen([*cmd, "--calls", str(stats)], cwd=ROOT, stderr=subprocess.DEVNULL)
             )
@@ -338,16 +343,47 @@ def calls() -> None:
             while not stats.exists() and time.monotonic() < deadline:
                 wrk(url, token, connections=1, seconds=2)
             procs[-1].send_signal(signal.SIGTERM)
+        if keep is not None:  # for pstats, snakeviz or a diff against another profile
+            keep.write_bytes(stats.read_bytes())
         s = pstats.Stats(str(stats))
         total = sum(v[1] for v in s.stats.values())  # type: ignore[attr-defined]
         print(
             f"\n## Python calls per request on the event loop (cProfile over {CALLS_REQUESTS} "
-            f"requests, c=1, no store): {total / CALLS_REQUESTS:.0f}"
+            f"requests, c=1, no store{', without ' + ', '.join(without) if without else ''}): "
+            f"{total / CALLS_REQUESTS:.0f}"
         )
-        rows = sorted(s.stats.items(), key=lambda kv: -kv[1][1])[:25]  # type: ignore[attr-defined]
+        stats_items = s.stats.items()  # type: ignore[attr-defined]
+        own: dict[str, list[float]] = {}  # by package: calls, own time (cProfile's tottime)
+        for (file, _line, _func), (_, ncalls, tottime, *_rest) in stats_items:
+            group = own.setdefault(_package(file), [0.0, 0.0])
+            group[0] += ncalls
+            group[1] += tottime
+        all_time = sum(t for _, t in own.values()) or 1.0
+        print("  by package: calls per request, share of the loop's own time (cProfile's)")
+        for name, (n, t) in sorted(own.items(), key=lambda kv: -kv[1][1]):
+            print(f"  {n / CALLS_REQUESTS:>7.1f}  {t / all_time:>4.0%}  {name}")
+        print("  the most called:")
+        rows = sorted(stats_items, key=lambda kv: -kv[1][1])[:25]
         for (file, line, func), (_, ncalls, *_rest) in rows:
             where = "/".join(Path(file).parts[-2:]) if file != "~" else "builtin"
-            print(f"  {ncalls / CALLS_REQUESTS:>6.1f}  {func} ({where}:{line})")
+            print(f"  {ncalls / CALLS_REQUESTS:>7.1f}  {func} ({where}:{line})")
+
+
+def _package(file: str) -> str:
+    """Where a profiled function lives: a sub-package of the gateway, a library, or Python."""
+    parts = Path(file).parts
+    if file == "~":
+        return "builtins (C)"
+    if "gateway" in parts and "site-packages" not in parts:
+        i = len(parts) - 1 - parts[::-1].index("gateway")
+        return "gateway." + parts[i + 1] if i + 2 < len(parts) else "gateway"
+    if "site-packages" in parts:
+        return parts[parts.index("site-packages") + 1].split(".")[0]
+    if len(parts) < 2:
+        return "python: " + file
+    if parts[-2].startswith("python3"):  # a standard module of its own: asyncio is a directory
+        return "python: " + parts[-1].removesuffix(".py")
+    return "python: " + parts[-2]
 
 
 def main() -> None:
@@ -356,11 +392,15 @@ def main() -> None:
     p.add_argument("--config", type=Path)
     p.add_argument("--without", default="")
     p.add_argument("--calls", type=Path)
+    p.add_argument("--keep", type=Path, help="calls: keep the cProfile stats in this file")
     args = p.parse_args()
+    without = [w for w in args.without.split(",") if w]
+    if without == ["all"]:
+        without = list(PARTS)
     if args.what == "serve":
-        serve(args.config, [w for w in args.without.split(",") if w], args.calls)
+        serve(args.config, without, args.calls)
     elif args.what == "calls":
-        calls()
+        calls(without, args.keep)
     else:
         table()
 
