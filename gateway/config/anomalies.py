@@ -52,7 +52,7 @@ def parse_anomalies(top: Section) -> AnomaliesConfig | None:
         if name not in CATEGORIES:
             problems.add(ur.key(str(name)), f"not a category: one of {', '.join(CATEGORIES)}")
         roles = ur.get(str(name), list, [])
-        if any(not isinstance(r, str) or not re.match(r"^[\w.:-]+$", r) for r in roles):
+        if any(not isinstance(r, str) or not re.match(r"^[\w.:-]+\Z", r) for r in roles):
             problems.add(ur.key(str(name)), "must be a list of job function names")
             roles = []
         readers[str(name)] = frozenset(roles)
@@ -94,7 +94,7 @@ def _hours(
 
 def _minute_of_day(sec: Section, key: str, default: str) -> int:
     value = sec.get(key, str, default)
-    m = re.match(r"^([01]\d|2[0-4]):([0-5]\d)$", value)
+    m = re.match(r"^([01]\d|2[0-4]):([0-5]\d)\Z", value)
     if m is None or int(m[1]) * 60 + int(m[2]) > 24 * 60:
         sec.problems.add(sec.key(key), "must be HH:MM")
         return 0

@@ -13,7 +13,7 @@ from gateway.config.vocabulary import GATEWAY_PATH_PREFIX
 D = ConsoleConfig  # the defaults
 # The login machinery's own pages under the prefix (gateway.web.browser): not the console's.
 _TAKEN = ("login", "callback", "logout", "logged-out")
-_PATH = re.compile(r"^/_pdgw/([a-z0-9][a-z0-9-]*/)+$")
+_PATH = re.compile(r"^/_pdgw/([a-z0-9][a-z0-9-]*/)+\Z")
 
 
 def parse_console(

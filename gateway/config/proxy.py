@@ -49,7 +49,7 @@ def parse_proxy(top: Section) -> ProxyConfig:
     return proxy
 
 
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2 token
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # RFC 9110 §5.6.2 token
 
 
 def _header_names(sec: Section, key: str) -> frozenset[str]:
@@ -63,7 +63,7 @@ def _header_names(sec: Section, key: str) -> frozenset[str]:
     return frozenset(out)
 
 
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(:[0-9]{1,5})?$")  # RFC 9110 §7.2
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(:[0-9]{1,5})?\Z")  # RFC 9110 §7.2
 
 
 def _hosts(sec: Section, key: str) -> frozenset[str]:

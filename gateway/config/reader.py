@@ -189,7 +189,7 @@ def http_url(value: str) -> str | None:
     return None
 
 
-_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
 
 
 def name(value: str) -> str | None:
@@ -198,5 +198,5 @@ def name(value: str) -> str | None:
 
 def identifier(value: str) -> str | None:
     return (
-        None if re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", value) else "must be a plain identifier"
+        None if re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z", value) else "must be a plain identifier"
     )

@@ -143,8 +143,8 @@ def owned(key: str, strip: frozenset[str] = frozenset()) -> bool:
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: host [":" port]. A reg-name here is unreserved characters only
 # (pct-encoded and sub-delims are legal but no real host name needs them); IP literals are checked
 # by ipaddress.
-_REG_NAME_OR_IPV4 = re.compile(r"^[A-Za-z0-9._~-]+$")
-_PORT = re.compile(r"^[0-9]{1,5}$")
+_REG_NAME_OR_IPV4 = re.compile(r"^[A-Za-z0-9._~-]+\Z")
+_PORT = re.compile(r"^[0-9]{1,5}\Z")
 
 
 def valid_host(value: str) -> bool:

@@ -258,7 +258,7 @@ class TokenVerifier:
         )
 
 
-_BASE64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+_BASE64URL = re.compile(r"^[A-Za-z0-9_-]*\Z")
 
 
 def _canonical_base64url(segment: str) -> bool:

@@ -30,8 +30,8 @@ HOUR_US = 3600 * 1_000_000
 DAY_US = 24 * HOUR_US
 WEEK_US = 7 * DAY_US
 MAX_COMMENT = 2000
-_ID = re.compile(r"^[0-9a-f]{8,64}$")
-_NAME = re.compile(r"^[\w.:-]{1,64}$")
+_ID = re.compile(r"^[0-9a-f]{8,64}\Z")
+_NAME = re.compile(r"^[\w.:-]{1,64}\Z")
 
 
 def accesses_behind(deps: ConsoleDeps, ui: UI, row: Row) -> str:

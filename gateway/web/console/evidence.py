@@ -26,7 +26,7 @@ from gateway.web.console.kit import ConsoleDeps, caller_of, ui_of
 from gateway.web.console.render import UI
 from gateway.web.evidence_api import parse_period
 
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 
 
 def _period(ui: UI, query: Any) -> tuple[int, int, str, str]:

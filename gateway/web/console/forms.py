@@ -42,7 +42,7 @@ EVENT_FIELDS = (
     "request_id",
     "break_glass",
 )
-_CURSOR = re.compile(r"^(\d{1,20})~([0-9a-f]{1,64})$")
+_CURSOR = re.compile(r"^(\d{1,20})~([0-9a-f]{1,64})\Z")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from gateway.web.requests_api import (
     request_json,
 )
 
-_ID = re.compile(r"^[0-9a-f]{8}$")
+_ID = re.compile(r"^[0-9a-f]{8}\Z")
 
 
 def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
