@@ -19,8 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,25 +32,12 @@ from run import (
     generate_checkpoint_key,
     rsa_keypair,
     wait_http,
+    wait_ready,
     wrk,
 )
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 WORKERS = [int(n) for n in os.environ.get("WORKERS", "1,2").split(",")]
-
-
-def wait_ready(url: str, timeout: float = 60) -> None:
-    """Until /readyz answers 200 (wait_http takes a 503 for "up"; workers may still start)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} never ready")
 
 
 def main() -> float:

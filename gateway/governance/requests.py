@@ -177,6 +177,36 @@ class Register:
             **values,
         )
 
+    def step(
+        self,
+        r: SubjectRequest,
+        *,
+        state: str,
+        actor: str,
+        request_id: str,
+        outcome: str = "",
+        act: str = "",
+        reason: str | None = None,
+    ) -> SubjectRequestChange:
+        """The next state change of request ``r``: its fields carried over, with what this step
+        adds (``reason``: the request's own unless given)."""
+        return self.change(
+            state=state,
+            actor=actor,
+            request_id=request_id,
+            request=r.request,
+            request_type=r.request_type,
+            subject=r.subject,
+            label=r.label,
+            ref=r.ref,
+            received=r.received,
+            due=r.due,
+            block_id=r.block_id,
+            outcome=outcome,
+            act=act,
+            reason=r.reason if reason is None else reason,
+        )
+
     def _fresh_id(self) -> str:
         # 8 hex digits: short enough to type and say on the phone, drawn at random so replicas
         # never hand out the same one (decision 029); drawn again on the rare collision.

@@ -203,21 +203,8 @@ class AuditAPI:
     async def _issued(self, r: SubjectRequest, event: AccessEvent) -> None:
         """The register notes when the report was issued (a state change, in the trail)."""
         assert self._register is not None
-        record = self._register.change(
-            state="report_issued",
-            actor=event.user,
-            request_id=event.request_id,
-            request=r.request,
-            request_type=r.request_type,
-            subject=r.subject,
-            label=r.label,
-            ref=r.ref,
-            received=r.received,
-            due=r.due,
-            block_id=r.block_id,
-            outcome="",
-            act="",
-            reason=r.reason,
+        record = self._register.step(
+            r, state="report_issued", actor=event.user, request_id=event.request_id
         )
         await self._recorder.note(record)
         await self._register.keep(record)

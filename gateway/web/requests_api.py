@@ -288,18 +288,11 @@ async def close_request(
     closing: Closing, event: AccessEvent, deps: Deps, t0: float
 ) -> SubjectRequest | ChangeRefused:
     r = closing.request
-    record = deps.register.change(
+    record = deps.register.step(
+        r,
         state="closed",
         actor=event.user,
         request_id=event.request_id,
-        request=r.request,
-        request_type=r.request_type,
-        subject=r.subject,
-        label=r.label,
-        ref=r.ref,
-        received=r.received,
-        due=r.due,
-        block_id=r.block_id,
         outcome=closing.outcome,
         act=closing.act,
         reason=closing.reason,

@@ -3,8 +3,10 @@ pages by HTTP (the browser-login tests)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -12,8 +14,8 @@ from urllib.parse import urljoin
 import aiohttp
 
 from gateway.identity.sessions import SessionCodec
-from tests.conftest import Served, spool_records
-from tests.oidc_provider import Provider
+from tests.conftest import Served, ServeFactory, spool_records
+from tests.oidc_provider import Provider, oidc_section
 
 NAV = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Site": "none"}
 XHR = {"Accept": "application/json", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "same-origin"}
@@ -112,3 +114,43 @@ class Browserish:
     async def close(self) -> None:
         await self.http.close()
         await self.gateway.close()
+
+
+MakeBrowser = Callable[..., Awaitable["Browserish"]]
+
+
+@contextlib.asynccontextmanager
+async def browser_gateways(
+    serve_gateway: ServeFactory,
+    provider: Provider,
+    default_upstream: str,
+    tmp_path: Path,
+    ports: Iterator[int],
+) -> AsyncIterator[MakeBrowser]:
+    """A maker of gateways with browser login, each on the next of ``ports`` (the ports the
+    provider's client was registered for), closed at the end: ``make(upstream_url=None,
+    oidc=None, gateway=None, **session)``."""
+    made: list[Browserish] = []
+
+    async def make(
+        upstream_url: str | None = None,
+        oidc: dict[str, Any] | None = None,
+        gateway: dict[str, Any] | None = None,
+        **session: Any,
+    ) -> Browserish:
+        port = next(ports)
+        served = await serve_gateway(
+            upstream_url or default_upstream,
+            listen={"proxy": {"port": port}},
+            oidc={**oidc_section(tmp_path, provider, port, **session), **(oidc or {})},
+            **(gateway or {}),
+        )
+        b = Browserish(served, provider, tmp_path)
+        made.append(b)
+        return b
+
+    try:
+        yield make
+    finally:
+        for b in made:
+            await b.close()

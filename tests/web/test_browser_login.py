@@ -21,7 +21,7 @@ from gateway.identity.sessions import LoginState, Session, SessionCodec
 from gateway.testing.chserver import free_port
 from tests.conftest import Keys, ServeFactory, Upstream, gateway_records, run_cli, spool_records
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
-from tests.web.browserish import NAV, XHR, Browserish
+from tests.web.browserish import NAV, XHR, Browserish, MakeBrowser, browser_gateways
 
 pytestmark = [
     pytest.mark.slow,
@@ -45,29 +45,9 @@ _ports = itertools.cycle(PORTS[:-1])  # the last: the second gateway process
 @pytest.fixture
 async def browser_gw(
     serve_gateway: ServeFactory, provider: Provider, upstream: Upstream, tmp_path: Path
-) -> AsyncIterator[Any]:
-    made: list[Browserish] = []
-
-    async def make(
-        upstream_url: str | None = None,
-        oidc: dict[str, Any] | None = None,
-        gateway: dict[str, Any] | None = None,
-        **session: Any,
-    ) -> Browserish:
-        port = next(_ports)
-        served = await serve_gateway(
-            upstream_url or upstream.url,
-            listen={"proxy": {"port": port}},
-            oidc={**oidc_section(tmp_path, provider, port, **session), **(oidc or {})},
-            **(gateway or {}),
-        )
-        b = Browserish(served, provider, tmp_path)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        await b.close()
+) -> AsyncIterator[MakeBrowser]:
+    async with browser_gateways(serve_gateway, provider, upstream.url, tmp_path, _ports) as make:
+        yield make
 
 
 async def test_login_lands_on_the_page_first_asked_for_with_bearer_identity_headers(

@@ -21,12 +21,11 @@ from gateway.testing.chserver import free_port
 from tests.conftest import ROUTES, HandlerUpstream, ServeFactory, Upstream
 from tests.oidc_provider import (
     Provider,
-    oidc_section,
     provider_available,
     revoke_sessions,
     run_provider,
 )
-from tests.web.browserish import NAV, XHR, Browserish
+from tests.web.browserish import NAV, XHR, MakeBrowser, browser_gateways
 
 pytestmark = [
     pytest.mark.slow,
@@ -64,29 +63,9 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
 @pytest.fixture
 async def browser_gw(
     serve_gateway: ServeFactory, provider: Provider, upstream: Upstream, tmp_path: Path
-) -> AsyncIterator[Any]:
-    made: list[Browserish] = []
-
-    async def make(
-        oidc: dict[str, Any] | None = None,
-        gateway: dict[str, Any] | None = None,
-        upstream_url: str | None = None,
-        **session: Any,
-    ) -> Browserish:
-        port = next(_ports)
-        served = await serve_gateway(
-            upstream_url or upstream.url,
-            listen={"proxy": {"port": port}},
-            oidc={**oidc_section(tmp_path, provider, port, **session), **(oidc or {})},
-            **(gateway or {}),
-        )
-        b = Browserish(served, provider, tmp_path)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        await b.close()
+) -> AsyncIterator[MakeBrowser]:
+    async with browser_gateways(serve_gateway, provider, upstream.url, tmp_path, _ports) as make:
+        yield make
 
 
 def _query(url: str) -> dict[str, list[str]]:
