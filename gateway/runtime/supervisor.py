@@ -407,12 +407,7 @@ class Supervisor:
         out = [
             console.process_health(self.cfg.instance_id, "supervisor", gw.metrics, gw.checkpointer)
         ]
-        answers = await asyncio.gather(*(self._get(w, "/checkpoint") for w in self.workers))
-        for w, (status, body) in zip(self.workers, answers, strict=True):
-            live = None
-            if status == 200:
-                with contextlib.suppress(ValueError, KeyError):
-                    live = Checkpoint.from_mapping(json.loads(body))
+        for w, live in zip(self.workers, await self._worker_heads(), strict=True):
             shipped = console.process_health(
                 f"{self.cfg.instance_id}-{w.name}", "worker", w.metrics, None
             )
@@ -526,15 +521,25 @@ class Supervisor:
             heads.append(own.as_dict())
         else:
             unavailable.append(self.cfg.instance_id)
-        answers = await asyncio.gather(*(self._get(w, "/checkpoint") for w in self.workers))
-        for w, (status, body) in zip(self.workers, answers, strict=True):
-            try:
-                if status != 200:
-                    raise ValueError(status)
-                heads.append(Checkpoint.from_mapping(json.loads(body)).as_dict())
-            except (ValueError, KeyError, TypeError):
+        for w, live in zip(self.workers, await self._worker_heads(), strict=True):
+            if live is not None:
+                heads.append(live.as_dict())
+            else:
                 unavailable.append(f"{self.cfg.instance_id}-{w.name}")
         return {"heads": heads, "unavailable": unavailable}
+
+    async def _worker_heads(self) -> list[Checkpoint | None]:
+        """Each worker's live signed head, in order; None where it has none now (not serving,
+        not answering, nothing signed yet, or an answer that is no checkpoint)."""
+        answers = await asyncio.gather(*(self._get(w, "/checkpoint") for w in self.workers))
+        heads: list[Checkpoint | None] = []
+        for status, body in answers:
+            live = None
+            if status == 200:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    live = Checkpoint.from_mapping(json.loads(body))
+            heads.append(live)
+        return heads
 
     async def _policy_in_workers(self, version: str) -> None:
         """Until every serving worker reports ``version`` in force (_follow_policy signals them),
