@@ -29,6 +29,7 @@ from tests.conftest import Keys, Served, ServeFactory, Upstream, spool_records
 from tests.stores import ENGINES, count, fresh_database, store_config, store_section, wait_for
 from tests.web.console.helpers import (
     CONSOLE,
+    SUBJECT,
     Staff,
     console_oidc,
     console_records,
@@ -37,7 +38,6 @@ from tests.web.console.helpers import (
 )
 
 pytestmark = pytest.mark.slow
-SUBJECT = "1001"
 
 
 @dataclass
@@ -83,7 +83,7 @@ async def console(
         console={"timezone": "Europe/Moscow", "page_rows": 10},
         store=section,
     )
-    # What the trail will hold: HR reads 1001's health data, an accountant is refused it.
+    # What the trail will hold: HR reads emp.1001's health data, an accountant is refused it.
     async with aiohttp.ClientSession() as s:
         for user, roles, path in [
             ("alice", ["hr_officer"], f"/hr/medical/{SUBJECT}"),

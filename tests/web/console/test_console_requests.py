@@ -24,14 +24,13 @@ from gateway.testing.chserver import free_port
 from tests.conftest import ROOT, Keys, ServeFactory, Upstream, spool_records
 from tests.stores import fresh_database, store_section
 from tests.web.chromium import chromium, chromium_available, loopback_context
-from tests.web.console.helpers import CONSOLE, console_oidc, session_cookie
+from tests.web.console.helpers import CONSOLE, SUBJECT, console_oidc, session_cookie
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(300),
     pytest.mark.skipif(not chromium_available(), reason="needs /usr/bin/chromium"),
 ]
-SUBJECT = "1001"
 MOSCOW = zoneinfo.ZoneInfo("Europe/Moscow")
 
 

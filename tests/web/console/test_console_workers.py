@@ -21,7 +21,14 @@ from gateway.web.console.identity import CALLER_HEADER, seal
 from gateway.web.trail import Caller
 from tests.conftest import Keys, Upstream, spool_records
 from tests.process import GatewayProcess, run_gateway
-from tests.web.console.helpers import CONSOLE, Staff, console_oidc, console_records, session_cookie
+from tests.web.console.helpers import (
+    CONSOLE,
+    SUBJECT,
+    Staff,
+    console_oidc,
+    console_records,
+    session_cookie,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -71,8 +78,8 @@ async def test_workers_forward_the_console_to_the_supervisor_which_records_every
         status, body, resp = await grace.get(CONSOLE + "health")
         assert status == 200 and "supervisor" in body and "gw-test-w1" in body
         ids.append(resp.headers["X-Request-Id"])
-        status, _, resp = await grace.post(CONSOLE + "subject", {"subject": "1001"})
-        assert status == 303 and "1001" not in resp.headers["Location"]
+        status, _, resp = await grace.post(CONSOLE + "subject", {"subject": SUBJECT})
+        assert status == 303 and SUBJECT not in resp.headers["Location"]
         ids.append(resp.headers["X-Request-Id"])
         page = resp.headers["Location"]
         status, _, resp = await grace.post(
@@ -84,7 +91,7 @@ async def test_workers_forward_the_console_to_the_supervisor_which_records_every
         token = keys.token("alice", ["hr_officer"])
         for _ in range(6):
             async with http.get(
-                gp.url + "/hr/medical/1001", headers={"Authorization": f"Bearer {token}"}
+                gp.url + f"/hr/medical/{SUBJECT}", headers={"Authorization": f"Bearer {token}"}
             ) as r:
                 assert r.status == 423
         status, body, resp = await grace.get(page + "?lang=ru")
@@ -102,7 +109,7 @@ async def test_workers_forward_the_console_to_the_supervisor_which_records_every
         refused = resp.headers["X-Request-Id"]
         # A cross-site form: refused by the worker that served it, recorded there.
         status, _, resp = await grace.post(
-            CONSOLE + "subject", {"subject": "1001"}, Origin="http://127.0.0.1:1"
+            CONSOLE + "subject", {"subject": SUBJECT}, Origin="http://127.0.0.1:1"
         )
         assert status == 403
         csrf = resp.headers["X-Request-Id"]
