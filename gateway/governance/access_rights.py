@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.audit.events import PermissionChange
@@ -45,6 +45,10 @@ class AccessRights:
     roles: RoleTracker
     # After a new policy is in force (the composition root lets the collector see the old one).
     on_installed: Callable[[], None] = lambda: None
+    # One change of policy at a time. A worker's file watcher and the supervisor's SIGHUP (or the
+    # admin API) may see the same edit together; each would diff against the policy still in
+    # force while the other's record is being written, and record the change twice (9.2.7).
+    _changing: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def reload_policy(self, *, actor: str, source: str, reason: str) -> bool:
         """Load the policy files again and put them in force, recording every change (9.2.7).
@@ -92,6 +96,17 @@ class AccessRights:
         in one write *before* it decides anything; if they cannot be recorded the change is
         refused (no silent change of access rights). ``before_install`` runs between the two
         (the admin API writes the policy file there)."""
+        async with self._changing:
+            return await self._apply_policy(engine, actor, source, reason, before_install)
+
+    async def _apply_policy(
+        self,
+        engine: PolicyEngine,
+        actor: str,
+        source: str,
+        reason: str,
+        before_install: Callable[[], None] | None,
+    ) -> bool:
         old = self.policies.engine
         if engine.rules() == old.rules() and engine.version == old.version:
             return True

@@ -412,3 +412,26 @@ async def test_sighup_reloads_the_policy_in_a_running_gateway(
         assert [(c["actor"], c["rule_after"]) for c in changes] == [
             ("signal:SIGHUP", "g, user:carol, accountant")
         ]
+
+
+async def test_two_reloads_of_one_edit_at_once_record_it_once(
+    make_gateway: GatewayFactory, upstream: Upstream, tmp_path: Path
+) -> None:
+    """A worker's file watcher and the supervisor's SIGHUP can reload the same edit together:
+    the second waits for the first and finds nothing left to change (9.2.7: one record per
+    change and process)."""
+    policies = copy_policies(tmp_path)
+    gw = await make_gateway(upstream.url, authz=authz(policies))
+    gateway = gw.client.app[GATEWAY]  # type: ignore[index]
+    edit(policies / "policy.csv", add="g, user:carol, accountant")
+    results = await asyncio.gather(
+        *(
+            gateway.rights.reload_policy(actor=actor, source="file", reason="test")
+            for actor in ("file:watcher", "signal:SIGHUP")
+        )
+    )
+    assert results == [True, True]
+    changes = [rec for rec in spool_records(gw.spool_dir) if rec["kind"] == "permission_change"]
+    assert [(c["change_kind"], c["user"], c["actor"]) for c in changes] == [
+        ("role_assigned", "carol", "file:watcher")
+    ]
