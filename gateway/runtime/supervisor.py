@@ -466,9 +466,16 @@ class Supervisor:
         ) -> web.StreamResponse:
             if request.method == "PUT" and request.path == "/admin/policy":
                 response = await handler(request)
-                if response.status == 200:
-                    # 9.2.7, 4.4: answered once every worker enforces what the API put in force.
-                    await self._policy_in_workers(gw.policies.engine.version)
+                if response.status == 200 and isinstance(response, web.Response):
+                    # 9.2.7, 4.4: answered once every worker enforces what the API put in force,
+                    # or, after POLICY_WAIT_SECONDS, saying which do not yet: the change is made
+                    # and recorded either way, and a caller withdrawing access must know.
+                    lagging = await self._policy_in_workers(gw.policies.engine.version)
+                    body = json.loads(response.body) if isinstance(response.body, bytes) else {}
+                    body["in_force_in_every_worker"] = not lagging
+                    if lagging:
+                        body["workers_not_yet_in_force"] = lagging
+                    response.body = json.dumps(body).encode()
                 return response
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else request.path
@@ -541,9 +548,10 @@ class Supervisor:
             heads.append(live)
         return heads
 
-    async def _policy_in_workers(self, version: str) -> None:
+    async def _policy_in_workers(self, version: str) -> list[str]:
         """Until every serving worker reports ``version`` in force (_follow_policy signals them),
-        at most POLICY_WAIT_SECONDS; a worker being started again loads the files as they are."""
+        at most POLICY_WAIT_SECONDS; a worker being started again loads the files as they are.
+        The names of the workers that still do not."""
         deadline = time.monotonic() + POLICY_WAIT_SECONDS
         waiting = [w for w in self.workers if w.admin is not None]
         while waiting and time.monotonic() < deadline:
@@ -554,9 +562,10 @@ class Supervisor:
                 for w, (status, body) in zip(waiting, answers, strict=True)
                 if w.admin is not None and (status != 200 or _version_of(body) != version)
             ]
-        if waiting:
-            names = [w.name for w in waiting]
+        names = [w.name for w in waiting]
+        if names:
             log.error("policy not yet in force in every worker", extra={"workers": names})
+        return names
 
     async def _get(self, w: _Worker, path: str) -> tuple[int, bytes]:
         """A worker's internal admin answer; (0, b"{}") if it is not serving."""

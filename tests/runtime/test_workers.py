@@ -285,16 +285,39 @@ async def test_sighup_and_a_policy_change_reach_every_worker(
             ) as r,
         ):
             assert r.status == 200, await r.text()
+            assert (await r.json())["in_force_in_every_worker"] is True
         # Answered once every worker has it in force: no wait here (9.2.7, decision 030).
         assert await _requests(gp, keys, 20, "/hr/employees", accountant) == [200] * 20
-        await _same_policy_everywhere(gp, other_than=withdrawn)
+        restored = await _same_policy_everywhere(gp, other_than=withdrawn)
+        # A worker that cannot take the change in time (stopped here): the change is made and
+        # recorded, and the answer says which worker does not enforce it yet.
+        stopped = gp.worker_pid(1)
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            body = {**body, "policy": original.replace("p, accountant, hr, employee, read\n", "")}
+            async with (
+                aiohttp.ClientSession() as s,
+                s.put(
+                    gp.admin + "/admin/policy",
+                    json={**body, "reason": "T-3: withdrawn again"},
+                    headers={"Authorization": f"Bearer {sam}"},
+                ) as r,
+            ):
+                assert r.status == 200, await r.text()
+                answer = await r.json()
+            assert answer["in_force_in_every_worker"] is False
+            assert answer["workers_not_yet_in_force"] == ["w1"]
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        await _same_policy_everywhere(gp, other_than=restored)  # w1 follows once it runs
         assert gp.kill(signal.SIGTERM) == 0
     for name in ("w0", "w1"):
         changes = [r for r in spool_records(gp.spool / name) if r["kind"] == "permission_change"]
-        assert [c["rule_after"] == "" for c in changes] == [True, False]  # withdrawn, restored
-    # The supervisor recorded both first: the store's view of each change names its actor.
+        # withdrawn, restored, withdrawn again
+        assert [c["rule_after"] == "" for c in changes] == [True, False, True]
+    # The supervisor recorded each first: the store's view of each change names its actor.
     changes = [r for r in spool_records(gp.spool) if r["kind"] == "permission_change"]
-    assert [c["actor"] for c in changes] == ["signal:SIGHUP", "sam"]
+    assert [c["actor"] for c in changes] == ["signal:SIGHUP", "sam", "sam"]
 
 
 async def _same_policy_everywhere(gp: GatewayProcess, other_than: str = "") -> str:
