@@ -5,6 +5,9 @@ switching it off, one at a time, side by side in one run (docs/benchmarks.md).
     python bench/parts.py calls         # Python function calls per request on the event loop
     python bench/parts.py calls --without all   # ... with every part stubbed: aiohttp's share
     python bench/parts.py calls --keep FILE     # ... and the cProfile stats kept in FILE
+    python bench/parts.py allocs        # memory allocations per request (memray), by package
+    python bench/parts.py allocs --without all  # ... with every part stubbed
+    python bench/parts.py allocs --bare  # ... of the bare aiohttp proxy
 
 The gateway runs in a process of its own with no store (the pipeline and its spool; shipping is
 the store process's), built with the composition root and served on its real listeners, with the
@@ -17,7 +20,10 @@ gateway minus bare is the pipeline's cost over its data path.
 A stub answers as the part would for this request (an allowed decision, a valid principal); none
 of them is a configuration the product offers. `calls` counts every Python call on the event
 loop while 2,000 requests are served (cProfile), divided by the requests: exact and repeatable
-where CPU time is noisy.
+where CPU time is noisy. `allocs` counts every memory allocation of the process (memray, with
+Python's own allocator traced: each object, each buffer) over 2,000 requests after 500 of
+warm-up, by the package of the Python function that asked for it. tracemalloc cannot give this
+figure: it keeps the blocks still alive, not those made and freed within a request.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import functools
 import json
 import logging
 import os
@@ -61,6 +68,7 @@ from tests.conftest import Keys, rsa_keypair
 DURATION = int(os.environ.get("BENCH_SECONDS", "8"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CALLS_REQUESTS = 2000
+ALLOCS_WARM_UP = 500  # requests before counting: caches filled, connections pooled
 
 
 class _Noop:
@@ -171,7 +179,9 @@ PARTS: dict[str, Callable[[], None]] = {
 }
 
 
-def serve(config: Path, without: list[str], calls_out: Path | None) -> None:
+def serve(
+    config: Path, without: list[str], calls_out: Path | None, allocs_out: Path | None = None
+) -> None:
     """The gateway without the parts named, until SIGTERM (bench-only: see the docstring)."""
     import uvloop
 
@@ -210,10 +220,41 @@ def serve(config: Path, without: list[str], calls_out: Path | None) -> None:
                         profile.dump_stats(str(calls_out))
 
             gw.serving.pipeline.handle = counted  # type: ignore[union-attr,method-assign]
+        if allocs_out is not None:
+            _count_allocations(gw, allocs_out)
         await stop.wait()
         await sites.close()
 
     uvloop.run(main())
+
+
+class AllocationWindow:
+    """memray over requests ALLOCS_WARM_UP+1 … ALLOCS_WARM_UP+CALLS_REQUESTS, each passed
+    through ``around`` (c=1: one at a time, so the window holds those requests and the loop's
+    work between them); ``OUT.done`` is made when it closes."""
+
+    def __init__(self, out: Path) -> None:
+        import memray
+
+        self._tracker = memray.Tracker(out, trace_python_allocators=True)
+        self._done = out.parent / (out.name + ".done")
+        self._handled = 0
+
+    async def around(self, handler: Callable[[Any], Any], request: Any) -> Any:
+        self._handled += 1
+        if self._handled == ALLOCS_WARM_UP + 1:
+            self._tracker.__enter__()
+        try:
+            return await handler(request)
+        finally:
+            if self._handled == ALLOCS_WARM_UP + CALLS_REQUESTS:
+                self._tracker.__exit__(None, None, None)
+                self._done.touch()
+
+
+def _count_allocations(gw: Any, out: Path) -> None:
+    window = AllocationWindow(out)
+    gw.serving.pipeline.handle = functools.partial(window.around, gw.serving.pipeline.handle)
 
 
 @contextlib.contextmanager
@@ -313,36 +354,49 @@ def table() -> dict[str, float]:
     return med
 
 
+def _drive_one(tmp: Path, without: list[str] | None, flag: str, out: Path, done: Path) -> None:
+    """nginx and one gateway serving with ``flag OUT`` (--calls, --allocs), driven by wrk at c=1
+    until ``done`` exists; the gateway is stopped before returning. ``without`` None: the bare
+    aiohttp proxy instead (--allocs only)."""
+    keys = Keys(*rsa_keypair(), public_pem="")
+    (tmp / "jwks.json").write_text(json.dumps(keys.jwks()))
+    token = keys.token("alice", ["hr_officer"], ttl=3600)
+    key = tmp / "checkpoint.pem"
+    generate_checkpoint_key(key, tmp / "checkpoint.pub")
+    tmp.chmod(0o755)
+    (tmp / "body.json").write_bytes(b"x" * 1024)
+    up_port, port, admin = free_port(), free_port(), free_port()
+    (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
+    cfg = gateway_config(tmp, "batch", f"http://127.0.0.1:{up_port}", port, admin, key)
+    del cfg["store"]
+    (tmp / "gw.json").write_text(json.dumps(cfg))
+    with processes() as procs:
+        procs.append(subprocess.Popen(["nginx", "-c", str(tmp / "up.conf")]))
+        if without is None:
+            upstream = f"http://127.0.0.1:{up_port}"
+            cmd = [sys.executable, "bench/servers.py", "bare-proxy", "--port", str(port)]
+            cmd += ["--upstream", upstream]
+            ready = f"http://127.0.0.1:{port}/"
+        else:
+            cmd = [sys.executable, "bench/parts.py", "serve", "--config", str(tmp / "gw.json")]
+            cmd += ["--without", ",".join(without)] if without else []
+            ready = f"http://127.0.0.1:{admin}/readyz"
+        procs.append(subprocess.Popen([*cmd, flag, str(out)], cwd=ROOT, stderr=subprocess.DEVNULL))
+        wait_http(ready)
+        url = f"http://127.0.0.1:{port}/hr/employees/1001"
+        deadline = time.monotonic() + 300
+        while not done.exists() and time.monotonic() < deadline:
+            wrk(url, token, connections=1, seconds=2)
+        procs[-1].send_signal(signal.SIGTERM)
+    if not done.exists():
+        raise RuntimeError(f"the gateway never finished counting ({flag})")
+
+
 def calls(without: list[str], keep: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="pdgw-calls-") as d:
         tmp = Path(d)
         stats = tmp / "calls.prof"
-        keys = Keys(*rsa_keypair(), public_pem="")
-        (tmp / "jwks.json").write_text(json.dumps(keys.jwks()))
-        token = keys.token("alice", ["hr_officer"], ttl=3600)
-        key = tmp / "checkpoint.pem"
-        generate_checkpoint_key(key, tmp / "checkpoint.pub")
-        tmp.chmod(0o755)
-        (tmp / "body.json").write_bytes(b"x" * 1024)
-        up_port, port, admin = free_port(), free_port(), free_port()
-        (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
-        cfg = gateway_config(tmp, "batch", f"http://127.0.0.1:{up_port}", port, admin, key)
-        del cfg["store"]
-        (tmp / "gw.json").write_text(json.dumps(cfg))
-        with processes() as procs:
-            procs.append(subprocess.Popen(["nginx", "-c", str(tmp / "up.conf")]))
-            cmd = [sys.executable, "bench/parts.py", "serve", "--config", str(tmp / "gw.json")]
-            if without:
-                cmd += ["--without", ",".join(without)]
-            procs.append(
-                subprocess.Popen([*cmd, "--calls", str(stats)], cwd=ROOT, stderr=subprocess.DEVNULL)
-            )
-            wait_http(f"http://127.0.0.1:{admin}/readyz")
-            url = f"http://127.0.0.1:{port}/hr/employees/1001"
-            deadline = time.monotonic() + 120
-            while not stats.exists() and time.monotonic() < deadline:
-                wrk(url, token, connections=1, seconds=2)
-            procs[-1].send_signal(signal.SIGTERM)
+        _drive_one(tmp, without, "--calls", stats, stats)
         if keep is not None:  # for pstats, snakeviz or a diff against another profile
             keep.write_bytes(stats.read_bytes())
         s = pstats.Stats(str(stats))
@@ -369,6 +423,55 @@ def calls(without: list[str], keep: Path | None = None) -> None:
             print(f"  {ncalls / CALLS_REQUESTS:>7.1f}  {func} ({where}:{line})")
 
 
+def allocs(without: list[str] | None) -> None:
+    """Prints the allocations per request of the gateway without the parts named, or of the bare
+    aiohttp proxy (``without`` None)."""
+    import memray
+
+    frees = {memray.AllocatorType.FREE, memray.AllocatorType.PYMALLOC_FREE}
+    frees.add(memray.AllocatorType.MUNMAP)
+    with tempfile.TemporaryDirectory(prefix="pdgw-allocs-") as d:
+        tmp = Path(d)
+        out = tmp / "allocs.bin"
+        _drive_one(tmp, without, "--allocs", out, tmp / "allocs.bin.done")
+        by: dict[str, list[int]] = {}  # package → allocations, bytes
+        where: dict[str, int] = {}  # function → allocations
+        with memray.FileReader(out) as reader:
+            for rec in reader.get_allocation_records():
+                if rec.allocator in frees:
+                    continue
+                frames = rec.stack_trace(max_stacks=1)
+                package = _package(frames[0][1]) if frames else "(no Python frame)"
+                group = by.setdefault(package, [0, 0])
+                group[0] += rec.n_allocations
+                group[1] += rec.size
+                if frames:
+                    func, file, _line = frames[0]
+                    name = f"{func} ({'/'.join(Path(file).parts[-2:])})"
+                    where[name] = where.get(name, 0) + rec.n_allocations
+    total = sum(n for n, _ in by.values())
+    size = sum(b for _, b in by.values())
+    what = (
+        "the bare aiohttp proxy"
+        if without is None
+        else "the gateway, no store"
+        + (", without " + ", ".join(without) if without else ", every part")
+    )
+    n = CALLS_REQUESTS
+    print(
+        f"\n## Memory allocations per request of {what} (memray, Python's allocator traced; "
+        f"{n} requests after {ALLOCS_WARM_UP} of warm-up, c=1): {total / n:.0f} "
+        f"({size / n / 1024:.1f} KiB)"
+    )
+    print("  by package of the Python function that asked: allocations, KiB per request")
+    for name, (count, nbytes) in sorted(by.items(), key=lambda kv: -kv[1][0]):
+        if count / n >= 0.5:
+            print(f"  {count / n:>7.1f}  {nbytes / n / 1024:>6.1f}  {name}")
+    print("  the functions that allocate most (allocations per request):")
+    for name, count in sorted(where.items(), key=lambda kv: -kv[1])[:25]:
+        print(f"  {count / n:>7.1f}  {name}")
+
+
 def _package(file: str) -> str:
     """Where a profiled function lives: a sub-package of the gateway, a library, or Python."""
     parts = Path(file).parts
@@ -388,17 +491,23 @@ def _package(file: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", nargs="?", default="table", choices=["table", "calls", "serve"])
+    p.add_argument(
+        "what", nargs="?", default="table", choices=["table", "calls", "allocs", "serve"]
+    )
     p.add_argument("--config", type=Path)
     p.add_argument("--without", default="")
     p.add_argument("--calls", type=Path)
+    p.add_argument("--allocs", type=Path)
+    p.add_argument("--bare", action="store_true", help="allocs: the bare aiohttp proxy")
     p.add_argument("--keep", type=Path, help="calls: keep the cProfile stats in this file")
     args = p.parse_args()
     without = [w for w in args.without.split(",") if w]
     if without == ["all"]:
         without = list(PARTS)
     if args.what == "serve":
-        serve(args.config, without, args.calls)
+        serve(args.config, without, args.calls, args.allocs)
+    elif args.what == "allocs":
+        allocs(None if args.bare else without)
     elif args.what == "calls":
         calls(without, args.keep)
     else:

@@ -668,6 +668,9 @@ def main() -> None:
     import workers_bench
 
     parts.table()
+    parts.allocs(None)
+    parts.allocs([])
+    parts.allocs(list(parts.PARTS))
     scaling = workers_bench.main()
     store_bench.main()
     targets(proxy, scaling)

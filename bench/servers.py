@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import uvloop
@@ -31,7 +32,7 @@ def upstream_app() -> web.Application:
     return app
 
 
-def bare_proxy_app(upstream: str) -> web.Application:
+def bare_proxy_app(upstream: str, allocs: Path | None = None) -> web.Application:
     session: aiohttp.ClientSession | None = None
 
     async def ctx(app: web.Application):  # type: ignore[no-untyped-def]
@@ -60,7 +61,19 @@ def bare_proxy_app(upstream: str) -> web.Application:
             await resp.write_eof()
             return resp
 
-    app = web.Application()
+    middlewares = []
+    if allocs is not None:  # `parts.py allocs --bare`: memray over a window of requests
+        from parts import AllocationWindow  # bench/ is on sys.path when run as a script
+
+        window = AllocationWindow(allocs)
+
+        @web.middleware
+        async def counted(request: web.Request, handler: Any) -> web.StreamResponse:
+            response: web.StreamResponse = await window.around(handler, request)
+            return response
+
+        middlewares.append(counted)
+    app = web.Application(middlewares=middlewares)
     app.cleanup_ctx.append(ctx)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
@@ -71,6 +84,7 @@ def main() -> None:
     p.add_argument("kind", choices=["upstream", "bare-proxy", "httptools-proxy"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--upstream", default="")
+    p.add_argument("--allocs", type=Path, help="bare-proxy: count allocations (parts.py allocs)")
     args = p.parse_args()
     if args.kind == "httptools-proxy":
         import h1proxy  # bench/ is on sys.path when run as a script
@@ -79,7 +93,7 @@ def main() -> None:
         assert up.host is not None and up.port is not None
         uvloop.run(h1proxy.serve(args.port, up.host, up.port))
         return
-    app = upstream_app() if args.kind == "upstream" else bare_proxy_app(args.upstream)
+    app = upstream_app() if args.kind == "upstream" else bare_proxy_app(args.upstream, args.allocs)
     web.run_app(
         app,
         host="127.0.0.1",
