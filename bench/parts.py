@@ -2,6 +2,7 @@
 switching it off, one at a time, side by side in one run (docs/benchmarks.md).
 
     python bench/parts.py               # the table (BENCH_SECONDS, BENCH_ROUNDS as make bench)
+    python bench/parts.py table --against DIR --only-full  # this tree beside another checkout
     python bench/parts.py calls         # Python function calls per request on the event loop
     python bench/parts.py calls --without all   # ... with every part stubbed: aiohttp's share
     python bench/parts.py calls --keep FILE     # ... and the cProfile stats kept in FILE
@@ -306,18 +307,24 @@ def _servers(
             cmd = [sys.executable, "bench/parts.py", "serve", "--config", str(path)]
             if without:
                 cmd += ["--without", ",".join(without)]
-            procs.append(subprocess.Popen(pinned("0", cmd), cwd=ROOT, stderr=subprocess.DEVNULL))
+            tree = Path(name.split(" at ", 1)[1]) if " at " in name else ROOT  # table --against
+            procs.append(subprocess.Popen(pinned("0", cmd), cwd=tree, stderr=subprocess.DEVNULL))
             pids[name], ports[name] = procs[-1].pid, port
             wait_http(f"http://127.0.0.1:{admin}/readyz")
         wait_http(f"http://127.0.0.1:{bare}/")
         yield token, ports, pids
 
 
-def table() -> dict[str, float]:
-    """Prints the part table; returns each row's median CPU µs per request."""
+def table(against: Path | None = None, only_full: bool = False) -> dict[str, float]:
+    """Prints the part table; returns each row's median CPU µs per request. ``against``: the
+    gateway of another checkout (a `git worktree` of an earlier commit) measured beside this one,
+    in the same rounds; ``only_full``: no part switched off (this tree, the other, the bare)."""
     variants: dict[str, list[str]] = {"gateway, every part": []}
-    variants.update({f"without {p}": [p] for p in PARTS})
-    variants["without all of them"] = list(PARTS)
+    if against is not None:
+        variants[f"gateway, every part, at {against.resolve()}"] = []
+    if not only_full:
+        variants.update({f"without {p}": [p] for p in PARTS})
+        variants["without all of them"] = list(PARTS)
     with (
         tempfile.TemporaryDirectory(prefix="pdgw-parts-") as d,
         _servers(Path(d), variants) as (token, ports, pids),
@@ -345,6 +352,9 @@ def table() -> dict[str, float]:
     for name, value in med.items():
         saves = "" if name == "bare aiohttp proxy" else f"{full - value:>7.0f}"
         print(f"{name:<{w}} {value:>10.0f} {saves:>7} {statistics.median(rps[name]):>8.0f}")
+    if only_full:
+        print(f"the pipeline over its data path (gateway − bare): {full - bare:.0f} µs")
+        return med
     print(
         f"the pipeline over its data path (gateway − bare): {full - bare:.0f} µs; with every "
         f"part stubbed: {med['without all of them'] - bare:.0f} µs (what no switch removes: "
@@ -499,6 +509,8 @@ def main() -> None:
     p.add_argument("--calls", type=Path)
     p.add_argument("--allocs", type=Path)
     p.add_argument("--bare", action="store_true", help="allocs: the bare aiohttp proxy")
+    p.add_argument("--against", type=Path, help="table: another checkout's gateway beside this")
+    p.add_argument("--only-full", action="store_true", help="table: no part switched off")
     p.add_argument("--keep", type=Path, help="calls: keep the cProfile stats in this file")
     args = p.parse_args()
     without = [w for w in args.without.split(",") if w]
@@ -511,7 +523,7 @@ def main() -> None:
     elif args.what == "calls":
         calls(without, args.keep)
     else:
-        table()
+        table(args.against, args.only_full)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,19 @@ class Exchange:
     copy: ResponseCopy | None = None
 
 
+# A response of known length up to this size has its head sent with its body, in one write
+# (one system call where aiohttp's StreamResponse makes two); larger or unknown-length bodies,
+# a stream's first bytes among them, get their head at once.
+SMALL_RESPONSE_BYTES = 64 * 1024
+
+
+class _HeadWithBody(web.StreamResponse):
+    """A StreamResponse whose head waits for the first body bytes, as `web.Response`'s does
+    (aiohttp's class attribute; were it renamed, the head would go out at once: two writes)."""
+
+    _send_headers_immediately = False
+
+
 class Forwarder:
     def __init__(
         self,
@@ -288,6 +301,39 @@ class Forwarder:
             headers.popall("Expires", None)
         return headers
 
+    async def _relay_whole(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        headers: CIMultiDict[str],
+        exchange: Exchange,
+        before_last_chunk: Callable[[], Awaitable[None]],
+        t0: float,
+    ) -> web.StreamResponse:
+        """A small body of known length (SMALL_RESPONSE_BYTES): read whole, its outcome recorded,
+        then head and body sent in one write. Until then nothing has reached the client
+        (``exchange.response`` is None), so a refusal can still be a whole answer."""
+        try:
+            body = await upstream.content.read()
+        except TimeoutError as e:
+            exchange.upstream_seconds = time.perf_counter() - t0
+            raise UpstreamError(504, "upstream_timeout") from e
+        except aiohttp.ClientError as e:
+            exchange.upstream_seconds = time.perf_counter() - t0
+            raise UpstreamError(502, "upstream_aborted") from e
+        exchange.upstream_seconds = time.perf_counter() - t0
+        exchange.bytes_out = len(body)
+        if exchange.copy is not None:
+            exchange.copy.add(body)
+        await before_last_chunk()
+        resp = _HeadWithBody(status=upstream.status, reason=upstream.reason, headers=headers)
+        await resp.prepare(request)
+        exchange.response = resp
+        if body:
+            await resp.write(body)
+        await resp.write_eof()
+        return resp
+
     async def _relay(
         self,
         request: web.Request,
@@ -300,6 +346,14 @@ class Forwarder:
         exchange.status = upstream.status
         if upstream.content_length is not None and upstream.content_length > self._max_response:
             raise UpstreamError(502, "upstream_response_too_large")
+        if (
+            upstream.content_length is not None
+            and upstream.content_length <= SMALL_RESPONSE_BYTES
+            and request.method != "HEAD"
+        ):
+            return await self._relay_whole(
+                request, upstream, headers, exchange, before_last_chunk, t0
+            )
         resp = web.StreamResponse(
             status=upstream.status,
             reason=upstream.reason,

@@ -341,12 +341,15 @@ class Pipeline:
                 return
             recorded = True
             values = self._outcome(ctx, exchange, outcome)
-            # 6.5: a list response naming a blocked subject loses its last chunk (headers and
-            # status are gone already): recorded as such, then the connection is cut.
+            # 6.5: a list response naming a blocked subject is refused: 423 when nothing of it
+            # was sent (a small response, read whole first), else it loses its last chunk and
+            # the connection is cut (headers and status are gone already). Recorded as such.
             listed = exchange.copy.found if exchange.copy is not None else None
             blocked = listed is not None and self._blocked_for(ctx, listed.subjects)
             if blocked:
                 values["outcome"] = "subject_blocked"
+                if exchange.response is None:
+                    values["status"] = exchange.status = 423
                 self._metrics.child(self._metrics.denials, route.name, "subject_blocked").inc()
             await self._recording(ctx, "outcome", pending.finish(**values))
             if blocked:
@@ -386,9 +389,21 @@ class Pipeline:
             await record_outcome("client_aborted")
             self._count(route, "allow", exchange.status)
             return self._abort(request, exchange.response)
-        except (SpoolUnavailable, _BlockedInResponse):
+        except (SpoolUnavailable, _BlockedInResponse) as e:
             # The outcome could not be recorded, or the response named a blocked subject: the
-            # last chunk is withheld (no audit, no access).
+            # last chunk is withheld (no audit, no access) — the whole response, answered as a
+            # refusal, when none of it was sent yet.
+            if exchange.response is None:
+                if isinstance(e, SpoolUnavailable):
+                    self._count(route, "allow", 503)
+                    raise
+                self._count(route, "allow", 423)
+                raise Denied(
+                    423,
+                    "subject_blocked",
+                    "this data subject's data is blocked",
+                    "subject_blocked",
+                ) from None
             self._count(route, "allow", exchange.status)
             return self._abort(request, exchange.response)
         except Exception:

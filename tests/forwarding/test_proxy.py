@@ -207,6 +207,51 @@ async def test_upstream_timeout_is_504_and_audited(
     assert (event["status"], event["outcome"]) == (504, "upstream_timeout")
 
 
+@pytest.mark.parametrize(
+    ("length", "head_waits"),
+    [
+        (5, True),  # small, known length: one write, head and body together
+        (None, False),  # a stream (chunked): the head at once, as for server-sent events
+        (64 * 1024 + 1, False),  # larger than SMALL_RESPONSE_BYTES: the head at once
+    ],
+    ids=["small", "stream", "large"],
+)
+async def test_a_small_response_goes_out_in_one_write_and_a_stream_gets_its_head_at_once(
+    make_gateway: GatewayFactory,
+    keys: Keys,
+    upstream_serving: HandlerUpstream,
+    length: int | None,
+    head_waits: bool,
+) -> None:
+    """The upstream sends its head, then its body a second later: what the client sees when.
+    A small body of known length waits for its head (one system call instead of two per
+    response, docs/benchmarks.md); a stream or a large body never holds its head back."""
+    pause = 1.0
+
+    async def late_body(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()  # aiohttp's server sends this head at prepare()
+        if length is not None:
+            resp.content_length = length
+        await resp.prepare(request)
+        await asyncio.sleep(pause)
+        await resp.write(b"x" * (length or 5))
+        await resp.write_eof()
+        return resp
+
+    url = await upstream_serving(late_body)
+    gw = await make_gateway(url)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    async with gw.client.get("/hr/employees/1001", headers=auth(keys)) as resp:
+        head_after = loop.time() - t0
+        body = await resp.read()
+    assert resp.status == 200 and body == b"x" * (length or 5)
+    if head_waits:
+        assert head_after >= pause * 0.9, head_after
+    else:
+        assert head_after < pause * 0.9, head_after
+
+
 async def test_response_hop_by_hop_headers_are_dropped_and_body_streams_back(
     make_gateway: GatewayFactory, keys: Keys, upstream_serving: HandlerUpstream
 ) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
@@ -93,13 +94,26 @@ async def test_a_list_response_records_its_subjects_and_a_cut_copy_says_so(
     store.close()
 
 
-async def test_a_list_naming_a_blocked_subject_is_cut_before_its_last_chunk_and_recorded(
-    serve_gateway: ServeFactory, upstream_serving: Any, keys: Keys
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+async def test_a_list_naming_a_blocked_subject_is_refused_and_recorded(
+    serve_gateway: ServeFactory, upstream_serving: Any, keys: Keys, streamed: bool
 ) -> None:
+    """6.5: a small list of known length is read whole before any of it is sent, so naming a
+    blocked subject makes it a 423 answer; a streamed one has its head sent already and is cut
+    before its last chunk. Either way the client never holds the whole list."""
+
     async def search(request: web.Request) -> web.StreamResponse:
         ids = request.query.get("ids", "").split(",")
-        body = json.dumps({"items": [{"id": i} for i in ids]})
-        return web.Response(body=body.encode(), content_type="application/json")
+        body = json.dumps({"items": [{"id": i} for i in ids]}).encode()
+        if not streamed:
+            return web.Response(body=body, content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(body[:10])
+        await resp.write(body[10:])
+        await resp.write_eof()
+        return resp
 
     gw = await serve_gateway(await upstream_serving(search), routes=_route())
     hr = {"Authorization": f"Bearer {keys.token('harriet', ['hr_officer'])}"}
@@ -116,10 +130,17 @@ async def test_a_list_naming_a_blocked_subject_is_cut_before_its_last_chunk_and_
         cut = False
         try:
             async with s.get(gw.proxy_url + "/hr/search?ids=emp-1,emp-2", headers=hr) as r:
-                await r.read()
+                answer = await r.read()
         except aiohttp.ClientError:
             cut = True
-        assert cut, "the client received the whole list naming a blocked subject"
+        if streamed:
+            assert cut, "the client received the whole list naming a blocked subject"
+        else:
+            assert r.status == 423, answer
+            refusal = json.loads(answer)
+            assert refusal["error"] == "subject_blocked"
+            assert refusal["request_id"] == r.headers["X-Request-Id"]
     events = [e for e in spool_events(gw.spool_dir) if e["route"] == "hr-search"]
     assert [e["outcome"] for e in events] == ["complete", "subject_blocked"]
+    assert [e["status"] for e in events] == [200, 200 if streamed else 423]
     assert events[1]["response_subjects"] == ["emp-1", "emp-2"]
