@@ -317,12 +317,16 @@ async def test_ambiguous_paths_are_refused_before_routing(
     assert gw.metric("pdgw_denials_total", {"route": "-", "reason": "case_ambiguous"}) == 1
 
 
-async def test_upstream_dying_mid_response_cuts_the_client_off_and_is_audited(
-    make_gateway: GatewayFactory, keys: Keys, upstream_serving: HandlerUpstream
+@pytest.mark.parametrize("length", [1_000_000, 4096], ids=["streamed", "small"])
+async def test_upstream_dying_mid_response_is_never_a_whole_answer_and_is_audited(
+    make_gateway: GatewayFactory, keys: Keys, upstream_serving: HandlerUpstream, length: int
 ) -> None:
+    """A large body streams, so the client is cut off mid-body; a small one is read whole before
+    anything is sent (decision 032), so the client gets a 502 with the request id."""
+
     async def dies(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
-        resp.content_length = 1_000_000
+        resp.content_length = length
         await resp.prepare(request)
         await resp.write(b"partial" * 100)
         assert request.transport is not None
@@ -332,12 +336,19 @@ async def test_upstream_dying_mid_response_cuts_the_client_off_and_is_audited(
     url = await upstream_serving(dies)
     gw = await make_gateway(url)
     resp = await gw.client.get("/hr/employees/1001", headers=auth(keys))
-    assert resp.status == 200  # the headers had already gone out
-    with pytest.raises(aiohttp.ClientPayloadError):
-        await resp.read()  # but the client can tell the body is incomplete
+    if length > 64 * 1024:
+        assert resp.status == 200  # the headers had already gone out
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()  # but the client can tell the body is incomplete
+    else:
+        assert resp.status == 502
+        assert (await resp.json())["request_id"] == resp.headers["X-Request-Id"]
     (event,) = spool_events(gw.spool_dir)
     assert event["outcome"] == "upstream_aborted"
-    assert event["bytes_out"] < 1_000_000
+    if length > 64 * 1024:
+        assert event["bytes_out"] < length
+    else:
+        assert (event["status"], event["bytes_out"]) == (502, 0)
 
 
 async def test_a_fault_after_the_decision_is_a_500_with_its_outcome_on_record(
