@@ -203,67 +203,73 @@ def serve(
             settle_heap()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        profile = cProfile.Profile() if calls_out is not None else None
-        if profile is not None:
-            handled = 0
-            real = gw.serving.pipeline.handle  # type: ignore[union-attr]
-
-            async def counted(request: Any) -> Any:
-                nonlocal handled
-                handled += 1
-                if handled == 1:
-                    profile.enable()
-                try:
-                    return await real(request)
-                finally:
-                    if handled == CALLS_REQUESTS:
-                        profile.disable()
-                        profile.dump_stats(str(calls_out))
-
-            gw.serving.pipeline.handle = counted  # type: ignore[union-attr,method-assign]
-        if allocs_out is not None:
-            _count_allocations(gw, allocs_out)
+        window = None
+        if calls_out is not None:
+            window = calls_window(calls_out)
+        elif allocs_out is not None:
+            window = allocation_window(allocs_out)
+        if window is not None:
+            pipeline = gw.serving.pipeline  # type: ignore[union-attr]
+            counted = functools.partial(window.around, pipeline.handle)
+            pipeline.handle = counted  # type: ignore[method-assign]
         await stop.wait()
         await sites.close()
 
     uvloop.run(main())
 
 
-class AllocationWindow:
-    """memray over requests ALLOCS_WARM_UP+1 … ALLOCS_WARM_UP+CALLS_REQUESTS, each passed
-    through ``around`` (c=1: one at a time, so the window holds those requests and the loop's
-    work between them); ``OUT.done`` is made when it closes."""
+class RequestWindow:
+    """Counts the requests passed through ``around`` and calls ``start`` before request
+    ``first`` and ``stop`` after request ``last`` (c=1: one at a time, so the window holds those
+    requests and the loop's work between them)."""
 
-    def __init__(self, out: Path) -> None:
-        import memray
-
-        self._tracker = memray.Tracker(out, trace_python_allocators=True)
-        self._done = out.parent / (out.name + ".done")
+    def __init__(
+        self, first: int, last: int, start: Callable[[], object], stop: Callable[[], object]
+    ) -> None:
+        self._first, self._last, self._start, self._stop = first, last, start, stop
         self._handled = 0
 
     async def around(self, handler: Callable[[Any], Any], request: Any) -> Any:
         self._handled += 1
-        if self._handled == ALLOCS_WARM_UP + 1:
-            self._tracker.__enter__()
+        if self._handled == self._first:
+            self._start()
         try:
             return await handler(request)
         finally:
-            if self._handled == ALLOCS_WARM_UP + CALLS_REQUESTS:
-                self._tracker.__exit__(None, None, None)
-                self._done.touch()
+            if self._handled == self._last:
+                self._stop()
 
 
-def _count_allocations(gw: Any, out: Path) -> None:
-    window = AllocationWindow(out)
-    gw.serving.pipeline.handle = functools.partial(window.around, gw.serving.pipeline.handle)
+def calls_window(out: Path) -> RequestWindow:
+    """cProfile over the first CALLS_REQUESTS requests; the stats written to ``out`` then."""
+    profile = cProfile.Profile()
+
+    def stop() -> None:
+        profile.disable()
+        profile.dump_stats(str(out))
+
+    return RequestWindow(1, CALLS_REQUESTS, profile.enable, stop)
 
 
-@contextlib.contextmanager
-def _servers(
-    tmp: Path, variants: dict[str, list[str]]
-) -> Iterator[tuple[str, dict[str, int], dict[str, int]]]:
-    """nginx on CPU 1; the bare proxy and one gateway per variant on CPU 0. Yields the token,
-    each target's port and its pid (the bare aiohttp proxy first, then the variants)."""
+def allocation_window(out: Path) -> RequestWindow:
+    """memray over requests ALLOCS_WARM_UP+1 … ALLOCS_WARM_UP+CALLS_REQUESTS; ``OUT.done`` is
+    made when it closes."""
+    import memray
+
+    tracker = memray.Tracker(out, trace_python_allocators=True)
+
+    def stop() -> None:
+        tracker.__exit__(None, None, None)
+        (out.parent / (out.name + ".done")).touch()
+
+    return RequestWindow(
+        ALLOCS_WARM_UP + 1, ALLOCS_WARM_UP + CALLS_REQUESTS, tracker.__enter__, stop
+    )
+
+
+def _prepare(tmp: Path) -> tuple[str, Path, int]:
+    """What every variant serves with, in ``tmp``: the JWKS and a token for it, a checkpoint key,
+    and nginx's config for a 1 KiB answer on a free port. The token, the key, nginx's port."""
     keys = Keys(*rsa_keypair(), public_pem="")
     (tmp / "jwks.json").write_text(json.dumps(keys.jwks()))
     token = keys.token("alice", ["hr_officer"], ttl=3600)
@@ -272,8 +278,18 @@ def _servers(
     tmp.chmod(0o755)
     (tmp / "body.json").write_bytes(b"x" * 1024)
     up_port = free_port()
-    upstream = f"http://127.0.0.1:{up_port}"
     (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
+    return token, key, up_port
+
+
+@contextlib.contextmanager
+def _servers(
+    tmp: Path, variants: dict[str, list[str]]
+) -> Iterator[tuple[str, dict[str, int], dict[str, int]]]:
+    """nginx on CPU 1; the bare proxy and one gateway per variant on CPU 0. Yields the token,
+    each target's port and its pid (the bare aiohttp proxy first, then the variants)."""
+    token, key, up_port = _prepare(tmp)
+    upstream = f"http://127.0.0.1:{up_port}"
     with processes() as procs:
         procs.append(subprocess.Popen(pinned("1", ["nginx", "-c", str(tmp / "up.conf")])))
         pids: dict[str, int] = {}
@@ -368,22 +384,15 @@ def _drive_one(tmp: Path, without: list[str] | None, flag: str, out: Path, done:
     """nginx and one gateway serving with ``flag OUT`` (--calls, --allocs), driven by wrk at c=1
     until ``done`` exists; the gateway is stopped before returning. ``without`` None: the bare
     aiohttp proxy instead (--allocs only)."""
-    keys = Keys(*rsa_keypair(), public_pem="")
-    (tmp / "jwks.json").write_text(json.dumps(keys.jwks()))
-    token = keys.token("alice", ["hr_officer"], ttl=3600)
-    key = tmp / "checkpoint.pem"
-    generate_checkpoint_key(key, tmp / "checkpoint.pub")
-    tmp.chmod(0o755)
-    (tmp / "body.json").write_bytes(b"x" * 1024)
-    up_port, port, admin = free_port(), free_port(), free_port()
-    (tmp / "up.conf").write_text(NGINX_UPSTREAM.format(d=tmp, port=up_port))
-    cfg = gateway_config(tmp, "batch", f"http://127.0.0.1:{up_port}", port, admin, key)
+    token, key, up_port = _prepare(tmp)
+    upstream = f"http://127.0.0.1:{up_port}"
+    port, admin = free_port(), free_port()
+    cfg = gateway_config(tmp, "batch", upstream, port, admin, key)
     del cfg["store"]
     (tmp / "gw.json").write_text(json.dumps(cfg))
     with processes() as procs:
         procs.append(subprocess.Popen(["nginx", "-c", str(tmp / "up.conf")]))
         if without is None:
-            upstream = f"http://127.0.0.1:{up_port}"
             cmd = [sys.executable, "bench/servers.py", "bare-proxy", "--port", str(port)]
             cmd += ["--upstream", upstream]
             ready = f"http://127.0.0.1:{port}/"

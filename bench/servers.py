@@ -63,9 +63,9 @@ def bare_proxy_app(upstream: str, allocs: Path | None = None) -> web.Application
 
     middlewares = []
     if allocs is not None:  # `parts.py allocs --bare`: memray over a window of requests
-        from parts import AllocationWindow  # bench/ is on sys.path when run as a script
+        from parts import allocation_window  # bench/ is on sys.path when run as a script
 
-        window = AllocationWindow(allocs)
+        window = allocation_window(allocs)
 
         @web.middleware
         async def counted(request: web.Request, handler: Any) -> web.StreamResponse:
