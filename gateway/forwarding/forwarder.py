@@ -12,9 +12,10 @@ Header hygiene is ``gateway.forwarding.headers``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -125,6 +126,20 @@ class _HeadWithBody(web.StreamResponse):
     (aiohttp's class attribute; were it renamed, the head would go out at once: two writes)."""
 
     _send_headers_immediately = False
+
+
+@contextlib.contextmanager
+def _reading_body(exchange: Exchange, t0: float) -> Iterator[None]:
+    """Around a read of the upstream's body: the time the exchange took so far, and a failure
+    as the client and the trail see it (504 timed out, 502 broken off)."""
+    try:
+        yield
+    except TimeoutError as e:
+        raise UpstreamError(504, "upstream_timeout") from e
+    except aiohttp.ClientError as e:
+        raise UpstreamError(502, "upstream_aborted") from e
+    finally:
+        exchange.upstream_seconds = time.perf_counter() - t0
 
 
 class Forwarder:
@@ -313,15 +328,8 @@ class Forwarder:
         """A small body of known length (SMALL_RESPONSE_BYTES): read whole, its outcome recorded,
         then head and body sent in one write. Until then nothing has reached the client
         (``exchange.response`` is None), so a refusal can still be a whole answer."""
-        try:
+        with _reading_body(exchange, t0):
             body = await upstream.content.read()
-        except TimeoutError as e:
-            exchange.upstream_seconds = time.perf_counter() - t0
-            raise UpstreamError(504, "upstream_timeout") from e
-        except aiohttp.ClientError as e:
-            exchange.upstream_seconds = time.perf_counter() - t0
-            raise UpstreamError(502, "upstream_aborted") from e
-        exchange.upstream_seconds = time.perf_counter() - t0
         exchange.bytes_out = len(body)
         if exchange.copy is not None:
             exchange.copy.add(body)
@@ -370,24 +378,16 @@ class Forwarder:
         # One chunk of look-ahead: the last chunk is held until the outcome is on record, so a
         # client never has a whole response whose outcome could still be lost.
         held: bytes | None = None
-        try:
+        with _reading_body(exchange, t0):
             async for chunk in upstream.content.iter_any():
                 if held is not None:
                     await resp.write(held)
                     exchange.bytes_out += len(held)
                 if exchange.bytes_out + len(chunk) > self._max_response:
-                    exchange.upstream_seconds = time.perf_counter() - t0
                     raise UpstreamError(502, "upstream_response_too_large")
                 held = chunk
                 if exchange.copy is not None:
                     exchange.copy.add(chunk)
-        except TimeoutError as e:
-            exchange.upstream_seconds = time.perf_counter() - t0
-            raise UpstreamError(504, "upstream_timeout") from e
-        except aiohttp.ClientError as e:
-            exchange.upstream_seconds = time.perf_counter() - t0
-            raise UpstreamError(502, "upstream_aborted") from e
-        exchange.upstream_seconds = time.perf_counter() - t0
         if held is not None:
             exchange.bytes_out += len(held)
         await before_last_chunk()

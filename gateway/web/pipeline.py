@@ -393,19 +393,18 @@ class Pipeline:
             # The outcome could not be recorded, or the response named a blocked subject: the
             # last chunk is withheld (no audit, no access) — the whole response, answered as a
             # refusal, when none of it was sent yet.
-            if exchange.response is None:
-                if isinstance(e, SpoolUnavailable):
-                    self._count(route, "allow", 503)
-                    raise
-                self._count(route, "allow", 423)
-                raise Denied(
-                    423,
-                    "subject_blocked",
-                    "this data subject's data is blocked",
-                    "subject_blocked",
-                ) from None
+            if exchange.response is None and isinstance(e, SpoolUnavailable):
+                self._count(route, "allow", 503)
+                raise
             self._count(route, "allow", exchange.status)
-            return self._abort(request, exchange.response)
+            if exchange.response is not None:
+                return self._abort(request, exchange.response)
+            raise Denied(  # the 423 record_outcome put on record
+                exchange.status,
+                "subject_blocked",
+                "this data subject's data is blocked",
+                "subject_blocked",
+            ) from None
         except Exception:
             # A bug between the decision and the end of the response: the access is on record;
             # record that it ended in an error rather than leave its outcome unknown.
