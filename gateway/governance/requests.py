@@ -74,20 +74,22 @@ class SubjectRequest:
         return self.closed_us == 0
 
 
+# What a request carries unchanged from its opening through every state change.
+CARRIED = ("request", "request_type", "subject", "label", "ref", "received", "due", "block_id")
+
+
+def carried(r: SubjectRequest | SubjectRequestChange) -> dict[str, Any]:
+    """The fields of ``r`` that every state change of its request repeats (CARRIED)."""
+    return {name: getattr(r, name) for name in CARRIED}
+
+
 def fold(records: Iterable[SubjectRequestChange]) -> dict[str, SubjectRequest]:
     """Request id → the request, from its state changes in any order (by time, then id)."""
     out: dict[str, SubjectRequest] = {}
     for r in sorted(records, key=lambda r: (r.ts_us, r.change_id)):
         before = out.get(r.request)
         out[r.request] = SubjectRequest(
-            request=r.request,
-            request_type=r.request_type,
-            subject=r.subject,
-            label=r.label,
-            ref=r.ref,
-            received=r.received,
-            due=r.due,
-            block_id=r.block_id,
+            **carried(r),
             opened_us=before.opened_us if before else r.ts_us,
             opened_by=before.opened_by if before else r.actor,
             report_issued_us=r.ts_us
@@ -194,14 +196,7 @@ class Register:
             state=state,
             actor=actor,
             request_id=request_id,
-            request=r.request,
-            request_type=r.request_type,
-            subject=r.subject,
-            label=r.label,
-            ref=r.ref,
-            received=r.received,
-            due=r.due,
-            block_id=r.block_id,
+            **carried(r),
             outcome=outcome,
             act=act,
             reason=r.reason if reason is None else reason,
