@@ -271,21 +271,15 @@ async def test_sighup_and_a_policy_change_reach_every_worker(
         first = await _same_policy_everywhere(gp)
         policy = policies / "policy.csv"
         original = policy.read_text()
-        policy.write_text(original.replace("p, accountant, hr, employee, read\n", ""))
+        without_accountants = original.replace("p, accountant, hr, employee, read\n", "")
+        policy.write_text(without_accountants)
         gp.proc.send_signal(signal.SIGHUP)
         withdrawn = await _same_policy_everywhere(gp, other_than=first)
         assert await _requests(gp, keys, 20, "/hr/employees", accountant) == [403] * 20
         # The admin API puts a policy in force in the supervisor; every worker follows.
         sam = keys.token("sam", ["security_officer"])
-        body = {"policy": original, "reason": "T-2: accountants read personnel files again"}
-        async with (
-            aiohttp.ClientSession() as s,
-            s.put(
-                gp.admin + "/admin/policy", json=body, headers={"Authorization": f"Bearer {sam}"}
-            ) as r,
-        ):
-            assert r.status == 200, await r.text()
-            assert (await r.json())["in_force_in_every_worker"] is True
+        answer = await _put_policy(gp, sam, original, "T-2: accountants read personnel files again")
+        assert answer["in_force_in_every_worker"] is True
         # Answered once every worker has it in force: no wait here (9.2.7, decision 030).
         assert await _requests(gp, keys, 20, "/hr/employees", accountant) == [200] * 20
         restored = await _same_policy_everywhere(gp, other_than=withdrawn)
@@ -294,17 +288,7 @@ async def test_sighup_and_a_policy_change_reach_every_worker(
         stopped = gp.worker_pid(1)
         os.kill(stopped, signal.SIGSTOP)
         try:
-            body = {**body, "policy": original.replace("p, accountant, hr, employee, read\n", "")}
-            async with (
-                aiohttp.ClientSession() as s,
-                s.put(
-                    gp.admin + "/admin/policy",
-                    json={**body, "reason": "T-3: withdrawn again"},
-                    headers={"Authorization": f"Bearer {sam}"},
-                ) as r,
-            ):
-                assert r.status == 200, await r.text()
-                answer = await r.json()
+            answer = await _put_policy(gp, sam, without_accountants, "T-3: withdrawn again")
             assert answer["in_force_in_every_worker"] is False
             assert answer["workers_not_yet_in_force"] == ["w1"]
         finally:
@@ -318,6 +302,20 @@ async def test_sighup_and_a_policy_change_reach_every_worker(
     # The supervisor recorded each first: the store's view of each change names its actor.
     changes = [r for r in spool_records(gp.spool) if r["kind"] == "permission_change"]
     assert [c["actor"] for c in changes] == ["signal:SIGHUP", "sam", "sam"]
+
+
+async def _put_policy(gp: GatewayProcess, token: str, policy: str, reason: str) -> Any:
+    """`PUT /admin/policy` on the supervisor's admin port: its answer, which must be 200."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.put(
+            gp.admin + "/admin/policy",
+            json={"policy": policy, "reason": reason},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as r,
+    ):
+        assert r.status == 200, await r.text()
+        return await r.json()
 
 
 async def _same_policy_everywhere(gp: GatewayProcess, other_than: str = "") -> str:
