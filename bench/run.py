@@ -663,7 +663,8 @@ def main() -> None:
         token_bench(tmp)
         record_codec_bench()
         proxy = proxy_bench(tmp)
-    import parts  # bench/ is on sys.path when run as a script
+    import instructions  # bench/ is on sys.path when run as a script
+    import parts
     import store_bench
     import workers_bench
 
@@ -671,6 +672,7 @@ def main() -> None:
     parts.allocs(None)
     parts.allocs([])
     parts.allocs(list(parts.PARTS))
+    instructions.report()
     scaling = workers_bench.main()
     store_bench.main()
     targets(proxy, scaling)

@@ -42,6 +42,7 @@ oidc_demo() {  # the demo OpenID provider's packages, exactly as package-lock.js
 # `make bench` only (WITH_BENCH=1): nginx, the upstream and the reference proxy of the benchmark.
 if [ "${WITH_BENCH:-}" = 1 ]; then
   [ -x /usr/sbin/nginx ] || need+=(nginx)
+  command -v valgrind >/dev/null 2>&1 || need+=(valgrind)  # bench/instructions.py
 fi
 if [ ${#need[@]} -eq 0 ]; then
   oidc_demo

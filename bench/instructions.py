@@ -1,0 +1,167 @@
+"""Instructions per request, counted by valgrind (callgrind): a side-by-side comparison that does
+not depend on how busy the machine is (docs/benchmarks.md).
+
+    python bench/instructions.py                # the bare proxy, the gateway, every part stubbed
+    python bench/instructions.py --against DIR  # ... and another checkout's gateway beside it
+
+CPU time per request on these VMs moves by 10-20 % from one hour to the next, and by several per
+cent between two rounds of one run; a change worth 5 µs cannot be seen in it. The number of
+machine instructions a process executes for a request does not move with the machine's load:
+callgrind counts them exactly (two windows of one run agree to ~0.1 %).
+
+Each server runs under `valgrind --tool=callgrind` (no store, as `bench/parts.py`; nginx's 1 KiB
+answer upstream); a driver here sends WARM_UP requests one at a time on one keep-alive
+connection, zeroes the counters (`callgrind_control -z`), sends REQUESTS more, dumps them
+(`callgrind_control -d`), twice. The figure is the event-loop thread's instructions in a window,
+divided by REQUESTS: the request path, and whatever else the loop did meanwhile (its timers: a few
+per second). The spool's sync thread is left out (its work depends on wall time, not requests:
+`durability: batch` fsyncs every batch_interval_ms). The servers run at the same time: the
+counts do not depend on it, only the wall time does.
+
+What it does not count: time in the kernel (system calls are counted as the instructions that
+make them), cache misses and the cost of one instruction against another. On this VM 1,000
+instructions of this workload take about 0.2 µs of CPU (the bare proxy: ~470 k instructions,
+~90 µs of user time per request at c=32); read it as a ratio, as the other tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's gateway
+
+from parts import PARTS, _prepare  # bench/ is a script directory
+from run import ROOT, gateway_config, processes, wait_http
+
+from gateway.testing.chserver import free_port
+
+WARM_UP = 300  # requests before counting: caches filled, the upstream connection pooled
+REQUESTS = int(os.environ.get("INSTRUCTIONS_REQUESTS", "1000"))
+WINDOWS = 2
+PATH = "/hr/employees/1001"
+
+
+def _drive(port: int, token: str, n: int) -> None:
+    """``n`` GETs, one at a time, on one keep-alive connection; each must be answered 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        for _ in range(n):
+            conn.request("GET", PATH, headers={"Authorization": f"Bearer {token}"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"port {port}: {resp.status} for {PATH}")
+    finally:
+        conn.close()
+
+
+def _control(flag: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", flag, str(pid)], check=True, capture_output=True)
+
+
+def _main_thread_total(out: Path, pid: int, window: int) -> int:
+    """The instructions of the dump ``window`` of the process's first thread (the event loop)."""
+    dump = out.parent / f"{out.name}.{pid}.out.{window}-01"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if dump.exists():
+            for line in dump.read_text().splitlines():
+                if line.startswith("summary:"):
+                    return int(line.split()[1])
+        time.sleep(0.2)
+    raise RuntimeError(f"callgrind wrote no summary to {dump}")
+
+
+def _count(name: str, pid: int, port: int, token: str, out: Path) -> list[float]:
+    _drive(port, token, WARM_UP)
+    per_request = []
+    for window in range(1, WINDOWS + 1):
+        _control("-z", pid)
+        _drive(port, token, REQUESTS)
+        _control("-d", pid)
+        per_request.append(_main_thread_total(out, pid, window) / REQUESTS)
+    return per_request
+
+
+def measure(against: Path | None) -> dict[str, list[float]]:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("valgrind is not installed (WITH_BENCH=1 ./scripts/system-deps.sh)")
+    variants: dict[str, tuple[Path, list[str]] | None] = {"bare aiohttp proxy": None}
+    variants["gateway, every part"] = (ROOT, [])
+    if against is not None:
+        variants[f"gateway at {against}"] = (against.resolve(), [])
+    variants["gateway, every part stubbed"] = (ROOT, list(PARTS))
+    with tempfile.TemporaryDirectory(prefix="pdgw-instr-") as d, processes() as procs:
+        tmp = Path(d)
+        token, key, up_port = _prepare(tmp)
+        upstream = f"http://127.0.0.1:{up_port}"
+        procs.append(subprocess.Popen(["nginx", "-c", str(tmp / "up.conf")]))
+        started: dict[str, tuple[int, int, Path]] = {}  # name → pid, port, callgrind out prefix
+        readiness: list[str] = []
+        for i, (name, variant) in enumerate(variants.items()):
+            port = free_port()
+            out = tmp / f"v{i}"
+            valgrind = ["valgrind", "--tool=callgrind", "--separate-threads=yes"]
+            valgrind.append(f"--callgrind-out-file={out}.%p.out")
+            if variant is None:
+                cmd = [sys.executable, "bench/servers.py", "bare-proxy", "--port", str(port)]
+                cmd += ["--upstream", upstream]
+                tree, ready = ROOT, f"http://127.0.0.1:{port}/"
+            else:
+                tree, without = variant
+                admin = free_port()
+                cfg = gateway_config(tmp, "batch", upstream, port, admin, key, label=f"{i}-")
+                del cfg["store"]
+                (tmp / f"v{i}.json").write_text(json.dumps(cfg))
+                cmd = [
+                    sys.executable,
+                    "bench/parts.py",
+                    "serve",
+                    "--config",
+                    str(tmp / f"v{i}.json"),
+                ]
+                cmd += ["--without", ",".join(without)] if without else []
+                ready = f"http://127.0.0.1:{admin}/readyz"
+            procs.append(subprocess.Popen([*valgrind, *cmd], cwd=tree, stderr=subprocess.DEVNULL))
+            started[name] = (procs[-1].pid, port, out)
+            readiness.append(ready)
+        for ready in readiness:
+            wait_http(ready, timeout=300)  # Python under valgrind starts ~30× slower
+        return {
+            name: _count(name, pid, port, token, out) for name, (pid, port, out) in started.items()
+        }
+
+
+def report(against: Path | None = None) -> None:
+    """Prints the table (`make bench` prints it too)."""
+    counts = measure(against)
+    print(
+        f"\n## Instructions per request (callgrind, the event-loop thread; c=1, {REQUESTS} "
+        f"requests per window after {WARM_UP} of warm-up, no store, durability batch)"
+    )
+    w = max(len(n) for n in counts)
+    print(f"{'variant':<{w}} {'window 1':>10} {'window 2':>10} {'over bare':>10}")
+    bare = min(counts["bare aiohttp proxy"])
+    for name, windows in counts.items():
+        over = "" if name == "bare aiohttp proxy" else f"{min(windows) - bare:>10,.0f}"
+        print(f"{name:<{w}} {windows[0]:>10,.0f} {windows[1]:>10,.0f} {over}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--against", type=Path, help="another checkout's gateway beside this one")
+    report(p.parse_args().against)
+
+
+if __name__ == "__main__":
+    main()
