@@ -55,12 +55,20 @@ class Origin:
 
 
 def parse_origin(url_or_authority: str, scheme: str | None = None) -> Origin | None:
-    """The origin of an absolute URL, or of a bare `host[:port]` given its ``scheme``."""
+    """The origin of an absolute URL, or of a bare `host[:port]` given its ``scheme``: for the
+    Host of every request, so remembered as ``normalise_host`` remembers hosts."""
     if scheme is None:
         parts = urlsplit(url_or_authority)
         scheme, authority = parts.scheme.lower(), parts.netloc
+    elif len(url_or_authority) <= _MAX_REMEMBERED:
+        return _origin(url_or_authority, scheme)
     else:
         authority = url_or_authority
+    return _origin.__wrapped__(authority, scheme)
+
+
+@functools.lru_cache(maxsize=1024)
+def _origin(authority: str, scheme: str) -> Origin | None:
     found = _host_port(authority, scheme)
     return Origin(scheme, found[0], found[1]) if found is not None else None
 

@@ -165,11 +165,20 @@ class Forwarder:
         self._max_body = max_body_bytes
         self._body_timeout = body_timeout
         self._max_response = max_response_bytes
-        self._session = session
         self._trusted = tuple(trusted)
         self._forward_authorization = forward_authorization
-        self._timeout = aiohttp.ClientTimeout(
-            total=total_timeout, sock_connect=connect_timeout, sock_read=read_timeout
+        # The forwarded request's options are the same every time: a session of its own over the
+        # same connection pool holds them once (passed per request they cost ~4 µs of it).
+        self._session = aiohttp.ClientSession(
+            connector=session.connector,
+            connector_owner=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            # The upstream gets the client's headers, not aiohttp's defaults for these.
+            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(
+                total=total_timeout, sock_connect=connect_timeout, sock_read=read_timeout
+            ),
         )
         self._ssl = dict(ssl_contexts or {})  # by upstream name; others verify with system CAs
         self._addresses = AddressGuard(upstream_urls)  # decision 022
@@ -236,9 +245,6 @@ class Forwarder:
                 headers=headers,
                 data=data,
                 allow_redirects=False,
-                timeout=self._timeout,
-                auto_decompress=False,
-                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
                 ssl=self.ssl_for(route),
             )
         except (TimeoutError, aiohttp.ClientError) as e:
@@ -255,6 +261,10 @@ class Forwarder:
             return await self._relay(request, upstream, head, exchange, before_last_chunk, t0)
         finally:
             upstream.release()
+
+    async def close(self) -> None:
+        """Closes the forwarding session; the connection pool is the shared session's."""
+        await self._session.close()
 
     def request_headers(
         self, request: web.Request, route: Route, injected: dict[str, str], strip: frozenset[str]

@@ -36,8 +36,22 @@ _CONTROL_OR_BACKSLASH = re.compile(r"[\x00-\x1f\x7f\\]")
 MAX_SUBJECT_LEN = 128
 
 
+# A path of these characters only decodes to itself and holds nothing the checks below refuse
+# but what _PLAIN_REFUSED finds (an empty segment before the last, a segment ending in a dot):
+# the usual path, answered without the full checks, which give the reason when one is refused.
+_PLAIN = re.compile(r"/[A-Za-z0-9._~!$&'()*+,=:@/-]*\Z")
+_PLAIN_REFUSED = re.compile(r"//|\.(?:/|\Z)")
+
+
 def canonical_path(raw_path: str) -> str:
     """The decoded path of ``raw_path`` (query removed), or BadRequest if it is ambiguous."""
+    path = raw_path.partition("?")[0]
+    if _PLAIN.match(path) and not _PLAIN_REFUSED.search(path) and "#" not in raw_path:
+        return path
+    return _checked_path(raw_path)
+
+
+def _checked_path(raw_path: str) -> str:
     if "#" in raw_path:  # a fragment is never sent; an upstream would cut the target there
         raise BadRequest("fragment_in_target")
     path = raw_path.split("?", 1)[0]

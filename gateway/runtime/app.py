@@ -450,7 +450,8 @@ async def _serving_ctx(app: web.Application) -> AsyncIterator[None]:
     gw.metrics.jwks_refreshes.set_function(lambda: keys.refreshes)
     verifier = TokenVerifier(cfg.identity, keys, on_cache=gw.metrics.token_cache_result)
     browser = await _browser_login(gw, http) if cfg.oidc is not None else None
-    gw.serving = Serving(http, keys, verifier, browser, _pipeline(gw, http, verifier, browser))
+    pipeline = _pipeline(gw, http, verifier, browser)
+    gw.serving = Serving(http, keys, verifier, browser, pipeline)
     reaper = spawn(gw.rights.end_break_glass_sessions(), name="break-glass-ends")
     watcher = None
     if cfg.authz.watch_interval_seconds > 0:
@@ -462,6 +463,7 @@ async def _serving_ctx(app: web.Application) -> AsyncIterator[None]:
         watcher.cancel()
     reaper.cancel()
     await gw.rights.roles.close()  # the IdP role baseline, fsynced off the loop
+    await pipeline.close()
     await http.close()
 
 

@@ -156,6 +156,9 @@ class Pipeline:
             max_message_bytes=cfg.proxy.websocket_max_message_bytes,
         )
 
+    async def close(self) -> None:
+        await self._forwarder.close()
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path, _, raw_query = request.raw_path.partition("?")
         ctx = _Context(

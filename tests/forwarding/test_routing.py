@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.config.model import Route, SubjectRule
 from gateway.core.errors import BadRequest
-from gateway.forwarding.routing import RouteTable, canonical_path, subject_ids
+from gateway.forwarding.routing import RouteTable, _checked_path, canonical_path, subject_ids
 
 raw_paths = st.lists(
     st.one_of(
@@ -27,6 +27,25 @@ raw_paths = st.lists(
     min_size=1,
     max_size=6,
 ).map(lambda segs: "/" + "/".join(segs))
+
+
+def _reading(check: object, raw: str) -> str:
+    try:
+        return str(check(raw))  # type: ignore[operator]
+    except BadRequest as e:
+        return f"refused: {e.reason}"
+
+
+@given(
+    st.one_of(
+        raw_paths,
+        st.text(alphabet="/.-_~!$&'()*+,=:@aZ09;#?% \\", max_size=24).map(lambda t: "/" + t),
+    )
+)
+def test_the_plain_path_shortcut_reads_every_path_as_the_full_checks_do(raw: str) -> None:
+    """canonical_path answers plain paths without the full checks: never differently from them
+    (the same decoded path, or the same refusal)."""
+    assert _reading(canonical_path, raw) == _reading(_checked_path, raw)
 
 
 @given(raw_paths)
