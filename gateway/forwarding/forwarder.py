@@ -12,11 +12,11 @@ Header hygiene is ``gateway.forwarding.headers``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -128,18 +128,25 @@ class _HeadWithBody(web.StreamResponse):
     _send_headers_immediately = False
 
 
-@contextlib.contextmanager
-def _reading_body(exchange: Exchange, t0: float) -> Iterator[None]:
+class _ReadingBody:
     """Around a read of the upstream's body: the time the exchange took so far, and a failure
-    as the client and the trail see it (504 timed out, 502 broken off)."""
-    try:
-        yield
-    except TimeoutError as e:
-        raise UpstreamError(504, "upstream_timeout") from e
-    except aiohttp.ClientError as e:
-        raise UpstreamError(502, "upstream_aborted") from e
-    finally:
-        exchange.upstream_seconds = time.perf_counter() - t0
+    as the client and the trail see it (504 timed out, 502 broken off). A class, not a
+    generator-based context manager: it is entered for every response."""
+
+    __slots__ = ("_exchange", "_t0")
+
+    def __init__(self, exchange: Exchange, t0: float) -> None:
+        self._exchange, self._t0 = exchange, t0
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: Any) -> None:
+        self._exchange.upstream_seconds = time.perf_counter() - self._t0
+        if isinstance(e, TimeoutError):
+            raise UpstreamError(504, "upstream_timeout") from e
+        if isinstance(e, aiohttp.ClientError):
+            raise UpstreamError(502, "upstream_aborted") from e
 
 
 class Forwarder:
@@ -338,7 +345,7 @@ class Forwarder:
         """A small body of known length (SMALL_RESPONSE_BYTES): read whole, its outcome recorded,
         then head and body sent in one write. Until then nothing has reached the client
         (``exchange.response`` is None), so a refusal can still be a whole answer."""
-        with _reading_body(exchange, t0):
+        with _ReadingBody(exchange, t0):
             body = await upstream.content.read()
         exchange.bytes_out = len(body)
         if exchange.copy is not None:
@@ -388,7 +395,7 @@ class Forwarder:
         # One chunk of look-ahead: the last chunk is held until the outcome is on record, so a
         # client never has a whole response whose outcome could still be lost.
         held: bytes | None = None
-        with _reading_body(exchange, t0):
+        with _ReadingBody(exchange, t0):
             async for chunk in upstream.content.iter_any():
                 if held is not None:
                     await resp.write(held)

@@ -148,6 +148,17 @@ _PORT = re.compile(r"^[0-9]{1,5}\Z")
 
 
 def valid_host(value: str) -> bool:
+    """Whether ``value`` is a Host a browser could have sent: asked for every request, so
+    remembered for the few distinct values a gateway sees (as ``normalise_host`` remembers
+    hosts; a value longer than a host name can be is worked out each time)."""
+    return _valid_host(value) if len(value) <= _MAX_HOST_CHARS else _valid_host.__wrapped__(value)
+
+
+_MAX_HOST_CHARS = 255 + 6  # a DNS name and `:port`
+
+
+@functools.lru_cache(maxsize=1024)
+def _valid_host(value: str) -> bool:
     host, port = value, ""
     if value.startswith("["):
         host, sep, rest = value[1:].partition("]")
@@ -186,9 +197,14 @@ def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> froz
     values = headers.getall("Connection", ())
     if not values:
         return frozenset()
-    return frozenset(
-        header_key(token.strip()) for value in values for token in value.split(",") if token.strip()
-    )
+    if len(values) == 1 and len(values[0]) <= _MAX_HOST_CHARS:  # `keep-alive`, `close`, …
+        return _listed(values[0])
+    return frozenset(name for value in values for name in _listed.__wrapped__(value))
+
+
+@functools.lru_cache(maxsize=256)
+def _listed(value: str) -> frozenset[str]:
+    return frozenset(header_key(token.strip()) for token in value.split(",") if token.strip())
 
 
 def is_trusted(addr: str, networks: Sequence[IPNetwork]) -> bool:
