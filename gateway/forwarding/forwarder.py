@@ -354,9 +354,7 @@ class Forwarder:
         resp = _HeadWithBody(status=upstream.status, reason=upstream.reason, headers=headers)
         await resp.prepare(request)
         exchange.response = resp
-        if body:
-            await resp.write(body)
-        await resp.write_eof()
+        await resp.write_eof(body)  # the head, the body and the end in one write
         return resp
 
     async def _relay(
@@ -369,13 +367,10 @@ class Forwarder:
         t0: float,
     ) -> web.StreamResponse:
         exchange.status = upstream.status
-        if upstream.content_length is not None and upstream.content_length > self._max_response:
+        length = upstream.content_length  # parsed from the header at each use: once here
+        if length is not None and length > self._max_response:
             raise UpstreamError(502, "upstream_response_too_large")
-        if (
-            upstream.content_length is not None
-            and upstream.content_length <= SMALL_RESPONSE_BYTES
-            and request.method != "HEAD"
-        ):
+        if length is not None and length <= SMALL_RESPONSE_BYTES and request.method != "HEAD":
             return await self._relay_whole(
                 request, upstream, headers, exchange, before_last_chunk, t0
             )
@@ -385,7 +380,7 @@ class Forwarder:
             headers=headers,
         )
         if (
-            upstream.content_length is None
+            length is None
             and request.method != "HEAD"
             and upstream.status not in (204, 304)
         ):

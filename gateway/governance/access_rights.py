@@ -223,6 +223,11 @@ class AccessRights:
                     actor="expiry", source="expiry", reason="a time-bound grant reached its end"
                 )
 
+    def roles_as_last_seen(self, principal: Principal) -> bool:
+        """Whether the token's role set is the one last seen for this user: nothing to record,
+        known without a coroutine (the case of nearly every request)."""
+        return self.roles.last(principal.user) == principal.roles
+
     async def observe_roles(self, principal: Principal) -> None:
         """9.2.7: a role set from the IdP that differs from the last one seen for this user is a
         change of access rights, recorded before it is used (and before it is remembered).

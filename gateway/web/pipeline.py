@@ -149,6 +149,8 @@ class Pipeline:
         self._blocks = blocks
         self._hasher = hasher if hasher is not None else SubjectHasher([])
         self._public_hosts = public_hosts(cfg.proxy.public_hosts)
+        self._trusted = cfg.proxy.trusted_proxies
+        self._strip = cfg.proxy.strip_headers
         self._sockets = WebSocketRelay(
             forwarder,
             idle_timeout=cfg.proxy.websocket_idle_timeout_seconds,
@@ -166,16 +168,16 @@ class Pipeline:
             method=request.method,
             path=raw_path,
             query=raw_query,
-            client_ip=client_address(request, self._cfg.proxy.trusted_proxies),
+            client_ip=client_address(request, self._trusted),
             ts_us=time.time_ns() // 1000,
             t0=time.perf_counter(),
         )
         refused: BadRequest | None = None
         try:
             ctx.path = canonical_path(request.raw_path)
-            check_request_headers(request.headers, self._cfg.proxy.strip_headers)
+            check_request_headers(request.headers, self._strip)
             if self._public_hosts is not None:
-                origin = public_origin(request, self._cfg.proxy.trusted_proxies)
+                origin = public_origin(request, self._trusted)
                 if not self._public_hosts & {origin.host, f"{origin.host}:{origin.port}"}:
                     raise BadRequest("unknown_host")  # decision 022
             ctx.upgrade = upgrade_kind(request.headers)
@@ -244,7 +246,7 @@ class Pipeline:
                 "subject_blocked",
             )
 
-        if self._rights is not None:
+        if self._rights is not None and not self._rights.roles_as_last_seen(ctx.principal):
             try:
                 await self._rights.observe_roles(ctx.principal)
             except SpoolUnavailable:
@@ -366,7 +368,7 @@ class Pipeline:
                 injected=injected,
                 exchange=exchange,
                 before_last_chunk=lambda: record_outcome(COMPLETE),
-                strip=self._cfg.proxy.strip_headers,
+                strip=self._strip,
             )
         except ClientAborted:  # hung up mid-body: the client's doing, not an upstream error
             self._metrics.child(self._metrics.client_errors, route.name, "client_aborted").inc()
