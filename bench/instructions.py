@@ -3,6 +3,7 @@ not depend on how busy the machine is (docs/benchmarks.md).
 
     python bench/instructions.py                # the bare proxy, the gateway, every part stubbed
     python bench/instructions.py --against DIR  # ... and another checkout's gateway beside it
+    python bench/instructions.py --parts        # ... and each part of bench/parts.py switched off
 
 CPU time per request on these VMs moves by 10-20 % from one hour to the next, and by several per
 cent between two rounds of one run; a change worth 5 µs cannot be seen in it. The number of
@@ -93,13 +94,17 @@ def _count(name: str, pid: int, port: int, token: str, out: Path) -> list[float]
     return per_request
 
 
-def measure(against: Path | None) -> dict[str, list[float]]:
+def measure(against: Path | None, parts: bool = False) -> dict[str, list[float]]:
+    """Each variant's instructions per request in each window. ``parts``: one variant per part
+    of bench/parts.py switched off, as its CPU table does."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind is not installed (WITH_BENCH=1 ./scripts/system-deps.sh)")
     variants: dict[str, tuple[Path, list[str]] | None] = {"bare aiohttp proxy": None}
     variants["gateway, every part"] = (ROOT, [])
     if against is not None:
         variants[f"gateway at {against}"] = (against.resolve(), [])
+    if parts:
+        variants.update({f"without {p}": (ROOT, [p]) for p in PARTS})
     variants["gateway, every part stubbed"] = (ROOT, list(PARTS))
     with tempfile.TemporaryDirectory(prefix="pdgw-instr-") as d, processes() as procs:
         tmp = Path(d)
@@ -142,25 +147,37 @@ def measure(against: Path | None) -> dict[str, list[float]]:
         }
 
 
-def report(against: Path | None = None) -> None:
-    """Prints the table (`make bench` prints it too)."""
-    counts = measure(against)
+def report(against: Path | None = None, parts: bool = False) -> None:
+    """Prints the table (`make bench` prints it with ``parts``)."""
+    counts = measure(against, parts)
     print(
         f"\n## Instructions per request (callgrind, the event-loop thread; c=1, {REQUESTS} "
         f"requests per window after {WARM_UP} of warm-up, no store, durability batch)"
     )
     w = max(len(n) for n in counts)
-    print(f"{'variant':<{w}} {'window 1':>10} {'window 2':>10} {'over bare':>10}")
+    print(f"{'variant':<{w}} {'window 1':>10} {'window 2':>10} {'over bare':>10} {'saves':>8}")
     bare = min(counts["bare aiohttp proxy"])
+    full = min(counts["gateway, every part"])
     for name, windows in counts.items():
         over = "" if name == "bare aiohttp proxy" else f"{min(windows) - bare:>10,.0f}"
-        print(f"{name:<{w}} {windows[0]:>10,.0f} {windows[1]:>10,.0f} {over}")
+        saves = (
+            f"{full - min(windows):>8,.0f}"
+            if name.startswith(("without", "gateway, every part stubbed"))
+            else ""
+        )
+        print(f"{name:<{w}} {windows[0]:>10,.0f} {windows[1]:>10,.0f} {over:>10} {saves}")
+    print(
+        f"the pipeline over its data path: {full - bare:,.0f} instructions per request, "
+        f"{(full - bare) / bare:.2f}x the bare aiohttp proxy's own"
+    )
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--against", type=Path, help="another checkout's gateway beside this one")
-    report(p.parse_args().against)
+    p.add_argument("--parts", action="store_true", help="and each part switched off")
+    args = p.parse_args()
+    report(args.against, args.parts)
 
 
 if __name__ == "__main__":

@@ -604,9 +604,14 @@ def record_codec_bench() -> None:
     print(f"chain link (sha256 of one record): {sha / n * 1e6:.2f} µs")
 
 
-def targets(proxy: dict[str, float], workers: float | None) -> None:
+def targets(proxy: dict[str, float], workers: float | None, pipeline_us: float) -> None:
     """The performance targets (docs/benchmarks.md), judged from this run's figures."""
     rows = [
+        (
+            "the pipeline over its data path (the part table: gateway - bare)",
+            "<= 60 µs",
+            f"{pipeline_us:.0f} µs",
+        ),
         (
             "gateway, embedded store, fsync, req/s of the bare aiohttp proxy's",
             ">= 80 %",
@@ -668,14 +673,14 @@ def main() -> None:
     import store_bench
     import workers_bench
 
-    parts.table()
+    part = parts.table()
     parts.allocs(None)
     parts.allocs([])
     parts.allocs(list(parts.PARTS))
-    instructions.report()
+    instructions.report(parts=True)
     scaling = workers_bench.main()
     store_bench.main()
-    targets(proxy, scaling)
+    targets(proxy, scaling, part["gateway, every part"] - part["bare aiohttp proxy"])
 
 
 if __name__ == "__main__":
