@@ -15,9 +15,10 @@ answer upstream); a driver here sends WARM_UP requests one at a time on one keep
 connection, zeroes the counters (`callgrind_control -z`), sends REQUESTS more, dumps them
 (`callgrind_control -d`), twice. The figure is the event-loop thread's instructions in a window,
 divided by REQUESTS: the request path, and whatever else the loop did meanwhile (its timers: a few
-per second). The spool's sync thread is left out (its work depends on wall time, not requests:
-`durability: batch` fsyncs every batch_interval_ms). The servers run at the same time: the
-counts do not depend on it, only the wall time does.
+per second, so ~1 % more when many servers run at once and each window takes longer: compare the
+rows of one run). The spool's sync thread is left out (its work depends on wall time, not requests:
+`durability: batch` fsyncs every batch_interval_ms). The servers run at the same time, which
+changes the counts only through those timers.
 
 What it does not count: time in the kernel (system calls are counted as the instructions that
 make them), cache misses and the cost of one instruction against another. On this VM 1,000
