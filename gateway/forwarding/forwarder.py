@@ -379,11 +379,7 @@ class Forwarder:
             reason=upstream.reason,
             headers=headers,
         )
-        if (
-            length is None
-            and request.method != "HEAD"
-            and upstream.status not in (204, 304)
-        ):
+        if length is None and request.method != "HEAD" and upstream.status not in (204, 304):
             resp.enable_chunked_encoding()
         await resp.prepare(request)
         exchange.response = resp
