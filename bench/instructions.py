@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import shutil
 import subprocess
@@ -42,10 +41,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's gateway
 
-from parts import PARTS, _prepare  # bench/ is a script directory
-from run import ROOT, gateway_config, processes, wait_http
-
-from gateway.testing.chserver import free_port
+from parts import PARTS, _prepare, server_command  # bench/ is a script directory
+from run import ROOT, processes, wait_http
 
 WARM_UP = 300  # requests before counting: caches filled, the upstream connection pooled
 REQUESTS = int(os.environ.get("INSTRUCTIONS_REQUESTS", "1000"))
@@ -84,7 +81,7 @@ def _main_thread_total(out: Path, pid: int, window: int) -> int:
     raise RuntimeError(f"callgrind wrote no summary to {dump}")
 
 
-def _count(name: str, pid: int, port: int, token: str, out: Path) -> list[float]:
+def _count(pid: int, port: int, token: str, out: Path) -> list[float]:
     _drive(port, token, WARM_UP)
     per_request = []
     for window in range(1, WINDOWS + 1):
@@ -100,7 +97,8 @@ def measure(against: Path | None, parts: bool = False) -> dict[str, list[float]]
     of bench/parts.py switched off, as its CPU table does."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind is not installed (WITH_BENCH=1 ./scripts/system-deps.sh)")
-    variants: dict[str, tuple[Path, list[str]] | None] = {"bare aiohttp proxy": None}
+    # name → the checkout it runs from, the parts switched off (None: the bare aiohttp proxy)
+    variants: dict[str, tuple[Path, list[str] | None]] = {"bare aiohttp proxy": (ROOT, None)}
     variants["gateway, every part"] = (ROOT, [])
     if against is not None:
         variants[f"gateway at {against}"] = (against.resolve(), [])
@@ -114,38 +112,17 @@ def measure(against: Path | None, parts: bool = False) -> dict[str, list[float]]
         procs.append(subprocess.Popen(["nginx", "-c", str(tmp / "up.conf")]))
         started: dict[str, tuple[int, int, Path]] = {}  # name → pid, port, callgrind out prefix
         readiness: list[str] = []
-        for i, (name, variant) in enumerate(variants.items()):
-            port = free_port()
+        for i, (name, (tree, without)) in enumerate(variants.items()):
             out = tmp / f"v{i}"
             valgrind = ["valgrind", "--tool=callgrind", "--separate-threads=yes"]
             valgrind.append(f"--callgrind-out-file={out}.%p.out")
-            if variant is None:
-                cmd = [sys.executable, "bench/servers.py", "bare-proxy", "--port", str(port)]
-                cmd += ["--upstream", upstream]
-                tree, ready = ROOT, f"http://127.0.0.1:{port}/"
-            else:
-                tree, without = variant
-                admin = free_port()
-                cfg = gateway_config(tmp, "batch", upstream, port, admin, key, label=f"{i}-")
-                del cfg["store"]
-                (tmp / f"v{i}.json").write_text(json.dumps(cfg))
-                cmd = [
-                    sys.executable,
-                    "bench/parts.py",
-                    "serve",
-                    "--config",
-                    str(tmp / f"v{i}.json"),
-                ]
-                cmd += ["--without", ",".join(without)] if without else []
-                ready = f"http://127.0.0.1:{admin}/readyz"
+            cmd, port, ready = server_command(tmp, upstream, key, without, label=f"{i}-")
             procs.append(subprocess.Popen([*valgrind, *cmd], cwd=tree, stderr=subprocess.DEVNULL))
             started[name] = (procs[-1].pid, port, out)
             readiness.append(ready)
         for ready in readiness:
             wait_http(ready, timeout=300)  # Python under valgrind starts ~30× slower
-        return {
-            name: _count(name, pid, port, token, out) for name, (pid, port, out) in started.items()
-        }
+        return {name: _count(pid, port, token, out) for name, (pid, port, out) in started.items()}
 
 
 def report(against: Path | None = None, parts: bool = False) -> None:

@@ -282,6 +282,27 @@ def _prepare(tmp: Path) -> tuple[str, Path, int]:
     return token, key, up_port
 
 
+def server_command(
+    tmp: Path, upstream: str, key: Path, without: list[str] | None, label: str = ""
+) -> tuple[list[str], int, str]:
+    """The command serving the bare aiohttp proxy (``without`` None) or the gateway without the
+    parts named, no store (its config written to ``tmp``); its proxy port, and the URL that
+    answers once it is ready."""
+    port = free_port()
+    if without is None:
+        cmd = [sys.executable, "bench/servers.py", "bare-proxy", "--port", str(port)]
+        return [*cmd, "--upstream", upstream], port, f"http://127.0.0.1:{port}/"
+    admin = free_port()
+    cfg = gateway_config(tmp, "batch", upstream, port, admin, key, label=label)
+    del cfg["store"]
+    path = tmp / f"gateway-{label}.json"
+    path.write_text(json.dumps(cfg))
+    cmd = [sys.executable, "bench/parts.py", "serve", "--config", str(path)]
+    if without:
+        cmd += ["--without", ",".join(without)]
+    return cmd, port, f"http://127.0.0.1:{admin}/readyz"
+
+
 @contextlib.contextmanager
 def _servers(
     tmp: Path, variants: dict[str, list[str]]
@@ -294,40 +315,16 @@ def _servers(
         procs.append(subprocess.Popen(pinned("1", ["nginx", "-c", str(tmp / "up.conf")])))
         pids: dict[str, int] = {}
         ports: dict[str, int] = {}
-        bare = free_port()
-        procs.append(
-            subprocess.Popen(
-                pinned(
-                    "0",
-                    [
-                        sys.executable,
-                        "bench/servers.py",
-                        "bare-proxy",
-                        "--port",
-                        str(bare),
-                        "--upstream",
-                        upstream,
-                    ],
-                ),
-                cwd=ROOT,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        cmd, bare, bare_ready = server_command(tmp, upstream, key, None)
+        procs.append(subprocess.Popen(pinned("0", cmd), cwd=ROOT, stderr=subprocess.DEVNULL))
         pids["bare aiohttp proxy"], ports["bare aiohttp proxy"] = procs[-1].pid, bare
         for name, without in variants.items():
-            port, admin = free_port(), free_port()
-            cfg = gateway_config(tmp, "batch", upstream, port, admin, key, label=f"{len(pids)}-")
-            del cfg["store"]
-            path = tmp / f"parts-{len(pids)}.json"
-            path.write_text(json.dumps(cfg))
-            cmd = [sys.executable, "bench/parts.py", "serve", "--config", str(path)]
-            if without:
-                cmd += ["--without", ",".join(without)]
+            cmd, port, ready = server_command(tmp, upstream, key, without, label=f"{len(pids)}-")
             tree = Path(name.split(" at ", 1)[1]) if " at " in name else ROOT  # table --against
             procs.append(subprocess.Popen(pinned("0", cmd), cwd=tree, stderr=subprocess.DEVNULL))
             pids[name], ports[name] = procs[-1].pid, port
-            wait_http(f"http://127.0.0.1:{admin}/readyz")
-        wait_http(f"http://127.0.0.1:{bare}/")
+            wait_http(ready)
+        wait_http(bare_ready)
         yield token, ports, pids
 
 
@@ -385,21 +382,9 @@ def _drive_one(tmp: Path, without: list[str] | None, flag: str, out: Path, done:
     until ``done`` exists; the gateway is stopped before returning. ``without`` None: the bare
     aiohttp proxy instead (--allocs only)."""
     token, key, up_port = _prepare(tmp)
-    upstream = f"http://127.0.0.1:{up_port}"
-    port, admin = free_port(), free_port()
-    cfg = gateway_config(tmp, "batch", upstream, port, admin, key)
-    del cfg["store"]
-    (tmp / "gw.json").write_text(json.dumps(cfg))
+    cmd, port, ready = server_command(tmp, f"http://127.0.0.1:{up_port}", key, without)
     with processes() as procs:
         procs.append(subprocess.Popen(["nginx", "-c", str(tmp / "up.conf")]))
-        if without is None:
-            cmd = [sys.executable, "bench/servers.py", "bare-proxy", "--port", str(port)]
-            cmd += ["--upstream", upstream]
-            ready = f"http://127.0.0.1:{port}/"
-        else:
-            cmd = [sys.executable, "bench/parts.py", "serve", "--config", str(tmp / "gw.json")]
-            cmd += ["--without", ",".join(without)] if without else []
-            ready = f"http://127.0.0.1:{admin}/readyz"
         procs.append(subprocess.Popen([*cmd, flag, str(out)], cwd=ROOT, stderr=subprocess.DEVNULL))
         wait_http(ready)
         url = f"http://127.0.0.1:{port}/hr/employees/1001"
