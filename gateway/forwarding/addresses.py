@@ -18,7 +18,6 @@ compared as addresses.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -27,10 +26,13 @@ from urllib.parse import unquote, urlsplit
 
 from multidict import CIMultiDict
 
+from gateway.core.remember import remembered
+
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
 URL_HEADERS = ("Location", "Content-Location")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _CONTROLS = "".join(chr(c) for c in range(0x21))  # C0 controls and space, stripped at the ends
+MAX_HOST_CHARS = 255  # a DNS name's longest: a longer host is worked out each time, never kept
 
 
 class InternalAddress(Exception):
@@ -57,20 +59,18 @@ class Origin:
 def parse_origin(url_or_authority: str, scheme: str | None = None) -> Origin | None:
     """The origin of an absolute URL, or of a bare `host[:port]` given its ``scheme``: for the
     Host of every request, so remembered as ``normalise_host`` remembers hosts."""
-    if scheme is None:
-        parts = urlsplit(url_or_authority)
-        scheme, authority = parts.scheme.lower(), parts.netloc
-    elif len(url_or_authority) <= _MAX_REMEMBERED:
-        return _origin(url_or_authority, scheme)
-    else:
-        authority = url_or_authority
-    return _origin.__wrapped__(authority, scheme)
+    if scheme is not None:
+        return _remembered_origin(url_or_authority, scheme)
+    parts = urlsplit(url_or_authority)  # a URL (an upstream's, a response's Location): not kept
+    return _origin(parts.netloc, parts.scheme.lower())
 
 
-@functools.lru_cache(maxsize=1024)
 def _origin(authority: str, scheme: str) -> Origin | None:
     found = _host_port(authority, scheme)
     return Origin(scheme, found[0], found[1]) if found is not None else None
+
+
+_remembered_origin = remembered(longest=MAX_HOST_CHARS)(_origin)
 
 
 def public_hosts(entries: frozenset[str]) -> frozenset[str] | None:
@@ -84,24 +84,13 @@ def public_hosts(entries: frozenset[str]) -> frozenset[str] | None:
     return frozenset(out) if entries else None
 
 
+@remembered(longest=MAX_HOST_CHARS)
 def normalise_host(raw: str) -> str | None:
     """A host name as a browser compares it, or None if a browser would not accept it.
 
     Asked several times a request (the Host check, X-Forwarded-*, response addresses) for a
     handful of distinct hosts: remembered, for names as long as a DNS name can be (a longer
     one, sent to fill the memory, is worked out each time)."""
-    return _normalised(raw) if len(raw) <= _MAX_REMEMBERED else _normalise(raw)
-
-
-_MAX_REMEMBERED = 255
-
-
-@functools.lru_cache(maxsize=1024)
-def _normalised(raw: str) -> str | None:
-    return _normalise(raw)
-
-
-def _normalise(raw: str) -> str | None:
     try:
         host = unquote(raw, errors="strict").lower()
     except UnicodeDecodeError:

@@ -20,7 +20,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config.model import IPNetwork
 from gateway.core.errors import BadRequest
-from gateway.forwarding.addresses import Origin, normalise_host, parse_origin
+from gateway.core.remember import remembered
+from gateway.forwarding.addresses import MAX_HOST_CHARS, Origin, normalise_host, parse_origin
 from gateway.forwarding.method_override import OVERRIDE_HEADERS
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies still meet.
@@ -147,18 +148,9 @@ _REG_NAME_OR_IPV4 = re.compile(r"^[A-Za-z0-9._~-]+\Z")
 _PORT = re.compile(r"^[0-9]{1,5}\Z")
 
 
+@remembered(longest=MAX_HOST_CHARS + len(":65535"))
 def valid_host(value: str) -> bool:
-    """Whether ``value`` is a Host a browser could have sent: asked for every request, so
-    remembered for the few distinct values a gateway sees (as ``normalise_host`` remembers
-    hosts; a value longer than a host name can be is worked out each time)."""
-    return _valid_host(value) if len(value) <= _MAX_HOST_CHARS else _valid_host.__wrapped__(value)
-
-
-_MAX_HOST_CHARS = 255 + 6  # a DNS name and `:port`
-
-
-@functools.lru_cache(maxsize=1024)
-def _valid_host(value: str) -> bool:
+    """Whether ``value`` is a Host a browser could have sent (asked for every request)."""
     host, port = value, ""
     if value.startswith("["):
         host, sep, rest = value[1:].partition("]")
@@ -197,12 +189,12 @@ def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> froz
     values = headers.getall("Connection", ())
     if not values:
         return frozenset()
-    if len(values) == 1 and len(values[0]) <= _MAX_HOST_CHARS:  # `keep-alive`, `close`, …
+    if len(values) == 1:  # `keep-alive`, `close`, …
         return _listed(values[0])
-    return frozenset(name for value in values for name in _listed.__wrapped__(value))
+    return frozenset(name for value in values for name in _listed(value))
 
 
-@functools.lru_cache(maxsize=256)
+@remembered(longest=255, maxsize=256)  # longer than any list a server sends
 def _listed(value: str) -> frozenset[str]:
     return frozenset(header_key(token.strip()) for token in value.split(",") if token.strip())
 
