@@ -1,8 +1,9 @@
 """Header hygiene: what crosses the gateway in each direction, and who the client is.
 
 SECURITY (THREAT_MODEL.md "Forwarding equivalence", decision 011): every header the gateway owns,
-strips or rewrites is known by its normalised name (case, and `_` read as `-`, as CGI-style
-servers read it); a request spelling one with `_` is refused; inbound identity, rewrite and
+strips or rewrites is known by its normalised name (case, and `_`, `.` or any other character
+but a letter or digit read as `-`, as CGI-style servers read it); a request spelling one so is
+refused; inbound identity, rewrite and
 `X-Forwarded-*` headers never reach an upstream; the gateway writes its own. Hop-by-hop headers
 (RFC 9110 §7.6.1) are dropped both ways.
 """
@@ -128,8 +129,16 @@ OWNED = (
 
 
 def header_key(name: str) -> str:
-    """A header name as CGI-style servers read it: case and `_` versus `-` do not count."""
-    return name.lower().replace("_", "-")
+    """A header name as CGI-style servers read it: case does not count, and neither does which
+    of `-`, `_`, `.`, `+`, … separates its words (CGI joins `X_PD_User` with `X-PD-User`;
+    lighttpd turns every character but letters and digits into `_`)."""
+    key = name.lower()
+    return key if _PLAIN_NAME.match(key) else _SEPARATOR.sub("-", key)
+
+
+_PLAIN_NAME = re.compile(r"[a-z0-9-]*\Z")
+_SEPARATOR = re.compile(r"[^a-z0-9]")
+_ODD_NAME = re.compile(r"[^A-Za-z0-9-]")
 
 
 def owned(key: str, strip: frozenset[str] = frozenset()) -> bool:
@@ -174,9 +183,10 @@ def check_request_headers(
     headers: CIMultiDictProxy[str], strip: frozenset[str] = frozenset()
 ) -> None:
     """BadRequest unless the request's headers mean one thing to every upstream: an owned name
-    spelt with `_` (`header_spoofing`), a `Host` outside RFC 9110 syntax (`bad_host`)."""
+    spelt with another separator than `-` (`header_spoofing`: `X_PD_User`, `X.PD.User`), a
+    `Host` outside RFC 9110 syntax (`bad_host`)."""
     for name in headers:
-        if "_" in name and owned(header_key(name), strip):
+        if _ODD_NAME.search(name) and owned(header_key(name), strip):
             raise BadRequest("header_spoofing")
     host = headers.get("Host")
     if host is not None and not valid_host(host):

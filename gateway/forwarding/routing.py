@@ -120,10 +120,11 @@ class QueryParam:
 
 
 def param_key(decoded_name: str) -> str:
-    """A query or form parameter's name as the loosest framework would read it: PHP drops leading
-    spaces, turns `.`, ` ` and an unmatched `[` into `_` and reads `a[]`/`a[x]` as `a`; some
-    frameworks ignore case. Two names with one key are one parameter to some upstream."""
-    name = decoded_name.lstrip(" ")
+    """A query or form parameter's name as the loosest framework would read it: PHP ends a name at
+    a NUL byte (C strings), drops leading spaces, turns `.`, ` ` and an unmatched `[` into `_` and
+    reads `a[]`/`a[x]` as `a`; some frameworks ignore case. Two names with one key are one
+    parameter to some upstream."""
+    name = decoded_name.partition("\x00")[0].lstrip(" ")
     bracket = name.find("[")
     if bracket > 0 and "]" in name[bracket:]:
         name = name[:bracket]
