@@ -39,6 +39,19 @@ def parse_routes(top: Section, upstreams: Mapping[str, str]) -> tuple[Route, ...
             if act is not None:
                 actions[str(method).upper()] = act
         declared.finish()
+        if "GET" in actions:
+            # RFC 9110 §9.3.2: HEAD is GET without the body, and frameworks answer it by running
+            # GET's handler (Flask, Django, Rails, Express): it is GET's access, so GET's action
+            # and GET's route (`methods: [GET]` takes HEAD too).
+            head_declared = any(str(m).upper() == "HEAD" for m in declared.data)
+            if head_declared and actions["HEAD"] != actions["GET"]:
+                problems.add(
+                    r.key("actions"),
+                    "HEAD must have GET's action: upstreams answer HEAD by running GET's handler",
+                )
+            actions["HEAD"] = actions["GET"]
+            if method_set is not None and "GET" in method_set:
+                method_set = method_set | {"HEAD"}
         if method_set is not None:
             for m in sorted(method_set - set(actions)):
                 problems.add(

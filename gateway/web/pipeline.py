@@ -219,6 +219,11 @@ class Pipeline:
             await self._deny(ctx, 400, reason, "this path takes no WebSocket connection", reason)
         try:  # what the upstream will do is what is authorised and recorded (9.1.8)
             ctx.method = effective_method(request.method, request.headers.items(), ctx.query, route)
+            overridden = ctx.method != request.method
+            if overridden and self._routes.match(ctx.path, ctx.method) is not route:
+                # The upstream routes by the method it acts on: `POST /hr/export` overridden to
+                # GET runs the export route's handler, not this route's (refused: decision 011).
+                raise BadRequest("method_override_route")
             ctx.action = route.actions.get(ctx.method, "")
         except BadRequest as e:
             await self._deny(ctx, 400, "bad_request", "malformed request", e.reason)

@@ -130,7 +130,7 @@ def test_routes_cli_lists_every_route_with_category_and_subject() -> None:
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert rows["hr-medical"]["category"] == "employee_health"
-    assert rows["hr-export"]["actions"] == {"GET": "export"}
+    assert rows["hr-export"]["actions"] == {"GET": "export", "HEAD": "export"}
     assert rows["site-leads"]["subject"] == "query lead_id"
     table = run_cli("routes", "--config", str(DEMO))
     assert "hr-medical" in table.stdout and "employee_health" in table.stdout
@@ -150,6 +150,19 @@ def test_route_prefixes_that_differ_only_in_case_or_hold_ambiguous_forms_are_ref
     assert "routes.3.prefix: '/HR/Medical' overlaps routes.2" in problems
     assert "routes.4.prefix: must not contain ';'" in problems
     assert "routes.5.prefix: must not contain ';'" in problems
+
+
+def test_head_takes_gets_action_and_route(tmp_path: Path, keys: Keys) -> None:
+    """RFC 9110 §9.3.2: upstreams answer HEAD with GET's handler, so HEAD is GET's access."""
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    export = next(r for r in data["routes"] if r["name"] == "hr-export")
+    cfg = load_config(write_config(tmp_path, data, keys))
+    route = next(r for r in cfg.routes if r.name == "hr-export")
+    assert route.methods == {"GET", "HEAD"} and route.actions["HEAD"] == "export"
+    export["actions"] = {"GET": "export", "HEAD": "read"}
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, data, keys))
+    assert any("HEAD must have GET's action" in p for p in info.value.problems)
 
 
 def test_method_overrides_and_stripped_headers_are_validated_with_their_key(

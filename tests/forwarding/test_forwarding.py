@@ -89,6 +89,8 @@ def lax_app(seen: list[dict[str, Any]]) -> Any:
             }
         )
         start_response("200 OK", [("Content-Type", "application/json")])
+        if environ["REQUEST_METHOD"] == "HEAD":  # wsgiref would send the body (frameworks don't)
+            return []
         return [json.dumps(seen[-1]).encode()]
 
     return app
@@ -326,6 +328,49 @@ async def test_a_declared_query_override_is_what_is_authorised(
     assert spool_events(gw.spool_dir)[-1]["action"] == "update"
 
 
+# A catch-all route for the HR web app, as deploy/local/gateway.yaml has, beside the
+# GET-only export route: an upstream routes HEAD, and an overridden POST, by GET's handler.
+HR_APP = {
+    "name": "hr-app",
+    "prefix": "/hr",
+    "upstream": "hr",
+    "system": "hr",
+    "purpose": "hr_records",
+    "category": "employee",
+    "method_override": ["query"],
+}
+
+
+async def test_head_is_authorised_and_recorded_as_the_get_it_runs(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    gw = await make_gateway(lax.url, routes=[*ROUTES, HR_APP])
+    resp = await raw_request(gw, "HEAD", "/hr/export", bearer(keys, "abe", "accountant"))
+    assert resp.status == 403  # an accountant may read employees, not export them
+    resp.release()
+    assert lax.seen == []
+    denied = spool_events(gw.spool_dir)[-1]
+    assert (denied["route"], denied["action"], denied["method"]) == ("hr-export", "export", "HEAD")
+    resp = await raw_request(gw, "HEAD", "/hr/export", bearer(keys, "hal", "hr_officer"))
+    assert resp.status == 200
+    resp.release()
+    assert lax.seen[-1]["method"] == "HEAD"
+    assert spool_events(gw.spool_dir)[-1]["action"] == "export"
+
+
+async def test_an_override_to_another_routes_method_is_refused(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    gw = await make_gateway(lax.url, routes=[*ROUTES, HR_APP])
+    resp = await raw_request(
+        gw, "POST", "/hr/export?_method=GET", bearer(keys, "abe", "accountant")
+    )
+    assert resp.status == 400  # hr-app's `read` would have run hr-export's GET handler
+    resp.release()
+    assert lax.seen == []
+    assert spool_events(gw.spool_dir)[-1]["reason"] == "method_override_route"
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -371,8 +416,10 @@ async def test_a_body_that_only_mentions_a_method_is_forwarded(
 @settings(max_examples=200)
 @given(
     st.sampled_from(
-        [b"_method=", b"%5Fmethod=", b'"_method"', b"+method=", b'"\\u005Fmethod"']
-        + [b"+_method=", b"_method%00=", b"%20_method\x00"]
+        [
+            *(b"_method=", b"%5Fmethod=", b'"_method"', b"+method=", b'"\\u005Fmethod"'),
+            *(b"+_method=", b"_method%00=", b"%20_method\x00"),
+        ]
     ),
     st.binary(max_size=300),
     st.binary(max_size=300),
