@@ -342,8 +342,8 @@ class Forwarder:
         before_last_chunk: Callable[[], Awaitable[None]],
         t0: float,
     ) -> web.StreamResponse:
-        """A small body of known length (SMALL_RESPONSE_BYTES): read whole, its outcome recorded,
-        then head and body sent in one write. Until then nothing has reached the client
+        """A small body of known length (SMALL_RESPONSE_BYTES), or none: read whole, its outcome
+        recorded, then head and body sent in one write. Until then nothing has reached the client
         (``exchange.response`` is None), so a refusal can still be a whole answer."""
         with _ReadingBody(exchange, t0):
             body = await upstream.content.read()
@@ -368,9 +368,12 @@ class Forwarder:
     ) -> web.StreamResponse:
         exchange.status = upstream.status
         length = upstream.content_length  # parsed from the header at each use: once here
-        if length is not None and length > self._max_response:
+        # A head without a body (HEAD, 204, 304) is the whole response: its outcome is recorded
+        # before it is sent, as for a small body.
+        bodiless = request.method == "HEAD" or upstream.status in (204, 304)
+        if length is not None and length > self._max_response and not bodiless:
             raise UpstreamError(502, "upstream_response_too_large")
-        if length is not None and length <= SMALL_RESPONSE_BYTES and request.method != "HEAD":
+        if bodiless or (length is not None and length <= SMALL_RESPONSE_BYTES):
             return await self._relay_whole(
                 request, upstream, headers, exchange, before_last_chunk, t0
             )
@@ -379,7 +382,7 @@ class Forwarder:
             reason=upstream.reason,
             headers=headers,
         )
-        if length is None and request.method != "HEAD" and upstream.status not in (204, 304):
+        if length is None:
             resp.enable_chunked_encoding()
         await resp.prepare(request)
         exchange.response = resp

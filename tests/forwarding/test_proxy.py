@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from gateway.runtime.app import GATEWAY
 from tests.conftest import (
     GatewayFactory,
     Gw,
@@ -250,6 +252,37 @@ async def test_a_small_response_goes_out_in_one_write_and_a_stream_gets_its_head
         assert head_after >= pause * 0.9, head_after
     else:
         assert head_after < pause * 0.9, head_after
+
+
+@pytest.mark.parametrize(("method", "status"), [("HEAD", 200), ("GET", 204), ("GET", 304)])
+async def test_a_bodiless_answer_is_sent_only_once_its_outcome_is_recorded(
+    make_gateway: GatewayFactory,
+    keys: Keys,
+    upstream_serving: HandlerUpstream,
+    method: str,
+    status: int,
+) -> None:
+    """A head with no body (HEAD, 204, 304) is the whole response: were it sent before the
+    outcome record, a failed write would leave the client with an answer whose outcome is lost
+    (9.1.8). The spool's disk fills while the upstream answers: a real ENOSPC from the kernel
+    (its segment is made to write to /dev/full), so the outcome cannot be written."""
+    spool = None
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        assert spool is not None
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, spool._fd)  # the access record is written; the outcome will fail
+        os.close(full)
+        return web.Response(status=status, headers={"ETag": '"v1"'})
+
+    gw = await make_gateway(await upstream_serving(answer))
+    spool = gw.client.app[GATEWAY].spool
+    async with gw.client.request(method, "/hr/employees/1001", headers=auth(keys)) as resp:
+        assert resp.status == 503
+        if method != "HEAD":  # an answer to HEAD has no body
+            assert (await resp.json())["error"] == "audit_unavailable"
+    (access,) = [e for e in spool_events(gw.spool_dir) if e["route"] == "hr-employees"]
+    assert access["outcome"] == "unknown"  # the access on record; its outcome never written
 
 
 async def test_response_hop_by_hop_headers_are_dropped_and_body_streams_back(
