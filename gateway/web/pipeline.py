@@ -242,15 +242,6 @@ class Pipeline:
         except Exception:
             log.exception("subject extraction failed")
             await self._deny(ctx, 500, "internal_error", "internal error", "subject_error")
-        if self._blocked_for(ctx, ctx.subjects):
-            await self._deny(
-                ctx,
-                423,
-                "subject_blocked",
-                "this data subject's data is blocked",
-                "subject_blocked",
-            )
-
         if self._rights is not None and not self._rights.roles_as_last_seen(ctx.principal):
             try:
                 await self._rights.observe_roles(ctx.principal)
@@ -289,6 +280,16 @@ class Pipeline:
                 "forbidden",
                 "your job function does not permit this access",
                 "no_matching_rule",
+            )
+        # After the decision: a job function that may not see this data at all learns nothing
+        # of whether its subject is blocked (6.5) from a 423.
+        if self._blocked_for(ctx, ctx.subjects):
+            await self._deny(
+                ctx,
+                423,
+                "subject_blocked",
+                "this data subject's data is blocked",
+                "subject_blocked",
             )
 
         event = self._event(ctx, "allow", reason)

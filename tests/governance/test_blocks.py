@@ -63,6 +63,11 @@ async def test_a_block_refuses_the_next_request_except_for_verification_and_is_r
 
     status, body = await _call("GET", gw.proxy_url + "/hr/employees/emp-9", hr)
     assert (status, body["error"]) == (423, "subject_blocked")
+    # Whether a subject is blocked (has made a 6.5 request) is not told to a job function that
+    # may not see the data at all: the decision comes before the block.
+    sales = keys.token("sid", ["sales_manager"])
+    status, body = await _call("GET", gw.proxy_url + "/hr/employees/emp-9", sales)
+    assert (status, body["error"]) == (403, "forbidden")
     assert (await _call("GET", gw.proxy_url + "/hr/employees/emp-10", hr))[0] == 200
     # The dpo's verification is not refused by the block (the policy then decides: no read).
     status, body = await _call("GET", gw.proxy_url + "/hr/employees/emp-9", dpo)
