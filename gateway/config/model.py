@@ -328,6 +328,10 @@ class SubjectRule:
     path_index: int | None = None  # index of the `{…}` segment in the split path
     path_literals: tuple[str, ...] = ()  # the template's literal segments before it
     query: str | None = None
+    # How the upstream reads the id (decision 034): `auto` refuses any spelling an integer key
+    # would read as another number (`01001`, `1001.json`, `1_001`); `integer` takes canonical
+    # decimals only; `text` is for string keys the upstream reads exactly as written.
+    id: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,13 @@ from collections.abc import Mapping
 
 from gateway.config.model import ResponseSubjects, Route, SubjectRule
 from gateway.config.reader import Section, at_least, name, one_of, positive
-from gateway.config.vocabulary import ACTIONS, CATEGORIES, DEFAULT_ACTIONS, PURPOSES
+from gateway.config.vocabulary import (
+    ACTIONS,
+    CATEGORIES,
+    DEFAULT_ACTIONS,
+    PURPOSES,
+    SUBJECT_ID_KINDS,
+)
 
 
 def parse_routes(top: Section, upstreams: Mapping[str, str]) -> tuple[Route, ...]:
@@ -164,9 +170,10 @@ def _parse_subject(r: Section, prefix: str | None) -> SubjectRule | None:
             literals = tuple(segments[:index])
     if template is None and query is None:
         s.problems.add(s.path, "give path and/or query")
+    kind = s.get("id", str, SubjectRule.id, one_of(SUBJECT_ID_KINDS))
     s.finish()
     return SubjectRule(
-        path_template=template, path_index=index, path_literals=literals, query=query
+        path_template=template, path_index=index, path_literals=literals, query=query, id=kind
     )
 
 

@@ -36,6 +36,9 @@ AUDIT_CATEGORY = "audit_log"
 AUDIT_PURPOSE = "audit_control"
 
 
+# How a route's upstream reads a subject id (`subject.id`, decision 034).
+SUBJECT_ID_KINDS = ("auto", "integer", "text")
+
 DEFAULT_ACTIONS: Mapping[str, str] = {
     "GET": "read",
     "HEAD": "read",

@@ -210,4 +210,27 @@ def subject_ids(route: Route, path: str, query: str) -> list[str]:
     for s in found:
         if len(s) > MAX_SUBJECT_LEN:
             raise BadRequest("subject_id_too_long")
+        if not one_reading(s, rule.id):
+            raise BadRequest("ambiguous_subject")
     return sorted(set(found))
+
+
+_CANONICAL_DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)\Z")
+# What an integer cast reads as a number from the start of a value: Ruby's `to_i` (Rails'
+# `find`) and MySQL skip white space and take a sign, digits and `_`, and stop at what follows
+# (`1001.json`, `1001abc`); Python's `int()` (Django, Flask's `<int:>`) takes `_`, a sign, white
+# space and any script's digits.
+_NUMBER_START = re.compile(r"\s*[+-]?[0-9]")
+
+
+def one_reading(value: str, kind: str) -> bool:
+    """Whether every upstream that could serve a route of this ``subject.id`` kind reads the
+    subject id ``value`` as written (decision 034), so that blocks (6.5) and who-accessed
+    reports (6.1.1) find the access under the id the upstream served."""
+    if value != value.strip() or any(c.isdecimal() and not c.isascii() for c in value):
+        return False  # ` 1001`, `١٠٠١`: 1001 to int(), to Django and to Flask's `<int:>`
+    if kind == "integer":
+        return _CANONICAL_DECIMAL.match(value) is not None
+    if kind == "auto" and _NUMBER_START.match(value):
+        return _CANONICAL_DECIMAL.match(value) is not None  # not `01001`, `+1`, `1_001`, `1.json`
+    return True

@@ -180,6 +180,10 @@ class Pipeline:
                 origin = public_origin(request, self._trusted)
                 if not self._public_hosts & {origin.host, f"{origin.host}:{origin.port}"}:
                     raise BadRequest("unknown_host")  # decision 022
+            if request.body_exists and request.method in ("GET", "HEAD"):
+                # Rails and Laravel read a body's parameters (a subject id, `_method`) on GET
+                # too; nothing the gateway decides on may come from there (decision 034).
+                raise BadRequest("body_on_get")
             ctx.upgrade = upgrade_kind(request.headers)
             if ctx.upgrade == "other":  # h2c, TLS/1.0, …: never forwarded (decision 024)
                 raise BadRequest("upgrade_not_supported")

@@ -165,6 +165,21 @@ def test_head_takes_gets_action_and_route(tmp_path: Path, keys: Keys) -> None:
     assert any("HEAD must have GET's action" in p for p in info.value.problems)
 
 
+def test_a_subject_id_kind_is_one_of_three(tmp_path: Path, keys: Keys) -> None:
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    i, route = next((i, r) for i, r in enumerate(data["routes"]) if r.get("subject"))
+    route["subject"] = {**route["subject"], "id": "text"}
+    cfg = load_config(write_config(tmp_path, data, keys))
+    rule = next(r for r in cfg.routes if r.name == route["name"]).subject
+    assert rule is not None and rule.id == "text"
+    route["subject"]["id"] = "uuid"
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, data, keys))
+    (problem,) = info.value.problems
+    assert problem.endswith(f"routes.{i}.subject.id: must be one of auto, integer, text")
+    assert problem.startswith("line ")
+
+
 def test_method_overrides_and_stripped_headers_are_validated_with_their_key(
     tmp_path: Path, keys: Keys
 ) -> None:

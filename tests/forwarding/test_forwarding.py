@@ -16,10 +16,10 @@ import json
 import shutil
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
@@ -629,6 +629,97 @@ def test_recorded_subjects_cover_every_reading_of_the_query(
     except BadRequest:
         return
     assert readings(query) <= set(recorded), query
+
+
+# --- 6b. one reading of a subject id (decision 034) -------------------------------------------
+
+# Spellings of subject 1001 that upstreams read as 1001, while a gateway comparing strings would
+# record, block-check and report another id (6.5, 6.1.1).
+SPELLINGS_OF_1001 = ["01001", "\u0661\u0660\u0660\u0661", "1_001", " 1001", "+1001", "1001.json"]
+EMPLOYEES = Route(
+    name="hr-employees",
+    prefix="/hr/employees",
+    upstream="hr",
+    upstream_url="",
+    system="hr",
+    category="employee",
+    actions={"GET": "read"},
+    subject=SubjectRule("/hr/employees/{id}", 3, ("", "hr", "employees")),
+)
+
+
+def test_real_frameworks_read_other_spellings_as_the_same_id() -> None:
+    """Why they are refused, shown on the readers themselves: Flask's `<int:>` converter
+    (werkzeug) and Django's IntegerField take them as 1001. Rails reads `1001.json` as id 1001 in
+    format json, and its `find` casts with Ruby's `to_i` (`1_001`, `01001`, `1001abc`), as MySQL
+    does comparing a string with an integer column; neither Ruby nor MySQL runs here, so those
+    two are from their documentation, not run."""
+    from django.db.models import IntegerField
+    from werkzeug.routing import Map, Rule
+
+    flask_routes = Map([Rule("/hr/employees/<int:id>", endpoint="employee")]).bind("hr")
+    for spelling in ["01001", "\u0661\u0660\u0660\u0661"]:
+        assert flask_routes.match(f"/hr/employees/{spelling}") == ("employee", {"id": 1001})
+    django_field = IntegerField()
+    assert {django_field.get_prep_value(s) for s in SPELLINGS_OF_1001[:5]} == {1001}
+
+
+@pytest.mark.parametrize("spelling", [*SPELLINGS_OF_1001, "1001abc", "-0"])
+def test_a_subject_id_an_upstream_could_read_as_another_is_refused(spelling: str) -> None:
+    with pytest.raises(BadRequest, match="ambiguous_subject"):
+        subject_ids(EMPLOYEES, f"/hr/employees/{spelling}", "")
+    with pytest.raises(BadRequest, match="ambiguous_subject"):
+        subject_ids(LEADS, "/site/leads", "lead_id=" + quote(spelling, safe=""))
+
+
+def test_a_route_says_how_its_upstream_reads_ids() -> None:
+    uuid = "550e8400-e29b-41d4-a716-446655440000"
+    rule = EMPLOYEES.subject
+    assert rule is not None
+    auto, integer, text = (
+        replace(EMPLOYEES, subject=replace(rule, id=kind)) for kind in ("auto", "integer", "text")
+    )
+    for route, readable, refused in [
+        (auto, ["1001", "0", "emp-9", "jane.doe"], ["01001", uuid]),
+        (integer, ["1001", "0"], ["emp-9", "01001", uuid]),
+        (text, ["1001", "01001", "emp-9", uuid, "1001.json"], [" 1001", "\u0661"]),
+    ]:
+        for value in readable:
+            assert subject_ids(route, f"/hr/employees/{value}", "") == [value]
+        for value in refused:
+            with pytest.raises(BadRequest, match="ambiguous_subject"):
+                subject_ids(route, f"/hr/employees/{value}", "")
+
+
+async def test_another_spelling_of_a_subject_never_reaches_the_upstream(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    gw = await make_gateway(lax.url)
+    resp = await raw_request(gw, "GET", "/hr/employees/01001", bearer(keys, "h", "hr_officer"))
+    assert resp.status == 400
+    resp.release()
+    assert lax.seen == []
+    refused = spool_events(gw.spool_dir)[-1]
+    assert (refused["decision"], refused["reason"]) == ("deny", "ambiguous_subject")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_get_with_a_body_is_refused(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys, method: str
+) -> None:
+    """Rails and Laravel read a GET's body parameters: `lead_id=7` there is the lead they act
+    on, while the gateway would record the query's (or none)."""
+    gw = await make_gateway(lax.url)
+    resp = await gw.client.request(
+        method,
+        "/site/leads?lead_id=3",
+        headers={**bearer(keys, "s", "support_agent"), "Content-Type": "application/json"},
+        data=b'{"lead_id": "7"}',
+    )
+    assert resp.status == 400
+    resp.release()
+    assert lax.seen == []
+    assert spool_events(gw.spool_dir)[-1]["reason"] == "body_on_get"
 
 
 # --- 7. users and groups apart (4.4) -----------------------------------------------------------

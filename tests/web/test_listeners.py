@@ -241,11 +241,12 @@ async def test_every_admin_api_needs_a_token_and_none_is_reachable_through_the_p
             ) as r:
                 assert r.status in (400, 403), path  # authenticated, then refused
         for method, path in [*admin_apis, ("GET", "/metrics"), ("GET", "/readyz")]:
+            body = None if method in ("GET", "HEAD") else {}  # refused first with a body (400)
             async with s.request(
-                method, gw.proxy_url + path, json={}, headers={"Authorization": f"Bearer {token}"}
+                method, gw.proxy_url + path, json=body, headers={"Authorization": f"Bearer {token}"}
             ) as r:
                 assert r.status == 404, path  # the proxy port has no such route
-            async with s.request(method, gw.proxy_url + path, json={}) as r:
+            async with s.request(method, gw.proxy_url + path, json=body) as r:
                 assert r.status == 401, path  # and says nothing about routes without a token
     assert upstream.seen == []
 
