@@ -227,7 +227,9 @@ def one_reading(value: str, kind: str) -> bool:
     """Whether every upstream that could serve a route of this ``subject.id`` kind reads the
     subject id ``value`` as written (decision 034), so that blocks (6.5) and who-accessed
     reports (6.1.1) find the access under the id the upstream served."""
-    if value != value.strip() or any(c.isdecimal() and not c.isascii() for c in value):
+    if value != value.strip() or (
+        not value.isascii() and any(c.isdecimal() and not c.isascii() for c in value)
+    ):
         return False  # ` 1001`, `١٠٠١`: 1001 to int(), to Django and to Flask's `<int:>`
     if kind == "integer":
         return _CANONICAL_DECIMAL.match(value) is not None
