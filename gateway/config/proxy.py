@@ -8,6 +8,7 @@ import re
 from gateway.config.listen import networks
 from gateway.config.model import ProxyConfig
 from gateway.config.reader import Check, Section, at_least, positive
+from gateway.config.vocabulary import header_key
 
 D = ProxyConfig  # the defaults
 
@@ -59,7 +60,7 @@ def _header_names(sec: Section, key: str) -> frozenset[str]:
         if not isinstance(name, str) or not _HEADER_NAME.match(name):
             sec.problems.add(f"{sec.key(key)}.{i}", "must be a header name")
             continue
-        out.add(name.lower().replace("_", "-"))
+        out.add(header_key(name))
     return frozenset(out)
 
 

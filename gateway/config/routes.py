@@ -58,6 +58,12 @@ def parse_routes(top: Section, upstreams: Mapping[str, str]) -> tuple[Route, ...
             actions["HEAD"] = actions["GET"]
             if method_set is not None and "GET" in method_set:
                 method_set = method_set | {"HEAD"}
+        if method_set is not None and "HEAD" in method_set and "GET" not in method_set:
+            problems.add(
+                r.key("methods"),
+                "HEAD without GET: upstreams answer HEAD by running GET's handler, so GET is "
+                "this route's too",
+            )
         if method_set is not None:
             for m in sorted(method_set - set(actions)):
                 problems.add(

@@ -6,6 +6,7 @@ policy (`pd-gateway policy check`) and the audit trail use exactly these.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 # DIGEST 2.2-2.4: the personal-data categories the organisation processes; `none` marks a route
@@ -51,3 +52,16 @@ DEFAULT_ACTIONS: Mapping[str, str] = {
 
 # The gateway's own paths (login callback, logout); no route may use this prefix.
 GATEWAY_PATH_PREFIX = "/_pdgw/"
+
+
+def header_key(name: str) -> str:
+    """A header name as CGI-style servers read it: case does not count, and neither does which
+    of `-`, `_`, `.`, `+`, … separates its words (CGI joins `X_PD_User` with `X-PD-User`;
+    lighttpd turns every character but letters and digits into `_`). The one normalisation of
+    header names: `proxy.strip_headers` and the forwarder's header hygiene (decision 011)."""
+    key = name.lower()
+    return key if _PLAIN_NAME.match(key) else _SEPARATOR.sub("-", key)
+
+
+_PLAIN_NAME = re.compile(r"[a-z0-9-]*\Z")
+_SEPARATOR = re.compile(r"[^a-z0-9]")

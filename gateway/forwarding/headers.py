@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config.model import IPNetwork
+from gateway.config.vocabulary import header_key
 from gateway.core.errors import BadRequest
 from gateway.core.remember import remembered
 from gateway.forwarding.addresses import MAX_HOST_CHARS, Origin, normalise_host, parse_origin
@@ -128,17 +129,7 @@ OWNED = (
 )
 
 
-def header_key(name: str) -> str:
-    """A header name as CGI-style servers read it: case does not count, and neither does which
-    of `-`, `_`, `.`, `+`, … separates its words (CGI joins `X_PD_User` with `X-PD-User`;
-    lighttpd turns every character but letters and digits into `_`)."""
-    key = name.lower()
-    return key if _PLAIN_NAME.match(key) else _SEPARATOR.sub("-", key)
-
-
-_PLAIN_NAME = re.compile(r"[a-z0-9-]*\Z")
-_SEPARATOR = re.compile(r"[^a-z0-9]")
-_ODD_NAME = re.compile(r"[^A-Za-z0-9-]")
+_ODD_NAME = re.compile(r"[^A-Za-z0-9-]")  # a name header_key changes beyond its case
 
 
 def owned(key: str, strip: frozenset[str] = frozenset()) -> bool:
@@ -267,20 +258,20 @@ def upstream_headers(
     """Request headers for the upstream.
 
     SECURITY: every inbound `X-PD-*` and `X-Request-Id` is dropped by normalised name (case, and
-    `_` read as `-`) before the gateway injects its own, so no client can assert an identity the
-    upstream would trust; so are STRIPPED, ``strip`` and, unless ``keep_override`` (the route
-    declares its upstream honours them), method-override headers. `X-Forwarded-*` from a peer
-    outside ``trusted`` are replaced, not extended. ``preserve_host``: the upstream receives the
-    public Host (``public_origin``) instead of its own (decision 022).
+    `_`, `.` or another separator read as `-`: ``header_key``) before the gateway injects its
+    own, so no client can assert an identity the upstream would trust; so are STRIPPED,
+    ``strip`` and, unless ``keep_override`` (the route declares its upstream honours them),
+    method-override headers. `X-Forwarded-*` from a peer outside ``trusted`` are replaced, not
+    extended. ``preserve_host``: the upstream receives the public Host (``public_origin``)
+    instead of its own (decision 022).
     """
     listed = connection_listed(request.headers)
     dropped = _dropped(strip, keep_override, forward_authorization)
     out: CIMultiDict[str] = CIMultiDict()
+    key = header_key if _ODD_NAME.search("".join(request.headers)) else str.lower
     for name, value in request.headers.items():
         # One pass, one normalised name, one set look-up for everything a configuration drops.
-        lower = name.lower()
-        if "_" in lower:
-            lower = lower.replace("_", "-")
+        lower = key(name)
         if lower in dropped or lower in listed or lower.startswith(_GATEWAY_PREFIXES):
             continue
         out.add(name, value)
@@ -308,9 +299,7 @@ def response_headers(
     addresses = False
     for name, value in upstream.headers.items():
         lower = name.lower()
-        if lower in _RESPONSE_DROPPED or (
-            listed and (lower.replace("_", "-") if "_" in lower else lower) in listed
-        ):
+        if lower in _RESPONSE_DROPPED or (listed and header_key(lower) in listed):
             continue
         if lower in ADDRESS_HEADERS:
             addresses = True

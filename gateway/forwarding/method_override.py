@@ -57,9 +57,10 @@ def effective_method(
 # A `_method` *name* in a body, after the decodings frameworks apply to names: percent escapes
 # (forms), `\uXXXX` (JSON), `+` as a space, PHP's `.`/` `/`[` for `_`, and any case. Preceded by
 # what starts a name (body start, `&`, `;`, a quote, `=`, white space) and any spaces (PHP drops
-# leading ones: `+_method`), and followed by what ends one — a NUL too, where PHP cuts the name
-# (`_method%00`) — so "payment method" in a text field does not match.
-_NAME = re.compile(rb'(?:^|[&;"\'=\s])[\s+]*[_. \[+]method[&;"\'=\[\s\x00]')
+# leading ones: `+_method`) or brackets (Rack 2 and Express's `qs` read `[_method]` as
+# `_method`), and followed by what ends one — a NUL too, where PHP cuts the name (`_method%00`),
+# or a `]` — so "payment method" in a text field does not match.
+_NAME = re.compile(rb'(?:^|[&;"\'=\s])[\s+\[\]]*[_. \[+]method[&;"\'=\[\]\s\x00]')
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
 _JSON_ESCAPE = re.compile(rb"\\u00([0-9A-Fa-f]{2})")
 _WINDOW = 128  # raw bytes kept between chunks: an escaped match is at most ~60 bytes long

@@ -122,13 +122,13 @@ class QueryParam:
 def param_key(decoded_name: str) -> str:
     """A query or form parameter's name as the loosest framework would read it: PHP ends a name at
     a NUL byte (C strings), drops leading spaces, turns `.`, ` ` and an unmatched `[` into `_` and
-    reads `a[]`/`a[x]` as `a`; some frameworks ignore case. Two names with one key are one
-    parameter to some upstream."""
-    name = decoded_name.partition("\x00")[0].lstrip(" ")
+    reads `a[]`/`a[x]` as `a`; Rack 2 and Express's `qs` drop outer brackets (`[a]` is `a`);
+    some frameworks ignore case. Two names with one key are one parameter to some upstream."""
+    name = decoded_name.partition("\x00")[0].lstrip(" ").lstrip("[]")
     bracket = name.find("[")
     if bracket > 0 and "]" in name[bracket:]:
         name = name[:bracket]
-    return name.translate(_PHP_MANGLED).lower()
+    return name.rstrip("]").translate(_PHP_MANGLED).lower()  # Rack 2: `a]` is `a`
 
 
 _PHP_MANGLED = str.maketrans({".": "_", " ": "_", "[": "_"})
@@ -216,11 +216,16 @@ def subject_ids(route: Route, path: str, query: str) -> list[str]:
 
 
 _CANONICAL_DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)\Z")
-# What an integer cast reads as a number from the start of a value: Ruby's `to_i` (Rails'
-# `find`) and MySQL skip white space and take a sign, digits and `_`, and stop at what follows
-# (`1001.json`, `1001abc`); Python's `int()` (Django, Flask's `<int:>`) takes `_`, a sign, white
-# space and any script's digits.
-_NUMBER_START = re.compile(r"\s*[+-]?[0-9]")
+# What a cast reads as a number from the start of a value: Ruby's `to_i` (Rails' `find`) and
+# MySQL skip white space and take a sign, digits and `_`, and stop at what follows (`1001.json`,
+# `1001abc`); Python's `int()` (Django, Flask's `<int:>`) takes `_`, a sign, white space and any
+# script's digits; JavaScript's Number() and MySQL's doubles take a leading point (`.1001e4`).
+_NUMBER_START = re.compile(r"\s*[+-]?\.?[0-9]")  # JavaScript's Number() and PHP: `.1001e4`
+_JS_SPACE = "\ufeff"  # white space to JavaScript's Number() and parseInt(), not to str.strip()
+
+
+def _foreign_digit(c: str) -> bool:
+    return c.isdecimal() and not c.isascii()
 
 
 def one_reading(value: str, kind: str) -> bool:
@@ -228,7 +233,8 @@ def one_reading(value: str, kind: str) -> bool:
     subject id ``value`` as written (decision 034), so that blocks (6.5) and who-accessed
     reports (6.1.1) find the access under the id the upstream served."""
     if value != value.strip() or (
-        not value.isascii() and any(c.isdecimal() and not c.isascii() for c in value)
+        not value.isascii()
+        and (value[0] in _JS_SPACE or value[-1] in _JS_SPACE or any(map(_foreign_digit, value)))
     ):
         return False  # ` 1001`, `١٠٠١`: 1001 to int(), to Django and to Flask's `<int:>`
     if kind == "integer":

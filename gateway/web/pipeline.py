@@ -223,11 +223,15 @@ class Pipeline:
             await self._deny(ctx, 400, reason, "this path takes no WebSocket connection", reason)
         try:  # what the upstream will do is what is authorised and recorded (9.1.8)
             ctx.method = effective_method(request.method, request.headers.items(), ctx.query, route)
-            overridden = ctx.method != request.method
-            if overridden and self._routes.match(ctx.path, ctx.method) is not route:
-                # The upstream routes by the method it acts on: `POST /hr/export` overridden to
-                # GET runs the export route's handler, not this route's (refused: decision 011).
-                raise BadRequest("method_override_route")
+            if ctx.method != request.method:  # overridden (a POST): decision 011
+                if ctx.method == "HEAD":  # answered with no body to a POST relayed as one
+                    raise BadRequest("method_override")
+                if ctx.method == "GET" and request.body_exists:
+                    raise BadRequest("body_on_get")  # as for a GET with a body, above
+                if self._routes.match(ctx.path, ctx.method) is not route:
+                    # The upstream routes by the method it acts on: `POST /hr/export` overridden
+                    # to GET runs the export route's handler, not this route's.
+                    raise BadRequest("method_override_route")
             ctx.action = route.actions.get(ctx.method, "")
         except BadRequest as e:
             await self._deny(ctx, 400, "bad_request", "malformed request", e.reason)

@@ -163,6 +163,10 @@ def test_head_takes_gets_action_and_route(tmp_path: Path, keys: Keys) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write_config(tmp_path, data, keys))
     assert any("HEAD must have GET's action" in p for p in info.value.problems)
+    export["actions"], export["methods"] = {"GET": "export"}, ["HEAD"]
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, data, keys))
+    assert any("HEAD without GET" in p for p in info.value.problems)
 
 
 def test_a_subject_id_kind_is_one_of_three(tmp_path: Path, keys: Keys) -> None:
