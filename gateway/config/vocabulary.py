@@ -1,4 +1,5 @@
-"""The domain's words: personal-data categories, actions, purposes of processing.
+"""The domain's words: personal-data categories, actions, purposes of processing; and how the
+names a configuration and a request share are read (subject id kinds, header names).
 
 They come from the organisation's personal-data policy (docs/policy-clauses.md); routes, the
 policy (`pd-gateway policy check`) and the audit trail use exactly these.
