@@ -116,6 +116,16 @@ class QueryRefused(ValueError):
     """A filter value that cannot be used; the message names the filter, never echoes values."""
 
 
+def spreadsheet_cell(value: Any) -> Any:
+    """A text cell of an export that a spreadsheet would run as a formula (`=HYPERLINK(…)`,
+    `+`, `-`, `@`, a tab or a carriage return first) is written as text with a leading `'`: a
+    recorded path or query is whatever a client sent (CSV injection). Every CSV of the trail
+    goes through it (the console's export, `audit export`, `audit search --format csv`)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 @dataclass(frozen=True)
 class Filters:
     """What an investigator asked for; ``since``/``until`` are µs since the epoch (inclusive,

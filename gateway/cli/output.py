@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from gateway.audit.query import spreadsheet_cell
 from gateway.cli.times import show
 
 Columns = tuple[tuple[str, str], ...]
@@ -71,7 +72,10 @@ class Rows:
                 self._csv = csv.DictWriter(self.out, fieldnames=list(row), extrasaction="ignore")
                 self._csv.writeheader()
             self._csv.writerow(
-                {k: cell(k, v, self.tz) if isinstance(v, list) else v for k, v in row.items()}
+                {
+                    k: spreadsheet_cell(cell(k, v, self.tz) if isinstance(v, list) else v)
+                    for k, v in row.items()
+                }
             )
         else:
             self._buffered.append(row)  # a table needs its widths: at most the API's MAX_ROWS

@@ -67,6 +67,10 @@ _ASKS = {
     "export": Ask("events", "export", "admin:audit/export", query.MAX_EXPORT_ROWS),
     "permissions": Ask("permissions", "read", "admin:audit/permissions", query.MAX_ROWS),
     "report": Ask("report", "read", "admin:audit/subject-report", query.MAX_EXPORT_ROWS),
+    # Issued against a request of the register, the report is noted there: a write (`create`).
+    "report-for-request": Ask(
+        "report", "create", "admin:audit/subject-report", query.MAX_EXPORT_ROWS
+    ),
 }
 
 
@@ -140,8 +144,9 @@ class AuditAPI:
                     against = self._against(request.query["request"], forms)
             except ValueError as e:
                 problem = str(e)
+        ask = _ASKS["report-for-request" if "request" in request.query else "report"]
         event = await trail.authorise(
-            request, principal, _ASKS["report"], t0, filters="report", subjects=forms[:1]
+            request, principal, ask, t0, filters="report", subjects=forms[:1]
         )
         if problem is not None:
             await trail.deny(event, 400, "bad_request", problem, t0, "bad_filter")

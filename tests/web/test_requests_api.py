@@ -43,7 +43,8 @@ async def test_a_destroy_request_is_opened_blocked_reported_destroyed_and_closed
         "ref": "in-2026-118",
         "label": "DPO-2026-21",
     }
-    status, body = await _call("POST", reqs, keys.token("sam", ["security_officer"]), opening)
+    sam = keys.token("sam", ["security_officer"])  # answers requests (`create`), never blocks
+    status, body = await _call("POST", reqs, sam, opening)
     assert (status, body["error"]) == (403, "forbidden")  # opening a blocking request is a block
     status, body = await _call("POST", reqs, dpo, {**opening, "label": "case of emp-7"})
     assert (status, body["error"]) == (400, "bad_request") and "label" in body["message"]
@@ -72,9 +73,13 @@ async def test_a_destroy_request_is_opened_blocked_reported_destroyed_and_closed
     assert status == 503  # no store in this gateway: nothing issued, nothing noted
 
     close = gw.admin_url + f"/admin/subject-requests/{number}/close"
+    act = {"what": "personnel file", "where": "hr system", "by": "ivanov", "when": _days_ago(0)}
+    # Closing a request that blocked — here with an act of destruction (7.3) — is the DPO's,
+    # even when it leaves the block in place.
+    status, body = await _call("POST", close, sam, {"outcome": "destroyed", "act": act})
+    assert (status, body["error"]) == (403, "forbidden")
     status, body = await _call("POST", close, dpo, {"outcome": "destroyed", "unblock": True})
     assert (status, body["error"]) == (400, "bad_request") and "act" in body["message"]
-    act = {"what": "personnel file", "where": "hr system", "by": "ivanov", "when": _days_ago(0)}
     status, body = await _call(
         "POST", close, dpo, {"outcome": "destroyed", "unblock": True, "act": act}
     )
@@ -104,9 +109,10 @@ async def test_a_destroy_request_is_opened_blocked_reported_destroyed_and_closed
         ("block", "deny", 400),
         ("block", "deny", 400),
         ("block", "allow", 0),  # the opening: pending, then its outcome
-        ("block", "deny", 400),  # closing without the act (it asked to unblock: block)
+        ("block", "deny", 403),  # the security officer's closing of a destroy request
+        ("block", "deny", 400),  # closing without the act
         ("block", "allow", 0),  # the closing that unblocks
-        ("create", "deny", 409),
+        ("block", "deny", 409),  # a destroy request's closing is a block, unblocking or not
     ]
 
 

@@ -25,7 +25,14 @@ from gateway.identity.csrf import SAFE_METHODS
 from gateway.web.boundary import REQUEST_ID
 from gateway.web.console import anomaly, evidence, health, people, requests, search, subject
 from gateway.web.console.identity import MAX_FORM_BYTES
-from gateway.web.console.kit import CALLER, UI_OF, ConsoleDeps, caller_of, ui_of
+from gateway.web.console.kit import (
+    CALLER,
+    UI_OF,
+    ConsoleDeps,
+    caller_of,
+    sent_by_another_site,
+    ui_of,
+)
 from gateway.web.login import LoginRequired
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -65,6 +72,11 @@ def _middleware(deps: ConsoleDeps) -> Callable[..., Awaitable[web.StreamResponse
         try:
             request[CALLER] = caller = await deps.callers.caller(request)
             ask = deps.ask(_page_name(request), "read")
+            page = request.path.removeprefix(deps.cfg.path)
+            if sent_by_another_site(page, request.headers):
+                await deps.trail.refused(
+                    request, caller, ask, 403, "csrf_cross_site", "cross-site request refused"
+                )
             if request.method not in SAFE_METHODS:
                 reason = deps.callers.cross_site(request)
                 if reason is not None:  # the rule of proxied apps (decision 014)

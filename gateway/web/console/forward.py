@@ -21,6 +21,7 @@ from gateway.web.admin import AdminRefused
 from gateway.web.boundary import REQUEST_ID
 from gateway.web.console.access import ConsoleTrail
 from gateway.web.console.identity import CALLER_HEADER, MAX_FORM_BYTES, SessionCallers, seal
+from gateway.web.console.kit import sent_by_another_site
 from gateway.web.console.render import LANG_COOKIE
 from gateway.web.trail import Ask
 
@@ -65,6 +66,10 @@ class ConsoleFront:
         if not tail.startswith("static/"):  # the static files hold nothing of the trail
             caller = await self._callers.caller(request)
             ask = Ask("console", "read", f"console:{tail.split('/')[0] or 'home'}", 0)
+            if sent_by_another_site(tail, request.headers):
+                await self._trail.refused(
+                    request, caller, ask, 403, "csrf_cross_site", "cross-site request refused"
+                )
             if request.method not in SAFE_METHODS:
                 reason = self._callers.cross_site(request)
                 if reason is not None:

@@ -45,6 +45,18 @@ StoreOpener = Callable[[], contextlib.AbstractContextManager[AuditStore]]
 UI_OF = web.RequestKey("pdgw_console_ui", UI)
 
 
+# Pages whose GET does work beyond showing the trail: an export written to the browser's disk
+# and recorded as the user's (10.2), an evidence pack built. SameSite=Lax lets the session cookie
+# ride a top-level navigation from another site, so these refuse a request another site sent.
+WORK_PAGES = frozenset({"search/export", "evidence", "evidence/download"})
+
+
+def sent_by_another_site(page: str, headers: Mapping[str, str]) -> bool:
+    """``page``: the path under the console's base. `Sec-Fetch-Site` is sent by every current
+    browser; without it (another client) the CSRF rule for other methods still holds."""
+    return page in WORK_PAGES and headers.get("Sec-Fetch-Site") in ("cross-site", "same-site")
+
+
 @dataclass(frozen=True)
 class InstanceHealth:
     """One gateway process as the trail-health page shows it."""

@@ -9,7 +9,8 @@ admin API's own code (``gateway.web.requests_api``), so both leave the same reco
 
 The subject's id travels only in the opening form's body and is hashed at once (5.3); pages show
 the DPO's label and the stored form. Listing is a read of the trail's own data (9.2.6); opening
-or closing is ``create``, or ``block`` when the step blocks or unblocks the subject (6.5).
+or closing is ``create``, or ``block`` when the step blocks or unblocks the subject (6.5) or
+closes a request that blocked (its outcome, a destruction's act, is the DPO's).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gateway.web.console.kit import ConsoleDeps, caller_of, problem_page, ui_of
 from gateway.web.requests_api import (
     ACT_KEYS,
     close_request,
+    closing_is_a_block,
     open_request,
     plan_close,
     plan_open,
@@ -137,10 +139,10 @@ def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
         number = request.match_info["request"]
         form = await request.post()
         unblock = form.get("unblock") == "yes"
-        ask = deps.ask("request-close", "block" if unblock else "create")
+        found = rdeps.register.get(number) if _ID.match(number) else None
+        ask = deps.ask("request-close", "block" if closing_is_a_block(found, unblock) else "create")
         if not _ID.match(number):
             await deps.trail.refused(request, caller, ask, 400, "bad_filter", "not a request id")
-        found = rdeps.register.get(number)
         act = {k: str(form.get(f"act_{k}", "")).strip() for k in ACT_KEYS}
         body: dict[str, Any] = {
             "outcome": str(form.get("outcome", "")),

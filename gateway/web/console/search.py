@@ -177,12 +177,7 @@ def _export(rows: list[Row], fmt: str) -> bytes:
     writer = csv.writer(buf)
     writer.writerow(EXPORT_COLUMNS)
     for r in out:
-        writer.writerow([_cell(" ".join(v) if isinstance(v, list) else v) for v in r.values()])
+        writer.writerow(
+            [query.spreadsheet_cell(" ".join(v) if isinstance(v, list) else v) for v in r.values()]
+        )
     return buf.getvalue().encode()
-
-
-def _cell(value: Any) -> Any:
-    """A text cell a spreadsheet would run as a formula is written as text (CSV injection)."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value

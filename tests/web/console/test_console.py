@@ -387,6 +387,25 @@ async def test_cross_site_forms_tokens_and_missing_sessions_are_refused(
     rid = resp.headers["X-Request-Id"]
     rec = next(r for r in spool_records(console.served.spool_dir) if r.get("request_id") == rid)
     assert (rec["user"], rec["reason"]) == ("grace", "csrf_origin_mismatch")
+    # Another site sending her browser to an export or an evidence pack: SameSite=Lax lets the
+    # cookie ride a top-level navigation, and the export would be recorded as hers (10.2).
+    for page in ("search/export?go=1&format=csv", "evidence/download?from=x", "evidence"):
+        for site in ("cross-site", "same-site"):
+            status, _, resp = await console.call(
+                grace, "GET", CONSOLE + page, **{"Sec-Fetch-Site": site}
+            )
+            assert status == 403, (page, site)
+    rid = resp.headers["X-Request-Id"]
+    rec = next(r for r in spool_records(console.served.spool_dir) if r.get("request_id") == rid)
+    assert (rec["user"], rec["reason"]) == ("grace", "csrf_cross_site")
+    status, _, _ = await console.call(  # from the console's own page, or typed in: served
+        grace, "GET", CONSOLE + "search/export?go=1&format=csv", **{"Sec-Fetch-Site": "same-origin"}
+    )
+    assert status == 200
+    status, _, _ = await console.call(
+        grace, "GET", CONSOLE + "search", **{"Sec-Fetch-Site": "cross-site"}
+    )
+    assert status == 200  # a link to a page that only shows, from another site, still opens
     # A bearer token is not a console credential; no session, no console (an XHR: 401).
     async with console.http.get(
         console.served.proxy_url + CONSOLE + "search",

@@ -113,6 +113,13 @@ async def test_workers_forward_the_console_to_the_supervisor_which_records_every
         )
         assert status == 403
         csrf = resp.headers["X-Request-Id"]
+        # Another site sending her browser to an export (the cookie rides a top-level
+        # navigation): refused by the worker, which sees the browser's Sec-Fetch-Site.
+        status, _, resp = await grace.get(
+            CONSOLE + "search/export?go=1&format=csv", **{"Sec-Fetch-Site": "cross-site"}
+        )
+        assert status == 403
+        sent = resp.headers["X-Request-Id"]
         # A client's own X-PD-Console-Caller is no credential: without a session, log in first.
         forged = {CALLER_HEADER: "eyJ1IjoiZ3JhY2UifQ.AAAA", "Accept": "application/json"}
         async with http.get(gp.url + CONSOLE + "search", headers=forged) as r:
@@ -124,7 +131,8 @@ async def test_workers_forward_the_console_to_the_supervisor_which_records_every
     assert supervisor[refused]["decision"] == "deny" and supervisor[refused]["user"] == "alice"
     in_workers = [r for w in ("w0", "w1") for r in console_records(spool_records(gp.spool / w))]
     assert [(r["request_id"], r["user"], r["reason"]) for r in in_workers] == [
-        (csrf, "grace", "csrf_origin_mismatch")
+        (csrf, "grace", "csrf_origin_mismatch"),
+        (sent, "grace", "csrf_cross_site"),
     ]
 
 
