@@ -297,9 +297,12 @@ def response_headers(
     listed = connection_listed(upstream.headers)
     out: CIMultiDict[str] = CIMultiDict()
     addresses = False
+    odd = bool(listed) and _ODD_NAME.search("".join(upstream.headers)) is not None
     for name, value in upstream.headers.items():
         lower = name.lower()
-        if lower in _RESPONSE_DROPPED or (listed and header_key(lower) in listed):
+        if lower in _RESPONSE_DROPPED or (
+            listed and (header_key(lower) if odd else lower) in listed
+        ):
             continue
         if lower in ADDRESS_HEADERS:
             addresses = True
