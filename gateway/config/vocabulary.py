@@ -61,8 +61,10 @@ def header_key(name: str) -> str:
     lighttpd turns every character but letters and digits into `_`). The one normalisation of
     header names: `proxy.strip_headers` and the forwarder's header hygiene (decision 011)."""
     key = name.lower()
-    return key if _PLAIN_NAME.match(key) else _SEPARATOR.sub("-", key)
+    return _SEPARATOR.sub("-", key) if ODD_HEADER_NAME.search(key) else key
 
 
-_PLAIN_NAME = re.compile(r"[a-z0-9-]*\Z")
+# A character header_key reads as `-`, other than `-` and case: searched in one name, or in a
+# request's names joined (one search for the usual request, where no name has one).
+ODD_HEADER_NAME = re.compile(r"[^A-Za-z0-9-]")
 _SEPARATOR = re.compile(r"[^a-z0-9]")

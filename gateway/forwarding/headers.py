@@ -20,7 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config.model import IPNetwork
-from gateway.config.vocabulary import header_key
+from gateway.config.vocabulary import ODD_HEADER_NAME, header_key
 from gateway.core.errors import BadRequest
 from gateway.core.remember import remembered
 from gateway.forwarding.addresses import MAX_HOST_CHARS, Origin, normalise_host, parse_origin
@@ -129,9 +129,6 @@ OWNED = (
 )
 
 
-_ODD_NAME = re.compile(r"[^A-Za-z0-9-]")  # a name header_key changes beyond its case
-
-
 def owned(key: str, strip: frozenset[str] = frozenset()) -> bool:
     return (
         key in OWNED
@@ -176,9 +173,9 @@ def check_request_headers(
     """BadRequest unless the request's headers mean one thing to every upstream: an owned name
     spelt with another separator than `-` (`header_spoofing`: `X_PD_User`, `X.PD.User`), a
     `Host` outside RFC 9110 syntax (`bad_host`)."""
-    if _ODD_NAME.search("".join(headers)):  # one search for the usual request: none has one
+    if ODD_HEADER_NAME.search("".join(headers)):  # one search for the usual request: none has one
         for name in headers:
-            if _ODD_NAME.search(name) and owned(header_key(name), strip):
+            if ODD_HEADER_NAME.search(name) and owned(header_key(name), strip):
                 raise BadRequest("header_spoofing")
     host = headers.get("Host")
     if host is not None and not valid_host(host):
@@ -268,7 +265,7 @@ def upstream_headers(
     listed = connection_listed(request.headers)
     dropped = _dropped(strip, keep_override, forward_authorization)
     out: CIMultiDict[str] = CIMultiDict()
-    key = header_key if _ODD_NAME.search("".join(request.headers)) else str.lower
+    key = header_key if ODD_HEADER_NAME.search("".join(request.headers)) else str.lower
     for name, value in request.headers.items():
         # One pass, one normalised name, one set look-up for everything a configuration drops.
         lower = key(name)
@@ -297,7 +294,7 @@ def response_headers(
     listed = connection_listed(upstream.headers)
     out: CIMultiDict[str] = CIMultiDict()
     addresses = False
-    odd = bool(listed) and _ODD_NAME.search("".join(upstream.headers)) is not None
+    odd = bool(listed) and ODD_HEADER_NAME.search("".join(upstream.headers)) is not None
     for name, value in upstream.headers.items():
         lower = name.lower()
         if lower in _RESPONSE_DROPPED or (
