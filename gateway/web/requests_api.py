@@ -57,7 +57,7 @@ LIST = Ask("requests", "read", "admin:subject-requests", 10_000)
 OPEN = Ask("requests", "create", "admin:subject-requests", 0)
 OPEN_BLOCKING = Ask("requests", "block", "admin:subject-requests", 0)
 CLOSE = Ask("requests", "create", "admin:subject-requests/{request}/close", 0)
-CLOSE_UNBLOCKING = Ask("requests", "block", "admin:subject-requests/{request}/close", 0)
+CLOSE_AS_BLOCK = Ask("requests", "block", "admin:subject-requests/{request}/close", 0)
 MAX_TEXT = 500
 ACT_KEYS = ("what", "where", "by", "when")
 NEEDS_ACT = {("destroy", "destroyed"), ("withdraw-consent", "destroyed"), ("block", "destroyed")}
@@ -440,7 +440,7 @@ class RequestsAPI:
         event = await trail.authorise(
             request,
             principal,
-            CLOSE_UNBLOCKING if closing_is_a_block(found, body.get("unblock") is True) else CLOSE,
+            CLOSE_AS_BLOCK if closing_is_a_block(found, body.get("unblock") is True) else CLOSE,
             t0,
             filters=f"close&outcome={_word(body.get('outcome'))}",
             subjects=[found.subject] if found else [],

@@ -139,9 +139,10 @@ def register(router: web.UrlDispatcher, deps: ConsoleDeps) -> None:
         number = request.match_info["request"]
         form = await request.post()
         unblock = form.get("unblock") == "yes"
-        found = rdeps.register.get(number) if _ID.match(number) else None
+        valid = _ID.match(number) is not None
+        found = rdeps.register.get(number) if valid else None
         ask = deps.ask("request-close", "block" if closing_is_a_block(found, unblock) else "create")
-        if not _ID.match(number):
+        if not valid:
             await deps.trail.refused(request, caller, ask, 400, "bad_filter", "not a request id")
         act = {k: str(form.get(f"act_{k}", "")).strip() for k in ACT_KEYS}
         body: dict[str, Any] = {
