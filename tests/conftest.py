@@ -297,6 +297,20 @@ ROUTES: list[dict[str, Any]] = [
 ]
 
 
+# The HR web app's catch-all route, as deploy/local/gateway.yaml has it beside the more specific
+# HR routes (pages and forms under /hr; a person's page names the subject). Not in ROUTES: with
+# it, a path no HR route declares would reach the upstream instead of being a 404.
+HR_APP: dict[str, Any] = {
+    "name": "hr-app",
+    "prefix": "/hr",
+    "upstream": "hr",
+    "system": "hr",
+    "purpose": "hr_records",
+    "category": "employee",
+    "subject": {"path": "/hr/people/{id}"},
+}
+
+
 def config_dict(tmp_path: Path, upstream_url: str, **overrides: Any) -> dict[str, Any]:
     jwks = tmp_path / "jwks.json"
     data: dict[str, Any] = {

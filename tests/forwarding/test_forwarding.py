@@ -44,6 +44,7 @@ from gateway.forwarding.routing import param_key, subject_ids
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.tools import check
 from tests.conftest import (
+    HR_APP,
     POLICIES,
     ROUTES,
     GatewayFactory,
@@ -347,23 +348,15 @@ async def test_a_declared_query_override_is_what_is_authorised(
     assert spool_events(gw.spool_dir)[-1]["action"] == "update"
 
 
-# A catch-all route for the HR web app, as deploy/local/gateway.yaml has, beside the
-# GET-only export route: an upstream routes HEAD, and an overridden POST, by GET's handler.
-HR_APP = {
-    "name": "hr-app",
-    "prefix": "/hr",
-    "upstream": "hr",
-    "system": "hr",
-    "purpose": "hr_records",
-    "category": "employee",
-    "method_override": ["query"],
-}
+# The HR web app's catch-all route beside the GET-only export route, its upstream honouring a
+# query override: an upstream routes HEAD, and an overridden POST, by GET's handler.
+HR_APP_OVERRIDDEN = {**HR_APP, "method_override": ["query"]}
 
 
 async def test_head_is_authorised_and_recorded_as_the_get_it_runs(
     make_gateway: GatewayFactory, lax: Lax, keys: Keys
 ) -> None:
-    gw = await make_gateway(lax.url, routes=[*ROUTES, HR_APP])
+    gw = await make_gateway(lax.url, routes=[*ROUTES, HR_APP_OVERRIDDEN])
     resp = await raw_request(gw, "HEAD", "/hr/export", bearer(keys, "abe", "accountant"))
     assert resp.status == 403  # an accountant may read employees, not export them
     resp.release()
@@ -380,7 +373,7 @@ async def test_head_is_authorised_and_recorded_as_the_get_it_runs(
 async def test_an_override_to_another_routes_method_is_refused(
     make_gateway: GatewayFactory, lax: Lax, keys: Keys
 ) -> None:
-    gw = await make_gateway(lax.url, routes=[*ROUTES, HR_APP])
+    gw = await make_gateway(lax.url, routes=[*ROUTES, HR_APP_OVERRIDDEN])
     resp = await raw_request(
         gw, "POST", "/hr/export?_method=GET", bearer(keys, "abe", "accountant")
     )

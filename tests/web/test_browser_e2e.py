@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.testing.chserver import free_port
-from tests.conftest import ROOT, ROUTES, Keys, ServeFactory, spool_records
+from tests.conftest import HR_APP, ROOT, ROUTES, Keys, ServeFactory, spool_records
 from tests.oidc_provider import Provider, oidc_section, provider_available, run_provider
 from tests.web.chromium import chromium, chromium_available, loopback_context
 
@@ -32,15 +32,6 @@ pytestmark = [
     ),
 ]
 GATEWAY_PORT = free_port()
-HR_APP = {
-    "name": "hr-app",
-    "prefix": "/hr",
-    "upstream": "hr",
-    "system": "hr",
-    "purpose": "hr_records",
-    "category": "employee",
-    "subject": {"path": "/hr/people/{id}"},
-}
 
 
 def _demo_upstream() -> Any:
