@@ -37,7 +37,8 @@ from prometheus_client import CollectorRegistry
 from gateway.audit.checkpoint import generate as generate_checkpoint_key
 from gateway.config.load import load_config
 from gateway.config.model import Config
-from gateway.runtime.app import GATEWAY, build
+from gateway.runtime.app import GATEWAY, build, console_app
+from gateway.testing.chserver import free_port
 from gateway.web import listeners
 from tests.stores import ch_server, chdb_dir, own_ch_server  # noqa: F401  (fixtures)
 
@@ -407,6 +408,7 @@ class Served(_Metered):
     cfg: Config
     registry: CollectorRegistry
     spool_dir: Path
+    console_url: str = ""  # the console's own listener (decision 035), with a console section
 
 
 ServeFactory = Callable[..., Awaitable[Served]]
@@ -422,12 +424,22 @@ async def serve_gateway(tmp_path: Path, keys: Keys) -> AsyncIterator[ServeFactor
         data = config_dict(home, upstream_url, **overrides)
         for name in ("proxy", "admin"):
             data.setdefault("listen", {}).setdefault(name, {}).setdefault("port", 0)
+        if "console" in data:  # its origin is known before it listens: a port chosen here
+            data["console"].setdefault("listen", {}).setdefault("port", free_port())
         cfg = load_config(write_config(home, data, keys))
         registry = CollectorRegistry()
         proxy_app, admin_app = build(cfg, registry)
-        sites = await listeners.start(cfg, proxy_app, admin_app, proxy_app[GATEWAY].metrics)
+        gw = proxy_app[GATEWAY]
+        sites = await listeners.start(
+            cfg,
+            proxy_app,
+            admin_app,
+            gw.metrics,
+            console_app=console_app(gw, None) if cfg.console is not None else None,
+        )
         started.append(sites)
         scheme = "https" if cfg.proxy_listen.tls else "http"
+        assert sites.proxy is not None
         return Served(
             proxy_url=f"{scheme}://127.0.0.1:{sites.proxy.port}",
             admin_url=f"http://127.0.0.1:{sites.admin.port}",
@@ -436,6 +448,7 @@ async def serve_gateway(tmp_path: Path, keys: Keys) -> AsyncIterator[ServeFactor
             cfg=cfg,
             registry=registry,
             spool_dir=cfg.audit.spool_dir,
+            console_url=cfg.console_origin,
         )
 
     yield serve

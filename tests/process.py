@@ -32,6 +32,7 @@ class GatewayProcess:
         self.proc = proc
         self.url = f"http://127.0.0.1:{proxy_port}"
         self.admin = f"http://127.0.0.1:{admin_port}"
+        self.console = ""  # the console's listener, with a console section (decision 035)
         self.spool = spool
 
         self._workers: set[int] = set()  # every worker pid seen: waited for at the end
@@ -146,6 +147,10 @@ def run_gateway(
         listen = data.setdefault("listen", {})
         listen.setdefault("proxy", {})["port"] = proxy_port
         listen.setdefault("admin", {})["port"] = admin_port
+        console_port = free_port() if "console" in data else None
+        if console_port is not None:  # the console's own listener (decision 035)
+            data["console"] = {**data["console"]}
+            data["console"].setdefault("listen", {})["port"] = console_port
         path = write_config(tmp_path, data, keys)
         log = (tmp_path / "gateway.log").open("wb")
         proc = subprocess.Popen(
@@ -156,6 +161,7 @@ def run_gateway(
             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
         )
         gp = GatewayProcess(proc, proxy_port, admin_port, Path(data["audit"]["spool_dir"]))
+        gp.console = f"http://127.0.0.1:{console_port}" if console_port is not None else ""
         if "tls" in listen["proxy"]:
             gp.url = gp.url.replace("http://", "https://", 1)
         if _wait_ready(gp):

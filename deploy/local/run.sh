@@ -55,7 +55,7 @@ cat <<INFO
   ───────────────
   proxy    http://127.0.0.1:8080   (staff apps talk to this: the worker that serves)
   admin    http://127.0.0.1:9470   /metrics /healthz /readyz, the audit API (the supervisor)
-  console  http://127.0.0.1:8080/_pdgw/console/   the trail in a browser (grace: dpo, frank: security_officer)
+  console  http://127.0.0.1:8090/_pdgw/console/   the trail in a browser (grace: dpo, frank: security_officer)
   upstream http://127.0.0.1:$UPSTREAM_PORT   demo HR / CRM / website back office, synthetic data
   spool    var/spool                audit trail (every chain: w0#… requests, supervisor#… admin):
                                     $BIN/pd-gateway audit tail --spool var/spool

@@ -45,6 +45,7 @@ def register(sub: Any) -> None:
     internal = "internal, set by the supervisor"
     p.add_argument("--worker", type=int, help=f"{internal}: run as worker I")
     p.add_argument("--worker-fd", type=int, help=f"{internal}: the proxy port's socket")
+    p.add_argument("--console-fd", type=int, help=f"{internal}: the console port's socket")
     p.add_argument("--supervisor-pid", type=int, help=f"{internal}: exit when it is gone")
     p.set_defaults(run=run)
 
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     main: Coroutine[Any, Any, None]
     if args.worker is not None:
         spool_dir = spool_dir / worker_name(args.worker)
-        main = serve_worker(cfg, args.worker, args.worker_fd, args.supervisor_pid)
+        main = serve_worker(cfg, args.worker, args.worker_fd, args.supervisor_pid, args.console_fd)
     else:  # one shape, whatever the number of workers: the store never where requests are served
         passed_on = ["--config", args.config, "--log-level", args.log_level]
         main = Supervisor(cfg, args.workers or cfg.workers, passed_on).run()

@@ -1,12 +1,22 @@
-"""The `console` section: the DPO's and investigators' pages in a browser (decision 025).
-Absent: no console. It needs browser login (`oidc`) and an audit store to read."""
+"""The `console` section: the DPO's and investigators' pages in a browser (decision 025), on a
+listener and origin of their own (decision 035). Absent: no console. It needs browser login
+(`oidc`) and an audit store to read."""
 
 from __future__ import annotations
 
 import re
 import zoneinfo
+from urllib.parse import urlsplit
 
-from gateway.config.model import ConsoleConfig, OidcConfig, StoreConfig
+from gateway.config.listen import parse_listen
+from gateway.config.model import (
+    CONSOLE_PORT,
+    ConsoleConfig,
+    Listen,
+    OidcConfig,
+    StoreConfig,
+    origin_with_port,
+)
 from gateway.config.reader import Section, at_least
 from gateway.config.vocabulary import GATEWAY_PATH_PREFIX
 
@@ -17,7 +27,7 @@ _PATH = re.compile(r"^/_pdgw/([a-z0-9][a-z0-9-]*/)+\Z")
 
 
 def parse_console(
-    top: Section, oidc: OidcConfig | None, store: StoreConfig | None
+    top: Section, oidc: OidcConfig | None, store: StoreConfig | None, proxy: Listen
 ) -> ConsoleConfig | None:
     c = top.optional("console")
     if c is None:
@@ -46,6 +56,57 @@ def parse_console(
         problems.add(c.path, "needs the oidc section: the console uses the gateway's login")
     if store is None:
         problems.add(c.path, "needs a store section: the console reads the audit trail there")
-    cfg = ConsoleConfig(path=path, timezone=tz, page_rows=min(rows or D.page_rows, 1000))
+    listen = parse_listen(c.section("listen", required=False), CONSOLE_PORT, ())
+    origin = c.get("origin", str, D.origin)
+    if oidc is not None:
+        origin = _own_origin(c, oidc, origin, listen, proxy)
+    cfg = ConsoleConfig(
+        path=path,
+        timezone=tz,
+        page_rows=min(rows or D.page_rows, 1000),
+        listen=listen,
+        origin=origin,
+    )
     c.finish()
     return cfg
+
+
+def _own_origin(c: Section, oidc: OidcConfig, origin: str, listen: Listen, proxy: Listen) -> str:
+    """The console's origin must be its own (decision 035): another port than the proxied apps',
+    on the host the login's cookies are set for (they are host-only: a port does not matter to
+    them, a host does)."""
+    login = urlsplit(oidc.origin)
+    if origin:
+        parts = urlsplit(origin)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            parts = urlsplit("")
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+            c.problems.add(c.key("origin"), "must be an origin: scheme://host:port, no path")
+            return ""
+        if (parts.scheme, parts.hostname) != (login.scheme, login.hostname):
+            c.problems.add(
+                c.key("origin"),
+                f"must be on the login's scheme and host ({login.scheme}://{login.hostname}, "
+                "from oidc.redirect_uri): the session cookie is set for that host only",
+            )
+            return ""
+        default = 443 if parts.scheme == "https" else 80
+        origin = origin_with_port(origin, parts.port or default)
+    elif listen.port == proxy.port and listen.port != 0:
+        c.problems.add(
+            c.key("listen.port"),
+            "is the proxy listener's port: the console needs a port of its own (decision 035)",
+        )
+        return ""
+    mine = origin or origin_with_port(oidc.origin, listen.port)
+    theirs = origin_with_port(oidc.origin, login.port or (443 if login.scheme == "https" else 80))
+    if (origin or listen.port != 0) and mine == theirs:
+        c.problems.add(
+            c.key("origin") if origin else c.key("listen.port"),
+            f"gives the console the proxied apps' origin ({oidc.origin}); it needs an origin of "
+            "its own, another port on that host (decision 035)",
+        )
+        return ""
+    return origin

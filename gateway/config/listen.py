@@ -13,15 +13,15 @@ from gateway.core import tls
 def parse_listeners(top: Section) -> tuple[Listen, Listen]:
     """(proxy, admin)."""
     listen = top.section("listen", required=False)
-    proxy = _parse_listen(listen.section("proxy", required=False), PROXY_PORT, ())
+    proxy = parse_listen(listen.section("proxy", required=False), PROXY_PORT, ())
     # SECURITY: the admin port defaults to loopback, and only loopback peers may connect;
     # exposing it is an explicit choice (host and allow).
-    admin = _parse_listen(listen.section("admin", required=False), ADMIN_PORT, LOOPBACK)
+    admin = parse_listen(listen.section("admin", required=False), ADMIN_PORT, LOOPBACK)
     listen.finish()
     return proxy, admin
 
 
-def _parse_listen(sec: Section, default_port: int, allow: tuple[IPNetwork, ...]) -> Listen:
+def parse_listen(sec: Section, default_port: int, allow: tuple[IPNetwork, ...]) -> Listen:
     listen = Listen(
         host=sec.get("host", str, Listen.host),
         port=sec.get("port", int, default_port, port),

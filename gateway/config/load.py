@@ -70,7 +70,7 @@ def parse_config(data: Any, source: Path, lines: Mapping[str, int] | None = None
     upstreams, upstream_tls = parse_upstreams(top)
     routes = parse_routes(top, upstreams)
     oidc = parse_oidc(top, proxy_listen.tls is not None, routes)
-    console = parse_console(top, oidc, store)
+    console = parse_console(top, oidc, store, proxy_listen)
     subject_requests = parse_subject_requests(top)
     evidence = parse_evidence(top)
     top.finish()

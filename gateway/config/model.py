@@ -36,6 +36,7 @@ ASYMMETRIC_ALGORITHMS = (
 # with runs beside it, often on the same host.
 PROXY_PORT = 8080
 ADMIN_PORT = 9470
+CONSOLE_PORT = 8090  # the console's own listener (decision 035)
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -279,10 +280,15 @@ class OidcConfig:
 @dataclass(frozen=True)
 class ConsoleConfig:
     """The console for the DPO and investigators (decision 025): server-rendered pages under
-    ``path`` on the proxy listener, behind the gateway's browser login, each page view authorised
-    by the policy and recorded (9.2.6)."""
+    ``path`` on a listener of its own (decision 035: an origin no proxied page shares), behind
+    the gateway's browser login, each page view authorised by the policy and recorded (9.2.6)."""
 
     path: str = "/_pdgw/console/"  # under the gateway's own prefix: never an upstream's path
+    listen: Listen = field(default_factory=lambda: Listen(port=CONSOLE_PORT))
+    # The console's public origin (scheme://host:port), where browsers reach its listener; empty:
+    # the login's origin (oidc.redirect_uri's scheme and host) with the listener's port. The same
+    # host as the login's, so the session cookie reaches it; another port, so another origin.
+    origin: str = ""
     timezone: str = "UTC"  # times shown and entered, unless the user picks another zone
     page_rows: int = 100  # rows of a table per page (every query is bounded: gateway.audit.query)
 
@@ -409,9 +415,26 @@ class Config:
     # Worker processes that serve requests; a supervisor owns the store (decisions 016, 030).
     workers: int = 1
 
+    @property
+    def console_origin(self) -> str:
+        """The console's public origin (decision 035), or "" without a console."""
+        if self.console is None or self.oidc is None:
+            return ""
+        return self.console.origin or origin_with_port(self.oidc.origin, self.console.listen.port)
+
     def to_json(self) -> str:
         """The effective configuration, defaults filled in (like `nginx -T`)."""
         return json.dumps(plain(self), indent=2, sort_keys=False)
+
+
+def origin_with_port(origin: str, port: int) -> str:
+    """``origin`` (scheme://host[:port]) with ``port`` instead; the scheme's default is left out."""
+    parts = urlsplit(origin)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return f"{parts.scheme}://{host}" + ("" if port == default else f":{port}")
 
 
 def plain(value: Any) -> Any:

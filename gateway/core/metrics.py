@@ -312,7 +312,7 @@ class Metrics:
         )
         self.connections_open = Gauge(
             "pdgw_connections_open",
-            "Client connections open now, by listener (proxy, admin).",
+            "Client connections open now, by listener (proxy, console, admin).",
             ["listener"],
             registry=registry,
         )

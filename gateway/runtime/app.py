@@ -56,7 +56,7 @@ from gateway.web.blocks_api import BlocksAPI
 from gateway.web.boundary import error_middleware
 from gateway.web.browser import BrowserLogin
 from gateway.web.evidence_api import EvidenceAPI, EvidenceMaker
-from gateway.web.login import add_pending_cookies
+from gateway.web.login import PAGE_ORIGIN, LoginRefused, add_pending_cookies
 from gateway.web.pipeline import Pipeline, expect_handler
 from gateway.web.policy_api import (
     break_glass_handler,
@@ -169,8 +169,6 @@ def build(
     *,
     ship: bool = True,
     blocks_from: StoreOpener | None = None,
-    console_via: console.ConsoleLink | None = None,
-    console_here: bool = True,
 ) -> tuple[web.Application, web.Application]:
     """The proxy app and the admin app. Loads the policy now (PolicyError if it is invalid) and
     the IdP role baseline (RoleBaselineError if it cannot be read: nothing is opened then).
@@ -178,8 +176,8 @@ def build(
     ``ship=False``: no shipper in this process; another one ships its spool. ``blocks_from``:
     where subject blocks are read, if not from the configured store. (A worker's spool is shipped
     by its supervisor, and its blocks are the supervisor's: gateway.runtime.worker.)
-    ``console_via``: the console is forwarded there (a worker); ``console_here=False``: the proxy
-    app has no console (a supervisor serves it on its internal listener, decision 025)."""
+    The console has an app of its own, on a listener of its own (``console_app``, decision
+    035); the proxy app only sends a browser that asks it for the console there."""
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     a = cfg.audit
     spool = Spool(
@@ -247,7 +245,7 @@ def build(
         else None,
     )
     _export_gauges(gw)
-    return _proxy_app(gw, ship, console_via, console_here), _admin_app(gw)
+    return _proxy_app(gw, ship), _admin_app(gw)
 
 
 def _export_gauges(gw: Gateway) -> None:
@@ -263,9 +261,7 @@ def _export_gauges(gw: Gateway) -> None:
     m.ready.set_function(lambda: 1 if all(gw.readiness().values()) else 0)
 
 
-def _proxy_app(
-    gw: Gateway, ship: bool, console_via: console.ConsoleLink | None, console_here: bool
-) -> web.Application:
+def _proxy_app(gw: Gateway, ship: bool) -> web.Application:
     cfg = gw.cfg
     app = web.Application(middlewares=[error_middleware(metrics=gw.metrics)])
     app[GATEWAY] = gw
@@ -280,8 +276,8 @@ def _proxy_app(
     app.cleanup_ctx.append(_spool_ctx)
     app.cleanup_ctx.append(_blocks_ctx)
     app.cleanup_ctx.append(_serving_ctx)
-    if cfg.console is not None and (console_here or console_via is not None):
-        console.mount(app, gw, via=console_via, on_block=end_sessions_of_blocked(gw))
+    if cfg.console is not None:  # never served here: same-origin with every proxied page (035)
+        app.router.add_route("*", cfg.console.path + "{tail:.*}", _to_console)
     if cfg.oidc is not None:
         app.router.add_route("*", r"/_pdgw/{tail:[\s\S]*}", _browser_pages)
         app.on_response_prepare.append(add_pending_cookies)
@@ -365,6 +361,42 @@ def _admin_app(gw: Gateway) -> web.Application:
     ).register(app)
     app[GATEWAY] = gw
     return app
+
+
+def console_app(gw: Gateway, via: console.ConsoleLink | None) -> web.Application:
+    """The console's listener's app (decision 035): the console at ``console.path``, here (one
+    process: the tests' harness) or forwarded to the supervisor (``via``: a worker), and the
+    browser login's pages, so its logout form and its links to log in are same-origin. Nothing
+    else: no upstream is reached from this origin. Its app is the proxy app's companion: the
+    proxy app's start-up builds what both use (the browser login, the forwarding session)."""
+    cfg = gw.cfg
+    assert cfg.console is not None and cfg.oidc is not None
+    app = web.Application(middlewares=[error_middleware(metrics=gw.metrics, route_label="console")])
+    app[GATEWAY] = gw
+    app[PAGE_ORIGIN] = cfg.console_origin
+    console.mount(app, gw, via=via, on_block=end_sessions_of_blocked(gw))
+    app.router.add_route("*", r"/_pdgw/{tail:[\s\S]*}", _browser_pages)
+    app.router.add_get("/", _console_home)
+    app.on_response_prepare.append(add_pending_cookies)
+    return app
+
+
+async def _console_home(request: web.Request) -> web.StreamResponse:
+    cfg = request.app[GATEWAY].cfg
+    assert cfg.console is not None
+    raise web.HTTPFound(cfg.console.path)
+
+
+async def _to_console(request: web.Request) -> web.StreamResponse:
+    """The console's path on the proxy listener: a browser navigating there (a bookmark, the
+    return from a login) is sent to the console's own origin, to the same page; nothing else is
+    answered here (decision 035)."""
+    cfg = request.app[GATEWAY].cfg
+    if request.method not in ("GET", "HEAD"):
+        raise LoginRefused(404, "not_found", "the console is served at its own address", "no_route")
+    raise web.HTTPFound(
+        cfg.console_origin + request.raw_path, headers={"Cache-Control": "no-store"}
+    )
 
 
 def register_deps(gw: Gateway) -> Deps:

@@ -1,14 +1,16 @@
 """Where the console runs (decision 025): always in the process that owns the store and the
-trail's spool, reached by staff browsers through the proxy listener only.
+trail's spool, reached by staff browsers through the console's own listener (decision 035: an
+origin no proxied page shares), which the workers serve.
 
 - `serve` (always a supervisor and its workers, decision 030): the supervisor serves the console
   app on an internal listener of its own (127.0.0.1, a port chosen at start) whose only
   credential is a caller sealed by a worker with a secret of this run
-  (``gateway.web.console.identity``); each worker's proxy app forwards the console's path there
-  after authenticating the browser itself (``ConsoleFront``). The secret and the address reach
-  the workers in their environment (``ENV_URL``, ``ENV_SECRET``), never on a command line.
+  (``gateway.web.console.identity``); each worker's console listener forwards the console's path
+  there after authenticating the browser itself (``ConsoleFront``). The secret and the address
+  reach the workers in their environment (``ENV_URL``, ``ENV_SECRET``), never on a command line.
 - The tests' harness (one process built with ``runtime.app.build``): the console app is mounted
-  on the proxy app at ``console.path``, behind the browser login; the caller is the session.
+  on the console listener's app at ``console.path``, behind the browser login; the caller is the
+  session.
 """
 
 from __future__ import annotations
@@ -182,8 +184,8 @@ def mount(
     via: ConsoleLink | None,
     on_block: OnBlock | None,
 ) -> None:
-    """The console on a proxy app: here (one process), or forwarded to the supervisor (a
-    worker). Routed before the gateway's login pages and the upstreams."""
+    """The console on its listener's app (``runtime.app.console_app``): here (one process), or
+    forwarded to the supervisor (a worker). Routed before the gateway's login pages."""
     cfg = gw.cfg
     assert cfg.console is not None
     callers = SessionCallers(gw.browser, trusted=cfg.proxy.trusted_proxies, anonymous=gw.anonymous)

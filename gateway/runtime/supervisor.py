@@ -66,6 +66,7 @@ from gateway.runtime.worker import (
     VIEW_FILE,
     VIEW_POLL_SECONDS,
     seed_role_baseline,
+    with_console_port,
     worker_name,
 )
 from gateway.web import listeners
@@ -108,6 +109,7 @@ class _Worker:
     proc: asyncio.subprocess.Process | None = None
     admin_port: int | None = None
     sock: socket.socket | None = None  # its listening socket on the proxy port, kept here
+    console_sock: socket.socket | None = None  # on the console's port (decision 035), kept here
 
     @property
     def name(self) -> str:
@@ -142,18 +144,27 @@ class Supervisor:
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
         # Bound now, listening once the workers may start: EADDRINUSE here if another program
         # holds the port, and a port 0 is chosen once for every worker.
-        sockets = listeners.proxy_sockets(self.cfg.proxy_listen, len(self.workers))
-        for w, sock in zip(self.workers, sockets, strict=True):
-            w.sock = sock
+        n = len(self.workers)
+        sockets = listeners.shared_sockets(self.cfg.proxy_listen, n)
+        console = self.cfg.console
+        try:
+            consoles = listeners.shared_sockets(console.listen, n) if console else []
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        for i, w in enumerate(self.workers):
+            w.sock = sockets[i]
+            w.console_sock = consoles[i] if consoles else None
         try:
             await self._run(sockets[0].getsockname()[1], ready)
         finally:
-            for sock in sockets:
+            for sock in sockets + consoles:
                 sock.close()
 
     async def _run(self, proxy_port: int, ready: asyncio.Event | None) -> None:
         cfg = self.cfg
-        proxy_app, admin_app = build(cfg, console_here=False)
+        proxy_app, admin_app = build(cfg)
         gw = proxy_app[GATEWAY]
         # Inside the error boundary (gateway.web.admin puts it first), before the admin routes.
         admin_app.middlewares.insert(1, self._merged_views(gw))
@@ -183,6 +194,8 @@ class Supervisor:
                         seed_role_baseline(cfg.audit.spool_dir, w.spool)  # 9.2.7
                         assert w.sock is not None
                         w.sock.listen(PROXY_BACKLOG)  # connections wait until the worker serves
+                        if w.console_sock is not None:
+                            w.console_sock.listen(PROXY_BACKLOG)
                     started = await asyncio.gather(
                         *(self._start(w, version) for w in self.workers),
                         return_exceptions=True,
@@ -203,6 +216,7 @@ class Supervisor:
                         ready,
                         "pd-gateway serving",
                         proxy=f"{cfg.proxy_listen.host}:{proxy_port}",
+                        **self._console_address(),
                         admin=life.sites.admin.name,
                         workers=len(self.workers),
                         policy_version=gw.policies.engine.version,
@@ -215,8 +229,9 @@ class Supervisor:
                     for task in keepers:
                         task.cancel()
                     for w in self.workers:  # new connections: no longer queued for a restart
-                        if w.sock is not None:
-                            w.sock.close()
+                        for sock in (w.sock, w.console_sock):
+                            if sock is not None:
+                                sock.close()
                     await asyncio.gather(*(self._stop(w) for w in self.workers))
                     log.info("workers stopped; shipping what they wrote")
             # Leaving the lifetime closed the supervisor's own listeners and spool last (its
@@ -234,6 +249,8 @@ class Supervisor:
         w.admin_port = None
         assert w.sock is not None
         fd = w.sock.fileno()
+        console_fd = w.console_sock.fileno() if w.console_sock is not None else None
+        console_args = ["--console-fd", str(console_fd)] if console_fd is not None else []
         w.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -244,10 +261,11 @@ class Supervisor:
             str(w.index),
             "--worker-fd",
             str(fd),
+            *console_args,
             "--supervisor-pid",
             str(os.getpid()),
             env={**os.environ, **self._worker_env},
-            pass_fds=(fd,),
+            pass_fds=(fd,) if console_fd is None else (fd, console_fd),
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
@@ -376,6 +394,17 @@ class Supervisor:
                 self._view = data
 
     # -- the console (decision 025): served here, where the store is; workers forward to it --
+
+    def _console_address(self) -> dict[str, str]:
+        """The console's listener and public origin, for the serving log line (decision 035)."""
+        sock = self.workers[0].console_sock
+        if self.cfg.console is None or sock is None:
+            return {}
+        port = sock.getsockname()[1]
+        return {
+            "console": f"{self.cfg.console.listen.host}:{port}",
+            "console_origin": with_console_port(self.cfg, port).console_origin,
+        }
 
     @contextlib.asynccontextmanager
     async def _console(self, gw: Gateway) -> AsyncIterator[None]:

@@ -39,7 +39,7 @@ from gateway.core.fsutil import atomic_write
 from gateway.core.tasks import spawn
 from gateway.policy.break_glass import Session
 from gateway.policy.role_changes import STATE_FILE as ROLES_FILE
-from gateway.runtime.app import GATEWAY, Gateway, build
+from gateway.runtime.app import GATEWAY, Gateway, build, console_app
 from gateway.runtime.console import ConsoleLink
 from gateway.runtime.process import lifetime, reload_policy
 from gateway.web import listeners
@@ -56,9 +56,22 @@ def worker_name(index: int) -> str:
     return f"w{index}"
 
 
-def worker_config(cfg: Config, index: int, proxy_port: int) -> Config:
-    """The config of worker ``index``: its own instance id, spool and internal admin port."""
+def with_console_port(cfg: Config, port: int) -> Config:
+    """``cfg`` with the console's listener on ``port``, the one bound (a port 0 chosen at start):
+    its origin follows (decision 035)."""
+    if cfg.console is None:
+        return cfg
+    return replace(cfg, console=replace(cfg.console, listen=replace(cfg.console.listen, port=port)))
+
+
+def worker_config(
+    cfg: Config, index: int, proxy_port: int, console_port: int | None = None
+) -> Config:
+    """The config of worker ``index``: its own instance id, spool and internal admin port, and
+    the ports its supervisor bound."""
     name = worker_name(index)
+    if console_port is not None:
+        cfg = with_console_port(cfg, console_port)
     return replace(
         cfg,
         instance_id=f"{cfg.instance_id}-{name}",
@@ -74,27 +87,47 @@ def worker_config(cfg: Config, index: int, proxy_port: int) -> Config:
     )
 
 
-async def serve_worker(cfg: Config, index: int, listen_fd: int, supervisor_pid: int) -> None:
+async def serve_worker(
+    cfg: Config, index: int, listen_fd: int, supervisor_pid: int, console_fd: int | None = None
+) -> None:
     """Run worker ``index`` (``cfg`` is the supervisor's) until SIGTERM; SIGHUP reloads.
-    ``listen_fd``: the proxy port's listening socket its supervisor passed on."""
+    ``listen_fd``, ``console_fd``: the proxy port's and the console's port's listening sockets
+    its supervisor passed on."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's handler below reloads
     _exit_with_parent(supervisor_pid)
     _label_logs(worker_name(index))
     sock = socket.socket(fileno=listen_fd)
-    wcfg = worker_config(cfg, index, sock.getsockname()[1])
+    console_sock = socket.socket(fileno=console_fd) if console_fd is not None else None
+    wcfg = worker_config(
+        cfg,
+        index,
+        sock.getsockname()[1],
+        console_sock.getsockname()[1] if console_sock is not None else None,
+    )
     view = cfg.audit.spool_dir / VIEW_FILE
     proxy_app, admin_app = build(
-        wcfg,
-        ship=False,
-        blocks_from=lambda: contextlib.closing(BlocksView(view)),
-        # The console is the supervisor's (it owns the store): forwarded there (decision 025).
-        console_via=ConsoleLink.from_environment(),
-        console_here=False,
+        wcfg, ship=False, blocks_from=lambda: contextlib.closing(BlocksView(view))
     )
     gw = proxy_app[GATEWAY]
+    # The console is the supervisor's (it owns the store): forwarded there (decision 025), from
+    # a listener of its own (decision 035).
+    via = ConsoleLink.from_environment()
+    console = (
+        console_app(gw, via)
+        if wcfg.console is not None and console_sock is not None and via is not None
+        else None
+    )
     admin_app.middlewares.insert(1, _internal_only)  # inside the error boundary
     async with lifetime(
-        lambda: listeners.start(wcfg, proxy_app, admin_app, gw.metrics, proxy_socket=sock),
+        lambda: listeners.start(
+            wcfg,
+            proxy_app,
+            admin_app,
+            gw.metrics,
+            proxy_socket=sock,
+            console_app=console,
+            console_socket=console_sock,
+        ),
         reload_policy(gw),
     ) as life:
         tasks = [

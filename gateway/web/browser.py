@@ -46,6 +46,7 @@ from gateway.web.login import (
     LOGGED_OUT,
     LOGIN,
     LOGOUT,
+    PAGE_ORIGIN,
     PENDING_COOKIES,
     RENEWED,
     SILENT_REFUSALS,
@@ -107,14 +108,20 @@ class BrowserLogin:
     def cross_site(self, request: web.Request, *, upgrade: bool = False) -> str | None:
         """CSRF: None, or why a cookie-authenticated request (``upgrade``: a WebSocket
         upgrade) must be refused."""
+        origin = self.origin_of(request)
         reason = (
-            websocket_origin_reason(request.headers, self._cfg.origin)
+            websocket_origin_reason(request.headers, origin)
             if upgrade
-            else cross_site_reason(request.method, request.headers, self._cfg.origin)
+            else cross_site_reason(request.method, request.headers, origin)
         )
         if reason is not None:
             self._metrics.csrf_refusals.labels(reason).inc()
         return reason
+
+    def origin_of(self, request: web.Request) -> str:
+        """The public origin of the listener ``request`` came to: the login's, or the console's
+        own (decision 035)."""
+        return request.config_dict.get(PAGE_ORIGIN) or self._cfg.origin
 
     def still_valid(self, principal: Principal) -> bool:
         """Whether a session-authenticated principal's session is neither revoked nor past its
@@ -368,7 +375,7 @@ class BrowserLogin:
         raise LoginRefused(401, "login_failed", "the login could not be completed", reason)
 
     async def logout_handler(self, request: web.Request) -> web.StreamResponse:
-        reason = cross_site_reason(request.method, request.headers, self._cfg.origin)
+        reason = cross_site_reason(request.method, request.headers, self.origin_of(request))
         if reason is not None:
             self._metrics.csrf_refusals.labels(reason).inc()
             await self._event(request, "login_failed", reason, None)

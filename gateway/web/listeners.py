@@ -1,5 +1,5 @@
-"""The two listeners: TLS, who may connect, how many, and how slowly (THREAT_MODEL.md, decisions
-009 and 010).
+"""The listeners — the proxy's, the admin's and the console's own (decision 035): TLS, who may
+connect, how many, and how slowly (THREAT_MODEL.md, decisions 009 and 010).
 
 aiohttp parses the requests. What a gateway facing untrusted clients needs on top is added where a
 connection is accepted, before a byte of it is parsed: an allowlist of peer networks (the admin
@@ -221,7 +221,8 @@ class GatedSite(web.BaseSite):
 class Listeners:
     proxy: GatedSite | None  # None: an admin-only instance (the supervisor of workers)
     admin: GatedSite
-    runners: tuple[web.AppRunner, ...]
+    runners: tuple[web.AppRunner, ...]  # closed in this order: the console's first
+    console: GatedSite | None = None  # the console's own listener (decision 035)
 
     async def close(self) -> None:
         """Stop accepting, drain in-flight requests (the runner's shutdown_timeout), clean up."""
@@ -237,33 +238,48 @@ async def start(
     *,
     serve_proxy: bool = True,
     proxy_socket: socket.socket | None = None,
+    console_app: web.Application | None = None,
+    console_socket: socket.socket | None = None,
 ) -> Listeners:
-    """Both apps set up (their cleanup_ctx entered) and listening. ``serve_proxy=False``: the
+    """The apps set up (their cleanup_ctx entered) and listening. ``serve_proxy=False``: the
     proxy app is set up but not bound (a supervisor's admin-only instance); ``proxy_socket``: the
     proxy listener accepts on this socket, already bound to the proxy port (a worker's, from its
-    supervisor: gateway.runtime.supervisor)."""
+    supervisor: gateway.runtime.supervisor). ``console_app``: served on the console's listener
+    (``console.listen``; ``console_socket``: a worker's, as for the proxy port), with the proxy
+    listener's client limits: it is a listener browsers reach."""
     px = cfg.proxy
-    proxy_runner = web.AppRunner(
-        proxy_app,
-        shutdown_timeout=px.shutdown_timeout_seconds,
-        access_log=None,
-        keepalive_timeout=px.client_header_timeout_seconds,
-        max_line_size=px.client_max_header_bytes,
-        max_field_size=px.client_max_header_bytes,
-        max_headers=px.client_max_headers,
-        lingering_time=LINGERING_SECONDS,
-    )
+
+    def runner(app: web.Application) -> web.AppRunner:
+        return web.AppRunner(
+            app,
+            shutdown_timeout=px.shutdown_timeout_seconds,
+            access_log=None,
+            keepalive_timeout=px.client_header_timeout_seconds,
+            max_line_size=px.client_max_header_bytes,
+            max_field_size=px.client_max_header_bytes,
+            max_headers=px.client_max_headers,
+            lingering_time=LINGERING_SECONDS,
+        )
+
+    proxy_runner = runner(proxy_app)
     admin_runner = web.AppRunner(
         admin_app, access_log=None, keepalive_timeout=px.client_header_timeout_seconds
     )
-    await proxy_runner.setup()
+    await proxy_runner.setup()  # first: its start-up builds what the console's app uses
     await admin_runner.setup()
-    proxy_gate = ConnectionGate(
-        allow=cfg.proxy_listen.allow,
-        max_total=px.client_max_connections,
-        max_per_address=px.client_max_connections_per_address,
-        exempt=px.trusted_proxies,
-    )
+    console_runner = runner(console_app) if console_app is not None else None
+    if console_runner is not None:
+        await console_runner.setup()
+
+    def browsers_gate(listen: Listen) -> ConnectionGate:
+        return ConnectionGate(
+            allow=listen.allow,
+            max_total=px.client_max_connections,
+            max_per_address=px.client_max_connections_per_address,
+            exempt=px.trusted_proxies,
+        )
+
+    proxy_gate = browsers_gate(cfg.proxy_listen)
     admin_gate = ConnectionGate(allow=cfg.admin_listen.allow, max_total=ADMIN_MAX_CONNECTIONS)
     metrics.connections_open.labels("proxy").set_function(lambda: proxy_gate.open)
     metrics.connections_open.labels("admin").set_function(lambda: admin_gate.open)
@@ -287,23 +303,40 @@ async def start(
     admin = GatedSite(
         admin_runner, cfg.admin_listen, admin_gate, refused("admin"), handshake_timeout=timeout
     )
+    console: GatedSite | None = None
+    if console_runner is not None:
+        assert cfg.console is not None
+        console_gate = browsers_gate(cfg.console.listen)
+        metrics.connections_open.labels("console").set_function(lambda: console_gate.open)
+        console = GatedSite(
+            console_runner,
+            cfg.console.listen,
+            console_gate,
+            refused("console"),
+            handshake_timeout=timeout,
+            sock=console_socket,
+        )
+    runners = (console_runner, proxy_runner, admin_runner)
     try:
         if proxy is not None:
             await proxy.start()
+        if console is not None:
+            await console.start()
         await admin.start()
     except BaseException:
-        await admin_runner.cleanup()
-        await proxy_runner.cleanup()
+        for r in runners:
+            if r is not None:
+                await r.cleanup()
         raise
-    return Listeners(proxy, admin, (proxy_runner, admin_runner))
+    return Listeners(proxy, admin, tuple(r for r in runners if r is not None), console)
 
 
-def proxy_sockets(listen: Listen, n: int) -> list[socket.socket]:
-    """``n`` sockets bound (not yet listening) to the proxy port with SO_REUSEPORT, one per
-    worker, held for the supervisor's lifetime: a port another program holds fails here, with
-    the port's message, and a port 0 is chosen once for every worker. A bound socket that does
-    not listen receives no connection; once listening, each keeps its queue of connections while
-    its worker starts again (the supervisor's copy keeps it open)."""
+def shared_sockets(listen: Listen, n: int) -> list[socket.socket]:
+    """``n`` sockets bound (not yet listening) to a listener's port (the proxy's, the console's)
+    with SO_REUSEPORT, one per worker, held for the supervisor's lifetime: a port another program
+    holds fails here, with the port's message, and a port 0 is chosen once for every worker. A
+    bound socket that does not listen receives no connection; once listening, each keeps its
+    queue of connections while its worker starts again (the supervisor's copy keeps it open)."""
     family, _, _, _, address = socket.getaddrinfo(
         listen.host or None, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]

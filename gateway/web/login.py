@@ -38,6 +38,9 @@ class PendingCookies:
 
 
 PENDING_COOKIES = web.RequestKey("pdgw_pending_cookies", PendingCookies)
+# The public origin of the listener an app serves, where it is not the login's (the origin of
+# oidc.redirect_uri): the console's (decision 035). A state-changing request's `Origin` must be it.
+PAGE_ORIGIN = web.AppKey("pdgw_page_origin", str)
 
 
 async def add_pending_cookies(request: web.Request, resp: web.StreamResponse) -> None:

@@ -44,7 +44,7 @@ from yarl import URL
 from gateway.cli import build_parser
 from gateway.config.load import load_config
 from gateway.governance.subject_hash import SubjectHasher
-from gateway.runtime.app import build
+from gateway.runtime.app import GATEWAY, build, console_app
 from gateway.testing.chserver import ClickHouseServer, free_port
 from gateway.web.console.app import STATIC
 from tests.conftest import ROOT, Keys, demo_config_dict
@@ -502,7 +502,7 @@ async def drive_console(run: Run, routes: set[tuple[str, str]]) -> list[str]:
     makes them); then every page refused by the policy (a sales manager: recorded), without a
     session (counted) and, for forms, cross-site (recorded). Returns every address asked for or
     answered: none may hold a subject id (5.3)."""
-    home, url = run.home, run.gw.url
+    home, url = run.home, run.gw.console  # the console's own origin (decision 035)
     before = dt.datetime.now(dt.UTC)
     await asyncio.sleep(1.5)  # a signed checkpoint past `before` (audit.checkpoint_interval: 1 s)
     jar = aiohttp.DummyCookieJar()
@@ -565,7 +565,10 @@ async def drive_console(run: Run, routes: set[tuple[str, str]]) -> list[str]:
             assert "must not contain the subject" in body  # the label is refused, not recorded
             await ok(grace, "POST", found[K] + "/block", {**change, "label": "DPO-K"}, expect=303)
             status, _ = await _call(
-                http, "GET", url + f"/hr/employees/{K}", run.keys.token("alice", ["hr_officer"])
+                http,
+                "GET",
+                run.gw.url + f"/hr/employees/{K}",
+                run.keys.token("alice", ["hr_officer"]),
             )
             assert status == 423  # in force, as a block from the CLI is (6.5)
             body, _ = await ok(grace, "POST", found[K] + "/block", change, expect=409)
@@ -882,16 +885,17 @@ async def test_every_path_leaves_a_verifiable_trail_with_no_subject_id_in_clear(
     ) as gw:
         run = Run(gw, keys, tmp_path, tmp_path / "gateway.yaml", tokens)
         proxy_app, admin_app = build(load_config(run.config))
+        console_router = console_app(proxy_app[GATEWAY], None).router
         routes = {
             (r.method, r.resource.canonical)
             for r in admin_app.router.routes()
             if r.resource and r.method != "HEAD"
         }
-        # The console's pages, from its router as mounted on the proxy app (its static files
-        # excepted: package data, served without a caller and never recorded).
+        # The console's pages, from its router as mounted on its listener's app (its static
+        # files excepted: package data, served without a caller and never recorded).
         console_routes = {
             (r.method, r.resource.canonical)
-            for r in proxy_app.router.routes()
+            for r in console_router.routes()
             if r.resource
             and r.method != "HEAD"
             and r.resource.canonical.startswith(CONSOLE)
@@ -990,7 +994,7 @@ async def test_every_path_leaves_a_verifiable_trail_with_no_subject_id_in_clear(
     for method, template in console_routes:  # each page recorded, allowed and refused
         name = next(
             r.name
-            for r in proxy_app.router.routes()
+            for r in console_router.routes()
             if r.method == method and r.resource and r.resource.canonical == template
         )
         rows = [x for x in dump.stdout.splitlines() if f'"route": "{name}"' in x]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 
 from gateway.config.load import load_config, parse_config
 from gateway.core.errors import ConfigError
@@ -321,7 +322,61 @@ def test_the_console_section_is_validated_with_every_problem(tmp_path: Path, key
         load_config(write_config(tmp_path, data, keys))
 
 
+def test_the_console_needs_an_origin_of_its_own_on_the_logins_host(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """Decision 035: the console on the proxied apps' origin is what the own listener exists to
+    prevent; on another host the login's host-only cookie would never reach it."""
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    key = tmp_path / "session.key"
+    key.write_bytes(Fernet.generate_key())
+    (tmp_path / "client-secret").write_text("s3cret")
+    data["oidc"] = {
+        "issuer": "http://127.0.0.1:9",
+        "client_id": "c",
+        "client_secret_file": str(tmp_path / "client-secret"),
+        "redirect_uri": "http://hr.example.com/_pdgw/callback",
+        "session": {"key_file": str(key), "revocation_file": str(tmp_path / "revoked.jsonl")},
+    }
+    data["store"] = {"kind": "embedded", "path": str(tmp_path / "chdb")}
+    data["listen"] = {"proxy": {"port": 8080}}  # behind a load balancer on port 80
+
+    def problems(console: dict[str, object]) -> str:
+        data["console"] = console
+        with pytest.raises(ConfigError) as info:
+            load_config(write_config(tmp_path, data, keys))
+        return str(info.value)
+
+    assert "console.listen.port: is the proxy listener's port" in problems(
+        {"listen": {"port": 8080}}
+    )
+    assert "console.listen.port: gives the console the proxied apps' origin" in problems(
+        {"listen": {"port": 80}}  # http://hr.example.com (80) is the login's origin
+    )
+    for origin in ("http://hr.example.com", "http://HR.example.com:80"):
+        assert "console.origin: gives the console the proxied apps' origin" in problems(
+            {"origin": origin}
+        )
+    assert "console.origin: must be on the login's scheme and host" in problems(
+        {"origin": "http://audit.example.com"}
+    )
+    assert "console.origin: must be on the login's scheme and host" in problems(
+        {"origin": "https://hr.example.com:8090"}
+    )
+    assert "console.origin: must be an origin" in problems({"origin": "http://hr.example.com/x"})
+    # Derived from the login's origin and the listener's port, or given (a load balancer's port).
+    data["console"] = {"listen": {"port": 9443}}
+    assert load_config(write_config(tmp_path, data, keys)).console_origin == (
+        "http://hr.example.com:9443"
+    )
+    data["console"] = {"listen": {"port": 9443}, "origin": "http://hr.example.com:4443"}
+    assert load_config(write_config(tmp_path, data, keys)).console_origin == (
+        "http://hr.example.com:4443"
+    )
+
+
 def test_the_demo_config_has_the_console_at_its_default_path_in_moscow_time() -> None:
     cfg = load_config(DEMO)
     assert cfg.console is not None and cfg.console.path == "/_pdgw/console/"
     assert cfg.console.timezone == "Europe/Moscow" and cfg.oidc is not None
+    assert cfg.console_origin == "http://127.0.0.1:8090"  # its own origin (decision 035)

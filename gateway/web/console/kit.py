@@ -52,9 +52,20 @@ WORK_PAGES = frozenset({"search/export", "evidence", "evidence/download"})
 
 
 def sent_by_another_site(page: str, headers: Mapping[str, str]) -> bool:
-    """``page``: the path under the console's base. `Sec-Fetch-Site` is sent by every current
-    browser; without it (another client) the CSRF rule for other methods still holds."""
-    return page in WORK_PAGES and headers.get("Sec-Fetch-Site") in ("cross-site", "same-site")
+    """Whether a request another origin made the browser send must be refused (decision 035).
+    ``page``: the path under the console's base. The proxied apps are the same site (the same
+    host, another port) and the session cookie rides their requests here: a script on one of
+    their pages may not make the console read or record anything as the person viewing it (a
+    `fetch`, an image, a frame the console refuses to be shown in). Only a top-level navigation
+    to a page that shows the trail (a link, the return from the login) comes from elsewhere, and
+    the person sees where it led; a work page not even then. `Sec-Fetch-*` is sent by every
+    current browser; without it (another client) the CSRF rule for other methods still holds."""
+    if headers.get("Sec-Fetch-Site") not in ("cross-site", "same-site"):
+        return False
+    top_level = (
+        headers.get("Sec-Fetch-Mode") == "navigate" and headers.get("Sec-Fetch-Dest") == "document"
+    )
+    return page in WORK_PAGES or not top_level
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,12 @@ CONSOLE = "/_pdgw/console/"
 # base64url hash or sealed token in a URL can hold it by chance (plain "1001" once turned up
 # inside a random event id in a link, and the check for ids in clear failed on it).
 SUBJECT = "emp.1001"
-NAV = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Site": "same-origin"}
+NAV = {
+    "Accept": "text/html",
+    "Sec-Fetch-Mode": "navigate",
+    "Sec-Fetch-Dest": "document",
+    "Sec-Fetch-Site": "same-origin",
+}
 STAFF = {
     "grace": ("dpo",),
     "frank": ("security_officer",),

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -49,7 +50,7 @@ class Console:
     ids: list[str]  # the X-Request-Id of every console response
 
     def staff(self, user: str) -> Staff:
-        url = self.served.proxy_url
+        url = self.served.console_url  # the console's own origin (decision 035)
         return Staff(url, url, session_cookie(self.home, user), self.http)
 
     async def call(
@@ -408,12 +409,12 @@ async def test_cross_site_forms_tokens_and_missing_sessions_are_refused(
     assert status == 200  # a link to a page that only shows, from another site, still opens
     # A bearer token is not a console credential; no session, no console (an XHR: 401).
     async with console.http.get(
-        console.served.proxy_url + CONSOLE + "search",
+        console.served.console_url + CONSOLE + "search",
         headers={"Authorization": f"Bearer {keys.token('frank', ['security_officer'])}"},
     ) as r:
         assert r.status == 401
     async with console.http.get(
-        console.served.proxy_url + CONSOLE + "search", headers={"Accept": "application/json"}
+        console.served.console_url + CONSOLE + "search", headers={"Accept": "application/json"}
     ) as r:
         assert r.status == 401
     # A link with a token this process did not make.
@@ -421,9 +422,63 @@ async def test_cross_site_forms_tokens_and_missing_sessions_are_refused(
     assert status == 404
     # Static files need no session and hold nothing of the trail.
     async with console.http.get(
-        console.served.proxy_url + CONSOLE + "static/vendor/htmx.min.js"
+        console.served.console_url + CONSOLE + "static/vendor/htmx.min.js"
     ) as r:
         assert r.status == 200 and "htmx" in await r.text()
+
+
+async def test_the_console_is_an_origin_no_proxied_page_shares(console: Console) -> None:
+    """Decision 035: the console answers on a listener of its own — the same host, so the login's
+    cookie reaches it, another port, so a page of a proxied app is another origin to it. What a
+    script on such a page can make the browser send with the DPO's cookie is refused and
+    recorded as refused: never a reading of the trail recorded as hers, never a change."""
+    served, grace = console.served, console.staff("grace")
+    assert urlsplit(served.console_url).hostname == urlsplit(served.proxy_url).hostname
+    assert urlsplit(served.console_url).port != served.proxy_port
+    # The proxy listener serves no console: a browser sent there (a bookmark, the return from a
+    # login) goes to the same page on the console's origin; any other method is not answered.
+    status, _, resp = await grace.get(served.proxy_url + CONSOLE + "search?user=alice")
+    assert status == 302
+    assert resp.headers["Location"] == served.console_url + CONSOLE + "search?user=alice"
+    status, _, _ = await grace.post(served.proxy_url + CONSOLE + "subject", {"subject": SUBJECT})
+    assert status == 404
+    # The console's listener reaches no upstream; its root leads to the console.
+    status, _, _ = await grace.get(served.console_url + f"/hr/medical/{SUBJECT}")
+    assert status == 404
+    status, _, resp = await grace.get(served.console_url + "/")
+    assert (status, resp.headers["Location"]) == (302, CONSOLE)
+
+    async def refused(method: str, path: str, data: dict[str, str] | None, **h: str) -> str:
+        status, _, resp = await console.call(grace, method, path, data, **h)
+        assert status == 403, (method, path, h)
+        rid = resp.headers["X-Request-Id"]
+        rec = next(r for r in spool_records(served.spool_dir) if r.get("request_id") == rid)
+        assert (rec["user"], rec["decision"]) == ("grace", "deny")
+        return str(rec["reason"])
+
+    # A form or fetch POST from a proxied app's page: its Origin is the proxy's.
+    form = {"subject": SUBJECT}
+    assert await refused("POST", CONSOLE + "subject", form, Origin=served.proxy_url) == (
+        "csrf_origin_mismatch"
+    )
+    # A `fetch` (its answer unreadable there, but it would be recorded as her search) and a
+    # frame (the console refuses to be shown in one, but the request would be made).
+    from_app = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"}
+    assert await refused("GET", CONSOLE + "search?user=alice&go=1", None, **from_app) == (
+        "csrf_cross_site"
+    )
+    framed = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Dest": "iframe"}
+    assert await refused("GET", CONSOLE + "health", None, **framed) == "csrf_cross_site"
+    # A link on that page, followed: a navigation she sees, to a page that only shows.
+    status, _, _ = await console.call(
+        grace, "GET", CONSOLE + "health", **{"Sec-Fetch-Site": "same-site"}
+    )
+    assert status == 200
+    # Logging out from the console is a form of its own origin, refused from the proxied apps'.
+    status, _, _ = await grace.post("/_pdgw/logout", {}, Origin=served.proxy_url)
+    assert status == 403
+    status, _, resp = await grace.post("/_pdgw/logout", {})
+    assert status == 303 and "pdgw-session=;" in resp.headers.get("Set-Cookie", "")
 
 
 async def test_the_pages_speak_russian_when_asked_or_when_the_browser_prefers_it(

@@ -8,6 +8,7 @@ is printed), and the subject report as a PDF, as it prints."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import shutil
@@ -33,6 +34,7 @@ STAFF = {
     "frank": ["security_officer"],
     "alice": ["hr_officer"],
     "carol": ["sales_manager"],
+    "gina": ["dpo", "sales_manager"],  # a DPO who also works in the CRM
 }
 PORT = free_port()
 
@@ -121,6 +123,20 @@ async def _seed(gw: GatewayProcess, keys: Keys) -> None:
                 await r.read()
 
 
+def _serve(
+    tmp_path: Path, keys: Keys, upstream: Upstream, provider: Provider, **overrides: Any
+) -> contextlib.AbstractContextManager[GatewayProcess]:
+    """`pd-gateway serve` as a process, its browser login at ``provider``."""
+    return run_gateway(
+        tmp_path,
+        keys,
+        upstream.url,
+        proxy_port=PORT,
+        oidc=oidc_section(tmp_path, provider, PORT),
+        **overrides,
+    )
+
+
 async def _no_subject_in_url(page: Any) -> None:
     assert SUBJECT not in page.url
     hrefs = await page.eval_on_selector_all(
@@ -145,12 +161,11 @@ async def test_the_dpo_and_the_security_officer_work_in_the_console_in_a_real_br
         engine, fresh_database(), chdb_dir=tmp_path / "chdb", server=ch_server
     ) | {"batch_max_age_ms": 200}
     rec = Recorder()
-    with run_gateway(
+    with _serve(
         tmp_path,
         keys,
-        upstream.url,
-        proxy_port=PORT,
-        oidc=oidc_section(tmp_path, provider, PORT),
+        upstream,
+        provider,
         console={"timezone": "Europe/Moscow"},
         store=store,
         # The detectors on 10-second windows, every day off-hours: findings within seconds.
@@ -163,7 +178,7 @@ async def test_the_dpo_and_the_security_officer_work_in_the_console_in_a_real_br
         },
     ) as gw:
         await _seed(gw, keys)
-        gwu = gw.url
+        gwu = gw.console  # the console's own origin (decision 035); the apps' is gw.url
 
         # --- grace, the DPO -----------------------------------------------------------------
         page = await login(browser, gwu, provider, "grace", rec)
@@ -211,7 +226,7 @@ async def test_the_dpo_and_the_security_officer_work_in_the_console_in_a_real_br
         await shots(page, "blocked")
         async with aiohttp.ClientSession() as s:
             headers = {"Authorization": f"Bearer {keys.token('alice', ['hr_officer'])}"}
-            async with s.get(f"{gwu}/hr/medical/{SUBJECT}", headers=headers) as r:
+            async with s.get(f"{gw.url}/hr/medical/{SUBJECT}", headers=headers) as r:
                 assert r.status == 423
         # The report, as it prints.
         await asyncio.sleep(0.6)  # the block shipped into the store (batch age 200 ms)
@@ -322,3 +337,75 @@ async def test_the_dpo_and_the_security_officer_work_in_the_console_in_a_real_br
         timeout=120,
     )
     assert out.returncode == 0 and "chain intact" in out.stdout, out.stdout + out.stderr
+
+
+# What a script on a proxied app's page tries (a stored XSS in an HR page, a compromised
+# upstream), run in that page by the browser: read the console, record a search as the person
+# viewing the page, look a person up, through the console's origin and through the proxy's path.
+_FROM_AN_APP_PAGE = """async (consoleOrigin) => {
+  const search = "/_pdgw/console/search?go=1&user=alice";
+  const out = {};
+  async function attempt(name, url, init) {
+    try {
+      const r = await fetch(url, {credentials: "include", ...init});
+      out[name] = r.type === "opaque" ? "unreadable" : "read " + r.status;
+    } catch (e) {
+      out[name] = "unreadable";  // a network error to the script: no CORS, or ORB
+    }
+  }
+  await attempt("read", consoleOrigin + search, {});
+  await attempt("blind", consoleOrigin + search, {mode: "no-cors"});
+  await attempt("lookup", consoleOrigin + "/_pdgw/console/subject",
+                {method: "POST", mode: "no-cors", body: new URLSearchParams({subject: "emp.1001"})});
+  await attempt("own-path", search, {});
+  return out;
+}"""
+
+
+async def test_a_script_on_a_proxied_page_can_neither_read_nor_drive_the_console(
+    provider: Provider,
+    browser: Any,
+    keys: Keys,
+    upstream: Upstream,
+    tmp_path: Path,
+) -> None:
+    """Decision 035, in Chromium: a DPO is logged in to the console and opens a page of an app
+    she works in — the same host, the proxy's port — where a script runs. The browser lets it
+    read nothing of the console; what it makes the browser send with her cookie is refused and
+    recorded so."""
+    with _serve(
+        tmp_path,
+        keys,
+        upstream,
+        provider,
+        console={},
+        store={"kind": "embedded", "path": str(tmp_path / "chdb")},
+    ) as gw:
+        page = await login(browser, gw.console, provider, "gina", Recorder())
+        # A page of the CRM she works in (the test's upstream answers JSON: a document all the
+        # same, of the proxy's origin, and the script runs in it as in any page there).
+        response = await page.goto(gw.url + "/crm/counterparties/77")
+        assert response is not None and response.status == 200
+        out = await page.evaluate(_FROM_AN_APP_PAGE, gw.console)
+        # Nothing the console answered reached the script: another origin's answer without CORS
+        # (the proxy's own path redirects to the console's origin). What was sent is below.
+        assert out == dict.fromkeys(("read", "blind", "lookup", "own-path"), "unreadable"), out
+        # Her console, opened by her: still hers.
+        response = await page.goto(gw.console + CONSOLE + "search?go=1&user=alice")
+        assert response is not None and response.status == 200
+        spool = gw.spool
+        assert gw.kill(signal.SIGTERM) == 0
+
+    records = [r for r in console_records(gateway_records(spool)) if r["user"] == "gina"]
+    by_route: dict[str, list[tuple[str, str]]] = {}
+    for r in records:
+        by_route.setdefault(r["route"], []).append((r["decision"], r["reason"]))
+    # Every request the script made reached the console refused, with her as the principal; the
+    # one search recorded as allowed is the one she opened.
+    # Three searches (read, blind, through the proxy's path) and a look-up, each refused.
+    assert sorted(by_route.pop("console:search")) == [
+        ("allow", "rule"),
+        *[("deny", "csrf_cross_site")] * 3,
+    ]
+    assert by_route.pop("console:subject") == [("deny", "csrf_cross_site")]
+    assert by_route == {"console:home": [("allow", "rule")]}  # where her login landed

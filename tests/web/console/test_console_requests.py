@@ -68,12 +68,12 @@ async def test_the_dpo_opens_blocks_destroys_and_closes_a_request_in_the_browser
         console={"timezone": "Europe/Moscow"},
         store=section,
     )
-    gw = served.proxy_url
+    gw, con = served.proxy_url, served.console_url  # the console's own origin (decision 035)
     hr = {"Authorization": f"Bearer {keys.token('alice', ['hr_officer'])}"}
     seen: list[str] = []
     page = await _page(browser, gw, tmp_path, "grace")
     page.on("request", lambda r: seen.append(r.url))
-    await page.goto(gw + CONSOLE + "requests")
+    await page.goto(con + CONSOLE + "requests")
     assert await page.locator("h1").inner_text() == "Subjects' requests"
     await page.select_option("#f-type", "destroy")
     await page.fill("#f-subject", SUBJECT)
@@ -107,23 +107,23 @@ async def test_the_dpo_opens_blocks_destroys_and_closes_a_request_in_the_browser
         s.get(gw + f"/hr/employees/{SUBJECT}", headers=hr) as r,
     ):
         assert r.status == 200
-    await page.goto(gw + CONSOLE + "requests")
+    await page.goto(con + CONSOLE + "requests")
     row = await page.locator(f"#r-{number}").inner_text()
     assert "DPO-2026-30" in row and "met" in row and "h:" in row and SUBJECT not in row
 
     # In Russian, the same register.
-    await page.goto(gw + CONSOLE + "requests?lang=ru")
+    await page.goto(con + CONSOLE + "requests?lang=ru")
     assert await page.locator("h1").inner_text() == "Запросы субъектов"
     assert "срок соблюдён" in await page.locator(f"#r-{number}").inner_text()
 
     # The security officer may answer but not block (the policy: audit_log create, not block).
     frank = await _page(browser, gw, tmp_path, "frank")
-    await frank.goto(gw + CONSOLE + "requests")
+    await frank.goto(con + CONSOLE + "requests")
     await frank.select_option("#f-type", "block")
     await frank.fill("#f-subject", "1002")
     await frank.click("#open-request")
     assert "Refused" in await frank.locator("h1").inner_text()
-    await frank.goto(gw + CONSOLE + "requests")
+    await frank.goto(con + CONSOLE + "requests")
     await frank.select_option("#f-type", "access")
     await frank.fill("#f-subject", "1002")
     await frank.click("#open-request")
@@ -131,7 +131,7 @@ async def test_the_dpo_opens_blocks_destroys_and_closes_a_request_in_the_browser
 
     # The evidence page: yesterday's pack, shown and downloaded; the download verifies.
     yesterday = (dt.datetime.now(MOSCOW).date() - dt.timedelta(days=1)).isoformat()
-    await page.goto(gw + CONSOLE + "evidence?lang=en")
+    await page.goto(con + CONSOLE + "evidence?lang=en")
     await page.fill("#f-from", yesterday)
     await page.fill("#f-to", yesterday)
     await page.click("#make-evidence")

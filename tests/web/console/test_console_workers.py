@@ -68,8 +68,8 @@ async def test_workers_forward_the_console_to_the_supervisor_which_records_every
 ) -> None:
     gp, home = workers
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-        grace = Staff(gp.url, gp.url, session_cookie(home, "grace"), http)
-        alice = Staff(gp.url, gp.url, session_cookie(home, "alice"), http)
+        grace = Staff(gp.console, gp.console, session_cookie(home, "grace"), http)
+        alice = Staff(gp.console, gp.console, session_cookie(home, "alice"), http)
         ids: list[str] = []
         status, body, resp = await grace.get(CONSOLE)
         assert status == 200 and "Audit console" in body
@@ -100,7 +100,9 @@ async def test_workers_forward_the_console_to_the_supervisor_which_records_every
         ids.append(resp.headers["X-Request-Id"])
         # A query as a browser encodes it (`%2F` in the zone): the seal holds the target as the
         # supervisor receives it, byte for byte.
-        search = URL(f"{gp.url}{CONSOLE}search?go=1&user=alice&tz=Europe%2FMoscow", encoded=True)
+        search = URL(
+            f"{gp.console}{CONSOLE}search?go=1&user=alice&tz=Europe%2FMoscow", encoded=True
+        )
         async with http.get(search, headers={"Cookie": f"pdgw-session={grace.cookie}"}) as r:
             assert r.status == 200 and "Europe/Moscow" in await r.text()
             ids.append(r.headers["X-Request-Id"])
@@ -120,9 +122,12 @@ async def test_workers_forward_the_console_to_the_supervisor_which_records_every
         )
         assert status == 403
         sent = resp.headers["X-Request-Id"]
+        # The proxy port serves no console (decision 035): a navigation there is sent to it.
+        async with http.get(gp.url + CONSOLE + "health", allow_redirects=False) as r:
+            assert r.status == 302 and r.headers["Location"] == gp.console + CONSOLE + "health"
         # A client's own X-PD-Console-Caller is no credential: without a session, log in first.
         forged = {CALLER_HEADER: "eyJ1IjoiZ3JhY2UifQ.AAAA", "Accept": "application/json"}
-        async with http.get(gp.url + CONSOLE + "search", headers=forged) as r:
+        async with http.get(gp.console + CONSOLE + "search", headers=forged) as r:
             assert r.status == 401
 
     supervisor = {r["request_id"]: r for r in console_records(spool_records(gp.spool))}
