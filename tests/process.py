@@ -161,7 +161,9 @@ def run_gateway(
             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
         )
         gp = GatewayProcess(proc, proxy_port, admin_port, Path(data["audit"]["spool_dir"]))
-        gp.console = f"http://127.0.0.1:{console_port}" if console_port is not None else ""
+        if console_port is not None:
+            scheme = "https" if "tls" in data["console"]["listen"] else "http"
+            gp.console = f"{scheme}://127.0.0.1:{console_port}"
         if "tls" in listen["proxy"]:
             gp.url = gp.url.replace("http://", "https://", 1)
         if _wait_ready(gp):

@@ -4,6 +4,7 @@ listener and origin of their own (decision 035). Absent: no console. It needs br
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import zoneinfo
 from urllib.parse import urlsplit
@@ -74,16 +75,30 @@ def parse_console(
 def _own_origin(c: Section, oidc: OidcConfig, origin: str, listen: Listen, proxy: Listen) -> str:
     """The console's origin must be its own (decision 035): another port than the proxied apps',
     on the host the login's cookies are set for (they are host-only: a port does not matter to
-    them, a host does)."""
+    them, a host does), and one browsers send `Sec-Fetch-*` to (https, or http on loopback)."""
     login = urlsplit(oidc.origin)
+    if listen.port == proxy.port and listen.port != 0:
+        c.problems.add(
+            c.key("listen.port"),
+            "is the proxy listener's port: the console needs a port of its own (decision 035)",
+        )
+        return ""
     if origin:
         parts = urlsplit(origin)
         try:
-            parts.port  # noqa: B018 - raises on a port that is not a number
+            port = parts.port
         except ValueError:
-            parts = urlsplit("")
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
-            c.problems.add(c.key("origin"), "must be an origin: scheme://host:port, no path")
+            port = 0
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or port == 0
+            or parts.path
+            or parts.query
+            or parts.fragment
+            or "@" in parts.netloc
+        ):
+            c.problems.add(c.key("origin"), "must be an origin: scheme://host:port, nothing more")
             return ""
         if (parts.scheme, parts.hostname) != (login.scheme, login.hostname):
             c.problems.add(
@@ -92,16 +107,9 @@ def _own_origin(c: Section, oidc: OidcConfig, origin: str, listen: Listen, proxy
                 "from oidc.redirect_uri): the session cookie is set for that host only",
             )
             return ""
-        default = 443 if parts.scheme == "https" else 80
-        origin = origin_with_port(origin, parts.port or default)
-    elif listen.port == proxy.port and listen.port != 0:
-        c.problems.add(
-            c.key("listen.port"),
-            "is the proxy listener's port: the console needs a port of its own (decision 035)",
-        )
-        return ""
+        origin = origin_with_port(origin, port or _DEFAULT_PORTS[parts.scheme])
     mine = origin or origin_with_port(oidc.origin, listen.port)
-    theirs = origin_with_port(oidc.origin, login.port or (443 if login.scheme == "https" else 80))
+    theirs = origin_with_port(oidc.origin, login.port or _DEFAULT_PORTS.get(login.scheme, 0))
     if (origin or listen.port != 0) and mine == theirs:
         c.problems.add(
             c.key("origin") if origin else c.key("listen.port"),
@@ -109,4 +117,22 @@ def _own_origin(c: Section, oidc: OidcConfig, origin: str, listen: Listen, proxy
             "its own, another port on that host (decision 035)",
         )
         return ""
+    if login.scheme == "http" and not _loopback(login.hostname or ""):
+        c.problems.add(
+            c.path,
+            "needs https (oidc.redirect_uri): browsers send the `Sec-Fetch-*` headers the console "
+            "refuses other origins' requests by only to https origins and loopback (decision 035)",
+        )
     return origin
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -371,7 +372,12 @@ def console_app(gw: Gateway, via: console.ConsoleLink | None) -> web.Application
     proxy app's start-up builds what both use (the browser login, the forwarding session)."""
     cfg = gw.cfg
     assert cfg.console is not None and cfg.oidc is not None
-    app = web.Application(middlewares=[error_middleware(metrics=gw.metrics, route_label="console")])
+    app = web.Application(
+        middlewares=[
+            error_middleware(metrics=gw.metrics, route_label="console"),
+            _addressed_to(urlsplit(cfg.console_origin).netloc.lower()),
+        ]
+    )
     app[GATEWAY] = gw
     app[PAGE_ORIGIN] = cfg.console_origin
     console.mount(app, gw, via=via, on_block=end_sessions_of_blocked(gw))
@@ -379,6 +385,24 @@ def console_app(gw: Gateway, via: console.ConsoleLink | None) -> web.Application
     app.router.add_get("/", _console_home)
     app.on_response_prepare.append(add_pending_cookies)
     return app
+
+
+def _addressed_to(authority: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """The console answers only when the browser addressed it at its own origin (`Host`): a load
+    balancer that routed the proxied apps' origin here — a path rule for /_pdgw/console/ on
+    their host — would put it back in their origin (decision 035). 421, before anything else."""
+
+    @web.middleware
+    async def addressed(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.headers.get("Host", "").lower() != authority:
+            raise LoginRefused(
+                421, "misdirected", "the console answers at its own address only", "wrong_host"
+            )
+        return await handler(request)
+
+    return addressed
 
 
 async def _console_home(request: web.Request) -> web.StreamResponse:
@@ -395,7 +419,7 @@ async def _to_console(request: web.Request) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD"):
         raise LoginRefused(404, "not_found", "the console is served at its own address", "no_route")
     raise web.HTTPFound(
-        cfg.console_origin + request.raw_path, headers={"Cache-Control": "no-store"}
+        cfg.console_origin + request.rel_url.raw_path_qs, headers={"Cache-Control": "no-store"}
     )
 
 

@@ -394,9 +394,11 @@ class BrowserLogin:
             await self._event(request, "logout", "", session)
         # Logged out at the provider too where it offers RP-initiated logout, back to a
         # post_logout_redirect_uri registered with it; otherwise the page says what remains.
+        # On the login's origin, wherever the logout was asked (the console's has no apps to go
+        # back to: decision 035).
         target = self._client.end_session_url(self._cfg.origin + LOGGED_OUT)
         raise web.HTTPSeeOther(
-            target or LOGGED_OUT + "?provider=kept",
+            target or self._cfg.origin + LOGGED_OUT + "?provider=kept",
             headers={"Cache-Control": "no-store", "Clear-Site-Data": CLEAR_SITE_DATA},
         )
 

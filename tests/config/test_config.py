@@ -325,8 +325,13 @@ def test_the_console_section_is_validated_with_every_problem(tmp_path: Path, key
 def test_the_console_needs_an_origin_of_its_own_on_the_logins_host(
     tmp_path: Path, keys: Keys
 ) -> None:
-    """Decision 035: the console on the proxied apps' origin is what the own listener exists to
-    prevent; on another host the login's host-only cookie would never reach it."""
+    """Decision 035: the console on the proxied apps' origin is what its own listener exists to
+    prevent; on another host the login's host-only cookie would never reach it; on plain http
+    beyond loopback browsers would not send the `Sec-Fetch-*` headers it relies on."""
+    from tests.certs import CA
+
+    server = CA(tmp_path, "org").issue("gateway", server=True)
+    tls = {"cert_file": str(server.cert), "key_file": str(server.key)}
     data = config_dict(tmp_path, "http://127.0.0.1:1")
     key = tmp_path / "session.key"
     key.write_bytes(Fernet.generate_key())
@@ -335,11 +340,11 @@ def test_the_console_needs_an_origin_of_its_own_on_the_logins_host(
         "issuer": "http://127.0.0.1:9",
         "client_id": "c",
         "client_secret_file": str(tmp_path / "client-secret"),
-        "redirect_uri": "http://hr.example.com/_pdgw/callback",
+        "redirect_uri": "https://hr.example.com/_pdgw/callback",
         "session": {"key_file": str(key), "revocation_file": str(tmp_path / "revoked.jsonl")},
     }
     data["store"] = {"kind": "embedded", "path": str(tmp_path / "chdb")}
-    data["listen"] = {"proxy": {"port": 8080}}  # behind a load balancer on port 80
+    data["listen"] = {"proxy": {"port": 8443, "tls": tls}}  # behind a load balancer on 443
 
     def problems(console: dict[str, object]) -> str:
         data["console"] = console
@@ -347,31 +352,47 @@ def test_the_console_needs_an_origin_of_its_own_on_the_logins_host(
             load_config(write_config(tmp_path, data, keys))
         return str(info.value)
 
-    assert "console.listen.port: is the proxy listener's port" in problems(
-        {"listen": {"port": 8080}}
-    )
+    clash = "console.listen.port: is the proxy listener's port"
+    assert clash in problems({"listen": {"port": 8443}})
+    # Even with an origin of its own: both would share the port (SO_REUSEPORT), the kernel
+    # handing the proxied apps' connections to the console's listener now and then.
+    assert clash in problems({"listen": {"port": 8443}, "origin": "https://hr.example.com:9443"})
     assert "console.listen.port: gives the console the proxied apps' origin" in problems(
-        {"listen": {"port": 80}}  # http://hr.example.com (80) is the login's origin
+        {"listen": {"port": 443}}  # https://hr.example.com (443) is the login's origin
     )
-    for origin in ("http://hr.example.com", "http://HR.example.com:80"):
+    for origin in ("https://hr.example.com", "https://HR.example.com:443"):
         assert "console.origin: gives the console the proxied apps' origin" in problems(
             {"origin": origin}
         )
-    assert "console.origin: must be on the login's scheme and host" in problems(
-        {"origin": "http://audit.example.com"}
-    )
-    assert "console.origin: must be on the login's scheme and host" in problems(
-        {"origin": "https://hr.example.com:8090"}
-    )
-    assert "console.origin: must be an origin" in problems({"origin": "http://hr.example.com/x"})
+    for origin in ("https://audit.example.com:9443", "http://hr.example.com:8090"):
+        assert "console.origin: must be on the login's scheme and host" in problems(
+            {"origin": origin}
+        )
+    for origin in (
+        "https://hr.example.com:9443/x",
+        "https://hr.example.com:9443?a=1",
+        "https://u@hr.example.com:9443",
+        "https://hr.example.com:0",
+        "https://hr.example.com:port",
+    ):
+        assert "console.origin: must be an origin" in problems({"origin": origin}), origin
     # Derived from the login's origin and the listener's port, or given (a load balancer's port).
-    data["console"] = {"listen": {"port": 9443}}
+    data["console"] = {"listen": {"port": 9443, "tls": tls}}
     assert load_config(write_config(tmp_path, data, keys)).console_origin == (
-        "http://hr.example.com:9443"
+        "https://hr.example.com:9443"
     )
-    data["console"] = {"listen": {"port": 9443}, "origin": "http://hr.example.com:4443"}
+    data["console"] = {"listen": {"port": 9443}, "origin": "https://hr.example.com:4443"}
     assert load_config(write_config(tmp_path, data, keys)).console_origin == (
-        "http://hr.example.com:4443"
+        "https://hr.example.com:4443"
+    )
+    # Plain http: only on loopback (the demo).
+    data["oidc"]["redirect_uri"] = "http://hr.example.com/_pdgw/callback"
+    data["listen"] = {"proxy": {"port": 8080}}
+    assert "console: needs https (oidc.redirect_uri)" in problems({"listen": {"port": 8090}})
+    data["oidc"]["redirect_uri"] = "http://127.0.0.1:8080/_pdgw/callback"
+    data["console"] = {"listen": {"port": 8090}}
+    assert load_config(write_config(tmp_path, data, keys)).console_origin == (
+        "http://127.0.0.1:8090"
     )
 
 

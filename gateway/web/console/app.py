@@ -27,10 +27,12 @@ from gateway.web.console import anomaly, evidence, health, people, requests, sea
 from gateway.web.console.identity import MAX_FORM_BYTES
 from gateway.web.console.kit import (
     CALLER,
+    HOME,
+    REFUSE,
     UI_OF,
     ConsoleDeps,
     caller_of,
-    sent_by_another_site,
+    from_another_origin,
     ui_of,
 )
 from gateway.web.login import LoginRequired
@@ -73,10 +75,13 @@ def _middleware(deps: ConsoleDeps) -> Callable[..., Awaitable[web.StreamResponse
             request[CALLER] = caller = await deps.callers.caller(request)
             ask = deps.ask(_page_name(request), "read")
             page = request.path.removeprefix(deps.cfg.path)
-            if sent_by_another_site(page, request.headers):
+            elsewhere = from_another_origin(page, request.method, request.headers)
+            if elsewhere == REFUSE:
                 await deps.trail.refused(
                     request, caller, ask, 403, "csrf_cross_site", "cross-site request refused"
                 )
+            if elsewhere == HOME:
+                raise web.HTTPSeeOther(deps.cfg.path)
             if request.method not in SAFE_METHODS:
                 reason = deps.callers.cross_site(request)
                 if reason is not None:  # the rule of proxied apps (decision 014)

@@ -21,7 +21,7 @@ from gateway.web.admin import AdminRefused
 from gateway.web.boundary import REQUEST_ID
 from gateway.web.console.access import ConsoleTrail
 from gateway.web.console.identity import CALLER_HEADER, MAX_FORM_BYTES, SessionCallers, seal
-from gateway.web.console.kit import sent_by_another_site
+from gateway.web.console.kit import HOME, REFUSE, from_another_origin
 from gateway.web.console.render import LANG_COOKIE
 from gateway.web.trail import Ask
 
@@ -66,9 +66,14 @@ class ConsoleFront:
         if not tail.startswith("static/"):  # the static files hold nothing of the trail
             caller = await self._callers.caller(request)
             ask = Ask("console", "read", f"console:{tail.split('/')[0] or 'home'}", 0)
-            if sent_by_another_site(tail, request.headers):
+            elsewhere = from_another_origin(tail, request.method, request.headers)
+            if elsewhere == REFUSE:
                 await self._trail.refused(
                     request, caller, ask, 403, "csrf_cross_site", "cross-site request refused"
+                )
+            if elsewhere == HOME:
+                raise web.HTTPSeeOther(
+                    request.path.removesuffix(tail), headers={"X-Request-Id": request[REQUEST_ID]}
                 )
             if request.method not in SAFE_METHODS:
                 reason = self._callers.cross_site(request)
@@ -107,7 +112,9 @@ class ConsoleFront:
                         resp.headers[name] = answer.headers[name]
                 for value in answer.headers.getall("Set-Cookie", []):
                     if value.startswith(LANG_COOKIE + "="):
-                        resp.headers.add("Set-Cookie", value)
+                        # Made on the plain loopback hop: `Secure` as the browser's connection.
+                        secure = request.secure and "; secure" not in value.lower()
+                        resp.headers.add("Set-Cookie", value + "; Secure" if secure else value)
                 await resp.prepare(request)
                 async for chunk in answer.content.iter_chunked(64 * 1024):
                     await resp.write(chunk)

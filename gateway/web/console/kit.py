@@ -19,6 +19,7 @@ from gateway.config.model import AnomaliesConfig, ConsoleConfig
 from gateway.governance.access_rights import AccessRights
 from gateway.governance.blocks import SubjectBlocks
 from gateway.governance.subject_hash import SubjectHasher
+from gateway.identity.csrf import SAFE_METHODS
 from gateway.web.admin import AdminRefused
 from gateway.web.blocks_api import OnBlock
 from gateway.web.boundary import REQUEST_ID
@@ -45,27 +46,37 @@ StoreOpener = Callable[[], contextlib.AbstractContextManager[AuditStore]]
 UI_OF = web.RequestKey("pdgw_console_ui", UI)
 
 
-# Pages whose GET does work beyond showing the trail: an export written to the browser's disk
-# and recorded as the user's (10.2), an evidence pack built. SameSite=Lax lets the session cookie
-# ride a top-level navigation from another site, so these refuse a request another site sent.
-WORK_PAGES = frozenset({"search/export", "evidence", "evidence/download"})
+REFUSE, HOME = "refuse", "home"
 
 
-def sent_by_another_site(page: str, headers: Mapping[str, str]) -> bool:
-    """Whether a request another origin made the browser send must be refused (decision 035).
-    ``page``: the path under the console's base. The proxied apps are the same site (the same
-    host, another port) and the session cookie rides their requests here: a script on one of
-    their pages may not make the console read or record anything as the person viewing it (a
-    `fetch`, an image, a frame the console refuses to be shown in). Only a top-level navigation
-    to a page that shows the trail (a link, the return from the login) comes from elsewhere, and
-    the person sees where it led; a work page not even then. `Sec-Fetch-*` is sent by every
-    current browser; without it (another client) the CSRF rule for other methods still holds."""
+def from_another_origin(page: str, method: str, headers: Mapping[str, str]) -> str | None:
+    """What becomes of a request another origin made the browser send (decision 035). The
+    proxied apps are the same site (the same host, another port), so the session cookie rides
+    their requests here; a page of theirs must make the console neither read nor record
+    anything as the person viewing it. ``page``: the path under the console's base.
+
+    - None: not such a request — the console's own pages, an address typed or bookmarked
+      (`Sec-Fetch-Site` same-origin or none), or a client that sends no `Sec-Fetch-*` (the
+      `Origin` rule for forms still holds; the config keeps the console on origins browsers
+      send them to); a form from elsewhere is left to the `Origin` rule, which refuses it.
+    - HOME: a top-level GET navigation from elsewhere (a link, a script setting `location`, the
+      return from the login) to any page but the home page: sent to the home page, which reads
+      nothing of the trail, so no query, export or person's page runs on a link another origin
+      chose.
+    - REFUSE: anything else — a `fetch`, a frame, an image, a prefetch or prerender (nobody
+      looks at it, whatever its origin) — refused and recorded as refused."""
+    if "Sec-Purpose" in headers or "Purpose" in headers:
+        return REFUSE
     if headers.get("Sec-Fetch-Site") not in ("cross-site", "same-site"):
-        return False
+        return None
     top_level = (
         headers.get("Sec-Fetch-Mode") == "navigate" and headers.get("Sec-Fetch-Dest") == "document"
     )
-    return page in WORK_PAGES or not top_level
+    if not top_level:
+        return REFUSE
+    if method not in SAFE_METHODS or page == "":
+        return None
+    return HOME
 
 
 @dataclass(frozen=True)

@@ -388,25 +388,40 @@ async def test_cross_site_forms_tokens_and_missing_sessions_are_refused(
     rid = resp.headers["X-Request-Id"]
     rec = next(r for r in spool_records(console.served.spool_dir) if r.get("request_id") == rid)
     assert (rec["user"], rec["reason"]) == ("grace", "csrf_origin_mismatch")
-    # Another site sending her browser to an export or an evidence pack: SameSite=Lax lets the
-    # cookie ride a top-level navigation, and the export would be recorded as hers (10.2).
-    for page in ("search/export?go=1&format=csv", "evidence/download?from=x", "evidence"):
+    # Another origin sending her browser to an export, an evidence pack, a search or a person's
+    # page: SameSite=Lax lets the cookie ride a top-level navigation, and the work would be
+    # recorded as hers (10.2). She is sent to the home page instead; nothing is read or recorded.
+    pages = ("search/export?go=1&format=csv", "evidence/download?from=x", "evidence", "search")
+    for page in pages:
         for site in ("cross-site", "same-site"):
+            before = len(console_records(spool_records(console.served.spool_dir)))
             status, _, resp = await console.call(
                 grace, "GET", CONSOLE + page, **{"Sec-Fetch-Site": site}
             )
-            assert status == 403, (page, site)
-    rid = resp.headers["X-Request-Id"]
-    rec = next(r for r in spool_records(console.served.spool_dir) if r.get("request_id") == rid)
-    assert (rec["user"], rec["reason"]) == ("grace", "csrf_cross_site")
+            assert (status, resp.headers["Location"]) == (303, CONSOLE), (page, site)
+            after = len(console_records(spool_records(console.served.spool_dir)))
+            assert after == before, (page, site)
+    status, _, _ = await console.call(grace, "GET", CONSOLE, **{"Sec-Fetch-Site": "cross-site"})
+    assert status == 200  # the home page, which reads nothing of the trail
+    # What is not a top-level navigation (a fetch, a frame, an image) or is a prefetch: refused,
+    # recorded with her.
+    for headers in (
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+        {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Dest": "iframe"},
+        {"Sec-Fetch-Site": "same-site", "Sec-Purpose": "prefetch"},
+        {"Sec-Fetch-Site": "same-origin", "Sec-Purpose": "prefetch;prerender"},
+    ):
+        status, _, resp = await console.call(
+            grace, "GET", CONSOLE + "search/export?go=1&format=csv", **headers
+        )
+        assert status == 403, headers
+        rid = resp.headers["X-Request-Id"]
+        rec = next(r for r in spool_records(console.served.spool_dir) if r.get("request_id") == rid)
+        assert (rec["user"], rec["reason"]) == ("grace", "csrf_cross_site")
     status, _, _ = await console.call(  # from the console's own page, or typed in: served
         grace, "GET", CONSOLE + "search/export?go=1&format=csv", **{"Sec-Fetch-Site": "same-origin"}
     )
     assert status == 200
-    status, _, _ = await console.call(
-        grace, "GET", CONSOLE + "search", **{"Sec-Fetch-Site": "cross-site"}
-    )
-    assert status == 200  # a link to a page that only shows, from another site, still opens
     # A bearer token is not a console credential; no session, no console (an XHR: 401).
     async with console.http.get(
         console.served.console_url + CONSOLE + "search",
@@ -469,11 +484,17 @@ async def test_the_console_is_an_origin_no_proxied_page_shares(console: Console)
     )
     framed = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Dest": "iframe"}
     assert await refused("GET", CONSOLE + "health", None, **framed) == "csrf_cross_site"
-    # A link on that page, followed: a navigation she sees, to a page that only shows.
-    status, _, _ = await console.call(
+    # A link on that page, followed (or a script setting `location`): she lands on the home page.
+    status, _, resp = await console.call(
         grace, "GET", CONSOLE + "health", **{"Sec-Fetch-Site": "same-site"}
     )
-    assert status == 200
+    assert (status, resp.headers["Location"]) == (303, CONSOLE)
+    # Addressed at another host than its own — a load balancer routing the apps' origin here by
+    # path would put the console back in it — the console does not answer (421).
+    async with console.http.get(
+        served.console_url + CONSOLE, headers={"Host": urlsplit(served.proxy_url).netloc}
+    ) as r:
+        assert r.status == 421
     # Logging out from the console is a form of its own origin, refused from the proxied apps'.
     status, _, _ = await grace.post("/_pdgw/logout", {}, Origin=served.proxy_url)
     assert status == 403

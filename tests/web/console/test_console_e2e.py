@@ -372,7 +372,7 @@ async def test_a_script_on_a_proxied_page_can_neither_read_nor_drive_the_console
     """Decision 035, in Chromium: a DPO is logged in to the console and opens a page of an app
     she works in — the same host, the proxy's port — where a script runs. The browser lets it
     read nothing of the console; what it makes the browser send with her cookie is refused and
-    recorded so."""
+    recorded so; where it sends her, she lands on the console's home page and nothing runs."""
     with _serve(
         tmp_path,
         keys,
@@ -390,6 +390,13 @@ async def test_a_script_on_a_proxied_page_can_neither_read_nor_drive_the_console
         # Nothing the console answered reached the script: another origin's answer without CORS
         # (the proxy's own path redirects to the console's origin). What was sent is below.
         assert out == dict.fromkeys(("read", "blind", "lookup", "own-path"), "unreadable"), out
+        # The script sends her there (a link would too): she lands on the console's home page,
+        # and no search runs on the address it chose.
+        await page.evaluate(
+            "c => { location.href = c + '/_pdgw/console/search?go=1&user=alice'; }", gw.console
+        )
+        await page.wait_for_url(gw.console + CONSOLE)
+        assert "Audit console" in await page.content()
         # Her console, opened by her: still hers.
         response = await page.goto(gw.console + CONSOLE + "search?go=1&user=alice")
         assert response is not None and response.status == 200
@@ -408,4 +415,5 @@ async def test_a_script_on_a_proxied_page_can_neither_read_nor_drive_the_console
         *[("deny", "csrf_cross_site")] * 3,
     ]
     assert by_route.pop("console:subject") == [("deny", "csrf_cross_site")]
-    assert by_route == {"console:home": [("allow", "rule")]}  # where her login landed
+    # Where her login landed, and where the script's navigation did.
+    assert by_route == {"console:home": [("allow", "rule")] * 2}

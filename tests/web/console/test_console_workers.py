@@ -23,6 +23,7 @@ from tests.conftest import Keys, Upstream, spool_records
 from tests.process import GatewayProcess, run_gateway
 from tests.web.console.helpers import (
     CONSOLE,
+    NAV,
     SUBJECT,
     Staff,
     console_oidc,
@@ -115,13 +116,18 @@ async def test_workers_forward_the_console_to_the_supervisor_which_records_every
         )
         assert status == 403
         csrf = resp.headers["X-Request-Id"]
-        # Another site sending her browser to an export (the cookie rides a top-level
-        # navigation): refused by the worker, which sees the browser's Sec-Fetch-Site.
+        # Another origin making her browser fetch an export (the cookie rides it): refused by
+        # the worker, which sees the browser's Sec-Fetch-*; navigating her there: sent home.
+        from_elsewhere = {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors"}
         status, _, resp = await grace.get(
-            CONSOLE + "search/export?go=1&format=csv", **{"Sec-Fetch-Site": "cross-site"}
+            CONSOLE + "search/export?go=1&format=csv", **from_elsewhere
         )
         assert status == 403
         sent = resp.headers["X-Request-Id"]
+        status, _, resp = await grace.get(
+            CONSOLE + "search/export?go=1&format=csv", **{"Sec-Fetch-Site": "cross-site"}
+        )
+        assert (status, resp.headers["Location"]) == (303, CONSOLE)
         # The proxy port serves no console (decision 035): a navigation there is sent to it.
         async with http.get(gp.url + CONSOLE + "health", allow_redirects=False) as r:
             assert r.status == 302 and r.headers["Location"] == gp.console + CONSOLE + "health"
@@ -170,3 +176,44 @@ async def test_the_supervisors_console_listener_takes_only_its_workers_seal_for_
     records = console_records(spool_records(gp.spool))
     assert [r["user"] for r in records if r["request_id"] == "rid-1"] == ["grace"]
     assert json.dumps(records).count('"rid-1"') == 1
+
+
+async def test_the_console_port_serves_tls_and_the_language_cookie_keeps_secure(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    """With TLS (decision 035: the console's own listener, the proxy's certificate): the session
+    is the `__Host-` cookie the login set on the proxy's origin, and the language cookie the
+    supervisor made on its plain loopback hop reaches the browser `Secure`, as the connection."""
+    from gateway.core import tls
+    from tests.certs import CA
+
+    ca = CA(tmp_path, "org")
+    pair = ca.issue("gateway", server=True)
+    files = {"cert_file": str(pair.cert), "key_file": str(pair.key)}
+    port = free_port()
+    oidc = console_oidc(tmp_path, port) | {
+        "redirect_uri": f"https://127.0.0.1:{port}/_pdgw/callback"
+    }
+    with run_gateway(
+        tmp_path,
+        keys,
+        upstream.url,
+        proxy_port=port,
+        listen={"proxy": {"tls": files}},
+        oidc=oidc,
+        console={"listen": {"tls": files}},
+        store={"kind": "embedded", "path": str(tmp_path / "chdb")},
+    ) as gp:
+        assert gp.console.startswith("https://")
+        cookie = {"Cookie": f"__Host-pdgw-session={session_cookie(tmp_path, 'grace')}"}
+        async with (
+            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+            http.get(
+                gp.console + CONSOLE + "health?lang=ru",
+                headers={**NAV, **cookie},
+                ssl=tls.client_context(ca.cert_file),
+            ) as r,
+        ):
+            assert r.status == 200
+            (lang,) = r.headers.getall("Set-Cookie")
+            assert lang.startswith("pdgw-console-lang=ru;") and "; Secure" in lang
