@@ -2,7 +2,8 @@
 # Install the Debian packages the tests and benchmarks run for real: promtool (prometheus),
 # wrk (load generator), clickhouse-server (the real server the audit-store fault tests start on
 # loopback), docker-compose (`docker-compose config` validates deploy/compose; no engine needed),
-# chromium (the browser-login tests drive it with Playwright) and nodejs/npm, then the demo
+# chromium (the browser-login tests drive it with Playwright), php-cli (its built-in server is an
+# upstream that reads requests as PHP does: tests/forwarding) and nodejs/npm, then the demo
 # OpenID provider's locked npm packages (deploy/oidc-demo: `npm ci`, used by `make run` and the
 # browser-login tests) and the console's (assets/console, checked against their vendored copies),
 # zookeeper (the keeper of the two-replica ClickHouse cluster
@@ -24,6 +25,7 @@ command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v php >/dev/null 2>&1 || need+=(php-cli)
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 oidc_demo() {  # the demo OpenID provider's packages, exactly as package-lock.json pins them
   local dir="$ROOT/deploy/oidc-demo"

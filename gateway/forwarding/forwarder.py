@@ -26,8 +26,9 @@ from yarl import URL
 from gateway.config.model import IPNetwork, Route
 from gateway.core.errors import GatewayError
 from gateway.forwarding.addresses import AddressGuard, InternalAddress
+from gateway.forwarding.body_names import BodyNames
 from gateway.forwarding.headers import public_origin, response_headers, upstream_headers
-from gateway.forwarding.method_override import BodyOverrideScanner
+from gateway.forwarding.method_override import OVERRIDE_PARAM
 from gateway.forwarding.response_subjects import ResponseCopy
 from gateway.identity.cookies import sets_cookie, without_cookies
 
@@ -81,12 +82,13 @@ class ClientTooSlow(ClientFault):
         self.public_message = "the request body did not arrive in time"
 
 
-class BodyOverride(ClientFault):
-    """The request body names a method override (`_method`): refused (400), the upstream
-    request cut, so the upstream never has a complete request to act on (decision 011)."""
+class BodyName(ClientFault):
+    """The request body names a parameter the gateway reads elsewhere — a method override
+    (`_method`, decision 011) or the route's query subject parameter (decision 036): refused
+    (400), the upstream request cut, so the upstream never has a complete request to act on."""
 
-    def __init__(self) -> None:
-        super().__init__(400, "method_override_in_body")
+    def __init__(self, reason: str) -> None:
+        super().__init__(400, reason)
         self.code = "bad_request"
         self.public_message = "malformed request"
 
@@ -212,7 +214,7 @@ class Forwarder:
 
         async def body() -> AsyncIterator[bytes]:
             chunks = request.content.iter_any().__aiter__()
-            overrides = BodyOverrideScanner()
+            names = BodyNames(_body_names(route))
             while True:
                 try:
                     async with asyncio.timeout(self._body_timeout):  # slow-body clients
@@ -229,8 +231,9 @@ class Forwarder:
                 if exchange.bytes_in > self._max_body:  # chunked past the limit: cut it
                     exchange.client_failure = BodyTooLarge()
                     raise exchange.client_failure
-                if overrides.feed(chunk):  # the chunk that completes `_method` is never sent
-                    exchange.client_failure = BodyOverride()
+                found = names.feed(chunk)
+                if found is not None:  # the chunk that completes the name is never sent
+                    exchange.client_failure = BodyName(found)
                     raise exchange.client_failure
                 yield chunk
 
@@ -406,3 +409,11 @@ class Forwarder:
             await resp.write(held)
         await resp.write_eof()
         return resp
+
+
+def _body_names(route: Route) -> dict[str, str]:
+    """The parameter names a body may not carry on ``route``, and the refusal's reason."""
+    names = {OVERRIDE_PARAM: "method_override_in_body"}
+    if route.subject is not None and route.subject.query is not None:
+        names[route.subject.query] = "subject_in_body"  # 6.1.1, 6.5: one reading (decision 036)
+    return names

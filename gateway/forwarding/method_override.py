@@ -10,13 +10,12 @@ Contract: ``effective_method`` returns the method to authorise and record; a rou
 `method_override` which carriers its upstream honours (`header`, `query`), and only those count.
 Undeclared override headers are stripped by the forwarder; an undeclared `_method` in the query,
 and any `_method` in a body, is refused: the raw target is forwarded byte for byte, and a body is
-read only after the decision, so a body override can never be authorised (``BodyOverrideScanner``
+read only after the decision, so a body override can never be authorised (``body_names.BodyNames``
 finds it as the body streams and the forwarder cuts the upstream request).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from urllib.parse import unquote
 
@@ -52,38 +51,3 @@ def effective_method(
     if len(found) > 1 or method != "POST":
         raise BadRequest("method_override_ambiguous")
     return found[0]
-
-
-# A `_method` *name* in a body, after the decodings frameworks apply to names: percent escapes
-# (forms), `\uXXXX` (JSON), `+` as a space, PHP's `.`/` `/`[` for `_`, and any case. Preceded by
-# what starts a name (body start, `&`, `;`, a quote, `=`, white space) and any spaces (PHP drops
-# leading ones: `+_method`) or brackets (Rack 2 and Express's `qs` read `[_method]` as
-# `_method`), and followed by what ends one — a NUL too, where PHP cuts the name (`_method%00`),
-# or a `]` — so "payment method" in a text field does not match.
-_NAME = re.compile(rb'(?:^|[&;"\'=\s])[\s+\[\]]*[_. \[+]method[&;"\'=\[\]\s\x00]')
-_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
-_JSON_ESCAPE = re.compile(rb"\\u00([0-9A-Fa-f]{2})")
-_WINDOW = 128  # raw bytes kept between chunks: an escaped match is at most ~60 bytes long
-
-
-def _decode(data: bytes) -> bytes:
-    data = _JSON_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), data)
-    return _PERCENT.sub(lambda m: bytes([int(m.group(1), 16)]), data).lower()
-
-
-class BodyOverrideScanner:
-    """Feed a request body chunk by chunk; ``feed`` is True once `_method` has appeared as a
-    parameter name. A match across chunk boundaries is found: the last bytes are kept."""
-
-    def __init__(self) -> None:
-        self._tail = b""
-        self._at_start = True  # the tail still begins at the body's first byte
-
-    def feed(self, chunk: bytes) -> bool:
-        data = self._tail + chunk
-        decoded = _decode(data)
-        if not self._at_start:  # a window's first byte is not the start of the body
-            decoded = b"x" + decoded
-        self._at_start = self._at_start and len(data) <= _WINDOW
-        self._tail = data[-_WINDOW:]
-        return _NAME.search(decoded) is not None

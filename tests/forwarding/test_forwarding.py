@@ -1,5 +1,5 @@
 """What the upstream acts on is what was authorised and recorded, whatever its framework does
-(THREAT_MODEL.md "Forwarding equivalence", decision 011).
+(THREAT_MODEL.md "Forwarding equivalence", decisions 011, 036).
 
 The upstreams here are lax on purpose and show the harm each control prevents: a stdlib
 `wsgiref` server (CGI-style header names: `X_PD_User` and `X-PD-User` become one
@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
@@ -31,6 +32,7 @@ from multidict import CIMultiDict
 
 from gateway.config.model import Route, SubjectRule
 from gateway.core.errors import BadRequest
+from gateway.forwarding.body_names import BodyNames
 from gateway.forwarding.headers import (
     OWNED,
     STRIPPED,
@@ -39,10 +41,11 @@ from gateway.forwarding.headers import (
     upstream_headers,
     valid_host,
 )
-from gateway.forwarding.method_override import OVERRIDE_HEADERS, BodyOverrideScanner
+from gateway.forwarding.method_override import OVERRIDE_HEADERS
 from gateway.forwarding.routing import param_key, subject_ids
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.tools import check
+from gateway.testing.chserver import free_port
 from tests.conftest import (
     HR_APP,
     POLICIES,
@@ -57,6 +60,7 @@ from tests.conftest import (
     spool_events,
     upstream_errors,
 )
+from tests.realapps import running
 
 
 @dataclass
@@ -410,11 +414,17 @@ async def test_a_method_override_in_the_body_is_refused_and_never_completed_upst
     resp = await gw.client.post(
         "/crm/counterparties/7", headers=bearer(keys, "sam", "sales_manager"), data=body
     )
-    assert resp.status == 400
+    await cut_and_recorded(gw, lax, resp.status, "method_override_in_body")
+
+
+async def cut_and_recorded(gw: Gw, lax: Lax, status: int, outcome: str) -> None:
+    """Refused (400) for a name in the body: the upstream never had a complete request, and the
+    refusal is the request's recorded outcome."""
+    assert status == 400
     await asyncio.sleep(0.1)
-    assert lax.seen == []  # the upstream never had a complete request
+    assert lax.seen == []
     event = spool_events(gw.spool_dir)[-1]
-    assert (event["outcome"], event["status"]) == ("method_override_in_body", 400)
+    assert (event["outcome"], event["status"]) == (outcome, 400)
 
 
 async def test_a_body_that_only_mentions_a_method_is_forwarded(
@@ -429,25 +439,32 @@ async def test_a_body_that_only_mentions_a_method_is_forwarded(
     assert lax.seen[-1]["method"] == "POST"
 
 
-@settings(max_examples=200)
+# Spellings of a name in a body as frameworks read names, each with the name it stands for.
+BODY_NAMES = [
+    *((n, "_method") for n in (b"_method=", b"%5Fmethod=", b'"_method"', b"+method=")),
+    *((n, "_method") for n in (b'"\\u005Fmethod"', b"+_method=", b"_method%00=")),
+    *((n, "_method") for n in (b"%20_method\x00", b"[_method]=", b"%5B_method]")),
+    *((n, "lead_id") for n in (b"lead_id=", b"lead.id=", b"%6cead_id=", b'"lead_id"')),
+    *((n, "lead_id") for n in (b"[lead_id]=", b'"lead\\u005fid"')),
+]
+
+
+@settings(max_examples=300)
 @given(
-    st.sampled_from(
-        [
-            *(b"_method=", b"%5Fmethod=", b'"_method"', b"+method=", b'"\\u005Fmethod"'),
-            *(b"+_method=", b"_method%00=", b"%20_method\x00", b"[_method]=", b"%5B_method]"),
-        ]
-    ),
+    st.sampled_from(BODY_NAMES),
     st.binary(max_size=300),
     st.binary(max_size=300),
     st.lists(st.integers(min_value=0, max_value=700), max_size=6),
 )
-def test_the_body_scanner_finds_an_override_however_the_body_is_split(
-    name: bytes, before: bytes, after: bytes, cuts: list[int]
+def test_the_body_scanner_finds_a_name_however_the_body_is_split(
+    spelt: tuple[bytes, str], before: bytes, after: bytes, cuts: list[int]
 ) -> None:
+    """`_method` (decision 011) or a route's query subject (decision 036), split anywhere."""
+    name, param = spelt
     body = before + b"&" + name + after
-    scanner = BodyOverrideScanner()
+    scanner = BodyNames({param: "found"})
     points = sorted({0, len(body), *(c for c in cuts if c < len(body))})
-    assert any(scanner.feed(body[a:b]) for a, b in itertools.pairwise(points))
+    assert "found" in [scanner.feed(body[a:b]) for a, b in itertools.pairwise(points)]
 
 
 # --- 4. URL-rewrite and alternate-identity headers --------------------------------------------
@@ -615,6 +632,105 @@ async def test_the_query_subject_is_recorded_as_the_upstream_reads_it(
     resp.release()
     assert lax.seen[-1]["query"]["lead_id"] == "7"
     assert spool_events(gw.spool_dir)[-1]["subject_ids"] == ["7"]
+
+
+# --- 6b. the query subject named again in the body (decision 036) ------------------------------
+
+# Leads as support agents update them: POST /site/leads?lead_id=N.
+LEADS_UPDATED = routes_with(**{"site-leads": {"actions": {"GET": "read", "POST": "update"}}})
+MULTIPART_LEAD = b'--b\r\nContent-Disposition: form-data; name="lead_id"\r\n\r\n7\r\n--b--\r\n'
+SUBJECT_IN_BODY = [
+    (b"lead_id=7", "application/x-www-form-urlencoded"),
+    (b"note=x&lead_id=7", "application/x-www-form-urlencoded"),
+    (b"lead.id=7", "application/x-www-form-urlencoded"),  # PHP reads `.` in a name as `_`
+    (b"note=x&+lead_id=7", "application/x-www-form-urlencoded"),  # PHP drops leading spaces
+    (b"[lead_id]=7", "application/x-www-form-urlencoded"),  # Rack 2, Express's qs
+    (b"lead%5Fid=7", "application/x-www-form-urlencoded"),
+    (b'{"lead_id": 7}', "application/json"),  # Rails, Laravel
+    (b'{"lead\\u005fid": 7}', "application/json"),
+    (MULTIPART_LEAD, "multipart/form-data; boundary=b"),
+]
+
+
+@pytest.mark.parametrize("query", ["?lead_id=3", ""])
+@pytest.mark.parametrize(("body", "kind"), SUBJECT_IN_BODY)
+async def test_a_query_subject_named_in_the_body_is_refused_and_never_completed_upstream(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys, query: str, body: bytes, kind: str
+) -> None:
+    """Rails, Laravel and PHP's `$_REQUEST` read a body's parameters over the query's: the
+    upstream would act on lead 7 while lead 3 (or none) was authorised, recorded and checked
+    for a block (6.1.1, 6.5)."""
+    gw = await make_gateway(lax.url, routes=LEADS_UPDATED)
+    resp = await gw.client.post(
+        "/site/leads" + query,
+        headers={**bearer(keys, "s", "support_agent"), "Content-Type": kind},
+        data=body,
+    )
+    await cut_and_recorded(gw, lax, resp.status, "subject_in_body")
+
+
+async def test_a_body_that_only_mentions_the_subjects_words_is_forwarded(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    gw = await make_gateway(lax.url, routes=LEADS_UPDATED)
+    body = b"note=call+the+lead+id+7+back&leadid=1&lead_ids=2&x_lead_id=3"
+    resp = await gw.client.post(
+        "/site/leads?lead_id=3", headers=bearer(keys, "s", "support_agent"), data=body
+    )
+    assert resp.status == 200
+    assert lax.seen[-1]["query"]["lead_id"] == "3"
+    assert spool_events(gw.spool_dir)[-1]["subject_ids"] == ["3"]
+
+
+@pytest.fixture
+def php(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """PHP's built-in server (Debian's php-cli) answering every path with a script that acts on
+    `$_REQUEST['lead_id']` — PHP's own reading: the body's over the query's — and logs it."""
+    docroot, acted = tmp_path / "php", tmp_path / "acted.log"
+    docroot.mkdir()
+    (docroot / "index.php").write_text(
+        "<?php\n"
+        f"file_put_contents('{acted}', ($_REQUEST['lead_id'] ?? '-') . \"\\n\", FILE_APPEND);\n"
+        "header('Content-Type: application/json');\n"
+        "echo json_encode(['acted_on' => $_REQUEST['lead_id'] ?? null]);\n"
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = ["php", "-n", "-S", f"127.0.0.1:{port}", "-t", str(docroot)]
+    with running(cmd, ready_url=url + "/ready", log=tmp_path / "php.log"):
+        acted.write_text("")  # the readiness probe's
+        yield url, acted
+
+
+async def test_php_acts_on_the_bodys_subject_and_the_gateway_never_lets_it(
+    make_gateway: GatewayFactory, php: tuple[str, Path], keys: Keys
+) -> None:
+    """The threat as PHP itself reads a request (nobody here wrote it), then the gateway."""
+    url, acted = php
+    async with aiohttp.ClientSession() as s:
+        for body in (b"lead_id=7", b"lead.id=7", MULTIPART_LEAD):
+            kind = (
+                "multipart/form-data; boundary=b"
+                if body is MULTIPART_LEAD
+                else "application/x-www-form-urlencoded"
+            )
+            async with s.post(
+                url + "/site/leads?lead_id=3", data=body, headers={"Content-Type": kind}
+            ) as r:
+                assert (await r.json())["acted_on"] == "7"  # not the query's 3
+    assert acted.read_text().split() == ["7", "7", "7"]
+    acted.write_text("")
+    gw = await make_gateway(url, routes=LEADS_UPDATED)
+    agent = bearer(keys, "s", "support_agent")
+    for body, kind in SUBJECT_IN_BODY:
+        resp = await gw.client.post(
+            "/site/leads?lead_id=3", headers={**agent, "Content-Type": kind}, data=body
+        )
+        assert resp.status == 400, body
+    resp = await gw.client.post("/site/leads?lead_id=3", headers=agent, data=b"note=called")
+    assert resp.status == 200 and (await resp.json())["acted_on"] == "3"
+    await asyncio.sleep(0.2)
+    assert acted.read_text().split() == ["3"]  # PHP acted once: on the lead authorised
 
 
 LEADS = Route(
