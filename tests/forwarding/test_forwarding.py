@@ -636,6 +636,7 @@ async def test_the_query_subject_is_recorded_as_the_upstream_reads_it(
 
 # --- 6b. the query subject named again in the body (decision 036) ------------------------------
 
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 # Leads as support agents update them: POST /site/leads?lead_id=N.
 LEADS_UPDATED = routes_with(**{"site-leads": {"actions": {"GET": "read", "POST": "update"}}})
 MULTIPART_LEAD = b'--b\r\nContent-Disposition: form-data; name="lead_id"\r\n\r\n7\r\n--b--\r\n'
@@ -649,6 +650,26 @@ SUBJECT_IN_BODY = [
     (b'{"lead_id": 7}', "application/json"),  # Rails, Laravel
     (b'{"lead\\u005fid": 7}', "application/json"),
     (MULTIPART_LEAD, "multipart/form-data; boundary=b"),
+    # PHP joins a folded header line to the one before, its space then read as `_`
+    (
+        b'--b\r\nContent-Disposition: form-data; name="lead\r\n id"\r\n\r\n7\r\n--b--\r\n',
+        "multipart/form-data; boundary=b",
+    ),
+    (b"a=1&lead_id", "application/x-www-form-urlencoded"),  # at the body's end: PHP's ''
+    (b'{"lead\\_id": 7}', "application/json"),  # Ruby's json reads `\_` as `_`
+]
+# Bodies whose names are not read here, on a route with a query subject: refused before anything
+# is sent (the type) or as soon as seen (the body).
+UNREADABLE = [
+    (b"<lead_id>7</lead_id>", "application/xml"),  # Rails' XML params
+    (b"lead_id=7", "application/x-www-form-urlencoded; charset=utf-16"),
+    ("lead_id=7".encode("utf-16-le"), "application/json"),  # Flask's get_json() detects it
+    (
+        b'--b\r\nContent-Disposition: form-data; name*0="lead"; name*1="_id"\r\n\r\n7\r\n--b--',
+        "multipart/form-data; boundary=b",
+    ),  # RFC 2231 (Werkzeug, Django)
+    (b"--b\r\nContent-ID:lead_id\r\n\r\n7\r\n--b--", "multipart/form-data; boundary=b"),
+    (b"lead_id=7", "application/octet-stream"),
 ]
 
 
@@ -657,9 +678,9 @@ SUBJECT_IN_BODY = [
 async def test_a_query_subject_named_in_the_body_is_refused_and_never_completed_upstream(
     make_gateway: GatewayFactory, lax: Lax, keys: Keys, query: str, body: bytes, kind: str
 ) -> None:
-    """Rails, Laravel and PHP's `$_REQUEST` read a body's parameters over the query's: the
-    upstream would act on lead 7 while lead 3 (or none) was authorised, recorded and checked
-    for a block (6.1.1, 6.5)."""
+    """Laravel and PHP's `$_REQUEST` read a body's parameters over the query's, Rails, Django and
+    Flask a body-only one: the upstream would act on lead 7 while lead 3 (or none) was
+    authorised, recorded and checked for a block (6.1.1, 6.5)."""
     gw = await make_gateway(lax.url, routes=LEADS_UPDATED)
     resp = await gw.client.post(
         "/site/leads" + query,
@@ -669,13 +690,44 @@ async def test_a_query_subject_named_in_the_body_is_refused_and_never_completed_
     await cut_and_recorded(gw, lax, resp.status, "subject_in_body")
 
 
+@pytest.mark.parametrize(("body", "kind"), UNREADABLE)
+async def test_a_body_whose_names_are_not_read_here_is_refused_on_a_query_subject_route(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys, body: bytes, kind: str
+) -> None:
+    gw = await make_gateway(lax.url, routes=LEADS_UPDATED)
+    resp = await gw.client.post(
+        "/site/leads?lead_id=3",
+        headers={**bearer(keys, "s", "support_agent"), "Content-Type": kind},
+        data=body,
+    )
+    await cut_and_recorded(gw, lax, resp.status, "subject_unreadable_body")
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"a=1&" + b"+" * 200, b"lead_id=7"],
+        [b"a=1&" + b"[" * 150, b"]" * 150, b"lead_id=7"],  # Rack 2 drops a name's brackets
+        [b"a=1&lead%5", b"Fid=7"],  # an escape split between chunks
+        [b"a=1&" + b"+" * 100, b"%2", b"0" * 1, b"lead_id=7"],
+    ],
+)
+def test_a_name_split_by_a_long_run_across_chunks_is_found(chunks: list[bytes]) -> None:
+    """PHP drops a name's leading spaces however many (Rack 2 its brackets): `a=1&`, a long run
+    of `+`, then, in a later chunk, `lead_id=7`, is lead 7 to it. The run once pushed the name's
+    start out of the bytes kept between chunks; an escape split between chunks is held whole."""
+    names = BodyNames({"_method": "method_override_in_body", "lead_id": "subject_in_body"})
+    assert [names.feed(c) for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert names.feed(chunks[-1]) == "subject_in_body"
+
+
 async def test_a_body_that_only_mentions_the_subjects_words_is_forwarded(
     make_gateway: GatewayFactory, lax: Lax, keys: Keys
 ) -> None:
     gw = await make_gateway(lax.url, routes=LEADS_UPDATED)
     body = b"note=call+the+lead+id+7+back&leadid=1&lead_ids=2&x_lead_id=3"
     resp = await gw.client.post(
-        "/site/leads?lead_id=3", headers=bearer(keys, "s", "support_agent"), data=body
+        "/site/leads?lead_id=3", headers={**bearer(keys, "s", "support_agent"), **FORM}, data=body
     )
     assert resp.status == 200
     assert lax.seen[-1]["query"]["lead_id"] == "3"
@@ -727,7 +779,9 @@ async def test_php_acts_on_the_bodys_subject_and_the_gateway_never_lets_it(
             "/site/leads?lead_id=3", headers={**agent, "Content-Type": kind}, data=body
         )
         assert resp.status == 400, body
-    resp = await gw.client.post("/site/leads?lead_id=3", headers=agent, data=b"note=called")
+    resp = await gw.client.post(
+        "/site/leads?lead_id=3", headers={**agent, **FORM}, data=b"note=called"
+    )
     assert resp.status == 200 and (await resp.json())["acted_on"] == "3"
     await asyncio.sleep(0.2)
     assert acted.read_text().split() == ["3"]  # PHP acted once: on the lead authorised
