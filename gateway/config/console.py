@@ -107,10 +107,9 @@ def _own_origin(c: Section, oidc: OidcConfig, origin: str, listen: Listen, proxy
                 "from oidc.redirect_uri): the session cookie is set for that host only",
             )
             return ""
-        origin = origin_with_port(origin, port or _DEFAULT_PORTS[parts.scheme])
+        origin = origin_with_port(origin)
     mine = origin or origin_with_port(oidc.origin, listen.port)
-    theirs = origin_with_port(oidc.origin, login.port or _DEFAULT_PORTS.get(login.scheme, 0))
-    if (origin or listen.port != 0) and mine == theirs:
+    if (origin or listen.port != 0) and mine == origin_with_port(oidc.origin):
         c.problems.add(
             c.key("origin") if origin else c.key("listen.port"),
             f"gives the console the proxied apps' origin ({oidc.origin}); it needs an origin of "
@@ -124,9 +123,6 @@ def _own_origin(c: Section, oidc: OidcConfig, origin: str, listen: Listen, proxy
             "refuses other origins' requests by only to https origins and loopback (decision 035)",
         )
     return origin
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _loopback(host: str) -> bool:

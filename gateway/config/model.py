@@ -427,13 +427,18 @@ class Config:
         return json.dumps(plain(self), indent=2, sort_keys=False)
 
 
-def origin_with_port(origin: str, port: int) -> str:
-    """``origin`` (scheme://host[:port]) with ``port`` instead; the scheme's default is left out."""
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_with_port(origin: str, port: int | None = None) -> str:
+    """``origin`` (scheme://host[:port]) with ``port`` instead (None: its own), in one spelling:
+    the host in lower case, the scheme's default port left out."""
     parts = urlsplit(origin)
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    default = {"http": 80, "https": 443}.get(parts.scheme)
+    default = DEFAULT_PORTS.get(parts.scheme)
+    port = port if port is not None else parts.port or default
     return f"{parts.scheme}://{host}" + ("" if port == default else f":{port}")
 
 

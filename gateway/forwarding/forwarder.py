@@ -212,8 +212,8 @@ class Forwarder:
         if (request.content_length or 0) > self._max_body:
             raise BodyTooLarge()  # declared too large: nothing is sent upstream
 
-        subject_query = route.subject is not None and route.subject.query is not None
-        if subject_query and request.body_exists and not _readable(request.headers):
+        subject = route.subject.query if route.subject is not None else None
+        if subject is not None and request.body_exists and not _readable(request):
             raise BodyName("subject_unreadable_body")  # decision 036: nothing is sent upstream
 
         def refuse(reason: str) -> BodyName:
@@ -223,7 +223,7 @@ class Forwarder:
         async def body() -> AsyncIterator[bytes]:
             chunks = request.content.iter_any().__aiter__()
             names = BodyNames(
-                _body_names(route), strict="subject_unreadable_body" if subject_query else None
+                _body_names(subject), strict="subject_unreadable_body" if subject else None
             )
             held: bytes | None = None  # a chunk ending in a whole name: what follows decides
             while True:
@@ -435,28 +435,25 @@ class Forwarder:
 # What a route with a query subject takes as a body: what the scanner reads names in (decision
 # 036). An XML, a YAML or an encoded-charset body could carry the subject unseen.
 _READABLE_TYPES = frozenset(
-    {"", "application/x-www-form-urlencoded", "multipart/form-data", "application/json"}
+    {"application/x-www-form-urlencoded", "multipart/form-data", "application/json"}
 )
 
 
-def _readable(headers: Mapping[str, str]) -> bool:
-    kind, _, params = headers.get("Content-Type", "").partition(";")
-    kind = kind.strip().lower()
-    if kind not in _READABLE_TYPES and not kind.endswith("+json"):
+def _readable(request: web.Request) -> bool:
+    if "Content-Encoding" in request.headers:
         return False
-    if "Content-Encoding" in headers:
+    kind = request.content_type  # aiohttp's reading of Content-Type, in lower case
+    if request.headers.get("Content-Type") and not (
+        kind in _READABLE_TYPES or kind.endswith("+json")
+    ):
         return False
-    for param in params.split(";"):
-        key, _, value = param.partition("=")
-        charset = value.strip().strip('"').lower()
-        if key.strip().lower() == "charset" and charset not in ("utf-8", "us-ascii", "ascii"):
-            return False
-    return True
+    return (request.charset or "utf-8").lower() in ("utf-8", "us-ascii", "ascii")
 
 
-def _body_names(route: Route) -> dict[str, str]:
-    """The parameter names a body may not carry on ``route``, and the refusal's reason."""
+def _body_names(subject: str | None) -> dict[str, str]:
+    """The parameter names a body may not carry, and the refusal's reason; ``subject``: the
+    route's query subject parameter."""
     names = {OVERRIDE_PARAM: "method_override_in_body"}
-    if route.subject is not None and route.subject.query is not None:
-        names[route.subject.query] = "subject_in_body"  # 6.1.1, 6.5: one reading (decision 036)
+    if subject is not None:
+        names[subject] = "subject_in_body"  # 6.1.1, 6.5: one reading (decision 036)
     return names

@@ -634,7 +634,7 @@ async def test_the_query_subject_is_recorded_as_the_upstream_reads_it(
     assert spool_events(gw.spool_dir)[-1]["subject_ids"] == ["7"]
 
 
-# --- 6b. the query subject named again in the body (decision 036) ------------------------------
+# --- 6a. the query subject named again in the body (decision 036) ------------------------------
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 # Leads as support agents update them: POST /site/leads?lead_id=N.

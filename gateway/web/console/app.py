@@ -27,12 +27,10 @@ from gateway.web.console import anomaly, evidence, health, people, requests, sea
 from gateway.web.console.identity import MAX_FORM_BYTES
 from gateway.web.console.kit import (
     CALLER,
-    HOME,
-    REFUSE,
     UI_OF,
     ConsoleDeps,
+    answer_another_origin,
     caller_of,
-    from_another_origin,
     ui_of,
 )
 from gateway.web.login import LoginRequired
@@ -75,13 +73,7 @@ def _middleware(deps: ConsoleDeps) -> Callable[..., Awaitable[web.StreamResponse
             request[CALLER] = caller = await deps.callers.caller(request)
             ask = deps.ask(_page_name(request), "read")
             page = request.path.removeprefix(deps.cfg.path)
-            elsewhere = from_another_origin(page, request.method, request.headers)
-            if elsewhere == REFUSE:
-                await deps.trail.refused(
-                    request, caller, ask, 403, "csrf_cross_site", "cross-site request refused"
-                )
-            if elsewhere == HOME:
-                raise web.HTTPSeeOther(deps.cfg.path)
+            await answer_another_origin(deps.trail, request, caller, ask, page, deps.cfg.path)
             if request.method not in SAFE_METHODS:
                 reason = deps.callers.cross_site(request)
                 if reason is not None:  # the rule of proxied apps (decision 014)

@@ -21,7 +21,7 @@ from gateway.web.admin import AdminRefused
 from gateway.web.boundary import REQUEST_ID
 from gateway.web.console.access import ConsoleTrail
 from gateway.web.console.identity import CALLER_HEADER, MAX_FORM_BYTES, SessionCallers, seal
-from gateway.web.console.kit import HOME, REFUSE, from_another_origin
+from gateway.web.console.kit import answer_another_origin
 from gateway.web.console.render import LANG_COOKIE
 from gateway.web.trail import Ask
 
@@ -66,15 +66,8 @@ class ConsoleFront:
         if not tail.startswith("static/"):  # the static files hold nothing of the trail
             caller = await self._callers.caller(request)
             ask = Ask("console", "read", f"console:{tail.split('/')[0] or 'home'}", 0)
-            elsewhere = from_another_origin(tail, request.method, request.headers)
-            if elsewhere == REFUSE:
-                await self._trail.refused(
-                    request, caller, ask, 403, "csrf_cross_site", "cross-site request refused"
-                )
-            if elsewhere == HOME:
-                raise web.HTTPSeeOther(
-                    request.path.removesuffix(tail), headers={"X-Request-Id": request[REQUEST_ID]}
-                )
+            home = request.path.removesuffix(tail)
+            await answer_another_origin(self._trail, request, caller, ask, tail, home)
             if request.method not in SAFE_METHODS:
                 reason = self._callers.cross_site(request)
                 if reason is not None:

@@ -79,6 +79,20 @@ def from_another_origin(page: str, method: str, headers: Mapping[str, str]) -> s
     return HOME
 
 
+async def answer_another_origin(
+    trail: ConsoleTrail, request: web.Request, caller: Caller, ask: Ask, page: str, home: str
+) -> None:
+    """``from_another_origin`` carried out, in the process and in a worker's front alike:
+    refused and recorded (403), or sent to ``home`` (the console's base); else nothing."""
+    elsewhere = from_another_origin(page, request.method, request.headers)
+    if elsewhere == REFUSE:
+        await trail.refused(
+            request, caller, ask, 403, "csrf_cross_site", "cross-site request refused"
+        )
+    if elsewhere == HOME:
+        raise web.HTTPSeeOther(home, headers={"X-Request-Id": request[REQUEST_ID]})
+
+
 @dataclass(frozen=True)
 class InstanceHealth:
     """One gateway process as the trail-health page shows it."""
