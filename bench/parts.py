@@ -152,7 +152,7 @@ def _stub_audit() -> None:
     from gateway.audit.recorder import Pending, Recorder
 
     class Done(Pending):
-        async def finish(self, **values: Any) -> Any:  # type: ignore[override]
+        async def finish(self, *args: Any, **values: Any) -> Any:  # type: ignore[override]
             return None
 
     async def begin(self: Any, event: Any) -> Pending:

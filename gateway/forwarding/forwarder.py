@@ -151,6 +151,12 @@ class _ReadingBody:
             raise UpstreamError(502, "upstream_aborted") from e
 
 
+def _refused(exchange: Exchange, reason: str) -> BodyName:
+    """A name in the body the upstream must not read (decisions 011, 036): the client's fault."""
+    exchange.client_failure = BodyName(reason)
+    return exchange.client_failure
+
+
 class Forwarder:
     def __init__(
         self,
@@ -216,49 +222,7 @@ class Forwarder:
         if subject is not None and request.body_exists and not _readable(request):
             raise BodyName("subject_unreadable_body")  # decision 036: nothing is sent upstream
 
-        def refuse(reason: str) -> BodyName:
-            exchange.client_failure = BodyName(reason)
-            return exchange.client_failure
-
-        async def body() -> AsyncIterator[bytes]:
-            chunks = request.content.iter_any().__aiter__()
-            names = BodyNames(
-                _body_names(subject), strict="subject_unreadable_body" if subject else None
-            )
-            held: bytes | None = None  # a chunk ending in a whole name: what follows decides
-            while True:
-                try:
-                    async with asyncio.timeout(self._body_timeout):  # slow-body clients
-                        chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    if held is not None:
-                        found = names.finish()
-                        if found is not None:  # the body ends with the name: never sent
-                            raise refuse(found) from None
-                        yield held
-                    return
-                except TimeoutError:
-                    exchange.client_failure = ClientTooSlow()
-                    raise exchange.client_failure from None
-                except Exception as e:  # the client hung up or broke the framing mid-body
-                    exchange.client_failure = ClientAborted()
-                    raise exchange.client_failure from e
-                exchange.bytes_in += len(chunk)
-                if exchange.bytes_in > self._max_body:  # chunked past the limit: cut it
-                    exchange.client_failure = BodyTooLarge()
-                    raise exchange.client_failure
-                found = names.feed(chunk)
-                if found is not None:  # the chunk that completes the name is never sent
-                    raise refuse(found)
-                if held is not None:
-                    yield held
-                    held = None
-                if names.ends_in_name():
-                    held = chunk
-                else:
-                    yield chunk
-
-        data = body() if request.body_exists else None
+        data = self._body(request, exchange, subject) if request.body_exists else None
         if (
             data is not None
             and request.version == aiohttp.HttpVersion11  # HTTP/1.0 has no interim responses
@@ -292,6 +256,48 @@ class Forwarder:
             return await self._relay(request, upstream, head, exchange, before_last_chunk, t0)
         finally:
             upstream.release()
+
+    async def _body(
+        self, request: web.Request, exchange: Exchange, subject: str | None
+    ) -> AsyncIterator[bytes]:
+        """The request body as it goes upstream, chunk by chunk: timed (slow clients), bounded,
+        and cut before a chunk that completes a refused name (decisions 011, 036)."""
+        chunks = request.content.iter_any().__aiter__()
+        names = BodyNames(
+            _body_names(subject), strict="subject_unreadable_body" if subject else None
+        )
+        held: bytes | None = None  # a chunk ending in a whole name: what follows decides
+        while True:
+            try:
+                async with asyncio.timeout(self._body_timeout):  # slow-body clients
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                if held is not None:
+                    found = names.finish()
+                    if found is not None:  # the body ends with the name: never sent
+                        raise _refused(exchange, found) from None
+                    yield held
+                return
+            except TimeoutError:
+                exchange.client_failure = ClientTooSlow()
+                raise exchange.client_failure from None
+            except Exception as e:  # the client hung up or broke the framing mid-body
+                exchange.client_failure = ClientAborted()
+                raise exchange.client_failure from e
+            exchange.bytes_in += len(chunk)
+            if exchange.bytes_in > self._max_body:  # chunked past the limit: cut it
+                exchange.client_failure = BodyTooLarge()
+                raise exchange.client_failure
+            found = names.feed(chunk)
+            if found is not None:  # the chunk that completes the name is never sent
+                raise _refused(exchange, found)
+            if held is not None:
+                yield held
+                held = None
+            if names.ends_in_name():
+                held = chunk
+            else:
+                yield chunk
 
     async def close(self) -> None:
         """Closes the forwarding session; the connection pool is the shared session's."""

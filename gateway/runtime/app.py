@@ -54,7 +54,7 @@ from gateway.runtime.heap import resettle_heap
 from gateway.web.admin import build_admin_app, latest_checkpoint_handler
 from gateway.web.audit_api import AuditAPI
 from gateway.web.blocks_api import BlocksAPI
-from gateway.web.boundary import error_middleware
+from gateway.web.boundary import Handler, error_boundary, error_middleware
 from gateway.web.browser import BrowserLogin
 from gateway.web.evidence_api import EvidenceAPI, EvidenceMaker
 from gateway.web.login import PAGE_ORIGIN, LoginRefused, add_pending_cookies
@@ -264,7 +264,11 @@ def _export_gauges(gw: Gateway) -> None:
 
 def _proxy_app(gw: Gateway, ship: bool) -> web.Application:
     cfg = gw.cfg
-    app = web.Application(middlewares=[error_middleware(metrics=gw.metrics)])
+    app = web.Application()  # no middleware: each route is inside the error boundary
+
+    def bounded(handler: Handler) -> Handler:
+        return error_boundary(handler, metrics=gw.metrics)
+
     app[GATEWAY] = gw
     if ship:
         app.cleanup_ctx.append(_shipper_ctx)
@@ -278,14 +282,24 @@ def _proxy_app(gw: Gateway, ship: bool) -> web.Application:
     app.cleanup_ctx.append(_blocks_ctx)
     app.cleanup_ctx.append(_serving_ctx)
     if cfg.console is not None:  # never served here: same-origin with every proxied page (035)
-        app.router.add_route("*", cfg.console.path + "{tail:.*}", _to_console)
+        app.router.add_route("*", cfg.console.path + "{tail:.*}", bounded(_to_console))
     if cfg.oidc is not None:
-        app.router.add_route("*", r"/_pdgw/{tail:[\s\S]*}", _browser_pages)
+        app.router.add_route("*", r"/_pdgw/{tail:[\s\S]*}", bounded(_browser_pages))
         app.on_response_prepare.append(add_pending_cookies)
-    # Every path reaches the pipeline, a decoded newline (`%0a`) too (`.` would not match it,
-    # and the router's own 404 would go unrecorded): the pipeline refuses it and records that.
-    app.router.add_route("*", r"/{tail:[\s\S]*}", _handle, expect_handler=expect_handler)
+    every = _EveryTarget(r"/{tail}")
+    app.router.register_resource(every)
+    every.add_route("*", bounded(_handle), expect_handler=expect_handler)
     return app
+
+
+class _EveryTarget(web.DynamicResource):
+    """The proxy app's last route: every request target reaches the pipeline, which refuses what
+    it cannot route and records that — a path with a decoded newline (`%0a`), and `*` (OPTIONS)
+    or an authority (CONNECT), which no path pattern matches. aiohttp's router would answer
+    those itself, unrecorded and, the proxy app having no middleware, with no request id."""
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        return {}
 
 
 def _admin_app(gw: Gateway) -> web.Application:

@@ -1,6 +1,6 @@
-"""The one error boundary of both listeners: the outermost middleware of the proxy app and of the
-admin app. It assigns the request id and turns every exception into a JSON response
-``{"error", "message", "request_id"}`` with ``X-Request-Id``, in one place.
+"""The one error boundary of every listener: around each route of the proxy app, the outermost
+middleware of the admin and console apps. It assigns the request id and turns every exception
+into a JSON response ``{"error", "message", "request_id"}`` with ``X-Request-Id``, in one place.
 
 SECURITY: a client sees only a ``GatewayError``'s code and public message (and its public
 details), or a generic text for the status; never a library's or an exception's own message (it
@@ -10,6 +10,7 @@ traceback, no request data) and answered 500.
 
 from __future__ import annotations
 
+import functools
 import html
 import http
 import logging
@@ -148,53 +149,65 @@ def error_middleware(
 
     @web.middleware
     async def impl(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request_id = new_id()
-        request[REQUEST_ID] = request_id
-        token = request_id_var.set(request_id)
-        try:
-            resp = await handler(request)
-        except GatewayError as e:
-            resp = _render(
-                request,
-                e.status,
-                e.code,
-                e.public_message,
-                request_id,
-                realm=realm,
-                details=e.public_details,
-                link=e.public_link,
-            )
-            if e.close_connection:
-                resp.force_close()
-            return resp
-        except web.HTTPException as e:
-            if e.status < 400:
-                raise
-            # The router's own 404/405/413: its text page would carry no request id.
-            resp = _render(
-                request,
-                e.status,
-                _HTTP_CODES.get(e.status, "http_error"),
-                _phrase(e.status),
-                request_id,
-                realm=realm,
-            )
-            if "Allow" in e.headers:
-                resp.headers["Allow"] = e.headers["Allow"]
-            return resp
-        except Exception:
-            log.exception("unhandled error in request path")
-            metrics.denials.labels(route_label, "internal_error").inc()
-            return _render(
-                request, 500, "internal_error", "internal error", request_id, realm=realm
-            )
-        finally:
-            request_id_var.reset(token)
-        if not resp.prepared:
-            resp.headers.setdefault("X-Request-Id", request_id)
-        return resp
+        return await _bounded(handler, metrics, realm, route_label, request)
 
     return impl
+
+
+def error_boundary(handler: Handler, *, metrics: Metrics) -> Handler:
+    """``handler`` inside the boundary, for an app whose every route is wrapped so and which
+    therefore has no middleware: the proxy app, whose routes all take every method and path, so
+    its router never answers on its own. A middleware would cost each proxied request two
+    more coroutine layers (aiohttp adds one of its own beside any middleware)."""
+    return functools.partial(_bounded, handler, metrics, "pd-gateway", "-")
+
+
+async def _bounded(
+    handler: Handler, metrics: Metrics, realm: str, route_label: str, request: web.Request
+) -> web.StreamResponse:
+    request_id = new_id()
+    request[REQUEST_ID] = request_id
+    token = request_id_var.set(request_id)
+    try:
+        resp = await handler(request)
+    except GatewayError as e:
+        resp = _render(
+            request,
+            e.status,
+            e.code,
+            e.public_message,
+            request_id,
+            realm=realm,
+            details=e.public_details,
+            link=e.public_link,
+        )
+        if e.close_connection:
+            resp.force_close()
+        return resp
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        # The router's own 404/405/413: its text page would carry no request id.
+        resp = _render(
+            request,
+            e.status,
+            _HTTP_CODES.get(e.status, "http_error"),
+            _phrase(e.status),
+            request_id,
+            realm=realm,
+        )
+        if "Allow" in e.headers:
+            resp.headers["Allow"] = e.headers["Allow"]
+        return resp
+    except Exception:
+        log.exception("unhandled error in request path")
+        metrics.denials.labels(route_label, "internal_error").inc()
+        return _render(request, 500, "internal_error", "internal error", request_id, realm=realm)
+    finally:
+        request_id_var.reset(token)
+    if not resp.prepared:
+        resp.headers.setdefault("X-Request-Id", request_id)
+    return resp
 
 
 def _phrase(status: int) -> str:

@@ -30,6 +30,7 @@ Every refusal with a valid token is an event of its own, on any route.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable
@@ -38,7 +39,7 @@ from typing import Any, NoReturn, TypeVar
 
 from aiohttp import web
 
-from gateway.audit.events import COMPLETE, AccessEvent, access
+from gateway.audit.events import COMPLETE, PENDING, AccessEvent, Outcome
 from gateway.audit.recorder import Pending, Recorder
 from gateway.audit.refusals import AnonymousRefusals
 from gateway.config.model import Config, Route
@@ -55,7 +56,7 @@ from gateway.forwarding.forwarder import (
 )
 from gateway.forwarding.headers import check_request_headers, client_address, public_origin
 from gateway.forwarding.method_override import effective_method
-from gateway.forwarding.response_subjects import ResponseCopy, extract
+from gateway.forwarding.response_subjects import Found, ResponseCopy, extract
 from gateway.forwarding.routing import RouteTable, canonical_path, subject_ids
 from gateway.forwarding.websocket import Closed, WebSocketRelay, upgrade_kind
 from gateway.governance.access_rights import AccessRights
@@ -163,14 +164,14 @@ class Pipeline:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path, _, raw_query = request.raw_path.partition("?")
-        ctx = _Context(
-            request_id=request[REQUEST_ID],
-            method=request.method,
-            path=raw_path,
-            query=raw_query,
-            client_ip=client_address(request, self._trusted),
-            ts_us=time.time_ns() // 1000,
-            t0=time.perf_counter(),
+        ctx = _Context(  # positional: keywords cost the request path (bench/instructions.py)
+            request[REQUEST_ID],  # request_id
+            request.method,  # method
+            raw_path,  # path
+            raw_query,  # query
+            client_address(request, self._trusted),  # client_ip
+            time.time_ns() // 1000,  # ts_us
+            time.perf_counter(),  # t0
         )
         refused: BadRequest | None = None
         try:
@@ -352,27 +353,8 @@ class Pipeline:
             exchange.copy = ResponseCopy(route.response_subjects)  # 6.1.1: whom a list returned
         self._metrics.overhead.labels(route.name).observe(time.perf_counter() - ctx.t0)
         injected = self._injected(ctx)
-        recorded = False
-
-        async def record_outcome(outcome: str) -> None:
-            nonlocal recorded
-            if recorded or pending is None:  # pending is None: a route without personal data
-                return
-            recorded = True
-            values = self._outcome(ctx, exchange, outcome)
-            # 6.5: a list response naming a blocked subject is refused: 423 when nothing of it
-            # was sent (a small response, read whole first), else it loses its last chunk and
-            # the connection is cut (headers and status are gone already). Recorded as such.
-            listed = exchange.copy.found if exchange.copy is not None else None
-            blocked = listed is not None and self._blocked_for(ctx, listed.subjects)
-            if blocked:
-                values["outcome"] = "subject_blocked"
-                if exchange.response is None:
-                    values["status"] = exchange.status = 423
-                self._metrics.child(self._metrics.denials, route.name, "subject_blocked").inc()
-            await self._recording(ctx, "outcome", pending.finish(**values))
-            if blocked:
-                raise _BlockedInResponse
+        # Not a closure: one is made for every request (bench/instructions.py).
+        record_outcome = functools.partial(self._record_outcome, ctx, exchange, pending)
 
         try:
             resp = await self._forwarder.forward(
@@ -381,7 +363,7 @@ class Pipeline:
                 request_id=ctx.request_id,
                 injected=injected,
                 exchange=exchange,
-                before_last_chunk=lambda: record_outcome(COMPLETE),
+                before_last_chunk=functools.partial(record_outcome, COMPLETE),
                 strip=self._strip,
             )
         except ClientAborted:  # hung up mid-body: the client's doing, not an upstream error
@@ -435,6 +417,28 @@ class Pipeline:
         self._count(route, "allow", exchange.status)
         return resp
 
+    async def _record_outcome(
+        self, ctx: _Context, exchange: Exchange, pending: Pending | None, outcome: str
+    ) -> None:
+        """A forwarded request's outcome, recorded once: the forwarder awaits it before the last
+        chunk goes out; the error paths of ``_forward`` give their reason."""
+        if pending is None or pending.finished:  # None: a route without personal data
+            return
+        found = None  # 6.1.1: whom a whole, successful list response named
+        if exchange.copy is not None and outcome == COMPLETE and 200 <= exchange.status < 300:
+            found = extract(exchange.copy)
+        # 6.5: a list response naming a blocked subject is refused: 423 when nothing of it was
+        # sent (a small response, read whole first), else it loses its last chunk and the
+        # connection is cut (headers and status are gone already). Recorded as such.
+        blocked = found is not None and self._blocked_for(ctx, found.subjects)
+        if blocked:
+            self._metrics.child(self._metrics.denials, ctx.route_name, "subject_blocked").inc()
+        await self._recording(
+            ctx, "outcome", self._finish(ctx, exchange, pending, outcome, found, blocked)
+        )
+        if blocked:
+            raise _BlockedInResponse
+
     @staticmethod
     def _injected(ctx: _Context) -> dict[str, str]:
         assert ctx.principal is not None
@@ -477,9 +481,7 @@ class Pipeline:
         exchange = Exchange(status=status, bytes_in=closed.bytes_in, bytes_out=closed.bytes_out)
         exchange.upstream_seconds = closed.seconds
         try:
-            await self._recording(
-                ctx, "outcome", pending.finish(**self._outcome(ctx, exchange, outcome))
-            )
+            await self._recording(ctx, "outcome", self._finish(ctx, exchange, pending, outcome))
         except SpoolUnavailable:
             # The socket is over: nothing is left to refuse. The access is on record; the
             # outcome's loss is logged and counted (audit_unavailable) by _recording.
@@ -539,46 +541,67 @@ class Pipeline:
         p = ctx.principal
         d = ctx.decision
         r = ctx.route
-        return access(
-            ts_us=ctx.ts_us,
-            request_id=ctx.request_id,
-            user=p.user if p else "",
-            roles=list(p.roles) if p else [],
-            client_ip=ctx.client_ip,
-            auth=ctx.auth if p else "",
-            session=ctx.session,
-            method=ctx.method,
+        # Positional, in AccessEvent's field order: its 20 keywords cost more than the rest of
+        # this method (bench/instructions.py); tests/forwarding/test_proxy.py checks every field.
+        return AccessEvent(
+            new_id(),  # event_id
+            ctx.ts_us,
+            ctx.request_id,
+            p.user if p else "",  # user
+            list(p.roles) if p else [],  # roles
+            ctx.client_ip,
+            ctx.auth if p else "",  # auth
+            ctx.session,
+            ctx.method,
             # 5.3: the subject's id, where it appears, as a keyed hash (decision 015).
-            path=self._hasher.path(r, ctx.path),
-            query=self._hasher.query(r, ctx.query),
-            route=ctx.route_name,
-            system=r.system if r else "",
-            category=r.category if r else "",
-            purpose=r.purpose if r else "",
-            action=ctx.action,
-            subject_ids=[self._hasher.stored(s) for s in ctx.subjects],
-            decision=decision,
-            reason=reason,
-            rule=d.rule if d else "",
-            policy_version=d.policy_version if d else self._policies.engine.version,
+            self._hasher.path(r, ctx.path),  # path
+            self._hasher.query(r, ctx.query),  # query
+            ctx.route_name,  # route
+            r.system if r else "",  # system
+            r.category if r else "",  # category
+            ctx.action,
+            [self._hasher.stored(s) for s in ctx.subjects],  # subject_ids
+            decision,
+            reason,
+            d.rule if d else "",  # rule
+            d.policy_version if d else self._policies.engine.version,  # policy_version
+            0,  # status
+            0,  # bytes_in
+            0,  # bytes_out
+            0,  # duration_us
+            0,  # upstream_us
+            PENDING,  # outcome
+            r.purpose if r else "",  # purpose
         )
 
-    def _outcome(self, ctx: _Context, exchange: Exchange, outcome: str) -> dict[str, Any]:
-        """The outcome record's values (``Pending.finish``)."""
+    def _finish(
+        self,
+        ctx: _Context,
+        exchange: Exchange,
+        pending: Pending,
+        outcome: str,
+        found: Found | None = None,
+        blocked: bool = False,
+    ) -> Awaitable[Outcome]:
+        """The outcome record's write (``Pending.finish``): ``found``, the subjects a list named;
+        ``blocked``, one of them is blocked (6.5): recorded so, 423 when nothing was sent."""
         listed: list[str] = []
         count = capped = 0
-        if exchange.copy is not None and outcome == COMPLETE and 200 <= exchange.status < 300:
-            found = extract(exchange.copy)
+        if found is not None:
             listed = [self._hasher.stored(s) for s in found.subjects]  # 5.3
             count, capped = found.count, int(found.capped)
-        return dict(
-            status=exchange.status,
-            bytes_in=exchange.bytes_in,
-            bytes_out=exchange.bytes_out,
-            duration_us=int((time.perf_counter() - ctx.t0) * 1e6),
-            upstream_us=int(exchange.upstream_seconds * 1e6),
-            outcome=outcome,
-            response_subjects=listed,
-            response_count=count,
-            response_capped=capped,
+        if blocked:
+            outcome = "subject_blocked"
+            if exchange.response is None:
+                exchange.status = 423
+        return pending.finish(
+            exchange.status,
+            int((time.perf_counter() - ctx.t0) * 1e6),  # duration_us
+            outcome,
+            exchange.bytes_in,
+            exchange.bytes_out,
+            int(exchange.upstream_seconds * 1e6),  # upstream_us
+            listed,  # response_subjects
+            count,
+            capped,
         )

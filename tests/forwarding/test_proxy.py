@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import socket
+import time
 
 import aiohttp
 import pytest
@@ -166,6 +169,87 @@ async def test_every_request_to_a_pd_route_is_exactly_one_access_decision_then_o
     assert all(e["outcome"] == "complete" for e in events)
 
 
+async def test_the_records_of_a_request_hold_every_field_as_it_happened(
+    gw: Gw, keys: Keys
+) -> None:
+    """The request path builds its access and outcome records positionally (keywords cost it):
+    every field of each is checked here by name, for an allowed and for a refused request."""
+    version = gw.client.app[GATEWAY].policies.engine.version
+    before = time.time_ns() // 1000
+    ok = await gw.client.get("/hr/employees/1001?page=2", headers=auth(keys))
+    no = await gw.client.get("/hr/medical/7", headers=auth(keys, "bob", ("accountant",)))
+    after = time.time_ns() // 1000
+    assert (ok.status, no.status) == (200, 403)
+    access, outcome, refusal = [
+        {k: v for k, v in r.items() if k not in ("hash", "seq", "instance", "v")}
+        for r in spool_records(gw.spool_dir)
+        if r["kind"] in ("access", "outcome")
+    ]
+    assert outcome.pop("event_id") == access["event_id"]
+    for record in (access, refusal):
+        assert re.fullmatch(r"[0-9a-f]{32}", record.pop("event_id"))
+        assert before <= record.pop("ts_us") <= after
+    assert outcome.pop("duration_us") >= outcome.pop("upstream_us") > 0
+    assert refusal.pop("duration_us") > 0
+    common = {
+        "kind": "access",
+        "client_ip": "127.0.0.1",
+        "auth": "bearer",
+        "session": "",
+        "method": "GET",
+        "system": "hr",
+        "purpose": "hr_records",
+        "action": "read",
+        "policy_version": version,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "upstream_us": 0,
+    }
+    assert access == {
+        **common,
+        "request_id": ok.headers["X-Request-Id"],
+        "route": "hr-employees",
+        "category": "employee",
+        "user": "alice",
+        "roles": ["hr_officer"],
+        "path": "/hr/employees/1001",
+        "query": "page=2",
+        "subject_ids": ["1001"],
+        "decision": "allow",
+        "reason": "rule",
+        "rule": "p, hr_officer, hr, employee, read",
+        "status": 0,
+        "duration_us": 0,
+        "outcome": "pending",
+    }
+    assert refusal == {
+        **common,
+        "request_id": no.headers["X-Request-Id"],
+        "route": "hr-medical",
+        "category": "employee_health",
+        "user": "bob",
+        "roles": ["accountant"],
+        "path": "/hr/medical/7",
+        "query": "",
+        "subject_ids": ["7"],
+        "decision": "deny",
+        "reason": "no_matching_rule",
+        "rule": "",
+        "status": 403,
+        "outcome": "complete",
+    }
+    assert outcome == {
+        "kind": "outcome",
+        "status": 200,
+        "bytes_in": 0,
+        "bytes_out": len(await ok.read()),
+        "outcome": "complete",
+        "response_subjects": [],
+        "response_count": 0,
+        "response_capped": 0,
+    }
+
+
 def _closed_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -316,6 +400,37 @@ async def test_unknown_path_is_404_with_request_id(gw: Gw, keys: Keys) -> None:
     resp = await gw.client.get("/payroll/secret", headers=auth(keys))
     assert resp.status == 404
     assert (await resp.json())["request_id"] == resp.headers["X-Request-Id"]
+
+
+async def test_a_request_target_that_is_no_path_is_refused_by_the_pipeline_and_recorded(
+    gw: Gw, upstream: Upstream, keys: Keys
+) -> None:
+    """`OPTIONS *` matches no path pattern: the proxy app's last route takes every target, so the
+    pipeline refuses it (400, a request id, recorded with the person) where aiohttp's router
+    would answer a text 404 of its own. `CONNECT host:port` has no path at all and never
+    reaches a route: the router's 404, and nothing reaches an upstream."""
+    url = gw.client.make_url("")
+
+    async def send(line: str) -> bytes:
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        token = keys.token("alice", ["hr_officer"])
+        writer.write(
+            f"{line}\r\nHost: {url.host}:{url.port}\r\nAuthorization: Bearer {token}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        data = await reader.read()
+        writer.close()
+        return data
+
+    head, _, body = (await send("OPTIONS * HTTP/1.1")).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    request_id = json.loads(body)["request_id"]
+    assert f"X-Request-Id: {request_id}".encode() in head
+    (event,) = spool_events(gw.spool_dir)
+    assert (event["request_id"], event["user"], event["path"]) == (request_id, "alice", "*")
+    assert (event["status"], event["reason"]) == (400, "path_not_absolute")
+    assert (await send("CONNECT hr.internal:443 HTTP/1.1")).startswith(b"HTTP/1.1 404 ")
+    assert upstream.seen == []
 
 
 async def test_method_without_an_action_is_405_and_audited(gw: Gw, keys: Keys) -> None:
