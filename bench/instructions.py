@@ -4,6 +4,8 @@ not depend on how busy the machine is (docs/benchmarks.md).
     python bench/instructions.py                # the bare proxy, the gateway, every part stubbed
     python bench/instructions.py --against DIR  # ... and another checkout's gateway beside it
     python bench/instructions.py --parts        # ... and each part of bench/parts.py switched off
+    python bench/instructions.py --floor        # ... and, every part stubbed, what remains taken
+                                                #     apart (bench/parts.py FLOOR)
 
 CPU time per request on these VMs moves by 10-20 % from one hour to the next, and by several per
 cent between two rounds of one run; a change worth 5 µs cannot be seen in it. The number of
@@ -41,7 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's gateway
 
-from parts import PARTS, _prepare, server_command  # bench/ is a script directory
+from parts import FLOOR, PARTS, _prepare, server_command  # bench/ is a script directory
 from run import ROOT, processes, wait_http
 
 WARM_UP = 300  # requests before counting: caches filled, the upstream connection pooled
@@ -92,9 +94,12 @@ def _count(pid: int, port: int, token: str, out: Path) -> list[float]:
     return per_request
 
 
-def measure(against: Path | None, parts: bool = False) -> dict[str, list[float]]:
+def measure(
+    against: Path | None, parts: bool = False, floor: bool = False
+) -> dict[str, list[float]]:
     """Each variant's instructions per request in each window. ``parts``: one variant per part
-    of bench/parts.py switched off, as its CPU table does."""
+    of bench/parts.py switched off, as its CPU table does; ``floor``: every part stubbed and one
+    piece of what remains (``FLOOR``) taken out, then all of them."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind is not installed (WITH_BENCH=1 ./scripts/system-deps.sh)")
     # name → the checkout it runs from, the parts switched off (None: the bare aiohttp proxy)
@@ -105,6 +110,9 @@ def measure(against: Path | None, parts: bool = False) -> dict[str, list[float]]
     if parts:
         variants.update({f"without {p}": (ROOT, [p]) for p in PARTS})
     variants["gateway, every part stubbed"] = (ROOT, list(PARTS))
+    if floor:
+        variants.update({f"stubbed, without {f}": (ROOT, [*PARTS, f]) for f in FLOOR})
+        variants["stubbed, without all of those"] = (ROOT, [*PARTS, *FLOOR])
     with tempfile.TemporaryDirectory(prefix="pdgw-instr-") as d, processes() as procs:
         tmp = Path(d)
         token, key, up_port = _prepare(tmp)
@@ -125,9 +133,9 @@ def measure(against: Path | None, parts: bool = False) -> dict[str, list[float]]
         return {name: _count(pid, port, token, out) for name, (pid, port, out) in started.items()}
 
 
-def report(against: Path | None = None, parts: bool = False) -> None:
+def report(against: Path | None = None, parts: bool = False, floor: bool = False) -> None:
     """Prints the table (`make bench` prints it with ``parts``)."""
-    counts = measure(against, parts)
+    counts = measure(against, parts, floor)
     print(
         f"\n## Instructions per request (callgrind, the event-loop thread; c=1, {REQUESTS} "
         f"requests per window after {WARM_UP} of warm-up, no store, durability batch)"
@@ -136,13 +144,14 @@ def report(against: Path | None = None, parts: bool = False) -> None:
     print(f"{'variant':<{w}} {'window 1':>10} {'window 2':>10} {'over bare':>10} {'saves':>8}")
     bare = min(counts["bare aiohttp proxy"])
     full = min(counts["gateway, every part"])
+    stubbed = min(counts["gateway, every part stubbed"])
     for name, windows in counts.items():
         over = "" if name == "bare aiohttp proxy" else f"{min(windows) - bare:>10,.0f}"
-        saves = (
-            f"{full - min(windows):>8,.0f}"
-            if name.startswith(("without", "gateway, every part stubbed"))
-            else ""
-        )
+        saves = ""
+        if name.startswith(("without", "gateway, every part stubbed")):
+            saves = f"{full - min(windows):>8,.0f}"
+        elif name.startswith("stubbed, without"):  # against the stubbed row
+            saves = f"{stubbed - min(windows):>8,.0f}"
         print(f"{name:<{w}} {windows[0]:>10,.0f} {windows[1]:>10,.0f} {over:>10} {saves}")
     print(
         f"the pipeline over its data path: {full - bare:,.0f} instructions per request, "
@@ -154,8 +163,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--against", type=Path, help="another checkout's gateway beside this one")
     p.add_argument("--parts", action="store_true", help="and each part switched off")
+    p.add_argument("--floor", action="store_true", help="and what no part switch removes")
     args = p.parse_args()
-    report(args.against, args.parts)
+    report(args.against, args.parts, args.floor)
 
 
 if __name__ == "__main__":

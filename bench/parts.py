@@ -180,6 +180,76 @@ PARTS: dict[str, Callable[[], None]] = {
 }
 
 
+# What no part switch removes, taken apart (`bench/instructions.py --floor`): each is what the
+# gateway does on its data path beyond a bare proxy, replaced by the bare proxy's doing or by
+# nothing. Applied on top of every part above stubbed; none is a configuration the product offers.
+def _floor_injected_headers() -> None:
+    from gateway.web.pipeline import Pipeline
+
+    Pipeline._injected = staticmethod(lambda ctx: {})  # type: ignore[method-assign]
+
+
+def _floor_request_headers() -> None:
+    from gateway.forwarding.forwarder import Forwarder
+
+    def bare(self: Any, request: Any, *_: Any) -> dict[str, str]:  # as bench/servers.py
+        return {k: v for k, v in request.headers.items() if k.lower() not in ("host", "connection")}
+
+    Forwarder.request_headers = bare  # type: ignore[assignment,method-assign]
+
+
+def _floor_response_headers() -> None:
+    from multidict import CIMultiDict
+
+    from gateway.forwarding.forwarder import Forwarder
+
+    def bare(self: Any, request: Any, route: Any, upstream: Any, request_id: str) -> Any:
+        return CIMultiDict({"Content-Type": upstream.content_type})  # as bench/servers.py
+
+    Forwarder.response_head = bare  # type: ignore[method-assign]
+
+
+def _floor_records() -> None:
+    """The access record built once and reused, the outcome's values not worked out."""
+    from gateway.web.pipeline import Pipeline
+
+    made: list[Any] = []
+    build = Pipeline._event
+
+    def event(self: Any, ctx: Any, decision: str, reason: str) -> Any:
+        if not made:
+            made.append(build(self, ctx, decision, reason))
+        return made[0]
+
+    Pipeline._event = event  # type: ignore[method-assign]
+    Pipeline._finish = lambda self, ctx, exchange, pending, *a: pending.finish(200, 0)  # type: ignore[method-assign]
+
+
+def _floor_subjects() -> None:
+    from gateway.web import pipeline
+
+    pipeline.subject_ids = lambda route, path, query: []  # type: ignore[assignment]
+
+
+def _floor_front() -> None:
+    """The request's first checks: its canonical path, upgrade, client address."""
+    from gateway.web import pipeline
+
+    pipeline.canonical_path = lambda raw: raw.partition("?")[0]  # type: ignore[assignment]
+    pipeline.upgrade_kind = lambda headers: None  # type: ignore[assignment]
+    pipeline.client_address = lambda request, trusted: "127.0.0.1"  # type: ignore[assignment]
+
+
+FLOOR: dict[str, Callable[[], None]] = {
+    "injected-headers": _floor_injected_headers,
+    "request-headers": _floor_request_headers,
+    "response-headers": _floor_response_headers,
+    "records": _floor_records,
+    "subjects": _floor_subjects,
+    "front": _floor_front,
+}
+
+
 def serve(
     config: Path, without: list[str], calls_out: Path | None, allocs_out: Path | None = None
 ) -> None:
@@ -192,7 +262,7 @@ def serve(
     from gateway.web import listeners
 
     for part in without:
-        PARTS[part]()
+        (PARTS | FLOOR)[part]()
 
     async def main() -> None:
         cfg = load_config(config)

@@ -12,6 +12,7 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.runtime.app import GATEWAY
 from tests.conftest import (
@@ -169,9 +170,7 @@ async def test_every_request_to_a_pd_route_is_exactly_one_access_decision_then_o
     assert all(e["outcome"] == "complete" for e in events)
 
 
-async def test_the_records_of_a_request_hold_every_field_as_it_happened(
-    gw: Gw, keys: Keys
-) -> None:
+async def test_the_records_of_a_request_hold_every_field_as_it_happened(gw: Gw, keys: Keys) -> None:
     """The request path builds its access and outcome records positionally (keywords cost it):
     every field of each is checked here by name, for an allowed and for a refused request."""
     version = gw.client.app[GATEWAY].policies.engine.version
@@ -394,6 +393,38 @@ async def test_response_hop_by_hop_headers_are_dropped_and_body_streams_back(
     assert "X-Up-Secret" not in resp.headers and resp.headers["X-Up-Kept"] == "1"
     (event,) = spool_events(gw.spool_dir)
     assert event["bytes_out"] == sum(map(len, chunks))
+
+
+async def test_a_connection_listed_response_header_is_dropped_whatever_its_case_or_separator(
+    make_gateway: GatewayFactory, keys: Keys, upstream_serving: HandlerUpstream
+) -> None:
+    """RFC 9110 §7.6.1: a name the upstream's `Connection` lists is this hop's only. Matched
+    without case (the usual response: set operations on the names), and — once some name is
+    spelt with `_` or `.` — as CGI-style servers read names (decision 011)."""
+
+    async def answer(request: web.Request) -> web.Response:
+        headers = CIMultiDict(
+            [
+                ("Connection", "X-Up-Secret, keep-alive"),
+                ("x-UP-secret", "1"),
+                ("Keep-Alive", "timeout=5"),
+                ("X-Up-Kept", "1"),
+                ("X-Request-Id", "the upstream's"),
+                ("Location", "/hr/employees/1002"),
+            ]
+        )
+        if request.query.get("odd"):
+            headers.add("X_Up_Secret", "2")
+        return web.Response(body=b"ok", headers=headers)
+
+    gw = await make_gateway(await upstream_serving(answer))
+    for path in ("/hr/employees/1001", "/hr/employees/1001?odd=1"):
+        resp = await gw.client.get(path, headers=auth(keys))
+        assert resp.status == 200 and await resp.read() == b"ok"
+        names = [name.decode().lower().replace("_", "-") for name, _ in resp.raw_headers]
+        assert "x-up-secret" not in names and "keep-alive" not in names, path
+        assert names.count("x-request-id") == 1 and resp.headers["X-Request-Id"] != "the upstream's"
+        assert resp.headers["X-Up-Kept"] == "1" and resp.headers["Location"] == "/hr/employees/1002"
 
 
 async def test_unknown_path_is_404_with_request_id(gw: Gw, keys: Keys) -> None:
