@@ -272,18 +272,38 @@ def upstream_headers(
         if lower in dropped or lower in listed or lower.startswith(_GATEWAY_PREFIXES):
             continue
         out.add(name, value)
+    # Every X-Forwarded-* name, X-Request-Id and X-PD-* name was dropped above: the gateway's
+    # own are added, not set (a set looks for an earlier one to replace).
     peer = request.remote or ""
-    from_trusted = bool(trusted) and is_trusted(peer, trusted)
-    prior_for = ", ".join(request.headers.getall("X-Forwarded-For", ())) if from_trusted else ""
-    out["X-Forwarded-For"] = f"{prior_for}, {peer}" if prior_for else peer
-    public = public_origin(request, trusted)
-    out["X-Forwarded-Proto"] = public.scheme
-    out["X-Forwarded-Host"] = public.authority
-    out["X-Forwarded-Port"] = str(public.port)
+    if trusted and is_trusted(peer, trusted):
+        prior_for = ", ".join(request.headers.getall("X-Forwarded-For", ()))
+        public = public_origin(request, trusted)
+        out.add("X-Forwarded-For", f"{prior_for}, {peer}" if prior_for else peer)
+        out.extend(_forwarded(public.scheme, public.authority, public.port))
+    else:  # the usual peer: the same four for every request of its connection
+        out.extend(_from_peer(request.host, request.scheme, peer))
     if preserve_host:
-        out["Host"] = public.authority
-    out.update(injected)
+        out.add("Host", public_origin(request, trusted).authority)
+    out.extend(injected)
     return out
+
+
+def _forwarded(scheme: str, authority: str, port: int) -> tuple[tuple[str, str], ...]:
+    return (
+        ("X-Forwarded-Proto", scheme),
+        ("X-Forwarded-Host", authority),
+        ("X-Forwarded-Port", str(port)),
+    )
+
+
+@remembered(longest=MAX_HOST_CHARS + len(":65535"))
+def _from_peer(host: str, scheme: str, peer: str) -> tuple[tuple[str, str], ...]:
+    """X-Forwarded-* for a peer outside proxy.trusted_proxies: the client is the peer, the
+    origin is the request's own (``public_origin`` without trusted proxies)."""
+    origin = parse_origin(host, scheme)
+    if origin is None:  # check_request_headers refused such a Host before anything was forwarded
+        raise BadRequest("bad_host")
+    return (("X-Forwarded-For", peer), *_forwarded(origin.scheme, origin.authority, origin.port))
 
 
 def response_headers(

@@ -212,7 +212,7 @@ def subject_ids(route: Route, path: str, query: str) -> list[str]:
             raise BadRequest("subject_id_too_long")
         if not one_reading(s, rule.id):
             raise BadRequest("ambiguous_subject")
-    return sorted(set(found))
+    return found if len(found) < 2 else sorted(set(found))
 
 
 _CANONICAL_DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)\Z")

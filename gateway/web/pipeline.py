@@ -149,6 +149,7 @@ class Pipeline:
         self._browser = browser
         self._blocks = blocks
         self._hasher = hasher if hasher is not None else SubjectHasher([])
+        self._hashing = self._hasher.enabled  # without a key, ids are recorded as they are
         self._public_hosts = public_hosts(cfg.proxy.public_hosts)
         self._trusted = cfg.proxy.trusted_proxies
         self._strip = cfg.proxy.strip_headers
@@ -541,6 +542,7 @@ class Pipeline:
         p = ctx.principal
         d = ctx.decision
         r = ctx.route
+        hashed = self._hashing  # 5.3: a subject's id, where it appears, as a keyed hash (015)
         # Positional, in AccessEvent's field order: its 20 keywords cost more than the rest of
         # this method (bench/instructions.py); tests/forwarding/test_proxy.py checks every field.
         return AccessEvent(
@@ -553,14 +555,13 @@ class Pipeline:
             ctx.auth if p else "",  # auth
             ctx.session,
             ctx.method,
-            # 5.3: the subject's id, where it appears, as a keyed hash (decision 015).
-            self._hasher.path(r, ctx.path),  # path
-            self._hasher.query(r, ctx.query),  # query
+            self._hasher.path(r, ctx.path) if hashed else ctx.path,  # path
+            self._hasher.query(r, ctx.query) if hashed else ctx.query,  # query
             ctx.route_name,  # route
             r.system if r else "",  # system
             r.category if r else "",  # category
             ctx.action,
-            [self._hasher.stored(s) for s in ctx.subjects],  # subject_ids
+            [self._hasher.stored(s) for s in ctx.subjects] if hashed else ctx.subjects,  # ids
             decision,
             reason,
             d.rule if d else "",  # rule
