@@ -293,10 +293,11 @@ def _proxy_app(gw: Gateway, ship: bool) -> web.Application:
 
 
 class _EveryTarget(web.DynamicResource):
-    """The proxy app's last route: every request target reaches the pipeline, which refuses what
-    it cannot route and records that — a path with a decoded newline (`%0a`), and `*` (OPTIONS)
-    or an authority (CONNECT), which no path pattern matches. aiohttp's router would answer
-    those itself, unrecorded and, the proxy app having no middleware, with no request id."""
+    """The proxy app's last route: every request target with a path reaches the pipeline, which
+    refuses what it cannot route and records that — a path with a decoded newline (`%0a`), and
+    `*` (OPTIONS), which no path pattern matches. A target with no path at all (`CONNECT
+    host:port`, an absolute-form `http://host` without one) is never offered to a resource:
+    aiohttp's router answers it 404 itself, unrecorded, nothing forwarded (decision 037)."""
 
     def _match(self, path: str) -> dict[str, str] | None:
         return {}

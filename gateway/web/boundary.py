@@ -156,9 +156,9 @@ def error_middleware(
 
 def error_boundary(handler: Handler, *, metrics: Metrics) -> Handler:
     """``handler`` inside the boundary, for an app whose every route is wrapped so and which
-    therefore has no middleware: the proxy app, whose routes all take every method and path, so
-    its router never answers on its own. A middleware would cost each proxied request two
-    more coroutine layers (aiohttp adds one of its own beside any middleware)."""
+    therefore has no middleware: the proxy app, whose routes take every method and path (only a
+    target with no path at all gets the router's own 404: decision 037). A middleware would
+    cost each proxied request two more coroutine layers (aiohttp adds one of its own)."""
     return functools.partial(_bounded, handler, metrics, "pd-gateway", "-")
 
 

@@ -12,7 +12,7 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.runtime.app import GATEWAY
 from tests.conftest import (
@@ -395,6 +395,15 @@ async def test_response_hop_by_hop_headers_are_dropped_and_body_streams_back(
     assert event["bytes_out"] == sum(map(len, chunks))
 
 
+def test_header_names_compare_without_case_in_multidicts_set_operations() -> None:
+    """The response's hop-by-hop headers are taken out by set operations on its names
+    (gateway/forwarding/headers.py): multidict ≥ 6.3 ignores case there, as HTTP does; an older
+    one would forward `Transfer-Encoding` spelt in another case."""
+    names = CIMultiDictProxy(CIMultiDict([("Transfer-Encoding", "chunked"), ("LOCATION", "/x")]))
+    assert names.keys() & frozenset({"transfer-encoding"}) == {"Transfer-Encoding"}
+    assert not names.keys().isdisjoint(frozenset({"location"}))
+
+
 async def test_a_connection_listed_response_header_is_dropped_whatever_its_case_or_separator(
     make_gateway: GatewayFactory, keys: Keys, upstream_serving: HandlerUpstream
 ) -> None:
@@ -439,7 +448,8 @@ async def test_a_request_target_that_is_no_path_is_refused_by_the_pipeline_and_r
     """`OPTIONS *` matches no path pattern: the proxy app's last route takes every target, so the
     pipeline refuses it (400, a request id, recorded with the person) where aiohttp's router
     would answer a text 404 of its own. `CONNECT host:port` has no path at all and never
-    reaches a route: the router's 404, and nothing reaches an upstream."""
+    reaches a route, nor does an absolute-form target without one: the router's 404, and nothing
+    reaches an upstream (decision 037)."""
     url = gw.client.make_url("")
 
     async def send(line: str) -> bytes:
@@ -460,8 +470,12 @@ async def test_a_request_target_that_is_no_path_is_refused_by_the_pipeline_and_r
     (event,) = spool_events(gw.spool_dir)
     assert (event["request_id"], event["user"], event["path"]) == (request_id, "alice", "*")
     assert (event["status"], event["reason"]) == (400, "path_not_absolute")
-    assert (await send("CONNECT hr.internal:443 HTTP/1.1")).startswith(b"HTTP/1.1 404 ")
-    assert upstream.seen == []
+    for no_path in (
+        "CONNECT hr.internal:443 HTTP/1.1",
+        f"GET http://{url.host}:{url.port} HTTP/1.1",
+    ):
+        assert (await send(no_path)).startswith(b"HTTP/1.1 404 "), no_path
+    assert upstream.seen == [] and len(spool_events(gw.spool_dir)) == 1
 
 
 async def test_method_without_an_action_is_405_and_audited(gw: Gw, keys: Keys) -> None:
