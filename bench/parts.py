@@ -190,21 +190,24 @@ def _floor_injected_headers() -> None:
 
 
 def _floor_request_headers() -> None:
+    from servers import bare_request_headers  # bench/ is on sys.path when run as a script
+
     from gateway.forwarding.forwarder import Forwarder
 
-    def bare(self: Any, request: Any, *_: Any) -> dict[str, str]:  # as bench/servers.py
-        return {k: v for k, v in request.headers.items() if k.lower() not in ("host", "connection")}
+    def bare(self: Any, request: Any, *_: Any) -> dict[str, str]:
+        return bare_request_headers(request)
 
     Forwarder.request_headers = bare  # type: ignore[assignment,method-assign]
 
 
 def _floor_response_headers() -> None:
     from multidict import CIMultiDict
+    from servers import bare_response_headers  # bench/ is on sys.path when run as a script
 
     from gateway.forwarding.forwarder import Forwarder
 
     def bare(self: Any, request: Any, route: Any, upstream: Any, request_id: str) -> Any:
-        return CIMultiDict({"Content-Type": upstream.content_type})  # as bench/servers.py
+        return CIMultiDict(bare_response_headers(upstream))
 
     Forwarder.response_head = bare  # type: ignore[method-assign]
 

@@ -32,6 +32,17 @@ def upstream_app() -> web.Application:
     return app
 
 
+def bare_request_headers(request: web.Request) -> dict[str, str]:
+    """What the bare proxy sends upstream: the client's headers but Host and Connection (also
+    the part table's `request-headers` floor stub, bench/parts.py)."""
+    return {k: v for k, v in request.headers.items() if k.lower() not in ("host", "connection")}
+
+
+def bare_response_headers(up: aiohttp.ClientResponse) -> dict[str, str]:
+    """What the bare proxy answers with besides the length: the upstream's Content-Type."""
+    return {"Content-Type": up.content_type}
+
+
 def bare_proxy_app(upstream: str, allocs: Path | None = None) -> web.Application:
     session: aiohttp.ClientSession | None = None
 
@@ -43,16 +54,14 @@ def bare_proxy_app(upstream: str, allocs: Path | None = None) -> web.Application
 
     async def handle(request: web.Request) -> web.StreamResponse:
         assert session is not None
-        headers = {
-            k: v for k, v in request.headers.items() if k.lower() not in ("host", "connection")
-        }
+        headers = bare_request_headers(request)
         async with session.request(
             request.method,
             upstream + request.raw_path,
             headers=headers,
             data=request.content if request.body_exists else None,
         ) as up:
-            resp = web.StreamResponse(status=up.status, headers={"Content-Type": up.content_type})
+            resp = web.StreamResponse(status=up.status, headers=bare_response_headers(up))
             if up.content_length is not None:
                 resp.content_length = up.content_length
             await resp.prepare(request)

@@ -282,8 +282,8 @@ def upstream_headers(
         out.extend(_forwarded(public.scheme, public.authority, public.port))
     else:  # the usual peer: the same four for every request of its connection
         out.extend(_from_peer(request.host, request.scheme, peer))
-    if preserve_host:
-        out.add("Host", public_origin(request, trusted).authority)
+    if preserve_host:  # the public authority, as X-Forwarded-Host names it
+        out.add("Host", out["X-Forwarded-Host"])
     out.extend(injected)
     return out
 
