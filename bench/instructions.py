@@ -6,6 +6,7 @@ not depend on how busy the machine is (docs/benchmarks.md).
     python bench/instructions.py --parts        # ... and each part of bench/parts.py switched off
     python bench/instructions.py --floor        # ... and, every part stubbed, what remains taken
                                                 #     apart (bench/parts.py FLOOR)
+    python bench/instructions.py -c 32 ...      # 32 requests in flight, as the CPU tables' wrk
 
 CPU time per request on these VMs moves by 10-20 % from one hour to the next, and by several per
 cent between two rounds of one run; a change worth 5 µs cannot be seen in it. The number of
@@ -22,8 +23,18 @@ rows of one run). The spool's sync thread is left out (its work depends on wall 
 `durability: batch` fsyncs every batch_interval_ms). The servers run at the same time, which
 changes the counts only through those timers.
 
+One at a time (the default) every request pays alone for what the event loop does once per
+iteration for all the requests ready in it: the spool's group commit (one write for every record
+of an iteration), the loop's own polling. With `-c 32` those are shared as under wrk -c32: the
+audit part costs ~100,000 instructions per request there against ~150,000 at c=1 (2026-12-05);
+a change to them is judged at c=32, where the targets are measured. Each of the 32 connections
+sends its share one request at a time, so the count stays exact.
+
 What it does not count: time in the kernel (system calls are counted as the instructions that
-make them), cache misses and the cost of one instruction against another. On this VM 1,000
+make them), cache misses and the cost of one instruction against another. SHA-256 counts far
+more than it costs: valgrind's CPU has no SHA instructions, so the chain's two hashes count
+~28,000 instructions (~5.6 µs at the ratio below) for ~2 µs of real time (timeit); check a
+change to such C code with timeit before trusting its count. On this VM 1,000
 instructions of this workload take about 0.2 µs of CPU (the bare proxy: ~470 k instructions,
 ~90 µs of user time per request at c=32); read it as a ratio, as the other tables.
 """
@@ -38,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,6 +78,16 @@ def _drive(port: int, token: str, n: int) -> None:
         conn.close()
 
 
+def _drive_concurrently(port: int, token: str, n: int, connections: int) -> None:
+    """``n`` GETs over ``connections`` keep-alive connections at once (each sends its share one
+    at a time): the server sees ``connections`` requests in flight, as under wrk -c32, and the
+    count stays exact (every request is answered inside the window)."""
+    shares = [n // connections + (i < n % connections) for i in range(connections)]
+    with ThreadPoolExecutor(connections) as pool:
+        for done in [pool.submit(_drive, port, token, k) for k in shares if k]:
+            done.result()
+
+
 def _control(flag: str, pid: int) -> None:
     subprocess.run(["callgrind_control", flag, str(pid)], check=True, capture_output=True)
 
@@ -83,19 +105,19 @@ def _main_thread_total(out: Path, pid: int, window: int) -> int:
     raise RuntimeError(f"callgrind wrote no summary to {dump}")
 
 
-def _count(pid: int, port: int, token: str, out: Path) -> list[float]:
-    _drive(port, token, WARM_UP)
+def _count(pid: int, port: int, token: str, out: Path, connections: int) -> list[float]:
+    _drive_concurrently(port, token, WARM_UP, connections)
     per_request = []
     for window in range(1, WINDOWS + 1):
         _control("-z", pid)
-        _drive(port, token, REQUESTS)
+        _drive_concurrently(port, token, REQUESTS, connections)
         _control("-d", pid)
         per_request.append(_main_thread_total(out, pid, window) / REQUESTS)
     return per_request
 
 
 def measure(
-    against: Path | None, parts: bool = False, floor: bool = False
+    against: Path | None, parts: bool = False, floor: bool = False, connections: int = 1
 ) -> dict[str, list[float]]:
     """Each variant's instructions per request in each window. ``parts``: one variant per part
     of bench/parts.py switched off, as its CPU table does; ``floor``: every part stubbed and one
@@ -130,14 +152,20 @@ def measure(
             readiness.append(ready)
         for ready in readiness:
             wait_http(ready, timeout=300)  # Python under valgrind starts ~30× slower
-        return {name: _count(pid, port, token, out) for name, (pid, port, out) in started.items()}
+        return {
+            name: _count(pid, port, token, out, connections)
+            for name, (pid, port, out) in started.items()
+        }
 
 
-def report(against: Path | None = None, parts: bool = False, floor: bool = False) -> None:
+def report(
+    against: Path | None = None, parts: bool = False, floor: bool = False, connections: int = 1
+) -> None:
     """Prints the table (`make bench` prints it with ``parts``)."""
-    counts = measure(against, parts, floor)
+    counts = measure(against, parts, floor, connections)
     print(
-        f"\n## Instructions per request (callgrind, the event-loop thread; c=1, {REQUESTS} "
+        f"\n## Instructions per request (callgrind, the event-loop thread; c={connections}, "
+        f"{REQUESTS} "
         f"requests per window after {WARM_UP} of warm-up, no store, durability batch)"
     )
     w = max(len(n) for n in counts)
@@ -164,8 +192,15 @@ def main() -> None:
     p.add_argument("--against", type=Path, help="another checkout's gateway beside this one")
     p.add_argument("--parts", action="store_true", help="and each part switched off")
     p.add_argument("--floor", action="store_true", help="and what no part switch removes")
+    p.add_argument(
+        "-c",
+        "--connections",
+        type=int,
+        default=1,
+        help="requests in flight at once (1: one at a time; 32: as the CPU tables' wrk -c32)",
+    )
     args = p.parse_args()
-    report(args.against, args.parts, args.floor)
+    report(args.against, args.parts, args.floor, args.connections)
 
 
 if __name__ == "__main__":
