@@ -161,7 +161,7 @@ def measure(
 def report(
     against: Path | None = None, parts: bool = False, floor: bool = False, connections: int = 1
 ) -> None:
-    """Prints the table (`make bench` prints it with ``parts``)."""
+    """Prints the table (`make bench` prints it with ``parts``, at c=32)."""
     counts = measure(against, parts, floor, connections)
     print(
         f"\n## Instructions per request (callgrind, the event-loop thread; c={connections}, "

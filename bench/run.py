@@ -677,7 +677,7 @@ def main() -> None:
     parts.allocs(None)
     parts.allocs([])
     parts.allocs(list(parts.PARTS))
-    instructions.report(parts=True)
+    instructions.report(parts=True, connections=32)  # as the CPU tables: wrk -c32
     scaling = workers_bench.main()
     store_bench.main()
     targets(proxy, scaling, part["gateway, every part"] - part["bare aiohttp proxy"])
