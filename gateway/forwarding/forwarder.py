@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config.model import IPNetwork, Route
@@ -163,8 +163,10 @@ SKIPPED_AUTO_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type")
 
 
 @functools.lru_cache(maxsize=8)
-def _skip_table(names: frozenset[str]) -> CIMultiDict[None]:
-    return CIMultiDict((name, None) for name in sorted(names))
+def _skip_table(names: frozenset[str]) -> CIMultiDictProxy[None]:
+    """The table aiohttp builds for every request, once; shared by every request, so read-only
+    (aiohttp only reads it; a proxy makes a write anywhere fail instead of changing them all)."""
+    return CIMultiDictProxy(CIMultiDict((name, None) for name in sorted(names)))
 
 
 class UpstreamRequest(aiohttp.ClientRequest):
@@ -190,8 +192,8 @@ class UpstreamRequest(aiohttp.ClientRequest):
         if not isinstance(skip_auto_headers, frozenset):
             super().update_auto_headers(skip_auto_headers)
             return
-        # aiohttp builds this table for every request; it only reads it (`in`).
-        skip = self._skip_auto_headers = _skip_table(skip_auto_headers)
+        skip = _skip_table(skip_auto_headers)
+        self._skip_auto_headers = skip  # type: ignore[assignment]  # read-only: see _skip_table
         headers = self.headers
         for name, value in self.DEFAULT_HEADERS.items():
             if name not in headers and name not in skip:
