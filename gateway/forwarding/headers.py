@@ -172,11 +172,17 @@ def check_request_headers(
 ) -> None:
     """BadRequest unless the request's headers mean one thing to every upstream: an owned name
     spelt with another separator than `-` (`header_spoofing`: `X_PD_User`, `X.PD.User`), a
-    `Host` outside RFC 9110 syntax (`bad_host`)."""
+    second `Authorization` (`duplicate_header`), a `Host` outside RFC 9110 syntax (`bad_host`).
+    A second Host or Content-Type never gets here: aiohttp's parser refuses RFC 9110's
+    singletons it knows."""
     if ODD_HEADER_NAME.search("".join(headers)):  # one search for the usual request: none has one
         for name in headers:
             if ODD_HEADER_NAME.search(name) and owned(header_key(name), strip):
                 raise BadRequest("header_spoofing")
+    if len(headers.getall("Authorization", ())) > 1:
+        # One credential (RFC 9110 §11.6.2): the token verified is the first; an upstream given
+        # both (proxy.forward_authorization) may act as whoever the second names.
+        raise BadRequest("duplicate_header")
     host = headers.get("Host")
     if host is not None and not valid_host(host):
         raise BadRequest("bad_host")

@@ -244,8 +244,11 @@ def test_no_spelling_of_an_owned_name_reaches_a_cgi_server(names: list[str]) -> 
     request = make_mocked_request("GET", "/hr/employees/1", headers=headers)
     try:
         check_request_headers(request.headers)
-    except BadRequest:
-        assert any("_" in n for n in names)
+    except BadRequest as e:
+        if e.reason == "duplicate_header":  # a second Authorization, refused in its own right
+            assert sum(n.lower() == "authorization" for n in names) > 1
+        else:
+            assert e.reason == "header_spoofing" and any("_" in n for n in names)
         return
     out = upstream_headers(
         request, trusted=[], forward_authorization=False, injected={"X-PD-User": "alice"}
@@ -701,6 +704,55 @@ async def test_a_body_whose_names_are_not_read_here_is_refused_on_a_query_subjec
         data=body,
     )
     await cut_and_recorded(gw, lax, resp.status, "subject_unreadable_body")
+
+
+# A header the gateway decides on, given twice: the gateway reads one value, an upstream may read
+# the other. The body scanner reads a form as UTF-8 per the first Content-Type, a servlet
+# container decodes it per the second one's charset (lead 7, not lead 3); the token verified is
+# the first Authorization, an upstream that reads tokens itself (proxy.forward_authorization) may
+# take the second.
+async def _posted_twice(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys, name: str, values: list[str], body: bytes
+) -> tuple[int, Gw]:
+    gw = await make_gateway(lax.url, routes=LEADS_UPDATED)
+    headers = CIMultiDict(bearer(keys, "s", "support_agent"))
+    headers.popall(name, None)
+    headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+    for value in values:
+        headers.add(name, value)
+    resp = await gw.client.post("/site/leads?lead_id=3", headers=headers, data=body)
+    await asyncio.sleep(0.1)
+    assert lax.seen == []
+    return resp.status, gw
+
+
+async def test_a_second_content_type_is_refused_by_the_parser_before_anything_else(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    """aiohttp's parser refuses a second Content-Type (an RFC 9110 singleton it checks): 400,
+    before routing, so unrecorded, as every parser refusal. Pinned: decision 036's scanner
+    relies on there being one."""
+    kinds = [
+        "application/x-www-form-urlencoded",
+        "application/x-www-form-urlencoded; charset=utf-16",
+    ]
+    status, gw = await _posted_twice(
+        make_gateway, lax, keys, "Content-Type", kinds, "lead_id=7".encode("utf-16-le")
+    )
+    assert status == 400
+    assert spool_events(gw.spool_dir) == []
+
+
+async def test_a_second_authorization_is_refused_and_recorded(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    token, other = keys.token("s", ["support_agent"]), keys.token("s2", ["support_agent"])
+    status, gw = await _posted_twice(
+        make_gateway, lax, keys, "Authorization", [f"Bearer {token}", f"Bearer {other}"], b"x=1"
+    )
+    assert status == 400
+    event = spool_events(gw.spool_dir)[-1]  # under the first token's name, as every refusal
+    assert (event["user"], event["reason"], event["status"]) == ("s", "duplicate_header", 400)
 
 
 @pytest.mark.parametrize(
