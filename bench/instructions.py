@@ -165,8 +165,7 @@ def report(
     counts = measure(against, parts, floor, connections)
     print(
         f"\n## Instructions per request (callgrind, the event-loop thread; c={connections}, "
-        f"{REQUESTS} "
-        f"requests per window after {WARM_UP} of warm-up, no store, durability batch)"
+        f"{REQUESTS} requests per window after {WARM_UP} of warm-up, no store, durability batch)"
     )
     w = max(len(n) for n in counts)
     print(f"{'variant':<{w}} {'window 1':>10} {'window 2':>10} {'over bare':>10} {'saves':>8}")
