@@ -8,6 +8,7 @@ none. Paths are absolute (resolved against the config file's directory when load
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import json
 from collections.abc import Mapping
@@ -338,6 +339,17 @@ class SubjectRule:
     # would read as another number (`01001`, `1001.json`, `1_001`); `integer` takes canonical
     # decimals only; `text` is for string keys the upstream reads exactly as written.
     id: str = "auto"
+    # Parameter names under which the upstream also reads this subject from its input (decision
+    # 039): Laravel's `$request->id` takes a body's or the query's `id` over the route's, PHP
+    # behind a rewrite (`/hr/employees/1001` → `index.php?id=1001`) reads `$_REQUEST['id']`.
+    # Refused in the query (400 `subject_in_query`) and in a body (400 `subject_in_body`).
+    input_names: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def body_names(self) -> tuple[str, ...]:
+        """The names a request body may not carry on this route: the query subject parameter
+        (decision 036) and the input names (decision 039)."""
+        return ((self.query,) if self.query else ()) + self.input_names
 
 
 @dataclass(frozen=True)

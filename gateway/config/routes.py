@@ -4,6 +4,7 @@ overrides (decision 011) and subjects named in responses."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from gateway.config.model import ResponseSubjects, Route, SubjectRule
@@ -177,10 +178,40 @@ def _parse_subject(r: Section, prefix: str | None) -> SubjectRule | None:
     if template is None and query is None:
         s.problems.add(s.path, "give path and/or query")
     kind = s.get("id", str, SubjectRule.id, one_of(SUBJECT_ID_KINDS))
+    input_names = _parse_input_names(s, query)
     s.finish()
     return SubjectRule(
-        path_template=template, path_index=index, path_literals=literals, query=query, id=kind
+        path_template=template,
+        path_index=index,
+        path_literals=literals,
+        query=query,
+        id=kind,
+        input_names=input_names,
     )
+
+
+def _parse_input_names(s: Section, query: str | None) -> tuple[str, ...]:
+    """`subject.input_names` (decision 039): plain parameter names (letters, digits, `_`), each
+    apart from the query subject's and from `_method` to every framework (compared without
+    regard to case, as some read names)."""
+    listed = s.get("input_names", list, [])
+    names: list[str] = []
+    taken = {"_method": "the method override parameter (decision 011)"}
+    if query is not None:
+        taken[query.lower()] = "the query subject parameter, which bodies may not carry already"
+    for i, value in enumerate(listed or ()):
+        key = f"{s.key('input_names')}.{i}"
+        if not isinstance(value, str) or not _INPUT_NAME.fullmatch(value):
+            s.problems.add(key, "must be a parameter name: letters, digits and _")
+        elif value.lower() in taken:
+            s.problems.add(key, f"{value!r} is {taken[value.lower()]}")
+        else:
+            taken[value.lower()] = f"listed already (input_names.{len(names)})"
+            names.append(value)
+    return tuple(names)
+
+
+_INPUT_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 def _prefix_check(value: str) -> str | None:

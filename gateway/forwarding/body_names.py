@@ -3,8 +3,9 @@
 Frameworks read parameters from a body as well as from the query, and some let the body win:
 PHP's `$_REQUEST` and Laravel's `input()` take the body's first; Rails reads a body-only one. So a
 name the gateway reads only elsewhere is a second reading when a body carries it: `_method` (the
-method the upstream acts on, decision 011) and a route's query subject parameter (the data subject
-it acts on, decision 036). The body is read only after the decision, so such a name can never be
+method the upstream acts on, decision 011), a route's query subject parameter (the data subject
+it acts on, decision 036) and the names its upstream also reads a path subject under (decision
+039). The body is read only after the decision, so such a name can never be
 authorised: ``BodyNames`` finds it as the body streams, and the forwarder cuts the upstream
 request before the chunk that completes it is sent.
 

@@ -263,11 +263,13 @@ class Forwarder:
         if (request.content_length or 0) > self._max_body:
             raise BodyTooLarge()  # declared too large: nothing is sent upstream
 
-        subject = route.subject.query if route.subject is not None else None
-        if subject is not None and request.body_exists and not _readable(request):
-            raise BodyName("subject_unreadable_body")  # decision 036: nothing is sent upstream
+        # The query subject's name and the input names (decisions 036, 039): a body naming one
+        # is cut; a body whose names are not read here is refused, nothing sent upstream.
+        names = route.subject.body_names if route.subject is not None else ()
+        if names and request.body_exists and not _readable(request):
+            raise BodyName("subject_unreadable_body")
 
-        data = self._body(request, exchange, subject) if request.body_exists else None
+        data = self._body(request, exchange, names) if request.body_exists else None
         if (
             data is not None
             and request.version == aiohttp.HttpVersion11  # HTTP/1.0 has no interim responses
@@ -303,13 +305,14 @@ class Forwarder:
             upstream.release()
 
     async def _body(
-        self, request: web.Request, exchange: Exchange, subject: str | None
+        self, request: web.Request, exchange: Exchange, subject_names: tuple[str, ...]
     ) -> AsyncIterator[bytes]:
         """The request body as it goes upstream, chunk by chunk: timed (slow clients), bounded,
         and cut before a chunk that completes a refused name (decisions 011, 036)."""
         chunks = request.content.iter_any().__aiter__()
         names = BodyNames(
-            _body_names(subject), strict="subject_unreadable_body" if subject else None
+            _body_names(subject_names),
+            strict="subject_unreadable_body" if subject_names else None,
         )
         held: bytes | None = None  # a chunk ending in a whole name: what follows decides
         while True:
@@ -501,10 +504,10 @@ def _readable(request: web.Request) -> bool:
     return (request.charset or "utf-8").lower() in ("utf-8", "us-ascii", "ascii")
 
 
-def _body_names(subject: str | None) -> dict[str, str]:
-    """The parameter names a body may not carry, and the refusal's reason; ``subject``: the
-    route's query subject parameter."""
+def _body_names(subject_names: tuple[str, ...]) -> dict[str, str]:
+    """The parameter names a body may not carry, and the refusal's reason; ``subject_names``:
+    the route's query subject parameter and input names."""
     names = {OVERRIDE_PARAM: "method_override_in_body"}
-    if subject is not None:
-        names[subject] = "subject_in_body"  # 6.1.1, 6.5: one reading (decision 036)
+    for name in subject_names:  # 6.1.1, 6.5: one reading (decisions 036, 039)
+        names[name] = "subject_in_body"
     return names

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
-from gateway.config.model import Route
+from gateway.config.model import Route, SubjectRule
 from gateway.core.errors import BadRequest
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -207,12 +207,24 @@ def subject_ids(route: Route, path: str, query: str) -> list[str]:
             raise BadRequest("ambiguous_subject")
         if given and given[0].value:
             found.append(given[0].value)
+    if rule.input_names:
+        _refuse_input_names(rule, query)
     for s in found:
         if len(s) > MAX_SUBJECT_LEN:
             raise BadRequest("subject_id_too_long")
         if not one_reading(s, rule.id):
             raise BadRequest("ambiguous_subject")
     return found if len(found) < 2 else sorted(set(found))
+
+
+def _refuse_input_names(rule: SubjectRule, query: str) -> None:
+    """Decision 039: no query parameter the upstream would read as one of the route's input names
+    (Laravel's `$request->id` takes the query's `id` over the route's; PHP behind a rewrite,
+    `index.php?id=1001&id=1002`, the last one), under any spelling some framework reads so
+    (``param_key``; `;` splits too). The query is read strictly, as a query subject's is."""
+    keys = {n.lower() for n in rule.input_names}  # plain names: param_key is lower()
+    if any(p.name in keys for p in query_params(query)):
+        raise BadRequest("subject_in_query")
 
 
 _CANONICAL_DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)\Z")

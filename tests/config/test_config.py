@@ -185,6 +185,38 @@ def test_a_subject_id_kind_is_one_of_three(tmp_path: Path, keys: Keys) -> None:
     assert problem.startswith("line ")
 
 
+def test_input_names_are_plain_names_apart_from_the_query_subject_and_method(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """Decision 039: `subject.input_names` is read into the route; a name that is not a plain
+    parameter name, or that reads as the query subject, `_method` or another listed name, is a
+    problem named with its file line and key."""
+    data = config_dict(tmp_path, "http://127.0.0.1:1")
+    i, route = next((i, r) for i, r in enumerate(data["routes"]) if r.get("subject"))
+    route["subject"] = {"path": route["subject"]["path"], "input_names": ["id", "employee_id"]}
+    cfg = load_config(write_config(tmp_path, data, keys))
+    rule = next(r for r in cfg.routes if r.name == route["name"]).subject
+    assert rule is not None and rule.input_names == ("id", "employee_id")
+    assert rule.body_names == ("id", "employee_id")
+    route["subject"] = {
+        "path": route["subject"]["path"],
+        "query": "lead_id",
+        "input_names": ["id", "id[]", "LEAD_ID", "_METHOD", "ID", 7],
+    }
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, data, keys))
+    problems = info.value.problems
+    key = f"routes.{i}.subject.input_names"
+    assert [p.partition(": ")[2] for p in problems] == [
+        f"{key}.1: must be a parameter name: letters, digits and _",
+        f"{key}.2: 'LEAD_ID' is the query subject parameter, which bodies may not carry already",
+        f"{key}.3: '_METHOD' is the method override parameter (decision 011)",
+        f"{key}.4: 'ID' is listed already (input_names.0)",
+        f"{key}.5: must be a parameter name: letters, digits and _",
+    ]
+    assert all(p.startswith("line ") for p in problems)
+
+
 def test_method_overrides_and_stripped_headers_are_validated_with_their_key(
     tmp_path: Path, keys: Keys
 ) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import copy
 import itertools
 import json
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -970,6 +971,206 @@ async def test_a_get_with_a_body_is_refused(
     resp.release()
     assert lax.seen == []
     assert spool_events(gw.spool_dir)[-1]["reason"] == "body_on_get"
+
+
+# --- 6c. a path subject the upstream also reads from its input (decision 039) ------------------
+
+# hr-employees as a Laravel app serves it: `$request->id` reads the body's and the query's `id`
+# over the route's `{id}`.
+EMPLOYEES_READ_AS_ID = routes_with(
+    **{"hr-employees": {"subject": {"path": "/hr/employees/{id}", "input_names": ["id"]}}}
+)
+ID_IN_BODY = [
+    (b"id=1002", "application/x-www-form-urlencoded"),
+    (b"note=x&ID=1002", "application/x-www-form-urlencoded"),  # a framework that ignores case
+    (b"id[]=1002", "application/x-www-form-urlencoded"),  # PHP's and Rack's arrays
+    (b"+id=1002", "application/x-www-form-urlencoded"),  # PHP drops leading spaces
+    (b"id%00=1002", "application/x-www-form-urlencoded"),  # PHP cuts a name at NUL
+    (b'{"name": "A", "id": 1002}', "application/json"),  # Laravel's JSON input
+    (b'{"\\u0069d": 1002}', "application/json"),
+    (
+        b'--b\r\nContent-Disposition: form-data; name="id"\r\n\r\n1002\r\n--b--\r\n',
+        "multipart/form-data; boundary=b",
+    ),
+    (b"a=1&id", "application/x-www-form-urlencoded"),  # at the body's end: PHP's ''
+]
+ID_IN_QUERY = ["id=1002", "ID=1002", "id[]=1002", "%20id=1002", "id", "x=1;id=1002", "i%64=1002"]
+
+
+@pytest.mark.parametrize(("body", "kind"), ID_IN_BODY)
+async def test_a_path_subject_named_in_the_body_is_refused_where_the_route_lists_the_name(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys, body: bytes, kind: str
+) -> None:
+    """`PUT /hr/employees/1001` with `id=1002`: Laravel's `$request->id` acts on 1002 while 1001
+    was authorised, recorded and checked for a block (6.1.1, 6.5)."""
+    gw = await make_gateway(lax.url, routes=EMPLOYEES_READ_AS_ID)
+    resp = await gw.client.put(
+        "/hr/employees/1001",
+        headers={**bearer(keys, "h", "hr_officer"), "Content-Type": kind},
+        data=body,
+    )
+    await cut_and_recorded(gw, lax, resp.status, "subject_in_body")
+    assert spool_events(gw.spool_dir)[-1]["subject_ids"] == ["1001"]
+
+
+@pytest.mark.parametrize("query", ID_IN_QUERY)
+@pytest.mark.parametrize("path", ["/hr/employees/1001", "/hr/employees"])
+async def test_a_path_subject_named_in_the_query_is_refused_where_the_route_lists_the_name(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys, path: str, query: str
+) -> None:
+    """`GET /hr/employees/1001?id=1002` is 1002 to Laravel, and to PHP behind a rewrite
+    (`index.php?id=1001&id=1002`: the last); on the list path, one the gateway never recorded."""
+    gw = await make_gateway(lax.url, routes=EMPLOYEES_READ_AS_ID)
+    resp = await raw_request(gw, "GET", f"{path}?{query}", bearer(keys, "h", "hr_officer"))
+    assert resp.status == 400
+    assert lax.seen == []
+    refused = spool_events(gw.spool_dir)[-1]
+    assert (refused["decision"], refused["reason"]) == ("deny", "subject_in_query")
+
+
+EMPLOYEES_BY_ID = replace(
+    EMPLOYEES,
+    subject=SubjectRule("/hr/employees/{id}", 3, ("", "hr", "employees"), input_names=("id",)),
+)
+id_names = st.sampled_from(["id", "ID", "id[]", "[id]", "%20id", "+id", "id%00", "i%64", "id]"])
+id_names |= st.sampled_from(["ids", "idx", "i_d", "i.d", "uid", "page", "_id"])
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(id_names, values), max_size=5), st.sampled_from(["&", ";"]))
+def test_a_query_forwarded_on_an_input_name_route_names_it_to_no_lenient_upstream(
+    pairs: list[tuple[str, str]], sep: str
+) -> None:
+    """Whatever the query, either it is refused or no upstream reading (as written, or as
+    PHP, Rack or a case-blind framework reads names; `;` as a separator too) finds `id`."""
+    query = sep.join(f"{n}={v}" for n, v in pairs)
+    try:
+        assert subject_ids(EMPLOYEES_BY_ID, "/hr/employees/1001", query) == ["1001"]
+    except BadRequest:
+        return
+    names = [unquote(p.partition("=")[0].replace("+", " ")) for p in re.split("[&;]", query)]
+    assert not any(key(n) == "id" for n in names for key in (str.lower, param_key)), query
+
+
+async def test_names_that_only_resemble_an_input_name_are_forwarded(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    gw = await make_gateway(lax.url, routes=EMPLOYEES_READ_AS_ID)
+    hr = bearer(keys, "h", "hr_officer")
+    resp = await gw.client.put(
+        "/hr/employees/1001?ids=1&idx=2&employee_id=3&note=my+id",
+        headers={**hr, **FORM},
+        data=b"note=my+id+is+1002&ids=1&idx=2&employee_id=3&uid=4",
+    )
+    assert resp.status == 200
+    assert lax.seen[-1]["path"] == "/hr/employees/1001"
+    assert spool_events(gw.spool_dir)[-1]["subject_ids"] == ["1001"]
+
+
+async def test_a_route_without_input_names_forwards_a_bodys_id(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys
+) -> None:
+    """Input names are declared per route: a REST upstream that repeats the id in its JSON body
+    and reads it from the path (Django, Rails, Express, Spring) is not refused by default."""
+    gw = await make_gateway(lax.url)
+    resp = await gw.client.put(
+        "/hr/employees/1001",
+        headers={**bearer(keys, "h", "hr_officer"), "Content-Type": "application/json"},
+        data=b'{"id": 1001, "name": "A"}',
+    )
+    assert resp.status == 200 and lax.seen[-1]["path"] == "/hr/employees/1001"
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (b"<id>1002</id>", "application/xml"),  # Laravel reads no XML; Rails' XML params do
+        (b"id=1002", "application/x-www-form-urlencoded; charset=utf-16"),
+        ("id=1002".encode("utf-16-le"), "application/json"),
+        (b"id=1002", "application/octet-stream"),
+    ],
+)
+async def test_a_body_whose_names_are_not_read_here_is_refused_on_an_input_name_route(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys, body: bytes, kind: str
+) -> None:
+    gw = await make_gateway(lax.url, routes=EMPLOYEES_READ_AS_ID)
+    resp = await gw.client.put(
+        "/hr/employees/1001",
+        headers={**bearer(keys, "h", "hr_officer"), "Content-Type": kind},
+        data=body,
+    )
+    await cut_and_recorded(gw, lax, resp.status, "subject_unreadable_body")
+
+
+@pytest.fixture
+def laravel_like(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """PHP's built-in server running a script that reads the subject as Laravel's
+    `$request->id` does (`Arr::get($request->all(), 'id', fn () => $request->route('id'))`:
+    the body's input — JSON, or a form parsed as Symfony's Request does for PUT — over the
+    query's, over the route parameter). Laravel itself cannot be installed here (Composer's
+    registry is not reachable), so this is its documented order written in plain PHP."""
+    docroot, acted = tmp_path / "laravel", tmp_path / "acted.log"
+    docroot.mkdir()
+    (docroot / "index.php").write_text(
+        "<?php\n"
+        "$route = basename(parse_url($_SERVER['REQUEST_URI'], PHP_URL_PATH));\n"
+        "$raw = file_get_contents('php://input');\n"
+        "if (str_contains($_SERVER['CONTENT_TYPE'] ?? '', 'json')) {\n"
+        "    $body = json_decode($raw, true) ?: [];\n"
+        "} else {\n"
+        "    parse_str($raw, $body);\n"
+        "}\n"
+        "$input = $body + $_GET;\n"
+        "$id = array_key_exists('id', $input) ? $input['id'] : $route;\n"
+        f"file_put_contents('{acted}', $id . \"\\n\", FILE_APPEND);\n"
+        "header('Content-Type: application/json');\n"
+        "echo json_encode(['acted_on' => (string) $id]);\n"
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = ["php", "-n", "-S", f"127.0.0.1:{port}", "-t", str(docroot)]
+    with running(cmd, ready_url=url + "/ready", log=tmp_path / "php.log"):
+        acted.write_text("")  # the readiness probe's
+        yield url, acted
+
+
+async def test_a_laravel_style_upstream_acts_on_the_inputs_id_and_the_gateway_never_lets_it(
+    make_gateway: GatewayFactory, laravel_like: tuple[str, Path], keys: Keys
+) -> None:
+    """The threat as the upstream reads the request, then through the gateway with the route's
+    input name declared: only the authorised employee is ever acted on."""
+    url, acted = laravel_like
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    attempts = [
+        ("PUT", "/hr/employees/1001", b"id=1002", form),
+        ("PUT", "/hr/employees/1001", b'{"id": "1002"}', {"Content-Type": "application/json"}),
+        ("GET", "/hr/employees/1001?id=1002", None, {}),
+    ]
+    async with aiohttp.ClientSession() as s:
+        for method, target, body, headers in attempts:
+            async with s.request(method, url + target, data=body, headers=headers) as r:
+                assert (await r.json())["acted_on"] == "1002"  # not the path's 1001
+    assert acted.read_text().split() == ["1002"] * 3
+    acted.write_text("")
+    gw = await make_gateway(url, routes=EMPLOYEES_READ_AS_ID)
+    hr = bearer(keys, "h", "hr_officer")
+    for method, target, body, headers in attempts:
+        resp = await gw.client.request(method, target, data=body, headers={**hr, **headers})
+        assert resp.status == 400, (target, body)
+    resp = await gw.client.put("/hr/employees/1001", headers={**hr, **form}, data=b"name=A")
+    assert resp.status == 200 and (await resp.json())["acted_on"] == "1001"
+    await asyncio.sleep(0.2)
+    assert acted.read_text().split() == ["1001"]  # acted once: on the employee authorised
+    recorded = [
+        (e["decision"], e["reason"] if e["decision"] == "deny" else e["outcome"])
+        for e in spool_events(gw.spool_dir)[-4:]
+    ]
+    assert recorded == [
+        ("allow", "subject_in_body"),  # authorised for 1001, cut before PHP had the request
+        ("allow", "subject_in_body"),
+        ("deny", "subject_in_query"),
+        ("allow", "complete"),
+    ]
 
 
 # --- 7. users and groups apart (4.4) -----------------------------------------------------------
