@@ -342,7 +342,8 @@ class SubjectRule:
     # Parameter names under which the upstream also reads this subject from its input (decision
     # 039): Laravel's `$request->id` takes a body's or the query's `id` over the route's, PHP
     # behind a rewrite (`/hr/employees/1001` → `index.php?id=1001`) reads `$_REQUEST['id']`.
-    # Refused in the query (400 `subject_in_query`) and in a body (400 `subject_in_body`).
+    # Refused in the query (400 `subject_in_query`), as a cookie (`subject_in_cookie`) and in a
+    # body (`subject_in_body`).
     input_names: tuple[str, ...] = ()
 
     @functools.cached_property

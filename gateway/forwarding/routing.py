@@ -134,6 +134,7 @@ def param_key(decoded_name: str) -> str:
 _PHP_MANGLED = str.maketrans({".": "_", " ": "_", "[": "_"})
 _QUERY_SEPARATOR = re.compile(r"[&;]")  # `;` too: some servers and older frameworks split on it
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_COOKIE_SEPARATOR = re.compile(r"[;,]")
 
 
 def _query_decode(raw: str, *, strict: bool) -> str:
@@ -225,6 +226,19 @@ def _refuse_input_names(rule: SubjectRule, query: str) -> None:
     keys = {n.lower() for n in rule.input_names}  # plain names: param_key is lower()
     if any(p.name in keys for p in query_params(query)):
         raise BadRequest("subject_in_query")
+
+
+def refuse_input_names_in_cookies(rule: SubjectRule, cookie_headers: Sequence[str]) -> None:
+    """Decision 039: no cookie named as one of the route's input names. PHP's `$_REQUEST` takes
+    cookies over the query and a form when no php.ini sets `request_order` (the official Docker
+    images ship none): `Cookie: id=1002` is the employee such an upstream acts on. Cookie names
+    are read as PHP reads them (percent escapes, `.` and ` ` for `_`, any case)."""
+    keys = {n.lower() for n in rule.input_names}
+    for header in cookie_headers:
+        for pair in _COOKIE_SEPARATOR.split(header):  # `,` too: older parsers split on it
+            name = pair.partition("=")[0]
+            if param_key(unquote_to_bytes(name).decode("utf-8", "replace")) in keys:
+                raise BadRequest("subject_in_cookie")
 
 
 _CANONICAL_DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)\Z")

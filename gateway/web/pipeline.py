@@ -57,7 +57,12 @@ from gateway.forwarding.forwarder import (
 from gateway.forwarding.headers import check_request_headers, client_address, public_origin
 from gateway.forwarding.method_override import effective_method
 from gateway.forwarding.response_subjects import Found, ResponseCopy, extract
-from gateway.forwarding.routing import RouteTable, canonical_path, subject_ids
+from gateway.forwarding.routing import (
+    RouteTable,
+    canonical_path,
+    refuse_input_names_in_cookies,
+    subject_ids,
+)
 from gateway.forwarding.websocket import Closed, WebSocketRelay, upgrade_kind
 from gateway.governance.access_rights import AccessRights
 from gateway.governance.blocks import SubjectBlocks
@@ -247,6 +252,8 @@ class Pipeline:
             )
         try:
             ctx.subjects = subject_ids(route, ctx.path, ctx.query)
+            if route.subject is not None and route.subject.input_names:  # decision 039
+                refuse_input_names_in_cookies(route.subject, request.headers.getall("Cookie", ()))
         except BadRequest as e:
             await self._deny(ctx, 400, "bad_request", "malformed request", e.reason)
         except Exception:

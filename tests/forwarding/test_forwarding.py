@@ -43,7 +43,7 @@ from gateway.forwarding.headers import (
     valid_host,
 )
 from gateway.forwarding.method_override import OVERRIDE_HEADERS
-from gateway.forwarding.routing import param_key, subject_ids
+from gateway.forwarding.routing import param_key, refuse_input_names_in_cookies, subject_ids
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.tools import check
 from gateway.testing.chserver import free_port
@@ -641,6 +641,7 @@ async def test_the_query_subject_is_recorded_as_the_upstream_reads_it(
 # --- 6a. the query subject named again in the body (decision 036) ------------------------------
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+JSON = {"Content-Type": "application/json"}
 # Leads as support agents update them: POST /site/leads?lead_id=N.
 LEADS_UPDATED = routes_with(**{"site-leads": {"actions": {"GET": "read", "POST": "update"}}})
 MULTIPART_LEAD = b'--b\r\nContent-Disposition: form-data; name="lead_id"\r\n\r\n7\r\n--b--\r\n'
@@ -1102,18 +1103,40 @@ async def test_a_body_whose_names_are_not_read_here_is_refused_on_an_input_name_
     await cut_and_recorded(gw, lax, resp.status, "subject_unreadable_body")
 
 
-@pytest.fixture
-def laravel_like(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """PHP's built-in server running a script that reads the subject as Laravel's
-    `$request->id` does (`Arr::get($request->all(), 'id', fn () => $request->route('id'))`:
-    the body's input — JSON, or a form parsed as Symfony's Request does for PUT — over the
-    query's, over the route parameter). Laravel itself cannot be installed here (Composer's
-    registry is not reachable), so this is its documented order written in plain PHP."""
-    docroot, acted = tmp_path / "laravel", tmp_path / "acted.log"
-    docroot.mkdir()
-    (docroot / "index.php").write_text(
-        "<?php\n"
-        "$route = basename(parse_url($_SERVER['REQUEST_URI'], PHP_URL_PATH));\n"
+@pytest.mark.parametrize(
+    ("cookies", "refused"),
+    [
+        (["id=1002"], True),
+        (["theme=dark; ID=1002"], True),  # a framework that ignores case
+        (["theme=dark;id=1002"], True),
+        (["i%64=1002"], True),  # PHP decodes cookie names
+        (["id[]=1002"], True),  # and reads brackets as an array
+        (["theme=dark, id=1002"], True),  # `,`: a separator to older parsers
+        (["theme=dark", "id=1002"], True),  # a second Cookie header
+        (["ids=1; uid=2; idx=3; theme=id"], False),
+        ([], False),
+    ],
+)
+def test_a_cookie_named_as_an_input_name_is_refused(cookies: list[str], refused: bool) -> None:
+    rule = EMPLOYEES_BY_ID.subject
+    assert rule is not None
+    if refused:
+        with pytest.raises(BadRequest, match="subject_in_cookie"):
+            refuse_input_names_in_cookies(rule, cookies)
+    else:
+        refuse_input_names_in_cookies(rule, cookies)  # no exception: forwarded
+
+
+# Two ways a PHP upstream reads a path subject from its input, each written in plain PHP and run
+# on PHP's built-in server (Debian's php-cli, no php.ini):
+# - Laravel's `$request->id`: `Arr::get($request->all(), 'id', fn () => $request->route('id'))`,
+#   the body's input (JSON, or a form parsed as Symfony's Request does for PUT) over the query's
+#   over the route parameter. Laravel itself cannot be installed here (Composer's registry is not
+#   reachable): this is its documented order.
+# - `$_REQUEST['id']` (an app behind a rewrite): with no `request_order` set (no php.ini, as in
+#   the official Docker images) it holds the query, a POST form and cookies, the cookie winning.
+PHP_READERS = {
+    "laravel": (
         "$raw = file_get_contents('php://input');\n"
         "if (str_contains($_SERVER['CONTENT_TYPE'] ?? '', 'json')) {\n"
         "    $body = json_decode($raw, true) ?: [];\n"
@@ -1122,7 +1145,36 @@ def laravel_like(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         "}\n"
         "$input = $body + $_GET;\n"
         "$id = array_key_exists('id', $input) ? $input['id'] : $route;\n"
-        f"file_put_contents('{acted}', $id . \"\\n\", FILE_APPEND);\n"
+    ),
+    "request": "$id = $_REQUEST['id'] ?? $route;\n",
+}
+FORM_1002 = (b"id=1002", FORM)
+# What each reader acts on as 1002 on /hr/employees/1001, and the gateway's refusal of it.
+PHP_ATTEMPTS = {
+    "laravel": [
+        ("PUT", "/hr/employees/1001", *FORM_1002, "subject_in_body"),
+        ("PUT", "/hr/employees/1001", b'{"id": "1002"}', JSON, "subject_in_body"),
+        ("GET", "/hr/employees/1001?id=1002", None, {}, "subject_in_query"),
+    ],
+    "request": [
+        ("POST", "/hr/employees/1001", *FORM_1002, "subject_in_body"),
+        ("GET", "/hr/employees/1001?id=1002", None, {}, "subject_in_query"),
+        ("GET", "/hr/employees/1001", None, {"Cookie": "theme=dark; id=1002"}, "subject_in_cookie"),
+    ],
+}
+
+
+@pytest.fixture(params=sorted(PHP_READERS))
+def php_reader(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+    """PHP's built-in server answering every path with one of ``PHP_READERS``; it logs the id
+    it acted on. Yields the reader's name, its URL and the log."""
+    docroot, acted = tmp_path / "php", tmp_path / "acted.log"
+    docroot.mkdir()
+    (docroot / "index.php").write_text(
+        "<?php\n"
+        "$route = basename(parse_url($_SERVER['REQUEST_URI'], PHP_URL_PATH));\n"
+        + PHP_READERS[request.param]
+        + f"file_put_contents('{acted}', $id . \"\\n\", FILE_APPEND);\n"
         "header('Content-Type: application/json');\n"
         "echo json_encode(['acted_on' => (string) $id]);\n"
     )
@@ -1131,46 +1183,41 @@ def laravel_like(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     cmd = ["php", "-n", "-S", f"127.0.0.1:{port}", "-t", str(docroot)]
     with running(cmd, ready_url=url + "/ready", log=tmp_path / "php.log"):
         acted.write_text("")  # the readiness probe's
-        yield url, acted
+        yield request.param, url, acted
 
 
-async def test_a_laravel_style_upstream_acts_on_the_inputs_id_and_the_gateway_never_lets_it(
-    make_gateway: GatewayFactory, laravel_like: tuple[str, Path], keys: Keys
+async def test_a_php_upstream_acts_on_the_inputs_id_and_the_gateway_never_lets_it(
+    make_gateway: GatewayFactory, php_reader: tuple[str, str, Path], keys: Keys
 ) -> None:
     """The threat as the upstream reads the request, then through the gateway with the route's
-    input name declared: only the authorised employee is ever acted on."""
-    url, acted = laravel_like
-    form = {"Content-Type": "application/x-www-form-urlencoded"}
-    attempts = [
-        ("PUT", "/hr/employees/1001", b"id=1002", form),
-        ("PUT", "/hr/employees/1001", b'{"id": "1002"}', {"Content-Type": "application/json"}),
-        ("GET", "/hr/employees/1001?id=1002", None, {}),
-    ]
+    input name declared: only the authorised employee is ever acted on, and each refusal is on
+    record with its reason."""
+    reader, url, acted = php_reader
+    attempts = PHP_ATTEMPTS[reader]
     async with aiohttp.ClientSession() as s:
-        for method, target, body, headers in attempts:
+        for method, target, body, headers, _ in attempts:
             async with s.request(method, url + target, data=body, headers=headers) as r:
                 assert (await r.json())["acted_on"] == "1002"  # not the path's 1001
-    assert acted.read_text().split() == ["1002"] * 3
+    assert acted.read_text().split() == ["1002"] * len(attempts)
     acted.write_text("")
     gw = await make_gateway(url, routes=EMPLOYEES_READ_AS_ID)
     hr = bearer(keys, "h", "hr_officer")
-    for method, target, body, headers in attempts:
+    for method, target, body, headers, _ in attempts:
         resp = await gw.client.request(method, target, data=body, headers={**hr, **headers})
-        assert resp.status == 400, (target, body)
-    resp = await gw.client.put("/hr/employees/1001", headers={**hr, **form}, data=b"name=A")
+        assert resp.status == 400, (target, body, headers)
+    method = attempts[0][0]  # PUT or POST, a form without the name
+    resp = await gw.client.request(
+        method, "/hr/employees/1001", headers={**hr, **FORM}, data=b"a=1"
+    )
     assert resp.status == 200 and (await resp.json())["acted_on"] == "1001"
     await asyncio.sleep(0.2)
     assert acted.read_text().split() == ["1001"]  # acted once: on the employee authorised
     recorded = [
-        (e["decision"], e["reason"] if e["decision"] == "deny" else e["outcome"])
-        for e in spool_events(gw.spool_dir)[-4:]
+        e["reason"] if e["decision"] == "deny" else e["outcome"]
+        for e in spool_events(gw.spool_dir)[-len(attempts) - 1 :]
     ]
-    assert recorded == [
-        ("allow", "subject_in_body"),  # authorised for 1001, cut before PHP had the request
-        ("allow", "subject_in_body"),
-        ("deny", "subject_in_query"),
-        ("allow", "complete"),
-    ]
+    # A body's name is found after the decision: authorised, cut, recorded as its outcome.
+    assert recorded == [reason for *_, reason in attempts] + ["complete"]
 
 
 # --- 7. users and groups apart (4.4) -----------------------------------------------------------
