@@ -37,6 +37,8 @@ def effective_method(
     BadRequest("method_override_ambiguous") for several overrides, or one on another method than
     POST (frameworks differ there: some honour it, most ignore it)."""
     carriers = route.method_override
+    if not query and "header" not in carriers:
+        return method  # the usual request: no carrier of an override to read
     found: list[str] = []
     if "header" in carriers:
         found += [v.strip().upper() for n, v in headers if n.lower() in OVERRIDE_HEADERS]

@@ -258,6 +258,8 @@ def one_reading(value: str, kind: str) -> bool:
     """Whether every upstream that could serve a route of this ``subject.id`` kind reads the
     subject id ``value`` as written (decision 034), so that blocks (6.5) and who-accessed
     reports (6.1.1) find the access under the id the upstream served."""
+    if value.isdigit() and value.isascii():  # the usual id: the checks below, in short
+        return kind == "text" or value[0] != "0" or value == "0"
     if value != value.strip() or (
         not value.isascii()
         and (value[0] in _JS_SPACE or value[-1] in _JS_SPACE or any(map(_foreign_digit, value)))

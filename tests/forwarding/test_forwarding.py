@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from gateway.config.model import Route, SubjectRule
+from gateway.config.vocabulary import SUBJECT_ID_KINDS
 from gateway.core.errors import BadRequest
 from gateway.forwarding.body_names import BodyNames
 from gateway.forwarding.headers import (
@@ -43,7 +44,12 @@ from gateway.forwarding.headers import (
     valid_host,
 )
 from gateway.forwarding.method_override import OVERRIDE_HEADERS
-from gateway.forwarding.routing import param_key, refuse_input_names_in_cookies, subject_ids
+from gateway.forwarding.routing import (
+    one_reading,
+    param_key,
+    refuse_input_names_in_cookies,
+    subject_ids,
+)
 from gateway.policy.engine import PolicyEngine
 from gateway.policy.tools import check
 from gateway.testing.chserver import free_port
@@ -922,6 +928,14 @@ def test_a_subject_id_an_upstream_could_read_as_another_is_refused(spelling: str
         subject_ids(EMPLOYEES, f"/hr/employees/{spelling}", "")
     with pytest.raises(BadRequest, match="ambiguous_subject"):
         subject_ids(LEADS, "/site/leads", "lead_id=" + quote(spelling, safe=""))
+
+
+@given(st.text("0123456789", min_size=1, max_size=12), st.sampled_from(SUBJECT_ID_KINDS))
+def test_plain_digits_have_one_reading_when_canonical(value: str, kind: str) -> None:
+    """The short path for ASCII digits agrees with decision 034: `text` reads them as written;
+    `auto` and `integer` only as a canonical decimal (`1001`, `0`; not `01001`)."""
+    canonical = re.fullmatch("0|[1-9][0-9]*", value) is not None
+    assert one_reading(value, kind) == (kind == "text" or canonical)
 
 
 def test_a_route_says_how_its_upstream_reads_ids() -> None:
