@@ -15,6 +15,7 @@ from gateway.config.vocabulary import (
     DEFAULT_ACTIONS,
     PURPOSES,
     SUBJECT_ID_KINDS,
+    param_key,
 )
 
 
@@ -178,7 +179,7 @@ def _parse_subject(r: Section, prefix: str | None) -> SubjectRule | None:
     if template is None and query is None:
         s.problems.add(s.path, "give path and/or query")
     kind = s.get("id", str, SubjectRule.id, one_of(SUBJECT_ID_KINDS))
-    input_names = _parse_input_names(s, query)
+    input_names = _parse_input_names(s, query, template)
     s.finish()
     return SubjectRule(
         path_template=template,
@@ -190,23 +191,26 @@ def _parse_subject(r: Section, prefix: str | None) -> SubjectRule | None:
     )
 
 
-def _parse_input_names(s: Section, query: str | None) -> tuple[str, ...]:
-    """`subject.input_names` (decision 039): plain parameter names (letters, digits, `_`), each
-    apart from the query subject's and from `_method` to every framework (compared without
-    regard to case, as some read names)."""
+def _parse_input_names(s: Section, query: str | None, path: str | None) -> tuple[str, ...]:
+    """`subject.input_names` (decision 039): other readings of a path subject, as plain parameter
+    names (letters, digits, `_`), each apart from the query subject's and from `_method` as the
+    loosest framework reads names (``param_key``: case, PHP's `.` and brackets)."""
     listed = s.get("input_names", list, [])
+    if listed and path is None:
+        s.problems.add(s.key("input_names"), "needs subject.path: they are other readings of it")
+        return ()
     names: list[str] = []
-    taken = {"_method": "the method override parameter (decision 011)"}
+    taken = {param_key("_method"): "the method override parameter (decision 011)"}
     if query is not None:
-        taken[query.lower()] = "the query subject parameter, which bodies may not carry already"
+        taken[param_key(query)] = "read as the query subject parameter, which bodies may not carry"
     for i, value in enumerate(listed or ()):
         key = f"{s.key('input_names')}.{i}"
         if not isinstance(value, str) or not _INPUT_NAME.fullmatch(value):
             s.problems.add(key, "must be a parameter name: letters, digits and _")
-        elif value.lower() in taken:
-            s.problems.add(key, f"{value!r} is {taken[value.lower()]}")
+        elif param_key(value) in taken:
+            s.problems.add(key, f"{value!r} is {taken[param_key(value)]}")
         else:
-            taken[value.lower()] = f"listed already (input_names.{len(names)})"
+            taken[param_key(value)] = f"listed already (input_names.{i})"
             names.append(value)
     return tuple(names)
 

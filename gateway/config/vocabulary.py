@@ -68,3 +68,19 @@ def header_key(name: str) -> str:
 # request's names joined (one search for the usual request, where no name has one).
 ODD_HEADER_NAME = re.compile(r"[^A-Za-z0-9-]")
 _SEPARATOR = re.compile(r"[^a-z0-9]")
+
+
+def param_key(decoded_name: str) -> str:
+    """A query or form parameter's name as the loosest framework would read it: PHP ends a name at
+    a NUL byte (C strings), drops leading spaces, turns `.`, ` ` and an unmatched `[` into `_` and
+    reads `a[]`/`a[x]` as `a`; Rack 2 and Express's `qs` drop outer brackets (`[a]` is `a`);
+    some frameworks ignore case. Two names with one key are one parameter to some upstream. The
+    one normalisation of parameter names: query subjects, input names (decision 039), overrides."""
+    name = decoded_name.partition("\x00")[0].lstrip(" ").lstrip("[]")
+    bracket = name.find("[")
+    if bracket > 0 and "]" in name[bracket:]:
+        name = name[:bracket]
+    return name.rstrip("]").translate(_PHP_MANGLED).lower()  # Rack 2: `a]` is `a`
+
+
+_PHP_MANGLED = str.maketrans({".": "_", " ": "_", "[": "_"})

@@ -20,8 +20,9 @@ from collections.abc import Iterable
 from urllib.parse import unquote
 
 from gateway.config.model import Route
+from gateway.config.vocabulary import param_key
 from gateway.core.errors import BadRequest
-from gateway.forwarding.routing import param_key, query_params
+from gateway.forwarding.routing import query_params
 
 OVERRIDE_HEADERS = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
 OVERRIDE_PARAM = "_method"

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from gateway.config.model import Route, SubjectRule
+from gateway.config.vocabulary import param_key
 from gateway.core.errors import BadRequest
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -119,22 +120,10 @@ class QueryParam:
     raw_value: str = ""
 
 
-def param_key(decoded_name: str) -> str:
-    """A query or form parameter's name as the loosest framework would read it: PHP ends a name at
-    a NUL byte (C strings), drops leading spaces, turns `.`, ` ` and an unmatched `[` into `_` and
-    reads `a[]`/`a[x]` as `a`; Rack 2 and Express's `qs` drop outer brackets (`[a]` is `a`);
-    some frameworks ignore case. Two names with one key are one parameter to some upstream."""
-    name = decoded_name.partition("\x00")[0].lstrip(" ").lstrip("[]")
-    bracket = name.find("[")
-    if bracket > 0 and "]" in name[bracket:]:
-        name = name[:bracket]
-    return name.rstrip("]").translate(_PHP_MANGLED).lower()  # Rack 2: `a]` is `a`
-
-
-_PHP_MANGLED = str.maketrans({".": "_", " ": "_", "[": "_"})
 _QUERY_SEPARATOR = re.compile(r"[&;]")  # `;` too: some servers and older frameworks split on it
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _COOKIE_SEPARATOR = re.compile(r"[;,]")
+_QUERY_SYNTAX = re.compile(r"[&+;%?#\s]")  # what a query reads as a separator, space or escape
 
 
 def _query_decode(raw: str, *, strict: bool) -> str:
@@ -194,6 +183,10 @@ def subject_ids(route: Route, path: str, query: str) -> list[str]:
             literals = tuple(segments[: rule.path_index])
             if literals == rule.path_literals:
                 found.append(segments[rule.path_index])
+                if rule.input_names and _QUERY_SYNTAX.search(found[0]):
+                    # Behind a rewrite into the query (`index.php?id=$1`), `&id=1002` in the
+                    # segment is a second `id` to PHP (decision 039).
+                    raise BadRequest("ambiguous_subject")
             elif tuple(s.lower() for s in literals) == tuple(s.lower() for s in rule.path_literals):
                 # A case-insensitive upstream would serve this subject; the audit would miss it.
                 raise BadRequest("case_ambiguous")
@@ -231,14 +224,20 @@ def _refuse_input_names(rule: SubjectRule, query: str) -> None:
 def refuse_input_names_in_cookies(rule: SubjectRule, cookie_headers: Sequence[str]) -> None:
     """Decision 039: no cookie named as one of the route's input names. PHP's `$_REQUEST` takes
     cookies over the query and a form when no php.ini sets `request_order` (the official Docker
-    images ship none): `Cookie: id=1002` is the employee such an upstream acts on. Cookie names
-    are read as PHP reads them (percent escapes, `.` and ` ` for `_`, any case)."""
+    images ship none): `Cookie: id=1002` is the employee such an upstream acts on. A name is read
+    as PHP reads it (leading white space of any kind dropped — a tab after `;` passes aiohttp's
+    parser —, `.`, ` ` and brackets as ``param_key`` reads them, any case), and also
+    percent-decoded (PHP before 8.0.24 decoded names) and split at `,` (older cookie parsers)."""
     keys = {n.lower() for n in rule.input_names}
     for header in cookie_headers:
-        for pair in _COOKIE_SEPARATOR.split(header):  # `,` too: older parsers split on it
-            name = pair.partition("=")[0]
-            if param_key(unquote_to_bytes(name).decode("utf-8", "replace")) in keys:
+        for pair in _COOKIE_SEPARATOR.split(header):
+            name = pair.partition("=")[0].lstrip(_COOKIE_SPACE)
+            decoded = unquote_to_bytes(name).decode("utf-8", "replace").lstrip(_COOKIE_SPACE)
+            if param_key(name) in keys or param_key(decoded) in keys:
                 raise BadRequest("subject_in_cookie")
+
+
+_COOKIE_SPACE = " \t\n\v\f\r"  # C's isspace(), what PHP strips before a cookie's name
 
 
 _CANONICAL_DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)\Z")

@@ -200,8 +200,8 @@ def test_input_names_are_plain_names_apart_from_the_query_subject_and_method(
     assert rule.body_names == ("id", "employee_id")
     route["subject"] = {
         "path": route["subject"]["path"],
-        "query": "lead_id",
-        "input_names": ["id", "id[]", "LEAD_ID", "_METHOD", "ID", 7],
+        "query": "lead.id",  # `lead_id` to PHP
+        "input_names": ["id", 7, "emp_id", "LEAD_ID", "_METHOD", "EMP_ID", "id[]"],
     }
     with pytest.raises(ConfigError) as info:
         load_config(write_config(tmp_path, data, keys))
@@ -209,12 +209,17 @@ def test_input_names_are_plain_names_apart_from_the_query_subject_and_method(
     key = f"routes.{i}.subject.input_names"
     assert [p.partition(": ")[2] for p in problems] == [
         f"{key}.1: must be a parameter name: letters, digits and _",
-        f"{key}.2: 'LEAD_ID' is the query subject parameter, which bodies may not carry already",
-        f"{key}.3: '_METHOD' is the method override parameter (decision 011)",
-        f"{key}.4: 'ID' is listed already (input_names.0)",
-        f"{key}.5: must be a parameter name: letters, digits and _",
+        f"{key}.3: 'LEAD_ID' is read as the query subject parameter, which bodies may not carry",
+        f"{key}.4: '_METHOD' is the method override parameter (decision 011)",
+        f"{key}.5: 'EMP_ID' is listed already (input_names.2)",
+        f"{key}.6: must be a parameter name: letters, digits and _",
     ]
     assert all(p.startswith("line ") for p in problems)
+    route["subject"] = {"query": "lead_id", "input_names": ["id"]}
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, data, keys))
+    (problem,) = info.value.problems
+    assert problem.endswith(f"{key}: needs subject.path: they are other readings of it")
 
 
 def test_method_overrides_and_stripped_headers_are_validated_with_their_key(

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from gateway.config.model import Route, SubjectRule
-from gateway.config.vocabulary import SUBJECT_ID_KINDS
+from gateway.config.vocabulary import SUBJECT_ID_KINDS, param_key
 from gateway.core.errors import BadRequest
 from gateway.forwarding.body_names import BodyNames
 from gateway.forwarding.headers import (
@@ -46,7 +46,6 @@ from gateway.forwarding.headers import (
 from gateway.forwarding.method_override import OVERRIDE_HEADERS
 from gateway.forwarding.routing import (
     one_reading,
-    param_key,
     refuse_input_names_in_cookies,
     subject_ids,
 )
@@ -1117,13 +1116,34 @@ async def test_a_body_whose_names_are_not_read_here_is_refused_on_an_input_name_
     await cut_and_recorded(gw, lax, resp.status, "subject_unreadable_body")
 
 
+@pytest.mark.parametrize("segment", ["&id=1002", "abc&id=1002", "a+b", "a%26id=2", "a%2Bb"])
+async def test_a_path_subject_that_a_rewrite_would_read_as_query_syntax_is_refused(
+    make_gateway: GatewayFactory, lax: Lax, keys: Keys, segment: str
+) -> None:
+    """`rewrite ^/hr/employees/(.*)$ /index.php?id=$1` (nginx; Apache's mod_rewrite without
+    `[B]`) hands PHP `id=&id=1002` for `/hr/employees/&id=1002`: the gateway would record
+    `&id=1002`, PHP act on 1002. On a route with input names such a segment is refused."""
+    gw = await make_gateway(lax.url, routes=EMPLOYEES_READ_AS_ID)
+    hr = bearer(keys, "h", "hr_officer")
+    resp = await raw_request(gw, "GET", f"/hr/employees/{segment}", hr)
+    assert resp.status == 400
+    assert lax.seen == []
+    refused = spool_events(gw.spool_dir)[-1]
+    assert (refused["decision"], refused["reason"]) == ("deny", "ambiguous_subject")
+    resp = await raw_request(gw, "GET", "/hr/employees/jo.doe@example.org", hr)
+    assert resp.status == 200  # an id of letters, digits and `.-_~@` passes
+    assert spool_events(gw.spool_dir)[-1]["subject_ids"] == ["jo.doe@example.org"]
+
+
 @pytest.mark.parametrize(
     ("cookies", "refused"),
     [
         (["id=1002"], True),
         (["theme=dark; ID=1002"], True),  # a framework that ignores case
         (["theme=dark;id=1002"], True),
-        (["i%64=1002"], True),  # PHP decodes cookie names
+        (["i%64=1002"], True),  # PHP before 8.0.24 decoded cookie names
+        (["theme=dark;\tid=1002"], True),  # PHP drops any white space before a name
+        (["theme=dark; \tid=1002"], True),
         (["id[]=1002"], True),  # and reads brackets as an array
         (["theme=dark, id=1002"], True),  # `,`: a separator to older parsers
         (["theme=dark", "id=1002"], True),  # a second Cookie header
@@ -1174,6 +1194,13 @@ PHP_ATTEMPTS = {
         ("POST", "/hr/employees/1001", *FORM_1002, "subject_in_body"),
         ("GET", "/hr/employees/1001?id=1002", None, {}, "subject_in_query"),
         ("GET", "/hr/employees/1001", None, {"Cookie": "theme=dark; id=1002"}, "subject_in_cookie"),
+        (
+            "GET",
+            "/hr/employees/1001",
+            None,
+            {"Cookie": "theme=dark;\tid=1002"},
+            "subject_in_cookie",
+        ),
     ],
 }
 
