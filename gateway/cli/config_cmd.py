@@ -42,7 +42,7 @@ def _subject(route: Route) -> str:
         parts.append(f"path {s.path_template}")
     if s.query:
         parts.append(f"query {s.query}")
-    if s.input_names:  # decision 039: refused in the query and in bodies
+    if s.input_names:  # decision 039: refused in the query, cookies and bodies
         parts.append(f"input {','.join(s.input_names)}")
     return ", ".join(parts)
 

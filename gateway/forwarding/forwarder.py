@@ -308,7 +308,7 @@ class Forwarder:
         self, request: web.Request, exchange: Exchange, subject_names: tuple[str, ...]
     ) -> AsyncIterator[bytes]:
         """The request body as it goes upstream, chunk by chunk: timed (slow clients), bounded,
-        and cut before a chunk that completes a refused name (decisions 011, 036)."""
+        and cut before a chunk that completes a refused name (decisions 011, 036, 039)."""
         chunks = request.content.iter_any().__aiter__()
         names = BodyNames(
             _body_names(subject_names),
