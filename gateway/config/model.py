@@ -343,7 +343,7 @@ class SubjectRule:
     # 039): Laravel's `$request->id` takes a body's or the query's `id` over the route's, PHP
     # behind a rewrite (`/hr/employees/1001` → `index.php?id=1001`) reads `$_REQUEST['id']`.
     # Refused in the query (400 `subject_in_query`), as a cookie (`subject_in_cookie`) and in a
-    # body (`subject_in_body`); the path segment may then hold no query syntax (`&id=1002`).
+    # body (`subject_in_body`); the path may then hold no query syntax (`&id=1002`).
     input_names: tuple[str, ...] = ()
 
     @functools.cached_property

@@ -183,10 +183,6 @@ def subject_ids(route: Route, path: str, query: str) -> list[str]:
             literals = tuple(segments[: rule.path_index])
             if literals == rule.path_literals:
                 found.append(segments[rule.path_index])
-                if rule.input_names and _QUERY_SYNTAX.search(found[0]):
-                    # Behind a rewrite into the query (`index.php?id=$1`), `&id=1002` in the
-                    # segment is a second `id` to PHP (decision 039).
-                    raise BadRequest("ambiguous_subject")
             elif tuple(s.lower() for s in literals) == tuple(s.lower() for s in rule.path_literals):
                 # A case-insensitive upstream would serve this subject; the audit would miss it.
                 raise BadRequest("case_ambiguous")
@@ -202,6 +198,10 @@ def subject_ids(route: Route, path: str, query: str) -> list[str]:
         if given and given[0].value:
             found.append(given[0].value)
     if rule.input_names:
+        if _QUERY_SYNTAX.search(path):
+            # Behind a rewrite into the query (`^/hr/employees/(.*)$ /index.php?id=$1`), `&id=1002`
+            # anywhere in the path after the prefix is a second `id` to PHP (decision 039).
+            raise BadRequest("ambiguous_subject")
         _refuse_input_names(rule, query)
     for s in found:
         if len(s) > MAX_SUBJECT_LEN:
@@ -227,12 +227,16 @@ def refuse_input_names_in_cookies(rule: SubjectRule, cookie_headers: Sequence[st
     images ship none): `Cookie: id=1002` is the employee such an upstream acts on. A name is read
     as PHP reads it (leading white space of any kind dropped — a tab after `;` passes aiohttp's
     parser —, `.`, ` ` and brackets as ``param_key`` reads them, any case), and also
-    percent-decoded (PHP before 8.0.24 decoded names) and split at `,` (older cookie parsers)."""
+    URL-decoded as PHP before 8.0.24 did (`%64`, `+` for a space) and split at `,` (older cookie
+    parsers)."""
     keys = {n.lower() for n in rule.input_names}
     for header in cookie_headers:
         for pair in _COOKIE_SEPARATOR.split(header):
             name = pair.partition("=")[0].lstrip(_COOKIE_SPACE)
-            decoded = unquote_to_bytes(name).decode("utf-8", "replace").lstrip(_COOKIE_SPACE)
+            # As PHP's php_url_decode: `+` a space too. Bytes, as the header came (aiohttp keeps
+            # what is not UTF-8 as surrogate escapes).
+            raw = name.replace("+", " ").encode("utf-8", "surrogateescape")
+            decoded = unquote_to_bytes(raw).decode("utf-8", "replace").lstrip(_COOKIE_SPACE)
             if param_key(name) in keys or param_key(decoded) in keys:
                 raise BadRequest("subject_in_cookie")
 

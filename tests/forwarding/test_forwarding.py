@@ -1116,13 +1116,16 @@ async def test_a_body_whose_names_are_not_read_here_is_refused_on_an_input_name_
     await cut_and_recorded(gw, lax, resp.status, "subject_unreadable_body")
 
 
-@pytest.mark.parametrize("segment", ["&id=1002", "abc&id=1002", "a+b", "a%26id=2", "a%2Bb"])
+@pytest.mark.parametrize(
+    "segment", ["&id=1002", "abc&id=1002", "a+b", "a%26id=2", "a%2Bb", "1001/&id=1002", "1001/x+y"]
+)
 async def test_a_path_subject_that_a_rewrite_would_read_as_query_syntax_is_refused(
     make_gateway: GatewayFactory, lax: Lax, keys: Keys, segment: str
 ) -> None:
     """`rewrite ^/hr/employees/(.*)$ /index.php?id=$1` (nginx; Apache's mod_rewrite without
     `[B]`) hands PHP `id=&id=1002` for `/hr/employees/&id=1002`: the gateway would record
-    `&id=1002`, PHP act on 1002. On a route with input names such a segment is refused."""
+    `&id=1002`, PHP act on 1002 — and `(.*)` takes the segments after the subject too
+    (`/hr/employees/1001/&id=1002`). On a route with input names such a path is refused."""
     gw = await make_gateway(lax.url, routes=EMPLOYEES_READ_AS_ID)
     hr = bearer(keys, "h", "hr_officer")
     resp = await raw_request(gw, "GET", f"/hr/employees/{segment}", hr)
@@ -1142,12 +1145,14 @@ async def test_a_path_subject_that_a_rewrite_would_read_as_query_syntax_is_refus
         (["theme=dark; ID=1002"], True),  # a framework that ignores case
         (["theme=dark;id=1002"], True),
         (["i%64=1002"], True),  # PHP before 8.0.24 decoded cookie names
+        (["+id=1002"], True),  # ... `+` as a space, which it then dropped
         (["theme=dark;\tid=1002"], True),  # PHP drops any white space before a name
         (["theme=dark; \tid=1002"], True),
         (["id[]=1002"], True),  # and reads brackets as an array
         (["theme=dark, id=1002"], True),  # `,`: a separator to older parsers
         (["theme=dark", "id=1002"], True),  # a second Cookie header
         (["ids=1; uid=2; idx=3; theme=id"], False),
+        (["theme=a,\udce4;x=1"], False),  # not UTF-8 (surrogate escapes, as aiohttp keeps it)
         ([], False),
     ],
 )
