@@ -352,6 +352,12 @@ class SubjectRule:
         (decision 036) and the input names (decision 039)."""
         return ((self.query,) if self.query else ()) + self.input_names
 
+    @functools.cached_property
+    def input_keys(self) -> frozenset[str]:
+        """The input names as the loosest framework reads a name (``param_key``): lower case, as
+        they are plain names of letters, digits and `_`."""
+        return frozenset(n.lower() for n in self.input_names)
+
 
 @dataclass(frozen=True)
 class ResponseSubjects:

@@ -216,7 +216,7 @@ def _refuse_input_names(rule: SubjectRule, query: str) -> None:
     (Laravel's `$request->id` takes the query's `id` over the route's; PHP behind a rewrite,
     `index.php?id=1001&id=1002`, the last one), under any spelling some framework reads so
     (``param_key``; `;` splits too). The query is read strictly, as a query subject's is."""
-    keys = {n.lower() for n in rule.input_names}  # plain names: param_key is lower()
+    keys = rule.input_keys
     if any(p.name in keys for p in query_params(query)):
         raise BadRequest("subject_in_query")
 
@@ -229,7 +229,7 @@ def refuse_input_names_in_cookies(rule: SubjectRule, cookie_headers: Sequence[st
     parser —, `.`, ` ` and brackets as ``param_key`` reads them, any case), and also
     URL-decoded as PHP before 8.0.24 did (`%64`, `+` for a space) and split at `,` (older cookie
     parsers)."""
-    keys = {n.lower() for n in rule.input_names}
+    keys = rule.input_keys
     for header in cookie_headers:
         for pair in _COOKIE_SEPARATOR.split(header):
             name = pair.partition("=")[0].lstrip(_COOKIE_SPACE)
